@@ -1,0 +1,10 @@
+//! The sans-IO core of Palyra's networking stack.
+//!
+//! Every protocol machine here takes bytes, datagrams, commands and the current time as input and
+//! is polled for output (`poll_transmit`, `poll_event`, `poll_timeout`). Nothing in this crate opens
+//! a socket, reads a clock, sleeps or spawns; the runtime drivers (`palyra-tokio`, `palyra-smol`) do.
+
+pub mod frame;
+pub mod identity;
+pub mod node;
+pub mod store;

@@ -1,0 +1,5 @@
+//! The palyra-quic-v1 node plane: messages and the per-stream request machine.
+
+pub mod message;
+
+pub use message::*;
