@@ -7,4 +7,5 @@
 pub mod frame;
 pub mod identity;
 pub mod node;
+pub mod quic;
 pub mod store;

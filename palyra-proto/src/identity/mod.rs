@@ -8,3 +8,6 @@ pub fn is_canonical_device_id(id: &str) -> bool {
             .bytes()
             .all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'H' | b'J' | b'K' | b'M' | b'N' | b'P'..=b'T' | b'V'..=b'Z'))
 }
+
+pub mod cert;
+pub mod trust;

@@ -175,12 +175,14 @@ pub fn parse_request(payload: &[u8]) -> Result<NodeRequest, RequestError> {
         None => return Err(RequestError::invalid("protocol_version is required")),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
-            Some(v) => return Err(RequestError {
-                code: ErrorCode::ProtocolMismatch,
-                message: format!(
+            Some(v) => {
+                return Err(RequestError {
+                    code: ErrorCode::ProtocolMismatch,
+                    message: format!(
                     "protocol_version {v} is not supported (this server speaks {PROTOCOL_VERSION})"
                 ),
-            }),
+                })
+            }
             None => {
                 return Err(RequestError::invalid(
                     "protocol_version must be a non-negative integer",

@@ -1,0 +1,261 @@
+//! The per-stream node-plane machine (server side): one request frame in, response frames out.
+//!
+//! It knows nothing about QUIC: the connection machine feeds it the bytes read from a stream and
+//! takes the bytes it wants written, so it is tested (and fuzzed) on its own.
+
+use super::message::{parse_request, ErrorCode, NodeRequest, ResponseFrame};
+use crate::frame::{encode_frame, FrameDecoder, FrameError};
+
+/// What the stream machine asks its owner to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// A complete, valid request arrived; the owner serves it.
+    Request(NodeRequest),
+    /// The request was refused; an error frame is queued and the stream will finish.
+    Refused {
+        /// The error code sent.
+        code: ErrorCode,
+        /// The message sent.
+        message: String,
+    },
+}
+
+enum Phase {
+    Request(FrameDecoder),
+    Serving,
+    Done,
+}
+
+/// Server side of one node-plane request stream.
+pub struct RequestStream {
+    phase: Phase,
+    max_frame: usize,
+    out: Vec<u8>,
+    out_pos: usize,
+    finish_when_flushed: bool,
+    event: Option<StreamEvent>,
+}
+
+impl RequestStream {
+    /// A stream expecting one request frame of at most `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Self {
+            phase: Phase::Request(FrameDecoder::new(max_frame)),
+            max_frame,
+            out: Vec::new(),
+            out_pos: 0,
+            finish_when_flushed: false,
+            event: None,
+        }
+    }
+
+    /// Feeds bytes read from the stream; `fin` is true once the peer finished its side.
+    /// Bytes after the request frame are ignored (the original protocol allows them).
+    pub fn handle_input(&mut self, bytes: &[u8], fin: bool) {
+        let Phase::Request(decoder) = &mut self.phase else {
+            return;
+        };
+        if let Err(err) = decoder.handle_input(bytes) {
+            let code = match err {
+                FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                FrameError::Truncated { .. } => ErrorCode::StreamFailure,
+            };
+            self.refuse(code, err.to_string());
+            return;
+        }
+        if let Some(frame) = decoder.poll_frame() {
+            match parse_request(&frame) {
+                Ok(request) => {
+                    self.phase = Phase::Serving;
+                    self.event = Some(StreamEvent::Request(request));
+                }
+                Err(err) => self.refuse(err.code, err.message),
+            }
+            return;
+        }
+        if fin {
+            let message = match decoder.finish() {
+                Err(err) => err.to_string(),
+                Ok(()) => "stream finished before a request frame".to_owned(),
+            };
+            self.refuse(ErrorCode::StreamFailure, message);
+        }
+    }
+
+    /// Whether the machine still wants request bytes.
+    pub fn wants_input(&self) -> bool {
+        matches!(self.phase, Phase::Request(_))
+    }
+
+    /// Takes what happened, if anything.
+    pub fn poll_event(&mut self) -> Option<StreamEvent> {
+        self.event.take()
+    }
+
+    /// Queues one response frame. Fails if the frame exceeds the frame limit.
+    pub fn send(&mut self, frame: &ResponseFrame) -> Result<(), FrameError> {
+        encode_frame(&frame.to_json(), self.max_frame, &mut self.out)
+    }
+
+    /// Queues an event frame built around an already-serialized event body, without re-encoding it.
+    pub fn send_event_raw(&mut self, seq: u64, body: &[u8]) -> Result<(), FrameError> {
+        let start = self.out.len();
+        self.out.extend_from_slice(&[0; 4]);
+        self.out
+            .extend_from_slice(br#"{"protocol_version":1,"kind":"event","ok":true,"seq":"#);
+        self.out.extend_from_slice(seq.to_string().as_bytes());
+        self.out.extend_from_slice(br#","event":"#);
+        self.out.extend_from_slice(body);
+        self.out.push(b'}');
+        let len = self.out.len() - start - 4;
+        if len > self.max_frame {
+            self.out.truncate(start);
+            return Err(FrameError::TooLarge {
+                len: len as u64,
+                max: self.max_frame,
+            });
+        }
+        self.out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
+    }
+
+    /// Queues a final error frame and marks the stream to finish once it is written.
+    pub fn refuse(&mut self, code: ErrorCode, message: impl Into<String>) {
+        let message = message.into();
+        // An error frame is small; it always fits.
+        let _ = self.send(&ResponseFrame::error(code, message.clone()));
+        self.phase = Phase::Done;
+        self.finish_when_flushed = true;
+        self.event = Some(StreamEvent::Refused { code, message });
+    }
+
+    /// Marks the response complete: the stream finishes once the queued bytes are written.
+    pub fn finish(&mut self) {
+        self.phase = Phase::Done;
+        self.finish_when_flushed = true;
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.out[self.out_pos..]
+    }
+
+    /// Records that `n` bytes of [`RequestStream::pending_output`] were written.
+    pub fn consume_output(&mut self, n: usize) {
+        self.out_pos = (self.out_pos + n).min(self.out.len());
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+    }
+
+    /// True once everything is written and the response is complete: the owner finishes the stream.
+    pub fn should_finish(&self) -> bool {
+        self.finish_when_flushed && self.out.is_empty()
+    }
+
+    /// True once the response is complete (written or not).
+    pub fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::DEFAULT_MAX_FRAME_BYTES;
+    use crate::node::message::{RequestFrame, PROTOCOL_VERSION};
+    use proptest::prelude::*;
+
+    fn request_bytes(req: &NodeRequest) -> Vec<u8> {
+        let mut wire = Vec::new();
+        encode_frame(
+            &RequestFrame::from_request(req).to_json(),
+            1 << 20,
+            &mut wire,
+        )
+        .unwrap();
+        wire
+    }
+
+    fn output_frames(stream: &RequestStream) -> Vec<ResponseFrame> {
+        let mut decoder = FrameDecoder::new(1 << 20);
+        decoder.handle_input(stream.pending_output()).unwrap();
+        std::iter::from_fn(|| decoder.poll_frame())
+            .map(|f| ResponseFrame::parse(&f).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn oversized_request_gets_frame_too_large() {
+        let mut stream = RequestStream::new(DEFAULT_MAX_FRAME_BYTES);
+        stream.handle_input(&(DEFAULT_MAX_FRAME_BYTES as u32 + 1).to_be_bytes(), false);
+        let frames = output_frames(&stream);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].error, Some(ErrorCode::FrameTooLarge));
+        assert!(stream.should_finish());
+    }
+
+    #[test]
+    fn fin_before_a_frame_is_a_stream_failure() {
+        let mut stream = RequestStream::new(64);
+        stream.handle_input(&[0, 0, 0, 9, b'{'], true);
+        assert!(matches!(
+            stream.poll_event(),
+            Some(StreamEvent::Refused {
+                code: ErrorCode::StreamFailure,
+                ..
+            })
+        ));
+        assert_eq!(
+            output_frames(&stream)[0].kind,
+            crate::node::ResponseKind::Error
+        );
+    }
+
+    #[test]
+    fn raw_event_frames_parse_as_event_responses() {
+        let mut stream = RequestStream::new(1024);
+        stream.handle_input(&request_bytes(&NodeRequest::Health), false);
+        let body = br#"{"name":"a","device_id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","occurred_at_unix_ms":5,"payload":{"k":[1]}}"#;
+        stream.send_event_raw(42, body).unwrap();
+        let frames = output_frames(&stream);
+        assert_eq!(frames[0].seq, Some(42));
+        assert_eq!(frames[0].protocol_version, PROTOCOL_VERSION);
+        assert_eq!(frames[0].event.as_ref().unwrap().payload["k"][0], 1);
+        assert!(stream.send_event_raw(1, &[b'x'; 2000]).is_err());
+        assert_eq!(output_frames(&stream).len(), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_gives_the_same_event(
+            resume in proptest::option::of(any::<u64>()),
+            follow in any::<bool>(),
+            trailing in proptest::collection::vec(any::<u8>(), 0..32),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let req = NodeRequest::StreamEvents { resume_from: resume, follow };
+            let mut wire = request_bytes(&req);
+            wire.extend_from_slice(&trailing);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+            points.sort_unstable();
+            let mut stream = RequestStream::new(DEFAULT_MAX_FRAME_BYTES);
+            let mut start = 0;
+            let mut events = Vec::new();
+            for cut in points.into_iter().chain(std::iter::once(wire.len())) {
+                stream.handle_input(&wire[start..cut], cut == wire.len());
+                events.extend(stream.poll_event());
+                start = cut;
+            }
+            prop_assert_eq!(events, vec![StreamEvent::Request(req)]);
+        }
+
+        #[test]
+        fn arbitrary_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512), fin in any::<bool>()) {
+            let mut stream = RequestStream::new(256);
+            stream.handle_input(&bytes, fin);
+            let _ = stream.poll_event();
+        }
+    }
+}

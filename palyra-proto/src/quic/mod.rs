@@ -1,0 +1,7 @@
+//! palyra-quic-v1 over quinn-proto + rustls: TLS configuration, the server machine and the client machine.
+
+pub mod server;
+pub mod tls;
+
+pub use server::{NodeServer, NodeServerConfig, ServerEvent, ServerLimits, Transmit};
+pub use tls::ALPN;

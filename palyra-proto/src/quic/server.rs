@@ -1,0 +1,987 @@
+//! The node-plane QUIC server machine: quinn-proto's endpoint and connections, plus ALPN/mTLS
+//! identity, connection and handshake limits, live revocation and the node-plane methods.
+//!
+//! Drive it like any machine here: feed datagrams (`handle_datagram`) and timeouts
+//! (`handle_timeout`), call `commit` to make queued publishes durable (one fsync per batch), then
+//! drain `poll_transmit`, `poll_event` and `poll_timeout`.
+
+use super::tls::peer_leaf;
+use crate::identity::cert::cert_spki_fingerprint;
+use crate::identity::trust::{TrustDecision, TrustIndex};
+use crate::node::message::{EventBody, NodeRequest, PublishEvent, ResponseFrame};
+use crate::node::{ErrorCode, RequestStream, StreamEvent};
+use crate::store::{EventStore, NewEvent};
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{
+    ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, StreamId, VarInt,
+    WriteError,
+};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// QUIC application close codes used by the node plane.
+pub mod close_code {
+    /// The server is shutting down.
+    pub const SHUTDOWN: u32 = 0x0;
+    /// The device's certificate was revoked.
+    pub const REVOKED: u32 = 0x101;
+    /// A server limit (connections) was reached.
+    pub const OVERLOADED: u32 = 0x102;
+    /// The handshake did not complete in time.
+    pub const HANDSHAKE_TIMEOUT: u32 = 0x103;
+    /// The peer is not authorized (no or unknown certificate).
+    pub const UNAUTHORIZED: u32 = 0x104;
+}
+
+/// Limits of the node-plane server; defaults are the original's.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Established connections (a slot is taken when the handshake completes).
+    pub max_connections: usize,
+    /// Handshakes in progress, bounded separately so slow handshakes cannot starve the slots.
+    pub max_handshakes: usize,
+    /// A handshake not complete after this is closed.
+    pub handshake_timeout: Duration,
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+    /// QUIC keep-alive interval.
+    pub keep_alive: Duration,
+    /// Concurrent client-opened bidirectional streams per connection.
+    pub max_bidi_streams: u32,
+    /// Concurrent client-opened unidirectional streams per connection (refused when opened).
+    pub max_uni_streams: u32,
+    /// Largest frame payload in either direction.
+    pub max_frame_bytes: usize,
+    /// Publishes waiting for the next commit; more are answered `overloaded`.
+    pub max_pending_publishes: usize,
+    /// Events read from the log per batch when filling a stream.
+    pub read_batch_events: usize,
+    /// Bytes queued per stream before the server waits for the peer to read.
+    pub stream_queue_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            max_handshakes: 64,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            max_bidi_streams: 32,
+            max_uni_streams: 32,
+            max_frame_bytes: crate::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_pending_publishes: 4096,
+            read_batch_events: 512,
+            stream_queue_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Builds quinn's transport configuration from the limits.
+pub fn transport_config(limits: &ServerLimits) -> quinn_proto::TransportConfig {
+    let mut transport = quinn_proto::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(
+            quinn_proto::IdleTimeout::try_from(limits.idle_timeout)
+                .unwrap_or(VarInt::from_u32(30_000).into()),
+        ))
+        .keep_alive_interval(Some(limits.keep_alive))
+        .max_concurrent_bidi_streams(VarInt::from_u32(limits.max_bidi_streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(limits.max_uni_streams))
+        .datagram_receive_buffer_size(None);
+    transport
+}
+
+/// Things worth logging or counting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A handshake completed and the connection took a slot.
+    Connected {
+        /// Peer address.
+        remote: SocketAddr,
+        /// Device named by the verified certificate.
+        device_id: Option<Arc<str>>,
+    },
+    /// A connection ended.
+    Closed {
+        /// Peer address.
+        remote: SocketAddr,
+        /// Device, if it had authenticated.
+        device_id: Option<Arc<str>>,
+        /// Why.
+        reason: String,
+    },
+    /// A new connection was refused before or right after its handshake.
+    Refused {
+        /// Peer address.
+        remote: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// A request was refused with an error frame.
+    RequestRefused {
+        /// Device, if authenticated.
+        device_id: Option<Arc<str>>,
+        /// Error code sent.
+        code: ErrorCode,
+        /// Message sent.
+        message: String,
+    },
+    /// Events were made durable.
+    Committed {
+        /// First seq of the batch.
+        first_seq: u64,
+        /// Number of events.
+        count: usize,
+    },
+    /// The event log failed; affected requests got `stream_failure`.
+    StoreFailed {
+        /// The error.
+        error: String,
+    },
+}
+
+/// One datagram to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// How many bytes of the caller's buffer it uses.
+    pub size: usize,
+    /// Source address to use, if the endpoint cares.
+    pub src_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    Handshaking,
+    Established,
+    Closing,
+}
+
+enum Serving {
+    /// Waiting for the request or finishing.
+    Idle,
+    /// A publish waits for the next commit.
+    Publishing,
+    /// Streaming events after `after`; `follow` keeps the stream open.
+    Events { after: u64, follow: bool },
+}
+
+struct NodeStream {
+    machine: RequestStream,
+    serving: Serving,
+}
+
+struct Conn {
+    handle: ConnectionHandle,
+    conn: quinn_proto::Connection,
+    state: ConnState,
+    started: Instant,
+    remote: SocketAddr,
+    device: Option<Arc<str>>,
+    fingerprint: Option<[u8; 32]>,
+    streams: HashMap<StreamId, NodeStream>,
+    close_reason: Option<String>,
+}
+
+struct PendingPublish {
+    ch: ConnectionHandle,
+    stream: StreamId,
+    event: NewEvent,
+}
+
+/// Everything connections share, split from the connection map so both can be borrowed at once.
+struct Shared {
+    limits: ServerLimits,
+    mtls_required: bool,
+    store: Box<dyn EventStore>,
+    trust: Arc<TrustIndex>,
+    pending: Vec<PendingPublish>,
+    events: VecDeque<ServerEvent>,
+    wall_ms: u64,
+    established: usize,
+    handshaking: usize,
+}
+
+/// The node-plane QUIC server machine.
+pub struct NodeServer {
+    endpoint: Endpoint,
+    conns: HashMap<ConnectionHandle, Conn>,
+    order: Vec<ConnectionHandle>,
+    rr: usize,
+    shared: Shared,
+    responses: VecDeque<(Transmit, Vec<u8>)>,
+    trust_generation: u64,
+    shutting_down: bool,
+}
+
+/// Configuration of a [`NodeServer`].
+pub struct NodeServerConfig {
+    /// TLS configuration from [`super::tls::server_config`].
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Limits.
+    pub limits: ServerLimits,
+    /// Whether client certificates are mandatory (reported by `node.health`).
+    pub mtls_required: bool,
+    /// Seed for quinn's RNG (connection IDs, tokens); from the OS in production, fixed in tests.
+    pub rng_seed: [u8; 32],
+}
+
+/// Errors creating the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The TLS configuration cannot be used for QUIC.
+    #[error("TLS configuration is not usable for QUIC: {0}")]
+    Tls(String),
+}
+
+impl NodeServer {
+    /// A server answering from `store`, authenticating devices against `trust`.
+    pub fn new(
+        config: NodeServerConfig,
+        store: Box<dyn EventStore>,
+        trust: Arc<TrustIndex>,
+    ) -> Result<Self, ServerError> {
+        let crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(config.tls)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let mut server_config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
+        server_config.transport_config(Arc::new(transport_config(&config.limits)));
+        server_config.migration(false);
+        let mut endpoint_config = EndpointConfig::default();
+        endpoint_config.rng_seed(Some(config.rng_seed));
+        let endpoint = Endpoint::new(
+            Arc::new(endpoint_config),
+            Some(Arc::new(server_config)),
+            true,
+            None,
+        );
+        let trust_generation = trust.generation();
+        Ok(Self {
+            endpoint,
+            conns: HashMap::new(),
+            order: Vec::new(),
+            rr: 0,
+            shared: Shared {
+                limits: config.limits,
+                mtls_required: config.mtls_required,
+                store,
+                trust,
+                pending: Vec::new(),
+                events: VecDeque::new(),
+                wall_ms: 0,
+                established: 0,
+                handshaking: 0,
+            },
+            responses: VecDeque::new(),
+            trust_generation,
+            shutting_down: false,
+        })
+    }
+
+    /// Sets the wall-clock time (Unix ms) used for event timestamps and `server_time_unix_ms`.
+    pub fn set_wall_clock(&mut self, unix_ms: u64) {
+        self.shared.wall_ms = unix_ms;
+    }
+
+    /// Established connections.
+    pub fn connection_count(&self) -> usize {
+        self.shared.established
+    }
+
+    /// Handshakes in progress.
+    pub fn handshake_count(&self) -> usize {
+        self.shared.handshaking
+    }
+
+    /// Read access to the event store (for status and tests).
+    pub fn store(&mut self) -> &mut dyn EventStore {
+        self.shared.store.as_mut()
+    }
+
+    /// Processes one received UDP datagram.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+        data: &[u8],
+    ) {
+        let mut buf = Vec::new();
+        let event =
+            self.endpoint
+                .handle(now, remote, local_ip, None, BytesMut::from(data), &mut buf);
+        match event {
+            None => {}
+            Some(DatagramEvent::Response(t)) => self.queue_response(t, buf),
+            Some(DatagramEvent::ConnectionEvent(ch, event)) => {
+                if let Some(conn) = self.conns.get_mut(&ch) {
+                    conn.conn.handle_event(event);
+                    self.drive(ch, now);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                let remote = incoming.remote_address();
+                if self.shutting_down
+                    || self.shared.handshaking >= self.shared.limits.max_handshakes
+                {
+                    let reason = if self.shutting_down {
+                        "server is shutting down"
+                    } else {
+                        "too many handshakes in progress"
+                    };
+                    self.shared.events.push_back(ServerEvent::Refused {
+                        remote,
+                        reason: reason.into(),
+                    });
+                    let t = self.endpoint.refuse(incoming, &mut buf);
+                    self.queue_response(t, buf);
+                    return;
+                }
+                match self.endpoint.accept(incoming, now, &mut buf, None) {
+                    Ok((ch, conn)) => {
+                        self.shared.handshaking += 1;
+                        self.conns.insert(
+                            ch,
+                            Conn {
+                                handle: ch,
+                                conn,
+                                state: ConnState::Handshaking,
+                                started: now,
+                                remote,
+                                device: None,
+                                fingerprint: None,
+                                streams: HashMap::new(),
+                                close_reason: None,
+                            },
+                        );
+                        self.order.push(ch);
+                        self.drive(ch, now);
+                    }
+                    Err(err) => {
+                        self.shared.events.push_back(ServerEvent::Refused {
+                            remote,
+                            reason: err.cause.to_string(),
+                        });
+                        if let Some(t) = err.response {
+                            self.queue_response(t, buf);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn queue_response(&mut self, t: quinn_proto::Transmit, mut buf: Vec<u8>) {
+        buf.truncate(t.size);
+        self.responses.push_back((
+            Transmit {
+                destination: t.destination,
+                size: t.size,
+                src_ip: t.src_ip,
+            },
+            buf,
+        ));
+    }
+
+    /// Handles expired timers (QUIC loss detection, idle, keep-alive, handshake deadline).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
+        let handshake_timeout = self.shared.limits.handshake_timeout;
+        for ch in handles {
+            let Some(conn) = self.conns.get_mut(&ch) else {
+                continue;
+            };
+            if conn.state == ConnState::Handshaking && now >= conn.started + handshake_timeout {
+                close(
+                    conn,
+                    now,
+                    close_code::HANDSHAKE_TIMEOUT,
+                    "handshake timed out",
+                );
+            }
+            if conn.conn.poll_timeout().is_some_and(|t| t <= now) {
+                conn.conn.handle_timeout(now);
+            }
+            self.drive(ch, now);
+        }
+    }
+
+    /// The next instant at which [`NodeServer::handle_timeout`] must be called.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let handshake_timeout = self.shared.limits.handshake_timeout;
+        self.conns
+            .values_mut()
+            .filter_map(|c| {
+                let quic = c.conn.poll_timeout();
+                let handshake =
+                    (c.state == ConnState::Handshaking).then_some(c.started + handshake_timeout);
+                match (quic, handshake) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .min()
+    }
+
+    /// Writes the next datagram into `buf` (cleared first) and says where to send it.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        if let Some((t, bytes)) = self.responses.pop_front() {
+            buf.clear();
+            buf.extend_from_slice(&bytes);
+            return Some(t);
+        }
+        let count = self.order.len();
+        for _ in 0..count {
+            if self.rr >= self.order.len() {
+                self.rr = 0;
+            }
+            let ch = self.order[self.rr];
+            if let Some(conn) = self.conns.get_mut(&ch) {
+                buf.clear();
+                if let Some(t) = conn.conn.poll_transmit(now, 1, buf) {
+                    return Some(Transmit {
+                        destination: t.destination,
+                        size: t.size,
+                        src_ip: t.src_ip,
+                    });
+                }
+            }
+            self.rr += 1;
+        }
+        None
+    }
+
+    /// Takes the next event worth logging.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.shared.events.pop_front()
+    }
+
+    /// Whether publishes are waiting for [`NodeServer::commit`].
+    pub fn has_pending_commit(&self) -> bool {
+        !self.shared.pending.is_empty()
+    }
+
+    /// Makes all queued publishes durable with one store append, acknowledges them, and pushes
+    /// the new events to following streams.
+    pub fn commit(&mut self, now: Instant) {
+        if self.shared.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.shared.pending);
+        let events: Vec<NewEvent> = pending.iter().map(|p| p.event.clone()).collect();
+        let result = self.shared.store.append(&events);
+        let mut touched = Vec::new();
+        match &result {
+            Ok(first) => self.shared.events.push_back(ServerEvent::Committed {
+                first_seq: *first,
+                count: events.len(),
+            }),
+            Err(err) => self.shared.events.push_back(ServerEvent::StoreFailed {
+                error: err.to_string(),
+            }),
+        }
+        for (i, publish) in pending.into_iter().enumerate() {
+            let Some(conn) = self.conns.get_mut(&publish.ch) else {
+                continue;
+            };
+            let Some(stream) = conn.streams.get_mut(&publish.stream) else {
+                continue;
+            };
+            match &result {
+                Ok(first) => {
+                    let _ = stream.machine.send(&ResponseFrame::ack(first + i as u64));
+                    stream.machine.finish();
+                }
+                Err(_) => stream.machine.refuse(
+                    ErrorCode::StreamFailure,
+                    "event log write failed; event not stored",
+                ),
+            }
+            stream.serving = Serving::Idle;
+            touched.push(publish.ch);
+        }
+        // New events: every following stream may have something to send.
+        for (ch, conn) in self.conns.iter_mut() {
+            if conn
+                .streams
+                .values()
+                .any(|s| matches!(s.serving, Serving::Events { follow: true, .. }))
+            {
+                touched.push(*ch);
+            }
+        }
+        touched.sort_unstable_by_key(|ch| ch.0);
+        touched.dedup();
+        for ch in touched {
+            if let Some(conn) = self.conns.get_mut(&ch) {
+                let ids: Vec<StreamId> = conn.streams.keys().copied().collect();
+                for id in ids {
+                    pump_stream(conn, id, &mut self.shared);
+                }
+            }
+            self.drive(ch, now);
+        }
+    }
+
+    /// Re-checks open connections against the trust index after it changed (revocation):
+    /// connections of revoked or unknown certificates are closed at once.
+    pub fn handle_trust_change(&mut self, now: Instant) {
+        let generation = self.shared.trust.generation();
+        if generation == self.trust_generation {
+            return;
+        }
+        self.trust_generation = generation;
+        let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
+        for ch in handles {
+            let Some(conn) = self.conns.get_mut(&ch) else {
+                continue;
+            };
+            let Some(fp) = conn.fingerprint else { continue };
+            match self.shared.trust.check(&fp) {
+                TrustDecision::Trusted(_) => {}
+                TrustDecision::Revoked(_) => {
+                    close(conn, now, close_code::REVOKED, "device certificate revoked")
+                }
+                TrustDecision::Unknown => close(
+                    conn,
+                    now,
+                    close_code::UNAUTHORIZED,
+                    "device certificate no longer known",
+                ),
+            }
+            self.drive(ch, now);
+        }
+    }
+
+    /// Starts a graceful shutdown: new connections are refused, open ones get an application close.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        self.commit(now);
+        let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
+        for ch in handles {
+            if let Some(conn) = self.conns.get_mut(&ch) {
+                close(conn, now, close_code::SHUTDOWN, "server shutting down");
+            }
+            self.drive(ch, now);
+        }
+    }
+
+    /// True when no connection remains (after [`NodeServer::shutdown`], the driver may exit).
+    pub fn is_idle(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Processes everything a connection has to say, then exchanges endpoint events.
+    fn drive(&mut self, ch: ConnectionHandle, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&ch) else {
+            return;
+        };
+        loop {
+            let mut progressed = false;
+            while let Some(event) = conn.conn.poll() {
+                progressed = true;
+                handle_conn_event(conn, event, now, &mut self.shared);
+            }
+            while let Some(event) = conn.conn.poll_endpoint_events() {
+                progressed = true;
+                let drained = event.is_drained();
+                if let Some(reply) = self.endpoint.handle_event(ch, event) {
+                    conn.conn.handle_event(reply);
+                }
+                if drained {
+                    let conn = self.conns.remove(&ch);
+                    self.order.retain(|c| *c != ch);
+                    if let Some(conn) = conn {
+                        self.release(conn);
+                    }
+                    return;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn release(&mut self, conn: Conn) {
+        match conn.state {
+            ConnState::Handshaking => self.shared.handshaking -= 1,
+            ConnState::Established => self.shared.established -= 1,
+            ConnState::Closing => {}
+        }
+        self.shared.events.push_back(ServerEvent::Closed {
+            remote: conn.remote,
+            device_id: conn.device,
+            reason: conn
+                .close_reason
+                .unwrap_or_else(|| "connection drained".into()),
+        });
+    }
+}
+
+fn close(conn: &mut Conn, now: Instant, code: u32, reason: &str) {
+    if conn.conn.is_closed() {
+        return;
+    }
+    conn.close_reason.get_or_insert_with(|| reason.to_owned());
+    conn.conn.close(
+        now,
+        VarInt::from_u32(code),
+        Bytes::copy_from_slice(reason.as_bytes()),
+    );
+}
+
+fn leave_state(conn: &mut Conn, shared: &mut Shared) {
+    match conn.state {
+        ConnState::Handshaking => shared.handshaking -= 1,
+        ConnState::Established => shared.established -= 1,
+        ConnState::Closing => {}
+    }
+    conn.state = ConnState::Closing;
+}
+
+fn handle_conn_event(conn: &mut Conn, event: Event, now: Instant, shared: &mut Shared) {
+    match event {
+        Event::HandshakeDataReady | Event::DatagramsUnblocked => {}
+        Event::Connected => on_connected(conn, now, shared),
+        Event::ConnectionLost { reason } => {
+            if conn.state == ConnState::Handshaking {
+                shared.events.push_back(ServerEvent::Refused {
+                    remote: conn.remote,
+                    reason: reason.to_string(),
+                });
+            }
+            conn.close_reason.get_or_insert_with(|| reason.to_string());
+            leave_state(conn, shared);
+            conn.streams.clear();
+        }
+        Event::DatagramReceived => while conn.conn.datagrams().recv().is_some() {},
+        Event::Stream(event) => handle_stream_event(conn, event, shared),
+    }
+}
+
+fn on_connected(conn: &mut Conn, now: Instant, shared: &mut Shared) {
+    let leaf = peer_leaf(conn.conn.crypto_session());
+    let mut refusal = None;
+    match leaf.as_deref().map(cert_spki_fingerprint) {
+        Some(Ok(fp)) => match shared.trust.check(&fp) {
+            TrustDecision::Trusted(device) => {
+                conn.device = Some(device);
+                conn.fingerprint = Some(fp);
+            }
+            TrustDecision::Revoked(_) => {
+                refusal = Some((close_code::REVOKED, "device certificate revoked"))
+            }
+            TrustDecision::Unknown => {
+                refusal = Some((close_code::UNAUTHORIZED, "device certificate not known"))
+            }
+        },
+        Some(Err(_)) => refusal = Some((close_code::UNAUTHORIZED, "unreadable client certificate")),
+        None if shared.mtls_required => {
+            refusal = Some((close_code::UNAUTHORIZED, "client certificate required"))
+        }
+        None => {}
+    }
+    if refusal.is_none() && shared.established >= shared.limits.max_connections {
+        refusal = Some((close_code::OVERLOADED, "connection limit reached"));
+    }
+    if let Some((code, reason)) = refusal {
+        shared.events.push_back(ServerEvent::Refused {
+            remote: conn.remote,
+            reason: reason.into(),
+        });
+        leave_state(conn, shared);
+        close(conn, now, code, reason);
+        return;
+    }
+    shared.handshaking -= 1;
+    shared.established += 1;
+    conn.state = ConnState::Established;
+    shared.events.push_back(ServerEvent::Connected {
+        remote: conn.remote,
+        device_id: conn.device.clone(),
+    });
+}
+
+fn handle_stream_event(conn: &mut Conn, event: quinn_proto::StreamEvent, shared: &mut Shared) {
+    use quinn_proto::StreamEvent as S;
+    match event {
+        S::Opened { dir: Dir::Bi } => {
+            while let Some(id) = conn.conn.streams().accept(Dir::Bi) {
+                if conn.state != ConnState::Established {
+                    let _ = conn.conn.recv_stream(id).stop(VarInt::from_u32(0));
+                    continue;
+                }
+                conn.streams.insert(
+                    id,
+                    NodeStream {
+                        machine: RequestStream::new(shared.limits.max_frame_bytes),
+                        serving: Serving::Idle,
+                    },
+                );
+                read_stream(conn, id, shared);
+            }
+        }
+        S::Opened { dir: Dir::Uni } => {
+            // The node plane has no unidirectional streams; refuse them.
+            while let Some(id) = conn.conn.streams().accept(Dir::Uni) {
+                let _ = conn.conn.recv_stream(id).stop(VarInt::from_u32(0));
+            }
+        }
+        S::Readable { id } => read_stream(conn, id, shared),
+        S::Writable { id } => pump_stream(conn, id, shared),
+        S::Finished { id } => {
+            conn.streams.remove(&id);
+        }
+        S::Stopped { id, error_code } => {
+            let _ = conn.conn.send_stream(id).reset(error_code);
+            conn.streams.remove(&id);
+        }
+        S::Available { .. } => {}
+    }
+}
+
+fn read_stream(conn: &mut Conn, id: StreamId, shared: &mut Shared) {
+    let Some(stream) = conn.streams.get_mut(&id) else {
+        // Not ours (e.g. a refused uni stream): discard.
+        if let Ok(mut chunks) = conn.conn.recv_stream(id).read(true) {
+            while let Ok(Some(_)) = chunks.next(usize::MAX) {}
+            let _ = chunks.finalize();
+        }
+        return;
+    };
+    let mut reset = false;
+    if let Ok(mut chunks) = conn.conn.recv_stream(id).read(true) {
+        loop {
+            match chunks.next(usize::MAX) {
+                Ok(Some(chunk)) => stream.machine.handle_input(&chunk.bytes, false),
+                Ok(None) => {
+                    stream.machine.handle_input(&[], true);
+                    break;
+                }
+                Err(quinn_proto::ReadError::Blocked) => break,
+                Err(quinn_proto::ReadError::Reset(_)) => {
+                    reset = true;
+                    break;
+                }
+            }
+        }
+        let _ = chunks.finalize();
+    }
+    if reset && stream.machine.wants_input() {
+        // The peer abandoned the request before sending it; nothing to answer.
+        let _ = conn.conn.send_stream(id).reset(VarInt::from_u32(0));
+        conn.streams.remove(&id);
+        return;
+    }
+    match stream.machine.poll_event() {
+        Some(StreamEvent::Request(request)) => start_request(
+            stream,
+            (conn.handle, id),
+            request,
+            conn.device.clone(),
+            shared,
+        ),
+        Some(StreamEvent::Refused { code, message }) => {
+            shared.events.push_back(ServerEvent::RequestRefused {
+                device_id: conn.device.clone(),
+                code,
+                message,
+            })
+        }
+        None => {}
+    }
+    pump_stream(conn, id, shared);
+}
+
+fn start_request(
+    stream: &mut NodeStream,
+    (ch, id): (ConnectionHandle, StreamId),
+    request: NodeRequest,
+    device: Option<Arc<str>>,
+    shared: &mut Shared,
+) {
+    let machine = &mut stream.machine;
+    match request {
+        NodeRequest::Health => {
+            let _ = machine.send(&ResponseFrame::health(
+                shared.mtls_required,
+                device.as_deref().map(str::to_owned),
+                shared.wall_ms,
+            ));
+            machine.finish();
+        }
+        NodeRequest::PublishEvent(event) => {
+            let Some(device) = device else {
+                refuse(
+                    machine,
+                    None,
+                    ErrorCode::Unauthorized,
+                    "publishing requires a device certificate",
+                    shared,
+                );
+                return;
+            };
+            if shared.pending.len() >= shared.limits.max_pending_publishes {
+                refuse(
+                    machine,
+                    Some(device),
+                    ErrorCode::Overloaded,
+                    "too many publishes waiting to be stored; retry",
+                    shared,
+                );
+                return;
+            }
+            let PublishEvent { name, payload, to } = event;
+            let body = EventBody {
+                name,
+                device_id: device.to_string(),
+                occurred_at_unix_ms: shared.wall_ms,
+                payload,
+                to: to.clone(),
+            };
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            // The event must fit in an event frame when streamed back.
+            if body.len() + 96 > shared.limits.max_frame_bytes {
+                refuse(
+                    machine,
+                    Some(device),
+                    ErrorCode::FrameTooLarge,
+                    "event is too large to be streamed back in one frame",
+                    shared,
+                );
+                return;
+            }
+            shared.pending.push(PendingPublish {
+                ch,
+                stream: id,
+                event: NewEvent { to, body },
+            });
+            stream.serving = Serving::Publishing;
+        }
+        NodeRequest::StreamEvents {
+            resume_from,
+            follow,
+        } => {
+            let after = resume_from.unwrap_or(0);
+            let bounds = shared.store.bounds();
+            if after.saturating_add(1) < bounds.first_seq {
+                let _ = machine.send(&ResponseFrame::resume_gap(after, bounds.first_seq));
+                machine.finish();
+                shared.events.push_back(ServerEvent::RequestRefused {
+                    device_id: device,
+                    code: ErrorCode::ResumeGap,
+                    message: format!("resume_from {after} before first_seq {}", bounds.first_seq),
+                });
+                return;
+            }
+            if after > bounds.last_seq {
+                let mut frame = ResponseFrame::resume_gap(after, bounds.first_seq);
+                frame.message = Some(format!(
+                    "resume_from {after} is ahead of the log (last seq {}); resynchronize from first_seq",
+                    bounds.last_seq
+                ));
+                let _ = machine.send(&frame);
+                machine.finish();
+                return;
+            }
+            stream.serving = Serving::Events { after, follow };
+        }
+    }
+}
+
+fn refuse(
+    machine: &mut RequestStream,
+    device: Option<Arc<str>>,
+    code: ErrorCode,
+    message: &str,
+    shared: &mut Shared,
+) {
+    machine.refuse(code, message);
+    let _ = machine.poll_event();
+    shared.events.push_back(ServerEvent::RequestRefused {
+        device_id: device,
+        code,
+        message: message.into(),
+    });
+}
+
+/// Writes what a stream has queued and refills it from the log until flow control blocks.
+fn pump_stream(conn: &mut Conn, id: StreamId, shared: &mut Shared) {
+    let device = conn.device.clone();
+    let Some(stream) = conn.streams.get_mut(&id) else {
+        return;
+    };
+    loop {
+        let pending = stream.machine.pending_output();
+        if !pending.is_empty() {
+            match conn.conn.send_stream(id).write(pending) {
+                Ok(n) => stream.machine.consume_output(n),
+                Err(WriteError::Blocked) => return,
+                Err(WriteError::Stopped(_)) | Err(WriteError::ClosedStream) => {
+                    conn.streams.remove(&id);
+                    return;
+                }
+            }
+            if !stream.machine.pending_output().is_empty() {
+                return;
+            }
+        }
+        if stream.machine.should_finish() {
+            let _ = conn.conn.send_stream(id).finish();
+            // Keep the entry until the peer acknowledges (StreamEvent::Finished) only if needed;
+            // nothing more will be written, so drop it now.
+            conn.streams.remove(&id);
+            return;
+        }
+        let Serving::Events { after, follow } = &mut stream.serving else {
+            return;
+        };
+        let batch = match shared.store.read_after(
+            *after,
+            shared.limits.read_batch_events,
+            shared.limits.stream_queue_bytes,
+        ) {
+            Ok(batch) => batch,
+            Err(err) => {
+                shared.events.push_back(ServerEvent::StoreFailed {
+                    error: err.to_string(),
+                });
+                stream.serving = Serving::Idle;
+                stream
+                    .machine
+                    .refuse(ErrorCode::StreamFailure, "event log read failed");
+                let _ = stream.machine.poll_event();
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            if !*follow {
+                stream.serving = Serving::Idle;
+                stream.machine.finish();
+                continue;
+            }
+            return; // caught up; woken by the next commit
+        }
+        for event in &batch {
+            *after = event.seq;
+            let visible = match device.as_deref() {
+                Some(device) => event.visible_to(device),
+                None => event.to.is_none(),
+            };
+            if visible
+                && stream
+                    .machine
+                    .send_event_raw(event.seq, &event.body)
+                    .is_err()
+            {
+                // Cannot happen for events accepted by publish; skip rather than wedge the stream.
+                continue;
+            }
+        }
+    }
+}

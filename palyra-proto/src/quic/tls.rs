@@ -1,0 +1,216 @@
+//! rustls configuration for palyra-quic-v1: TLS 1.3 only, ALPN `palyra-quic-v1`, no 0-RTT,
+//! client certificates verified against the gateway CA and the live [`TrustIndex`].
+
+use crate::identity::cert::cert_spki_fingerprint;
+use crate::identity::trust::{TrustDecision, TrustIndex};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+use std::sync::{Arc, RwLock};
+
+/// The only application protocol of the node plane.
+pub const ALPN: &[u8] = b"palyra-quic-v1";
+
+/// Errors building TLS configurations.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rustls refused the configuration.
+    #[error("failed to configure TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// A certificate or key could not be used.
+    #[error("invalid certificate or key: {0}")]
+    Material(String),
+}
+
+/// The process-wide crypto provider: rustls with ring.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds a rustls [`CertifiedKey`] from a DER certificate chain and a PKCS#8 DER key.
+pub fn certified_key(
+    chain: Vec<Vec<u8>>,
+    key_pkcs8: Vec<u8>,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8));
+    let signing = provider().key_provider.load_private_key(key)?;
+    let chain = chain.into_iter().map(CertificateDer::from).collect();
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+/// The server certificate, replaceable while the server runs (renewal without restart).
+#[derive(Debug)]
+pub struct ServerCertSlot {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCertSlot {
+    /// A slot holding `key`.
+    pub fn new(key: Arc<CertifiedKey>) -> Arc<Self> {
+        Arc::new(Self {
+            current: RwLock::new(key),
+        })
+    }
+
+    /// Installs a renewed certificate; new handshakes use it immediately.
+    pub fn replace(&self, key: Arc<CertifiedKey>) {
+        match self.current.write() {
+            Ok(mut guard) => *guard = key,
+            Err(poisoned) => *poisoned.into_inner() = key,
+        }
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        match self.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+}
+
+impl ResolvesServerCert for ServerCertSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+/// Client-certificate verifier: WebPKI chain validation against the gateway CA, then the live
+/// trust index (unknown or revoked certificates fail the handshake).
+#[derive(Debug)]
+pub struct DeviceCertVerifier {
+    webpki: Arc<dyn ClientCertVerifier>,
+    trust: Arc<TrustIndex>,
+}
+
+impl std::fmt::Debug for TrustIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustIndex")
+            .field("generation", &self.generation())
+            .finish()
+    }
+}
+
+impl ClientCertVerifier for DeviceCertVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.webpki.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.webpki.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .webpki
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let fingerprint = cert_spki_fingerprint(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        match self.trust.check(&fingerprint) {
+            TrustDecision::Trusted(_) => Ok(verified),
+            TrustDecision::Revoked(_) => {
+                Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+            }
+            TrustDecision::Unknown => Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca_der.to_vec()))
+        .map_err(|e| TlsError::Material(format!("gateway CA certificate: {e}")))?;
+    Ok(Arc::new(roots))
+}
+
+/// Server TLS configuration for the node plane.
+pub fn server_config(
+    ca_der: &[u8],
+    cert: Arc<ServerCertSlot>,
+    trust: Arc<TrustIndex>,
+    require_client_cert: bool,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = provider();
+    let mut webpki = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider.clone());
+    if !require_client_cert {
+        webpki = webpki.allow_unauthenticated();
+    }
+    let webpki = webpki
+        .build()
+        .map_err(|e| TlsError::Material(e.to_string()))?;
+    let verifier = Arc::new(DeviceCertVerifier { webpki, trust });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
+/// Client TLS configuration: trusts only the gateway CA; presents `identity` (chain, PKCS#8 key).
+pub fn client_config(
+    ca_der: &[u8],
+    identity: Option<(Vec<Vec<u8>>, Vec<u8>)>,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_der)?);
+    let mut config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(
+            chain.into_iter().map(CertificateDer::from).collect(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config.enable_early_data = false;
+    Ok(config)
+}
+
+/// The verified end-entity certificate of a QUIC peer, if it presented one.
+pub fn peer_leaf(session: &dyn quinn_proto::crypto::Session) -> Option<Vec<u8>> {
+    let identity = session.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.first().map(|c| c.as_ref().to_vec())
+}
