@@ -136,6 +136,27 @@ pub fn device_id_from_cert(cert_der: &[u8]) -> Result<Option<String>, CertError>
     Ok(None)
 }
 
+/// Whether `cert_der` carries a valid Ed25519 signature by the key of `issuer_der`.
+pub fn verify_signed_by(cert_der: &[u8], issuer_der: &[u8]) -> Result<bool, CertError> {
+    let cert = Certificate::from_der(cert_der)?;
+    let issuer = Certificate::from_der(issuer_der)?;
+    let key_bytes: [u8; 32] = issuer
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes()
+        .try_into()
+        .map_err(|_| CertError::Unsupported("issuer key is not Ed25519".into()))?;
+    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&key_bytes) else {
+        return Ok(false);
+    };
+    let Ok(signature) = ed25519_dalek::Signature::from_slice(cert.signature.raw_bytes()) else {
+        return Ok(false);
+    };
+    let tbs = cert.tbs_certificate.to_der()?;
+    Ok(key.verify_strict(&tbs, &signature).is_ok())
+}
+
 /// Parses the first certificate of a PEM document to DER.
 pub fn cert_pem_to_der(pem: &str) -> Result<Vec<u8>, CertError> {
     Ok(Certificate::from_pem(pem.as_bytes())?.to_der()?)

@@ -55,14 +55,9 @@ impl RequestStream {
         let Phase::Request(decoder) = &mut self.phase else {
             return;
         };
-        if let Err(err) = decoder.handle_input(bytes) {
-            let code = match err {
-                FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
-                FrameError::Truncated { .. } => ErrorCode::StreamFailure,
-            };
-            self.refuse(code, err.to_string());
-            return;
-        }
+        // A complete request wins over whatever follows it in the same chunk: bytes after the
+        // request frame are ignored, even if they would not decode.
+        let result = decoder.handle_input(bytes);
         if let Some(frame) = decoder.poll_frame() {
             match parse_request(&frame) {
                 Ok(request) => {
@@ -71,6 +66,14 @@ impl RequestStream {
                 }
                 Err(err) => self.refuse(err.code, err.message),
             }
+            return;
+        }
+        if let Err(err) = result {
+            let code = match err {
+                FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                FrameError::Truncated { .. } => ErrorCode::StreamFailure,
+            };
+            self.refuse(code, err.to_string());
             return;
         }
         if fin {
@@ -122,8 +125,9 @@ impl RequestStream {
     /// Queues a final error frame and marks the stream to finish once it is written.
     pub fn refuse(&mut self, code: ErrorCode, message: impl Into<String>) {
         let message = message.into();
-        // An error frame is small; it always fits.
-        let _ = self.send(&ResponseFrame::error(code, message.clone()));
+        // Error frames are ours and small; they are sent even under a tiny request limit.
+        let frame = ResponseFrame::error(code, message.clone()).to_json();
+        let _ = encode_frame(&frame, usize::MAX, &mut self.out);
         self.phase = Phase::Done;
         self.finish_when_flushed = true;
         self.event = Some(StreamEvent::Refused { code, message });
@@ -193,6 +197,9 @@ mod tests {
         let frames = output_frames(&stream);
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].error, Some(ErrorCode::FrameTooLarge));
+        assert!(stream.is_done() && !stream.should_finish());
+        let n = stream.pending_output().len();
+        stream.consume_output(n);
         assert!(stream.should_finish());
     }
 

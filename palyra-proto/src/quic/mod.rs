@@ -1,7 +1,9 @@
 //! palyra-quic-v1 over quinn-proto + rustls: TLS configuration, the server machine and the client machine.
 
+pub mod client;
 pub mod server;
 pub mod tls;
 
+pub use client::{ClientEvent, ClientLimits, NodeClient, RequestId};
 pub use server::{NodeServer, NodeServerConfig, ServerEvent, ServerLimits, Transmit};
 pub use tls::ALPN;

@@ -398,6 +398,7 @@ impl NodeServer {
             if conn.state == ConnState::Handshaking && now >= conn.started + handshake_timeout {
                 close(
                     conn,
+                    &mut self.shared,
                     now,
                     close_code::HANDSHAKE_TIMEOUT,
                     "handshake timed out",
@@ -543,11 +544,16 @@ impl NodeServer {
             let Some(fp) = conn.fingerprint else { continue };
             match self.shared.trust.check(&fp) {
                 TrustDecision::Trusted(_) => {}
-                TrustDecision::Revoked(_) => {
-                    close(conn, now, close_code::REVOKED, "device certificate revoked")
-                }
+                TrustDecision::Revoked(_) => close(
+                    conn,
+                    &mut self.shared,
+                    now,
+                    close_code::REVOKED,
+                    "device certificate revoked",
+                ),
                 TrustDecision::Unknown => close(
                     conn,
+                    &mut self.shared,
                     now,
                     close_code::UNAUTHORIZED,
                     "device certificate no longer known",
@@ -564,7 +570,13 @@ impl NodeServer {
         let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
         for ch in handles {
             if let Some(conn) = self.conns.get_mut(&ch) {
-                close(conn, now, close_code::SHUTDOWN, "server shutting down");
+                close(
+                    conn,
+                    &mut self.shared,
+                    now,
+                    close_code::SHUTDOWN,
+                    "server shutting down",
+                );
             }
             self.drive(ch, now);
         }
@@ -607,12 +619,8 @@ impl NodeServer {
         }
     }
 
-    fn release(&mut self, conn: Conn) {
-        match conn.state {
-            ConnState::Handshaking => self.shared.handshaking -= 1,
-            ConnState::Established => self.shared.established -= 1,
-            ConnState::Closing => {}
-        }
+    fn release(&mut self, mut conn: Conn) {
+        leave_state(&mut conn, &mut self.shared);
         self.shared.events.push_back(ServerEvent::Closed {
             remote: conn.remote,
             device_id: conn.device,
@@ -623,7 +631,9 @@ impl NodeServer {
     }
 }
 
-fn close(conn: &mut Conn, now: Instant, code: u32, reason: &str) {
+/// Closes a connection; its slot (handshake or established) is released at once.
+fn close(conn: &mut Conn, shared: &mut Shared, now: Instant, code: u32, reason: &str) {
+    leave_state(conn, shared);
     if conn.conn.is_closed() {
         return;
     }
@@ -694,8 +704,7 @@ fn on_connected(conn: &mut Conn, now: Instant, shared: &mut Shared) {
             remote: conn.remote,
             reason: reason.into(),
         });
-        leave_state(conn, shared);
-        close(conn, now, code, reason);
+        close(conn, shared, now, code, reason);
         return;
     }
     shared.handshaking -= 1;

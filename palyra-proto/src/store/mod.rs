@@ -2,10 +2,14 @@
 
 mod atomic;
 mod event_log;
+mod identity_dir;
 mod memory;
 
 pub use atomic::{fsync_dir, write_atomic};
-pub use event_log::{FileEventLog, FileEventLogConfig};
+pub use event_log::{FileEventLog, FileEventLogConfig, Recovery};
+pub use identity_dir::{
+    unix_ms, DeviceBundle, IdentityDir, IdentityError, ServerIdentity, CA_VALIDITY,
+};
 pub use memory::MemoryEventLog;
 
 use std::sync::Arc;

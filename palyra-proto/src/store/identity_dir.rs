@@ -1,0 +1,420 @@
+//! The gateway's identity state on disk: the CA, the server certificate and the trust file
+//! (issued device certificates and revocations).
+//!
+//! ```text
+//! DIR/ca.crt.pem  DIR/ca.key.pem (0600)  DIR/server.crt.pem  DIR/server.key.pem (0600)
+//! DIR/trust.json  DIR/.lock
+//! ```
+//! Writers (the daemon, `palyrad cert ...`) take an exclusive lock on `.lock`; documents are
+//! replaced atomically, so readers never see a partial file.
+
+use super::{write_atomic, StoreError};
+use crate::identity::cert::{self, spki_of, CertAuthority, CertError, IssuedCert, Profile};
+use crate::identity::is_canonical_device_id;
+use crate::identity::trust::{DeviceCertRecord, RevokedDevice, TrustSnapshot};
+use ed25519_dalek::SigningKey;
+use rand_core::CryptoRngCore;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Default CA lifetime: 10 years.
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Errors of the identity state.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Reading or writing state failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A certificate or key is invalid.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    /// The trust file is not valid JSON of the expected shape.
+    #[error("trust file {path} is invalid: {reason}")]
+    BadTrustFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The device ID is not a canonical ULID.
+    #[error(
+        "device ID {0:?} is not a canonical ULID (26 characters of Crockford base32, uppercase)"
+    )]
+    BadDeviceId(String),
+    /// The device was revoked and cannot receive a certificate.
+    #[error("device {0} is revoked")]
+    Revoked(String),
+    /// The device is unknown.
+    #[error("device {0} has no certificate issued by this gateway")]
+    UnknownDevice(String),
+}
+
+/// A device certificate bundle as written for an operator.
+pub struct DeviceBundle {
+    /// The device certificate (PEM).
+    pub cert_pem: String,
+    /// The device's PKCS#8 private key (PEM).
+    pub key_pem: String,
+    /// The gateway CA certificate (PEM).
+    pub ca_pem: String,
+    /// The issued certificate.
+    pub issued: IssuedCert,
+}
+
+/// The server certificate and its key.
+pub struct ServerIdentity {
+    /// The certificate.
+    pub cert: IssuedCert,
+    /// Its key.
+    pub key: SigningKey,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Handle on an identity directory.
+#[derive(Debug, Clone)]
+pub struct IdentityDir {
+    dir: PathBuf,
+}
+
+struct DirLock(File);
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+impl IdentityDir {
+    /// Opens (creating with mode 0700) the directory.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, IdentityError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(StoreError::io(format!("creating {}", dir.display())))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(StoreError::io(format!("restricting {}", dir.display())))?;
+        }
+        Ok(Self { dir })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of the trust file (watched by the daemon for changes).
+    pub fn trust_path(&self) -> PathBuf {
+        self.dir.join("trust.json")
+    }
+
+    fn lock(&self) -> Result<DirLock, IdentityError> {
+        let path = self.dir.join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io(format!("opening {}", path.display())))?;
+        file.lock()
+            .map_err(StoreError::io(format!("locking {}", path.display())))?;
+        Ok(DirLock(file))
+    }
+
+    fn read_string(&self, name: &str) -> Result<Option<String>, IdentityError> {
+        let path = self.dir.join(name);
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io {
+                context: format!("reading {}", path.display()),
+                source: e,
+            }
+            .into()),
+        }
+    }
+
+    /// Loads the CA, creating it on first use.
+    pub fn load_or_create_ca(
+        &self,
+        rng: &mut impl CryptoRngCore,
+        now: SystemTime,
+    ) -> Result<CertAuthority, IdentityError> {
+        let _lock = self.lock()?;
+        self.load_or_create_ca_locked(rng, now)
+    }
+
+    fn load_or_create_ca_locked(
+        &self,
+        rng: &mut impl CryptoRngCore,
+        now: SystemTime,
+    ) -> Result<CertAuthority, IdentityError> {
+        if let (Some(cert), Some(key)) = (
+            self.read_string("ca.crt.pem")?,
+            self.read_string("ca.key.pem")?,
+        ) {
+            return Ok(CertAuthority::from_pem(&cert, &key)?);
+        }
+        let ca = CertAuthority::generate(rng, now, CA_VALIDITY, "Palyra Gateway CA")?;
+        // Key first: a CA certificate without its key would be unusable.
+        write_atomic(&self.dir.join("ca.key.pem"), ca.key_pem()?.as_bytes())?;
+        write_atomic(&self.dir.join("ca.crt.pem"), ca.cert_pem()?.as_bytes())?;
+        Ok(ca)
+    }
+
+    /// Loads the CA without creating it.
+    pub fn load_ca(&self) -> Result<Option<CertAuthority>, IdentityError> {
+        match (
+            self.read_string("ca.crt.pem")?,
+            self.read_string("ca.key.pem")?,
+        ) {
+            (Some(cert), Some(key)) => Ok(Some(CertAuthority::from_pem(&cert, &key)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Reads the trust file (empty when it does not exist yet).
+    pub fn load_trust(&self) -> Result<TrustSnapshot, IdentityError> {
+        let path = self.trust_path();
+        match self.read_string("trust.json")? {
+            None => Ok(TrustSnapshot::default()),
+            Some(text) => serde_json::from_str(&text).map_err(|e| IdentityError::BadTrustFile {
+                path,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn save_trust(&self, trust: &TrustSnapshot) -> Result<(), IdentityError> {
+        let json = serde_json::to_vec_pretty(trust).map_err(|e| IdentityError::BadTrustFile {
+            path: self.trust_path(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&self.trust_path(), &json)?;
+        Ok(())
+    }
+
+    /// A change stamp of the trust file (modification time and length), for cheap polling.
+    pub fn trust_stamp(&self) -> Option<(SystemTime, u64)> {
+        let meta = fs::metadata(self.trust_path()).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    }
+
+    /// Issues a device certificate for a fresh key, records it in the trust file and returns the
+    /// bundle. A revoked device ID is refused.
+    pub fn issue_device(
+        &self,
+        rng: &mut impl CryptoRngCore,
+        now: SystemTime,
+        device_id: &str,
+        validity: Duration,
+    ) -> Result<DeviceBundle, IdentityError> {
+        if !is_canonical_device_id(device_id) {
+            return Err(IdentityError::BadDeviceId(device_id.to_owned()));
+        }
+        let _lock = self.lock()?;
+        let ca = self.load_or_create_ca_locked(rng, now)?;
+        let mut trust = self.load_trust()?;
+        if trust.revoked.iter().any(|r| r.device_id == device_id) {
+            return Err(IdentityError::Revoked(device_id.to_owned()));
+        }
+        let key = cert::generate_key(rng);
+        let issued = ca.issue(
+            rng,
+            &Profile::Device { device_id },
+            spki_of(&key)?,
+            now,
+            validity,
+        )?;
+        trust.devices.push(DeviceCertRecord {
+            device_id: device_id.to_owned(),
+            spki_sha256: hex::encode(issued.spki_sha256),
+            issued_at_unix_ms: unix_ms(now),
+            expires_at_unix_ms: unix_ms(issued.not_after),
+        });
+        self.save_trust(&trust)?;
+        Ok(DeviceBundle {
+            cert_pem: issued.pem.clone(),
+            key_pem: cert::key_to_pem(&key)?,
+            ca_pem: ca.cert_pem()?,
+            issued,
+        })
+    }
+
+    /// Revokes every certificate of `device_id`. Returns false if it was already revoked.
+    pub fn revoke_device(
+        &self,
+        now: SystemTime,
+        device_id: &str,
+        reason: &str,
+    ) -> Result<bool, IdentityError> {
+        if !is_canonical_device_id(device_id) {
+            return Err(IdentityError::BadDeviceId(device_id.to_owned()));
+        }
+        let _lock = self.lock()?;
+        let mut trust = self.load_trust()?;
+        if !trust.devices.iter().any(|d| d.device_id == device_id) {
+            return Err(IdentityError::UnknownDevice(device_id.to_owned()));
+        }
+        if trust.revoked.iter().any(|r| r.device_id == device_id) {
+            return Ok(false);
+        }
+        trust.revoked.push(RevokedDevice {
+            device_id: device_id.to_owned(),
+            revoked_at_unix_ms: unix_ms(now),
+            reason: reason.to_owned(),
+        });
+        self.save_trust(&trust)?;
+        Ok(true)
+    }
+
+    /// Returns the stored server certificate if it is still valid for more than `renew_before`
+    /// and names exactly `hosts`; otherwise issues, stores and returns a new one.
+    pub fn load_or_issue_server_cert(
+        &self,
+        rng: &mut impl CryptoRngCore,
+        now: SystemTime,
+        hosts: &[String],
+        validity: Duration,
+        renew_before: Duration,
+    ) -> Result<ServerIdentity, IdentityError> {
+        let _lock = self.lock()?;
+        let ca = self.load_or_create_ca_locked(rng, now)?;
+        if let (Some(cert_pem), Some(key_pem), Some(hosts_json)) = (
+            self.read_string("server.crt.pem")?,
+            self.read_string("server.key.pem")?,
+            self.read_string("server.hosts.json")?,
+        ) {
+            let same_hosts = serde_json::from_str::<Vec<String>>(&hosts_json)
+                .is_ok_and(|stored| stored == hosts);
+            let der = cert::cert_pem_to_der(&cert_pem)?;
+            let not_after = cert::cert_not_after(&der)?;
+            let key = cert::key_from_pem(&key_pem)?;
+            let issued_by_ca = self.verify_issued_by(&ca, &der);
+            if same_hosts && issued_by_ca && not_after > now + renew_before {
+                let spki_sha256 = cert::cert_spki_fingerprint(&der)?;
+                return Ok(ServerIdentity {
+                    cert: IssuedCert {
+                        der,
+                        pem: cert_pem,
+                        not_after,
+                        not_before: now,
+                        spki_sha256,
+                    },
+                    key,
+                });
+            }
+        }
+        let key = cert::generate_key(rng);
+        let issued = ca.issue(
+            rng,
+            &Profile::Server { hosts },
+            spki_of(&key)?,
+            now,
+            validity,
+        )?;
+        write_atomic(
+            &self.dir.join("server.key.pem"),
+            cert::key_to_pem(&key)?.as_bytes(),
+        )?;
+        write_atomic(&self.dir.join("server.crt.pem"), issued.pem.as_bytes())?;
+        let hosts_json = serde_json::to_vec(hosts).unwrap_or_default();
+        write_atomic(&self.dir.join("server.hosts.json"), &hosts_json)?;
+        Ok(ServerIdentity { cert: issued, key })
+    }
+
+    fn verify_issued_by(&self, ca: &CertAuthority, cert_der: &[u8]) -> bool {
+        cert::verify_signed_by(cert_der, ca.cert_der()).unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    const DEVICE: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+    #[test]
+    fn ca_is_created_once_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = IdentityDir::open(dir.path()).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let now = SystemTime::now();
+        let a = ids.load_or_create_ca(&mut rng, now).unwrap();
+        let b = ids.load_or_create_ca(&mut rng, now).unwrap();
+        assert_eq!(a.cert_der(), b.cert_der());
+    }
+
+    #[test]
+    fn issue_and_revoke_update_the_trust_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = IdentityDir::open(dir.path()).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let now = SystemTime::now();
+        let bundle = ids
+            .issue_device(&mut rng, now, DEVICE, Duration::from_secs(3600))
+            .unwrap();
+        let trust = ids.load_trust().unwrap();
+        assert_eq!(trust.devices.len(), 1);
+        assert_eq!(
+            trust.devices[0].spki_sha256,
+            hex::encode(bundle.issued.spki_sha256)
+        );
+        assert!(ids.revoke_device(now, DEVICE, "lost").unwrap());
+        assert!(!ids.revoke_device(now, DEVICE, "again").unwrap());
+        assert!(matches!(
+            ids.issue_device(&mut rng, now, DEVICE, Duration::from_secs(3600)),
+            Err(IdentityError::Revoked(_))
+        ));
+        assert!(matches!(
+            ids.revoke_device(now, "01BX5ZZKBKACTAV9WEVGEMMVRZ", "x"),
+            Err(IdentityError::UnknownDevice(_))
+        ));
+        assert!(matches!(
+            ids.issue_device(&mut rng, now, "not-a-ulid", Duration::from_secs(1)),
+            Err(IdentityError::BadDeviceId(_))
+        ));
+    }
+
+    #[test]
+    fn server_certificate_is_reused_until_renewal_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = IdentityDir::open(dir.path()).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let now = SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        let hosts = vec![];
+        let first = ids
+            .load_or_issue_server_cert(&mut rng, now, &hosts, 3 * day, day)
+            .unwrap();
+        let again = ids
+            .load_or_issue_server_cert(&mut rng, now + day, &hosts, 3 * day, day)
+            .unwrap();
+        assert_eq!(first.cert.der, again.cert.der);
+        let renewed = ids
+            .load_or_issue_server_cert(
+                &mut rng,
+                now + 2 * day + Duration::from_secs(1),
+                &hosts,
+                3 * day,
+                day,
+            )
+            .unwrap();
+        assert_ne!(first.cert.der, renewed.cert.der);
+        let other_hosts = vec!["gw.example".to_owned()];
+        let rehosted = ids
+            .load_or_issue_server_cert(&mut rng, now, &other_hosts, 3 * day, day)
+            .unwrap();
+        assert_ne!(rehosted.cert.der, renewed.cert.der);
+    }
+}

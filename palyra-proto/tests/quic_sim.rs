@@ -1,0 +1,490 @@
+//! Whole conversations between the client and server machines over an in-memory network with a
+//! simulated clock: no sockets, no threads, deterministic.
+
+use palyra_proto::identity::trust::TrustIndex;
+use palyra_proto::node::{ErrorCode, NodeRequest, PublishEvent, ResponseFrame, ResponseKind};
+use palyra_proto::quic::server::close_code;
+use palyra_proto::quic::tls::{self, ServerCertSlot};
+use palyra_proto::quic::{
+    ClientEvent, ClientLimits, NodeClient, NodeServer, NodeServerConfig, RequestId, ServerLimits,
+};
+use palyra_proto::store::{DeviceBundle, IdentityDir, MemoryEventLog};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+const DEV_A: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+const DEV_B: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    ids: IdentityDir,
+    ca_der: Vec<u8>,
+    trust: Arc<TrustIndex>,
+    slot: Arc<ServerCertSlot>,
+    rng: ChaCha20Rng,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = IdentityDir::open(dir.path()).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(42);
+        let now = SystemTime::now();
+        let ca = ids.load_or_create_ca(&mut rng, now).unwrap();
+        let server = ids
+            .load_or_issue_server_cert(
+                &mut rng,
+                now,
+                &[],
+                Duration::from_secs(86_400),
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let key = tls::certified_key(
+            vec![server.cert.der.clone()],
+            palyra_proto::identity::cert::key_to_der(&server.key).unwrap(),
+        )
+        .unwrap();
+        Self {
+            ca_der: ca.cert_der().to_vec(),
+            trust: Arc::new(TrustIndex::default()),
+            slot: ServerCertSlot::new(key),
+            ids,
+            _dir: dir,
+            rng,
+        }
+    }
+
+    fn device(&mut self, id: &str) -> DeviceBundle {
+        let bundle = self
+            .ids
+            .issue_device(
+                &mut self.rng,
+                SystemTime::now(),
+                id,
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        self.trust.replace(&self.ids.load_trust().unwrap());
+        bundle
+    }
+
+    fn server(&self, limits: ServerLimits) -> NodeServer {
+        let tls =
+            tls::server_config(&self.ca_der, self.slot.clone(), self.trust.clone(), true).unwrap();
+        let mut server = NodeServer::new(
+            NodeServerConfig {
+                tls: Arc::new(tls),
+                limits,
+                mtls_required: true,
+                rng_seed: [7; 32],
+            },
+            Box::new(MemoryEventLog::new(1 << 20)),
+            self.trust.clone(),
+        )
+        .unwrap();
+        server.set_wall_clock(1_700_000_000_000);
+        server
+    }
+
+    fn client_tls(&self, bundle: Option<&DeviceBundle>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+        let identity = bundle.map(|b| {
+            let cert = palyra_proto::identity::cert::cert_pem_to_der(&b.cert_pem).unwrap();
+            let key = palyra_proto::identity::cert::key_from_pem(&b.key_pem).unwrap();
+            (
+                vec![cert],
+                palyra_proto::identity::cert::key_to_der(&key).unwrap(),
+            )
+        });
+        Arc::new(tls::client_config(&self.ca_der, identity, alpn).unwrap())
+    }
+}
+
+struct Sim {
+    now: Instant,
+    server: NodeServer,
+    server_addr: SocketAddr,
+    clients: Vec<(SocketAddr, NodeClient, Vec<ClientEvent>)>,
+}
+
+impl Sim {
+    fn new(server: NodeServer) -> Self {
+        Self {
+            now: Instant::now(),
+            server,
+            server_addr: "127.0.0.1:7444".parse().unwrap(),
+            clients: Vec::new(),
+        }
+    }
+
+    fn connect(&mut self, tls: Arc<rustls::ClientConfig>) -> usize {
+        let addr: SocketAddr = format!("127.0.0.1:{}", 40000 + self.clients.len())
+            .parse()
+            .unwrap();
+        let client = NodeClient::connect(
+            tls,
+            ClientLimits::default(),
+            self.server_addr,
+            "localhost",
+            self.now,
+            [self.clients.len() as u8; 32],
+        )
+        .unwrap();
+        self.clients.push((addr, client, Vec::new()));
+        self.clients.len() - 1
+    }
+
+    /// Moves datagrams until quiet; returns true if anything moved.
+    fn pump(&mut self) -> bool {
+        let mut moved = false;
+        let mut buf = Vec::new();
+        loop {
+            let mut any = false;
+            for (addr, client, events) in self.clients.iter_mut() {
+                while let Some(t) = client.poll_transmit(self.now, &mut buf) {
+                    any = true;
+                    self.server
+                        .handle_datagram(self.now, *addr, None, &buf[..t.size]);
+                }
+                while let Some(e) = client.poll_event() {
+                    events.push(e);
+                }
+            }
+            self.server.commit(self.now);
+            while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
+                any = true;
+                if let Some((_, client, _)) = self
+                    .clients
+                    .iter_mut()
+                    .find(|(a, _, _)| *a == t.destination)
+                {
+                    client.handle_datagram(self.now, self.server_addr, &buf[..t.size]);
+                }
+            }
+            for (_, client, events) in self.clients.iter_mut() {
+                while let Some(e) = client.poll_event() {
+                    events.push(e);
+                }
+            }
+            while self.server.poll_event().is_some() {}
+            if !any {
+                return moved;
+            }
+            moved = true;
+        }
+    }
+
+    /// Runs until `done` or `limit` of simulated time, firing timers when the network is quiet.
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now + limit;
+        loop {
+            self.pump();
+            if done(self) {
+                return true;
+            }
+            let next = self
+                .clients
+                .iter_mut()
+                .filter_map(|(_, c, _)| c.poll_timeout())
+                .chain(self.server.poll_timeout())
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    self.server.handle_timeout(self.now);
+                    for (_, c, _) in self.clients.iter_mut() {
+                        c.handle_timeout(self.now);
+                    }
+                }
+                _ => return done(self),
+            }
+        }
+    }
+
+    fn events(&self, client: usize) -> &[ClientEvent] {
+        &self.clients[client].2
+    }
+
+    fn responses(&self, client: usize, request: RequestId) -> Vec<ResponseFrame> {
+        self.events(client)
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Response { request: r, frame } if *r == request => Some(frame.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn is_done(&self, client: usize, request: RequestId) -> bool {
+        self.events(client).iter().any(|e| matches!(e, ClientEvent::Done { request: r } | ClientEvent::Failed { request: r, .. } if *r == request))
+    }
+
+    fn request(&mut self, client: usize, req: &NodeRequest) -> Vec<ResponseFrame> {
+        let id = self.clients[client].1.request(req);
+        assert!(
+            self.run_until(Duration::from_secs(5), |s| s.is_done(client, id)),
+            "request {req:?} did not finish"
+        );
+        assert!(
+            self.events(client)
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Done { request } if *request == id)),
+            "{:?}",
+            self.events(client)
+        );
+        self.responses(client, id)
+    }
+
+    fn lost_reason(&self, client: usize) -> Option<String> {
+        self.events(client).iter().find_map(|e| match e {
+            ClientEvent::ConnectionLost { reason } => Some(reason.clone()),
+            _ => None,
+        })
+    }
+}
+
+fn publish(name: &str, n: u64, to: Option<&str>) -> NodeRequest {
+    NodeRequest::PublishEvent(PublishEvent {
+        name: name.into(),
+        payload: serde_json::json!({ "n": n }),
+        to: to.map(str::to_owned),
+    })
+}
+
+#[test]
+fn health_publish_and_stream_with_resume() {
+    let mut pki = Pki::new();
+    let a = pki.device(DEV_A);
+    let mut sim = Sim::new(pki.server(ServerLimits::default()));
+    let c = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
+
+    let health = sim.request(c, &NodeRequest::Health);
+    assert_eq!(health.len(), 1);
+    assert_eq!(health[0].kind, ResponseKind::Health);
+    assert_eq!(health[0].node_rpc_mtls_required, Some(true));
+    assert_eq!(health[0].device_id.as_deref(), Some(DEV_A));
+    assert_eq!(health[0].server_time_unix_ms, Some(1_700_000_000_000));
+
+    for n in 1..=5 {
+        let ack = sim.request(c, &publish("sensor.temp", n, None));
+        assert_eq!(ack.len(), 1);
+        assert_eq!(
+            (ack[0].kind, ack[0].ok, ack[0].seq),
+            (ResponseKind::Ack, true, Some(n))
+        );
+    }
+    let all = sim.request(
+        c,
+        &NodeRequest::StreamEvents {
+            resume_from: None,
+            follow: false,
+        },
+    );
+    assert_eq!(
+        all.iter().map(|f| f.seq.unwrap()).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    let ev = all[2].event.as_ref().unwrap();
+    assert_eq!(ev.device_id, DEV_A);
+    assert_eq!(ev.name, "sensor.temp");
+    assert_eq!(ev.payload["n"], 3);
+    let resumed = sim.request(
+        c,
+        &NodeRequest::StreamEvents {
+            resume_from: Some(3),
+            follow: false,
+        },
+    );
+    assert_eq!(
+        resumed.iter().map(|f| f.seq.unwrap()).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    let ahead = sim.request(
+        c,
+        &NodeRequest::StreamEvents {
+            resume_from: Some(99),
+            follow: false,
+        },
+    );
+    assert_eq!(ahead[0].error, Some(ErrorCode::ResumeGap));
+}
+
+#[test]
+fn addressed_events_reach_only_their_device_and_follow_pushes_live() {
+    let mut pki = Pki::new();
+    let a = pki.device(DEV_A);
+    let b = pki.device(DEV_B);
+    let mut sim = Sim::new(pki.server(ServerLimits::default()));
+    let ca = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
+    let cb = sim.connect(pki.client_tls(Some(&b), tls::ALPN));
+    let follow = sim.clients[cb].1.request(&NodeRequest::StreamEvents {
+        resume_from: None,
+        follow: true,
+    });
+    sim.run_until(Duration::from_secs(1), |_| false);
+    sim.request(ca, &publish("to.everyone", 1, None));
+    sim.request(ca, &publish("to.a", 2, Some(DEV_A)));
+    sim.request(ca, &publish("to.b", 3, Some(DEV_B)));
+    sim.run_until(Duration::from_secs(1), |s| {
+        s.responses(cb, follow).len() >= 2
+    });
+    let seen: Vec<_> = sim
+        .responses(cb, follow)
+        .iter()
+        .map(|f| f.event.as_ref().unwrap().name.clone())
+        .collect();
+    assert_eq!(seen, vec!["to.everyone", "to.b"]);
+    assert!(!sim.is_done(cb, follow), "a follow stream stays open");
+    let a_view = sim.request(
+        ca,
+        &NodeRequest::StreamEvents {
+            resume_from: None,
+            follow: false,
+        },
+    );
+    let names: Vec<_> = a_view
+        .iter()
+        .map(|f| f.event.as_ref().unwrap().name.clone())
+        .collect();
+    assert_eq!(names, vec!["to.everyone", "to.a"]);
+}
+
+#[test]
+fn protocol_errors_are_answered_per_stream() {
+    let mut pki = Pki::new();
+    let a = pki.device(DEV_A);
+    let mut sim = Sim::new(pki.server(ServerLimits::default()));
+    let c = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
+    let cases: Vec<(Vec<u8>, ErrorCode)> = vec![
+        (
+            br#"{"protocol_version":2,"method":"node.health","new_field":1}"#.to_vec(),
+            ErrorCode::ProtocolMismatch,
+        ),
+        (
+            br#"{"protocol_version":1,"method":"node.reboot"}"#.to_vec(),
+            ErrorCode::UnsupportedMethod,
+        ),
+        (b"not json".to_vec(), ErrorCode::InvalidRequest),
+    ];
+    for (payload, code) in cases {
+        let id = sim.clients[c].1.request_raw(&payload);
+        sim.run_until(Duration::from_secs(2), |s| s.is_done(c, id));
+        let frames = sim.responses(c, id);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].error, Some(code));
+        assert!(!frames[0].ok);
+    }
+    let id = sim.clients[c].1.request_bytes(vec![0x7f, 0xff, 0xff, 0xff]);
+    sim.run_until(Duration::from_secs(2), |s| s.is_done(c, id));
+    assert_eq!(
+        sim.responses(c, id)[0].error,
+        Some(ErrorCode::FrameTooLarge)
+    );
+    // The connection is still fine.
+    assert_eq!(sim.request(c, &NodeRequest::Health).len(), 1);
+}
+
+#[test]
+fn wrong_alpn_and_missing_certificate_fail_the_handshake() {
+    let mut pki = Pki::new();
+    let a = pki.device(DEV_A);
+    let mut sim = Sim::new(pki.server(ServerLimits::default()));
+    let wrong = sim.connect(pki.client_tls(Some(&a), b"h3"));
+    let anonymous = sim.connect(pki.client_tls(None, tls::ALPN));
+    sim.run_until(Duration::from_secs(15), |s| {
+        s.lost_reason(wrong).is_some() && s.lost_reason(anonymous).is_some()
+    });
+    let wrong_reason = sim.lost_reason(wrong).unwrap();
+    // TLS alert 120 (no_application_protocol), QUIC crypto error 0x178.
+    assert!(wrong_reason.contains("error 120"), "{wrong_reason}");
+    let anon_reason = sim.lost_reason(anonymous).unwrap();
+    assert!(!anon_reason.is_empty());
+    assert_eq!(sim.server.connection_count(), 0);
+}
+
+#[test]
+fn revocation_closes_the_live_connection_and_blocks_the_next_handshake() {
+    let mut pki = Pki::new();
+    let a = pki.device(DEV_A);
+    let mut sim = Sim::new(pki.server(ServerLimits::default()));
+    let c = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
+    assert_eq!(sim.request(c, &NodeRequest::Health).len(), 1);
+    pki.ids
+        .revoke_device(SystemTime::now(), DEV_A, "test")
+        .unwrap();
+    pki.trust.replace(&pki.ids.load_trust().unwrap());
+    let revoked_at = sim.now;
+    sim.server.handle_trust_change(sim.now);
+    assert!(sim.run_until(Duration::from_secs(1), |s| s.lost_reason(c).is_some()));
+    assert!(sim.now - revoked_at < Duration::from_secs(1));
+    let reason = sim.lost_reason(c).unwrap();
+    assert!(
+        reason.contains(&format!("{:#x}", close_code::REVOKED)) || reason.contains("revoked"),
+        "{reason}"
+    );
+    let again = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
+    sim.run_until(Duration::from_secs(15), |s| s.lost_reason(again).is_some());
+    assert!(sim.lost_reason(again).is_some());
+    assert_eq!(sim.server.connection_count(), 0);
+}
+
+#[test]
+fn connection_slots_are_taken_after_the_handshake() {
+    let mut pki = Pki::new();
+    let a = pki.device(DEV_A);
+    let limits = ServerLimits {
+        max_connections: 1,
+        ..ServerLimits::default()
+    };
+    let mut sim = Sim::new(pki.server(limits));
+    let first = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
+    assert_eq!(sim.request(first, &NodeRequest::Health).len(), 1);
+    let second = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
+    sim.run_until(Duration::from_secs(5), |s| s.lost_reason(second).is_some());
+    assert!(
+        sim.lost_reason(second)
+            .unwrap()
+            .contains(&format!("{:#x}", close_code::OVERLOADED))
+            || sim.lost_reason(second).unwrap().contains("limit")
+    );
+    assert_eq!(sim.server.connection_count(), 1);
+}
+
+#[test]
+fn idle_connections_time_out_and_release_their_slot() {
+    let mut pki = Pki::new();
+    let a = pki.device(DEV_A);
+    let mut sim = Sim::new(pki.server(ServerLimits::default()));
+    let c = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
+    assert_eq!(sim.request(c, &NodeRequest::Health).len(), 1);
+    assert_eq!(sim.server.connection_count(), 1);
+    // Cut the client off: drop it, then let the server's idle timer fire.
+    sim.clients.clear();
+    sim.run_until(Duration::from_secs(60), |s| s.server.is_idle());
+    assert_eq!(sim.server.connection_count(), 0);
+    assert_eq!(sim.server.store().bounds().last_seq, 0);
+}
+
+#[test]
+fn streams_of_one_connection_are_served_concurrently() {
+    let mut pki = Pki::new();
+    let a = pki.device(DEV_A);
+    let mut sim = Sim::new(pki.server(ServerLimits::default()));
+    let c = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
+    // A follow stream that never ends must not block later requests on the same connection.
+    let follow = sim.clients[c].1.request(&NodeRequest::StreamEvents {
+        resume_from: None,
+        follow: true,
+    });
+    let health = sim.request(c, &NodeRequest::Health);
+    assert_eq!(health.len(), 1);
+    let ack = sim.request(c, &publish("x", 1, None));
+    assert_eq!(ack[0].seq, Some(1));
+    sim.run_until(Duration::from_secs(1), |s| {
+        !s.responses(c, follow).is_empty()
+    });
+    assert_eq!(sim.responses(c, follow)[0].seq, Some(1));
+}
