@@ -5,6 +5,7 @@
 //! a socket, reads a clock, sleeps or spawns; the runtime drivers (`palyra-tokio`, `palyra-smol`) do.
 
 pub mod frame;
+pub mod gateway;
 pub mod identity;
 pub mod node;
 pub mod quic;

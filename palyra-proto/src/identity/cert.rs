@@ -117,6 +117,11 @@ pub fn cert_spki_fingerprint(cert_der: &[u8]) -> Result<[u8; 32], CertError> {
     spki_fingerprint(&cert.tbs_certificate.subject_public_key_info)
 }
 
+/// Lowercase hex of a fingerprint.
+pub fn hex_fingerprint(fingerprint: &[u8; 32]) -> String {
+    hex::encode(fingerprint)
+}
+
 /// Device ID named by a device certificate's SAN URI (`urn:palyra:device:<ULID>`).
 pub fn device_id_from_cert(cert_der: &[u8]) -> Result<Option<String>, CertError> {
     let cert = Certificate::from_der(cert_der)?;

@@ -8,7 +8,8 @@ mod memory;
 pub use atomic::{fsync_dir, write_atomic};
 pub use event_log::{FileEventLog, FileEventLogConfig, Recovery};
 pub use identity_dir::{
-    unix_ms, DeviceBundle, IdentityDir, IdentityError, ServerIdentity, CA_VALIDITY,
+    unix_ms, DeviceBundle, DeviceIdentityFiles, IdentityDir, IdentityError, ServerIdentity,
+    CA_VALIDITY,
 };
 pub use memory::MemoryEventLog;
 

@@ -1,0 +1,267 @@
+//! The daemon's node-plane assembly, shared by both drivers: state directory layout, identity
+//! (CA, server certificate with renewal, live trust index) and the event log.
+//!
+//! ```text
+//! STATE/identity/   CA, server certificate, trust.json (see `store::IdentityDir`)
+//! STATE/events/     the durable event log (see `store::FileEventLog`)
+//! STATE/endpoints.json   bound addresses, written once listening
+//! ```
+
+use crate::identity::cert::key_to_der;
+use crate::identity::trust::TrustIndex;
+use crate::quic::server::{NodeServer, NodeServerConfig, ServerError, ServerLimits};
+use crate::quic::tls::{self, ServerCertSlot, TlsError};
+use crate::store::{
+    unix_ms, write_atomic, FileEventLog, FileEventLogConfig, IdentityDir, IdentityError, StoreError,
+};
+use rand_core::CryptoRngCore;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Errors assembling the node plane.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Identity state could not be loaded or created.
+    #[error("identity state: {0}")]
+    Identity(#[from] IdentityError),
+    /// The event log could not be opened.
+    #[error("event log: {0}")]
+    Store(#[from] StoreError),
+    /// TLS could not be configured.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The QUIC server could not be created.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// Options of the node plane.
+#[derive(Debug, Clone)]
+pub struct NodePlaneOptions {
+    /// Extra host names or IP addresses for the server certificate.
+    pub hosts: Vec<String>,
+    /// Whether client certificates are mandatory.
+    pub mtls_required: bool,
+    /// Connection, stream and frame limits.
+    pub limits: ServerLimits,
+    /// Event log sizes and retention.
+    pub log: FileEventLogConfig,
+    /// Lifetime of the server certificate; it is renewed when a third of it is left.
+    pub server_cert_validity: Duration,
+}
+
+impl Default for NodePlaneOptions {
+    fn default() -> Self {
+        Self {
+            hosts: Vec::new(),
+            mtls_required: true,
+            limits: ServerLimits::default(),
+            log: FileEventLogConfig::default(),
+            server_cert_validity: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// The gateway's live identity: trust index kept in sync with `trust.json`, and the server
+/// certificate slot renewed in place.
+pub struct GatewayIdentity {
+    ids: IdentityDir,
+    trust: Arc<TrustIndex>,
+    slot: Arc<ServerCertSlot>,
+    ca_der: Vec<u8>,
+    hosts: Vec<String>,
+    server_cert_validity: Duration,
+    server_not_after: SystemTime,
+    trust_stamp: Option<(SystemTime, u64)>,
+}
+
+impl GatewayIdentity {
+    /// Loads (creating on first start) the CA and server certificate and the trust index.
+    pub fn open(
+        dir: &Path,
+        hosts: &[String],
+        server_cert_validity: Duration,
+        rng: &mut impl CryptoRngCore,
+        now: SystemTime,
+    ) -> Result<Self, GatewayError> {
+        let ids = IdentityDir::open(dir)?;
+        let ca = ids.load_or_create_ca(rng, now)?;
+        let renew_before = server_cert_validity / 3;
+        let server =
+            ids.load_or_issue_server_cert(rng, now, hosts, server_cert_validity, renew_before)?;
+        let key = tls::certified_key(
+            vec![server.cert.der.clone()],
+            key_to_der(&server.key).map_err(IdentityError::from)?,
+        )?;
+        let trust_stamp = ids.trust_stamp();
+        let trust = Arc::new(TrustIndex::new(&ids.load_trust()?));
+        Ok(Self {
+            ca_der: ca.cert_der().to_vec(),
+            slot: ServerCertSlot::new(key),
+            trust,
+            hosts: hosts.to_vec(),
+            server_cert_validity,
+            server_not_after: server.cert.not_after,
+            trust_stamp,
+            ids,
+        })
+    }
+
+    /// The gateway CA certificate (DER).
+    pub fn ca_der(&self) -> &[u8] {
+        &self.ca_der
+    }
+
+    /// The live trust index.
+    pub fn trust(&self) -> Arc<TrustIndex> {
+        Arc::clone(&self.trust)
+    }
+
+    /// The server certificate slot.
+    pub fn cert_slot(&self) -> Arc<ServerCertSlot> {
+        Arc::clone(&self.slot)
+    }
+
+    /// End of validity of the server certificate in use.
+    pub fn server_cert_not_after(&self) -> SystemTime {
+        self.server_not_after
+    }
+
+    /// Reloads `trust.json` if it changed since the last look. Returns true if the index changed.
+    pub fn refresh_trust(&mut self) -> Result<bool, GatewayError> {
+        let stamp = self.ids.trust_stamp();
+        if stamp == self.trust_stamp {
+            return Ok(false);
+        }
+        let snapshot = self.ids.load_trust()?;
+        self.trust_stamp = stamp;
+        self.trust.replace(&snapshot);
+        Ok(true)
+    }
+
+    /// Renews the server certificate when a third of its lifetime is left; new handshakes use
+    /// the new certificate at once. Returns true if it was renewed.
+    pub fn renew_server_cert_if_due(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+        now: SystemTime,
+    ) -> Result<bool, GatewayError> {
+        let renew_before = self.server_cert_validity / 3;
+        if now + renew_before < self.server_not_after {
+            return Ok(false);
+        }
+        let server = self.ids.load_or_issue_server_cert(
+            rng,
+            now,
+            &self.hosts,
+            self.server_cert_validity,
+            renew_before,
+        )?;
+        let key = tls::certified_key(
+            vec![server.cert.der.clone()],
+            key_to_der(&server.key).map_err(IdentityError::from)?,
+        )?;
+        self.slot.replace(key);
+        let renewed = server.cert.not_after != self.server_not_after;
+        self.server_not_after = server.cert.not_after;
+        Ok(renewed)
+    }
+}
+
+/// Everything a driver needs to serve the node plane.
+pub struct NodePlane {
+    /// The QUIC server machine.
+    pub server: NodeServer,
+    /// The live identity.
+    pub identity: GatewayIdentity,
+}
+
+/// Opens the state directory and assembles the node plane.
+pub fn open_node_plane(
+    state_dir: &Path,
+    options: &NodePlaneOptions,
+    rng: &mut impl CryptoRngCore,
+    now: SystemTime,
+) -> Result<NodePlane, GatewayError> {
+    std::fs::create_dir_all(state_dir)
+        .map_err(StoreError::io(format!("creating {}", state_dir.display())))?;
+    let identity = GatewayIdentity::open(
+        &state_dir.join("identity"),
+        &options.hosts,
+        options.server_cert_validity,
+        rng,
+        now,
+    )?;
+    let log = FileEventLog::open(state_dir.join("events"), options.log)?;
+    let recovery = log.recovery();
+    if recovery.torn_bytes > 0 {
+        tracing::warn!(
+            torn_bytes = recovery.torn_bytes,
+            "event log had a torn tail after a crash; it was cut"
+        );
+    }
+    let tls = tls::server_config(
+        identity.ca_der(),
+        identity.cert_slot(),
+        identity.trust(),
+        options.mtls_required,
+    )?;
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    let mut server = NodeServer::new(
+        NodeServerConfig {
+            tls: Arc::new(tls),
+            limits: options.limits,
+            mtls_required: options.mtls_required,
+            rng_seed: seed,
+        },
+        Box::new(log),
+        identity.trust(),
+    )?;
+    server.set_wall_clock(unix_ms(now));
+    Ok(NodePlane { server, identity })
+}
+
+/// Writes `STATE/endpoints.json` (`{"node_quic":"127.0.0.1:54321", ...}`) atomically.
+pub fn write_endpoints(
+    state_dir: &Path,
+    endpoints: &BTreeMap<&str, String>,
+) -> Result<PathBuf, StoreError> {
+    let path = state_dir.join("endpoints.json");
+    let json = serde_json::to_vec_pretty(endpoints).unwrap_or_default();
+    write_atomic(&path, &json)?;
+    Ok(path)
+}
+
+/// Logs a node-plane server event with `tracing`.
+pub fn log_server_event(event: &crate::quic::ServerEvent) {
+    use crate::quic::ServerEvent as E;
+    match event {
+        E::Connected { remote, device_id } => {
+            tracing::info!(%remote, device_id = device_id.as_deref().unwrap_or("-"), "node connected")
+        }
+        E::Closed {
+            remote,
+            device_id,
+            reason,
+        } => {
+            tracing::info!(%remote, device_id = device_id.as_deref().unwrap_or("-"), %reason, "node connection closed")
+        }
+        E::Refused { remote, reason } => {
+            tracing::warn!(%remote, %reason, "node connection refused")
+        }
+        E::RequestRefused {
+            device_id,
+            code,
+            message,
+        } => {
+            tracing::debug!(device_id = device_id.as_deref().unwrap_or("-"), %code, %message, "node request refused")
+        }
+        E::Committed { first_seq, count } => {
+            tracing::debug!(first_seq, count, "events committed")
+        }
+        E::StoreFailed { error } => tracing::error!(%error, "event log failure"),
+    }
+}

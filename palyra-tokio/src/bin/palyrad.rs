@@ -1,0 +1,198 @@
+//! `palyrad`: the Palyra gateway daemon.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use palyra_proto::gateway::{open_node_plane, write_endpoints};
+use palyra_proto::identity::is_canonical_device_id;
+use palyra_proto::store::{DeviceIdentityFiles, IdentityDir};
+use palyra_tokio::config::{default_state_dir, Config, LogFormat, Overrides};
+use palyra_tokio::NodePlaneHandle;
+use rand_core::OsRng;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+/// The Palyra gateway daemon. Without a subcommand it runs the gateway.
+#[derive(Parser)]
+#[command(name = "palyrad", version, about)]
+struct Cli {
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Offline certificate administration on a state directory.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Issues a device certificate and writes device.crt.pem, device.key.pem and ca.crt.pem to OUT.
+    IssueDevice {
+        /// State directory of the gateway.
+        #[arg(long, env = "PALYRA_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Device ID (a ULID); a new one is generated when omitted.
+        #[arg(long)]
+        device_id: Option<String>,
+        /// Output directory for the device's identity.
+        #[arg(long)]
+        out: PathBuf,
+        /// Certificate lifetime in days.
+        #[arg(long, default_value_t = 30)]
+        validity_days: u64,
+    },
+    /// Revokes every certificate of a device; a running daemon notices within a second.
+    Revoke {
+        /// State directory of the gateway.
+        #[arg(long, env = "PALYRA_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Device ID to revoke.
+        #[arg(long)]
+        device_id: String,
+        /// Reason recorded with the revocation.
+        #[arg(long, default_value = "revoked_by_operator")]
+        reason: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Cert(cert)) => run_cert(cert),
+        None => run_daemon(&cli.overrides),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("palyrad: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cert(command: CertCommand) -> anyhow::Result<()> {
+    match command {
+        CertCommand::IssueDevice {
+            state_dir,
+            device_id,
+            out,
+            validity_days,
+        } => {
+            let state_dir = state_dir.unwrap_or_else(default_state_dir);
+            let device_id = device_id.unwrap_or_else(|| ulid::Ulid::new().to_string());
+            if !is_canonical_device_id(&device_id) {
+                anyhow::bail!("--device-id {device_id:?} is not a canonical ULID (26 characters, Crockford base32, uppercase)");
+            }
+            if validity_days == 0 {
+                anyhow::bail!("--validity-days must be at least 1");
+            }
+            let ids = IdentityDir::open(state_dir.join("identity"))?;
+            let bundle = ids.issue_device(
+                &mut OsRng,
+                SystemTime::now(),
+                &device_id,
+                Duration::from_secs(validity_days * 86_400),
+            )?;
+            DeviceIdentityFiles::write(&out, &bundle)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "device_id": device_id,
+                    "spki_sha256": palyra_proto::identity::cert::hex_fingerprint(&bundle.issued.spki_sha256),
+                    "expires_at_unix_ms": palyra_proto::store::unix_ms(bundle.issued.not_after),
+                    "identity_dir": out,
+                })
+            );
+            Ok(())
+        }
+        CertCommand::Revoke {
+            state_dir,
+            device_id,
+            reason,
+        } => {
+            let state_dir = state_dir.unwrap_or_else(default_state_dir);
+            let ids = IdentityDir::open(state_dir.join("identity"))?;
+            let newly = ids.revoke_device(SystemTime::now(), &device_id, &reason)?;
+            println!(
+                "{}",
+                serde_json::json!({ "device_id": device_id, "revoked": true, "already_revoked": !newly })
+            );
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn run_daemon(overrides: &Overrides) -> anyhow::Result<()> {
+    let config = Config::resolve(overrides)?;
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(daemon(config))
+}
+
+async fn daemon(config: Config) -> anyhow::Result<()> {
+    let first_start = !config.state_dir.join("identity/ca.crt.pem").exists();
+    let plane = open_node_plane(
+        &config.state_dir,
+        &config.node,
+        &mut OsRng,
+        SystemTime::now(),
+    )
+    .with_context(|| format!("cannot open state directory {}", config.state_dir.display()))?;
+    let ca_fingerprint = palyra_proto::identity::cert::hex_fingerprint(
+        &palyra_proto::identity::cert::cert_spki_fingerprint(plane.identity.ca_der())?,
+    );
+    if first_start {
+        tracing::info!(state_dir = %config.state_dir.display(), ca_spki_sha256 = %ca_fingerprint, "first start: created the gateway CA and server certificate");
+    }
+    let node = NodePlaneHandle::start(config.node_addr, plane)
+        .await
+        .with_context(|| format!("cannot bind the node plane on {}/udp", config.node_addr))?;
+    let mut endpoints = BTreeMap::new();
+    endpoints.insert("node_quic", node.local_addr.to_string());
+    let endpoints_path = write_endpoints(&config.state_dir, &endpoints)?;
+    tracing::info!(
+        node_quic = %node.local_addr,
+        endpoints = %endpoints_path.display(),
+        ca_spki_sha256 = %ca_fingerprint,
+        "palyrad listening"
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    node.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

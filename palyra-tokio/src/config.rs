@@ -1,0 +1,266 @@
+//! `palyrad` configuration: built-in defaults, then a TOML file, then `PALYRA_*` environment
+//! variables, then command-line flags (flags win).
+
+use palyra_proto::gateway::NodePlaneOptions;
+use palyra_proto::quic::ServerLimits;
+use palyra_proto::store::FileEventLogConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default node-plane listener.
+pub const DEFAULT_NODE_ADDR: &str = "127.0.0.1:7444";
+
+/// The configuration file, every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// State directory.
+    pub state_dir: Option<PathBuf>,
+    /// Node-plane QUIC listener.
+    pub node_addr: Option<SocketAddr>,
+    /// Extra host names / IPs for the server certificate.
+    pub hosts: Option<Vec<String>>,
+    /// `human` or `json`.
+    pub log_format: Option<LogFormat>,
+    /// tracing filter, e.g. `info` or `palyra_proto=debug`.
+    pub log_level: Option<String>,
+    /// Node-plane limits.
+    #[serde(default)]
+    pub node: NodeSection,
+    /// Event log sizes.
+    #[serde(default)]
+    pub events: EventsSection,
+    /// Certificate lifetimes.
+    #[serde(default)]
+    pub certs: CertsSection,
+}
+
+/// `[node]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Client certificates mandatory (default true).
+    pub require_client_cert: Option<bool>,
+    /// Established connections (default 256).
+    pub max_connections: Option<usize>,
+    /// Handshakes in progress (default 64).
+    pub max_handshakes: Option<usize>,
+    /// Largest frame (default 524288).
+    pub max_frame_bytes: Option<usize>,
+    /// Handshake timeout in seconds (default 10).
+    pub handshake_timeout_secs: Option<u64>,
+    /// Idle timeout in seconds (default 30).
+    pub idle_timeout_secs: Option<u64>,
+}
+
+/// `[events]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    /// Retention: the log is cut to about this many bytes (default 256 MiB).
+    pub max_total_bytes: Option<u64>,
+    /// Segment size (default 16 MiB).
+    pub segment_bytes: Option<u64>,
+}
+
+/// `[certs]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertsSection {
+    /// Server certificate lifetime in seconds (default 30 days); renewed at a third left.
+    pub server_validity_secs: Option<u64>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings given on the command line or in the environment (clap merges those two).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// State directory (default: $XDG_STATE_HOME/palyra or ~/.local/state/palyra).
+    #[arg(long, env = "PALYRA_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Node-plane QUIC listener, e.g. 127.0.0.1:7444 (port 0 picks a free port).
+    #[arg(long, env = "PALYRA_NODE_ADDR")]
+    pub node_addr: Option<SocketAddr>,
+    /// TOML configuration file.
+    #[arg(long, env = "PALYRA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Extra host name or IP for the server certificate (repeatable; env: comma-separated).
+    #[arg(long = "host", env = "PALYRA_HOSTS", value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "PALYRA_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter (tracing syntax), e.g. info or debug.
+    #[arg(long, env = "PALYRA_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Node-plane listener.
+    pub node_addr: SocketAddr,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+    /// Node-plane options.
+    pub node: NodePlaneOptions,
+}
+
+/// The per-user default state directory.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("palyra");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/state/palyra");
+    }
+    PathBuf::from("palyra-state")
+}
+
+/// Reads a TOML configuration file with a clear error.
+pub fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
+}
+
+impl Config {
+    /// Resolves defaults < file < environment/flags.
+    pub fn resolve(overrides: &Overrides) -> anyhow::Result<Self> {
+        let file = match &overrides.config {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+        let defaults = ServerLimits::default();
+        let limits = ServerLimits {
+            max_connections: file
+                .node
+                .max_connections
+                .unwrap_or(defaults.max_connections),
+            max_handshakes: file.node.max_handshakes.unwrap_or(defaults.max_handshakes),
+            max_frame_bytes: file
+                .node
+                .max_frame_bytes
+                .unwrap_or(defaults.max_frame_bytes),
+            handshake_timeout: file
+                .node
+                .handshake_timeout_secs
+                .map_or(defaults.handshake_timeout, Duration::from_secs),
+            idle_timeout: file
+                .node
+                .idle_timeout_secs
+                .map_or(defaults.idle_timeout, Duration::from_secs),
+            ..defaults
+        };
+        if limits.max_frame_bytes == 0 || limits.max_frame_bytes > u32::MAX as usize {
+            anyhow::bail!("node.max_frame_bytes must be between 1 and {}", u32::MAX);
+        }
+        let log_defaults = FileEventLogConfig::default();
+        let log = FileEventLogConfig {
+            max_total_bytes: file
+                .events
+                .max_total_bytes
+                .unwrap_or(log_defaults.max_total_bytes),
+            segment_bytes: file
+                .events
+                .segment_bytes
+                .unwrap_or(log_defaults.segment_bytes),
+            ..log_defaults
+        };
+        if log.segment_bytes < 4096 || log.max_total_bytes < log.segment_bytes {
+            anyhow::bail!(
+                "events.segment_bytes must be at least 4096 and at most events.max_total_bytes"
+            );
+        }
+        let mut hosts = file.hosts.unwrap_or_default();
+        hosts.extend(overrides.hosts.iter().filter(|h| !h.is_empty()).cloned());
+        let node = NodePlaneOptions {
+            hosts,
+            mtls_required: file.node.require_client_cert.unwrap_or(true),
+            limits,
+            log,
+            server_cert_validity: file.certs.server_validity_secs.map_or(
+                NodePlaneOptions::default().server_cert_validity,
+                Duration::from_secs,
+            ),
+        };
+        Ok(Self {
+            state_dir: overrides
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(default_state_dir),
+            node_addr: overrides
+                .node_addr
+                .or(file.node_addr)
+                .unwrap_or_else(|| DEFAULT_NODE_ADDR.parse().expect("valid default address")),
+            log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
+            log_level: overrides
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            node,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("palyrad.toml");
+        std::fs::write(
+            &path,
+            "node_addr = \"127.0.0.1:9000\"\nlog_level = \"debug\"\n[node]\nmax_connections = 3\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            config: Some(path.clone()),
+            node_addr: Some("127.0.0.1:9100".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let config = Config::resolve(&overrides).unwrap();
+        assert_eq!(config.node_addr.port(), 9100);
+        assert_eq!(config.log_level, "debug");
+        assert_eq!(config.node.limits.max_connections, 3);
+        assert_eq!(config.node.limits.max_handshakes, 64);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "nod_addr = \"x\"\n").unwrap();
+        let err = Config::resolve(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("bad.toml") && err.contains("nod_addr"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! tokio driver: UDP pump, timers and tasks around the sans-IO machines of `palyra-proto`.
+
+pub mod client;
+pub mod config;
+pub mod node_plane;
+
+pub use client::{NodeConnection, Responses};
+pub use node_plane::{serve_node_plane, NodePlaneHandle};
