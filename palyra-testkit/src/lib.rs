@@ -1,1 +1,553 @@
-//! placeholder
+//! The node-plane integration suite, written once and run against every driver.
+//!
+//! A driver crate implements [`Driver`] in its tests (blocking wrappers over its async API) and
+//! instantiates the suite with [`node_plane_suite!`]. Every test starts a real server on a
+//! loopback UDP port and talks to it with the driver's own client over real sockets.
+
+use palyra_proto::gateway::{open_node_plane, NodePlane, NodePlaneOptions};
+use palyra_proto::identity::cert::{key_to_der, CertAuthority};
+use palyra_proto::node::{ErrorCode, NodeRequest, PublishEvent, ResponseFrame, ResponseKind};
+use palyra_proto::quic::tls;
+use palyra_proto::store::{DeviceBundle, IdentityDir};
+use rand_core::OsRng;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Blocking facade over a driver, enough to run the suite.
+pub trait Driver {
+    /// Name used in messages.
+    const NAME: &'static str;
+    /// A running server.
+    type Server;
+    /// A client connection.
+    type Conn;
+    /// A response stream in progress.
+    type Stream;
+
+    /// Serves `plane` on `127.0.0.1:0`; returns the server and its address.
+    fn start(plane: NodePlane) -> (Self::Server, SocketAddr);
+    /// Graceful shutdown; returns when the server task ended.
+    fn stop(server: Self::Server);
+    /// Connects with `tls` (ALPN and identity inside), verifying the server as `localhost`.
+    fn connect(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<Self::Conn, String>;
+    /// Sends a raw request payload; returns its response stream.
+    fn open(conn: &Self::Conn, payload: Vec<u8>) -> Self::Stream;
+    /// Next frame within `timeout`: `Ok(Some)` a frame, `Ok(None)` stream finished,
+    /// `Err` failure or timeout (the message says which).
+    fn next(stream: &mut Self::Stream, timeout: Duration) -> Result<Option<ResponseFrame>, String>;
+    /// Closes the connection.
+    fn close(conn: Self::Conn);
+}
+
+/// Device IDs used by the suite.
+pub const DEV_A: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+/// Second device.
+pub const DEV_B: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
+
+/// A gateway state directory plus helpers to issue and revoke devices.
+pub struct Gateway {
+    /// The state directory.
+    pub dir: tempfile::TempDir,
+    /// Its identity directory.
+    pub ids: IdentityDir,
+}
+
+impl Gateway {
+    /// A fresh state directory.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ids = IdentityDir::open(dir.path().join("identity")).expect("identity dir");
+        Self { dir, ids }
+    }
+
+    /// Opens the node plane on the state directory.
+    pub fn plane(&self, options: &NodePlaneOptions) -> NodePlane {
+        open_node_plane(self.dir.path(), options, &mut OsRng, SystemTime::now())
+            .expect("node plane")
+    }
+
+    /// Issues a device certificate (as `palyrad cert issue-device` does).
+    pub fn issue(&self, device_id: &str) -> DeviceBundle {
+        self.ids
+            .issue_device(
+                &mut OsRng,
+                SystemTime::now(),
+                device_id,
+                Duration::from_secs(3600),
+            )
+            .expect("issue device")
+    }
+
+    /// Revokes a device (as `palyrad cert revoke` does).
+    pub fn revoke(&self, device_id: &str) {
+        self.ids
+            .revoke_device(SystemTime::now(), device_id, "suite")
+            .expect("revoke");
+    }
+
+    /// The state directory path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Client TLS configuration for a device bundle.
+pub fn client_tls(
+    bundle: Option<&DeviceBundle>,
+    ca_pem: &str,
+    alpn: &[u8],
+) -> Arc<rustls::ClientConfig> {
+    let ca = palyra_proto::identity::cert::cert_pem_to_der(ca_pem).expect("ca pem");
+    let identity = bundle.map(|b| {
+        let cert = palyra_proto::identity::cert::cert_pem_to_der(&b.cert_pem).expect("cert pem");
+        let key = palyra_proto::identity::cert::key_from_pem(&b.key_pem).expect("key pem");
+        (vec![cert], key_to_der(&key).expect("key der"))
+    });
+    Arc::new(tls::client_config(&ca, identity, alpn).expect("client tls"))
+}
+
+fn device_tls(bundle: &DeviceBundle) -> Arc<rustls::ClientConfig> {
+    client_tls(Some(bundle), &bundle.ca_pem, tls::ALPN)
+}
+
+fn payload(request: &NodeRequest) -> Vec<u8> {
+    palyra_proto::node::RequestFrame::from_request(request).to_json()
+}
+
+/// Sends a request and collects every frame until the stream finishes.
+pub fn call<D: Driver>(conn: &D::Conn, request: &NodeRequest) -> Vec<ResponseFrame> {
+    call_raw::<D>(conn, payload(request))
+}
+
+/// Sends a raw payload and collects every frame until the stream finishes.
+pub fn call_raw<D: Driver>(conn: &D::Conn, payload: Vec<u8>) -> Vec<ResponseFrame> {
+    let mut stream = D::open(conn, payload);
+    let mut frames = Vec::new();
+    loop {
+        match D::next(&mut stream, Duration::from_secs(10)) {
+            Ok(Some(frame)) => frames.push(frame),
+            Ok(None) => return frames,
+            Err(e) => panic!("[{}] request failed: {e}", D::NAME),
+        }
+    }
+}
+
+fn publish(name: &str, n: u64, to: Option<&str>) -> NodeRequest {
+    NodeRequest::PublishEvent(PublishEvent {
+        name: name.into(),
+        payload: serde_json::json!({ "n": n }),
+        to: to.map(str::to_owned),
+    })
+}
+
+fn seqs(frames: &[ResponseFrame]) -> Vec<u64> {
+    frames.iter().filter_map(|f| f.seq).collect()
+}
+
+/// Health, durable publish with acks, stream with and without resume.
+pub fn health_publish_and_resume<D: Driver>() {
+    let gw = Gateway::new();
+    let a = gw.issue(DEV_A);
+    let (server, addr) = D::start(gw.plane(&NodePlaneOptions::default()));
+    let conn = D::connect(addr, device_tls(&a)).expect("connect");
+    let health = call::<D>(&conn, &NodeRequest::Health);
+    assert_eq!(health.len(), 1);
+    assert_eq!(health[0].kind, ResponseKind::Health);
+    assert_eq!(health[0].node_rpc_mtls_required, Some(true));
+    assert_eq!(health[0].device_id.as_deref(), Some(DEV_A));
+    assert!(health[0].server_time_unix_ms.unwrap_or(0) > 1_600_000_000_000);
+    for n in 1..=10 {
+        let ack = call::<D>(&conn, &publish("sensor.temp", n, None));
+        assert_eq!(ack.len(), 1, "{ack:?}");
+        assert_eq!((ack[0].kind, ack[0].seq), (ResponseKind::Ack, Some(n)));
+    }
+    let all = call::<D>(
+        &conn,
+        &NodeRequest::StreamEvents {
+            resume_from: None,
+            follow: false,
+        },
+    );
+    assert_eq!(seqs(&all), (1..=10).collect::<Vec<_>>());
+    let event = all[4].event.as_ref().expect("event body");
+    assert_eq!(event.device_id, DEV_A);
+    assert_eq!(event.payload["n"], 5);
+    let resumed = call::<D>(
+        &conn,
+        &NodeRequest::StreamEvents {
+            resume_from: Some(7),
+            follow: false,
+        },
+    );
+    assert_eq!(seqs(&resumed), vec![8, 9, 10]);
+    D::close(conn);
+    D::stop(server);
+}
+
+/// Events survive a restart; sequence numbers continue; old cursors still resume.
+pub fn restart_keeps_events_and_sequence<D: Driver>() {
+    let gw = Gateway::new();
+    let a = gw.issue(DEV_A);
+    let (server, addr) = D::start(gw.plane(&NodePlaneOptions::default()));
+    let conn = D::connect(addr, device_tls(&a)).expect("connect");
+    for n in 1..=3 {
+        call::<D>(&conn, &publish("before", n, None));
+    }
+    D::close(conn);
+    D::stop(server);
+    let (server, addr) = D::start(gw.plane(&NodePlaneOptions::default()));
+    let conn = D::connect(addr, device_tls(&a)).expect("reconnect");
+    let ack = call::<D>(&conn, &publish("after", 4, None));
+    assert_eq!(ack[0].seq, Some(4));
+    let resumed = call::<D>(
+        &conn,
+        &NodeRequest::StreamEvents {
+            resume_from: Some(2),
+            follow: false,
+        },
+    );
+    assert_eq!(seqs(&resumed), vec![3, 4]);
+    assert_eq!(
+        resumed[0].event.as_ref().map(|e| e.name.as_str()),
+        Some("before")
+    );
+    D::close(conn);
+    D::stop(server);
+}
+
+/// A follow stream gets live events; addressed events reach only their device.
+pub fn follow_and_addressing<D: Driver>() {
+    let gw = Gateway::new();
+    let a = gw.issue(DEV_A);
+    let b = gw.issue(DEV_B);
+    let (server, addr) = D::start(gw.plane(&NodePlaneOptions::default()));
+    let conn_a = D::connect(addr, device_tls(&a)).expect("connect a");
+    let conn_b = D::connect(addr, device_tls(&b)).expect("connect b");
+    let mut follow = D::open(
+        &conn_b,
+        payload(&NodeRequest::StreamEvents {
+            resume_from: None,
+            follow: true,
+        }),
+    );
+    call::<D>(&conn_a, &publish("all", 1, None));
+    call::<D>(&conn_a, &publish("for.a", 2, Some(DEV_A)));
+    call::<D>(&conn_a, &publish("for.b", 3, Some(DEV_B)));
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let frame = D::next(&mut follow, Duration::from_secs(5))
+            .expect("live event")
+            .expect("open stream");
+        names.push(frame.event.expect("event").name);
+    }
+    assert_eq!(names, vec!["all", "for.b"]);
+    // Nothing else arrives, and the stream stays open.
+    let quiet = D::next(&mut follow, Duration::from_millis(300));
+    assert!(
+        matches!(&quiet, Err(e) if e.contains("timeout")),
+        "{quiet:?}"
+    );
+    let a_view = call::<D>(
+        &conn_a,
+        &NodeRequest::StreamEvents {
+            resume_from: None,
+            follow: false,
+        },
+    );
+    let a_names: Vec<_> = a_view
+        .iter()
+        .filter_map(|f| f.event.as_ref().map(|e| e.name.clone()))
+        .collect();
+    assert_eq!(a_names, vec!["all", "for.a"]);
+    D::close(conn_a);
+    D::close(conn_b);
+    D::stop(server);
+}
+
+/// Many streams of one connection are served at once, not one after another.
+pub fn streams_are_concurrent<D: Driver>() {
+    let gw = Gateway::new();
+    let a = gw.issue(DEV_A);
+    let (server, addr) = D::start(gw.plane(&NodePlaneOptions::default()));
+    let conn = D::connect(addr, device_tls(&a)).expect("connect");
+    let mut followers: Vec<_> = (0..8)
+        .map(|_| {
+            D::open(
+                &conn,
+                payload(&NodeRequest::StreamEvents {
+                    resume_from: None,
+                    follow: true,
+                }),
+            )
+        })
+        .collect();
+    assert_eq!(call::<D>(&conn, &NodeRequest::Health).len(), 1);
+    let mut publishes: Vec<_> = (0..16)
+        .map(|n| D::open(&conn, payload(&publish("burst", n, None))))
+        .collect();
+    let mut acked: Vec<u64> = publishes
+        .iter_mut()
+        .map(|s| {
+            D::next(s, Duration::from_secs(5))
+                .expect("ack")
+                .expect("frame")
+                .seq
+                .expect("seq")
+        })
+        .collect();
+    acked.sort_unstable();
+    assert_eq!(acked, (1..=16).collect::<Vec<_>>());
+    for follower in followers.iter_mut() {
+        let got: Vec<u64> = (0..16)
+            .map(|_| {
+                D::next(follower, Duration::from_secs(5))
+                    .expect("event")
+                    .expect("frame")
+                    .seq
+                    .expect("seq")
+            })
+            .collect();
+        assert_eq!(got, (1..=16).collect::<Vec<_>>());
+    }
+    D::close(conn);
+    D::stop(server);
+}
+
+/// Bad requests get the protocol's error frames and the connection stays usable.
+pub fn protocol_errors<D: Driver>() {
+    let gw = Gateway::new();
+    let a = gw.issue(DEV_A);
+    let (server, addr) = D::start(gw.plane(&NodePlaneOptions::default()));
+    let conn = D::connect(addr, device_tls(&a)).expect("connect");
+    let cases: [(&[u8], ErrorCode); 4] = [
+        (
+            br#"{"protocol_version":2,"method":"node.health","added_in_v2":true}"#,
+            ErrorCode::ProtocolMismatch,
+        ),
+        (
+            br#"{"protocol_version":1,"method":"node.teleport"}"#,
+            ErrorCode::UnsupportedMethod,
+        ),
+        (
+            br#"{"protocol_version":1,"method":"node.publish_event","event":{"name":""}}"#,
+            ErrorCode::InvalidRequest,
+        ),
+        (b"\xff\xfe", ErrorCode::InvalidRequest),
+    ];
+    for (raw, code) in cases {
+        let frames = call_raw::<D>(&conn, raw.to_vec());
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(
+            (frames[0].kind, frames[0].ok, frames[0].error),
+            (ResponseKind::Error, false, Some(code))
+        );
+        assert!(frames[0].message.as_deref().is_some_and(|m| !m.is_empty()));
+    }
+    let ahead = call::<D>(
+        &conn,
+        &NodeRequest::StreamEvents {
+            resume_from: Some(1000),
+            follow: false,
+        },
+    );
+    assert_eq!(ahead[0].error, Some(ErrorCode::ResumeGap));
+    assert_eq!(call::<D>(&conn, &NodeRequest::Health).len(), 1);
+    D::close(conn);
+    D::stop(server);
+}
+
+/// Retention drops old events; a node asking for them gets `resume_gap` with the first seq.
+pub fn retention_reports_resume_gap<D: Driver>() {
+    let gw = Gateway::new();
+    let a = gw.issue(DEV_A);
+    let mut options = NodePlaneOptions::default();
+    options.log.segment_bytes = 4096;
+    options.log.max_total_bytes = 16 * 1024;
+    let (server, addr) = D::start(gw.plane(&options));
+    let conn = D::connect(addr, device_tls(&a)).expect("connect");
+    for n in 0..200 {
+        call::<D>(&conn, &publish("filler", n, None));
+    }
+    let gap = call::<D>(
+        &conn,
+        &NodeRequest::StreamEvents {
+            resume_from: Some(0),
+            follow: false,
+        },
+    );
+    assert_eq!(gap.len(), 1);
+    assert_eq!(gap[0].error, Some(ErrorCode::ResumeGap));
+    let first = gap[0].first_seq.expect("first_seq");
+    assert!(first > 1 && first <= 200, "first_seq {first}");
+    let rest = call::<D>(
+        &conn,
+        &NodeRequest::StreamEvents {
+            resume_from: Some(first - 1),
+            follow: false,
+        },
+    );
+    assert_eq!(seqs(&rest), (first..=200).collect::<Vec<_>>());
+    D::close(conn);
+    D::stop(server);
+}
+
+/// Handshakes with the wrong ALPN, no certificate or another CA's certificate fail.
+pub fn handshake_rejections<D: Driver>() {
+    let gw = Gateway::new();
+    let a = gw.issue(DEV_A);
+    let (server, addr) = D::start(gw.plane(&NodePlaneOptions::default()));
+    let wrong_alpn = D::connect(addr, client_tls(Some(&a), &a.ca_pem, b"h3"));
+    assert!(
+        matches!(&wrong_alpn, Err(e) if e.contains("120")),
+        "[{}] wrong ALPN: {:?}",
+        D::NAME,
+        wrong_alpn.as_ref().err()
+    );
+    assert!(
+        D::connect(addr, client_tls(None, &a.ca_pem, tls::ALPN)).is_err(),
+        "no client certificate"
+    );
+    // A certificate from another CA, for the same device ID.
+    let other = Gateway::new();
+    let foreign = other.issue(DEV_A);
+    assert!(
+        D::connect(addr, client_tls(Some(&foreign), &a.ca_pem, tls::ALPN)).is_err(),
+        "foreign CA"
+    );
+    // A client that does not trust our CA refuses the server.
+    let _ = CertAuthority::generate(
+        &mut OsRng,
+        SystemTime::now(),
+        Duration::from_secs(60),
+        "Other CA",
+    );
+    assert!(
+        D::connect(addr, client_tls(Some(&a), &foreign.ca_pem, tls::ALPN)).is_err(),
+        "untrusted server"
+    );
+    // The server still serves good clients.
+    let conn = D::connect(addr, device_tls(&a)).expect("connect");
+    assert_eq!(call::<D>(&conn, &NodeRequest::Health).len(), 1);
+    D::close(conn);
+    D::stop(server);
+}
+
+/// Revoking a device (in the state directory, as `palyrad cert revoke` does) closes its live
+/// connection within a second and fails its next handshake.
+pub fn revocation_is_live<D: Driver>() {
+    let gw = Gateway::new();
+    let a = gw.issue(DEV_A);
+    let b = gw.issue(DEV_B);
+    let (server, addr) = D::start(gw.plane(&NodePlaneOptions::default()));
+    let conn = D::connect(addr, device_tls(&a)).expect("connect");
+    let other = D::connect(addr, device_tls(&b)).expect("connect b");
+    let mut follow = D::open(
+        &conn,
+        payload(&NodeRequest::StreamEvents {
+            resume_from: None,
+            follow: true,
+        }),
+    );
+    assert_eq!(call::<D>(&conn, &NodeRequest::Health).len(), 1);
+    let revoked_at = Instant::now();
+    gw.revoke(DEV_A);
+    let outcome = D::next(&mut follow, Duration::from_secs(3));
+    let elapsed = revoked_at.elapsed();
+    assert!(
+        matches!(&outcome, Err(e) if !e.contains("timeout")),
+        "[{}] {outcome:?}",
+        D::NAME
+    );
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "[{}] closed after {elapsed:?}",
+        D::NAME
+    );
+    assert!(
+        D::connect(addr, device_tls(&a)).is_err(),
+        "revoked device reconnected"
+    );
+    // Other devices are unaffected.
+    assert_eq!(call::<D>(&other, &NodeRequest::Health).len(), 1);
+    D::close(other);
+    D::stop(server);
+}
+
+/// Graceful shutdown closes connections with an application close.
+pub fn shutdown_closes_connections<D: Driver>() {
+    let gw = Gateway::new();
+    let a = gw.issue(DEV_A);
+    let (server, addr) = D::start(gw.plane(&NodePlaneOptions::default()));
+    let conn = D::connect(addr, device_tls(&a)).expect("connect");
+    let mut follow = D::open(
+        &conn,
+        payload(&NodeRequest::StreamEvents {
+            resume_from: None,
+            follow: true,
+        }),
+    );
+    assert_eq!(call::<D>(&conn, &NodeRequest::Health).len(), 1);
+    let started = Instant::now();
+    D::stop(server);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let outcome = D::next(&mut follow, Duration::from_secs(2));
+    assert!(
+        matches!(&outcome, Err(e) if e.contains("shutting down")),
+        "{outcome:?}"
+    );
+}
+
+/// Instantiates the suite for a driver type implementing [`Driver`].
+#[macro_export]
+macro_rules! node_plane_suite {
+    ($driver:ty) => {
+        #[test]
+        fn health_publish_and_resume() {
+            $crate::health_publish_and_resume::<$driver>();
+        }
+        #[test]
+        fn restart_keeps_events_and_sequence() {
+            $crate::restart_keeps_events_and_sequence::<$driver>();
+        }
+        #[test]
+        fn follow_and_addressing() {
+            $crate::follow_and_addressing::<$driver>();
+        }
+        #[test]
+        fn streams_are_concurrent() {
+            $crate::streams_are_concurrent::<$driver>();
+        }
+        #[test]
+        fn protocol_errors() {
+            $crate::protocol_errors::<$driver>();
+        }
+        #[test]
+        fn retention_reports_resume_gap() {
+            $crate::retention_reports_resume_gap::<$driver>();
+        }
+        #[test]
+        fn handshake_rejections() {
+            $crate::handshake_rejections::<$driver>();
+        }
+        #[test]
+        fn revocation_is_live() {
+            $crate::revocation_is_live::<$driver>();
+        }
+        #[test]
+        fn shutdown_closes_connections() {
+            $crate::shutdown_closes_connections::<$driver>();
+        }
+    };
+}

@@ -2,9 +2,8 @@
 //! callers send requests and read response frames through channels.
 
 use palyra_proto::node::{NodeRequest, RequestFrame, ResponseFrame};
-use palyra_proto::quic::{ClientEvent, ClientLimits, NodeClient, RequestId};
+use palyra_proto::quic::{ClientLimits, NodeClient, RequestSinks, ResponseItem as Item};
 use rand_core::{OsRng, RngCore};
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,14 +30,6 @@ pub enum ClientError {
     /// The connection is gone.
     #[error("connection closed: {0}")]
     Closed(String),
-}
-
-/// One item of a response stream.
-#[derive(Debug, Clone, PartialEq)]
-enum Item {
-    Frame(ResponseFrame),
-    Done,
-    Failed(String),
 }
 
 enum Command {
@@ -154,7 +145,7 @@ async fn run(
 ) {
     let mut recv_buf = vec![0u8; 64 * 1024];
     let mut send_buf = Vec::with_capacity(1500);
-    let mut waiting: HashMap<RequestId, async_channel::Sender<Item>> = HashMap::new();
+    let mut waiting = RequestSinks::<async_channel::Sender<Item>>::default();
     let mut closing = false;
     loop {
         let now = Instant::now();
@@ -162,32 +153,17 @@ async fn run(
             let _ = socket.send_to(&send_buf[..t.size], t.destination).await;
         }
         while let Some(event) = client.poll_event() {
-            match event {
-                ClientEvent::Connected => {
+            match waiting.dispatch(event, |tx, item| {
+                let _ = tx.try_send(item);
+            }) {
+                Some(Ok(())) => {
                     let _ = ready.try_send(Ok(()));
                 }
-                ClientEvent::Response { request, frame } => {
-                    if let Some(tx) = waiting.get(&request) {
-                        let _ = tx.try_send(Item::Frame(frame));
-                    }
-                }
-                ClientEvent::Done { request } => {
-                    if let Some(tx) = waiting.remove(&request) {
-                        let _ = tx.try_send(Item::Done);
-                    }
-                }
-                ClientEvent::Failed { request, reason } => {
-                    if let Some(tx) = waiting.remove(&request) {
-                        let _ = tx.try_send(Item::Failed(reason));
-                    }
-                }
-                ClientEvent::ConnectionLost { reason } => {
-                    let _ = ready.try_send(Err(reason.clone()));
-                    for (_, tx) in waiting.drain() {
-                        let _ = tx.try_send(Item::Failed(reason.clone()));
-                    }
+                Some(Err(reason)) => {
+                    let _ = ready.try_send(Err(reason));
                     closing = true;
                 }
+                None => {}
             }
         }
         if closing && client.is_drained() {

@@ -21,7 +21,7 @@ pub struct RequestId(pub u64);
 /// What happened on the client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientEvent {
-    /// The handshake completed.
+    /// The server confirmed the handshake (HANDSHAKE_DONE): it accepted our certificate.
     Connected,
     /// One response frame of a request.
     Response {
@@ -109,6 +109,8 @@ pub struct NodeClient {
     events: VecDeque<ClientEvent>,
     next_id: u64,
     lost: bool,
+    established: bool,
+    confirmed: bool,
 }
 
 impl NodeClient {
@@ -154,6 +156,8 @@ impl NodeClient {
             events: VecDeque::new(),
             next_id: 0,
             lost: false,
+            established: false,
+            confirmed: false,
         })
     }
 
@@ -186,9 +190,9 @@ impl NodeClient {
         id
     }
 
-    /// Whether the handshake completed and the connection is usable.
+    /// Whether the server confirmed the handshake and the connection is usable.
     pub fn is_connected(&self) -> bool {
-        !self.conn.is_handshaking() && !self.conn.is_closed()
+        self.confirmed && !self.conn.is_closed()
     }
 
     /// Closes the connection with application code 0.
@@ -264,13 +268,23 @@ impl NodeClient {
                 break;
             }
         }
+        // In TLS 1.3 the client finishes first; only the server's HANDSHAKE_DONE says that it
+        // accepted our certificate.
+        if self.established
+            && !self.confirmed
+            && !self.lost
+            && self.conn.stats().frame_rx.handshake_done > 0
+        {
+            self.confirmed = true;
+            self.events.push_back(ClientEvent::Connected);
+        }
     }
 
     fn handle_event(&mut self, event: Event) {
         use quinn_proto::StreamEvent as S;
         match event {
             Event::Connected => {
-                self.events.push_back(ClientEvent::Connected);
+                self.established = true;
                 self.open_streams();
             }
             Event::ConnectionLost { reason } => {
@@ -412,5 +426,71 @@ impl NodeClient {
                     .push_back(ClientEvent::Failed { request, reason });
             }
         }
+    }
+}
+
+/// One item of a request's response stream, as drivers hand it to the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseItem {
+    /// A response frame.
+    Frame(ResponseFrame),
+    /// The server finished the stream.
+    Done,
+    /// The request failed.
+    Failed(String),
+}
+
+/// Routes [`ClientEvent`]s to per-request sinks (a driver's channel senders), so drivers only
+/// move items into their channels.
+pub struct RequestSinks<S> {
+    waiting: HashMap<RequestId, S>,
+}
+
+impl<S> Default for RequestSinks<S> {
+    fn default() -> Self {
+        Self {
+            waiting: HashMap::new(),
+        }
+    }
+}
+
+impl<S> RequestSinks<S> {
+    /// Registers the sink of a request.
+    pub fn insert(&mut self, request: RequestId, sink: S) {
+        self.waiting.insert(request, sink);
+    }
+
+    /// Delivers `event` through `send`. Returns `Some(Ok(()))` when the connection became ready
+    /// and `Some(Err(reason))` when it was lost (every waiting request has been failed then).
+    pub fn dispatch(
+        &mut self,
+        event: ClientEvent,
+        mut send: impl FnMut(&S, ResponseItem),
+    ) -> Option<Result<(), String>> {
+        match event {
+            ClientEvent::Connected => return Some(Ok(())),
+            ClientEvent::Response { request, frame } => {
+                if let Some(sink) = self.waiting.get(&request) {
+                    send(sink, ResponseItem::Frame(frame));
+                }
+            }
+            ClientEvent::Done { request } => {
+                if let Some(sink) = self.waiting.remove(&request) {
+                    send(&sink, ResponseItem::Done);
+                }
+            }
+            ClientEvent::Failed { request, reason } => {
+                if let Some(sink) = self.waiting.remove(&request) {
+                    send(&sink, ResponseItem::Failed(reason));
+                }
+            }
+            ClientEvent::ConnectionLost { reason } => {
+                for (_, sink) in self.waiting.drain() {
+                    send(&sink, ResponseItem::Failed(reason.clone()));
+                }
+                return Some(Err(reason));
+            }
+        }
+        None
     }
 }

@@ -4,6 +4,6 @@ pub mod client;
 pub mod server;
 pub mod tls;
 
-pub use client::{ClientEvent, ClientLimits, NodeClient, RequestId};
+pub use client::{ClientEvent, ClientLimits, NodeClient, RequestId, RequestSinks, ResponseItem};
 pub use server::{NodeServer, NodeServerConfig, ServerEvent, ServerLimits, Transmit};
 pub use tls::ALPN;

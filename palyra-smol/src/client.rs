@@ -1,0 +1,219 @@
+//! Node-plane client on smol: one task owns the UDP socket and the [`NodeClient`] machine;
+//! callers send requests and read response frames through channels.
+
+use async_io::{Async, Timer};
+use futures_lite::future;
+use palyra_proto::node::{NodeRequest, RequestFrame, ResponseFrame};
+use palyra_proto::quic::{ClientLimits, NodeClient, RequestSinks, ResponseItem as Item};
+use rand_core::{OsRng, RngCore};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a connection attempt may take, as in the original.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Socket error.
+    #[error("network error: {0}")]
+    Io(#[from] io::Error),
+    /// The connection could not be set up.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// Target.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The connection is gone.
+    #[error("connection closed: {0}")]
+    Closed(String),
+}
+
+enum Command {
+    Request {
+        payload: Vec<u8>,
+        reply: async_channel::Sender<Item>,
+    },
+    Close,
+}
+
+/// The response frames of one request, in order.
+pub struct Responses {
+    rx: async_channel::Receiver<Item>,
+}
+
+impl Responses {
+    /// The next frame; `Ok(None)` once the server finished the stream.
+    pub async fn next(&mut self) -> Result<Option<ResponseFrame>, ClientError> {
+        match self.rx.recv().await {
+            Ok(Item::Frame(frame)) => Ok(Some(frame)),
+            Ok(Item::Done) => Ok(None),
+            Ok(Item::Failed(reason)) => Err(ClientError::Closed(reason)),
+            Err(_) => Err(ClientError::Closed("client task ended".into())),
+        }
+    }
+
+    /// All frames until the server finishes the stream.
+    pub async fn collect(mut self) -> Result<Vec<ResponseFrame>, ClientError> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.next().await? {
+            frames.push(frame);
+        }
+        Ok(frames)
+    }
+}
+
+/// A connection to a gateway's node plane.
+pub struct NodeConnection {
+    commands: async_channel::Sender<Command>,
+    task: smol::Task<()>,
+}
+
+impl NodeConnection {
+    /// Connects to `addr`, verifying the server as `server_name`, and waits for the handshake.
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: Arc<rustls::ClientConfig>,
+        limits: ClientLimits,
+    ) -> Result<Self, ClientError> {
+        let bind: SocketAddr = if addr.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let socket = Async::<UdpSocket>::bind(bind)?;
+        let mut seed = [0u8; 32];
+        OsRng.fill_bytes(&mut seed);
+        let client = NodeClient::connect(tls, limits, addr, server_name, Instant::now(), seed)
+            .map_err(|e| ClientError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+        let (commands, command_rx) = async_channel::unbounded();
+        let (ready_tx, ready_rx) = async_channel::bounded(1);
+        let task = smol::spawn(run(socket, addr, client, command_rx, ready_tx));
+        let ready = async { ready_rx.recv().await.ok() };
+        let timeout = async {
+            Timer::after(HANDSHAKE_TIMEOUT).await;
+            Some(Err(format!(
+                "QUIC handshake timed out after {}ms",
+                HANDSHAKE_TIMEOUT.as_millis()
+            )))
+        };
+        match future::or(ready, timeout).await {
+            Some(Ok(())) => Ok(Self { commands, task }),
+            Some(Err(reason)) => Err(ClientError::Connect { addr, reason }),
+            None => Err(ClientError::Connect {
+                addr,
+                reason: "client task ended".into(),
+            }),
+        }
+    }
+
+    /// Sends a request on a new stream.
+    pub async fn request(&self, request: &NodeRequest) -> Result<Responses, ClientError> {
+        self.request_raw(RequestFrame::from_request(request).to_json())
+            .await
+    }
+
+    /// Sends an arbitrary request payload (one frame) on a new stream.
+    pub async fn request_raw(&self, payload: Vec<u8>) -> Result<Responses, ClientError> {
+        let (reply, rx) = async_channel::unbounded();
+        self.commands
+            .send(Command::Request { payload, reply })
+            .await
+            .map_err(|_| ClientError::Closed("client task ended".into()))?;
+        Ok(Responses { rx })
+    }
+
+    /// Closes the connection and waits briefly for the close to be sent.
+    pub async fn close(self) {
+        let _ = self.commands.send(Command::Close).await;
+        let task = self.task;
+        let wait = async {
+            task.await;
+        };
+        future::or(wait, async {
+            Timer::after(Duration::from_secs(1)).await;
+        })
+        .await;
+    }
+}
+
+enum Wake {
+    Datagram(io::Result<(usize, SocketAddr)>),
+    Timer,
+    Command(Option<Command>),
+}
+
+async fn run(
+    socket: Async<UdpSocket>,
+    server: SocketAddr,
+    mut client: NodeClient,
+    commands: async_channel::Receiver<Command>,
+    ready: async_channel::Sender<Result<(), String>>,
+) {
+    let mut recv_buf = vec![0u8; 64 * 1024];
+    let mut send_buf = Vec::with_capacity(1500);
+    let mut waiting = RequestSinks::<async_channel::Sender<Item>>::default();
+    let mut closing = false;
+    loop {
+        let now = Instant::now();
+        while let Some(t) = client.poll_transmit(now, &mut send_buf) {
+            let _ = socket.send_to(&send_buf[..t.size], t.destination).await;
+        }
+        while let Some(event) = client.poll_event() {
+            match waiting.dispatch(event, |tx, item| {
+                let _ = tx.try_send(item);
+            }) {
+                Some(Ok(())) => {
+                    let _ = ready.try_send(Ok(()));
+                }
+                Some(Err(reason)) => {
+                    let _ = ready.try_send(Err(reason));
+                    closing = true;
+                }
+                None => {}
+            }
+        }
+        if closing && client.is_drained() {
+            return;
+        }
+        let wake = client
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_secs(3600));
+        let datagram = async { Wake::Datagram(socket.recv_from(&mut recv_buf).await) };
+        let timer = async {
+            Timer::at(wake).await;
+            Wake::Timer
+        };
+        let command = async {
+            if closing {
+                future::pending::<()>().await;
+            }
+            Wake::Command(commands.recv().await.ok())
+        };
+        match future::or(datagram, future::or(timer, command)).await {
+            Wake::Datagram(Ok((n, from))) => {
+                if from == server {
+                    client.handle_datagram(Instant::now(), from, &recv_buf[..n]);
+                }
+            }
+            Wake::Datagram(Err(_)) => {}
+            Wake::Timer => client.handle_timeout(Instant::now()),
+            Wake::Command(Some(Command::Request { payload, reply })) => {
+                let id = client.request_raw(&payload);
+                waiting.insert(id, reply);
+            }
+            Wake::Command(Some(Command::Close)) | Wake::Command(None) => {
+                client.close(Instant::now());
+                closing = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! smol driver: UDP pump, timers and tasks (async-io) around the sans-IO machines of `palyra-proto`.
+
+pub mod client;
+pub mod node_plane;
+
+pub use client::{NodeConnection, Responses};
+pub use node_plane::{serve_node_plane, NodePlaneHandle};

@@ -1,0 +1,168 @@
+//! Serves the node plane: one task owns the UDP socket and the [`NodeServer`] machine.
+
+use async_io::{Async, Timer};
+use futures_lite::future;
+use palyra_proto::gateway::{log_server_event, NodePlane};
+use palyra_proto::store::unix_ms;
+use rand_core::OsRng;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often the trust file and the server certificate are checked.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long a graceful shutdown waits for connections to close.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// A running node plane.
+pub struct NodePlaneHandle {
+    /// The bound UDP address.
+    pub local_addr: SocketAddr,
+    shutdown: async_channel::Sender<()>,
+    task: smol::Task<io::Result<()>>,
+}
+
+impl NodePlaneHandle {
+    /// Binds `addr` and serves `plane` on a new task of smol's global executor.
+    pub fn start(addr: SocketAddr, plane: NodePlane) -> io::Result<Self> {
+        let socket = Async::<UdpSocket>::bind(addr)?;
+        let local_addr = socket.get_ref().local_addr()?;
+        let (shutdown, signal) = async_channel::bounded(1);
+        let task = smol::spawn(serve_node_plane(socket, plane, signal));
+        Ok(Self {
+            local_addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Closes every connection with an application close and waits for the task to end.
+    pub async fn shutdown(self) -> io::Result<()> {
+        let _ = self.shutdown.send(()).await;
+        self.task.await
+    }
+}
+
+enum Wake {
+    Readable(io::Result<()>),
+    Timer,
+    Shutdown,
+}
+
+/// The serve loop: receive datagrams, feed the machine, commit publishes, send what it emits,
+/// sleep until its next timeout. Ends after `shutdown` fires and connections have closed.
+pub async fn serve_node_plane(
+    socket: Async<UdpSocket>,
+    mut plane: NodePlane,
+    shutdown: async_channel::Receiver<()>,
+) -> io::Result<()> {
+    let mut recv_buf = vec![0u8; 64 * 1024];
+    let mut send_buf = Vec::with_capacity(1500);
+    let mut next_maintenance = Instant::now() + MAINTENANCE_INTERVAL;
+    let mut stop_by: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        plane.server.set_wall_clock(unix_ms(SystemTime::now()));
+        if now >= next_maintenance {
+            maintain(&mut plane, now);
+            next_maintenance = now + MAINTENANCE_INTERVAL;
+        }
+        plane.server.commit(now);
+        while let Some(t) = plane.server.poll_transmit(now, &mut send_buf) {
+            send(&socket, &send_buf[..t.size], t.destination).await;
+        }
+        while let Some(event) = plane.server.poll_event() {
+            log_server_event(&event);
+        }
+        if let Some(deadline) = stop_by {
+            if plane.server.is_idle() || now >= deadline {
+                return Ok(());
+            }
+        }
+        let wake = [plane.server.poll_timeout(), Some(next_maintenance), stop_by]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_maintenance);
+        let readable = async { Wake::Readable(socket.readable().await) };
+        let timer = async {
+            Timer::at(wake).await;
+            Wake::Timer
+        };
+        let stop = async {
+            if stop_by.is_some() {
+                future::pending::<()>().await;
+            }
+            let _ = shutdown.recv().await;
+            Wake::Shutdown
+        };
+        match future::or(readable, future::or(timer, stop)).await {
+            Wake::Readable(ready) => {
+                ready?;
+                let now = Instant::now();
+                // Drain what is queued, bounded so timers and sends are not starved.
+                for _ in 0..256 {
+                    match socket.get_ref().recv_from(&mut recv_buf) {
+                        Ok((n, from)) => {
+                            plane
+                                .server
+                                .handle_datagram(now, from, None, &recv_buf[..n])
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "UDP receive error");
+                            break;
+                        }
+                    }
+                }
+            }
+            Wake::Timer => plane.server.handle_timeout(Instant::now()),
+            Wake::Shutdown => {
+                tracing::info!("node plane shutting down");
+                let now = Instant::now();
+                plane.server.shutdown(now);
+                stop_by = Some(now + SHUTDOWN_GRACE);
+            }
+        }
+    }
+}
+
+fn maintain(plane: &mut NodePlane, now: Instant) {
+    match plane.identity.refresh_trust() {
+        Ok(true) => {
+            tracing::info!("trust file changed; re-checking open connections");
+            plane.server.handle_trust_change(now);
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reload trust file; keeping the previous trust index")
+        }
+    }
+    match plane
+        .identity
+        .renew_server_cert_if_due(&mut OsRng, SystemTime::now())
+    {
+        Ok(true) => tracing::info!("server certificate renewed"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "server certificate renewal failed; will retry"),
+    }
+}
+
+async fn send(socket: &Async<UdpSocket>, datagram: &[u8], to: SocketAddr) {
+    loop {
+        match socket.get_ref().send_to(datagram, to) {
+            Ok(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if socket.writable().await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // A lost datagram is recovered by QUIC; log and move on.
+                tracing::debug!(error = %e, %to, "UDP send error");
+                return;
+            }
+        }
+    }
+}
