@@ -336,6 +336,53 @@ impl IdentityDir {
     }
 }
 
+/// A device's identity directory as used by `palyra node ...`: `device.crt.pem`,
+/// `device.key.pem` (PKCS#8) and `ca.crt.pem`.
+pub struct DeviceIdentityFiles {
+    /// Device certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// Device key (PKCS#8 DER).
+    pub key_der: Vec<u8>,
+    /// Gateway CA certificate (DER).
+    pub ca_der: Vec<u8>,
+    /// Device ID named by the certificate.
+    pub device_id: Option<String>,
+}
+
+impl DeviceIdentityFiles {
+    /// Loads the three PEM files from `dir`, with a clear error naming the file at fault.
+    pub fn load(dir: &Path) -> Result<Self, IdentityError> {
+        let read = |name: &str| -> Result<String, IdentityError> {
+            let path = dir.join(name);
+            fs::read_to_string(&path).map_err(|e| {
+                StoreError::Io {
+                    context: format!("reading {}", path.display()),
+                    source: e,
+                }
+                .into()
+            })
+        };
+        let cert_der = cert::cert_pem_to_der(&read("device.crt.pem")?)?;
+        let key = cert::key_from_pem(&read("device.key.pem")?)?;
+        let ca_der = cert::cert_pem_to_der(&read("ca.crt.pem")?)?;
+        Ok(Self {
+            device_id: cert::device_id_from_cert(&cert_der)?,
+            cert_der,
+            key_der: cert::key_to_der(&key)?,
+            ca_der,
+        })
+    }
+
+    /// Writes a bundle into `dir` (created if needed; the key file is 0600).
+    pub fn write(dir: &Path, bundle: &DeviceBundle) -> Result<(), IdentityError> {
+        fs::create_dir_all(dir).map_err(StoreError::io(format!("creating {}", dir.display())))?;
+        write_atomic(&dir.join("device.key.pem"), bundle.key_pem.as_bytes())?;
+        write_atomic(&dir.join("device.crt.pem"), bundle.cert_pem.as_bytes())?;
+        write_atomic(&dir.join("ca.crt.pem"), bundle.ca_pem.as_bytes())?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,52 +463,5 @@ mod tests {
             .load_or_issue_server_cert(&mut rng, now, &other_hosts, 3 * day, day)
             .unwrap();
         assert_ne!(rehosted.cert.der, renewed.cert.der);
-    }
-}
-
-/// A device's identity directory as used by `palyra node ...`: `device.crt.pem`,
-/// `device.key.pem` (PKCS#8) and `ca.crt.pem`.
-pub struct DeviceIdentityFiles {
-    /// Device certificate (DER).
-    pub cert_der: Vec<u8>,
-    /// Device key (PKCS#8 DER).
-    pub key_der: Vec<u8>,
-    /// Gateway CA certificate (DER).
-    pub ca_der: Vec<u8>,
-    /// Device ID named by the certificate.
-    pub device_id: Option<String>,
-}
-
-impl DeviceIdentityFiles {
-    /// Loads the three PEM files from `dir`, with a clear error naming the file at fault.
-    pub fn load(dir: &Path) -> Result<Self, IdentityError> {
-        let read = |name: &str| -> Result<String, IdentityError> {
-            let path = dir.join(name);
-            fs::read_to_string(&path).map_err(|e| {
-                StoreError::Io {
-                    context: format!("reading {}", path.display()),
-                    source: e,
-                }
-                .into()
-            })
-        };
-        let cert_der = cert::cert_pem_to_der(&read("device.crt.pem")?)?;
-        let key = cert::key_from_pem(&read("device.key.pem")?)?;
-        let ca_der = cert::cert_pem_to_der(&read("ca.crt.pem")?)?;
-        Ok(Self {
-            device_id: cert::device_id_from_cert(&cert_der)?,
-            cert_der,
-            key_der: cert::key_to_der(&key)?,
-            ca_der,
-        })
-    }
-
-    /// Writes a bundle into `dir` (created if needed; the key file is 0600).
-    pub fn write(dir: &Path, bundle: &DeviceBundle) -> Result<(), IdentityError> {
-        fs::create_dir_all(dir).map_err(StoreError::io(format!("creating {}", dir.display())))?;
-        write_atomic(&dir.join("device.key.pem"), bundle.key_pem.as_bytes())?;
-        write_atomic(&dir.join("device.crt.pem"), bundle.cert_pem.as_bytes())?;
-        write_atomic(&dir.join("ca.crt.pem"), bundle.ca_pem.as_bytes())?;
-        Ok(())
     }
 }
