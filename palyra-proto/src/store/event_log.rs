@@ -581,7 +581,9 @@ mod tests {
 
     fn event(n: usize) -> NewEvent {
         NewEvent {
-            to: n.is_multiple_of(3).then(|| "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned()),
+            to: n
+                .is_multiple_of(3)
+                .then(|| "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned()),
             body: format!("{{\"n\":{n}}}").into_bytes(),
         }
     }
