@@ -7,7 +7,7 @@ use const_oid::db::{rfc5280, rfc8410};
 use const_oid::{AssociatedOid, ObjectIdentifier};
 use der::asn1::{BitString, GeneralizedTime, Ia5String, OctetString, UtcTime};
 use der::{Decode, DecodePem, Encode, EncodePem};
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::{Signer, SigningKey};
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
@@ -72,11 +72,21 @@ pub fn generate_key(rng: &mut impl CryptoRngCore) -> SigningKey {
     SigningKey::generate(rng)
 }
 
-/// Encodes a key as PKCS#8 PEM.
+/// Encodes a key as PKCS#8 v1 PEM (RFC 8410 `PrivateKeyInfo`, no embedded public key): the form
+/// OpenSSL and every TLS stack read.
 pub fn key_to_pem(key: &SigningKey) -> Result<String, CertError> {
-    key.to_pkcs8_pem(der::pem::LineEnding::LF)
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    v1_keypair(key)
+        .to_pkcs8_pem(der::pem::LineEnding::LF)
         .map(|pem| pem.to_string())
         .map_err(|e| CertError::Key(e.to_string()))
+}
+
+fn v1_keypair(key: &SigningKey) -> ed25519_dalek::pkcs8::KeypairBytes {
+    ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
 }
 
 /// Decodes a PKCS#8 PEM Ed25519 key.
@@ -84,9 +94,11 @@ pub fn key_from_pem(pem: &str) -> Result<SigningKey, CertError> {
     SigningKey::from_pkcs8_pem(pem).map_err(|e| CertError::Key(e.to_string()))
 }
 
-/// Encodes a key as PKCS#8 DER (what rustls wants).
+/// Encodes a key as PKCS#8 v1 DER (what rustls wants).
 pub fn key_to_der(key: &SigningKey) -> Result<Vec<u8>, CertError> {
-    key.to_pkcs8_der()
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    v1_keypair(key)
+        .to_pkcs8_der()
         .map(|doc| doc.as_bytes().to_vec())
         .map_err(|e| CertError::Key(e.to_string()))
 }
@@ -574,6 +586,22 @@ mod tests {
             ),
             Err(CertError::InvalidHost(_))
         ));
+    }
+
+    #[test]
+    fn keys_are_written_as_pkcs8_v1_and_read_back() {
+        let mut rng = TestRng::seed_from_u64(5);
+        let key = generate_key(&mut rng);
+        let der = key_to_der(&key).unwrap();
+        // RFC 8410 section 10.3: version 0, no public key, 48 bytes in all.
+        assert_eq!(der.len(), 48);
+        assert_eq!(
+            &der[..16],
+            &hex::decode("302e020100300506032b657004220420").unwrap()[..]
+        );
+        let pem = key_to_pem(&key).unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert_eq!(key_from_pem(&pem).unwrap().to_bytes(), key.to_bytes());
     }
 
     #[test]

@@ -163,7 +163,12 @@ impl IdentityDir {
         ) {
             return Ok(CertAuthority::from_pem(&cert, &key)?);
         }
-        let ca = CertAuthority::generate(rng, now, CA_VALIDITY, "Palyra Gateway CA")?;
+        // A unique name per gateway: a certificate from another gateway then fails as
+        // "unknown CA" instead of matching our CA by name and failing its signature check.
+        let mut id = [0u8; 8];
+        rng.fill_bytes(&mut id);
+        let name = format!("Palyra Gateway CA {}", hex::encode(id));
+        let ca = CertAuthority::generate(rng, now, CA_VALIDITY, &name)?;
         // Key first: a CA certificate without its key would be unusable.
         write_atomic(&self.dir.join("ca.key.pem"), ca.key_pem()?.as_bytes())?;
         write_atomic(&self.dir.join("ca.crt.pem"), ca.cert_pem()?.as_bytes())?;

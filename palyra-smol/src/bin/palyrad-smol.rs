@@ -1,0 +1,92 @@
+//! `palyrad-smol`: the node plane served by the smol driver, from the same state directory
+//! layout as `palyrad`. Used by the conformance suite to test the smol driver over real sockets.
+//!
+//! Usage: `palyrad-smol --state-dir DIR [--node-addr 127.0.0.1:7444]`; writes `DIR/endpoints.json`
+//! and serves until SIGINT/SIGTERM (or stdin closes when `--exit-on-stdin-eof` is given).
+
+use palyra_proto::gateway::{open_node_plane, write_endpoints, NodePlaneOptions};
+use palyra_smol::NodePlaneHandle;
+use rand_core::OsRng;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+const USAGE: &str = "usage: palyrad-smol --state-dir DIR [--node-addr ADDR] [--exit-on-stdin-eof]";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palyrad-smol: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut state_dir: Option<PathBuf> = None;
+    let mut node_addr: SocketAddr = "127.0.0.1:7444".parse().map_err(|e| format!("{e}"))?;
+    let mut stdin_eof = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--state-dir" => state_dir = args.next().map(PathBuf::from),
+            "--node-addr" => {
+                let value = args.next().ok_or(USAGE)?;
+                node_addr = value
+                    .parse()
+                    .map_err(|e| format!("--node-addr {value:?}: {e}"))?;
+            }
+            "--exit-on-stdin-eof" => stdin_eof = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    let state_dir = state_dir.ok_or(USAGE)?;
+    let plane = open_node_plane(
+        &state_dir,
+        &NodePlaneOptions::default(),
+        &mut OsRng,
+        SystemTime::now(),
+    )
+    .map_err(|e| e.to_string())?;
+    smol::block_on(async {
+        let handle = NodePlaneHandle::start(node_addr, plane)
+            .map_err(|e| format!("bind {node_addr}: {e}"))?;
+        let mut endpoints = BTreeMap::new();
+        endpoints.insert("node_quic", handle.local_addr.to_string());
+        write_endpoints(&state_dir, &endpoints).map_err(|e| e.to_string())?;
+        let (tx, rx) = async_channel::bounded::<()>(1);
+        if stdin_eof {
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                let _ = std::io::stdin().read_to_end(&mut sink);
+                let _ = tx.send_blocking(());
+            });
+        } else {
+            std::thread::spawn(move || {
+                wait_for_termination();
+                let _ = tx.send_blocking(());
+            });
+        }
+        let _ = rx.recv().await;
+        handle.shutdown().await.map_err(|e| e.to_string())
+    })
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_termination() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(mut signals) => {
+            signals.forever().next();
+        }
+        Err(e) => eprintln!("palyrad-smol: cannot listen for signals: {e}"),
+    }
+}
