@@ -42,7 +42,10 @@ const DEVICE: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
 fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    Ok(exe.parent().ok_or_else(|| anyhow!("no parent dir"))?.to_path_buf())
+    Ok(exe
+        .parent()
+        .ok_or_else(|| anyhow!("no parent dir"))?
+        .to_path_buf())
 }
 
 fn event_body(payload: usize) -> Vec<u8> {
@@ -72,7 +75,12 @@ fn prepare_state(bin: &Path, dir: &Path, count: u64, payload: usize) -> anyhow::
     let mut left = count;
     while left > 0 {
         let n = left.min(1000);
-        let batch: Vec<NewEvent> = (0..n).map(|_| NewEvent { to: None, body: body.clone() }).collect();
+        let batch: Vec<NewEvent> = (0..n)
+            .map(|_| NewEvent {
+                to: None,
+                body: body.clone(),
+            })
+            .collect();
         log.append(&batch)?;
         left -= n;
     }
@@ -117,7 +125,10 @@ fn start_ours(bin: &Path, state: &Path) -> anyhow::Result<Server> {
     while Instant::now() < deadline {
         if let Ok(text) = std::fs::read_to_string(&endpoints) {
             let v: serde_json::Value = serde_json::from_str(&text)?;
-            let addr = v["node_quic"].as_str().ok_or_else(|| anyhow!("no node_quic"))?.parse()?;
+            let addr = v["node_quic"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no node_quic"))?
+                .parse()?;
             return Ok(Server { child, addr });
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -134,17 +145,29 @@ fn start_quinn(bin: &Path, state: &Path, count: u64, payload: usize) -> anyhow::
         .arg(id.join("server.crt.pem"))
         .arg("--key")
         .arg(id.join("server.key.pem"))
-        .args(["--prefill", &count.to_string(), "--prefill-payload", &payload.to_string()])
+        .args([
+            "--prefill",
+            &count.to_string(),
+            "--prefill-payload",
+            &payload.to_string(),
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .context("spawn quinn-server")?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-    Ok(Server { child, addr: line.trim().parse()? })
+    Ok(Server {
+        child,
+        addr: line.trim().parse()?,
+    })
 }
 
-async fn connect(endpoint: &quinn::Endpoint, state: &Path, addr: SocketAddr) -> anyhow::Result<quinn::Connection> {
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    state: &Path,
+    addr: SocketAddr,
+) -> anyhow::Result<quinn::Connection> {
     let node = state.join("node");
     let config = client_config(
         &node.join("ca.crt.pem"),
@@ -158,7 +181,11 @@ async fn connect(endpoint: &quinn::Endpoint, state: &Path, addr: SocketAddr) -> 
 async fn stream_once(conn: &quinn::Connection, expect: u64) -> anyhow::Result<(u64, u64, f64)> {
     let started = Instant::now();
     let (mut send, mut recv) = conn.open_bi().await?;
-    write_frame(&mut send, br#"{"protocol_version":1,"method":"node.stream_events","resume_from":0}"#).await?;
+    write_frame(
+        &mut send,
+        br#"{"protocol_version":1,"method":"node.stream_events","resume_from":0}"#,
+    )
+    .await?;
     send.finish()?;
     let (mut events, mut bytes) = (0u64, 0u64);
     while let Some(frame) = read_frame(&mut recv).await? {
@@ -182,7 +209,12 @@ struct Measured {
     mb_per_sec: f64,
 }
 
-async fn measure(server: &Server, state: &Path, expect: u64, runs: usize) -> anyhow::Result<Measured> {
+async fn measure(
+    server: &Server,
+    state: &Path,
+    expect: u64,
+    runs: usize,
+) -> anyhow::Result<Measured> {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     let conn = connect(&endpoint, state, server.addr).await?;
     stream_once(&conn, expect).await?; // warm-up (page cache, caches)
@@ -194,7 +226,10 @@ async fn measure(server: &Server, state: &Path, expect: u64, runs: usize) -> any
     }
     conn.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
-    Ok(Measured { events_per_sec: median(eps), mb_per_sec: median(mbs) })
+    Ok(Measured {
+        events_per_sec: median(eps),
+        mb_per_sec: median(mbs),
+    })
 }
 
 async fn idle_memory(server: &Server, state: &Path, count: usize) -> anyhow::Result<f64> {
@@ -229,14 +264,27 @@ async fn main() -> anyhow::Result<()> {
     let small = work.join("small");
     let bulk = work.join("bulk");
     std::fs::create_dir_all(&work)?;
-    eprintln!("preparing logs: {} x {} B and {} x {} B ...", args.events, args.payload, args.bulk_events, args.bulk_payload);
+    eprintln!(
+        "preparing logs: {} x {} B and {} x {} B ...",
+        args.events, args.payload, args.bulk_events, args.bulk_payload
+    );
     prepare_state(&bin, &small, args.events, args.payload)?;
     prepare_state(&bin, &bulk, args.bulk_events, args.bulk_payload)?;
 
     let mut rows = Vec::new();
     for (label, state, count, payload) in [
-        ("events/s (256 B payloads)", &small, args.events, args.payload),
-        ("bulk (64 KiB payloads)", &bulk, args.bulk_events, args.bulk_payload),
+        (
+            "events/s (256 B payloads)",
+            &small,
+            args.events,
+            args.payload,
+        ),
+        (
+            "bulk (64 KiB payloads)",
+            &bulk,
+            args.bulk_events,
+            args.bulk_payload,
+        ),
     ] {
         let ours = {
             let server = start_ours(&bin, state)?;
@@ -259,11 +307,32 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&work);
 
     println!("node plane benchmark: one connection, one stream, medians of {} runs (same client for both)", args.runs);
-    println!("{:<28} {:>16} {:>16} {:>10}", "measure", "ours", "quinn", "ours/quinn");
+    println!(
+        "{:<28} {:>16} {:>16} {:>10}",
+        "measure", "ours", "quinn", "ours/quinn"
+    );
     for (label, ours, quinn) in &rows {
-        println!("{:<28} {:>14.0}/s {:>14.0}/s {:>10.2}", format!("{label} events"), ours.events_per_sec, quinn.events_per_sec, ours.events_per_sec / quinn.events_per_sec);
-        println!("{:<28} {:>13.1}MB/s {:>13.1}MB/s {:>10.2}", format!("{label} MB"), ours.mb_per_sec, quinn.mb_per_sec, ours.mb_per_sec / quinn.mb_per_sec);
+        println!(
+            "{:<28} {:>14.0}/s {:>14.0}/s {:>10.2}",
+            format!("{label} events"),
+            ours.events_per_sec,
+            quinn.events_per_sec,
+            ours.events_per_sec / quinn.events_per_sec
+        );
+        println!(
+            "{:<28} {:>13.1}MB/s {:>13.1}MB/s {:>10.2}",
+            format!("{label} MB"),
+            ours.mb_per_sec,
+            quinn.mb_per_sec,
+            ours.mb_per_sec / quinn.mb_per_sec
+        );
     }
-    println!("{:<28} {:>14.1}KiB {:>14.1}KiB {:>10.2}", "RSS per idle connection", ours_mem, quinn_mem, ours_mem / quinn_mem.max(0.1));
+    println!(
+        "{:<28} {:>14.1}KiB {:>14.1}KiB {:>10.2}",
+        "RSS per idle connection",
+        ours_mem,
+        quinn_mem,
+        ours_mem / quinn_mem.max(0.1)
+    );
     Ok(())
 }

@@ -144,24 +144,24 @@ impl Sim {
         loop {
             let mut any = false;
             for (addr, client, events) in self.clients.iter_mut() {
-                while let Some(t) = client.poll_transmit(self.now, &mut buf) {
+                while let Some(t) = client.poll_transmit(self.now, 1, &mut buf) {
                     any = true;
                     self.server
-                        .handle_datagram(self.now, *addr, None, &buf[..t.size]);
+                        .handle_datagram(self.now, *addr, None, None, &buf[..t.size]);
                 }
                 while let Some(e) = client.poll_event() {
                     events.push(e);
                 }
             }
             self.server.commit(self.now);
-            while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
+            while let Some(t) = self.server.poll_transmit(self.now, 1, &mut buf) {
                 any = true;
                 if let Some((_, client, _)) = self
                     .clients
                     .iter_mut()
                     .find(|(a, _, _)| *a == t.destination)
                 {
-                    client.handle_datagram(self.now, self.server_addr, &buf[..t.size]);
+                    client.handle_datagram(self.now, self.server_addr, None, &buf[..t.size]);
                 }
             }
             for (_, client, events) in self.clients.iter_mut() {

@@ -1,13 +1,14 @@
 //! Node-plane client on smol: one task owns the UDP socket and the [`NodeClient`] machine;
 //! callers send requests and read response frames through channels.
 
-use async_io::{Async, Timer};
+use crate::udp::Udp;
+use async_io::Timer;
 use futures_lite::future;
 use palyra_proto::node::{NodeRequest, RequestFrame, ResponseFrame};
 use palyra_proto::quic::{ClientLimits, NodeClient, RequestSinks, ResponseItem as Item};
 use rand_core::{OsRng, RngCore};
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,7 +87,7 @@ impl NodeConnection {
         } else {
             SocketAddr::from(([0u16; 8], 0))
         };
-        let socket = Async::<UdpSocket>::bind(bind)?;
+        let socket = Udp::bind(bind)?;
         let mut seed = [0u8; 32];
         OsRng.fill_bytes(&mut seed);
         let client = NodeClient::connect(tls, limits, addr, server_name, Instant::now(), seed)
@@ -146,26 +147,25 @@ impl NodeConnection {
 }
 
 enum Wake {
-    Datagram(io::Result<(usize, SocketAddr)>),
+    Readable(io::Result<()>),
     Timer,
     Command(Option<Command>),
 }
 
 async fn run(
-    socket: Async<UdpSocket>,
+    mut socket: Udp,
     server: SocketAddr,
     mut client: NodeClient,
     commands: async_channel::Receiver<Command>,
     ready: async_channel::Sender<Result<(), String>>,
 ) {
-    let mut recv_buf = vec![0u8; 64 * 1024];
     let mut send_buf = Vec::with_capacity(1500);
     let mut waiting = RequestSinks::<async_channel::Sender<Item>>::default();
     let mut closing = false;
     loop {
         let now = Instant::now();
-        while let Some(t) = client.poll_transmit(now, &mut send_buf) {
-            let _ = socket.send_to(&send_buf[..t.size], t.destination).await;
+        while let Some(t) = client.poll_transmit(now, socket.max_segments(), &mut send_buf) {
+            socket.send(&t, &send_buf[..t.size]).await;
         }
         while let Some(event) = client.poll_event() {
             match waiting.dispatch(event, |tx, item| {
@@ -187,7 +187,7 @@ async fn run(
         let wake = client
             .poll_timeout()
             .unwrap_or(now + Duration::from_secs(3600));
-        let datagram = async { Wake::Datagram(socket.recv_from(&mut recv_buf).await) };
+        let datagram = async { Wake::Readable(socket.readable().await) };
         let timer = async {
             Timer::at(wake).await;
             Wake::Timer
@@ -199,12 +199,20 @@ async fn run(
             Wake::Command(commands.recv().await.ok())
         };
         match future::or(datagram, future::or(timer, command)).await {
-            Wake::Datagram(Ok((n, from))) => {
-                if from == server {
-                    client.handle_datagram(Instant::now(), from, &recv_buf[..n]);
+            Wake::Readable(Ok(())) => {
+                let now = Instant::now();
+                for _ in 0..32 {
+                    let received = socket.try_recv(|from, ecn, datagram| {
+                        if from == server {
+                            client.handle_datagram(now, from, ecn, datagram);
+                        }
+                    });
+                    if received.is_err() {
+                        break;
+                    }
                 }
             }
-            Wake::Datagram(Err(_)) => {}
+            Wake::Readable(Err(_)) => {}
             Wake::Timer => client.handle_timeout(Instant::now()),
             Wake::Command(Some(Command::Request { payload, reply })) => {
                 let id = client.request_raw(&payload);

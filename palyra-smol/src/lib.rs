@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod node_plane;
+pub mod udp;
 
 pub use client::{NodeConnection, Responses};
 pub use node_plane::{serve_node_plane, NodePlaneHandle};

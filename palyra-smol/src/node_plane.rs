@@ -1,12 +1,13 @@
 //! Serves the node plane: one task owns the UDP socket and the [`NodeServer`] machine.
 
-use async_io::{Async, Timer};
+use crate::udp::Udp;
+use async_io::Timer;
 use futures_lite::future;
 use palyra_proto::gateway::{log_server_event, NodePlane};
 use palyra_proto::store::unix_ms;
 use rand_core::OsRng;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 /// How often the trust file and the server certificate are checked.
@@ -26,8 +27,8 @@ pub struct NodePlaneHandle {
 impl NodePlaneHandle {
     /// Binds `addr` and serves `plane` on a new task of smol's global executor.
     pub fn start(addr: SocketAddr, plane: NodePlane) -> io::Result<Self> {
-        let socket = Async::<UdpSocket>::bind(addr)?;
-        let local_addr = socket.get_ref().local_addr()?;
+        let socket = Udp::bind(addr)?;
+        let local_addr = socket.local_addr()?;
         let (shutdown, signal) = async_channel::bounded(1);
         let task = smol::spawn(serve_node_plane(socket, plane, signal));
         Ok(Self {
@@ -53,11 +54,10 @@ enum Wake {
 /// The serve loop: receive datagrams, feed the machine, commit publishes, send what it emits,
 /// sleep until its next timeout. Ends after `shutdown` fires and connections have closed.
 pub async fn serve_node_plane(
-    socket: Async<UdpSocket>,
+    mut socket: Udp,
     mut plane: NodePlane,
     shutdown: async_channel::Receiver<()>,
 ) -> io::Result<()> {
-    let mut recv_buf = vec![0u8; 64 * 1024];
     let mut send_buf = Vec::with_capacity(1500);
     let mut next_maintenance = Instant::now() + MAINTENANCE_INTERVAL;
     let mut stop_by: Option<Instant> = None;
@@ -69,8 +69,11 @@ pub async fn serve_node_plane(
             next_maintenance = now + MAINTENANCE_INTERVAL;
         }
         plane.server.commit(now);
-        while let Some(t) = plane.server.poll_transmit(now, &mut send_buf) {
-            send(&socket, &send_buf[..t.size], t.destination).await;
+        while let Some(t) = plane
+            .server
+            .poll_transmit(now, socket.max_segments(), &mut send_buf)
+        {
+            socket.send(&t, &send_buf[..t.size]).await;
         }
         while let Some(event) = plane.server.poll_event() {
             log_server_event(&event);
@@ -102,13 +105,12 @@ pub async fn serve_node_plane(
                 ready?;
                 let now = Instant::now();
                 // Drain what is queued, bounded so timers and sends are not starved.
-                for _ in 0..256 {
-                    match socket.get_ref().recv_from(&mut recv_buf) {
-                        Ok((n, from)) => {
-                            plane
-                                .server
-                                .handle_datagram(now, from, None, &recv_buf[..n])
-                        }
+                for _ in 0..32 {
+                    let server = &mut plane.server;
+                    match socket.try_recv(|from, ecn, datagram| {
+                        server.handle_datagram(now, from, None, ecn, datagram)
+                    }) {
+                        Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => {
                             tracing::debug!(error = %e, "UDP receive error");
@@ -146,23 +148,5 @@ fn maintain(plane: &mut NodePlane, now: Instant) {
         Ok(true) => tracing::info!("server certificate renewed"),
         Ok(false) => {}
         Err(e) => tracing::error!(error = %e, "server certificate renewal failed; will retry"),
-    }
-}
-
-async fn send(socket: &Async<UdpSocket>, datagram: &[u8], to: SocketAddr) {
-    loop {
-        match socket.get_ref().send_to(datagram, to) {
-            Ok(_) => return,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if socket.writable().await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                // A lost datagram is recovered by QUIC; log and move on.
-                tracing::debug!(error = %e, %to, "UDP send error");
-                return;
-            }
-        }
     }
 }

@@ -1,6 +1,7 @@
 //! Node-plane client on tokio: one task owns the UDP socket and the [`NodeClient`] machine;
 //! callers send requests and read response frames through channels.
 
+use crate::udp::Udp;
 use palyra_proto::node::{NodeRequest, RequestFrame, ResponseFrame};
 use palyra_proto::quic::{ClientLimits, NodeClient, RequestSinks, ResponseItem as Item};
 use rand_core::{OsRng, RngCore};
@@ -8,7 +9,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 
 /// How long a connection attempt may take, as in the original.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,7 +85,7 @@ impl NodeConnection {
         } else {
             "[::]:0".parse().unwrap_or(addr)
         };
-        let socket = UdpSocket::bind(bind).await?;
+        let socket = Udp::bind(bind)?;
         let mut seed = [0u8; 32];
         OsRng.fill_bytes(&mut seed);
         let client = NodeClient::connect(tls, limits, addr, server_name, Instant::now(), seed)
@@ -137,20 +137,19 @@ impl NodeConnection {
 }
 
 async fn run(
-    socket: UdpSocket,
+    mut socket: Udp,
     server: SocketAddr,
     mut client: NodeClient,
     commands: async_channel::Receiver<Command>,
     ready: async_channel::Sender<Result<(), String>>,
 ) {
-    let mut recv_buf = vec![0u8; 64 * 1024];
     let mut send_buf = Vec::with_capacity(1500);
     let mut waiting = RequestSinks::<async_channel::Sender<Item>>::default();
     let mut closing = false;
     loop {
         let now = Instant::now();
-        while let Some(t) = client.poll_transmit(now, &mut send_buf) {
-            let _ = socket.send_to(&send_buf[..t.size], t.destination).await;
+        while let Some(t) = client.poll_transmit(now, socket.max_segments(), &mut send_buf) {
+            socket.send(&t, &send_buf[..t.size]).await;
         }
         while let Some(event) = client.poll_event() {
             match waiting.dispatch(event, |tx, item| {
@@ -173,10 +172,18 @@ async fn run(
             .poll_timeout()
             .unwrap_or(now + Duration::from_secs(3600));
         tokio::select! {
-            received = socket.recv_from(&mut recv_buf) => {
-                if let Ok((n, from)) = received {
-                    if from == server {
-                        client.handle_datagram(Instant::now(), from, &recv_buf[..n]);
+            ready = socket.readable() => {
+                if ready.is_ok() {
+                    let now = Instant::now();
+                    for _ in 0..32 {
+                        let received = socket.try_recv(|from, ecn, datagram| {
+                            if from == server {
+                                client.handle_datagram(now, from, ecn, datagram);
+                            }
+                        });
+                        if received.is_err() {
+                            break;
+                        }
                     }
                 }
             }

@@ -207,12 +207,19 @@ impl NodeClient {
         self.conn.is_drained()
     }
 
-    /// Processes one received datagram.
-    pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, data: &[u8]) {
+    /// Processes one received datagram (`ecn`: the ECN bits it arrived with).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        ecn: Option<u8>,
+        data: &[u8],
+    ) {
         let mut buf = Vec::new();
+        let ecn = ecn.and_then(quinn_proto::EcnCodepoint::from_bits);
         match self
             .endpoint
-            .handle(now, remote, None, None, BytesMut::from(data), &mut buf)
+            .handle(now, remote, None, ecn, BytesMut::from(data), &mut buf)
         {
             Some(DatagramEvent::ConnectionEvent(ch, event)) if ch == self.ch => {
                 self.conn.handle_event(event);
@@ -235,15 +242,17 @@ impl NodeClient {
         self.conn.poll_timeout()
     }
 
-    /// Writes the next datagram into `buf` and says where to send it.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+    /// Writes the next datagram(s) into `buf` and says where to send them (up to
+    /// `max_datagrams` for segmentation offload).
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<Transmit> {
         buf.clear();
-        let t = self.conn.poll_transmit(now, 1, buf)?;
-        Some(Transmit {
-            destination: t.destination,
-            size: t.size,
-            src_ip: t.src_ip,
-        })
+        let t = self.conn.poll_transmit(now, max_datagrams.max(1), buf)?;
+        Some(Transmit::from(&t))
     }
 
     /// Takes the next event.

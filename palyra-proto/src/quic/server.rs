@@ -144,15 +144,32 @@ pub enum ServerEvent {
     },
 }
 
-/// One datagram to send.
+/// Datagrams to send: `size` bytes of the caller's buffer, one datagram or, with
+/// `segment_size`, several of that size (the last may be shorter) for one GSO send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
     /// Where to send it.
     pub destination: SocketAddr,
     /// How many bytes of the caller's buffer it uses.
     pub size: usize,
+    /// Size of each datagram when the buffer holds several (segmentation offload).
+    pub segment_size: Option<usize>,
+    /// ECN codepoint bits to set (RFC 3168), if any.
+    pub ecn: Option<u8>,
     /// Source address to use, if the endpoint cares.
     pub src_ip: Option<IpAddr>,
+}
+
+impl From<&quinn_proto::Transmit> for Transmit {
+    fn from(t: &quinn_proto::Transmit) -> Self {
+        Self {
+            destination: t.destination,
+            size: t.size,
+            segment_size: t.segment_size,
+            ecn: t.ecn.map(|e| e as u8),
+            src_ip: t.src_ip,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,18 +319,20 @@ impl NodeServer {
         self.shared.store.as_mut()
     }
 
-    /// Processes one received UDP datagram.
+    /// Processes one received UDP datagram (`ecn`: the ECN bits it arrived with).
     pub fn handle_datagram(
         &mut self,
         now: Instant,
         remote: SocketAddr,
         local_ip: Option<IpAddr>,
+        ecn: Option<u8>,
         data: &[u8],
     ) {
         let mut buf = Vec::new();
+        let ecn = ecn.and_then(quinn_proto::EcnCodepoint::from_bits);
         let event =
             self.endpoint
-                .handle(now, remote, local_ip, None, BytesMut::from(data), &mut buf);
+                .handle(now, remote, local_ip, ecn, BytesMut::from(data), &mut buf);
         match event {
             None => {}
             Some(DatagramEvent::Response(t)) => self.queue_response(t, buf),
@@ -377,14 +396,7 @@ impl NodeServer {
 
     fn queue_response(&mut self, t: quinn_proto::Transmit, mut buf: Vec<u8>) {
         buf.truncate(t.size);
-        self.responses.push_back((
-            Transmit {
-                destination: t.destination,
-                size: t.size,
-                src_ip: t.src_ip,
-            },
-            buf,
-        ));
+        self.responses.push_back((Transmit::from(&t), buf));
     }
 
     /// Handles expired timers (QUIC loss detection, idle, keep-alive, handshake deadline).
@@ -428,8 +440,14 @@ impl NodeServer {
             .min()
     }
 
-    /// Writes the next datagram into `buf` (cleared first) and says where to send it.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+    /// Writes the next datagram(s) into `buf` (cleared first) and says where to send them; up to
+    /// `max_datagrams` of one connection are batched for segmentation offload.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<Transmit> {
         if let Some((t, bytes)) = self.responses.pop_front() {
             buf.clear();
             buf.extend_from_slice(&bytes);
@@ -443,12 +461,8 @@ impl NodeServer {
             let ch = self.order[self.rr];
             if let Some(conn) = self.conns.get_mut(&ch) {
                 buf.clear();
-                if let Some(t) = conn.conn.poll_transmit(now, 1, buf) {
-                    return Some(Transmit {
-                        destination: t.destination,
-                        size: t.size,
-                        src_ip: t.src_ip,
-                    });
+                if let Some(t) = conn.conn.poll_transmit(now, max_datagrams.max(1), buf) {
+                    return Some(Transmit::from(&t));
                 }
             }
             self.rr += 1;
