@@ -78,7 +78,7 @@ fn prepare_state(bin: &Path, dir: &Path, count: u64, payload: usize) -> anyhow::
         let batch: Vec<NewEvent> = (0..n)
             .map(|_| NewEvent {
                 to: None,
-                body: body.clone(),
+                body: body.clone().into(),
             })
             .collect();
         log.append(&batch)?;

@@ -17,6 +17,6 @@ fuzz_target!(|data: &[u8]| {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.seq, i as u64 + 1);
     }
-    let next = log.append(&[NewEvent { to: None, body: b"{}".to_vec() }]).expect("append");
+    let next = log.append(&[NewEvent { to: None, body: b"{}".to_vec().into() }]).expect("append");
     assert_eq!(next, bounds.last_seq + 1);
 });

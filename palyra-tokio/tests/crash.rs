@@ -12,17 +12,36 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn spawn_daemon(state: &Path) -> (Child, SocketAddr) {
+/// A `palyrad` process, killed (SIGKILL) and reaped when dropped.
+struct Daemon(Child);
+
+impl Daemon {
+    fn sigkill(mut self) {
+        self.0.kill().expect("SIGKILL");
+        self.0.wait().expect("reap");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_daemon(state: &Path) -> (Daemon, SocketAddr) {
     let endpoints = state.join("endpoints.json");
     let _ = std::fs::remove_file(&endpoints);
-    let child = Command::new(env!("CARGO_BIN_EXE_palyrad"))
-        .arg("--state-dir")
-        .arg(state)
-        .args(["--node-addr", "127.0.0.1:0", "--log-level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn palyrad");
+    let daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_palyrad"))
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--node-addr", "127.0.0.1:0", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn palyrad"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(text) = std::fs::read_to_string(&endpoints) {
@@ -32,7 +51,7 @@ fn spawn_daemon(state: &Path) -> (Child, SocketAddr) {
                 .expect("node_quic")
                 .parse()
                 .expect("addr");
-            return (child, addr);
+            return (daemon, addr);
         }
         assert!(
             Instant::now() < deadline,
@@ -85,7 +104,7 @@ async fn sigkill_loses_no_acknowledged_event() {
     let acked: Acked = Arc::default();
     let rounds = 8;
     for round in 0..rounds {
-        let (mut child, addr) = spawn_daemon(gw.path());
+        let (daemon, addr) = spawn_daemon(gw.path());
         let mut tasks = Vec::new();
         for (node, bundle) in [&a, &b].into_iter().enumerate() {
             let tls = client_tls(Some(bundle), &bundle.ca_pem, palyra_proto::quic::ALPN);
@@ -101,8 +120,7 @@ async fn sigkill_loses_no_acknowledged_event() {
         }
         // Let them publish for a varying while, then pull the plug.
         tokio::time::sleep(Duration::from_millis(150 + 60 * u64::from(round))).await;
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
+        daemon.sigkill();
         // Acks already in the clients' socket buffers still count; after that nothing can arrive
         // (the server is dead and QUIC would only notice at the idle timeout), so stop waiting.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -117,7 +135,7 @@ async fn sigkill_loses_no_acknowledged_event() {
         acked.len()
     );
 
-    let (mut child, addr) = spawn_daemon(gw.path());
+    let (daemon, addr) = spawn_daemon(gw.path());
     let tls = client_tls(Some(&a), &a.ca_pem, palyra_proto::quic::ALPN);
     let conn = NodeConnection::connect(addr, "localhost", tls, ClientLimits::default())
         .await
@@ -133,8 +151,7 @@ async fn sigkill_loses_no_acknowledged_event() {
         .await
         .expect("events");
     conn.close().await;
-    child.kill().expect("kill");
-    child.wait().expect("reap");
+    daemon.sigkill();
 
     let stored: BTreeMap<u64, serde_json::Value> = frames
         .iter()

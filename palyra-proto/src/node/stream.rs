@@ -5,6 +5,8 @@
 
 use super::message::{parse_request, ErrorCode, NodeRequest, ResponseFrame};
 use crate::frame::{encode_frame, FrameDecoder, FrameError};
+use bytes::Bytes;
+use std::io::Write as _;
 
 /// What the stream machine asks its owner to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,8 +32,10 @@ enum Phase {
 pub struct RequestStream {
     phase: Phase,
     max_frame: usize,
+    /// Frames being built.
     out: Vec<u8>,
-    out_pos: usize,
+    /// Bytes handed to the transport that it did not accept yet; they go first.
+    unsent: Option<Bytes>,
     finish_when_flushed: bool,
     event: Option<StreamEvent>,
 }
@@ -43,7 +47,7 @@ impl RequestStream {
             phase: Phase::Request(FrameDecoder::new(max_frame)),
             max_frame,
             out: Vec::new(),
-            out_pos: 0,
+            unsent: None,
             finish_when_flushed: false,
             event: None,
         }
@@ -106,7 +110,7 @@ impl RequestStream {
         self.out.extend_from_slice(&[0; 4]);
         self.out
             .extend_from_slice(br#"{"protocol_version":1,"kind":"event","ok":true,"seq":"#);
-        self.out.extend_from_slice(seq.to_string().as_bytes());
+        let _ = write!(self.out, "{seq}");
         self.out.extend_from_slice(br#","event":"#);
         self.out.extend_from_slice(body);
         self.out.push(b'}');
@@ -139,23 +143,38 @@ impl RequestStream {
         self.finish_when_flushed = true;
     }
 
-    /// Bytes waiting to be written.
-    pub fn pending_output(&self) -> &[u8] {
-        &self.out[self.out_pos..]
+    /// Takes the bytes to write next, without copying; give back what the transport did not
+    /// accept with [`RequestStream::restore_output`].
+    pub fn take_output(&mut self) -> Option<Bytes> {
+        if let Some(unsent) = self.unsent.take() {
+            return Some(unsent);
+        }
+        if self.out.is_empty() {
+            return None;
+        }
+        Some(Bytes::from(std::mem::take(&mut self.out)))
     }
 
-    /// Records that `n` bytes of [`RequestStream::pending_output`] were written.
-    pub fn consume_output(&mut self, n: usize) {
-        self.out_pos = (self.out_pos + n).min(self.out.len());
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
+    /// Returns the unwritten tail of what [`RequestStream::take_output`] gave; it is sent first.
+    pub fn restore_output(&mut self, rest: Bytes) {
+        if !rest.is_empty() {
+            self.unsent = Some(rest);
         }
+    }
+
+    /// Whether bytes are waiting to be written.
+    pub fn has_output(&self) -> bool {
+        self.unsent.is_some() || !self.out.is_empty()
+    }
+
+    /// Bytes waiting to be written (frames being built plus what the transport has not taken).
+    pub fn queued_bytes(&self) -> usize {
+        self.unsent.as_ref().map_or(0, Bytes::len) + self.out.len()
     }
 
     /// True once everything is written and the response is complete: the owner finishes the stream.
     pub fn should_finish(&self) -> bool {
-        self.finish_when_flushed && self.out.is_empty()
+        self.finish_when_flushed && !self.has_output()
     }
 
     /// True once the response is complete (written or not).
@@ -182,9 +201,12 @@ mod tests {
         wire
     }
 
-    fn output_frames(stream: &RequestStream) -> Vec<ResponseFrame> {
+    /// Takes everything queued and decodes it.
+    fn output_frames(stream: &mut RequestStream) -> Vec<ResponseFrame> {
         let mut decoder = FrameDecoder::new(1 << 20);
-        decoder.handle_input(stream.pending_output()).unwrap();
+        while let Some(bytes) = stream.take_output() {
+            decoder.handle_input(&bytes).unwrap();
+        }
         std::iter::from_fn(|| decoder.poll_frame())
             .map(|f| ResponseFrame::parse(&f).unwrap())
             .collect()
@@ -194,12 +216,10 @@ mod tests {
     fn oversized_request_gets_frame_too_large() {
         let mut stream = RequestStream::new(DEFAULT_MAX_FRAME_BYTES);
         stream.handle_input(&(DEFAULT_MAX_FRAME_BYTES as u32 + 1).to_be_bytes(), false);
-        let frames = output_frames(&stream);
+        assert!(stream.is_done() && !stream.should_finish());
+        let frames = output_frames(&mut stream);
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].error, Some(ErrorCode::FrameTooLarge));
-        assert!(stream.is_done() && !stream.should_finish());
-        let n = stream.pending_output().len();
-        stream.consume_output(n);
         assert!(stream.should_finish());
     }
 
@@ -215,7 +235,7 @@ mod tests {
             })
         ));
         assert_eq!(
-            output_frames(&stream)[0].kind,
+            output_frames(&mut stream)[0].kind,
             crate::node::ResponseKind::Error
         );
     }
@@ -226,12 +246,33 @@ mod tests {
         stream.handle_input(&request_bytes(&NodeRequest::Health), false);
         let body = br#"{"name":"a","device_id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","occurred_at_unix_ms":5,"payload":{"k":[1]}}"#;
         stream.send_event_raw(42, body).unwrap();
-        let frames = output_frames(&stream);
+        assert!(stream.send_event_raw(1, &[b'x'; 2000]).is_err());
+        let frames = output_frames(&mut stream);
+        assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].seq, Some(42));
         assert_eq!(frames[0].protocol_version, PROTOCOL_VERSION);
         assert_eq!(frames[0].event.as_ref().unwrap().payload["k"][0], 1);
-        assert!(stream.send_event_raw(1, &[b'x'; 2000]).is_err());
-        assert_eq!(output_frames(&stream).len(), 1);
+    }
+
+    #[test]
+    fn unaccepted_output_is_sent_first_and_in_order() {
+        let mut stream = RequestStream::new(1024);
+        stream.handle_input(&request_bytes(&NodeRequest::Health), false);
+        stream.send(&ResponseFrame::ack(1)).unwrap();
+        let first = stream.take_output().unwrap();
+        // The transport accepted 3 bytes; a new frame is queued meanwhile.
+        stream.restore_output(first.slice(3..));
+        stream.send(&ResponseFrame::ack(2)).unwrap();
+        let mut wire = first[..3].to_vec();
+        while let Some(bytes) = stream.take_output() {
+            wire.extend_from_slice(&bytes);
+        }
+        let mut decoder = FrameDecoder::new(1024);
+        decoder.handle_input(&wire).unwrap();
+        let seqs: Vec<_> = std::iter::from_fn(|| decoder.poll_frame())
+            .map(|f| ResponseFrame::parse(&f).unwrap().seq)
+            .collect();
+        assert_eq!(seqs, vec![Some(1), Some(2)]);
     }
 
     proptest! {

@@ -882,7 +882,10 @@ fn start_request(
             shared.pending.push(PendingPublish {
                 ch,
                 stream: id,
-                event: NewEvent { to, body },
+                event: NewEvent {
+                    to,
+                    body: body.into(),
+                },
             });
             stream.serving = Serving::Publishing;
         }
@@ -940,18 +943,21 @@ fn pump_stream(conn: &mut Conn, id: StreamId, shared: &mut Shared) {
         return;
     };
     loop {
-        let pending = stream.machine.pending_output();
-        if !pending.is_empty() {
-            match conn.conn.send_stream(id).write(pending) {
-                Ok(n) => stream.machine.consume_output(n),
-                Err(WriteError::Blocked) => return,
+        while let Some(chunk) = stream.machine.take_output() {
+            let mut chunks = [chunk];
+            let result = conn.conn.send_stream(id).write_chunks(&mut chunks);
+            let [rest] = chunks;
+            match result {
+                Ok(_) if rest.is_empty() => {}
+                Ok(_) | Err(WriteError::Blocked) => {
+                    // Flow control: the peer will make room and we get Writable.
+                    stream.machine.restore_output(rest);
+                    return;
+                }
                 Err(WriteError::Stopped(_)) | Err(WriteError::ClosedStream) => {
                     conn.streams.remove(&id);
                     return;
                 }
-            }
-            if !stream.machine.pending_output().is_empty() {
-                return;
             }
         }
         if stream.machine.should_finish() {

@@ -10,6 +10,7 @@
 //! ```
 
 use super::{fsync_dir, EventStore, LogBounds, NewEvent, StoreError, StoredEvent};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
@@ -95,6 +96,44 @@ fn encode_record(seq: u64, event: &NewEvent, out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Validates one whole record (header and body) and returns the event, sharing `record`'s bytes.
+fn decode_record(record: Bytes, expect_seq: u64) -> Result<StoredEvent, String> {
+    let crc = u32::from_le_bytes(record[4..8].try_into().unwrap_or_default());
+    let seq = u64::from_le_bytes(record[8..16].try_into().unwrap_or_default());
+    if crc32fast::hash(&record[8..]) != crc {
+        return Err(format!("checksum mismatch in record seq {seq}"));
+    }
+    if seq != expect_seq {
+        return Err(format!("expected seq {expect_seq}, found {seq}"));
+    }
+    let to_len = record[HEADER_BYTES] as usize;
+    let body_start = HEADER_BYTES + 1 + to_len;
+    if body_start > record.len() {
+        return Err(format!("record seq {seq} has a bad address length"));
+    }
+    let to = if to_len == 0 {
+        None
+    } else {
+        let to = std::str::from_utf8(&record[HEADER_BYTES + 1..body_start])
+            .map_err(|_| format!("record seq {seq} has a non-UTF-8 address"))?;
+        Some(Arc::<str>::from(to))
+    };
+    Ok(StoredEvent {
+        seq,
+        to,
+        body: record.slice(body_start..),
+    })
+}
+
+/// Body length announced by a record header, checked against the limit.
+fn body_len(header: &[u8], max_body: usize) -> Result<usize, String> {
+    let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as usize;
+    if len == 0 || len > max_body {
+        return Err(format!("record length {len} is out of range"));
+    }
+    Ok(len)
+}
+
 /// Reads one record at the reader's position. `Ok(None)` means a clean end of file;
 /// `Err(reason)` means the bytes there are not a valid record.
 fn read_record(
@@ -113,42 +152,14 @@ fn read_record(
             Err(e) => return Err(format!("read failed: {e}")),
         }
     }
-    let body_len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as usize;
-    let crc = u32::from_le_bytes(header[4..8].try_into().unwrap_or_default());
-    let seq = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
-    if body_len == 0 || body_len > max_body {
-        return Err(format!("record length {body_len} is out of range"));
-    }
-    let mut body = vec![0u8; body_len];
+    let len = body_len(&header, max_body)?;
+    let mut record = vec![0u8; HEADER_BYTES + len];
+    record[..HEADER_BYTES].copy_from_slice(&header);
     reader
-        .read_exact(&mut body)
+        .read_exact(&mut record[HEADER_BYTES..])
         .map_err(|e| format!("record body cut: {e}"))?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header[8..16]);
-    hasher.update(&body);
-    if hasher.finalize() != crc {
-        return Err(format!("checksum mismatch in record seq {seq}"));
-    }
-    if seq != expect_seq {
-        return Err(format!("expected seq {expect_seq}, found {seq}"));
-    }
-    let to_len = body[0] as usize;
-    if 1 + to_len > body.len() {
-        return Err(format!("record seq {seq} has a bad address length"));
-    }
-    let to = if to_len == 0 {
-        None
-    } else {
-        let to = std::str::from_utf8(&body[1..1 + to_len])
-            .map_err(|_| format!("record seq {seq} has a non-UTF-8 address"))?;
-        Some(Arc::<str>::from(to))
-    };
-    let event = StoredEvent {
-        seq,
-        to,
-        body: Arc::from(&body[1 + to_len..]),
-    };
-    Ok(Some((event, (HEADER_BYTES + body_len) as u64)))
+    let event = decode_record(Bytes::from(record), expect_seq)?;
+    Ok(Some((event, (HEADER_BYTES + len) as u64)))
 }
 
 impl FileEventLog {
@@ -402,6 +413,8 @@ impl FileEventLog {
         }
     }
 
+    /// Reads events from the segment files: one read per segment for the whole byte range of the
+    /// batch, then records are validated and sliced out of that buffer without copying.
     fn read_from_disk(
         &self,
         start: u64,
@@ -414,43 +427,63 @@ impl FileEventLog {
             .partition_point(|s| s.first_seq <= start)
             .saturating_sub(1);
         let max_body = self.config.max_record_bytes + 256;
-        let mut bytes = 0;
+        let mut bytes = 0usize;
         let mut next = start;
         for segment in self.segments.iter().skip(index) {
             if segment.offsets.is_empty() || next > segment.last_seq() {
                 continue;
             }
-            let Some(&offset) = segment.offsets.get((next - segment.first_seq) as usize) else {
+            let first = (next - segment.first_seq) as usize;
+            let Some(&from) = segment.offsets.get(first) else {
                 continue;
             };
+            // Records [first, last) fit the event budget; the byte budget is checked below.
+            let last = (first + max_events.saturating_sub(out.len())).min(segment.offsets.len());
+            let mut to = segment.offsets.get(last).copied().unwrap_or(segment.len);
+            // Keep the read near the byte budget (whole records only, at least one).
+            if let Some(cut) = segment.offsets[first + 1..last]
+                .iter()
+                .position(|&off| off - from >= (max_bytes.saturating_sub(bytes)) as u64)
+            {
+                to = segment.offsets[first + 1 + cut];
+            }
+            let mut buf = vec![0u8; (to - from) as usize];
             let mut file = File::open(&segment.path).map_err(StoreError::io(format!(
                 "opening {}",
                 segment.path.display()
             )))?;
-            file.seek(SeekFrom::Start(offset))
+            file.seek(SeekFrom::Start(from))
+                .and_then(|_| file.read_exact(&mut buf))
                 .map_err(StoreError::io(format!(
-                    "seeking {}",
+                    "reading {}",
                     segment.path.display()
                 )))?;
-            let mut reader = BufReader::with_capacity(64 * 1024, file);
-            while next <= segment.last_seq() {
-                if out.len() >= max_events || (bytes >= max_bytes && !out.is_empty()) {
-                    return Ok(());
+            let buf = Bytes::from(buf);
+            let mut pos = 0usize;
+            while pos < buf.len() {
+                let corrupt = |reason: String| {
+                    StoreError::Corrupt(format!(
+                        "{} at offset {}: {reason}",
+                        segment.path.display(),
+                        from + pos as u64
+                    ))
+                };
+                if buf.len() - pos < HEADER_BYTES {
+                    return Err(corrupt("record header cut".into()));
                 }
-                match read_record(&mut reader, max_body, next) {
-                    Ok(Some((event, _))) => {
-                        bytes += event.size();
-                        out.push(event);
-                        next += 1;
-                    }
-                    Ok(None) => break,
-                    Err(reason) => {
-                        return Err(StoreError::Corrupt(format!(
-                            "{}: {reason}",
-                            segment.path.display()
-                        )))
-                    }
+                let len = body_len(&buf[pos..pos + HEADER_BYTES], max_body).map_err(corrupt)?;
+                let end = pos + HEADER_BYTES + len;
+                if end > buf.len() {
+                    return Err(corrupt("record body cut".into()));
                 }
+                let event = decode_record(buf.slice(pos..end), next).map_err(corrupt)?;
+                bytes += event.size();
+                out.push(event);
+                next += 1;
+                pos = end;
+            }
+            if out.len() >= max_events || bytes >= max_bytes {
+                return Ok(());
             }
         }
         Ok(())
@@ -566,7 +599,7 @@ impl FileEventLog {
             self.push_cache(StoredEvent {
                 seq: *seq,
                 to: event.to.as_deref().map(Into::into),
-                body: event.body.as_slice().into(),
+                body: event.body.clone(),
             });
         }
         self.last_seq = last;
@@ -584,7 +617,7 @@ mod tests {
             to: n
                 .is_multiple_of(3)
                 .then(|| "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned()),
-            body: format!("{{\"n\":{n}}}").into_bytes(),
+            body: Bytes::from(format!("{{\"n\":{n}}}")),
         }
     }
 
@@ -734,7 +767,7 @@ mod tests {
         let mut log = FileEventLog::open(dir.path(), small()).unwrap();
         let big = NewEvent {
             to: None,
-            body: vec![b'x'; 2000],
+            body: Bytes::from(vec![b'x'; 2000]),
         };
         assert!(matches!(
             log.append(&[big]),

@@ -31,7 +31,7 @@ impl EventStore for MemoryEventLog {
             let stored = StoredEvent {
                 seq: self.last_seq,
                 to: event.to.as_deref().map(Into::into),
-                body: event.body.as_slice().into(),
+                body: event.body.clone(),
             };
             self.bytes += stored.size();
             self.events.push_back(stored);

@@ -13,6 +13,7 @@ pub use identity_dir::{
 };
 pub use memory::MemoryEventLog;
 
+use bytes::Bytes;
 use std::sync::Arc;
 
 /// Errors of the durable stores.
@@ -52,7 +53,7 @@ pub struct NewEvent {
     /// Device the event is addressed to; `None` means every device.
     pub to: Option<String>,
     /// The event body as JSON (`{"name":..,"device_id":..,"occurred_at_unix_ms":..,"payload":..}`).
-    pub body: Vec<u8>,
+    pub body: Bytes,
 }
 
 /// An event read back from the log.
@@ -62,8 +63,8 @@ pub struct StoredEvent {
     pub seq: u64,
     /// Device the event is addressed to; `None` means every device.
     pub to: Option<Arc<str>>,
-    /// The event body as JSON.
-    pub body: Arc<[u8]>,
+    /// The event body as JSON (shared, never copied after it is read).
+    pub body: Bytes,
 }
 
 impl StoredEvent {
