@@ -108,6 +108,9 @@ struct Sim {
     server: NodeServer,
     server_addr: SocketAddr,
     clients: Vec<(SocketAddr, NodeClient, Vec<ClientEvent>)>,
+    /// Clients whose datagrams after the first are lost (a stalled handshake).
+    stalled: Vec<usize>,
+    sent: Vec<usize>,
 }
 
 impl Sim {
@@ -117,6 +120,8 @@ impl Sim {
             server,
             server_addr: "127.0.0.1:7444".parse().unwrap(),
             clients: Vec::new(),
+            stalled: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
@@ -134,6 +139,7 @@ impl Sim {
         )
         .unwrap();
         self.clients.push((addr, client, Vec::new()));
+        self.sent.push(0);
         self.clients.len() - 1
     }
 
@@ -143,9 +149,13 @@ impl Sim {
         let mut buf = Vec::new();
         loop {
             let mut any = false;
-            for (addr, client, events) in self.clients.iter_mut() {
+            for (index, (addr, client, events)) in self.clients.iter_mut().enumerate() {
                 while let Some(t) = client.poll_transmit(self.now, 1, &mut buf) {
                     any = true;
+                    self.sent[index] += 1;
+                    if self.stalled.contains(&index) && self.sent[index] > 1 {
+                        continue;
+                    }
                     self.server
                         .handle_datagram(self.now, *addr, None, None, &buf[..t.size]);
                 }
@@ -487,4 +497,79 @@ fn streams_of_one_connection_are_served_concurrently() {
         !s.responses(c, follow).is_empty()
     });
     assert_eq!(sim.responses(c, follow)[0].seq, Some(1));
+}
+
+#[test]
+fn stalled_handshakes_time_out_on_the_server_and_are_bounded() {
+    let mut pki = Pki::new();
+    let a = pki.device(DEV_A);
+    let limits = ServerLimits {
+        max_handshakes: 1,
+        ..ServerLimits::default()
+    };
+    let mut sim = Sim::new(pki.server(limits));
+    // A client that sends its first flight and then goes silent.
+    let stalled = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
+    sim.stalled.push(stalled);
+    sim.pump();
+    assert_eq!(sim.server.handshake_count(), 1);
+    // While it holds the only handshake slot, a second handshake is refused at once.
+    let refused = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
+    sim.run_until(Duration::from_secs(2), |s| s.lost_reason(refused).is_some());
+    let reason = sim.lost_reason(refused).expect("refused");
+    assert!(reason.to_lowercase().contains("refused"), "{reason}");
+    // The server gives up on the stalled handshake after 10 s, not the 30 s idle timeout.
+    let start = sim.now;
+    sim.run_until(Duration::from_secs(30), |s| s.server.handshake_count() == 0);
+    let waited = sim.now - start;
+    assert!(
+        waited >= Duration::from_secs(9) && waited <= Duration::from_secs(11),
+        "{waited:?}"
+    );
+    // And the slot is free again.
+    sim.stalled.clear();
+    let later = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
+    assert_eq!(sim.request(later, &NodeRequest::Health).len(), 1);
+}
+
+#[test]
+fn optional_client_certificates_allow_anonymous_reads_but_not_publishing() {
+    let mut pki = Pki::new();
+    let a = pki.device(DEV_A);
+    let tls_config =
+        tls::server_config(&pki.ca_der, pki.slot.clone(), pki.trust.clone(), false).unwrap();
+    let mut server = NodeServer::new(
+        NodeServerConfig {
+            tls: Arc::new(tls_config),
+            limits: ServerLimits::default(),
+            mtls_required: false,
+            rng_seed: [9; 32],
+        },
+        Box::new(MemoryEventLog::new(1 << 20)),
+        pki.trust.clone(),
+    )
+    .unwrap();
+    server.set_wall_clock(1);
+    let mut sim = Sim::new(server);
+    let device = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
+    sim.request(device, &publish("for.all", 1, None));
+    sim.request(device, &publish("for.a", 2, Some(DEV_A)));
+    let anonymous = sim.connect(pki.client_tls(None, tls::ALPN));
+    let health = sim.request(anonymous, &NodeRequest::Health);
+    assert_eq!(health[0].node_rpc_mtls_required, Some(false));
+    assert_eq!(health[0].device_id, None);
+    let refused = sim.request(anonymous, &publish("x", 3, None));
+    assert_eq!(refused[0].error, Some(ErrorCode::Unauthorized));
+    // Anonymous readers see broadcast events only.
+    let seen = sim.request(
+        anonymous,
+        &NodeRequest::StreamEvents {
+            resume_from: None,
+            follow: false,
+        },
+    );
+    assert_eq!(
+        seen.iter().map(|f| f.seq.unwrap()).collect::<Vec<_>>(),
+        vec![1]
+    );
 }

@@ -265,3 +265,45 @@ pub fn log_server_event(event: &crate::quic::ServerEvent) {
         E::StoreFailed { error } => tracing::error!(%error, "event log failure"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    #[test]
+    fn server_certificate_is_renewed_in_place_when_a_third_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let now = SystemTime::now();
+        let validity = Duration::from_secs(3 * 3600);
+        let hosts = vec!["gw.example.net".to_owned()];
+        let mut identity =
+            GatewayIdentity::open(dir.path(), &hosts, validity, &mut rng, now).unwrap();
+        let slot = identity.cert_slot();
+        let first = identity.server_cert_not_after();
+        let first_der = slot.current_cert_der();
+        // Two thirds of the lifetime left: nothing to do.
+        assert!(!identity
+            .renew_server_cert_if_due(&mut rng, now + Duration::from_secs(3600))
+            .unwrap());
+        // Less than a third left: a new certificate replaces the old one in the live slot.
+        let later = now + Duration::from_secs(2 * 3600 + 60);
+        assert!(identity.renew_server_cert_if_due(&mut rng, later).unwrap());
+        assert!(identity.server_cert_not_after() > first);
+        let served = slot.current_cert_der();
+        assert_ne!(served, first_der);
+        assert_eq!(
+            crate::identity::cert::cert_not_after(&served).unwrap(),
+            identity.server_cert_not_after()
+        );
+        // A restart reuses the renewed certificate instead of minting another one.
+        let reopened =
+            GatewayIdentity::open(dir.path(), &hosts, validity, &mut rng, later).unwrap();
+        assert_eq!(
+            reopened.server_cert_not_after(),
+            identity.server_cert_not_after()
+        );
+    }
+}

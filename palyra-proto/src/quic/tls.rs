@@ -66,6 +66,15 @@ impl ServerCertSlot {
         }
     }
 
+    /// The end-entity certificate (DER) new handshakes are served.
+    pub fn current_cert_der(&self) -> Vec<u8> {
+        self.get()
+            .cert
+            .first()
+            .map(|c| c.to_vec())
+            .unwrap_or_default()
+    }
+
     fn get(&self) -> Arc<CertifiedKey> {
         match self.current.read() {
             Ok(guard) => Arc::clone(&guard),
