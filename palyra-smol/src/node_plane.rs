@@ -3,15 +3,12 @@
 use crate::udp::Udp;
 use async_io::Timer;
 use futures_lite::future;
-use palyra_proto::gateway::{log_server_event, NodePlane};
+use palyra_proto::gateway::{NodePlane, MAINTENANCE_INTERVAL};
 use palyra_proto::store::unix_ms;
 use rand_core::OsRng;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
-
-/// How often the trust file and the server certificate are checked.
-pub const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How long a graceful shutdown waits for connections to close.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -65,18 +62,15 @@ pub async fn serve_node_plane(
         let now = Instant::now();
         plane.server.set_wall_clock(unix_ms(SystemTime::now()));
         if now >= next_maintenance {
-            maintain(&mut plane, now);
+            plane.maintain(now, SystemTime::now(), &mut OsRng);
             next_maintenance = now + MAINTENANCE_INTERVAL;
         }
-        plane.server.commit(now);
+        plane.commit_and_log(now);
         while let Some(t) = plane
             .server
             .poll_transmit(now, socket.max_segments(), &mut send_buf)
         {
             socket.send(&t, &send_buf[..t.size]).await;
-        }
-        while let Some(event) = plane.server.poll_event() {
-            log_server_event(&event);
         }
         if let Some(deadline) = stop_by {
             if plane.server.is_idle() || now >= deadline {
@@ -127,26 +121,5 @@ pub async fn serve_node_plane(
                 stop_by = Some(now + SHUTDOWN_GRACE);
             }
         }
-    }
-}
-
-fn maintain(plane: &mut NodePlane, now: Instant) {
-    match plane.identity.refresh_trust() {
-        Ok(true) => {
-            tracing::info!("trust file changed; re-checking open connections");
-            plane.server.handle_trust_change(now);
-        }
-        Ok(false) => {}
-        Err(e) => {
-            tracing::error!(error = %e, "cannot reload trust file; keeping the previous trust index")
-        }
-    }
-    match plane
-        .identity
-        .renew_server_cert_if_due(&mut OsRng, SystemTime::now())
-    {
-        Ok(true) => tracing::info!("server certificate renewed"),
-        Ok(false) => {}
-        Err(e) => tracing::error!(error = %e, "server certificate renewal failed; will retry"),
     }
 }

@@ -18,7 +18,7 @@ use rand_core::CryptoRngCore;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Errors assembling the node plane.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +177,41 @@ pub struct NodePlane {
     /// The live identity.
     pub identity: GatewayIdentity,
 }
+
+impl NodePlane {
+    /// Periodic housekeeping (drivers call it every [`MAINTENANCE_INTERVAL`]): reloads the trust
+    /// file and closes connections it no longer trusts, renews the server certificate when due.
+    /// Failures are logged and retried next time; the previous state stays in force.
+    pub fn maintain(&mut self, now: Instant, wall: SystemTime, rng: &mut impl CryptoRngCore) {
+        match self.identity.refresh_trust() {
+            Ok(true) => {
+                tracing::info!("trust file changed; re-checking open connections");
+                self.server.handle_trust_change(now);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload trust file; keeping the previous trust index")
+            }
+        }
+        match self.identity.renew_server_cert_if_due(rng, wall) {
+            Ok(true) => tracing::info!("server certificate renewed"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "server certificate renewal failed; will retry"),
+        }
+    }
+
+    /// Makes queued publishes durable and logs what the server reports.
+    pub fn commit_and_log(&mut self, now: Instant) {
+        self.server.commit(now);
+        while let Some(event) = self.server.poll_event() {
+            log_server_event(&event);
+        }
+    }
+}
+
+/// How often drivers call [`NodePlane::maintain`]: revocations take effect within this (plus a
+/// round trip), well inside the one-second promise.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Opens the state directory and assembles the node plane.
 pub fn open_node_plane(

@@ -2,10 +2,12 @@
 
 pub mod client;
 pub mod server;
+pub mod session;
 pub mod tls;
 
 pub use client::{ClientEvent, ClientLimits, NodeClient, RequestId, RequestSinks, ResponseItem};
 pub use server::{NodeServer, NodeServerConfig, ServerEvent, ServerLimits, Transmit};
+pub use session::{ClientCommand, ClientError, ClientHandle, ClientTask, ReadySignal, Responses};
 pub use tls::ALPN;
 
 /// Most datagrams batched into one segmentation-offload (GSO) send. Larger bursts overflow a
