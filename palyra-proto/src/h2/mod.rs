@@ -1,0 +1,3 @@
+//! HTTP/2 (RFC 9113): HPACK, frames, and the connection machine.
+
+pub mod hpack;
