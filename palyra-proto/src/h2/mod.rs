@@ -1,3 +1,4 @@
 //! HTTP/2 (RFC 9113): HPACK, frames, and the connection machine.
 
+pub mod frame;
 pub mod hpack;
