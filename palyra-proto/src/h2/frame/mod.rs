@@ -463,7 +463,7 @@ fn parse(kind: u8, flags: u8, stream: StreamId, payload: Bytes) -> Result<Frame,
                     "SETTINGS ACK with a payload",
                 ));
             }
-            if len % 6 != 0 {
+            if !len.is_multiple_of(6) {
                 return Err(conn(
                     ErrorCode::FrameSizeError,
                     "SETTINGS length not a multiple of 6",
