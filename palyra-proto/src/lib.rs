@@ -6,6 +6,7 @@
 
 pub mod frame;
 pub mod gateway;
+pub mod grpc;
 pub mod h2;
 pub mod identity;
 pub mod node;

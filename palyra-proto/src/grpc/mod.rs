@@ -1,0 +1,5 @@
+//! gRPC over the HTTP/2 machine: message framing, status, deadlines, metadata.
+
+pub mod codec;
+
+pub use codec::{Code, Status};
