@@ -1,5 +1,6 @@
 //! gRPC over the HTTP/2 machine: message framing, status, deadlines, metadata.
 
 pub mod codec;
+pub mod server;
 
 pub use codec::{Code, Status};
