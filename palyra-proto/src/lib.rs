@@ -10,5 +10,6 @@ pub mod grpc;
 pub mod h2;
 pub mod identity;
 pub mod node;
+pub mod pb;
 pub mod quic;
 pub mod store;
