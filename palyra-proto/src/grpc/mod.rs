@@ -2,5 +2,7 @@
 
 pub mod codec;
 pub mod server;
+pub mod service;
+pub mod services;
 
 pub use codec::{Code, Status};

@@ -47,6 +47,8 @@ pub enum Event {
         metadata: Vec<Field>,
         /// When the client's deadline expires, if it sent one.
         deadline: Option<Instant>,
+        /// When the call arrived.
+        started: Instant,
     },
     /// One request message.
     Message {
@@ -422,6 +424,7 @@ impl GrpcServer {
             path,
             metadata,
             deadline,
+            started: now,
         });
         if end_stream {
             self.on_half_close(stream);

@@ -133,6 +133,7 @@ fn unary_call_with_metadata_and_trailers() {
             path,
             metadata,
             deadline,
+            ..
         } => {
             assert_eq!(*call, id);
             assert_eq!(path, "/pkg.Echo/Say");

@@ -1,0 +1,221 @@
+//! Services on top of the gRPC server machine: a small handler trait, routing by
+//! `/package.Service/Method`, and helpers for unary handlers over prost types.
+
+use super::codec::{Code, Status};
+use super::server::{CallId, Event, GrpcServer};
+use crate::h2::hpack::Field;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// What a handler wants sent after it ran.
+#[derive(Debug, Default)]
+pub struct Reply {
+    /// Response messages, in order.
+    pub messages: Vec<Bytes>,
+    /// Ends the call with this status (and trailers) when set.
+    pub finish: Option<(Status, Vec<Field>)>,
+}
+
+impl Reply {
+    /// Queues one message.
+    pub fn message(&mut self, message: impl Into<Bytes>) {
+        self.messages.push(message.into());
+    }
+
+    /// Ends the call.
+    pub fn finish(&mut self, status: Status) {
+        self.finish = Some((status, Vec::new()));
+    }
+}
+
+/// Facts about a call, for handlers.
+#[derive(Debug, Clone)]
+pub struct CallInfo {
+    /// Method name (after the last `/`).
+    pub method: String,
+    /// Request metadata.
+    pub metadata: Vec<Field>,
+    /// Deadline, if the client set one.
+    pub deadline: Option<Instant>,
+    /// When the call arrived.
+    pub started: Instant,
+}
+
+/// One call in progress.
+pub trait CallHandler: Send {
+    /// A request message arrived.
+    fn on_message(&mut self, message: Bytes, reply: &mut Reply);
+    /// The client sent its last message.
+    fn on_half_close(&mut self, reply: &mut Reply);
+}
+
+/// A gRPC service.
+pub trait Service: Send {
+    /// Fully qualified name, e.g. `palyra.gateway.v1.GatewayService`.
+    fn name(&self) -> &'static str;
+    /// Starts a call; `None` if the method does not exist.
+    fn start(&mut self, call: &CallInfo) -> Option<Box<dyn CallHandler>>;
+}
+
+/// A unary handler: one request in, one response or a status out.
+pub struct Unary<F> {
+    request: Option<Bytes>,
+    handler: Option<F>,
+}
+
+impl<F> Unary<F>
+where
+    F: FnOnce(Bytes) -> Result<Vec<u8>, Status> + Send + 'static,
+{
+    /// Wraps a function of the encoded request returning the encoded response.
+    pub fn boxed(handler: F) -> Box<dyn CallHandler> {
+        Box::new(Self {
+            request: None,
+            handler: Some(handler),
+        })
+    }
+}
+
+impl<F> CallHandler for Unary<F>
+where
+    F: FnOnce(Bytes) -> Result<Vec<u8>, Status> + Send + 'static,
+{
+    fn on_message(&mut self, message: Bytes, reply: &mut Reply) {
+        if self.request.is_some() {
+            reply.finish(Status::new(
+                Code::Unimplemented,
+                "unary method received more than one request message",
+            ));
+            return;
+        }
+        self.request = Some(message);
+    }
+
+    fn on_half_close(&mut self, reply: &mut Reply) {
+        let (Some(request), Some(handler)) = (self.request.take(), self.handler.take()) else {
+            reply.finish(Status::new(
+                Code::Unimplemented,
+                "unary method received no request message",
+            ));
+            return;
+        };
+        match handler(request) {
+            Ok(response) => {
+                reply.message(response);
+                reply.finish(Status::ok());
+            }
+            Err(status) => reply.finish(status),
+        }
+    }
+}
+
+/// Decodes a prost request, answering INVALID_ARGUMENT on malformed bytes.
+pub fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Status> {
+    M::decode(bytes)
+        .map_err(|e| Status::new(Code::InvalidArgument, format!("malformed request: {e}")))
+}
+
+/// Routes calls of one connection to services.
+pub struct Router {
+    services: Vec<Box<dyn Service>>,
+    calls: HashMap<CallId, Box<dyn CallHandler>>,
+}
+
+impl Router {
+    /// A router over `services`.
+    pub fn new(services: Vec<Box<dyn Service>>) -> Self {
+        Self {
+            services,
+            calls: HashMap::new(),
+        }
+    }
+
+    /// Names of the routed services (for reflection).
+    pub fn service_names(&self) -> Vec<&'static str> {
+        self.services.iter().map(|s| s.name()).collect()
+    }
+
+    /// Handles everything the server machine reported and applies the handlers' replies.
+    pub fn dispatch(&mut self, server: &mut GrpcServer) {
+        while let Some(event) = server.poll_event() {
+            let mut reply = Reply::default();
+            let call = match event {
+                Event::Call {
+                    call,
+                    path,
+                    metadata,
+                    deadline,
+                    started,
+                } => {
+                    let (service, method) = path[1..].rsplit_once('/').unwrap_or(("", ""));
+                    let Some(svc) = self.services.iter_mut().find(|s| s.name() == service) else {
+                        let _ = server.finish(
+                            call,
+                            &Status::new(Code::Unimplemented, format!("unknown service {service}")),
+                            &[],
+                        );
+                        continue;
+                    };
+                    let info = CallInfo {
+                        method: method.to_owned(),
+                        metadata,
+                        deadline,
+                        started,
+                    };
+                    match svc.start(&info) {
+                        Some(handler) => {
+                            self.calls.insert(call, handler);
+                        }
+                        None => {
+                            let _ = server.finish(
+                                call,
+                                &Status::new(
+                                    Code::Unimplemented,
+                                    format!("unknown method {method} of service {service}"),
+                                ),
+                                &[],
+                            );
+                        }
+                    }
+                    continue;
+                }
+                Event::Message { call, message } => {
+                    if let Some(handler) = self.calls.get_mut(&call) {
+                        handler.on_message(message, &mut reply);
+                    }
+                    call
+                }
+                Event::HalfClosed { call } => {
+                    if let Some(handler) = self.calls.get_mut(&call) {
+                        handler.on_half_close(&mut reply);
+                    }
+                    call
+                }
+                Event::Cancelled { call, .. } => {
+                    self.calls.remove(&call);
+                    continue;
+                }
+                Event::Closed { .. } => {
+                    self.calls.clear();
+                    continue;
+                }
+            };
+            for message in reply.messages {
+                if let Err(e) = server.send_message(call, &message) {
+                    let _ = server.finish(
+                        call,
+                        &Status::new(Code::ResourceExhausted, e.to_string()),
+                        &[],
+                    );
+                    self.calls.remove(&call);
+                    break;
+                }
+            }
+            if let Some((status, trailers)) = reply.finish {
+                let _ = server.finish(call, &status, &trailers);
+                self.calls.remove(&call);
+            }
+        }
+    }
+}
