@@ -9,6 +9,7 @@ const FILES: &[&str] = &[
     "palyra/v1/node.proto",
     "grpc/health/v1/health.proto",
     "grpc/reflection/v1/reflection.proto",
+    "grpc/reflection/v1alpha/reflection.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

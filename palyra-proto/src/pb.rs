@@ -42,6 +42,10 @@ pub mod grpc {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/grpc.reflection.v1.rs"));
         }
+        /// grpc.reflection.v1alpha (wire-identical to v1; only its descriptor is used)
+        pub mod v1alpha {
+            include!(concat!(env!("OUT_DIR"), "/grpc.reflection.v1alpha.rs"));
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! smol driver: UDP pump, timers and tasks (async-io) around the sans-IO machines of `palyra-proto`.
 
 pub mod client;
+pub mod grpc;
 pub mod node_plane;
 pub mod udp;
 

@@ -56,6 +56,23 @@ impl Driver for Smol {
     fn close(conn: Self::Conn) {
         smol::block_on(conn.close());
     }
+
+    type Grpc = palyra_smol::grpc::GrpcHandle;
+
+    fn start_grpc(routers: palyra_proto::grpc::service::RouterFactory) -> (Self::Grpc, SocketAddr) {
+        let handle = palyra_smol::grpc::GrpcHandle::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Default::default(),
+            routers,
+        )
+        .expect("bind");
+        let addr = handle.local_addr;
+        (handle, addr)
+    }
+
+    fn stop_grpc(server: Self::Grpc) {
+        smol::block_on(server.shutdown());
+    }
 }
 
 node_plane_suite!(Smol);

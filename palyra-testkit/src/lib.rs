@@ -4,11 +4,22 @@
 //! instantiates the suite with [`node_plane_suite!`]. Every test starts a real server on a
 //! loopback UDP port and talks to it with the driver's own client over real sockets.
 
+pub mod grpc;
+
 use palyra_proto::gateway::{open_node_plane, NodePlane, NodePlaneOptions};
+use palyra_proto::grpc::service::RouterFactory;
+use palyra_proto::grpc::services::{gateway_router, DaemonInfo};
 use palyra_proto::identity::cert::{key_to_der, CertAuthority};
 use palyra_proto::node::{ErrorCode, NodeRequest, PublishEvent, ResponseFrame, ResponseKind};
+use palyra_proto::pb::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
+use palyra_proto::pb::grpc::reflection::v1::{
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    ServerReflectionRequest, ServerReflectionResponse,
+};
+use palyra_proto::pb::palyra::gateway::v1::{HealthRequest, HealthResponse};
 use palyra_proto::quic::tls;
 use palyra_proto::store::{DeviceBundle, IdentityDir};
+use prost::Message;
 use rand_core::OsRng;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -39,6 +50,102 @@ pub trait Driver {
     fn next(stream: &mut Self::Stream, timeout: Duration) -> Result<Option<ResponseFrame>, String>;
     /// Closes the connection.
     fn close(conn: Self::Conn);
+
+    /// A running gRPC (h2c) listener.
+    type Grpc;
+    /// Serves gRPC on `127.0.0.1:0` with the services `routers` builds.
+    fn start_grpc(routers: RouterFactory) -> (Self::Grpc, SocketAddr);
+    /// Graceful shutdown of the gRPC listener.
+    fn stop_grpc(server: Self::Grpc);
+}
+
+fn gateway_routers() -> RouterFactory {
+    gateway_router(Arc::new(DaemonInfo {
+        version: "test".into(),
+        git_hash: "unknown".into(),
+        build_profile: "debug".into(),
+        started: Instant::now(),
+    }))
+    .expect("descriptor set")
+}
+
+/// GetHealth, health checking, reflection and UNIMPLEMENTED over real TCP, several clients at once.
+pub fn grpc_gateway_services<D: Driver>() {
+    let (server, addr) = D::start_grpc(gateway_routers());
+    let health = grpc::call(
+        addr,
+        "/palyra.gateway.v1.GatewayService/GetHealth",
+        &[HealthRequest { v: 1 }.encode_to_vec()],
+    )
+    .expect("GetHealth");
+    assert_eq!(health.status, Some(0), "[{}] {health:?}", D::NAME);
+    let response = HealthResponse::decode(health.messages[0].as_ref()).expect("HealthResponse");
+    assert_eq!(
+        (response.service.as_str(), response.status.as_str()),
+        ("palyrad", "ok")
+    );
+    let check = grpc::call(
+        addr,
+        "/grpc.health.v1.Health/Check",
+        &[HealthCheckRequest {
+            service: String::new(),
+        }
+        .encode_to_vec()],
+    )
+    .expect("Check");
+    assert_eq!(
+        HealthCheckResponse::decode(check.messages[0].as_ref())
+            .expect("decode")
+            .status,
+        1
+    );
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let reflection = grpc::call(
+        addr,
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        &[list.encode_to_vec()],
+    )
+    .expect("reflection");
+    let answer = ServerReflectionResponse::decode(reflection.messages[0].as_ref()).expect("decode");
+    let Some(MessageResponse::ListServicesResponse(services)) = answer.message_response else {
+        panic!("{answer:?}")
+    };
+    assert!(services
+        .service
+        .iter()
+        .any(|s| s.name == "palyra.gateway.v1.GatewayService"));
+    let missing =
+        grpc::call(addr, "/palyra.gateway.v1.GatewayService/Nope", &[vec![]]).expect("call");
+    assert_eq!(missing.status, Some(12));
+    // Concurrent clients on separate connections.
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                grpc::call(
+                    addr,
+                    "/palyra.gateway.v1.GatewayService/GetHealth",
+                    &[vec![]],
+                )
+                .map(|r| r.status)
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().expect("thread").expect("call"), Some(0));
+    }
+    D::stop_grpc(server);
+    assert!(
+        grpc::call(
+            addr,
+            "/palyra.gateway.v1.GatewayService/GetHealth",
+            &[vec![]]
+        )
+        .is_err(),
+        "listener closed after shutdown"
+    );
 }
 
 /// Device IDs used by the suite.
@@ -548,6 +655,10 @@ macro_rules! node_plane_suite {
         #[test]
         fn shutdown_closes_connections() {
             $crate::shutdown_closes_connections::<$driver>();
+        }
+        #[test]
+        fn grpc_gateway_services() {
+            $crate::grpc_gateway_services::<$driver>();
         }
     };
 }

@@ -12,6 +12,9 @@ use std::time::Duration;
 /// Default node-plane listener.
 pub const DEFAULT_NODE_ADDR: &str = "127.0.0.1:7444";
 
+/// Default gateway gRPC listener (h2c).
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7443";
+
 /// The configuration file, every field optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +23,8 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     /// Node-plane QUIC listener.
     pub node_addr: Option<SocketAddr>,
+    /// Gateway gRPC listener (h2c).
+    pub grpc_addr: Option<SocketAddr>,
     /// Extra host names / IPs for the server certificate.
     pub hosts: Option<Vec<String>>,
     /// `human` or `json`.
@@ -93,6 +98,9 @@ pub struct Overrides {
     /// Node-plane QUIC listener, e.g. 127.0.0.1:7444 (port 0 picks a free port).
     #[arg(long, env = "PALYRA_NODE_ADDR")]
     pub node_addr: Option<SocketAddr>,
+    /// Gateway gRPC listener (cleartext HTTP/2), e.g. 127.0.0.1:7443 (port 0 picks a free port).
+    #[arg(long, env = "PALYRA_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
     /// TOML configuration file.
     #[arg(long, env = "PALYRA_CONFIG")]
     pub config: Option<PathBuf>,
@@ -114,6 +122,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Node-plane listener.
     pub node_addr: SocketAddr,
+    /// Gateway gRPC listener.
+    pub grpc_addr: SocketAddr,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -211,6 +221,10 @@ impl Config {
                 .node_addr
                 .or(file.node_addr)
                 .unwrap_or_else(|| DEFAULT_NODE_ADDR.parse().expect("valid default address")),
+            grpc_addr: overrides
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| DEFAULT_GRPC_ADDR.parse().expect("valid default address")),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
             log_level: overrides
                 .log_level

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod config;
+pub mod grpc;
 pub mod node_plane;
 pub mod udp;
 

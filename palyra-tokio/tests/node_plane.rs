@@ -72,6 +72,24 @@ impl Driver for Tokio {
     fn close(conn: Self::Conn) {
         runtime().block_on(conn.close());
     }
+
+    type Grpc = palyra_tokio::grpc::GrpcHandle;
+
+    fn start_grpc(routers: palyra_proto::grpc::service::RouterFactory) -> (Self::Grpc, SocketAddr) {
+        let handle = runtime()
+            .block_on(palyra_tokio::grpc::GrpcHandle::start(
+                "127.0.0.1:0".parse().unwrap(),
+                Default::default(),
+                routers,
+            ))
+            .expect("bind");
+        let addr = handle.local_addr;
+        (handle, addr)
+    }
+
+    fn stop_grpc(server: Self::Grpc) {
+        runtime().block_on(server.shutdown());
+    }
 }
 
 node_plane_suite!(Tokio);

@@ -219,3 +219,61 @@ impl Router {
         }
     }
 }
+
+/// One gRPC server connection with its services: the unit a driver runs per TCP connection.
+pub struct ServerConnection {
+    server: GrpcServer,
+    router: Router,
+}
+
+impl ServerConnection {
+    /// A connection routing to `router`'s services.
+    pub fn new(config: super::server::ServerConfig, router: Router, now: Instant) -> Self {
+        Self {
+            server: GrpcServer::new(config, now),
+            router,
+        }
+    }
+
+    /// Feeds bytes read from the transport and runs the handlers.
+    pub fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
+        self.server.handle_input(now, bytes);
+        self.router.dispatch(&mut self.server);
+    }
+
+    /// Handles expired timers (HTTP/2 and call deadlines).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.server.handle_timeout(now);
+        self.router.dispatch(&mut self.server);
+    }
+
+    /// The next deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.server.poll_timeout()
+    }
+
+    /// Bytes to write.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.server.poll_transmit()
+    }
+
+    /// Graceful shutdown (GOAWAY); open calls may finish.
+    pub fn go_away(&mut self) {
+        self.server.go_away();
+    }
+
+    /// Whether the connection is finished: the driver closes the socket after writing.
+    pub fn is_closed(&self) -> bool {
+        self.server.is_closed()
+    }
+
+    /// The transport reached end of file: nothing more will arrive.
+    pub fn handle_eof(&mut self) {
+        if !self.server.is_closed() {
+            self.server.go_away();
+        }
+    }
+}
+
+/// Builds the services of a new connection (drivers call it once per accepted connection).
+pub type RouterFactory = std::sync::Arc<dyn Fn() -> Router + Send + Sync>;

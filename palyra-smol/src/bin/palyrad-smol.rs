@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-const USAGE: &str = "usage: palyrad-smol --state-dir DIR [--node-addr ADDR] [--exit-on-stdin-eof]";
+const USAGE: &str =
+    "usage: palyrad-smol --state-dir DIR [--node-addr ADDR] [--grpc-addr ADDR] [--exit-on-stdin-eof]";
 
 fn main() -> ExitCode {
     match run() {
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let mut state_dir: Option<PathBuf> = None;
     let mut node_addr: SocketAddr = "127.0.0.1:7444".parse().map_err(|e| format!("{e}"))?;
+    let mut grpc_addr: SocketAddr = "127.0.0.1:7443".parse().map_err(|e| format!("{e}"))?;
     let mut stdin_eof = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -39,6 +41,12 @@ fn run() -> Result<(), String> {
                 node_addr = value
                     .parse()
                     .map_err(|e| format!("--node-addr {value:?}: {e}"))?;
+            }
+            "--grpc-addr" => {
+                let value = args.next().ok_or(USAGE)?;
+                grpc_addr = value
+                    .parse()
+                    .map_err(|e| format!("--grpc-addr {value:?}: {e}"))?;
             }
             "--exit-on-stdin-eof" => stdin_eof = true,
             "-h" | "--help" => {
@@ -59,8 +67,24 @@ fn run() -> Result<(), String> {
     smol::block_on(async {
         let handle = NodePlaneHandle::start(node_addr, plane)
             .map_err(|e| format!("bind {node_addr}: {e}"))?;
+        let info = std::sync::Arc::new(palyra_proto::grpc::services::DaemonInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            git_hash: "unknown".into(),
+            build_profile: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+            .into(),
+            started: std::time::Instant::now(),
+        });
+        let routers =
+            palyra_proto::grpc::services::gateway_router(info).map_err(|e| e.to_string())?;
+        let grpc = palyra_smol::grpc::GrpcHandle::start(grpc_addr, Default::default(), routers)
+            .map_err(|e| format!("bind {grpc_addr}: {e}"))?;
         let mut endpoints = BTreeMap::new();
         endpoints.insert("node_quic", handle.local_addr.to_string());
+        endpoints.insert("grpc", grpc.local_addr.to_string());
         write_endpoints(&state_dir, &endpoints).map_err(|e| e.to_string())?;
         let (tx, rx) = async_channel::bounded::<()>(1);
         if stdin_eof {
@@ -76,6 +100,7 @@ fn run() -> Result<(), String> {
             });
         }
         let _ = rx.recv().await;
+        grpc.shutdown().await;
         handle.shutdown().await.map_err(|e| e.to_string())
     })
 }

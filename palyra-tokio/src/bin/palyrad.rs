@@ -170,17 +170,35 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     let node = NodePlaneHandle::start(config.node_addr, plane)
         .await
         .with_context(|| format!("cannot bind the node plane on {}/udp", config.node_addr))?;
+    let info = std::sync::Arc::new(palyra_proto::grpc::services::DaemonInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        git_hash: option_env!("PALYRA_GIT_HASH").unwrap_or("unknown").into(),
+        build_profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .into(),
+        started: std::time::Instant::now(),
+    });
+    let routers = palyra_proto::grpc::services::gateway_router(info)?;
+    let grpc = palyra_tokio::grpc::GrpcHandle::start(config.grpc_addr, Default::default(), routers)
+        .await
+        .with_context(|| format!("cannot bind the gRPC listener on {}/tcp", config.grpc_addr))?;
     let mut endpoints = BTreeMap::new();
     endpoints.insert("node_quic", node.local_addr.to_string());
+    endpoints.insert("grpc", grpc.local_addr.to_string());
     let endpoints_path = write_endpoints(&config.state_dir, &endpoints)?;
     tracing::info!(
         node_quic = %node.local_addr,
+        grpc = %grpc.local_addr,
         endpoints = %endpoints_path.display(),
         ca_spki_sha256 = %ca_fingerprint,
         "palyrad listening"
     );
     wait_for_signal().await?;
     tracing::info!("shutting down");
+    grpc.shutdown().await;
     node.shutdown().await?;
     tracing::info!("stopped");
     Ok(())

@@ -154,9 +154,11 @@ impl Service for HealthService {
 }
 
 /// `grpc.reflection.v1.ServerReflection` over the embedded descriptor set.
+#[derive(Clone)]
 pub struct ReflectionService {
     files: Arc<Vec<FileDescriptorProto>>,
     services: Vec<String>,
+    name: &'static str,
 }
 
 impl ReflectionService {
@@ -166,7 +168,17 @@ impl ReflectionService {
         Ok(Self {
             files: Arc::new(set.file),
             services: services.iter().map(|s| s.to_string()).collect(),
+            name: "grpc.reflection.v1.ServerReflection",
         })
+    }
+
+    /// The same service under its pre-v1 name, `grpc.reflection.v1alpha.ServerReflection`
+    /// (identical messages), for clients that only know that one.
+    pub fn v1alpha(&self) -> Self {
+        Self {
+            name: "grpc.reflection.v1alpha.ServerReflection",
+            ..self.clone()
+        }
     }
 }
 
@@ -280,7 +292,7 @@ impl CallHandler for ReflectionCall {
 
 impl Service for ReflectionService {
     fn name(&self) -> &'static str {
-        "grpc.reflection.v1.ServerReflection"
+        self.name
     }
 
     fn start(&mut self, call: &CallInfo) -> Option<Box<dyn CallHandler>> {
@@ -295,3 +307,24 @@ impl Service for ReflectionService {
 
 #[cfg(test)]
 mod tests;
+
+/// The services of the gateway listener: GetHealth, health and reflection.
+pub fn gateway_router(
+    info: Arc<DaemonInfo>,
+) -> Result<super::service::RouterFactory, prost::DecodeError> {
+    const NAMES: [&str; 4] = [
+        "palyra.gateway.v1.GatewayService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    let reflection = ReflectionService::new(crate::pb::DESCRIPTOR_SET, &NAMES)?;
+    Ok(Arc::new(move || {
+        super::service::Router::new(vec![
+            Box::new(GatewayService::new(Arc::clone(&info))),
+            Box::new(HealthService::new(&NAMES)),
+            Box::new(reflection.clone()),
+            Box::new(reflection.v1alpha()),
+        ])
+    }))
+}
