@@ -123,3 +123,143 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// A gRPC client channel: one reused h2c connection to one target, a deadline on every call,
+/// keepalive PINGs every 30 s.
+pub struct GrpcChannel {
+    commands: tokio::sync::mpsc::Sender<ChannelCommand>,
+    _task: JoinHandle<()>,
+}
+
+type UnaryReply = tokio::sync::oneshot::Sender<Result<bytes::Bytes, palyra_proto::grpc::Status>>;
+
+struct ChannelCommand {
+    path: String,
+    request: Vec<u8>,
+    timeout: Duration,
+    reply: UnaryReply,
+}
+
+impl GrpcChannel {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        let client = palyra_proto::grpc::client::GrpcClient::new(
+            &addr.to_string(),
+            Some(Duration::from_secs(30)),
+            Instant::now(),
+        );
+        let (commands, rx) = tokio::sync::mpsc::channel(64);
+        let task = tokio::spawn(run_channel(stream, client, rx));
+        Ok(Self {
+            commands,
+            _task: task,
+        })
+    }
+
+    /// A unary call: the serialized request in, the serialized response or the status out.
+    pub async fn unary(
+        &self,
+        path: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, palyra_proto::grpc::Status> {
+        use palyra_proto::grpc::{Code, Status};
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(ChannelCommand {
+                path: path.to_owned(),
+                request,
+                timeout,
+                reply,
+            })
+            .await
+            .map_err(|_| Status::new(Code::Unavailable, "connection closed"))?;
+        rx.await
+            .unwrap_or_else(|_| Err(Status::new(Code::Unavailable, "connection closed")))
+    }
+}
+
+async fn run_channel(
+    mut stream: TcpStream,
+    mut client: palyra_proto::grpc::client::GrpcClient,
+    mut commands: tokio::sync::mpsc::Receiver<ChannelCommand>,
+) {
+    use palyra_proto::grpc::client::Event;
+    use palyra_proto::grpc::{Code, Status};
+    use std::collections::HashMap;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut waiting: HashMap<u32, (UnaryReply, Option<bytes::Bytes>)> = HashMap::new();
+    loop {
+        while let Some(bytes) = client.poll_transmit() {
+            if stream.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        while let Some(event) = client.poll_event() {
+            match event {
+                Event::Message { call, message } => {
+                    if let Some((_, slot)) = waiting.get_mut(&call) {
+                        slot.get_or_insert(message);
+                    }
+                }
+                Event::Finished { call, status, .. } => {
+                    if let Some((reply, message)) = waiting.remove(&call) {
+                        let result = match (status.code, message) {
+                            (Code::Ok, Some(message)) => Ok(message),
+                            (Code::Ok, None) => Err(Status::new(
+                                Code::Internal,
+                                "unary call returned no message",
+                            )),
+                            _ => Err(status),
+                        };
+                        let _ = reply.send(result);
+                    }
+                }
+                Event::Closed { .. } | Event::Headers { .. } => {}
+            }
+        }
+        if client.is_closed() {
+            return;
+        }
+        let wake = client.poll_timeout();
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    for (_, (reply, _)) in waiting.drain() {
+                        let _ = reply.send(Err(Status::new(Code::Unavailable, "connection closed by the server")));
+                    }
+                    return;
+                }
+                Ok(n) => client.handle_input(Instant::now(), &buf[..n]),
+            },
+            _ = sleep_until(wake) => client.handle_timeout(Instant::now()),
+            command = commands.recv() => match command {
+                Some(command) => {
+                    let now = Instant::now();
+                    match client.start_call(now, &command.path, &[], Some(command.timeout)) {
+                        Ok(call) => {
+                            let sent = client.send_message(call, &command.request).and_then(|()| client.close_send(call));
+                            match sent {
+                                Ok(()) => {
+                                    waiting.insert(call, (command.reply, None));
+                                }
+                                Err(status) => {
+                                    client.cancel(call);
+                                    let _ = command.reply.send(Err(status));
+                                }
+                            }
+                        }
+                        Err(status) => {
+                            let _ = command.reply.send(Err(status));
+                        }
+                    }
+                }
+                None => {
+                    client.close();
+                }
+            },
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! gRPC over the HTTP/2 machine: message framing, status, deadlines, metadata.
 
+pub mod client;
 pub mod codec;
 pub mod server;
 pub mod service;

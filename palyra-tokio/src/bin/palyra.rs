@@ -24,6 +24,15 @@ enum Command {
     /// Node-plane commands over palyra-quic-v1 (QUIC, mutual TLS).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Checks the gateway over gRPC (GatewayService/GetHealth) and prints the answer as JSON.
+    Health {
+        /// Gateway gRPC address, HOST:PORT (e.g. 127.0.0.1:7443).
+        #[arg(long, env = "PALYRA_GRPC")]
+        grpc: String,
+        /// Deadline of the call in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -141,8 +150,45 @@ fn check(frame: &ResponseFrame) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn health(grpc: &str, timeout_ms: u64) -> anyhow::Result<()> {
+    use palyra_proto::pb::palyra::gateway::v1::{HealthRequest, HealthResponse};
+    use prost::Message;
+    let addr: SocketAddr = tokio::net::lookup_host(grpc)
+        .await
+        .with_context(|| format!("cannot resolve {grpc}"))?
+        .next()
+        .with_context(|| format!("{grpc} resolves to no address"))?;
+    let channel = palyra_tokio::grpc::GrpcChannel::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let response = channel
+        .unary(
+            "/palyra.gateway.v1.GatewayService/GetHealth",
+            HealthRequest { v: 1 }.encode_to_vec(),
+            std::time::Duration::from_millis(timeout_ms),
+        )
+        .await
+        .map_err(|status| anyhow::anyhow!("GetHealth failed: {status}"))?;
+    let health = HealthResponse::decode(response.as_ref()).context("malformed HealthResponse")?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "service": health.service,
+            "status": health.status,
+            "version": health.version,
+            "git_hash": health.git_hash,
+            "build_profile": health.build_profile,
+            "uptime_seconds": health.uptime_seconds,
+        })
+    );
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Node(command) = cli.command;
+    let command = match cli.command {
+        Command::Health { grpc, timeout_ms } => return health(&grpc, timeout_ms).await,
+        Command::Node(command) => command,
+    };
     match command {
         NodeCommand::Health { target } => {
             let conn = connect(&target).await?;
