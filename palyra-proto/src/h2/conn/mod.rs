@@ -14,6 +14,7 @@ use super::frame::{
     MAX_WINDOW_SIZE, PREFACE,
 };
 use super::hpack::{self, Field, HpackError};
+use super::validate::{self, BlockKind};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -776,6 +777,15 @@ impl Connection {
         };
         if s.headers_seen && !end_stream {
             // Trailers must end the stream.
+            return self.reset_stream(now, stream, ErrorCode::ProtocolError);
+        }
+        let kind = match (s.headers_seen, self.role) {
+            (true, _) => BlockKind::Trailers,
+            (false, Role::Server) => BlockKind::Request,
+            (false, Role::Client) => BlockKind::Response,
+        };
+        if validate::check(kind, &fields).is_err() {
+            // A malformed request or response is a stream error (RFC 9113 8.1.1).
             return self.reset_stream(now, stream, ErrorCode::ProtocolError);
         }
         s.headers_seen = true;

@@ -422,3 +422,28 @@ fn keepalive_pings_and_closes_a_silent_peer() {
     client.handle_timeout(t2 + Duration::from_secs(5));
     assert!(client.is_closed());
 }
+
+#[test]
+fn malformed_requests_are_reset_and_the_connection_goes_on() {
+    let now = Instant::now();
+    let (mut server, mut wire) = raw_client(now, Config::default());
+    let mut bad = request();
+    bad.push(field("connection", "keep-alive"));
+    encode_headers(&mut wire, 1, &header_block(&bad), true, 16_384);
+    encode_headers(&mut wire, 3, &header_block(&request()), true, 16_384);
+    server.handle_input(now, &wire);
+    let got = events(&mut server);
+    assert!(
+        matches!(
+            &got[0],
+            Event::Reset {
+                stream: 1,
+                code: ErrorCode::ProtocolError,
+                remote: false
+            }
+        ),
+        "{got:?}"
+    );
+    assert!(matches!(&got[1], Event::Headers { stream: 3, .. }));
+    assert!(!server.is_closed());
+}
