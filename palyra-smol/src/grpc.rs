@@ -9,6 +9,9 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+/// Bytes read per call: one maximum-size HTTP/2 frame (16 KiB); idle connections stay small.
+const READ_BUFFER: usize = 16 * 1024;
+
 /// How long open calls may run after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -101,7 +104,7 @@ async fn serve_connection(
     mut conn: ServerConnection,
     signal: async_channel::Receiver<()>,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; READ_BUFFER];
     let mut stopping = false;
     loop {
         while let Some(bytes) = conn.poll_transmit() {

@@ -11,6 +11,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Bytes read per call: one maximum-size HTTP/2 frame (16 KiB); idle connections stay small.
+const READ_BUFFER: usize = 16 * 1024;
+
 /// How long open calls may run after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -80,7 +83,7 @@ async fn serve_connection(
     mut conn: ServerConnection,
     mut signal: watch::Receiver<bool>,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; READ_BUFFER];
     let mut stopping = *signal.borrow();
     if stopping {
         conn.go_away();
@@ -189,7 +192,7 @@ async fn run_channel(
     use palyra_proto::grpc::client::Event;
     use palyra_proto::grpc::{Code, Status};
     use std::collections::HashMap;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; READ_BUFFER];
     let mut waiting: HashMap<u32, (UnaryReply, Option<bytes::Bytes>)> = HashMap::new();
     loop {
         while let Some(bytes) = client.poll_transmit() {

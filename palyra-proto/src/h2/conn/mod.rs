@@ -177,6 +177,8 @@ struct Stream {
     send_window: i64,
     /// Our window for the peer's data on this stream.
     recv_window: i64,
+    /// Bytes consumed on this stream but not yet credited back with WINDOW_UPDATE.
+    recv_unacked: u32,
     /// Data waiting for flow control.
     queued: VecDeque<Bytes>,
     queued_len: usize,
@@ -250,6 +252,8 @@ pub struct Connection {
     peer_max_header_list: u32,
     conn_send_window: i64,
     conn_recv_window: i64,
+    /// Bytes consumed on the connection but not yet credited back.
+    conn_recv_unacked: u32,
     next_local_stream: StreamId,
     last_peer_stream: StreamId,
     /// Streams we refused or reset recently: late frames on them are ignored.
@@ -290,6 +294,7 @@ impl Connection {
             peer_max_header_list: u32::MAX,
             conn_send_window: 65_535,
             conn_recv_window: 65_535,
+            conn_recv_unacked: 0,
             next_local_stream: match role {
                 Role::Client => 1,
                 Role::Server => 2,
@@ -816,10 +821,14 @@ impl Connection {
                 "peer exceeded the connection window",
             );
         }
-        // Give connection credit back at once: the application consumes synchronously.
-        if flow > 0 {
-            self.conn_recv_window += flow;
-            frame::encode_window_update(&mut self.out, 0, flow_len);
+        // The application consumes synchronously, so credit goes back as data arrives, batched:
+        // one WINDOW_UPDATE once half a window has been used, not one per DATA frame.
+        self.conn_recv_unacked += flow_len;
+        if self.conn_recv_unacked > 0 && self.conn_recv_unacked >= self.config.connection_window / 2
+        {
+            frame::encode_window_update(&mut self.out, 0, self.conn_recv_unacked);
+            self.conn_recv_window += i64::from(self.conn_recv_unacked);
+            self.conn_recv_unacked = 0;
         }
         if data.is_empty()
             && !end_stream
@@ -845,9 +854,13 @@ impl Connection {
         if s.recv_window < 0 {
             return self.reset_stream(now, stream, ErrorCode::FlowControlError);
         }
-        if flow > 0 && !end_stream {
-            s.recv_window += flow;
-            frame::encode_window_update(&mut self.out, stream, flow_len);
+        if !end_stream {
+            s.recv_unacked += flow_len;
+            if s.recv_unacked > 0 && s.recv_unacked >= self.config.stream_window / 2 {
+                frame::encode_window_update(&mut self.out, stream, s.recv_unacked);
+                s.recv_window += i64::from(s.recv_unacked);
+                s.recv_unacked = 0;
+            }
         }
         if end_stream {
             s.recv_closed = true;

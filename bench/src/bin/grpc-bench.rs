@@ -1,0 +1,228 @@
+//! `grpc-bench`: unary GetHealth calls per second against palyrad's gRPC listener and against a
+//! tonic server serving the same proto, with the same load generator (h2load) in the same run;
+//! medians and the ratio ours/tonic; and RSS per idle HTTP/2 connection.
+//!
+//! Build first: `cargo build --release -p palyra-tokio -p palyra-bench`; needs `h2load`
+//! (Debian nghttp2-client). Then `target/release/grpc-bench`.
+
+use anyhow::{anyhow, bail, Context};
+use clap::Parser;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// gRPC benchmark, ours vs tonic.
+#[derive(Parser)]
+struct Args {
+    /// Calls per h2load run.
+    #[arg(long, default_value_t = 100_000)]
+    calls: u64,
+    /// Connections.
+    #[arg(long, default_value_t = 4)]
+    connections: u32,
+    /// Concurrent streams per connection.
+    #[arg(long, default_value_t = 16)]
+    streams: u32,
+    /// Runs per server (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Idle connections for the memory measurement.
+    #[arg(long, default_value_t = 200)]
+    idle_connections: usize,
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no VmRSS"))
+    }
+}
+
+fn start_ours(bin: &Path, state: &Path) -> anyhow::Result<Server> {
+    let endpoints = state.join("endpoints.json");
+    let _ = std::fs::remove_file(&endpoints);
+    let child = Command::new(bin.join("palyrad"))
+        .arg("--state-dir")
+        .arg(state)
+        .args([
+            "--node-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("spawn palyrad")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(&endpoints) {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let addr = v["grpc"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no grpc endpoint"))?
+                .parse()?;
+            return Ok(Server { child, addr });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("palyrad did not start")
+}
+
+fn start_tonic(bin: &Path) -> anyhow::Result<Server> {
+    let mut child = Command::new(bin.join("tonic-gateway"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawn tonic-gateway")?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    Ok(Server {
+        child,
+        addr: line.trim().parse()?,
+    })
+}
+
+/// One h2load run; returns calls per second, checking that every call succeeded.
+fn h2load(args: &Args, addr: SocketAddr, body: &Path) -> anyhow::Result<f64> {
+    let output = Command::new("h2load")
+        .args([
+            "-n",
+            &args.calls.to_string(),
+            "-c",
+            &args.connections.to_string(),
+            "-m",
+            &args.streams.to_string(),
+        ])
+        .arg("-d")
+        .arg(body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg(format!(
+            "http://{addr}/palyra.gateway.v1.GatewayService/GetHealth"
+        ))
+        .output()
+        .context("run h2load (Debian package nghttp2-client)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let want = format!("{} succeeded, 0 failed", args.calls);
+    if !text.contains(&want) {
+        bail!(
+            "h2load did not complete every call: {}",
+            text.lines().find(|l| l.contains("requests:")).unwrap_or("")
+        );
+    }
+    let rate = text
+        .split("finished in")
+        .nth(1)
+        .and_then(|rest| rest.split(',').nth(1))
+        .and_then(|r| r.trim().strip_suffix("req/s"))
+        .and_then(|r| r.trim().parse().ok())
+        .ok_or_else(|| anyhow!("cannot read h2load's rate"))?;
+    Ok(rate)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Opens idle HTTP/2 connections (preface, SETTINGS exchanged) and returns RSS KiB per connection.
+fn idle_memory(server: &Server, count: usize) -> anyhow::Result<f64> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let empty_settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+    let settings_ack = [0u8, 0, 0, 4, 1, 0, 0, 0, 0];
+    let open = |addr: SocketAddr| -> anyhow::Result<TcpStream> {
+        let mut s = TcpStream::connect(addr)?;
+        s.write_all(PREFACE)?;
+        s.write_all(&empty_settings)?;
+        s.write_all(&settings_ack)?;
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf); // the server's SETTINGS
+        Ok(s)
+    };
+    let first = open(server.addr)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let before = server.rss_kib()?;
+    let mut conns = vec![first];
+    for _ in 0..count {
+        conns.push(open(server.addr)?);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = server.rss_kib()?;
+    drop(conns);
+    Ok(after.saturating_sub(before) as f64 / count as f64)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin: PathBuf = std::env::current_exe()?
+        .parent()
+        .ok_or_else(|| anyhow!("no dir"))?
+        .to_path_buf();
+    for needed in ["palyrad", "tonic-gateway"] {
+        if !bin.join(needed).exists() {
+            bail!("{needed} not found; run: cargo build --release -p palyra-tokio -p palyra-bench");
+        }
+    }
+    let work = std::env::temp_dir().join(format!("palyra-grpc-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let body = work.join("get_health.bin");
+    std::fs::write(&body, [0u8, 0, 0, 0, 2, 0x08, 0x01])?;
+    let ours = start_ours(&bin, &work.join("state"))?;
+    let tonic = start_tonic(&bin)?;
+    // Warm up both, then alternate runs so drift on a shared machine hits both alike.
+    h2load(&args, ours.addr, &body)?;
+    h2load(&args, tonic.addr, &body)?;
+    let (mut ours_rates, mut tonic_rates) = (Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        ours_rates.push(h2load(&args, ours.addr, &body)?);
+        tonic_rates.push(h2load(&args, tonic.addr, &body)?);
+    }
+    let ours_mem = idle_memory(&ours, args.idle_connections)?;
+    let tonic_mem = idle_memory(&tonic, args.idle_connections)?;
+    let _ = std::fs::remove_dir_all(&work);
+    let (o, t) = (median(ours_rates), median(tonic_rates));
+    println!(
+        "gRPC benchmark: GetHealth, h2load -n {} -c {} -m {}, medians of {} alternating runs",
+        args.calls, args.connections, args.streams, args.runs
+    );
+    println!(
+        "{:<30} {:>14} {:>14} {:>11}",
+        "measure", "ours", "tonic", "ours/tonic"
+    );
+    println!(
+        "{:<30} {:>12.0}/s {:>12.0}/s {:>11.2}",
+        "unary calls",
+        o,
+        t,
+        o / t
+    );
+    println!(
+        "{:<30} {:>11.1}KiB {:>11.1}KiB {:>11.2}",
+        "RSS per idle HTTP/2 connection",
+        ours_mem,
+        tonic_mem,
+        ours_mem / tonic_mem.max(0.1)
+    );
+    Ok(())
+}
