@@ -6,13 +6,14 @@
 //! Build first: `cargo build --release -p palyra-tokio -p quinn-peer -p palyra-bench`, then
 //! `target/release/node-bench`.
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::bail;
 use clap::Parser;
+use palyra_bench::{bin_dir, median, require, start_palyrad, start_printing_addr, Server};
 use palyra_proto::store::{EventStore, FileEventLog, FileEventLogConfig, NewEvent};
 use quinn_peer::{client_config, read_frame, write_frame, ALPN};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Node-plane benchmark, ours vs quinn.
@@ -39,14 +40,6 @@ struct Args {
 }
 
 const DEVICE: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
-
-fn bin_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    Ok(exe
-        .parent()
-        .ok_or_else(|| anyhow!("no parent dir"))?
-        .to_path_buf())
-}
 
 fn event_body(payload: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
@@ -87,58 +80,10 @@ fn prepare_state(bin: &Path, dir: &Path, count: u64, payload: usize) -> anyhow::
     Ok(())
 }
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("no VmRSS"))
-    }
-}
-
-fn start_ours(bin: &Path, state: &Path) -> anyhow::Result<Server> {
-    let endpoints = state.join("endpoints.json");
-    let _ = std::fs::remove_file(&endpoints);
-    let child = Command::new(bin.join("palyrad"))
-        .arg("--state-dir")
-        .arg(state)
-        .args(["--node-addr", "127.0.0.1:0", "--log-level", "warn"])
-        .stdout(Stdio::null())
-        .spawn()
-        .context("spawn palyrad")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(text) = std::fs::read_to_string(&endpoints) {
-            let v: serde_json::Value = serde_json::from_str(&text)?;
-            let addr = v["node_quic"]
-                .as_str()
-                .ok_or_else(|| anyhow!("no node_quic"))?
-                .parse()?;
-            return Ok(Server { child, addr });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("palyrad did not start")
-}
-
 fn start_quinn(bin: &Path, state: &Path, count: u64, payload: usize) -> anyhow::Result<Server> {
     let id = state.join("identity");
-    let mut child = Command::new(bin.join("quinn-server"))
+    let mut command = Command::new(bin.join("quinn-server"));
+    command
         .arg("--ca")
         .arg(id.join("ca.crt.pem"))
         .arg("--cert")
@@ -150,17 +95,8 @@ fn start_quinn(bin: &Path, state: &Path, count: u64, payload: usize) -> anyhow::
             &count.to_string(),
             "--prefill-payload",
             &payload.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("spawn quinn-server")?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-    Ok(Server {
-        child,
-        addr: line.trim().parse()?,
-    })
+        ]);
+    start_printing_addr(command)
 }
 
 async fn connect(
@@ -197,11 +133,6 @@ async fn stream_once(conn: &quinn::Connection, expect: u64) -> anyhow::Result<(u
         bail!("streamed {events} events, expected {expect}");
     }
     Ok((events, bytes, secs))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 struct Measured {
@@ -255,11 +186,11 @@ async fn idle_memory(server: &Server, state: &Path, count: usize) -> anyhow::Res
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let bin = bin_dir()?;
-    for needed in ["palyrad", "quinn-server"] {
-        if !bin.join(needed).exists() {
-            bail!("{} not found next to node-bench; run: cargo build --release -p palyra-tokio -p quinn-peer -p palyra-bench", needed);
-        }
-    }
+    require(
+        &bin,
+        &["palyrad", "quinn-server"],
+        "cargo build --release -p palyra-tokio -p quinn-peer -p palyra-bench",
+    )?;
     let work = std::env::temp_dir().join(format!("palyra-bench-{}", std::process::id()));
     let small = work.join("small");
     let bulk = work.join("bulk");
@@ -287,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     ] {
         let ours = {
-            let server = start_ours(&bin, state)?;
+            let server = start_palyrad(&bin, state, "node_quic")?;
             measure(&server, state, count, args.runs).await?
         };
         let quinn = {
@@ -297,7 +228,7 @@ async fn main() -> anyhow::Result<()> {
         rows.push((label, ours, quinn));
     }
     let ours_mem = {
-        let server = start_ours(&bin, &small)?;
+        let server = start_palyrad(&bin, &small, "node_quic")?;
         idle_memory(&server, &small, args.idle_connections).await?
     };
     let quinn_mem = {

@@ -7,11 +7,12 @@
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
+use palyra_bench::{bin_dir, median, require, start_palyrad, start_printing_addr, Server};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 /// gRPC benchmark, ours vs tonic.
 #[derive(Parser)]
@@ -31,76 +32,6 @@ struct Args {
     /// Idle connections for the memory measurement.
     #[arg(long, default_value_t = 200)]
     idle_connections: usize,
-}
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("no VmRSS"))
-    }
-}
-
-fn start_ours(bin: &Path, state: &Path) -> anyhow::Result<Server> {
-    let endpoints = state.join("endpoints.json");
-    let _ = std::fs::remove_file(&endpoints);
-    let child = Command::new(bin.join("palyrad"))
-        .arg("--state-dir")
-        .arg(state)
-        .args([
-            "--node-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .context("spawn palyrad")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(text) = std::fs::read_to_string(&endpoints) {
-            let v: serde_json::Value = serde_json::from_str(&text)?;
-            let addr = v["grpc"]
-                .as_str()
-                .ok_or_else(|| anyhow!("no grpc endpoint"))?
-                .parse()?;
-            return Ok(Server { child, addr });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("palyrad did not start")
-}
-
-fn start_tonic(bin: &Path) -> anyhow::Result<Server> {
-    let mut child = Command::new(bin.join("tonic-gateway"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("spawn tonic-gateway")?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-    Ok(Server {
-        child,
-        addr: line.trim().parse()?,
-    })
 }
 
 /// One h2load run; returns calls per second, checking that every call succeeded.
@@ -140,11 +71,6 @@ fn h2load(args: &Args, addr: SocketAddr, body: &Path) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Opens idle HTTP/2 connections (preface, SETTINGS exchanged) and returns RSS KiB per connection.
 fn idle_memory(server: &Server, count: usize) -> anyhow::Result<f64> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -175,21 +101,18 @@ fn idle_memory(server: &Server, count: usize) -> anyhow::Result<f64> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin: PathBuf = std::env::current_exe()?
-        .parent()
-        .ok_or_else(|| anyhow!("no dir"))?
-        .to_path_buf();
-    for needed in ["palyrad", "tonic-gateway"] {
-        if !bin.join(needed).exists() {
-            bail!("{needed} not found; run: cargo build --release -p palyra-tokio -p palyra-bench");
-        }
-    }
+    let bin = bin_dir()?;
+    require(
+        &bin,
+        &["palyrad", "tonic-gateway"],
+        "cargo build --release -p palyra-tokio -p palyra-bench",
+    )?;
     let work = std::env::temp_dir().join(format!("palyra-grpc-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let body = work.join("get_health.bin");
     std::fs::write(&body, [0u8, 0, 0, 0, 2, 0x08, 0x01])?;
-    let ours = start_ours(&bin, &work.join("state"))?;
-    let tonic = start_tonic(&bin)?;
+    let ours = start_palyrad(&bin, &work.join("state"), "grpc")?;
+    let tonic = start_printing_addr(Command::new(bin.join("tonic-gateway")))?;
     // Warm up both, then alternate runs so drift on a shared machine hits both alike.
     h2load(&args, ours.addr, &body)?;
     h2load(&args, tonic.addr, &body)?;

@@ -1,0 +1,119 @@
+//! Shared pieces of the benchmark commands: peer processes, their memory, medians.
+
+use anyhow::{anyhow, bail, Context};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server process under test, killed when dropped.
+pub struct Server {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no VmRSS"))
+    }
+}
+
+/// The directory of the running benchmark binary (the other release binaries sit next to it).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .ok_or_else(|| anyhow!("no parent directory"))?
+        .to_path_buf())
+}
+
+/// Fails with the build command to run if a binary is missing.
+pub fn require(bin: &Path, names: &[&str], build: &str) -> anyhow::Result<()> {
+    for name in names {
+        if !bin.join(name).exists() {
+            bail!("{name} not found next to the benchmark; run: {build}");
+        }
+    }
+    Ok(())
+}
+
+/// Starts `palyrad` on `state` with every listener on port 0 and returns the server at the
+/// address `endpoints.json` names `endpoint` (`node_quic` or `grpc`).
+pub fn start_palyrad(bin: &Path, state: &Path, endpoint: &str) -> anyhow::Result<Server> {
+    let endpoints = state.join("endpoints.json");
+    let _ = std::fs::remove_file(&endpoints);
+    let child = Command::new(bin.join("palyrad"))
+        .arg("--state-dir")
+        .arg(state)
+        .args([
+            "--node-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("spawn palyrad")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(&endpoints) {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let addr = v[endpoint]
+                .as_str()
+                .ok_or_else(|| anyhow!("endpoints.json has no {endpoint}"))?
+                .parse()?;
+            return Ok(Server { child, addr });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut server = Server {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let _ = server.child.kill();
+    bail!("palyrad did not write {}", endpoints.display())
+}
+
+/// Starts a peer that prints its bound address as the first line of stdout.
+pub fn start_printing_addr(mut command: Command) -> anyhow::Result<Server> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawn peer")?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    let mut server = Server {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    // On a bad line the server is dropped, which kills the process.
+    server.addr = line
+        .trim()
+        .parse()
+        .with_context(|| format!("peer printed {line:?} instead of an address"))?;
+    Ok(server)
+}
+
+/// The median of some measurements.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
