@@ -6,7 +6,8 @@ use async_io::Timer;
 use futures_lite::future;
 pub use palyra_proto::quic::Responses;
 use palyra_proto::quic::{
-    ClientCommand, ClientError, ClientHandle, ClientLimits, ClientTask, NodeClient,
+    client_bind_addr, handshake_timed_out, ClientCommand, ClientError, ClientHandle, ClientLimits,
+    ClientTask, HANDSHAKE_TIMEOUT,
 };
 use rand_core::{OsRng, RngCore};
 use std::io;
@@ -14,9 +15,6 @@ use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How long a connection attempt may take, as in the original.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection to a gateway's node plane.
 pub struct NodeConnection {
@@ -41,34 +39,20 @@ impl NodeConnection {
         tls: Arc<rustls::ClientConfig>,
         limits: ClientLimits,
     ) -> Result<Self, ClientError> {
-        let bind = SocketAddr::new(
-            if addr.is_ipv4() {
-                [0u8; 4].into()
-            } else {
-                [0u16; 8].into()
-            },
-            0,
-        );
-        let socket = Udp::bind(bind)?;
+        let socket = Udp::bind(client_bind_addr(addr))?;
         let mut seed = [0u8; 32];
         OsRng.fill_bytes(&mut seed);
-        let client = NodeClient::connect(tls, limits, addr, server_name, Instant::now(), seed)
-            .map_err(|e| ClientError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?;
-        let (task, handle, ready) = ClientTask::new(client, addr);
+        let (task, handle, ready) =
+            ClientTask::connect(tls, limits, addr, server_name, Instant::now(), seed)?;
         let task = smol::spawn(run(socket, task));
         let timeout = async {
             Timer::after(HANDSHAKE_TIMEOUT).await;
-            Err(format!(
-                "QUIC handshake timed out after {}ms",
-                HANDSHAKE_TIMEOUT.as_millis()
-            ))
+            Err(None)
         };
-        match future::or(ready.wait(), timeout).await {
+        match future::or(async { ready.wait().await.map_err(Some) }, timeout).await {
             Ok(()) => Ok(Self { handle, task }),
-            Err(reason) => Err(ClientError::Connect { addr, reason }),
+            Err(Some(reason)) => Err(ClientError::Connect { addr, reason }),
+            Err(None) => Err(handshake_timed_out(addr)),
         }
     }
 

@@ -3,15 +3,15 @@
 
 use crate::udp::Udp;
 pub use palyra_proto::quic::Responses;
-use palyra_proto::quic::{ClientError, ClientHandle, ClientLimits, ClientTask, NodeClient};
+use palyra_proto::quic::{
+    client_bind_addr, handshake_timed_out, ClientError, ClientHandle, ClientLimits, ClientTask,
+    HANDSHAKE_TIMEOUT,
+};
 use rand_core::{OsRng, RngCore};
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How long a connection attempt may take, as in the original.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection to a gateway's node plane.
 pub struct NodeConnection {
@@ -36,37 +36,23 @@ impl NodeConnection {
         tls: Arc<rustls::ClientConfig>,
         limits: ClientLimits,
     ) -> Result<Self, ClientError> {
-        let bind = SocketAddr::new(
-            if addr.is_ipv4() {
-                [0u8; 4].into()
-            } else {
-                [0u16; 8].into()
-            },
-            0,
-        );
-        let socket = Udp::bind(bind)?;
+        let socket = Udp::bind(client_bind_addr(addr))?;
         let mut seed = [0u8; 32];
         OsRng.fill_bytes(&mut seed);
-        let client = NodeClient::connect(tls, limits, addr, server_name, Instant::now(), seed)
-            .map_err(|e| ClientError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?;
-        let (task, handle, ready) = ClientTask::new(client, addr);
+        let (task, handle, ready) =
+            ClientTask::connect(tls, limits, addr, server_name, Instant::now(), seed)?;
         let task = tokio::spawn(run(socket, task));
-        let failure = match tokio::time::timeout(HANDSHAKE_TIMEOUT, ready.wait()).await {
-            Ok(Ok(())) => None,
-            Ok(Err(reason)) => Some(reason),
-            Err(_) => Some(format!(
-                "QUIC handshake timed out after {}ms",
-                HANDSHAKE_TIMEOUT.as_millis()
-            )),
-        };
-        if let Some(reason) = failure {
-            task.abort();
-            return Err(ClientError::Connect { addr, reason });
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, ready.wait()).await {
+            Ok(Ok(())) => Ok(Self { handle, task }),
+            Ok(Err(reason)) => {
+                task.abort();
+                Err(ClientError::Connect { addr, reason })
+            }
+            Err(_) => {
+                task.abort();
+                Err(handshake_timed_out(addr))
+            }
         }
-        Ok(Self { handle, task })
     }
 
     /// Closes the connection and waits briefly for the close to be sent.

@@ -179,12 +179,7 @@ impl GrpcClient {
     /// Handles timers: HTTP/2 keepalive and call deadlines (DEADLINE_EXCEEDED, stream reset).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.conn.handle_timeout(now);
-        let expired: Vec<CallId> = self
-            .calls
-            .iter()
-            .filter(|(_, c)| c.deadline.is_some_and(|d| now >= d))
-            .map(|(id, _)| *id)
-            .collect();
+        let expired = super::expired_calls(&self.calls, |c| c.deadline, now);
         for call in expired {
             self.calls.remove(&call);
             self.conn.reset(call, ErrorCode::Cancel);
@@ -199,11 +194,7 @@ impl GrpcClient {
 
     /// The next deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.calls
-            .values()
-            .filter_map(|c| c.deadline)
-            .chain(self.conn.poll_timeout())
-            .min()
+        super::next_deadline(&self.calls, |c| c.deadline, self.conn.poll_timeout())
     }
 
     /// Bytes to write.

@@ -2,10 +2,35 @@
 //! the task, per-request response channels, and event routing. Drivers add only the socket,
 //! the timer and the spawn.
 
-use super::client::{NodeClient, RequestSinks, ResponseItem};
+use super::client::{ClientLimits, NodeClient, RequestSinks, ResponseItem};
 use crate::node::{NodeRequest, RequestFrame, ResponseFrame};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a connection attempt may take, as in the original.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a client socket for `server` binds: the wildcard address of its family, port 0.
+pub fn client_bind_addr(server: SocketAddr) -> SocketAddr {
+    let ip: std::net::IpAddr = if server.is_ipv4() {
+        [0u8; 4].into()
+    } else {
+        [0u16; 8].into()
+    };
+    SocketAddr::new(ip, 0)
+}
+
+/// The error for a handshake that did not complete within [`HANDSHAKE_TIMEOUT`].
+pub fn handshake_timed_out(server: SocketAddr) -> ClientError {
+    ClientError::Connect {
+        addr: server,
+        reason: format!(
+            "QUIC handshake timed out after {}ms",
+            HANDSHAKE_TIMEOUT.as_millis()
+        ),
+    }
+}
 
 /// Errors of a driver's client connection.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +147,26 @@ pub struct ClientTask {
 }
 
 impl ClientTask {
+    /// Starts a client machine connecting to `server` (TLS name `server_name`) and wraps it;
+    /// `seed` seeds quinn's RNG (from the OS in drivers).
+    pub fn connect(
+        tls: Arc<rustls::ClientConfig>,
+        limits: ClientLimits,
+        server: SocketAddr,
+        server_name: &str,
+        now: Instant,
+        seed: [u8; 32],
+    ) -> Result<(Self, ClientHandle, ReadySignal), ClientError> {
+        let client =
+            NodeClient::connect(tls, limits, server, server_name, now, seed).map_err(|e| {
+                ClientError::Connect {
+                    addr: server,
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(Self::new(client, server))
+    }
+
     /// Wraps a client machine; returns the task side, the callers' handle and the ready signal.
     pub fn new(client: NodeClient, server: SocketAddr) -> (Self, ClientHandle, ReadySignal) {
         let (commands_tx, commands) = async_channel::unbounded();

@@ -147,12 +147,7 @@ impl GrpcServer {
     /// Handles expired HTTP/2 timers and call deadlines.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.conn.handle_timeout(now);
-        let expired: Vec<CallId> = self
-            .calls
-            .iter()
-            .filter(|(_, c)| c.deadline.is_some_and(|d| now >= d))
-            .map(|(id, _)| *id)
-            .collect();
+        let expired = super::expired_calls(&self.calls, |c| c.deadline, now);
         for call in expired {
             let status = Status::new(Code::DeadlineExceeded, "deadline exceeded");
             let _ = self.finish(call, &status, &[]);
@@ -164,11 +159,7 @@ impl GrpcServer {
 
     /// The next deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.calls
-            .values()
-            .filter_map(|c| c.deadline)
-            .chain(self.conn.poll_timeout())
-            .min()
+        super::next_deadline(&self.calls, |c| c.deadline, self.conn.poll_timeout())
     }
 
     /// Bytes to write.
