@@ -13,3 +13,4 @@ pub mod node;
 pub mod pb;
 pub mod quic;
 pub mod store;
+pub mod transport;

@@ -1,12 +1,16 @@
-//! Serves gRPC over cleartext HTTP/2 (h2c): one task per TCP connection, each running a
-//! [`ServerConnection`] machine.
+//! Serves gRPC over HTTP/2, cleartext (h2c) or TLS: one task per TCP connection, each running a
+//! [`StreamMachine`].
 
 use async_io::{Async, Timer};
+use event_listener::EventListener;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use palyra_proto::grpc::server::ServerConfig;
 use palyra_proto::grpc::service::{RouterFactory, ServerConnection};
+use palyra_proto::transport::tls::TlsStream;
+use palyra_proto::transport::{Notifier, StreamMachine};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bytes read per call: one maximum-size HTTP/2 frame (16 KiB); idle connections stay small.
@@ -14,6 +18,31 @@ const READ_BUFFER: usize = 16 * 1024;
 
 /// How long open calls may run after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// What a gRPC listener serves and how.
+#[derive(Clone)]
+pub struct GrpcListener {
+    /// HTTP/2 and gRPC limits.
+    pub config: ServerConfig,
+    /// Builds the services of each connection.
+    pub routers: RouterFactory,
+    /// TLS configuration; cleartext HTTP/2 (h2c) when absent.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Shared state whose changes wake the connections (pushing streams).
+    pub notifier: Option<Arc<Notifier>>,
+}
+
+impl GrpcListener {
+    /// Cleartext HTTP/2 with default limits.
+    pub fn h2c(routers: RouterFactory) -> Self {
+        Self {
+            config: ServerConfig::default(),
+            routers,
+            tls: None,
+            notifier: None,
+        }
+    }
+}
 
 /// A running gRPC listener.
 pub struct GrpcHandle {
@@ -24,16 +53,12 @@ pub struct GrpcHandle {
 }
 
 impl GrpcHandle {
-    /// Binds `addr` and serves connections with the services `routers` builds.
-    pub fn start(
-        addr: SocketAddr,
-        config: ServerConfig,
-        routers: RouterFactory,
-    ) -> io::Result<Self> {
-        let listener = Async::<TcpListener>::bind(addr)?;
-        let local_addr = listener.get_ref().local_addr()?;
+    /// Binds `addr` and serves `listener`.
+    pub fn start(addr: SocketAddr, listener: GrpcListener) -> io::Result<Self> {
+        let socket = Async::<TcpListener>::bind(addr)?;
+        let local_addr = socket.get_ref().local_addr()?;
         let (shutdown, signal) = async_channel::bounded(1);
-        let task = smol::spawn(accept_loop(listener, config, routers, signal));
+        let task = smol::spawn(accept_loop(socket, listener, signal));
         Ok(Self {
             local_addr,
             shutdown,
@@ -53,14 +78,13 @@ impl GrpcHandle {
 }
 
 async fn accept_loop(
-    listener: Async<TcpListener>,
-    config: ServerConfig,
-    routers: RouterFactory,
+    socket: Async<TcpListener>,
+    listener: GrpcListener,
     signal: async_channel::Receiver<()>,
 ) {
     let mut connections = Vec::new();
     loop {
-        let accept = async { Some(listener.accept().await) };
+        let accept = async { Some(socket.accept().await) };
         let stop = async {
             let _ = signal.recv().await;
             None
@@ -68,14 +92,42 @@ async fn accept_loop(
         match future::or(accept, stop).await {
             Some(Ok((stream, peer))) => {
                 let _ = stream.get_ref().set_nodelay(true);
-                let conn = ServerConnection::new(config, routers(), Instant::now());
                 connections.retain(|t: &smol::Task<()>| !t.is_finished());
-                connections.push(smol::spawn(serve_connection(
-                    stream,
-                    peer,
-                    conn,
-                    signal.clone(),
-                )));
+                let now = Instant::now();
+                let notifier = listener.notifier.clone();
+                let config = listener.config;
+                let routers = Arc::clone(&listener.routers);
+                let task = match &listener.tls {
+                    None => {
+                        let conn = ServerConnection::new(config, routers(), now);
+                        smol::spawn(serve_connection(
+                            stream,
+                            peer,
+                            conn,
+                            notifier,
+                            signal.clone(),
+                        ))
+                    }
+                    Some(tls) => {
+                        let made = TlsStream::server(Arc::clone(tls), now, move |identity, now| {
+                            ServerConnection::with_peer(config, routers(), identity, now)
+                        });
+                        match made {
+                            Ok(conn) => smol::spawn(serve_connection(
+                                stream,
+                                peer,
+                                conn,
+                                notifier,
+                                signal.clone(),
+                            )),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "TLS connection setup failed");
+                                continue;
+                            }
+                        }
+                    }
+                };
+                connections.push(task);
             }
             Some(Err(e)) => tracing::warn!(error = %e, "gRPC accept failed"),
             None => break,
@@ -95,18 +147,29 @@ async fn accept_loop(
 enum Wake {
     Read(io::Result<usize>),
     Timer,
+    Notified,
     Stop,
 }
 
-async fn serve_connection(
+async fn serve_connection<M: StreamMachine>(
     mut stream: Async<TcpStream>,
     peer: SocketAddr,
-    mut conn: ServerConnection,
+    mut conn: M,
+    notifier: Option<Arc<Notifier>>,
     signal: async_channel::Receiver<()>,
 ) {
     let mut buf = vec![0u8; READ_BUFFER];
     let mut stopping = false;
+    let mut seen = notifier.as_ref().map_or(0, |n| n.version());
     loop {
+        let listener = notifier.as_ref().map(|n| n.listen());
+        if let Some(n) = &notifier {
+            let version = n.version();
+            if version != seen {
+                seen = version;
+                conn.handle_wake(Instant::now());
+            }
+        }
         while let Some(bytes) = conn.poll_transmit() {
             if stream.write_all(&bytes).await.is_err() {
                 return;
@@ -127,6 +190,10 @@ async fn serve_connection(
             }
             Wake::Timer
         };
+        let notified = async {
+            notified(listener).await;
+            Wake::Notified
+        };
         let stop = async {
             if stopping {
                 future::pending::<()>().await;
@@ -134,7 +201,7 @@ async fn serve_connection(
             let _ = signal.recv().await;
             Wake::Stop
         };
-        match future::or(read, future::or(timer, stop)).await {
+        match future::or(read, future::or(timer, future::or(notified, stop))).await {
             Wake::Read(Ok(0)) | Wake::Read(Err(_)) => {
                 conn.handle_eof();
                 while let Some(bytes) = conn.poll_transmit() {
@@ -145,10 +212,18 @@ async fn serve_connection(
             }
             Wake::Read(Ok(n)) => conn.handle_input(Instant::now(), &buf[..n]),
             Wake::Timer => conn.handle_timeout(Instant::now()),
+            Wake::Notified => {}
             Wake::Stop => {
                 stopping = true;
                 conn.go_away();
             }
         }
+    }
+}
+
+async fn notified(listener: Option<EventListener>) {
+    match listener {
+        Some(listener) => listener.await,
+        None => future::pending().await,
     }
 }

@@ -45,6 +45,7 @@ impl NodePlaneHandle {
 enum Wake {
     Readable(io::Result<()>),
     Timer,
+    Notified,
     Shutdown,
 }
 
@@ -58,7 +59,10 @@ pub async fn serve_node_plane(
     let mut send_buf = Vec::with_capacity(1500);
     let mut next_maintenance = Instant::now() + MAINTENANCE_INTERVAL;
     let mut stop_by: Option<Instant> = None;
+    // The node service hands events to the log through the hub; its notifier wakes us.
+    let notifier = plane.hub.notifier();
     loop {
+        let listener = notifier.listen();
         let now = Instant::now();
         plane.server.set_wall_clock(unix_ms(SystemTime::now()));
         if now >= next_maintenance {
@@ -87,6 +91,10 @@ pub async fn serve_node_plane(
             Timer::at(wake).await;
             Wake::Timer
         };
+        let notified = async {
+            listener.await;
+            Wake::Notified
+        };
         let stop = async {
             if stop_by.is_some() {
                 future::pending::<()>().await;
@@ -94,7 +102,7 @@ pub async fn serve_node_plane(
             let _ = shutdown.recv().await;
             Wake::Shutdown
         };
-        match future::or(readable, future::or(timer, stop)).await {
+        match future::or(readable, future::or(timer, future::or(notified, stop))).await {
             Wake::Readable(ready) => {
                 ready?;
                 let now = Instant::now();
@@ -114,6 +122,7 @@ pub async fn serve_node_plane(
                 }
             }
             Wake::Timer => plane.server.handle_timeout(Instant::now()),
+            Wake::Notified => {}
             Wake::Shutdown => {
                 tracing::info!("node plane shutting down");
                 let now = Instant::now();

@@ -59,13 +59,18 @@ impl Driver for Smol {
 
     type Grpc = palyra_smol::grpc::GrpcHandle;
 
-    fn start_grpc(routers: palyra_proto::grpc::service::RouterFactory) -> (Self::Grpc, SocketAddr) {
-        let handle = palyra_smol::grpc::GrpcHandle::start(
-            "127.0.0.1:0".parse().unwrap(),
-            Default::default(),
-            routers,
-        )
-        .expect("bind");
+    fn start_grpc(
+        routers: palyra_proto::grpc::service::RouterFactory,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+        notifier: Option<std::sync::Arc<palyra_proto::transport::Notifier>>,
+    ) -> (Self::Grpc, SocketAddr) {
+        let listener = palyra_smol::grpc::GrpcListener {
+            tls,
+            notifier,
+            ..palyra_smol::grpc::GrpcListener::h2c(routers)
+        };
+        let handle = palyra_smol::grpc::GrpcHandle::start("127.0.0.1:0".parse().unwrap(), listener)
+            .expect("bind");
         let addr = handle.local_addr;
         (handle, addr)
     }

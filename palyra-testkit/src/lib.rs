@@ -5,6 +5,7 @@
 //! loopback UDP port and talks to it with the driver's own client over real sockets.
 
 pub mod grpc;
+pub mod node_service;
 
 use palyra_proto::gateway::{open_node_plane, NodePlane, NodePlaneOptions};
 use palyra_proto::grpc::service::RouterFactory;
@@ -51,10 +52,15 @@ pub trait Driver {
     /// Closes the connection.
     fn close(conn: Self::Conn);
 
-    /// A running gRPC (h2c) listener.
+    /// A running gRPC listener.
     type Grpc;
-    /// Serves gRPC on `127.0.0.1:0` with the services `routers` builds.
-    fn start_grpc(routers: RouterFactory) -> (Self::Grpc, SocketAddr);
+    /// Serves gRPC on `127.0.0.1:0` with the services `routers` builds, over TLS when `tls` is
+    /// set (h2c otherwise), waking connections when `notifier` fires.
+    fn start_grpc(
+        routers: RouterFactory,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        notifier: Option<Arc<palyra_proto::transport::Notifier>>,
+    ) -> (Self::Grpc, SocketAddr);
     /// Graceful shutdown of the gRPC listener.
     fn stop_grpc(server: Self::Grpc);
 }
@@ -71,7 +77,7 @@ fn gateway_routers() -> RouterFactory {
 
 /// GetHealth, health checking, reflection and UNIMPLEMENTED over real TCP, several clients at once.
 pub fn grpc_gateway_services<D: Driver>() {
-    let (server, addr) = D::start_grpc(gateway_routers());
+    let (server, addr) = D::start_grpc(gateway_routers(), None, None);
     let health = grpc::call(
         addr,
         "/palyra.gateway.v1.GatewayService/GetHealth",
@@ -659,6 +665,14 @@ macro_rules! node_plane_suite {
         #[test]
         fn grpc_gateway_services() {
             $crate::grpc_gateway_services::<$driver>();
+        }
+        #[test]
+        fn node_service_over_tls() {
+            $crate::node_service::node_service_over_tls::<$driver>();
+        }
+        #[test]
+        fn node_service_revocation_ends_streams() {
+            $crate::node_service::node_service_revocation_ends_streams::<$driver>();
         }
     };
 }

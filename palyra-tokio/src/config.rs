@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub node_addr: Option<SocketAddr>,
     /// Gateway gRPC listener (h2c).
     pub grpc_addr: Option<SocketAddr>,
+    /// Serve the gateway gRPC listener over TLS (the gateway's server certificate) instead of h2c.
+    pub grpc_tls: Option<bool>,
     /// Extra host names / IPs for the server certificate.
     pub hosts: Option<Vec<String>>,
     /// `human` or `json`.
@@ -101,6 +103,9 @@ pub struct Overrides {
     /// Gateway gRPC listener (cleartext HTTP/2), e.g. 127.0.0.1:7443 (port 0 picks a free port).
     #[arg(long, env = "PALYRA_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
+    /// Serve the gateway gRPC listener over TLS (server certificate of the gateway CA).
+    #[arg(long, env = "PALYRA_GRPC_TLS")]
+    pub grpc_tls: bool,
     /// TOML configuration file.
     #[arg(long, env = "PALYRA_CONFIG")]
     pub config: Option<PathBuf>,
@@ -124,6 +129,8 @@ pub struct Config {
     pub node_addr: SocketAddr,
     /// Gateway gRPC listener.
     pub grpc_addr: SocketAddr,
+    /// Whether the gateway gRPC listener speaks TLS.
+    pub grpc_tls: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -225,6 +232,7 @@ impl Config {
                 .grpc_addr
                 .or(file.grpc_addr)
                 .unwrap_or_else(|| DEFAULT_GRPC_ADDR.parse().expect("valid default address")),
+            grpc_tls: overrides.grpc_tls || file.grpc_tls.unwrap_or(false),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
             log_level: overrides
                 .log_level

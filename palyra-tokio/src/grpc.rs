@@ -1,14 +1,22 @@
-//! Serves gRPC over cleartext HTTP/2 (h2c): one task per TCP connection, each running a
-//! [`ServerConnection`] machine.
+//! Serves gRPC over HTTP/2, cleartext (h2c) or TLS: one task per TCP connection, each running a
+//! [`StreamMachine`]; and the client channel the CLI uses.
 
+use event_listener::EventListener;
+use palyra_proto::grpc::client::{ClientMachine, Event as ClientEvent, GrpcClient};
 use palyra_proto::grpc::server::ServerConfig;
 use palyra_proto::grpc::service::{RouterFactory, ServerConnection};
+use palyra_proto::grpc::{Code, Status};
+use palyra_proto::h2::hpack::Field;
+use palyra_proto::transport::tls::TlsStream;
+use palyra_proto::transport::{Notifier, StreamMachine};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Bytes read per call: one maximum-size HTTP/2 frame (16 KiB); idle connections stay small.
@@ -16,6 +24,31 @@ const READ_BUFFER: usize = 16 * 1024;
 
 /// How long open calls may run after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// What a gRPC listener serves and how.
+#[derive(Clone)]
+pub struct GrpcListener {
+    /// HTTP/2 and gRPC limits.
+    pub config: ServerConfig,
+    /// Builds the services of each connection.
+    pub routers: RouterFactory,
+    /// TLS configuration; cleartext HTTP/2 (h2c) when absent.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Shared state whose changes wake the connections (pushing streams).
+    pub notifier: Option<Arc<Notifier>>,
+}
+
+impl GrpcListener {
+    /// Cleartext HTTP/2 with default limits.
+    pub fn h2c(routers: RouterFactory) -> Self {
+        Self {
+            config: ServerConfig::default(),
+            routers,
+            tls: None,
+            notifier: None,
+        }
+    }
+}
 
 /// A running gRPC listener.
 pub struct GrpcHandle {
@@ -26,16 +59,12 @@ pub struct GrpcHandle {
 }
 
 impl GrpcHandle {
-    /// Binds `addr` and serves connections with the services `routers` builds.
-    pub async fn start(
-        addr: SocketAddr,
-        config: ServerConfig,
-        routers: RouterFactory,
-    ) -> io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
-        let local_addr = listener.local_addr()?;
+    /// Binds `addr` and serves `listener`.
+    pub async fn start(addr: SocketAddr, listener: GrpcListener) -> io::Result<Self> {
+        let socket = TcpListener::bind(addr).await?;
+        let local_addr = socket.local_addr()?;
         let (shutdown, signal) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, config, routers, signal));
+        let task = tokio::spawn(accept_loop(socket, listener, signal));
         Ok(Self {
             local_addr,
             shutdown,
@@ -51,19 +80,37 @@ impl GrpcHandle {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
-    config: ServerConfig,
-    routers: RouterFactory,
+    socket: TcpListener,
+    listener: GrpcListener,
     mut signal: watch::Receiver<bool>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = ServerConnection::new(config, routers(), Instant::now());
-                    connections.spawn(serve_connection(stream, peer, conn, signal.clone()));
+                    let now = Instant::now();
+                    let notifier = listener.notifier.clone();
+                    let config = listener.config;
+                    let routers = Arc::clone(&listener.routers);
+                    match &listener.tls {
+                        None => {
+                            let conn = ServerConnection::new(config, routers(), now);
+                            connections.spawn(serve_connection(stream, peer, conn, notifier, signal.clone()));
+                        }
+                        Some(tls) => {
+                            let made = TlsStream::server(Arc::clone(tls), now, move |identity, now| {
+                                ServerConnection::with_peer(config, routers(), identity, now)
+                            });
+                            match made {
+                                Ok(conn) => {
+                                    connections.spawn(serve_connection(stream, peer, conn, notifier, signal.clone()));
+                                }
+                                Err(e) => tracing::warn!(error = %e, "TLS connection setup failed"),
+                            }
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "gRPC accept failed"),
             },
@@ -77,10 +124,11 @@ async fn accept_loop(
     .await;
 }
 
-async fn serve_connection(
+async fn serve_connection<M: StreamMachine>(
     mut stream: TcpStream,
     peer: SocketAddr,
-    mut conn: ServerConnection,
+    mut conn: M,
+    notifier: Option<Arc<Notifier>>,
     mut signal: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; READ_BUFFER];
@@ -88,7 +136,16 @@ async fn serve_connection(
     if stopping {
         conn.go_away();
     }
+    let mut seen = notifier.as_ref().map_or(0, |n| n.version());
     loop {
+        let listener = notifier.as_ref().map(|n| n.listen());
+        if let Some(n) = &notifier {
+            let version = n.version();
+            if version != seen {
+                seen = version;
+                conn.handle_wake(Instant::now());
+            }
+        }
         while let Some(bytes) = conn.poll_transmit() {
             if stream.write_all(&bytes).await.is_err() {
                 return;
@@ -112,11 +169,19 @@ async fn serve_connection(
                 Ok(n) => conn.handle_input(Instant::now(), &buf[..n]),
             },
             _ = sleep_until(wake) => conn.handle_timeout(Instant::now()),
+            _ = notified(listener) => {}
             _ = signal.changed(), if !stopping => {
                 stopping = true;
                 conn.go_away();
             }
         }
+    }
+}
+
+async fn notified(listener: Option<EventListener>) {
+    match listener {
+        Some(listener) => listener.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -127,38 +192,87 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// A gRPC client channel: one reused h2c connection to one target, a deadline on every call,
-/// keepalive PINGs every 30 s.
+/// What a streaming call reports.
+#[derive(Debug)]
+pub enum CallEvent {
+    /// One response message.
+    Message(bytes::Bytes),
+    /// The call ended.
+    Finished(Status),
+}
+
+/// A client channel: one reused HTTP/2 connection (h2c or TLS) to one target, a deadline on
+/// every call, keepalive PINGs every 30 s.
 pub struct GrpcChannel {
-    commands: tokio::sync::mpsc::Sender<ChannelCommand>,
+    commands: mpsc::Sender<Command>,
     _task: JoinHandle<()>,
 }
 
-type UnaryReply = tokio::sync::oneshot::Sender<Result<bytes::Bytes, palyra_proto::grpc::Status>>;
+type UnaryReply = oneshot::Sender<Result<bytes::Bytes, Status>>;
 
-struct ChannelCommand {
-    path: String,
-    request: Vec<u8>,
-    timeout: Duration,
-    reply: UnaryReply,
+enum Command {
+    Unary {
+        path: String,
+        request: Vec<u8>,
+        timeout: Duration,
+        reply: UnaryReply,
+    },
+    Open {
+        path: String,
+        metadata: Vec<Field>,
+        timeout: Option<Duration>,
+        events: mpsc::UnboundedSender<CallEvent>,
+        reply: oneshot::Sender<Result<u32, Status>>,
+    },
+    Send {
+        call: u32,
+        message: Vec<u8>,
+    },
+    CloseSend {
+        call: u32,
+    },
+    Cancel {
+        call: u32,
+    },
+}
+
+/// The keepalive interval of client channels.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+fn closed() -> Status {
+    Status::new(Code::Unavailable, "connection closed")
 }
 
 impl GrpcChannel {
-    /// Connects to `addr`.
+    /// Connects to `addr` over cleartext HTTP/2.
     pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
-        let client = palyra_proto::grpc::client::GrpcClient::new(
-            &addr.to_string(),
-            Some(Duration::from_secs(30)),
-            Instant::now(),
-        );
-        let (commands, rx) = tokio::sync::mpsc::channel(64);
-        let task = tokio::spawn(run_channel(stream, client, rx));
-        Ok(Self {
+        let client = GrpcClient::new(&addr.to_string(), Some(KEEPALIVE), Instant::now());
+        Ok(Self::spawn(stream, client))
+    }
+
+    /// Connects to `addr` over TLS, verifying the server as `server_name` with `tls`.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        let now = Instant::now();
+        let client = GrpcClient::new(&addr.to_string(), Some(KEEPALIVE), now).with_tls();
+        let machine = TlsStream::client(tls, server_name, client, now).map_err(io::Error::other)?;
+        Ok(Self::spawn(stream, machine))
+    }
+
+    fn spawn<M: ClientMachine + 'static>(stream: TcpStream, machine: M) -> Self {
+        let (commands, rx) = mpsc::channel(64);
+        let task = tokio::spawn(run_channel(stream, machine, rx));
+        Self {
             commands,
             _task: task,
-        })
+        }
     }
 
     /// A unary call: the serialized request in, the serialized response or the status out.
@@ -167,102 +281,237 @@ impl GrpcChannel {
         path: &str,
         request: Vec<u8>,
         timeout: Duration,
-    ) -> Result<bytes::Bytes, palyra_proto::grpc::Status> {
-        use palyra_proto::grpc::{Code, Status};
-        let (reply, rx) = tokio::sync::oneshot::channel();
+    ) -> Result<bytes::Bytes, Status> {
+        let (reply, rx) = oneshot::channel();
         self.commands
-            .send(ChannelCommand {
+            .send(Command::Unary {
                 path: path.to_owned(),
                 request,
                 timeout,
                 reply,
             })
             .await
-            .map_err(|_| Status::new(Code::Unavailable, "connection closed"))?;
-        rx.await
-            .unwrap_or_else(|_| Err(Status::new(Code::Unavailable, "connection closed")))
+            .map_err(|_| closed())?;
+        rx.await.unwrap_or_else(|_| Err(closed()))
+    }
+
+    /// Opens a streaming call (client, server or bidi streaming).
+    pub async fn open(
+        &self,
+        path: &str,
+        metadata: Vec<Field>,
+        timeout: Option<Duration>,
+    ) -> Result<StreamingCall, Status> {
+        let (events, rx_events) = mpsc::unbounded_channel();
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Open {
+                path: path.to_owned(),
+                metadata,
+                timeout,
+                events,
+                reply,
+            })
+            .await
+            .map_err(|_| closed())?;
+        let call = rx.await.unwrap_or_else(|_| Err(closed()))?;
+        Ok(StreamingCall {
+            call,
+            commands: self.commands.clone(),
+            events: rx_events,
+        })
     }
 }
 
-async fn run_channel(
+/// One open streaming call.
+pub struct StreamingCall {
+    call: u32,
+    commands: mpsc::Sender<Command>,
+    events: mpsc::UnboundedReceiver<CallEvent>,
+}
+
+impl StreamingCall {
+    /// Sends one request message.
+    pub async fn send(&self, message: Vec<u8>) -> Result<(), Status> {
+        self.commands
+            .send(Command::Send {
+                call: self.call,
+                message,
+            })
+            .await
+            .map_err(|_| closed())
+    }
+
+    /// Half-closes: no more request messages.
+    pub async fn close_send(&self) -> Result<(), Status> {
+        self.commands
+            .send(Command::CloseSend { call: self.call })
+            .await
+            .map_err(|_| closed())
+    }
+
+    /// Cancels the call.
+    pub async fn cancel(&self) {
+        let _ = self
+            .commands
+            .send(Command::Cancel { call: self.call })
+            .await;
+    }
+
+    /// The next response message or the end of the call (`None` once it was reported).
+    pub async fn next(&mut self) -> Option<CallEvent> {
+        self.events.recv().await
+    }
+}
+
+enum Waiter {
+    Unary(UnaryReply, Option<bytes::Bytes>),
+    Stream(mpsc::UnboundedSender<CallEvent>),
+}
+
+async fn run_channel<M: ClientMachine>(
     mut stream: TcpStream,
-    mut client: palyra_proto::grpc::client::GrpcClient,
-    mut commands: tokio::sync::mpsc::Receiver<ChannelCommand>,
+    mut machine: M,
+    mut commands: mpsc::Receiver<Command>,
 ) {
-    use palyra_proto::grpc::client::Event;
-    use palyra_proto::grpc::{Code, Status};
-    use std::collections::HashMap;
     let mut buf = vec![0u8; READ_BUFFER];
-    let mut waiting: HashMap<u32, (UnaryReply, Option<bytes::Bytes>)> = HashMap::new();
+    let mut waiting: HashMap<u32, Waiter> = HashMap::new();
     loop {
-        while let Some(bytes) = client.poll_transmit() {
+        while let Some(bytes) = machine.poll_transmit() {
             if stream.write_all(&bytes).await.is_err() {
-                return;
+                machine.handle_eof();
+                break;
             }
         }
-        while let Some(event) = client.poll_event() {
-            match event {
-                Event::Message { call, message } => {
-                    if let Some((_, slot)) = waiting.get_mut(&call) {
-                        slot.get_or_insert(message);
-                    }
-                }
-                Event::Finished { call, status, .. } => {
-                    if let Some((reply, message)) = waiting.remove(&call) {
-                        let result = match (status.code, message) {
-                            (Code::Ok, Some(message)) => Ok(message),
-                            (Code::Ok, None) => Err(Status::new(
-                                Code::Internal,
-                                "unary call returned no message",
-                            )),
-                            _ => Err(status),
-                        };
-                        let _ = reply.send(result);
-                    }
-                }
-                Event::Closed { .. } | Event::Headers { .. } => {}
-            }
+        while let Some(event) = machine.client().poll_event() {
+            deliver(&mut waiting, event);
         }
-        if client.is_closed() {
+        if machine.is_closed() {
+            for (_, waiter) in waiting.drain() {
+                fail(waiter, closed());
+            }
             return;
         }
-        let wake = client.poll_timeout();
+        let wake = machine.poll_timeout();
         tokio::select! {
             read = stream.read(&mut buf) => match read {
                 Ok(0) | Err(_) => {
-                    for (_, (reply, _)) in waiting.drain() {
-                        let _ = reply.send(Err(Status::new(Code::Unavailable, "connection closed by the server")));
+                    machine.handle_eof();
+                    while let Some(event) = machine.client().poll_event() {
+                        deliver(&mut waiting, event);
+                    }
+                    for (_, waiter) in waiting.drain() {
+                        fail(waiter, Status::new(Code::Unavailable, "connection closed by the server"));
                     }
                     return;
                 }
-                Ok(n) => client.handle_input(Instant::now(), &buf[..n]),
+                Ok(n) => machine.handle_input(Instant::now(), &buf[..n]),
             },
-            _ = sleep_until(wake) => client.handle_timeout(Instant::now()),
+            _ = sleep_until(wake) => machine.handle_timeout(Instant::now()),
             command = commands.recv() => match command {
-                Some(command) => {
-                    let now = Instant::now();
-                    match client.start_call(now, &command.path, &[], Some(command.timeout)) {
-                        Ok(call) => {
-                            let sent = client.send_message(call, &command.request).and_then(|()| client.close_send(call));
-                            match sent {
-                                Ok(()) => {
-                                    waiting.insert(call, (command.reply, None));
-                                }
-                                Err(status) => {
-                                    client.cancel(call);
-                                    let _ = command.reply.send(Err(status));
-                                }
-                            }
-                        }
-                        Err(status) => {
-                            let _ = command.reply.send(Err(status));
-                        }
-                    }
-                }
-                None => {
-                    client.close();
-                }
+                Some(command) => run_command(machine.client(), &mut waiting, command),
+                None => machine.go_away(),
             },
         }
+    }
+}
+
+fn fail(waiter: Waiter, status: Status) {
+    match waiter {
+        Waiter::Unary(reply, _) => {
+            let _ = reply.send(Err(status));
+        }
+        Waiter::Stream(events) => {
+            let _ = events.send(CallEvent::Finished(status));
+        }
+    }
+}
+
+fn deliver(waiting: &mut HashMap<u32, Waiter>, event: ClientEvent) {
+    match event {
+        ClientEvent::Message { call, message } => match waiting.get_mut(&call) {
+            Some(Waiter::Unary(_, slot)) => {
+                slot.get_or_insert(message);
+            }
+            Some(Waiter::Stream(events)) => {
+                let _ = events.send(CallEvent::Message(message));
+            }
+            None => {}
+        },
+        ClientEvent::Finished { call, status, .. } => match waiting.remove(&call) {
+            Some(Waiter::Unary(reply, message)) => {
+                let result = match (status.code, message) {
+                    (Code::Ok, Some(message)) => Ok(message),
+                    (Code::Ok, None) => Err(Status::new(
+                        Code::Internal,
+                        "unary call returned no message",
+                    )),
+                    _ => Err(status),
+                };
+                let _ = reply.send(result);
+            }
+            Some(Waiter::Stream(events)) => {
+                let _ = events.send(CallEvent::Finished(status));
+            }
+            None => {}
+        },
+        ClientEvent::Closed { .. } | ClientEvent::Headers { .. } => {}
+    }
+}
+
+fn run_command(client: &mut GrpcClient, waiting: &mut HashMap<u32, Waiter>, command: Command) {
+    let now = Instant::now();
+    match command {
+        Command::Unary {
+            path,
+            request,
+            timeout,
+            reply,
+        } => match client.start_call(now, &path, &[], Some(timeout)) {
+            Ok(call) => {
+                let sent = client
+                    .send_message(call, &request)
+                    .and_then(|()| client.close_send(call));
+                match sent {
+                    Ok(()) => {
+                        waiting.insert(call, Waiter::Unary(reply, None));
+                    }
+                    Err(status) => {
+                        client.cancel(call);
+                        let _ = reply.send(Err(status));
+                    }
+                }
+            }
+            Err(status) => {
+                let _ = reply.send(Err(status));
+            }
+        },
+        Command::Open {
+            path,
+            metadata,
+            timeout,
+            events,
+            reply,
+        } => match client.start_call(now, &path, &metadata, timeout) {
+            Ok(call) => {
+                waiting.insert(call, Waiter::Stream(events));
+                let _ = reply.send(Ok(call));
+            }
+            Err(status) => {
+                let _ = reply.send(Err(status));
+            }
+        },
+        Command::Send { call, message } => {
+            if let Err(status) = client.send_message(call, &message) {
+                client.cancel(call);
+                if let Some(waiter) = waiting.remove(&call) {
+                    fail(waiter, status);
+                }
+            }
+        }
+        Command::CloseSend { call } => {
+            let _ = client.close_send(call);
+        }
+        Command::Cancel { call } => client.cancel(call),
     }
 }

@@ -51,7 +51,10 @@ pub async fn serve_node_plane(
     let mut send_buf = Vec::with_capacity(1500);
     let mut next_maintenance = Instant::now() + MAINTENANCE_INTERVAL;
     let mut stop_by: Option<Instant> = None;
+    // The node service hands events to the log through the hub; its notifier wakes us.
+    let notifier = plane.hub.notifier();
     loop {
+        let listener = notifier.listen();
         let now = Instant::now();
         plane.server.set_wall_clock(unix_ms(SystemTime::now()));
         if now >= next_maintenance {
@@ -95,6 +98,7 @@ pub async fn serve_node_plane(
             _ = tokio::time::sleep_until(wake.into()) => {
                 plane.server.handle_timeout(Instant::now());
             }
+            _ = listener => {}
             _ = shutdown.recv(), if stop_by.is_none() => {
                 tracing::info!("node plane shutting down");
                 let now = Instant::now();

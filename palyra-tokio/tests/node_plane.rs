@@ -75,12 +75,20 @@ impl Driver for Tokio {
 
     type Grpc = palyra_tokio::grpc::GrpcHandle;
 
-    fn start_grpc(routers: palyra_proto::grpc::service::RouterFactory) -> (Self::Grpc, SocketAddr) {
+    fn start_grpc(
+        routers: palyra_proto::grpc::service::RouterFactory,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+        notifier: Option<std::sync::Arc<palyra_proto::transport::Notifier>>,
+    ) -> (Self::Grpc, SocketAddr) {
+        let listener = palyra_tokio::grpc::GrpcListener {
+            tls,
+            notifier,
+            ..palyra_tokio::grpc::GrpcListener::h2c(routers)
+        };
         let handle = runtime()
             .block_on(palyra_tokio::grpc::GrpcHandle::start(
                 "127.0.0.1:0".parse().unwrap(),
-                Default::default(),
-                routers,
+                listener,
             ))
             .expect("bind");
         let addr = handle.local_addr;

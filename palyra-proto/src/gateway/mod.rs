@@ -4,8 +4,12 @@
 //! ```text
 //! STATE/identity/   CA, server certificate, trust.json (see `store::IdentityDir`)
 //! STATE/events/     the durable event log (see `store::FileEventLog`)
+//! STATE/nodes.json  registered nodes (see `hub::NodeHub`)
 //! STATE/endpoints.json   bound addresses, written once listening
 //! ```
+
+pub mod hub;
+pub mod node_service;
 
 use crate::identity::cert::key_to_der;
 use crate::identity::trust::TrustIndex;
@@ -176,6 +180,11 @@ pub struct NodePlane {
     pub server: NodeServer,
     /// The live identity.
     pub identity: GatewayIdentity,
+    /// State shared with the node TLS listener (registry, capability queue, event inbox).
+    pub hub: Arc<hub::NodeHub>,
+    /// TLS configuration of the node TCP listener (NodeService).
+    pub tcp_tls: Arc<rustls::ServerConfig>,
+    next_flush: Option<Instant>,
 }
 
 impl NodePlane {
@@ -187,6 +196,8 @@ impl NodePlane {
             Ok(true) => {
                 tracing::info!("trust file changed; re-checking open connections");
                 self.server.handle_trust_change(now);
+                // Node TLS connections re-check their streams too.
+                self.hub.notifier().notify();
             }
             Ok(false) => {}
             Err(e) => {
@@ -198,16 +209,31 @@ impl NodePlane {
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e, "server certificate renewal failed; will retry"),
         }
+        if self.next_flush.is_none_or(|t| now >= t) {
+            self.next_flush = Some(now + REGISTRY_FLUSH_INTERVAL);
+            if let Err(e) = self.hub.flush() {
+                tracing::error!(error = %e, "cannot save node presence; will retry");
+            }
+        }
     }
 
-    /// Makes queued publishes durable and logs what the server reports.
+    /// Makes queued publishes (node plane and node service) durable and logs what the server
+    /// reports.
     pub fn commit_and_log(&mut self, now: Instant) {
+        let external = self.hub.take_appends();
+        if !external.is_empty() {
+            self.server.queue_external(external);
+        }
         self.server.commit(now);
+        self.hub.finish_appends(self.server.take_external_results());
         while let Some(event) = self.server.poll_event() {
             log_server_event(&event);
         }
     }
 }
+
+/// How often node presence (last seen) is saved.
+pub const REGISTRY_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often drivers call [`NodePlane::maintain`]: revocations take effect within this (plus a
 /// round trip), well inside the one-second promise.
@@ -256,7 +282,21 @@ pub fn open_node_plane(
         identity.trust(),
     )?;
     server.set_wall_clock(unix_ms(now));
-    Ok(NodePlane { server, identity })
+    let hub = Arc::new(hub::NodeHub::open(
+        identity.trust(),
+        Some(state_dir.join("nodes.json")),
+    )?);
+    let tcp_tls = Arc::new(tls::node_tcp_server_config(
+        identity.ca_der(),
+        identity.cert_slot(),
+    )?);
+    Ok(NodePlane {
+        server,
+        identity,
+        hub,
+        tcp_tls,
+        next_flush: None,
+    })
 }
 
 /// Writes `STATE/endpoints.json` (`{"node_quic":"127.0.0.1:54321", ...}`) atomically.

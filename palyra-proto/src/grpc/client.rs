@@ -6,6 +6,7 @@ use super::codec::{self, Code, MessageDecoder, Status};
 use crate::h2::conn::{Config as H2Config, Connection, Event as H2Event, Role};
 use crate::h2::frame::{ErrorCode, StreamId};
 use crate::h2::hpack::Field;
+use crate::transport::StreamMachine;
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -56,6 +57,7 @@ struct Call {
 pub struct GrpcClient {
     conn: Connection,
     authority: String,
+    scheme: &'static str,
     max_message: usize,
     calls: HashMap<CallId, Call>,
     events: VecDeque<Event>,
@@ -92,10 +94,17 @@ impl GrpcClient {
         Self {
             conn: Connection::new(Role::Client, config, now),
             authority: authority.to_owned(),
+            scheme: "http",
             max_message: codec::DEFAULT_MAX_MESSAGE,
             calls: HashMap::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// Marks the connection as running over TLS (`:scheme https`).
+    pub fn with_tls(mut self) -> Self {
+        self.scheme = "https";
+        self
     }
 
     /// Starts a call to `path` (`/package.Service/Method`).
@@ -108,7 +117,7 @@ impl GrpcClient {
     ) -> Result<CallId, Status> {
         let mut fields = vec![
             field(":method", "POST"),
-            field(":scheme", "http"),
+            field(":scheme", self.scheme),
             field(":path", Bytes::copy_from_slice(path.as_bytes())),
             field(
                 ":authority",
@@ -170,51 +179,9 @@ impl GrpcClient {
         }
     }
 
-    /// Feeds bytes from the transport.
-    pub fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
-        self.conn.handle_input(now, bytes);
-        self.process();
-    }
-
-    /// Handles timers: HTTP/2 keepalive and call deadlines (DEADLINE_EXCEEDED, stream reset).
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.conn.handle_timeout(now);
-        let expired = super::expired_calls(&self.calls, |c| c.deadline, now);
-        for call in expired {
-            self.calls.remove(&call);
-            self.conn.reset(call, ErrorCode::Cancel);
-            self.events.push_back(Event::Finished {
-                call,
-                status: Status::new(Code::DeadlineExceeded, "deadline exceeded"),
-                trailers: Vec::new(),
-            });
-        }
-        self.process();
-    }
-
-    /// The next deadline.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        super::next_deadline(&self.calls, |c| c.deadline, self.conn.poll_timeout())
-    }
-
-    /// Bytes to write.
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.conn.poll_transmit()
-    }
-
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
-    }
-
-    /// Whether the connection is over.
-    pub fn is_closed(&self) -> bool {
-        self.conn.is_closed()
-    }
-
-    /// Closes the connection gracefully.
-    pub fn close(&mut self) {
-        self.conn.go_away(ErrorCode::NoError, "client done");
     }
 
     fn finish(&mut self, call: CallId, status: Status, trailers: Vec<Field>) {
@@ -367,6 +334,85 @@ fn status_from_trailers(fields: &[Field]) -> Status {
                 .unwrap_or_default(),
         ),
         None => Status::new(Code::Internal, "response trailers without grpc-status"),
+    }
+}
+
+impl StreamMachine for GrpcClient {
+    /// Feeds bytes from the transport.
+    fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
+        self.conn.handle_input(now, bytes);
+        self.process();
+    }
+
+    /// Handles timers: HTTP/2 keepalive and call deadlines (DEADLINE_EXCEEDED, stream reset).
+    fn handle_timeout(&mut self, now: Instant) {
+        self.conn.handle_timeout(now);
+        let expired = super::expired_calls(&self.calls, |c| c.deadline, now);
+        for call in expired {
+            self.calls.remove(&call);
+            self.conn.reset(call, ErrorCode::Cancel);
+            self.events.push_back(Event::Finished {
+                call,
+                status: Status::new(Code::DeadlineExceeded, "deadline exceeded"),
+                trailers: Vec::new(),
+            });
+        }
+        self.process();
+    }
+
+    /// The next deadline.
+    fn poll_timeout(&self) -> Option<Instant> {
+        super::next_deadline(&self.calls, |c| c.deadline, self.conn.poll_timeout())
+    }
+
+    /// Bytes to write.
+    fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.conn.poll_transmit()
+    }
+
+    /// Whether the connection is over.
+    fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
+    fn handle_wake(&mut self, _now: Instant) {}
+
+    /// The server closed the transport: every open call fails with UNAVAILABLE.
+    fn handle_eof(&mut self) {
+        let open: Vec<CallId> = self.calls.keys().copied().collect();
+        for call in open {
+            self.finish(
+                call,
+                Status::new(Code::Unavailable, "connection closed by the server"),
+                Vec::new(),
+            );
+        }
+        self.conn
+            .go_away(ErrorCode::NoError, "server closed the connection");
+    }
+
+    /// Closes the connection gracefully.
+    fn go_away(&mut self) {
+        self.conn.go_away(ErrorCode::NoError, "client done");
+    }
+}
+
+/// A client connection with or without TLS: the driver reaches the gRPC machine through it.
+pub trait ClientMachine: StreamMachine {
+    /// The gRPC client machine.
+    fn client(&mut self) -> &mut GrpcClient;
+}
+
+impl ClientMachine for GrpcClient {
+    fn client(&mut self) -> &mut GrpcClient {
+        self
+    }
+}
+
+impl ClientMachine for crate::transport::tls::TlsStream<GrpcClient> {
+    fn client(&mut self) -> &mut GrpcClient {
+        self.inner_mut()
+            .expect("a client TLS stream always holds its machine")
     }
 }
 

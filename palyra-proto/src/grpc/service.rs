@@ -4,13 +4,17 @@
 use super::codec::{Code, Status};
 use super::server::{CallId, Event, GrpcServer};
 use crate::h2::hpack::Field;
+use crate::transport::{PeerIdentity, StreamMachine};
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What a handler wants sent after it ran.
 #[derive(Debug, Default)]
 pub struct Reply {
+    /// Initial metadata, sent before the first message (or merged into a trailers-only answer).
+    pub headers: Option<Vec<Field>>,
     /// Response messages, in order.
     pub messages: Vec<Bytes>,
     /// Ends the call with this status (and trailers) when set.
@@ -40,6 +44,18 @@ pub struct CallInfo {
     pub deadline: Option<Instant>,
     /// When the call arrived.
     pub started: Instant,
+    /// Who is calling, as far as TLS says (empty on cleartext connections).
+    pub peer: Arc<PeerIdentity>,
+}
+
+/// What a handler may consult when it is polled.
+#[derive(Debug, Clone, Copy)]
+pub struct PollContext {
+    /// The current time.
+    pub now: Instant,
+    /// Response bytes of this call still queued behind flow control: a handler producing
+    /// unbounded output waits while this is large.
+    pub queued_bytes: usize,
 }
 
 /// One call in progress.
@@ -48,6 +64,12 @@ pub trait CallHandler: Send {
     fn on_message(&mut self, message: Bytes, reply: &mut Reply);
     /// The client sent its last message.
     fn on_half_close(&mut self, reply: &mut Reply);
+    /// Shared state changed or [`CallHandler::poll_timeout`] passed: produce what is ready.
+    fn poll(&mut self, _cx: &PollContext, _reply: &mut Reply) {}
+    /// When this handler next wants [`CallHandler::poll`] without outside news.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// A gRPC service.
@@ -120,6 +142,7 @@ pub fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Status> {
 pub struct Router {
     services: Vec<Box<dyn Service>>,
     calls: HashMap<CallId, Box<dyn CallHandler>>,
+    peer: Arc<PeerIdentity>,
 }
 
 impl Router {
@@ -128,7 +151,39 @@ impl Router {
         Self {
             services,
             calls: HashMap::new(),
+            peer: Arc::new(PeerIdentity::default()),
         }
+    }
+
+    /// Sets the TLS identity of the connection's peer, passed to every call.
+    pub fn set_peer(&mut self, peer: PeerIdentity) {
+        self.peer = Arc::new(peer);
+    }
+
+    /// Polls every open call (shared state changed or a handler timer passed).
+    pub fn poll_handlers(&mut self, server: &mut GrpcServer, now: Instant) {
+        let ids: Vec<CallId> = self.calls.keys().copied().collect();
+        for call in ids {
+            self.poll_call(server, call, now);
+        }
+    }
+
+    fn poll_call(&mut self, server: &mut GrpcServer, call: CallId, now: Instant) {
+        let Some(handler) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let cx = PollContext {
+            now,
+            queued_bytes: server.queued_bytes(call),
+        };
+        let mut reply = Reply::default();
+        handler.poll(&cx, &mut reply);
+        self.apply(server, call, reply);
+    }
+
+    /// The earliest timer of the open calls.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.calls.values().filter_map(|h| h.poll_timeout()).min()
     }
 
     /// Names of the routed services (for reflection).
@@ -162,10 +217,13 @@ impl Router {
                         metadata,
                         deadline,
                         started,
+                        peer: Arc::clone(&self.peer),
                     };
                     match svc.start(&info) {
                         Some(handler) => {
+                            // A first poll lets the handler refuse at once or push what is ready.
                             self.calls.insert(call, handler);
+                            self.poll_call(server, call, started);
                         }
                         None => {
                             let _ = server.finish(
@@ -201,21 +259,29 @@ impl Router {
                     continue;
                 }
             };
-            for message in reply.messages {
-                if let Err(e) = server.send_message(call, &message) {
-                    let _ = server.finish(
-                        call,
-                        &Status::new(Code::ResourceExhausted, e.to_string()),
-                        &[],
-                    );
-                    self.calls.remove(&call);
-                    break;
-                }
-            }
-            if let Some((status, trailers)) = reply.finish {
-                let _ = server.finish(call, &status, &trailers);
+            self.apply(server, call, reply);
+        }
+    }
+
+    /// Sends what a handler produced.
+    fn apply(&mut self, server: &mut GrpcServer, call: CallId, reply: Reply) {
+        if let Some(headers) = reply.headers {
+            let _ = server.send_headers(call, &headers);
+        }
+        for message in reply.messages {
+            if let Err(e) = server.send_message(call, &message) {
+                let _ = server.finish(
+                    call,
+                    &Status::new(Code::ResourceExhausted, e.to_string()),
+                    &[],
+                );
                 self.calls.remove(&call);
+                return;
             }
+        }
+        if let Some((status, trailers)) = reply.finish {
+            let _ = server.finish(call, &status, &trailers);
+            self.calls.remove(&call);
         }
     }
 }
@@ -235,43 +301,59 @@ impl ServerConnection {
         }
     }
 
-    /// Feeds bytes read from the transport and runs the handlers.
-    pub fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
+    /// A connection whose calls see `peer` as the caller's TLS identity.
+    pub fn with_peer(
+        config: super::server::ServerConfig,
+        mut router: Router,
+        peer: PeerIdentity,
+        now: Instant,
+    ) -> Self {
+        router.set_peer(peer);
+        Self::new(config, router, now)
+    }
+}
+
+impl StreamMachine for ServerConnection {
+    fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
         self.server.handle_input(now, bytes);
         self.router.dispatch(&mut self.server);
     }
 
-    /// Handles expired timers (HTTP/2 and call deadlines).
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         self.server.handle_timeout(now);
         self.router.dispatch(&mut self.server);
+        if self.router.poll_timeout().is_some_and(|t| t <= now) {
+            self.router.poll_handlers(&mut self.server, now);
+        }
     }
 
-    /// The next deadline.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.server.poll_timeout()
+    fn handle_wake(&mut self, now: Instant) {
+        self.router.poll_handlers(&mut self.server, now);
     }
 
-    /// Bytes to write.
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+    fn poll_timeout(&self) -> Option<Instant> {
+        [self.server.poll_timeout(), self.router.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn poll_transmit(&mut self) -> Option<Bytes> {
         self.server.poll_transmit()
     }
 
-    /// Graceful shutdown (GOAWAY); open calls may finish.
-    pub fn go_away(&mut self) {
-        self.server.go_away();
-    }
-
-    /// Whether the connection is finished: the driver closes the socket after writing.
-    pub fn is_closed(&self) -> bool {
+    fn is_closed(&self) -> bool {
         self.server.is_closed()
     }
 
-    /// The transport reached end of file: nothing more will arrive.
-    pub fn handle_eof(&mut self) {
+    fn handle_eof(&mut self) {
         if !self.server.is_closed() {
             self.server.go_away();
         }
+    }
+
+    fn go_away(&mut self) {
+        self.server.go_away();
     }
 }
 

@@ -206,9 +206,16 @@ struct Conn {
 }
 
 struct PendingPublish {
-    ch: ConnectionHandle,
-    stream: StreamId,
+    origin: Origin,
     event: NewEvent,
+}
+
+/// Who waits for a publish to become durable.
+enum Origin {
+    /// A node-plane stream, acknowledged in place.
+    Stream(ConnectionHandle, StreamId),
+    /// An outside writer (the gRPC node service), told through [`NodeServer::take_external_results`].
+    External(u64),
 }
 
 /// Everything connections share, split from the connection map so both can be borrowed at once.
@@ -234,6 +241,7 @@ pub struct NodeServer {
     responses: VecDeque<(Transmit, Vec<u8>)>,
     trust_generation: u64,
     shutting_down: bool,
+    external_results: Vec<(u64, Result<u64, String>)>,
 }
 
 /// Configuration of a [`NodeServer`].
@@ -296,6 +304,7 @@ impl NodeServer {
             responses: VecDeque::new(),
             trust_generation,
             shutting_down: false,
+            external_results: Vec::new(),
         })
     }
 
@@ -480,6 +489,22 @@ impl NodeServer {
         !self.shared.pending.is_empty()
     }
 
+    /// Queues events from outside the node plane (the gRPC node service) for the next commit;
+    /// each outcome comes back from [`NodeServer::take_external_results`] with its ticket.
+    pub fn queue_external(&mut self, events: Vec<(u64, NewEvent)>) {
+        self.shared
+            .pending
+            .extend(events.into_iter().map(|(ticket, event)| PendingPublish {
+                origin: Origin::External(ticket),
+                event,
+            }));
+    }
+
+    /// Outcomes of committed external events: sequence number, or why it was not stored.
+    pub fn take_external_results(&mut self) -> Vec<(u64, Result<u64, String>)> {
+        std::mem::take(&mut self.external_results)
+    }
+
     /// Makes all queued publishes durable with one store append, acknowledges them, and pushes
     /// the new events to following streams.
     pub fn commit(&mut self, now: Instant) {
@@ -500,10 +525,21 @@ impl NodeServer {
             }),
         }
         for (i, publish) in pending.into_iter().enumerate() {
-            let Some(conn) = self.conns.get_mut(&publish.ch) else {
+            let (ch, stream_id) = match publish.origin {
+                Origin::Stream(ch, stream) => (ch, stream),
+                Origin::External(ticket) => {
+                    let outcome = match &result {
+                        Ok(first) => Ok(first + i as u64),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    self.external_results.push((ticket, outcome));
+                    continue;
+                }
+            };
+            let Some(conn) = self.conns.get_mut(&ch) else {
                 continue;
             };
-            let Some(stream) = conn.streams.get_mut(&publish.stream) else {
+            let Some(stream) = conn.streams.get_mut(&stream_id) else {
                 continue;
             };
             match &result {
@@ -517,7 +553,7 @@ impl NodeServer {
                 ),
             }
             stream.serving = Serving::Idle;
-            touched.push(publish.ch);
+            touched.push(ch);
         }
         // New events: every following stream may have something to send.
         for (ch, conn) in self.conns.iter_mut() {
@@ -880,8 +916,7 @@ fn start_request(
                 return;
             }
             shared.pending.push(PendingPublish {
-                ch,
-                stream: id,
+                origin: Origin::Stream(ch, id),
                 event: NewEvent {
                     to,
                     body: body.into(),

@@ -196,6 +196,44 @@ pub fn server_config(
     Ok(config)
 }
 
+/// ALPN of gRPC over TLS.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Server TLS configuration of the node TCP listener (NodeService over HTTP/2): client
+/// certificates are requested but optional, and a presented one must chain to the gateway CA.
+/// Whether it belongs to a paired, unrevoked device is decided per call against the live trust
+/// index, so a device without a certificate yet can reach the pairing RPCs, and the others get a
+/// gRPC status (UNAUTHENTICATED, PERMISSION_DENIED) rather than a bare TLS alert.
+pub fn node_tcp_server_config(
+    ca_der: &[u8],
+    cert: Arc<ServerCertSlot>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Material(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
+/// Server TLS configuration of the gateway gRPC listener when TLS is enabled: the gateway's
+/// server certificate, no client authentication, ALPN `h2`.
+pub fn gateway_server_config(cert: Arc<ServerCertSlot>) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
 /// Client TLS configuration: trusts only the gateway CA; presents `identity` (chain, PKCS#8 key).
 pub fn client_config(
     ca_der: &[u8],

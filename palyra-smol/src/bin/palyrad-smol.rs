@@ -5,6 +5,7 @@
 //! and serves until SIGINT/SIGTERM (or stdin closes when `--exit-on-stdin-eof` is given).
 
 use palyra_proto::gateway::{open_node_plane, write_endpoints, NodePlaneOptions};
+use palyra_smol::grpc::{GrpcHandle, GrpcListener};
 use palyra_smol::NodePlaneHandle;
 use rand_core::OsRng;
 use std::collections::BTreeMap;
@@ -64,6 +65,8 @@ fn run() -> Result<(), String> {
         SystemTime::now(),
     )
     .map_err(|e| e.to_string())?;
+    let hub = std::sync::Arc::clone(&plane.hub);
+    let node_tls = std::sync::Arc::clone(&plane.tcp_tls);
     smol::block_on(async {
         let handle = NodePlaneHandle::start(node_addr, plane)
             .map_err(|e| format!("bind {node_addr}: {e}"))?;
@@ -80,10 +83,29 @@ fn run() -> Result<(), String> {
         });
         let routers =
             palyra_proto::grpc::services::gateway_router(info).map_err(|e| e.to_string())?;
-        let grpc = palyra_smol::grpc::GrpcHandle::start(grpc_addr, Default::default(), routers)
+        let grpc = GrpcHandle::start(grpc_addr, GrpcListener::h2c(routers))
             .map_err(|e| format!("bind {grpc_addr}: {e}"))?;
+        let clock: palyra_proto::gateway::node_service::WallClock =
+            std::sync::Arc::new(|| palyra_proto::store::unix_ms(SystemTime::now()));
+        let node_routers = palyra_proto::gateway::node_service::node_router(hub.clone(), clock)
+            .map_err(|e| e.to_string())?;
+        let node_listener = GrpcListener {
+            tls: Some(node_tls),
+            notifier: Some(hub.notifier()),
+            ..GrpcListener::h2c(node_routers)
+        };
+        // TCP on the QUIC socket's port number; any free port if that one is taken.
+        let node_tcp = GrpcHandle::start(handle.local_addr, node_listener.clone())
+            .or_else(|_| {
+                GrpcHandle::start(
+                    std::net::SocketAddr::new(handle.local_addr.ip(), 0),
+                    node_listener,
+                )
+            })
+            .map_err(|e| format!("bind node TLS listener: {e}"))?;
         let mut endpoints = BTreeMap::new();
         endpoints.insert("node_quic", handle.local_addr.to_string());
+        endpoints.insert("node_tcp", node_tcp.local_addr.to_string());
         endpoints.insert("grpc", grpc.local_addr.to_string());
         write_endpoints(&state_dir, &endpoints).map_err(|e| e.to_string())?;
         let (tx, rx) = async_channel::bounded::<()>(1);
@@ -101,6 +123,7 @@ fn run() -> Result<(), String> {
         }
         let _ = rx.recv().await;
         grpc.shutdown().await;
+        node_tcp.shutdown().await;
         handle.shutdown().await.map_err(|e| e.to_string())
     })
 }

@@ -4,8 +4,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use palyra_proto::gateway::{open_node_plane, write_endpoints};
 use palyra_proto::identity::is_canonical_device_id;
-use palyra_proto::store::{DeviceIdentityFiles, IdentityDir};
+use palyra_proto::store::{unix_ms, DeviceIdentityFiles, IdentityDir};
 use palyra_tokio::config::{default_state_dir, Config, LogFormat, Overrides};
+use palyra_tokio::grpc::{GrpcHandle, GrpcListener};
 use palyra_tokio::NodePlaneHandle;
 use rand_core::OsRng;
 use std::collections::BTreeMap;
@@ -167,6 +168,15 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     if first_start {
         tracing::info!(state_dir = %config.state_dir.display(), ca_spki_sha256 = %ca_fingerprint, "first start: created the gateway CA and server certificate");
     }
+    let hub = std::sync::Arc::clone(&plane.hub);
+    let node_tls = std::sync::Arc::clone(&plane.tcp_tls);
+    let gateway_tls = if config.grpc_tls {
+        Some(std::sync::Arc::new(
+            palyra_proto::quic::tls::gateway_server_config(plane.identity.cert_slot())?,
+        ))
+    } else {
+        None
+    };
     let node = NodePlaneHandle::start(config.node_addr, plane)
         .await
         .with_context(|| format!("cannot bind the node plane on {}/udp", config.node_addr))?;
@@ -181,17 +191,40 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         .into(),
         started: std::time::Instant::now(),
     });
-    let routers = palyra_proto::grpc::services::gateway_router(info)?;
-    let grpc = palyra_tokio::grpc::GrpcHandle::start(config.grpc_addr, Default::default(), routers)
+    let gateway = GrpcListener {
+        tls: gateway_tls,
+        ..GrpcListener::h2c(palyra_proto::grpc::services::gateway_router(info)?)
+    };
+    let grpc = GrpcHandle::start(config.grpc_addr, gateway)
         .await
         .with_context(|| format!("cannot bind the gRPC listener on {}/tcp", config.grpc_addr))?;
+    let clock: palyra_proto::gateway::node_service::WallClock =
+        std::sync::Arc::new(|| unix_ms(SystemTime::now()));
+    let node_listener = GrpcListener {
+        tls: Some(node_tls),
+        notifier: Some(hub.notifier()),
+        ..GrpcListener::h2c(palyra_proto::gateway::node_service::node_router(
+            hub, clock,
+        )?)
+    };
+    let node_tcp = start_beside(node.local_addr, config.node_addr, node_listener)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind the node TLS listener on {}/tcp",
+                node.local_addr
+            )
+        })?;
     let mut endpoints = BTreeMap::new();
     endpoints.insert("node_quic", node.local_addr.to_string());
+    endpoints.insert("node_tcp", node_tcp.local_addr.to_string());
     endpoints.insert("grpc", grpc.local_addr.to_string());
     let endpoints_path = write_endpoints(&config.state_dir, &endpoints)?;
     tracing::info!(
         node_quic = %node.local_addr,
+        node_tcp = %node_tcp.local_addr,
         grpc = %grpc.local_addr,
+        grpc_tls = config.grpc_tls,
         endpoints = %endpoints_path.display(),
         ca_spki_sha256 = %ca_fingerprint,
         "palyrad listening"
@@ -199,9 +232,27 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     grpc.shutdown().await;
+    node_tcp.shutdown().await;
     node.shutdown().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the node TLS listener on the QUIC socket's port number (TCP and UDP ports are
+/// separate, so the same number serves both). With a configured port 0, if that number is taken
+/// on TCP, any free port is used (endpoints.json tells which).
+async fn start_beside(
+    quic: std::net::SocketAddr,
+    configured: std::net::SocketAddr,
+    listener: GrpcListener,
+) -> std::io::Result<GrpcHandle> {
+    match GrpcHandle::start(quic, listener.clone()).await {
+        Err(e) if configured.port() == 0 => {
+            tracing::debug!(error = %e, "TCP port of the QUIC socket is taken; using another");
+            GrpcHandle::start(std::net::SocketAddr::new(quic.ip(), 0), listener).await
+        }
+        other => other,
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -205,6 +205,11 @@ impl GrpcServer {
             .map_err(|_| CallError::NotOpen(call))
     }
 
+    /// Response bytes of `call` queued behind flow control.
+    pub fn queued_bytes(&self, call: CallId) -> usize {
+        self.conn.queued_len(call)
+    }
+
     /// Sends one response message.
     pub fn send_message(&mut self, call: CallId, message: &[u8]) -> Result<(), CallError> {
         if message.len() > self.config.max_message {

@@ -1,0 +1,669 @@
+//! `palyra.node.v1.NodeService` on the node TLS listener: RegisterNode, StreamNodeEvents (bidi,
+//! with capability dispatches pushed as soon as they are queued) and ExecuteCapability, over the
+//! shared [`NodeHub`].
+//!
+//! Every RPC here needs the TLS client certificate of a paired device in good standing, checked
+//! against the live trust index at each call (and at each message of a stream):
+//! no certificate is UNAUTHENTICATED, an unknown or revoked one or a `device_id` naming another
+//! device is PERMISSION_DENIED. The pairing RPCs, which accept callers without a certificate,
+//! arrive with enrollment; until then they answer UNIMPLEMENTED like any unknown method.
+
+use super::hub::{CapabilityRecord, CapabilityResult, Dispatch, HubError, NodeHub};
+use crate::grpc::codec::{Code, Status};
+use crate::grpc::service::{decode, CallHandler, CallInfo, PollContext, Reply, Service, Unary};
+use crate::identity::trust::TrustDecision;
+use crate::node::message::{validate_event_name, EventBody};
+use crate::pb::palyra::common::v1::CanonicalId;
+use crate::pb::palyra::node::v1::{
+    ExecuteCapabilityRequest, ExecuteCapabilityResponse, NodeCapabilityDispatch, NodeEventRequest,
+    NodeEventResponse, RegisterNodeRequest, RegisterNodeResponse,
+};
+use crate::store::NewEvent;
+use crate::transport::PeerIdentity;
+use bytes::Bytes;
+use prost::Message;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Fully qualified service name.
+pub const SERVICE: &str = "palyra.node.v1.NodeService";
+/// The only protocol version of these messages.
+pub const VERSION: u32 = 1;
+/// How long ExecuteCapability waits for the node's result.
+pub const CAPABILITY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `max_payload_bytes` when the caller sends 0.
+pub const DEFAULT_MAX_PAYLOAD: u64 = 64 * 1024;
+/// The largest `max_payload_bytes` honoured (a gRPC message is at most 4 MiB).
+pub const MAX_PAYLOAD: u64 = 4 * 1024 * 1024 - 1024;
+/// Largest capability input.
+pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
+/// Largest event payload accepted on StreamNodeEvents (it must fit a node-plane event frame).
+pub const MAX_EVENT_PAYLOAD: usize = 60 * 1024;
+/// Responses a stream may owe before the node is told to slow down.
+pub const MAX_OUTSTANDING: usize = 256;
+/// Response bytes queued behind flow control before pushes wait.
+const PUSH_HIGH_WATER: usize = 64 * 1024;
+/// Longest `platform` string.
+const MAX_PLATFORM: usize = 64;
+
+/// Event names with a meaning to the gateway; others are stored in the event log.
+const HEARTBEAT: &str = "node.heartbeat";
+const MEDIATION: &str = "capability.awaiting_local_mediation";
+const RESULT: &str = "capability.result";
+
+/// Wall clock (Unix ms), injected by the driver.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// `palyra.node.v1.NodeService`.
+pub struct NodeService {
+    hub: Arc<NodeHub>,
+    clock: WallClock,
+}
+
+impl NodeService {
+    /// The service over `hub`, time-stamping with `clock`.
+    pub fn new(hub: Arc<NodeHub>, clock: WallClock) -> Self {
+        Self { hub, clock }
+    }
+}
+
+impl Service for NodeService {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn start(&mut self, call: &CallInfo) -> Option<Box<dyn CallHandler>> {
+        let hub = Arc::clone(&self.hub);
+        let clock = Arc::clone(&self.clock);
+        let peer = Arc::clone(&call.peer);
+        match call.method.as_str() {
+            "RegisterNode" => Some(Unary::boxed(move |bytes: Bytes| {
+                register_node(&hub, &peer, clock(), &bytes)
+            })),
+            "ExecuteCapability" => Some(Box::new(ExecuteCapability {
+                hub,
+                peer,
+                request: None,
+                request_id: None,
+                timeout_at: call.started + CAPABILITY_TIMEOUT,
+            })),
+            "StreamNodeEvents" => Some(Box::new(EventStream::new(hub, clock, peer))),
+            _ => None,
+        }
+    }
+}
+
+/// The device of the caller's certificate, if it is paired and not revoked.
+pub fn authenticate(hub: &NodeHub, peer: &PeerIdentity) -> Result<Arc<str>, Status> {
+    let Some(fingerprint) = peer.spki_sha256 else {
+        return Err(Status::new(
+            Code::Unauthenticated,
+            "node RPC requires the client certificate of a paired device",
+        ));
+    };
+    match hub.check(&fingerprint) {
+        TrustDecision::Trusted(device) => Ok(device),
+        TrustDecision::Revoked(_) => Err(Status::new(
+            Code::PermissionDenied,
+            "client certificate belongs to a revoked device",
+        )),
+        TrustDecision::Unknown => Err(Status::new(
+            Code::PermissionDenied,
+            "client certificate does not map to a paired device",
+        )),
+    }
+}
+
+/// Checks a request's `device_id` is a canonical ULID and names the authenticated device.
+fn bind_device(authenticated: &str, device_id: Option<&CanonicalId>) -> Result<(), Status> {
+    let id = device_id.map(|d| d.ulid.as_str()).unwrap_or("");
+    if !crate::identity::is_canonical_device_id(id) {
+        return Err(Status::new(
+            Code::InvalidArgument,
+            "device_id must be a canonical ULID (26 characters, Crockford base32, upper case)",
+        ));
+    }
+    if id != authenticated {
+        return Err(Status::new(
+            Code::PermissionDenied,
+            "device_id does not match the authenticated client certificate",
+        ));
+    }
+    Ok(())
+}
+
+fn check_version(v: u32) -> Result<(), Status> {
+    if v == VERSION {
+        Ok(())
+    } else {
+        Err(Status::new(
+            Code::InvalidArgument,
+            format!("unsupported message version v={v}; this gateway speaks v={VERSION}"),
+        ))
+    }
+}
+
+fn hub_status(e: HubError) -> Status {
+    let code = match e {
+        HubError::Overloaded(_) => Code::ResourceExhausted,
+        HubError::UnknownRequest(_) => Code::NotFound,
+        HubError::NotRegistered => Code::FailedPrecondition,
+        HubError::Store(_) => Code::Unavailable,
+    };
+    Status::new(code, e.to_string())
+}
+
+fn canonical_id(ulid: impl Into<String>) -> Option<CanonicalId> {
+    Some(CanonicalId { ulid: ulid.into() })
+}
+
+fn register_node(
+    hub: &NodeHub,
+    peer: &PeerIdentity,
+    now_ms: u64,
+    bytes: &[u8],
+) -> Result<Vec<u8>, Status> {
+    let device = authenticate(hub, peer)?;
+    let request: RegisterNodeRequest = decode(bytes)?;
+    check_version(request.v)?;
+    bind_device(&device, request.device_id.as_ref())?;
+    let platform = request.platform.trim();
+    if platform.len() > MAX_PLATFORM {
+        return Err(Status::new(
+            Code::InvalidArgument,
+            format!("platform must be at most {MAX_PLATFORM} bytes"),
+        ));
+    }
+    if request.capabilities.len() > super::hub::MAX_CAPABILITIES {
+        return Err(Status::new(
+            Code::InvalidArgument,
+            format!(
+                "at most {} capabilities may be advertised",
+                super::hub::MAX_CAPABILITIES
+            ),
+        ));
+    }
+    let mut capabilities: Vec<CapabilityRecord> = Vec::with_capacity(request.capabilities.len());
+    for capability in &request.capabilities {
+        let name = capability.name.trim();
+        validate_event_name(name).map_err(|e| {
+            Status::new(
+                Code::InvalidArgument,
+                format!(
+                    "capability name {name:?}: {}",
+                    e.replace("event.name", "it")
+                ),
+            )
+        })?;
+        if capabilities.iter().any(|c| c.name == name) {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                format!("capability {name:?} is listed twice"),
+            ));
+        }
+        capabilities.push(CapabilityRecord {
+            name: name.to_owned(),
+            available: capability.available,
+        });
+    }
+    hub.register(&device, platform, capabilities, now_ms)
+        .map_err(hub_status)?;
+    Ok(RegisterNodeResponse {
+        v: VERSION,
+        device_id: request.device_id,
+        accepted: true,
+        reason: "registered".into(),
+    }
+    .encode_to_vec())
+}
+
+/// ExecuteCapability: queue the work for the caller's own node, wait for its result.
+struct ExecuteCapability {
+    hub: Arc<NodeHub>,
+    peer: Arc<PeerIdentity>,
+    request: Option<Bytes>,
+    request_id: Option<(String, u64)>,
+    timeout_at: Instant,
+}
+
+impl ExecuteCapability {
+    fn begin(&mut self, bytes: &[u8]) -> Result<(String, u64), Status> {
+        let device = authenticate(&self.hub, &self.peer)?;
+        let request: ExecuteCapabilityRequest = decode(bytes)?;
+        check_version(request.v)?;
+        bind_device(&device, request.device_id.as_ref())?;
+        validate_event_name(&request.capability).map_err(|e| {
+            Status::new(
+                Code::InvalidArgument,
+                format!("capability: {}", e.replace("event.name", "it")),
+            )
+        })?;
+        if request.input_json.len() > MAX_INPUT_BYTES {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                format!("input_json exceeds {MAX_INPUT_BYTES} bytes"),
+            ));
+        }
+        if !request.input_json.is_empty()
+            && serde_json::from_slice::<Value>(&request.input_json).is_err()
+        {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                "input_json is not valid JSON",
+            ));
+        }
+        let max_payload = match request.max_payload_bytes {
+            0 => DEFAULT_MAX_PAYLOAD,
+            n => n.min(MAX_PAYLOAD),
+        };
+        let id = self
+            .hub
+            .enqueue(
+                &device,
+                &request.capability,
+                request.input_json,
+                max_payload,
+            )
+            .map_err(hub_status)?;
+        Ok((id, max_payload))
+    }
+}
+
+impl CallHandler for ExecuteCapability {
+    fn on_message(&mut self, message: Bytes, reply: &mut Reply) {
+        if self.request.is_some() || self.request_id.is_some() {
+            reply.finish(Status::new(
+                Code::InvalidArgument,
+                "ExecuteCapability takes exactly one request message",
+            ));
+            return;
+        }
+        self.request = Some(message);
+    }
+
+    fn on_half_close(&mut self, reply: &mut Reply) {
+        let Some(bytes) = self.request.take() else {
+            if self.request_id.is_none() {
+                reply.finish(Status::new(
+                    Code::InvalidArgument,
+                    "ExecuteCapability takes exactly one request message",
+                ));
+            }
+            return;
+        };
+        match self.begin(&bytes) {
+            Ok(started) => self.request_id = Some(started),
+            Err(status) => reply.finish(status),
+        }
+    }
+
+    fn poll(&mut self, cx: &PollContext, reply: &mut Reply) {
+        let Some((id, max_payload)) = &self.request_id else {
+            return;
+        };
+        if let Some(result) = self.hub.take_result(id) {
+            let too_big = result.output_json.len() as u64 > *max_payload;
+            let response = if too_big {
+                ExecuteCapabilityResponse {
+                    v: VERSION,
+                    success: false,
+                    output_json: Vec::new(),
+                    error: format!("capability output exceeds max_payload_bytes={max_payload}"),
+                }
+            } else {
+                ExecuteCapabilityResponse {
+                    v: VERSION,
+                    success: result.success,
+                    output_json: result.output_json,
+                    error: result.error,
+                }
+            };
+            self.request_id = None;
+            reply.message(response.encode_to_vec());
+            reply.finish(Status::ok());
+        } else if cx.now >= self.timeout_at {
+            reply.finish(Status::new(
+                Code::DeadlineExceeded,
+                "timed out waiting for node capability result",
+            ));
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.request_id.as_ref().map(|_| self.timeout_at)
+    }
+}
+
+impl Drop for ExecuteCapability {
+    fn drop(&mut self) {
+        if let Some((id, _)) = self.request_id.take() {
+            self.hub.abandon(&id);
+        }
+    }
+}
+
+/// A response a stream owes, in arrival order.
+enum Owed {
+    Ready(NodeEventResponse),
+    /// Waiting for the event log: answered once the event is durable.
+    Stored {
+        ticket: u64,
+        event_id: String,
+    },
+}
+
+/// StreamNodeEvents: answers every event in order and pushes dispatches as they are queued.
+struct EventStream {
+    hub: Arc<NodeHub>,
+    clock: WallClock,
+    peer: Arc<PeerIdentity>,
+    /// The device of the certificate, or why the stream is refused.
+    device: Result<Arc<str>, Status>,
+    owed: VecDeque<Owed>,
+    half_closed: bool,
+    failed: Option<Status>,
+    trust_generation: u64,
+}
+
+impl EventStream {
+    fn new(hub: Arc<NodeHub>, clock: WallClock, peer: Arc<PeerIdentity>) -> Self {
+        let device = authenticate(&hub, &peer);
+        let trust_generation = hub.trust().generation();
+        Self {
+            hub,
+            clock,
+            peer,
+            device,
+            owed: VecDeque::new(),
+            half_closed: false,
+            failed: None,
+            trust_generation,
+        }
+    }
+
+    fn accepted(&self, event_id: String, reason: &str) -> NodeEventResponse {
+        NodeEventResponse {
+            v: VERSION,
+            event_id: canonical_id(event_id),
+            accepted: true,
+            reason: reason.into(),
+            dispatch: None,
+        }
+    }
+
+    fn refused(&self, event_id: String, reason: String) -> NodeEventResponse {
+        NodeEventResponse {
+            v: VERSION,
+            event_id: canonical_id(event_id),
+            accepted: false,
+            reason,
+            dispatch: None,
+        }
+    }
+
+    /// Handles one event; `Err` ends the stream.
+    fn handle(&mut self, device: &str, bytes: &[u8]) -> Result<Owed, Status> {
+        // Revocation takes effect on the next message (and on the next trust reload).
+        authenticate(&self.hub, &self.peer)?;
+        let request: NodeEventRequest = decode(bytes)?;
+        check_version(request.v)?;
+        bind_device(device, request.device_id.as_ref())?;
+        validate_event_name(&request.event_name)
+            .map_err(|e| Status::new(Code::InvalidArgument, format!("event_name: {e}")))?;
+        if request.payload_json.len() > MAX_EVENT_PAYLOAD {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                format!("payload_json exceeds {MAX_EVENT_PAYLOAD} bytes"),
+            ));
+        }
+        let payload: Value = if request.payload_json.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&request.payload_json).map_err(|e| {
+                Status::new(
+                    Code::InvalidArgument,
+                    format!("payload_json is not valid JSON: {e}"),
+                )
+            })?
+        };
+        let now_ms = (self.clock)();
+        let event_id = ulid::Ulid::new().to_string();
+        self.hub.touch(device, &request.event_name, now_ms);
+        match request.event_name.as_str() {
+            HEARTBEAT => Ok(Owed::Ready(self.accepted(event_id, "accepted"))),
+            MEDIATION => {
+                let request_id = request_id_of(&payload)?;
+                Ok(Owed::Ready(
+                    match self.hub.awaiting_mediation(device, &request_id) {
+                        Ok(()) => self.accepted(event_id, "accepted"),
+                        Err(e) => self.refused(event_id, e.to_string()),
+                    },
+                ))
+            }
+            RESULT => {
+                let request_id = request_id_of(&payload)?;
+                let result = capability_result(&payload)?;
+                Ok(Owed::Ready(
+                    match self.hub.complete(device, &request_id, result) {
+                        Ok(()) => self.accepted(event_id, "accepted"),
+                        Err(e) => self.refused(event_id, e.to_string()),
+                    },
+                ))
+            }
+            name => {
+                let body = EventBody {
+                    name: name.to_owned(),
+                    device_id: device.to_owned(),
+                    occurred_at_unix_ms: now_ms,
+                    payload,
+                    to: None,
+                };
+                let event = NewEvent {
+                    to: None,
+                    body: serde_json::to_vec(&body).unwrap_or_default().into(),
+                };
+                Ok(match self.hub.submit_event(event) {
+                    Ok(ticket) => Owed::Stored { ticket, event_id },
+                    Err(e) => Owed::Ready(self.refused(event_id, e.to_string())),
+                })
+            }
+        }
+    }
+
+    /// Sends owed responses that are ready, in order, each carrying a queued dispatch if any.
+    fn flush(&mut self, device: &str, reply: &mut Reply) {
+        loop {
+            let stored = match self.owed.front() {
+                None => return,
+                Some(Owed::Ready(_)) => None,
+                Some(Owed::Stored { ticket, .. }) => match self.hub.take_append_result(*ticket) {
+                    None => return,
+                    Some(result) => Some(result),
+                },
+            };
+            let mut response = match (self.owed.pop_front(), stored) {
+                (Some(Owed::Ready(response)), _) => response,
+                (Some(Owed::Stored { event_id, .. }), Some(Ok(_))) => {
+                    self.accepted(event_id, "stored")
+                }
+                (Some(Owed::Stored { event_id, .. }), Some(Err(e))) => {
+                    self.refused(event_id, format!("not stored: {e}"))
+                }
+                _ => return,
+            };
+            response.dispatch = self.hub.take_dispatch(device).map(dispatch_message);
+            reply.message(response.encode_to_vec());
+        }
+    }
+
+    fn fail(&mut self, status: Status, reply: &mut Reply) {
+        self.failed = Some(status.clone());
+        reply.finish(status);
+    }
+}
+
+fn dispatch_message(d: Dispatch) -> NodeCapabilityDispatch {
+    NodeCapabilityDispatch {
+        request_id: canonical_id(d.request_id),
+        capability: d.capability,
+        input_json: d.input_json,
+        max_payload_bytes: d.max_payload_bytes,
+    }
+}
+
+fn request_id_of(payload: &Value) -> Result<String, Status> {
+    match payload
+        .get("request_id")
+        .and_then(Value::as_str)
+        .map(str::trim)
+    {
+        Some(id) if !id.is_empty() => Ok(id.to_owned()),
+        _ => Err(Status::new(
+            Code::InvalidArgument,
+            "capability payload missing request_id",
+        )),
+    }
+}
+
+fn capability_result(payload: &Value) -> Result<CapabilityResult, Status> {
+    let success = match payload.get("success") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                "invalid capability result payload: success must be a boolean",
+            ))
+        }
+    };
+    let error = match payload.get("error") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                "invalid capability result payload: error must be a string",
+            ))
+        }
+    };
+    let output_json = match payload.get("output_json") {
+        None => Vec::new(),
+        Some(value) => serde_json::to_vec(value).unwrap_or_default(),
+    };
+    Ok(CapabilityResult {
+        success,
+        output_json,
+        error,
+    })
+}
+
+impl CallHandler for EventStream {
+    fn on_message(&mut self, message: Bytes, reply: &mut Reply) {
+        if self.failed.is_some() {
+            return;
+        }
+        let device = match &self.device {
+            Ok(device) => Arc::clone(device),
+            Err(status) => return self.fail(status.clone(), reply),
+        };
+        if self.owed.len() >= MAX_OUTSTANDING {
+            return self.fail(
+                Status::new(
+                    Code::ResourceExhausted,
+                    "too many events awaiting their response; read responses before sending more",
+                ),
+                reply,
+            );
+        }
+        match self.handle(&device, &message) {
+            Ok(owed) => {
+                self.owed.push_back(owed);
+                self.flush(&device, reply);
+            }
+            Err(status) => self.fail(status, reply),
+        }
+    }
+
+    fn on_half_close(&mut self, reply: &mut Reply) {
+        self.half_closed = true;
+        if self.failed.is_none() && self.owed.is_empty() {
+            reply.finish(Status::ok());
+        }
+    }
+
+    fn poll(&mut self, cx: &PollContext, reply: &mut Reply) {
+        if self.failed.is_some() {
+            return;
+        }
+        let device = match &self.device {
+            Ok(device) => Arc::clone(device),
+            Err(status) => return self.fail(status.clone(), reply),
+        };
+        let generation = self.hub.trust().generation();
+        if generation != self.trust_generation {
+            self.trust_generation = generation;
+            if let Err(status) = authenticate(&self.hub, &self.peer) {
+                return self.fail(status, reply);
+            }
+        }
+        self.flush(&device, reply);
+        if self.half_closed {
+            if self.owed.is_empty() {
+                reply.finish(Status::ok());
+            }
+            return;
+        }
+        // Push: queued work goes out now, not on the node's next event.
+        let mut queued = cx.queued_bytes;
+        while queued < PUSH_HIGH_WATER {
+            let Some(dispatch) = self.hub.take_dispatch(&device) else {
+                break;
+            };
+            let response = NodeEventResponse {
+                v: VERSION,
+                event_id: canonical_id(ulid::Ulid::new().to_string()),
+                accepted: true,
+                reason: "dispatch".into(),
+                dispatch: Some(dispatch_message(dispatch)),
+            }
+            .encode_to_vec();
+            queued += response.len();
+            reply.message(response);
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        for owed in self.owed.drain(..) {
+            if let Owed::Stored { ticket, .. } = owed {
+                self.hub.forget_ticket(ticket);
+            }
+        }
+    }
+}
+
+/// The services of the node TLS listener: NodeService, health and reflection.
+pub fn node_router(
+    hub: Arc<NodeHub>,
+    clock: WallClock,
+) -> Result<crate::grpc::service::RouterFactory, prost::DecodeError> {
+    use crate::grpc::services::{HealthService, ReflectionService};
+    const NAMES: [&str; 4] = [
+        SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    let reflection = ReflectionService::new(crate::pb::DESCRIPTOR_SET, &NAMES)?;
+    Ok(Arc::new(move || {
+        crate::grpc::service::Router::new(vec![
+            Box::new(NodeService::new(Arc::clone(&hub), Arc::clone(&clock))),
+            Box::new(HealthService::new(&NAMES)),
+            Box::new(reflection.clone()),
+            Box::new(reflection.v1alpha()),
+        ])
+    }))
+}

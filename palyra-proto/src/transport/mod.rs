@@ -1,0 +1,89 @@
+//! What drivers run over a TCP connection: any [`StreamMachine`] (the gRPC server or client
+//! connection, optionally wrapped in [`tls`]), and the [`Notifier`] that wakes connection tasks
+//! when shared state (node registry, capability queue, event log) changes.
+
+pub mod tls;
+
+use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// A sans-IO machine speaking over a reliable byte stream.
+///
+/// The driver loop is always the same: write what [`StreamMachine::poll_transmit`] yields; close
+/// the socket once [`StreamMachine::is_closed`]; otherwise wait for bytes, the timer of
+/// [`StreamMachine::poll_timeout`] or a [`Notifier`] wake-up, and feed what happened.
+pub trait StreamMachine: Send {
+    /// Bytes read from the transport.
+    fn handle_input(&mut self, now: Instant, bytes: &[u8]);
+    /// The timer from [`StreamMachine::poll_timeout`] expired.
+    fn handle_timeout(&mut self, now: Instant);
+    /// Shared state changed (a [`Notifier`] fired): application handlers may have output.
+    fn handle_wake(&mut self, now: Instant);
+    /// The next instant at which [`StreamMachine::handle_timeout`] must be called.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// The next bytes to write.
+    fn poll_transmit(&mut self) -> Option<Bytes>;
+    /// Whether the connection is finished (the driver closes the socket after writing).
+    fn is_closed(&self) -> bool;
+    /// The transport reached end of file.
+    fn handle_eof(&mut self);
+    /// Graceful shutdown: stop taking new work, finish what is open.
+    fn go_away(&mut self);
+}
+
+/// The TLS facts about the peer of a connection, for authorization by the application.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The end-entity certificate the peer presented (DER), after chain verification.
+    pub leaf_der: Option<Vec<u8>>,
+    /// SHA-256 of that certificate's SubjectPublicKeyInfo (the device identity).
+    pub spki_sha256: Option<[u8; 32]>,
+}
+
+impl PeerIdentity {
+    /// The identity of a peer that presented `leaf_der` (fingerprint computed here).
+    pub fn from_leaf(leaf_der: Option<Vec<u8>>) -> Self {
+        let spki_sha256 = leaf_der
+            .as_deref()
+            .and_then(|der| crate::identity::cert::cert_spki_fingerprint(der).ok());
+        Self {
+            leaf_der,
+            spki_sha256,
+        }
+    }
+}
+
+/// Wakes connection tasks when shared state changes. Runtime-neutral (event-listener), so the
+/// tokio and smol drivers wait on it the same way.
+///
+/// Race-free use: take a listener, compare [`Notifier::version`] with the last one handled and
+/// handle a change, then await the listener.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    event: event_listener::Event,
+    version: AtomicU64,
+}
+
+impl Notifier {
+    /// A notifier nobody listens to yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bumps the version and wakes every listener.
+    pub fn notify(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
+        self.event.notify(usize::MAX);
+    }
+
+    /// A counter bumped by every [`Notifier::notify`].
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// A future completing at the next [`Notifier::notify`].
+    pub fn listen(&self) -> event_listener::EventListener {
+        self.event.listen()
+    }
+}
