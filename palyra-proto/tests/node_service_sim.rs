@@ -46,6 +46,7 @@ impl Pki {
             .load_or_issue_server_cert(
                 &mut rng,
                 now,
+                palyra_proto::identity::cert::ServerKeyKind::EcdsaP256,
                 &[],
                 Duration::from_secs(86_400),
                 Duration::from_secs(3600),
@@ -53,7 +54,7 @@ impl Pki {
             .unwrap();
         let key = tls::certified_key(
             vec![server.cert.der.clone()],
-            key_to_der(&server.key).unwrap(),
+            server.key.pkcs8_der().unwrap(),
         )
         .unwrap();
         let device = ids

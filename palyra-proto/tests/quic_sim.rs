@@ -38,6 +38,7 @@ impl Pki {
             .load_or_issue_server_cert(
                 &mut rng,
                 now,
+                palyra_proto::identity::cert::ServerKeyKind::Ed25519,
                 &[],
                 Duration::from_secs(86_400),
                 Duration::from_secs(3600),
@@ -45,7 +46,7 @@ impl Pki {
             .unwrap();
         let key = tls::certified_key(
             vec![server.cert.der.clone()],
-            palyra_proto::identity::cert::key_to_der(&server.key).unwrap(),
+            server.key.pkcs8_der().unwrap(),
         )
         .unwrap();
         Self {

@@ -11,7 +11,7 @@
 pub mod hub;
 pub mod node_service;
 
-use crate::identity::cert::key_to_der;
+use crate::identity::cert::ServerKeyKind;
 use crate::identity::trust::TrustIndex;
 use crate::quic::server::{NodeServer, NodeServerConfig, ServerError, ServerLimits};
 use crate::quic::tls::{self, ServerCertSlot, TlsError};
@@ -68,21 +68,43 @@ impl Default for NodePlaneOptions {
     }
 }
 
+/// One server certificate in use: its key kind, the live slot handshakes read, its end of validity.
+struct ServedCert {
+    kind: ServerKeyKind,
+    slot: Arc<ServerCertSlot>,
+    not_after: SystemTime,
+}
+
 /// The gateway's live identity: trust index kept in sync with `trust.json`, and the server
-/// certificate slot renewed in place.
+/// certificates (Ed25519 for QUIC, ECDSA P-256 for TCP listeners) renewed in place.
 pub struct GatewayIdentity {
     ids: IdentityDir,
     trust: Arc<TrustIndex>,
-    slot: Arc<ServerCertSlot>,
+    served: [ServedCert; 2],
     ca_der: Vec<u8>,
     hosts: Vec<String>,
     server_cert_validity: Duration,
-    server_not_after: SystemTime,
     trust_stamp: Option<(SystemTime, u64)>,
 }
 
+fn load_server_cert(
+    ids: &IdentityDir,
+    rng: &mut impl CryptoRngCore,
+    now: SystemTime,
+    kind: ServerKeyKind,
+    hosts: &[String],
+    validity: Duration,
+) -> Result<(Arc<rustls::sign::CertifiedKey>, SystemTime), GatewayError> {
+    let server = ids.load_or_issue_server_cert(rng, now, kind, hosts, validity, validity / 3)?;
+    let key = tls::certified_key(
+        vec![server.cert.der.clone()],
+        server.key.pkcs8_der().map_err(IdentityError::from)?,
+    )?;
+    Ok((key, server.cert.not_after))
+}
+
 impl GatewayIdentity {
-    /// Loads (creating on first start) the CA and server certificate and the trust index.
+    /// Loads (creating on first start) the CA, the server certificates and the trust index.
     pub fn open(
         dir: &Path,
         hosts: &[String],
@@ -92,22 +114,27 @@ impl GatewayIdentity {
     ) -> Result<Self, GatewayError> {
         let ids = IdentityDir::open(dir)?;
         let ca = ids.load_or_create_ca(rng, now)?;
-        let renew_before = server_cert_validity / 3;
-        let server =
-            ids.load_or_issue_server_cert(rng, now, hosts, server_cert_validity, renew_before)?;
-        let key = tls::certified_key(
-            vec![server.cert.der.clone()],
-            key_to_der(&server.key).map_err(IdentityError::from)?,
-        )?;
+        let mut load = |kind| -> Result<ServedCert, GatewayError> {
+            let (key, not_after) =
+                load_server_cert(&ids, rng, now, kind, hosts, server_cert_validity)?;
+            Ok(ServedCert {
+                kind,
+                slot: ServerCertSlot::new(key),
+                not_after,
+            })
+        };
+        let served = [
+            load(ServerKeyKind::Ed25519)?,
+            load(ServerKeyKind::EcdsaP256)?,
+        ];
         let trust_stamp = ids.trust_stamp();
         let trust = Arc::new(TrustIndex::new(&ids.load_trust()?));
         Ok(Self {
             ca_der: ca.cert_der().to_vec(),
-            slot: ServerCertSlot::new(key),
+            served,
             trust,
             hosts: hosts.to_vec(),
             server_cert_validity,
-            server_not_after: server.cert.not_after,
             trust_stamp,
             ids,
         })
@@ -123,14 +150,19 @@ impl GatewayIdentity {
         Arc::clone(&self.trust)
     }
 
-    /// The server certificate slot.
+    /// The Ed25519 server certificate slot (QUIC node plane).
     pub fn cert_slot(&self) -> Arc<ServerCertSlot> {
-        Arc::clone(&self.slot)
+        Arc::clone(&self.served[0].slot)
     }
 
-    /// End of validity of the server certificate in use.
+    /// The ECDSA P-256 server certificate slot (TCP listeners: node TLS, gateway TLS).
+    pub fn tcp_cert_slot(&self) -> Arc<ServerCertSlot> {
+        Arc::clone(&self.served[1].slot)
+    }
+
+    /// End of validity of the Ed25519 server certificate in use.
     pub fn server_cert_not_after(&self) -> SystemTime {
-        self.server_not_after
+        self.served[0].not_after
     }
 
     /// Reloads `trust.json` if it changed since the last look. Returns true if the index changed.
@@ -145,31 +177,31 @@ impl GatewayIdentity {
         Ok(true)
     }
 
-    /// Renews the server certificate when a third of its lifetime is left; new handshakes use
-    /// the new certificate at once. Returns true if it was renewed.
+    /// Renews each server certificate when a third of its lifetime is left; new handshakes use
+    /// the new certificate at once. Returns true if any was renewed.
     pub fn renew_server_cert_if_due(
         &mut self,
         rng: &mut impl CryptoRngCore,
         now: SystemTime,
     ) -> Result<bool, GatewayError> {
         let renew_before = self.server_cert_validity / 3;
-        if now + renew_before < self.server_not_after {
-            return Ok(false);
+        let mut renewed = false;
+        for served in &mut self.served {
+            if now + renew_before < served.not_after {
+                continue;
+            }
+            let (key, not_after) = load_server_cert(
+                &self.ids,
+                rng,
+                now,
+                served.kind,
+                &self.hosts,
+                self.server_cert_validity,
+            )?;
+            served.slot.replace(key);
+            renewed |= not_after != served.not_after;
+            served.not_after = not_after;
         }
-        let server = self.ids.load_or_issue_server_cert(
-            rng,
-            now,
-            &self.hosts,
-            self.server_cert_validity,
-            renew_before,
-        )?;
-        let key = tls::certified_key(
-            vec![server.cert.der.clone()],
-            key_to_der(&server.key).map_err(IdentityError::from)?,
-        )?;
-        self.slot.replace(key);
-        let renewed = server.cert.not_after != self.server_not_after;
-        self.server_not_after = server.cert.not_after;
         Ok(renewed)
     }
 }
@@ -288,7 +320,7 @@ pub fn open_node_plane(
     )?);
     let tcp_tls = Arc::new(tls::node_tcp_server_config(
         identity.ca_der(),
-        identity.cert_slot(),
+        identity.tcp_cert_slot(),
     )?);
     Ok(NodePlane {
         server,

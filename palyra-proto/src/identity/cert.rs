@@ -42,7 +42,7 @@ pub enum CertError {
     #[error("certificate encoding failed: {0}")]
     Der(#[from] der::Error),
     /// A private key could not be parsed or encoded.
-    #[error("private key is not a valid Ed25519 PKCS#8 key: {0}")]
+    #[error("private key is not a valid PKCS#8 key of the expected algorithm: {0}")]
     Key(String),
     /// The certificate is not one of ours (wrong algorithm, missing fields).
     #[error("unsupported certificate: {0}")]
@@ -65,6 +65,84 @@ pub struct IssuedCert {
     pub not_before: SystemTime,
     /// SHA-256 of the SubjectPublicKeyInfo, the peer identity used everywhere.
     pub spki_sha256: [u8; 32],
+}
+
+/// Which key a server certificate carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKeyKind {
+    /// Ed25519: the node plane (QUIC), where both ends are ours or modern TLS stacks.
+    Ed25519,
+    /// ECDSA P-256: TCP listeners reached by stacks without Ed25519 in TLS (BoringSSL in gRPC
+    /// C-core, browsers).
+    EcdsaP256,
+}
+
+/// A server certificate's private key.
+pub enum ServerKey {
+    /// Ed25519.
+    Ed25519(SigningKey),
+    /// ECDSA P-256.
+    EcdsaP256(p256::SecretKey),
+}
+
+impl ServerKey {
+    /// A new key of `kind` from the injected RNG.
+    pub fn generate(kind: ServerKeyKind, rng: &mut impl CryptoRngCore) -> Self {
+        match kind {
+            ServerKeyKind::Ed25519 => Self::Ed25519(generate_key(rng)),
+            ServerKeyKind::EcdsaP256 => Self::EcdsaP256(p256::SecretKey::random(rng)),
+        }
+    }
+
+    /// Reads a PKCS#8 PEM key of `kind`.
+    pub fn from_pem(kind: ServerKeyKind, pem: &str) -> Result<Self, CertError> {
+        use p256::pkcs8::DecodePrivateKey as _;
+        match kind {
+            ServerKeyKind::Ed25519 => Ok(Self::Ed25519(key_from_pem(pem)?)),
+            ServerKeyKind::EcdsaP256 => p256::SecretKey::from_pkcs8_pem(pem)
+                .map(Self::EcdsaP256)
+                .map_err(|e| CertError::Key(e.to_string())),
+        }
+    }
+
+    /// PKCS#8 PEM.
+    pub fn to_pem(&self) -> Result<String, CertError> {
+        use p256::pkcs8::EncodePrivateKey as _;
+        match self {
+            Self::Ed25519(key) => key_to_pem(key),
+            Self::EcdsaP256(key) => key
+                .to_pkcs8_pem(der::pem::LineEnding::LF)
+                .map(|pem| pem.to_string())
+                .map_err(|e| CertError::Key(e.to_string())),
+        }
+    }
+
+    /// PKCS#8 DER (what rustls loads).
+    pub fn pkcs8_der(&self) -> Result<Vec<u8>, CertError> {
+        use p256::pkcs8::EncodePrivateKey as _;
+        match self {
+            Self::Ed25519(key) => key_to_der(key),
+            Self::EcdsaP256(key) => key
+                .to_pkcs8_der()
+                .map(|doc| doc.as_bytes().to_vec())
+                .map_err(|e| CertError::Key(e.to_string())),
+        }
+    }
+
+    /// The public key as a SubjectPublicKeyInfo.
+    pub fn spki(&self) -> Result<SubjectPublicKeyInfoOwned, CertError> {
+        use p256::pkcs8::EncodePublicKey as _;
+        match self {
+            Self::Ed25519(key) => spki_of(key),
+            Self::EcdsaP256(key) => {
+                let doc = key
+                    .public_key()
+                    .to_public_key_der()
+                    .map_err(|e| CertError::Key(e.to_string()))?;
+                Ok(SubjectPublicKeyInfoOwned::from_der(doc.as_bytes())?)
+            }
+        }
+    }
 }
 
 /// Generates an Ed25519 key from the injected RNG.

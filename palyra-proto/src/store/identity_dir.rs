@@ -9,10 +9,11 @@
 //! replaced atomically, so readers never see a partial file.
 
 use super::{write_atomic, StoreError};
-use crate::identity::cert::{self, spki_of, CertAuthority, CertError, IssuedCert, Profile};
+use crate::identity::cert::{
+    self, spki_of, CertAuthority, CertError, IssuedCert, Profile, ServerKey, ServerKeyKind,
+};
 use crate::identity::is_canonical_device_id;
 use crate::identity::trust::{DeviceCertRecord, RevokedDevice, TrustSnapshot};
-use ed25519_dalek::SigningKey;
 use rand_core::CryptoRngCore;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -68,7 +69,7 @@ pub struct ServerIdentity {
     /// The certificate.
     pub cert: IssuedCert,
     /// Its key.
-    pub key: SigningKey,
+    pub key: ServerKey,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -281,28 +282,39 @@ impl IdentityDir {
         Ok(true)
     }
 
-    /// Returns the stored server certificate if it is still valid for more than `renew_before`
-    /// and names exactly `hosts`; otherwise issues, stores and returns a new one.
+    /// Returns the stored server certificate of `kind` if it is still valid for more than
+    /// `renew_before` and names exactly `hosts`; otherwise issues, stores and returns a new one.
+    /// Ed25519 lives in `server.*`, ECDSA P-256 in `server-ecdsa.*`.
     pub fn load_or_issue_server_cert(
         &self,
         rng: &mut impl CryptoRngCore,
         now: SystemTime,
+        kind: ServerKeyKind,
         hosts: &[String],
         validity: Duration,
         renew_before: Duration,
     ) -> Result<ServerIdentity, IdentityError> {
         let _lock = self.lock()?;
         let ca = self.load_or_create_ca_locked(rng, now)?;
+        let stem = match kind {
+            ServerKeyKind::Ed25519 => "server",
+            ServerKeyKind::EcdsaP256 => "server-ecdsa",
+        };
+        let (cert_file, key_file, hosts_file) = (
+            format!("{stem}.crt.pem"),
+            format!("{stem}.key.pem"),
+            format!("{stem}.hosts.json"),
+        );
         if let (Some(cert_pem), Some(key_pem), Some(hosts_json)) = (
-            self.read_string("server.crt.pem")?,
-            self.read_string("server.key.pem")?,
-            self.read_string("server.hosts.json")?,
+            self.read_string(&cert_file)?,
+            self.read_string(&key_file)?,
+            self.read_string(&hosts_file)?,
         ) {
             let same_hosts = serde_json::from_str::<Vec<String>>(&hosts_json)
                 .is_ok_and(|stored| stored == hosts);
             let der = cert::cert_pem_to_der(&cert_pem)?;
             let not_after = cert::cert_not_after(&der)?;
-            let key = cert::key_from_pem(&key_pem)?;
+            let key = ServerKey::from_pem(kind, &key_pem)?;
             let issued_by_ca = self.verify_issued_by(&ca, &der);
             if same_hosts && issued_by_ca && not_after > now + renew_before {
                 let spki_sha256 = cert::cert_spki_fingerprint(&der)?;
@@ -318,21 +330,12 @@ impl IdentityDir {
                 });
             }
         }
-        let key = cert::generate_key(rng);
-        let issued = ca.issue(
-            rng,
-            &Profile::Server { hosts },
-            spki_of(&key)?,
-            now,
-            validity,
-        )?;
-        write_atomic(
-            &self.dir.join("server.key.pem"),
-            cert::key_to_pem(&key)?.as_bytes(),
-        )?;
-        write_atomic(&self.dir.join("server.crt.pem"), issued.pem.as_bytes())?;
+        let key = ServerKey::generate(kind, rng);
+        let issued = ca.issue(rng, &Profile::Server { hosts }, key.spki()?, now, validity)?;
+        write_atomic(&self.dir.join(&key_file), key.to_pem()?.as_bytes())?;
+        write_atomic(&self.dir.join(&cert_file), issued.pem.as_bytes())?;
         let hosts_json = serde_json::to_vec(hosts).unwrap_or_default();
-        write_atomic(&self.dir.join("server.hosts.json"), &hosts_json)?;
+        write_atomic(&self.dir.join(&hosts_file), &hosts_json)?;
         Ok(ServerIdentity { cert: issued, key })
     }
 
@@ -440,33 +443,46 @@ mod tests {
 
     #[test]
     fn server_certificate_is_reused_until_renewal_is_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let ids = IdentityDir::open(dir.path()).unwrap();
-        let mut rng = ChaCha20Rng::seed_from_u64(3);
-        let now = SystemTime::now();
-        let day = Duration::from_secs(86_400);
-        let hosts = vec![];
-        let first = ids
-            .load_or_issue_server_cert(&mut rng, now, &hosts, 3 * day, day)
-            .unwrap();
-        let again = ids
-            .load_or_issue_server_cert(&mut rng, now + day, &hosts, 3 * day, day)
-            .unwrap();
-        assert_eq!(first.cert.der, again.cert.der);
-        let renewed = ids
-            .load_or_issue_server_cert(
-                &mut rng,
-                now + 2 * day + Duration::from_secs(1),
-                &hosts,
-                3 * day,
-                day,
+        for kind in [ServerKeyKind::Ed25519, ServerKeyKind::EcdsaP256] {
+            let dir = tempfile::tempdir().unwrap();
+            let ids = IdentityDir::open(dir.path()).unwrap();
+            let mut rng = ChaCha20Rng::seed_from_u64(3);
+            let now = SystemTime::now();
+            let day = Duration::from_secs(86_400);
+            let hosts = vec![];
+            let first = ids
+                .load_or_issue_server_cert(&mut rng, now, kind, &hosts, 3 * day, day)
+                .unwrap();
+            let again = ids
+                .load_or_issue_server_cert(&mut rng, now + day, kind, &hosts, 3 * day, day)
+                .unwrap();
+            assert_eq!(first.cert.der, again.cert.der);
+            assert_eq!(
+                first.key.pkcs8_der().unwrap(),
+                again.key.pkcs8_der().unwrap()
+            );
+            let renewed = ids
+                .load_or_issue_server_cert(
+                    &mut rng,
+                    now + 2 * day + Duration::from_secs(1),
+                    kind,
+                    &hosts,
+                    3 * day,
+                    day,
+                )
+                .unwrap();
+            assert_ne!(first.cert.der, renewed.cert.der);
+            let other_hosts = vec!["gw.example".to_owned()];
+            let rehosted = ids
+                .load_or_issue_server_cert(&mut rng, now, kind, &other_hosts, 3 * day, day)
+                .unwrap();
+            assert_ne!(rehosted.cert.der, renewed.cert.der);
+            // rustls accepts the key and certificate together.
+            crate::quic::tls::certified_key(
+                vec![rehosted.cert.der],
+                rehosted.key.pkcs8_der().unwrap(),
             )
             .unwrap();
-        assert_ne!(first.cert.der, renewed.cert.der);
-        let other_hosts = vec!["gw.example".to_owned()];
-        let rehosted = ids
-            .load_or_issue_server_cert(&mut rng, now, &other_hosts, 3 * day, day)
-            .unwrap();
-        assert_ne!(rehosted.cert.der, renewed.cert.der);
+        }
     }
 }

@@ -172,7 +172,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     let node_tls = std::sync::Arc::clone(&plane.tcp_tls);
     let gateway_tls = if config.grpc_tls {
         Some(std::sync::Arc::new(
-            palyra_proto::quic::tls::gateway_server_config(plane.identity.cert_slot())?,
+            palyra_proto::quic::tls::gateway_server_config(plane.identity.tcp_cert_slot())?,
         ))
     } else {
         None
