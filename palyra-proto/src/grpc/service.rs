@@ -191,8 +191,9 @@ impl Router {
         self.services.iter().map(|s| s.name()).collect()
     }
 
-    /// Handles everything the server machine reported and applies the handlers' replies.
-    pub fn dispatch(&mut self, server: &mut GrpcServer) {
+    /// Handles everything the server machine reported and applies the handlers' replies; a
+    /// handler that got a message or a half-close is then polled at `now`.
+    pub fn dispatch(&mut self, server: &mut GrpcServer, now: Instant) {
         while let Some(event) = server.poll_event() {
             let mut reply = Reply::default();
             let call = match event {
@@ -260,6 +261,7 @@ impl Router {
                 }
             };
             self.apply(server, call, reply);
+            self.poll_call(server, call, now);
         }
     }
 
@@ -316,12 +318,12 @@ impl ServerConnection {
 impl StreamMachine for ServerConnection {
     fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
         self.server.handle_input(now, bytes);
-        self.router.dispatch(&mut self.server);
+        self.router.dispatch(&mut self.server, now);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.server.handle_timeout(now);
-        self.router.dispatch(&mut self.server);
+        self.router.dispatch(&mut self.server, now);
         if self.router.poll_timeout().is_some_and(|t| t <= now) {
             self.router.poll_handlers(&mut self.server, now);
         }

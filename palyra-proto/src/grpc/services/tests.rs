@@ -75,7 +75,7 @@ impl Harness {
                 self.server.handle_input(self.now, &bytes);
                 moved = true;
             }
-            self.router.dispatch(&mut self.server);
+            self.router.dispatch(&mut self.server, self.now);
             while let Some(bytes) = self.server.poll_transmit() {
                 self.client.handle_input(self.now, &bytes);
                 moved = true;
