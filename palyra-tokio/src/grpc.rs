@@ -195,10 +195,12 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// What a streaming call reports.
 #[derive(Debug)]
 pub enum CallEvent {
+    /// Response headers (initial metadata).
+    Headers(Vec<Field>),
     /// One response message.
     Message(bytes::Bytes),
-    /// The call ended.
-    Finished(Status),
+    /// The call ended, with its trailing metadata.
+    Finished(Status, Vec<Field>),
 }
 
 /// A client channel: one reused HTTP/2 connection (h2c or TLS) to one target, a deadline on
@@ -422,7 +424,7 @@ fn fail(waiter: Waiter, status: Status) {
             let _ = reply.send(Err(status));
         }
         Waiter::Stream(events) => {
-            let _ = events.send(CallEvent::Finished(status));
+            let _ = events.send(CallEvent::Finished(status, Vec::new()));
         }
     }
 }
@@ -438,7 +440,11 @@ fn deliver(waiting: &mut HashMap<u32, Waiter>, event: ClientEvent) {
             }
             None => {}
         },
-        ClientEvent::Finished { call, status, .. } => match waiting.remove(&call) {
+        ClientEvent::Finished {
+            call,
+            status,
+            trailers,
+        } => match waiting.remove(&call) {
             Some(Waiter::Unary(reply, message)) => {
                 let result = match (status.code, message) {
                     (Code::Ok, Some(message)) => Ok(message),
@@ -451,11 +457,16 @@ fn deliver(waiting: &mut HashMap<u32, Waiter>, event: ClientEvent) {
                 let _ = reply.send(result);
             }
             Some(Waiter::Stream(events)) => {
-                let _ = events.send(CallEvent::Finished(status));
+                let _ = events.send(CallEvent::Finished(status, trailers));
             }
             None => {}
         },
-        ClientEvent::Closed { .. } | ClientEvent::Headers { .. } => {}
+        ClientEvent::Headers { call, metadata } => {
+            if let Some(Waiter::Stream(events)) = waiting.get(&call) {
+                let _ = events.send(CallEvent::Headers(metadata));
+            }
+        }
+        ClientEvent::Closed { .. } => {}
     }
 }
 

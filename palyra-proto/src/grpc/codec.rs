@@ -104,6 +104,8 @@ impl std::fmt::Display for Status {
     }
 }
 
+impl std::error::Error for Status {}
+
 /// Appends one length-prefixed, uncompressed message.
 pub fn encode_message(message: &[u8], out: &mut BytesMut) {
     out.reserve(5 + message.len());
