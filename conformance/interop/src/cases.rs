@@ -48,6 +48,9 @@ pub fn report(label: &str, case: &str, outcome: anyhow::Result<String>) -> bool 
         Err(e) => ("FAIL", format!("{e:#}")),
     };
     let detail: String = detail.chars().take(90).collect();
-    println!("{label:<10} {case:<28} {status:<5} {}", detail.replace('\n', " "));
+    println!(
+        "{label:<10} {case:<28} {status:<5} {}",
+        detail.replace('\n', " ")
+    );
     outcome.is_ok()
 }

@@ -110,6 +110,7 @@ impl Service for TestService {
             aggregated: 0,
             half_closed: false,
             done: false,
+            headers_sent: false,
         }))
     }
 }
@@ -134,6 +135,7 @@ struct TestCall {
     aggregated: usize,
     half_closed: bool,
     done: bool,
+    headers_sent: bool,
 }
 
 fn echo_status(status: &Option<pb::EchoStatus>) -> Option<Status> {
@@ -242,8 +244,17 @@ impl CallHandler for TestCall {
         if self.done {
             return;
         }
-        if let Some(initial) = self.initial.take() {
-            reply.headers = Some(initial);
+        if !self.headers_sent {
+            // Streaming responses start with headers at once: clients such as tonic wait for
+            // them before they send their first message.
+            self.headers_sent = true;
+            let streaming = matches!(
+                self.kind,
+                Kind::StreamingOutput | Kind::FullDuplex | Kind::HalfDuplex
+            );
+            if streaming || self.initial.is_some() {
+                reply.headers = Some(self.initial.take().unwrap_or_default());
+            }
         }
         while let Some(step) = self.plan.front() {
             match step {

@@ -365,6 +365,7 @@ struct EventStream {
     half_closed: bool,
     failed: Option<Status>,
     trust_generation: u64,
+    headers_sent: bool,
 }
 
 impl EventStream {
@@ -380,6 +381,7 @@ impl EventStream {
             half_closed: false,
             failed: None,
             trust_generation,
+            headers_sent: false,
         }
     }
 
@@ -601,6 +603,12 @@ impl CallHandler for EventStream {
             Ok(device) => Arc::clone(device),
             Err(status) => return self.fail(status.clone(), reply),
         };
+        if !self.headers_sent {
+            // The stream is open: say so now, since clients may wait for response headers
+            // before sending their first event.
+            self.headers_sent = true;
+            reply.headers = Some(Vec::new());
+        }
         let generation = self.hub.trust().generation();
         if generation != self.trust_generation {
             self.trust_generation = generation;

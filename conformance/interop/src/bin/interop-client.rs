@@ -6,7 +6,7 @@ use bytes::Bytes;
 use clap::Parser;
 use palyra_interop::cases::{self, *};
 use palyra_interop::pb::{
-    Empty, EchoStatus, ResponseParameters, SimpleRequest, SimpleResponse,
+    EchoStatus, Empty, ResponseParameters, SimpleRequest, SimpleResponse,
     StreamingInputCallRequest, StreamingInputCallResponse, StreamingOutputCallRequest,
     StreamingOutputCallResponse,
 };
@@ -99,7 +99,11 @@ async fn run(ch: &GrpcChannel, case: &str) -> anyhow::Result<String> {
     match case {
         "empty_unary" => {
             let r = ch
-                .unary(&format!("{SVC}EmptyCall"), Empty {}.encode_to_vec(), TIMEOUT)
+                .unary(
+                    &format!("{SVC}EmptyCall"),
+                    Empty {}.encode_to_vec(),
+                    TIMEOUT,
+                )
                 .await?;
             ensure!(Empty::decode(r.as_ref())? == Empty {});
             Ok("empty in, empty out".into())
@@ -113,12 +117,19 @@ async fn run(ch: &GrpcChannel, case: &str) -> anyhow::Result<String> {
             let r = ch
                 .unary(&format!("{SVC}UnaryCall"), request.encode_to_vec(), TIMEOUT)
                 .await?;
-            let body = SimpleResponse::decode(r.as_ref())?.payload.unwrap_or_default().body;
+            let body = SimpleResponse::decode(r.as_ref())?
+                .payload
+                .unwrap_or_default()
+                .body;
             ensure!(body.len() == LARGE_RESPONSE as usize && body.iter().all(|b| *b == 0));
-            Ok(format!("{LARGE_REQUEST} bytes in, {LARGE_RESPONSE} bytes out"))
+            Ok(format!(
+                "{LARGE_REQUEST} bytes in, {LARGE_RESPONSE} bytes out"
+            ))
         }
         "client_streaming" => {
-            let mut call = ch.open(&format!("{SVC}StreamingInputCall"), vec![], Some(TIMEOUT)).await?;
+            let mut call = ch
+                .open(&format!("{SVC}StreamingInputCall"), vec![], Some(TIMEOUT))
+                .await?;
             for size in CLIENT_STREAM_SIZES {
                 let m = StreamingInputCallRequest {
                     payload: zeros(size),
@@ -137,11 +148,16 @@ async fn run(ch: &GrpcChannel, case: &str) -> anyhow::Result<String> {
             let request = StreamingOutputCallRequest {
                 response_parameters: SERVER_STREAM_SIZES
                     .iter()
-                    .map(|&size| ResponseParameters { size, ..Default::default() })
+                    .map(|&size| ResponseParameters {
+                        size,
+                        ..Default::default()
+                    })
                     .collect(),
                 ..Default::default()
             };
-            let mut call = ch.open(&format!("{SVC}StreamingOutputCall"), vec![], Some(TIMEOUT)).await?;
+            let mut call = ch
+                .open(&format!("{SVC}StreamingOutputCall"), vec![], Some(TIMEOUT))
+                .await?;
             call.send(request.encode_to_vec()).await?;
             call.close_send().await?;
             let o = drain(&mut call).await;
@@ -151,7 +167,9 @@ async fn run(ch: &GrpcChannel, case: &str) -> anyhow::Result<String> {
             Ok(format!("sizes {got:?}"))
         }
         "ping_pong" => {
-            let mut call = ch.open(&format!("{SVC}FullDuplexCall"), vec![], Some(TIMEOUT)).await?;
+            let mut call = ch
+                .open(&format!("{SVC}FullDuplexCall"), vec![], Some(TIMEOUT))
+                .await?;
             let mut got = Vec::new();
             for (size, body) in PING_PONG {
                 call.send(out_request(size, body)).await?;
@@ -173,7 +191,9 @@ async fn run(ch: &GrpcChannel, case: &str) -> anyhow::Result<String> {
             Ok(format!("4 round trips {got:?}"))
         }
         "empty_stream" => {
-            let mut call = ch.open(&format!("{SVC}FullDuplexCall"), vec![], Some(TIMEOUT)).await?;
+            let mut call = ch
+                .open(&format!("{SVC}FullDuplexCall"), vec![], Some(TIMEOUT))
+                .await?;
             call.close_send().await?;
             let o = drain(&mut call).await;
             ensure!(code(&o) == Code::Ok && o.messages.is_empty());
@@ -181,7 +201,11 @@ async fn run(ch: &GrpcChannel, case: &str) -> anyhow::Result<String> {
         }
         "timeout_on_sleeping_server" => {
             let mut call = ch
-                .open(&format!("{SVC}FullDuplexCall"), vec![], Some(Duration::from_millis(1)))
+                .open(
+                    &format!("{SVC}FullDuplexCall"),
+                    vec![],
+                    Some(Duration::from_millis(1)),
+                )
                 .await?;
             let _ = call.send(out_request(0, 27_182)).await;
             let o = drain(&mut call).await;
@@ -189,14 +213,18 @@ async fn run(ch: &GrpcChannel, case: &str) -> anyhow::Result<String> {
             Ok("DEADLINE_EXCEEDED".into())
         }
         "cancel_after_begin" => {
-            let mut call = ch.open(&format!("{SVC}StreamingInputCall"), vec![], Some(TIMEOUT)).await?;
+            let mut call = ch
+                .open(&format!("{SVC}StreamingInputCall"), vec![], Some(TIMEOUT))
+                .await?;
             call.cancel().await;
             let o = drain(&mut call).await;
             ensure!(code(&o) == Code::Cancelled, "{:?}", o.status);
             Ok("CANCELLED".into())
         }
         "cancel_after_first_response" => {
-            let mut call = ch.open(&format!("{SVC}FullDuplexCall"), vec![], Some(TIMEOUT)).await?;
+            let mut call = ch
+                .open(&format!("{SVC}FullDuplexCall"), vec![], Some(TIMEOUT))
+                .await?;
             call.send(out_request(31_415, 27_182)).await?;
             loop {
                 match call.next().await {
@@ -219,21 +247,38 @@ async fn run(ch: &GrpcChannel, case: &str) -> anyhow::Result<String> {
             } else {
                 SPECIAL_STATUS_MESSAGE
             };
-            let echo = Some(EchoStatus { code: 2, message: message.into() });
-            let unary = SimpleRequest { response_status: echo.clone(), ..Default::default() };
+            let echo = Some(EchoStatus {
+                code: 2,
+                message: message.into(),
+            });
+            let unary = SimpleRequest {
+                response_status: echo.clone(),
+                ..Default::default()
+            };
             let err = ch
                 .unary(&format!("{SVC}UnaryCall"), unary.encode_to_vec(), TIMEOUT)
                 .await
                 .err()
                 .context("unary call succeeded")?;
-            ensure!(err.code == Code::Unknown && err.message == message, "{err:?}");
-            let mut call = ch.open(&format!("{SVC}FullDuplexCall"), vec![], Some(TIMEOUT)).await?;
-            let bidi = StreamingOutputCallRequest { response_status: echo, ..Default::default() };
+            ensure!(
+                err.code == Code::Unknown && err.message == message,
+                "{err:?}"
+            );
+            let mut call = ch
+                .open(&format!("{SVC}FullDuplexCall"), vec![], Some(TIMEOUT))
+                .await?;
+            let bidi = StreamingOutputCallRequest {
+                response_status: echo,
+                ..Default::default()
+            };
             call.send(bidi.encode_to_vec()).await?;
             call.close_send().await?;
             let o = drain(&mut call).await;
             let status = o.status.context("no status")?;
-            ensure!(status.code == Code::Unknown && status.message == message, "{status:?}");
+            ensure!(
+                status.code == Code::Unknown && status.message == message,
+                "{status:?}"
+            );
             Ok(format!("UNKNOWN {message:?}"))
         }
         "custom_metadata" => {
@@ -243,7 +288,9 @@ async fn run(ch: &GrpcChannel, case: &str) -> anyhow::Result<String> {
             ];
             let mut checked = Vec::new();
             for method in ["UnaryCall", "FullDuplexCall"] {
-                let mut call = ch.open(&format!("{SVC}{method}"), metadata.clone(), Some(TIMEOUT)).await?;
+                let mut call = ch
+                    .open(&format!("{SVC}{method}"), metadata.clone(), Some(TIMEOUT))
+                    .await?;
                 let request = if method == "UnaryCall" {
                     SimpleRequest {
                         response_size: LARGE_RESPONSE,
@@ -264,7 +311,10 @@ async fn run(ch: &GrpcChannel, case: &str) -> anyhow::Result<String> {
                 );
                 match find(&o.trailers, ECHO_TRAILING) {
                     Some(v) => {
-                        ensure!(base64_decode(v).as_deref() == Some(TRAILING_VALUE), "{method}: wrong trailer");
+                        ensure!(
+                            base64_decode(v).as_deref() == Some(TRAILING_VALUE),
+                            "{method}: wrong trailer"
+                        );
                         checked.push(format!("{method}: initial+trailing"));
                     }
                     None => checked.push(format!("{method}: initial (no trailer echo)")),

@@ -6,7 +6,7 @@
 
 use palyra_interop::pb::test_service_server::{TestService, TestServiceServer};
 use palyra_interop::pb::{
-    Empty, EchoStatus, SimpleRequest, SimpleResponse, StreamingInputCallRequest,
+    EchoStatus, Empty, SimpleRequest, SimpleResponse, StreamingInputCallRequest,
     StreamingInputCallResponse, StreamingOutputCallRequest, StreamingOutputCallResponse,
 };
 use palyra_interop::{zeros, ECHO_INITIAL, ECHO_TRAILING};
@@ -42,7 +42,10 @@ fn echo_initial<T>(request_metadata: &MetadataMap, response: &mut Response<T>) {
 
 /// Answers a stream of requests in order, sleeping `interval_us` before each response.
 fn respond(
-    mut requests: impl Stream<Item = Result<StreamingOutputCallRequest, Status>> + Send + Unpin + 'static,
+    mut requests: impl Stream<Item = Result<StreamingOutputCallRequest, Status>>
+        + Send
+        + Unpin
+        + 'static,
     trailing: MetadataMap,
 ) -> Responses {
     let (tx, rx) = mpsc::channel(16);
@@ -152,8 +155,13 @@ impl TestService for Interop {
         Ok(Response::new(respond(tokio_stream::iter(all), metadata)))
     }
 
-    async fn unimplemented_call(&self, _request: Request<Empty>) -> Result<Response<Empty>, Status> {
-        Err(Status::unimplemented("UnimplementedCall is not implemented"))
+    async fn unimplemented_call(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented(
+            "UnimplementedCall is not implemented",
+        ))
     }
 }
 
