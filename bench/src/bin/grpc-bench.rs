@@ -1,9 +1,11 @@
 //! `grpc-bench`: unary GetHealth calls per second against palyrad's gRPC listener and against a
 //! tonic server serving the same proto, with the same load generator (h2load) in the same run;
-//! medians and the ratio ours/tonic; and RSS per idle HTTP/2 connection.
+//! streamed messages per second (grpc.testing StreamingOutputCall, our interop server vs tonic's,
+//! the same tonic client for both); medians and the ratio ours/tonic; and RSS per idle HTTP/2
+//! connection.
 //!
-//! Build first: `cargo build --release -p palyra-tokio -p palyra-bench`; needs `h2load`
-//! (Debian nghttp2-client). Then `target/release/grpc-bench`.
+//! Build first: `cargo build --release -p palyra-tokio -p palyra-interop -p palyra-bench`; needs
+//! `h2load` (Debian nghttp2-client). Then `target/release/grpc-bench`.
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
@@ -32,6 +34,60 @@ struct Args {
     /// Idle connections for the memory measurement.
     #[arg(long, default_value_t = 200)]
     idle_connections: usize,
+    /// Concurrent server streams in the streaming measurement.
+    #[arg(long, default_value_t = 8)]
+    stream_calls: usize,
+    /// Messages per server stream.
+    #[arg(long, default_value_t = 20_000)]
+    stream_messages: usize,
+    /// Payload bytes per streamed message.
+    #[arg(long, default_value_t = 64)]
+    stream_payload: i32,
+}
+
+/// Streams `calls` concurrent StreamingOutputCalls of `messages` responses each over one tonic
+/// channel; returns messages per second, checking every message arrived with its payload.
+async fn stream_rate(args: &Args, addr: SocketAddr) -> anyhow::Result<f64> {
+    use palyra_interop::pb::test_service_client::TestServiceClient;
+    use palyra_interop::pb::{ResponseParameters, StreamingOutputCallRequest};
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let request = StreamingOutputCallRequest {
+        response_parameters: vec![
+            ResponseParameters {
+                size: args.stream_payload,
+                ..Default::default()
+            };
+            args.stream_messages
+        ],
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.stream_calls {
+        let mut client = TestServiceClient::new(channel.clone())
+            .max_decoding_message_size(8 * 1024 * 1024)
+            .max_encoding_message_size(8 * 1024 * 1024);
+        let request = request.clone();
+        let size = args.stream_payload as usize;
+        tasks.spawn(async move {
+            let mut stream = client.streaming_output_call(request).await?.into_inner();
+            let mut count = 0usize;
+            while let Some(message) = stream.message().await? {
+                anyhow::ensure!(message.payload.is_some_and(|p| p.body.len() == size));
+                count += 1;
+            }
+            anyhow::Ok(count)
+        });
+    }
+    let mut total = 0;
+    while let Some(done) = tasks.join_next().await {
+        total += done??;
+    }
+    let expected = args.stream_calls * args.stream_messages;
+    anyhow::ensure!(total == expected, "received {total} of {expected} messages");
+    Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
 /// One h2load run; returns calls per second, checking that every call succeeded.
@@ -104,8 +160,13 @@ fn main() -> anyhow::Result<()> {
     let bin = bin_dir()?;
     require(
         &bin,
-        &["palyrad", "tonic-gateway"],
-        "cargo build --release -p palyra-tokio -p palyra-bench",
+        &[
+            "palyrad",
+            "tonic-gateway",
+            "interop-server",
+            "tonic-interop-server",
+        ],
+        "cargo build --release -p palyra-tokio -p palyra-interop -p palyra-bench",
     )?;
     let work = std::env::temp_dir().join(format!("palyra-grpc-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
@@ -121,6 +182,29 @@ fn main() -> anyhow::Result<()> {
         ours_rates.push(h2load(&args, ours.addr, &body)?);
         tonic_rates.push(h2load(&args, tonic.addr, &body)?);
     }
+    // Streaming: the same tonic client against both TestService servers (stdin kept open: they
+    // stop when it closes).
+    let mut ours_stream = Command::new(bin.join("interop-server"));
+    ours_stream.stdin(std::process::Stdio::piped());
+    let mut tonic_stream = Command::new(bin.join("tonic-interop-server"));
+    tonic_stream.stdin(std::process::Stdio::piped());
+    let ours_stream = start_printing_addr(ours_stream)?;
+    let tonic_stream = start_printing_addr(tonic_stream)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (mut ours_streamed, mut tonic_streamed) = (Vec::new(), Vec::new());
+    runtime.block_on(async {
+        stream_rate(&args, ours_stream.addr).await?;
+        stream_rate(&args, tonic_stream.addr).await?;
+        for _ in 0..args.runs {
+            ours_streamed.push(stream_rate(&args, ours_stream.addr).await?);
+            tonic_streamed.push(stream_rate(&args, tonic_stream.addr).await?);
+        }
+        anyhow::Ok(())
+    })?;
+    drop((ours_stream, tonic_stream));
     let ours_mem = idle_memory(&ours, args.idle_connections)?;
     let tonic_mem = idle_memory(&tonic, args.idle_connections)?;
     let _ = std::fs::remove_dir_all(&work);
@@ -139,6 +223,17 @@ fn main() -> anyhow::Result<()> {
         o,
         t,
         o / t
+    );
+    let (os, ts) = (median(ours_streamed), median(tonic_streamed));
+    println!(
+        "{:<30} {:>12.0}/s {:>12.0}/s {:>11.2}",
+        format!(
+            "streamed msgs ({}x{}, {} B)",
+            args.stream_calls, args.stream_messages, args.stream_payload
+        ),
+        os,
+        ts,
+        os / ts
     );
     println!(
         "{:<30} {:>11.1}KiB {:>11.1}KiB {:>11.2}",

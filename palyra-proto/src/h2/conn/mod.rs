@@ -1087,7 +1087,10 @@ impl Connection {
             let Some(s) = self.streams.get_mut(&id) else {
                 continue;
             };
-            while let Some(chunk) = s.queued.front_mut() {
+            // Each DATA frame carries as much queued data as the windows and the frame size
+            // allow, across message boundaries: many small messages make few frames (peers
+            // such as h2 budget the framing overhead of small DATA frames).
+            while !s.queued.is_empty() {
                 let allowed = s
                     .send_window
                     .min(self.conn_send_window)
@@ -1096,16 +1099,26 @@ impl Connection {
                     blocked = true;
                     break;
                 }
-                let n = (allowed as usize).min(chunk.len());
-                let piece = chunk.split_to(n);
-                if chunk.is_empty() {
-                    s.queued.pop_front();
-                }
+                let n = (allowed as usize).min(s.queued_len);
                 s.queued_len -= n;
                 s.send_window -= n as i64;
                 self.conn_send_window -= n as i64;
-                let end = s.queued.is_empty() && matches!(s.pending_end, Some(None));
-                frame::encode_data(&mut self.out, id, &piece, end);
+                let end = s.queued_len == 0 && matches!(s.pending_end, Some(None));
+                frame::encode_data_header(&mut self.out, id, n, end);
+                let mut left = n;
+                while left > 0 {
+                    let Some(chunk) = s.queued.front_mut() else {
+                        break;
+                    };
+                    let take = left.min(chunk.len());
+                    self.out.extend_from_slice(&chunk[..take]);
+                    if take == chunk.len() {
+                        s.queued.pop_front();
+                    } else {
+                        let _ = chunk.split_to(take);
+                    }
+                    left -= take;
+                }
                 if end {
                     s.pending_end = None;
                     s.send_closed = true;

@@ -124,6 +124,45 @@ fn large_bodies_flow_through_both_windows() {
 }
 
 #[test]
+fn small_queued_chunks_share_data_frames() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(now);
+    let id = client.open_stream(&request(), false).unwrap();
+    pump(now, &mut client, &mut server);
+    events(&mut server);
+    server
+        .send_headers(id, &[field(":status", "200")], false)
+        .unwrap();
+    // 3000 messages of 10 bytes: 30 000 bytes, so two frames at the 16 KiB frame size.
+    for i in 0..3000u32 {
+        let chunk: Vec<u8> = (0..10).map(|j| (i + j) as u8).collect();
+        server.send_data(id, Bytes::from(chunk), false).unwrap();
+    }
+    server
+        .send_trailers(id, &[field("grpc-status", "0")])
+        .unwrap();
+    pump(now, &mut client, &mut server);
+    let data: Vec<Bytes> = events(&mut client)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Data { data, .. } => Some(data),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        data.len(),
+        2,
+        "frames: {:?}",
+        data.iter().map(Bytes::len).collect::<Vec<_>>()
+    );
+    let joined: Vec<u8> = data.concat();
+    let expected: Vec<u8> = (0..3000u32)
+        .flat_map(|i| (0..10).map(move |j| (i + j) as u8))
+        .collect();
+    assert_eq!(joined, expected);
+}
+
+#[test]
 fn bad_preface_is_a_protocol_error() {
     let now = Instant::now();
     let mut server = Connection::new(Role::Server, Config::default(), now);

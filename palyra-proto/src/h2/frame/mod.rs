@@ -591,14 +591,19 @@ fn header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: StreamId)
 
 /// Appends a DATA frame (the caller respects the peer's max frame size and flow control).
 pub fn encode_data(out: &mut BytesMut, stream: StreamId, data: &[u8], end_stream: bool) {
+    encode_data_header(out, stream, data.len(), end_stream);
+    out.extend_from_slice(data);
+}
+
+/// Appends the 9-byte header of a DATA frame whose `len` payload bytes the caller appends next.
+pub fn encode_data_header(out: &mut BytesMut, stream: StreamId, len: usize, end_stream: bool) {
     header(
         out,
-        data.len(),
+        len,
         kind::DATA,
         if end_stream { flag::END_STREAM } else { 0 },
         stream,
     );
-    out.extend_from_slice(data);
 }
 
 /// Appends a header block as HEADERS plus CONTINUATION frames of at most `max_frame_size`.
