@@ -252,7 +252,21 @@ fn oversized_capability_output_is_refused() {
             )
             .unwrap()
     };
+    // A node host announces itself with a heartbeat; from then on work is pushed to it.
+    let heartbeat = NodeEventRequest {
+        v: 1,
+        device_id: Some(CanonicalId { ulid: DEV_A.into() }),
+        event_name: "node.heartbeat".into(),
+        payload_json: Vec::new(),
+        replay: None,
+    };
+    sim.client
+        .client()
+        .send_message(events, &heartbeat.encode_to_vec())
+        .unwrap();
     sim.pump();
+    let (answered, _) = sim.outcome(events);
+    assert_eq!(answered.len(), 1, "heartbeat answered");
     let exec = sim.start("/palyra.node.v1.NodeService/ExecuteCapability", &execute(8));
     sim.wake();
     let (pushed, _) = sim.outcome(events);
@@ -325,4 +339,59 @@ proptest! {
         prop_assert_eq!(status.map(|s| s.code), Some(Code::Ok));
         prop_assert!(RegisterNodeResponse::decode(messages[0].as_ref()).unwrap().accepted);
     }
+}
+
+#[test]
+fn only_node_hosts_take_work() {
+    let pki = Pki::new();
+    let mut sim = Sim::new(&pki, true);
+    let call = sim.start("/palyra.node.v1.NodeService/RegisterNode", &register());
+    assert_eq!(sim.outcome(call).1.unwrap().code, Code::Ok);
+    pki.hub
+        .enqueue(DEV_A, "echo", Vec::new(), 1024)
+        .expect("queued");
+    let stream = sim
+        .client
+        .client()
+        .start_call(
+            sim.now,
+            "/palyra.node.v1.NodeService/StreamNodeEvents",
+            &[],
+            None,
+        )
+        .unwrap();
+    let event = |name: &str, payload: serde_json::Value| {
+        NodeEventRequest {
+            v: 1,
+            device_id: Some(CanonicalId { ulid: DEV_A.into() }),
+            event_name: name.into(),
+            payload_json: serde_json::to_vec(&payload).unwrap(),
+            replay: None,
+        }
+        .encode_to_vec()
+    };
+    // A publisher (no heartbeat yet) gets its answer without the queued work.
+    let stale = event(
+        "capability.result",
+        serde_json::json!({"request_id": "nope"}),
+    );
+    sim.client.client().send_message(stream, &stale).unwrap();
+    sim.pump();
+    sim.wake();
+    let (messages, _) = sim.outcome(stream);
+    assert_eq!(messages.len(), 1);
+    let answer = NodeEventResponse::decode(messages[0].as_ref()).unwrap();
+    assert!(!answer.accepted && answer.dispatch.is_none(), "{answer:?}");
+    assert!(pki.hub.has_dispatch(DEV_A), "work stays queued");
+    // Once it heartbeats, it is a node host: the work comes with the answer.
+    let heartbeat = event("node.heartbeat", serde_json::json!({}));
+    sim.client
+        .client()
+        .send_message(stream, &heartbeat)
+        .unwrap();
+    sim.pump();
+    let (messages, _) = sim.outcome(stream);
+    let answer = NodeEventResponse::decode(messages[0].as_ref()).unwrap();
+    assert_eq!(answer.dispatch.expect("dispatch").capability, "echo");
+    assert!(!pki.hub.has_dispatch(DEV_A));
 }

@@ -50,6 +50,7 @@ const MAX_PLATFORM: usize = 64;
 
 /// Event names with a meaning to the gateway; others are stored in the event log.
 const HEARTBEAT: &str = "node.heartbeat";
+const STARTED: &str = "node.started";
 const MEDIATION: &str = "capability.awaiting_local_mediation";
 const RESULT: &str = "capability.result";
 
@@ -366,6 +367,10 @@ struct EventStream {
     failed: Option<Status>,
     trust_generation: u64,
     headers_sent: bool,
+    /// Set once the node sent `node.started` or `node.heartbeat`: it is a node host that runs
+    /// capabilities, so dispatches may go to this stream. Streams that only publish (the CLI)
+    /// never take work.
+    takes_work: bool,
 }
 
 impl EventStream {
@@ -382,6 +387,7 @@ impl EventStream {
             failed: None,
             trust_generation,
             headers_sent: false,
+            takes_work: false,
         }
     }
 
@@ -433,6 +439,9 @@ impl EventStream {
         let now_ms = (self.clock)();
         let event_id = ulid::Ulid::new().to_string();
         self.hub.touch(device, &request.event_name, now_ms);
+        if matches!(request.event_name.as_str(), HEARTBEAT | STARTED) {
+            self.takes_work = true;
+        }
         match request.event_name.as_str() {
             HEARTBEAT => Ok(Owed::Ready(self.accepted(event_id, "accepted"))),
             MEDIATION => {
@@ -495,7 +504,9 @@ impl EventStream {
                 }
                 _ => return,
             };
-            response.dispatch = self.hub.take_dispatch(device).map(dispatch_message);
+            if self.takes_work && !self.half_closed {
+                response.dispatch = self.hub.take_dispatch(device).map(dispatch_message);
+            }
             reply.message(response.encode_to_vec());
         }
     }
@@ -625,7 +636,7 @@ impl CallHandler for EventStream {
         }
         // Push: queued work goes out now, not on the node's next event.
         let mut queued = cx.queued_bytes;
-        while queued < PUSH_HIGH_WATER {
+        while self.takes_work && queued < PUSH_HIGH_WATER {
             let Some(dispatch) = self.hub.take_dispatch(&device) else {
                 break;
             };

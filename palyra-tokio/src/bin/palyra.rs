@@ -2,14 +2,22 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use palyra_proto::grpc::Code;
 use palyra_proto::node::{NodeRequest, PublishEvent, ResponseFrame, ResponseKind};
+use palyra_proto::pb::palyra::common::v1::CanonicalId;
+use palyra_proto::pb::palyra::node::v1::{
+    DeviceCapability, NodeEventRequest, NodeEventResponse, RegisterNodeRequest,
+    RegisterNodeResponse,
+};
 use palyra_proto::quic::{tls, ClientLimits};
 use palyra_proto::store::DeviceIdentityFiles;
 use palyra_tokio::NodeConnection;
+use prost::Message;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The Palyra command-line client.
 #[derive(Parser)]
@@ -21,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Node-plane commands over palyra-quic-v1 (QUIC, mutual TLS).
+    /// Node commands: over palyra-quic-v1 (QUIC, mutual TLS) by default, or over the node TLS
+    /// listener's NodeService with --transport grpc.
     #[command(subcommand)]
     Node(NodeCommand),
     /// Checks the gateway over gRPC (GatewayService/GetHealth) and prints the answer as JSON.
@@ -46,6 +55,22 @@ struct Target {
     /// TLS server name to verify (default: the gateway host).
     #[arg(long)]
     server_name: Option<String>,
+    /// quic: palyra-quic-v1 on UDP; grpc: palyra.node.v1.NodeService on the node TLS listener
+    /// (TCP, same port number by default).
+    #[arg(long, value_enum, default_value_t = Transport::Quic)]
+    transport: Transport,
+    /// Deadline of gRPC calls in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+}
+
+/// How node commands reach the gateway.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    /// palyra-quic-v1 (QUIC, mutual TLS).
+    Quic,
+    /// gRPC over TLS (HTTP/2): NodeService.
+    Grpc,
 }
 
 #[derive(Subcommand)]
@@ -68,6 +93,17 @@ enum NodeCommand {
         /// Address the event to one device (ULID) instead of every node.
         #[arg(long)]
         to: Option<String>,
+    },
+    /// Registers the node and its capabilities (gRPC RegisterNode; needs --transport grpc).
+    Register {
+        #[command(flatten)]
+        target: Target,
+        /// Platform reported to the gateway (default: this machine's os-arch).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Capability the node offers (repeatable).
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
     },
     /// Prints events after --resume-from, one JSON object per line; --follow keeps streaming.
     Events {
@@ -103,7 +139,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn connect(target: &Target) -> anyhow::Result<NodeConnection> {
+/// The loaded identity, the resolved address and the TLS server name of a target.
+async fn resolve(target: &Target) -> anyhow::Result<(DeviceIdentityFiles, SocketAddr, String)> {
     let identity = DeviceIdentityFiles::load(&target.identity)
         .with_context(|| format!("cannot load identity from {}", target.identity.display()))?;
     let (host, _) = target
@@ -123,12 +160,154 @@ async fn connect(target: &Target) -> anyhow::Result<NodeConnection> {
             Ok(_) => host.to_owned(),
             Err(_) => host.to_ascii_lowercase(),
         });
+    Ok((identity, addr, server_name))
+}
+
+async fn connect(target: &Target) -> anyhow::Result<NodeConnection> {
+    let (identity, addr, server_name) = resolve(target).await?;
     let tls = tls::client_config(
         &identity.ca_der,
         Some((vec![identity.cert_der], identity.key_der)),
         tls::ALPN,
     )?;
     Ok(NodeConnection::connect(addr, &server_name, Arc::new(tls), ClientLimits::default()).await?)
+}
+
+/// A NodeService session over the node TLS listener.
+struct GrpcNode {
+    channel: palyra_tokio::grpc::GrpcChannel,
+    device_id: String,
+    timeout: Duration,
+}
+
+async fn connect_grpc(target: &Target) -> anyhow::Result<GrpcNode> {
+    let (identity, addr, server_name) = resolve(target).await?;
+    let device_id = identity
+        .device_id
+        .clone()
+        .context("the identity's certificate names no device ID")?;
+    let tls = tls::client_config(
+        &identity.ca_der,
+        Some((vec![identity.cert_der], identity.key_der)),
+        tls::ALPN_H2,
+    )?;
+    let channel = palyra_tokio::grpc::GrpcChannel::connect_tls(addr, &server_name, Arc::new(tls))
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    Ok(GrpcNode {
+        channel,
+        device_id,
+        timeout: Duration::from_millis(target.timeout_ms),
+    })
+}
+
+fn canonical(device_id: &str) -> Option<CanonicalId> {
+    Some(CanonicalId {
+        ulid: device_id.to_owned(),
+    })
+}
+
+impl GrpcNode {
+    async fn health(&self) -> anyhow::Result<serde_json::Value> {
+        use palyra_proto::pb::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
+        let request = HealthCheckRequest {
+            service: "palyra.node.v1.NodeService".into(),
+        };
+        let response = self
+            .channel
+            .unary(
+                "/grpc.health.v1.Health/Check",
+                request.encode_to_vec(),
+                self.timeout,
+            )
+            .await
+            .map_err(|status| anyhow::anyhow!("health check failed: {status}"))?;
+        let status = HealthCheckResponse::decode(response.as_ref())?.status;
+        Ok(serde_json::json!({
+            "transport": "grpc",
+            "service": "palyra.node.v1.NodeService",
+            "status": if status == 1 { "SERVING" } else { "NOT_SERVING" },
+            "device_id": self.device_id,
+        }))
+    }
+
+    async fn publish(
+        &self,
+        name: &str,
+        payload: &serde_json::Value,
+    ) -> anyhow::Result<NodeEventResponse> {
+        use palyra_tokio::grpc::CallEvent;
+        let mut call = self
+            .channel
+            .open(
+                "/palyra.node.v1.NodeService/StreamNodeEvents",
+                Vec::new(),
+                Some(self.timeout),
+            )
+            .await
+            .map_err(|status| anyhow::anyhow!("cannot open the event stream: {status}"))?;
+        let request = NodeEventRequest {
+            v: 1,
+            device_id: canonical(&self.device_id),
+            event_name: name.to_owned(),
+            payload_json: serde_json::to_vec(payload)?,
+            replay: None,
+        };
+        call.send(request.encode_to_vec())
+            .await
+            .map_err(|status| anyhow::anyhow!("{status}"))?;
+        call.close_send()
+            .await
+            .map_err(|status| anyhow::anyhow!("{status}"))?;
+        let mut answer = None;
+        while let Some(event) = call.next().await {
+            match event {
+                CallEvent::Message(bytes) => {
+                    let response = NodeEventResponse::decode(bytes.as_ref())?;
+                    // Pushed capability work is not this command's business.
+                    if response.dispatch.is_none() || response.reason != "dispatch" {
+                        answer.get_or_insert(response);
+                    }
+                }
+                CallEvent::Finished(status, _) if status.code != Code::Ok => {
+                    anyhow::bail!("gateway answered {status}")
+                }
+                CallEvent::Finished(..) => break,
+                CallEvent::Headers(_) => {}
+            }
+        }
+        answer.context("gateway sent no answer")
+    }
+
+    async fn register(
+        &self,
+        platform: &str,
+        capabilities: &[String],
+    ) -> anyhow::Result<RegisterNodeResponse> {
+        let request = RegisterNodeRequest {
+            v: 1,
+            device_id: canonical(&self.device_id),
+            platform: platform.to_owned(),
+            capabilities: capabilities
+                .iter()
+                .map(|name| DeviceCapability {
+                    name: name.clone(),
+                    available: true,
+                })
+                .collect(),
+            replay: None,
+        };
+        let response = self
+            .channel
+            .unary(
+                "/palyra.node.v1.NodeService/RegisterNode",
+                request.encode_to_vec(),
+                self.timeout,
+            )
+            .await
+            .map_err(|status| anyhow::anyhow!("RegisterNode failed: {status}"))?;
+        Ok(RegisterNodeResponse::decode(response.as_ref())?)
+    }
 }
 
 fn check(frame: &ResponseFrame) -> anyhow::Result<()> {
@@ -152,7 +331,6 @@ fn check(frame: &ResponseFrame) -> anyhow::Result<()> {
 
 async fn health(grpc: &str, timeout_ms: u64) -> anyhow::Result<()> {
     use palyra_proto::pb::palyra::gateway::v1::{HealthRequest, HealthResponse};
-    use prost::Message;
     let addr: SocketAddr = tokio::net::lookup_host(grpc)
         .await
         .with_context(|| format!("cannot resolve {grpc}"))?
@@ -190,6 +368,65 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(command) => command,
     };
     match command {
+        NodeCommand::Health { target } if target.transport == Transport::Grpc => {
+            let node = connect_grpc(&target).await?;
+            println!("{}", node.health().await?);
+        }
+        NodeCommand::Publish {
+            target,
+            name,
+            payload,
+            to,
+        } if target.transport == Transport::Grpc => {
+            if to.is_some() {
+                anyhow::bail!("--to needs --transport quic (NodeService events have no addressee)");
+            }
+            let payload: serde_json::Value =
+                serde_json::from_str(&payload).context("--payload is not valid JSON")?;
+            palyra_proto::node::validate_event_name(&name)
+                .map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+            let node = connect_grpc(&target).await?;
+            let answer = node.publish(&name, &payload).await?;
+            if !answer.accepted {
+                anyhow::bail!("gateway refused the event: {}", answer.reason);
+            }
+            println!(
+                "{}",
+                serde_json::json!({
+                    "accepted": answer.accepted,
+                    "reason": answer.reason,
+                    "event_id": answer.event_id.map(|id| id.ulid),
+                })
+            );
+        }
+        NodeCommand::Register {
+            target,
+            platform,
+            capabilities,
+        } => {
+            if target.transport != Transport::Grpc {
+                anyhow::bail!("node register is a NodeService RPC: add --transport grpc");
+            }
+            let platform = platform
+                .unwrap_or_else(|| format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH));
+            let node = connect_grpc(&target).await?;
+            let answer = node.register(&platform, &capabilities).await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "accepted": answer.accepted,
+                    "reason": answer.reason,
+                    "device_id": node.device_id,
+                    "platform": platform,
+                    "capabilities": capabilities,
+                })
+            );
+        }
+        NodeCommand::Events { target, .. } if target.transport == Transport::Grpc => {
+            anyhow::bail!(
+                "node events reads the node-plane log: use --transport quic (NodeService has no log reader)"
+            );
+        }
         NodeCommand::Health { target } => {
             let conn = connect(&target).await?;
             let frames = conn.request(&NodeRequest::Health).await?.collect().await?;
