@@ -7,6 +7,7 @@ use palyra_proto::grpc::server::ServerConfig;
 use palyra_proto::grpc::service::{RouterFactory, ServerConnection};
 use palyra_proto::grpc::services::{gateway_router, DaemonInfo};
 use palyra_proto::h2::frame::PREFACE;
+use palyra_proto::transport::StreamMachine;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 

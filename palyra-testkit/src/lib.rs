@@ -65,7 +65,7 @@ pub trait Driver {
     fn stop_grpc(server: Self::Grpc);
 }
 
-fn gateway_routers() -> RouterFactory {
+pub(crate) fn gateway_routers() -> RouterFactory {
     gateway_router(Arc::new(DaemonInfo {
         version: "test".into(),
         git_hash: "unknown".into(),
@@ -669,6 +669,10 @@ macro_rules! node_plane_suite {
         #[test]
         fn node_service_over_tls() {
             $crate::node_service::node_service_over_tls::<$driver>();
+        }
+        #[test]
+        fn gateway_listener_over_tls() {
+            $crate::node_service::gateway_listener_over_tls::<$driver>();
         }
         #[test]
         fn node_service_revocation_ends_streams() {

@@ -322,3 +322,36 @@ pub fn node_service_revocation_ends_streams<D: Driver>() {
         .expect("B registers");
     stop::<D>(node);
 }
+
+/// The gateway listener with TLS enabled (palyrad --grpc-tls): GetHealth over TLS with the
+/// gateway CA, no client certificate needed; a cleartext client gets nothing.
+pub fn gateway_listener_over_tls<D: Driver>() {
+    use palyra_proto::pb::palyra::gateway::v1::{HealthRequest, HealthResponse};
+    let gw = Gateway::new();
+    let a = gw.issue(DEV_A);
+    let plane = gw.plane(&NodePlaneOptions::default());
+    let tls = Arc::new(
+        palyra_proto::quic::tls::gateway_server_config(plane.identity.tcp_cert_slot())
+            .expect("gateway TLS"),
+    );
+    let (server, addr) = D::start_grpc(crate::gateway_routers(), Some(tls), None);
+    let mut client = tls_client(addr, None, &a.ca_pem);
+    let response = client
+        .unary(
+            "/palyra.gateway.v1.GatewayService/GetHealth",
+            &HealthRequest { v: 1 }.encode_to_vec(),
+        )
+        .expect("GetHealth over TLS");
+    let health = HealthResponse::decode(response.as_ref()).expect("decode");
+    assert_eq!(health.status, "ok", "[{}]", D::NAME);
+    assert!(
+        crate::grpc::call(
+            addr,
+            "/palyra.gateway.v1.GatewayService/GetHealth",
+            &[HealthRequest { v: 1 }.encode_to_vec()]
+        )
+        .map_or(true, |r| r.status.is_none()),
+        "cleartext HTTP/2 must not be answered on a TLS listener"
+    );
+    D::stop_grpc(server);
+}

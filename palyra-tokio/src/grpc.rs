@@ -152,6 +152,9 @@ async fn serve_connection<M: StreamMachine>(
             }
         }
         if conn.is_closed() {
+            if let Some(reason) = conn.failure() {
+                tracing::debug!(%peer, %reason, "gRPC connection failed");
+            }
             let _ = stream.shutdown().await;
             return;
         }

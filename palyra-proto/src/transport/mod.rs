@@ -30,6 +30,10 @@ pub trait StreamMachine: Send {
     fn handle_eof(&mut self);
     /// Graceful shutdown: stop taking new work, finish what is open.
     fn go_away(&mut self);
+    /// Why the connection failed below the application (e.g. a TLS alert), for the log.
+    fn failure(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The TLS facts about the peer of a connection, for authorization by the application.

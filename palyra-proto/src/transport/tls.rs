@@ -94,11 +94,6 @@ impl<M: StreamMachine> TlsStream<M> {
         self.inner.as_mut()
     }
 
-    /// Why the connection failed at the TLS layer, if it did.
-    pub fn failure(&self) -> Option<&str> {
-        self.failed.as_deref()
-    }
-
     /// Whether the handshake completed.
     pub fn is_established(&self) -> bool {
         !self.tls.is_handshaking()
@@ -249,6 +244,10 @@ impl<M: StreamMachine> StreamMachine for TlsStream<M> {
             None => self.fail("connection closed during the TLS handshake".to_owned()),
         }
         self.pump_inner_output();
+    }
+
+    fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     fn go_away(&mut self) {
