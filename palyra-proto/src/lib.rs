@@ -8,6 +8,7 @@ pub mod frame;
 pub mod gateway;
 pub mod grpc;
 pub mod h2;
+pub mod http1;
 pub mod identity;
 pub mod node;
 pub mod pb;
