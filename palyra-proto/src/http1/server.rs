@@ -218,11 +218,9 @@ impl Http1Server {
         self.eof = true;
         match &self.state {
             State::Head => self.state = State::Closing,
-            State::Request { body, .. } => {
-                if !matches!(body, BodyState::Done | BodyState::Unread) {
-                    // The body can never complete.
-                    self.state = State::Closing;
-                }
+            // A body being read can never complete.
+            State::Request { body, .. } if !matches!(body, BodyState::Done | BodyState::Unread) => {
+                self.state = State::Closing
             }
             _ => {}
         }
