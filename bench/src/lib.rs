@@ -65,6 +65,8 @@ pub fn start_palyrad(bin: &Path, state: &Path, endpoint: &str) -> anyhow::Result
             "127.0.0.1:0",
             "--grpc-addr",
             "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
             "--log-level",
             "warn",
         ])

@@ -11,6 +11,7 @@ pub mod h2;
 pub mod http1;
 pub mod identity;
 pub mod node;
+pub mod operator;
 pub mod pb;
 pub mod quic;
 pub mod store;

@@ -5,9 +5,8 @@ use async_io::{Async, Timer};
 use event_listener::EventListener;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use palyra_proto::grpc::server::ServerConfig;
-use palyra_proto::grpc::service::{RouterFactory, ServerConnection};
-use palyra_proto::transport::tls::TlsStream;
-use palyra_proto::transport::{Notifier, StreamMachine};
+use palyra_proto::grpc::service::{GrpcAcceptor, RouterFactory};
+use palyra_proto::transport::{Acceptor, Notifier, StreamMachine};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -44,7 +43,7 @@ impl GrpcListener {
     }
 }
 
-/// A running gRPC listener.
+/// A running TCP listener (gRPC, HTTP/1.1, ...): one task per connection.
 pub struct GrpcHandle {
     /// The bound address.
     pub local_addr: SocketAddr,
@@ -53,12 +52,27 @@ pub struct GrpcHandle {
 }
 
 impl GrpcHandle {
-    /// Binds `addr` and serves `listener`.
+    /// Binds `addr` and serves gRPC as `listener` says.
     pub fn start(addr: SocketAddr, listener: GrpcListener) -> io::Result<Self> {
+        let acceptor = GrpcAcceptor {
+            config: listener.config,
+            routers: listener.routers,
+            tls: listener.tls,
+        };
+        Self::serve(addr, Arc::new(acceptor), listener.notifier)
+    }
+
+    /// Binds `addr` and runs the machine `acceptor` builds on every accepted connection,
+    /// waking connections when `notifier` fires.
+    pub fn serve(
+        addr: SocketAddr,
+        acceptor: Arc<dyn Acceptor>,
+        notifier: Option<Arc<Notifier>>,
+    ) -> io::Result<Self> {
         let socket = Async::<TcpListener>::bind(addr)?;
         let local_addr = socket.get_ref().local_addr()?;
         let (shutdown, signal) = async_channel::bounded(1);
-        let task = smol::spawn(accept_loop(socket, listener, signal));
+        let task = smol::spawn(accept_loop(socket, acceptor, notifier, signal));
         Ok(Self {
             local_addr,
             shutdown,
@@ -66,7 +80,7 @@ impl GrpcHandle {
         })
     }
 
-    /// Stops accepting, sends GOAWAY on every connection and waits (bounded) for them to end.
+    /// Stops accepting, asks every connection to finish (GOAWAY, close) and waits (bounded).
     pub async fn shutdown(self) {
         self.shutdown.close();
         let task = self.task;
@@ -79,7 +93,8 @@ impl GrpcHandle {
 
 async fn accept_loop(
     socket: Async<TcpListener>,
-    listener: GrpcListener,
+    acceptor: Arc<dyn Acceptor>,
+    notifier: Option<Arc<Notifier>>,
     signal: async_channel::Receiver<()>,
 ) {
     let mut connections = Vec::new();
@@ -93,43 +108,18 @@ async fn accept_loop(
             Some(Ok((stream, peer))) => {
                 let _ = stream.get_ref().set_nodelay(true);
                 connections.retain(|t: &smol::Task<()>| !t.is_finished());
-                let now = Instant::now();
-                let notifier = listener.notifier.clone();
-                let config = listener.config;
-                let routers = Arc::clone(&listener.routers);
-                let task = match &listener.tls {
-                    None => {
-                        let conn = ServerConnection::new(config, routers(), now);
-                        smol::spawn(serve_connection(
-                            stream,
-                            peer,
-                            conn,
-                            notifier,
-                            signal.clone(),
-                        ))
-                    }
-                    Some(tls) => {
-                        let made = TlsStream::server(Arc::clone(tls), now, move |identity, now| {
-                            ServerConnection::with_peer(config, routers(), identity, now)
-                        });
-                        match made {
-                            Ok(conn) => smol::spawn(serve_connection(
-                                stream,
-                                peer,
-                                conn,
-                                notifier,
-                                signal.clone(),
-                            )),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "TLS connection setup failed");
-                                continue;
-                            }
-                        }
-                    }
-                };
-                connections.push(task);
+                match acceptor.accept(Instant::now()) {
+                    Ok(conn) => connections.push(smol::spawn(serve_connection(
+                        stream,
+                        peer,
+                        conn,
+                        notifier.clone(),
+                        signal.clone(),
+                    ))),
+                    Err(e) => tracing::warn!(error = %e, "connection setup failed"),
+                }
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "gRPC accept failed"),
+            Some(Err(e)) => tracing::warn!(error = %e, "accept failed"),
             None => break,
         }
     }
@@ -177,13 +167,19 @@ async fn serve_connection<M: StreamMachine>(
         }
         if conn.is_closed() {
             if let Some(reason) = conn.failure() {
-                tracing::debug!(%peer, %reason, "gRPC connection failed");
+                tracing::debug!(%peer, %reason, "connection failed");
             }
             let _ = stream.close().await;
             return;
         }
         let wake = conn.poll_timeout();
-        let read = async { Wake::Read(stream.read(&mut buf).await) };
+        let reading = conn.wants_input();
+        let read = async {
+            if !reading {
+                future::pending::<()>().await;
+            }
+            Wake::Read(stream.read(&mut buf).await)
+        };
         let timer = async {
             match wake {
                 Some(deadline) => {

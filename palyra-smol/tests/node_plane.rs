@@ -75,6 +75,16 @@ impl Driver for Smol {
         (handle, addr)
     }
 
+    fn start_listener(
+        acceptor: std::sync::Arc<dyn palyra_proto::transport::Acceptor>,
+    ) -> (Self::Grpc, SocketAddr) {
+        let handle =
+            palyra_smol::grpc::GrpcHandle::serve("127.0.0.1:0".parse().unwrap(), acceptor, None)
+                .expect("bind");
+        let addr = handle.local_addr;
+        (handle, addr)
+    }
+
     fn stop_grpc(server: Self::Grpc) {
         smol::block_on(server.shutdown());
     }

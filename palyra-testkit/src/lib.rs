@@ -6,6 +6,7 @@
 
 pub mod grpc;
 pub mod node_service;
+pub mod operator;
 
 use palyra_proto::gateway::{open_node_plane, NodePlane, NodePlaneOptions};
 use palyra_proto::grpc::service::RouterFactory;
@@ -63,6 +64,10 @@ pub trait Driver {
     ) -> (Self::Grpc, SocketAddr);
     /// Graceful shutdown of the gRPC listener.
     fn stop_grpc(server: Self::Grpc);
+    /// Serves on `127.0.0.1:0` whatever machine `acceptor` builds per connection (HTTP/1.1 ...).
+    fn start_listener(
+        acceptor: Arc<dyn palyra_proto::transport::Acceptor>,
+    ) -> (Self::Grpc, SocketAddr);
 }
 
 pub(crate) fn gateway_routers() -> RouterFactory {
@@ -669,6 +674,10 @@ macro_rules! node_plane_suite {
         #[test]
         fn node_service_over_tls() {
             $crate::node_service::node_service_over_tls::<$driver>();
+        }
+        #[test]
+        fn operator_http_basics() {
+            $crate::operator::operator_http_basics::<$driver>();
         }
         #[test]
         fn gateway_listener_over_tls() {

@@ -15,6 +15,9 @@ pub const DEFAULT_NODE_ADDR: &str = "127.0.0.1:7444";
 /// Default gateway gRPC listener (h2c).
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7443";
 
+/// Default operator-plane HTTP listener.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+
 /// The configuration file, every field optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +30,8 @@ pub struct FileConfig {
     pub grpc_addr: Option<SocketAddr>,
     /// Serve the gateway gRPC listener over TLS (the gateway's server certificate) instead of h2c.
     pub grpc_tls: Option<bool>,
+    /// Operator-plane HTTP listener.
+    pub http_addr: Option<SocketAddr>,
     /// Extra host names / IPs for the server certificate.
     pub hosts: Option<Vec<String>>,
     /// `human` or `json`.
@@ -106,6 +111,9 @@ pub struct Overrides {
     /// Serve the gateway gRPC listener over TLS (server certificate of the gateway CA).
     #[arg(long, env = "PALYRA_GRPC_TLS")]
     pub grpc_tls: bool,
+    /// Operator-plane HTTP listener (health, metrics), e.g. 127.0.0.1:8080 (port 0 picks one).
+    #[arg(long, env = "PALYRA_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
     /// TOML configuration file.
     #[arg(long, env = "PALYRA_CONFIG")]
     pub config: Option<PathBuf>,
@@ -131,6 +139,8 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// Whether the gateway gRPC listener speaks TLS.
     pub grpc_tls: bool,
+    /// Operator-plane HTTP listener.
+    pub http_addr: SocketAddr,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -233,6 +243,10 @@ impl Config {
                 .or(file.grpc_addr)
                 .unwrap_or_else(|| DEFAULT_GRPC_ADDR.parse().expect("valid default address")),
             grpc_tls: overrides.grpc_tls || file.grpc_tls.unwrap_or(false),
+            http_addr: overrides
+                .http_addr
+                .or(file.http_addr)
+                .unwrap_or_else(|| DEFAULT_HTTP_ADDR.parse().expect("valid default address")),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
             log_level: overrides
                 .log_level

@@ -4,11 +4,11 @@
 use event_listener::EventListener;
 use palyra_proto::grpc::client::{ClientMachine, Event as ClientEvent, GrpcClient};
 use palyra_proto::grpc::server::ServerConfig;
-use palyra_proto::grpc::service::{RouterFactory, ServerConnection};
+use palyra_proto::grpc::service::{GrpcAcceptor, RouterFactory};
 use palyra_proto::grpc::{Code, Status};
 use palyra_proto::h2::hpack::Field;
 use palyra_proto::transport::tls::TlsStream;
-use palyra_proto::transport::{Notifier, StreamMachine};
+use palyra_proto::transport::{Acceptor, Notifier, StreamMachine};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -50,7 +50,7 @@ impl GrpcListener {
     }
 }
 
-/// A running gRPC listener.
+/// A running TCP listener (gRPC, HTTP/1.1, ...): one task per connection.
 pub struct GrpcHandle {
     /// The bound address.
     pub local_addr: SocketAddr,
@@ -59,12 +59,27 @@ pub struct GrpcHandle {
 }
 
 impl GrpcHandle {
-    /// Binds `addr` and serves `listener`.
+    /// Binds `addr` and serves gRPC as `listener` says.
     pub async fn start(addr: SocketAddr, listener: GrpcListener) -> io::Result<Self> {
+        let acceptor = GrpcAcceptor {
+            config: listener.config,
+            routers: listener.routers,
+            tls: listener.tls,
+        };
+        Self::serve(addr, Arc::new(acceptor), listener.notifier).await
+    }
+
+    /// Binds `addr` and runs the machine `acceptor` builds on every accepted connection,
+    /// waking connections when `notifier` fires.
+    pub async fn serve(
+        addr: SocketAddr,
+        acceptor: Arc<dyn Acceptor>,
+        notifier: Option<Arc<Notifier>>,
+    ) -> io::Result<Self> {
         let socket = TcpListener::bind(addr).await?;
         let local_addr = socket.local_addr()?;
         let (shutdown, signal) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(socket, listener, signal));
+        let task = tokio::spawn(accept_loop(socket, acceptor, notifier, signal));
         Ok(Self {
             local_addr,
             shutdown,
@@ -72,7 +87,7 @@ impl GrpcHandle {
         })
     }
 
-    /// Stops accepting, sends GOAWAY on every connection and waits (bounded) for them to end.
+    /// Stops accepting, asks every connection to finish (GOAWAY, close) and waits (bounded).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), self.task).await;
@@ -81,7 +96,8 @@ impl GrpcHandle {
 
 async fn accept_loop(
     socket: TcpListener,
-    listener: GrpcListener,
+    acceptor: Arc<dyn Acceptor>,
+    notifier: Option<Arc<Notifier>>,
     mut signal: watch::Receiver<bool>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
@@ -90,29 +106,14 @@ async fn accept_loop(
             accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let now = Instant::now();
-                    let notifier = listener.notifier.clone();
-                    let config = listener.config;
-                    let routers = Arc::clone(&listener.routers);
-                    match &listener.tls {
-                        None => {
-                            let conn = ServerConnection::new(config, routers(), now);
-                            connections.spawn(serve_connection(stream, peer, conn, notifier, signal.clone()));
+                    match acceptor.accept(Instant::now()) {
+                        Ok(conn) => {
+                            connections.spawn(serve_connection(stream, peer, conn, notifier.clone(), signal.clone()));
                         }
-                        Some(tls) => {
-                            let made = TlsStream::server(Arc::clone(tls), now, move |identity, now| {
-                                ServerConnection::with_peer(config, routers(), identity, now)
-                            });
-                            match made {
-                                Ok(conn) => {
-                                    connections.spawn(serve_connection(stream, peer, conn, notifier, signal.clone()));
-                                }
-                                Err(e) => tracing::warn!(error = %e, "TLS connection setup failed"),
-                            }
-                        }
+                        Err(e) => tracing::warn!(error = %e, "connection setup failed"),
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "gRPC accept failed"),
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
             },
             _ = signal.changed() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -153,20 +154,21 @@ async fn serve_connection<M: StreamMachine>(
         }
         if conn.is_closed() {
             if let Some(reason) = conn.failure() {
-                tracing::debug!(%peer, %reason, "gRPC connection failed");
+                tracing::debug!(%peer, %reason, "connection failed");
             }
             let _ = stream.shutdown().await;
             return;
         }
         let wake = conn.poll_timeout();
+        let reading = conn.wants_input();
         tokio::select! {
-            read = stream.read(&mut buf) => match read {
+            read = stream.read(&mut buf), if reading => match read {
                 Ok(0) | Err(_) => {
                     conn.handle_eof();
                     while let Some(bytes) = conn.poll_transmit() {
                         let _ = stream.write_all(&bytes).await;
                     }
-                    tracing::debug!(%peer, "gRPC connection closed by peer");
+                    tracing::debug!(%peer, "connection closed by peer");
                     return;
                 }
                 Ok(n) => conn.handle_input(Instant::now(), &buf[..n]),

@@ -36,7 +36,16 @@ fn spawn_daemon(state: &Path) -> (Daemon, SocketAddr) {
         Command::new(env!("CARGO_BIN_EXE_palyrad"))
             .arg("--state-dir")
             .arg(state)
-            .args(["--node-addr", "127.0.0.1:0", "--log-level", "warn"])
+            .args([
+                "--node-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -95,6 +95,20 @@ impl Driver for Tokio {
         (handle, addr)
     }
 
+    fn start_listener(
+        acceptor: std::sync::Arc<dyn palyra_proto::transport::Acceptor>,
+    ) -> (Self::Grpc, SocketAddr) {
+        let handle = runtime()
+            .block_on(palyra_tokio::grpc::GrpcHandle::serve(
+                "127.0.0.1:0".parse().unwrap(),
+                acceptor,
+                None,
+            ))
+            .expect("bind");
+        let addr = handle.local_addr;
+        (handle, addr)
+    }
+
     fn stop_grpc(server: Self::Grpc) {
         runtime().block_on(server.shutdown());
     }

@@ -361,3 +361,36 @@ impl StreamMachine for ServerConnection {
 
 /// Builds the services of a new connection (drivers call it once per accepted connection).
 pub type RouterFactory = std::sync::Arc<dyn Fn() -> Router + Send + Sync>;
+
+/// Accepts gRPC connections: h2c, or TLS when a configuration is given (the calls then see the
+/// client's certificate identity).
+#[derive(Clone)]
+pub struct GrpcAcceptor {
+    /// HTTP/2 and gRPC limits.
+    pub config: super::server::ServerConfig,
+    /// Builds the services of each connection.
+    pub routers: RouterFactory,
+    /// TLS configuration; cleartext HTTP/2 when absent.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl crate::transport::Acceptor for GrpcAcceptor {
+    fn accept(&self, now: Instant) -> Result<Box<dyn StreamMachine>, String> {
+        let config = self.config;
+        let routers = Arc::clone(&self.routers);
+        match &self.tls {
+            None => Ok(Box::new(ServerConnection::new(config, routers(), now))),
+            Some(tls) => {
+                let stream = crate::transport::tls::TlsStream::server(
+                    Arc::clone(tls),
+                    now,
+                    move |identity, now| {
+                        ServerConnection::with_peer(config, routers(), identity, now)
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(Box::new(stream))
+            }
+        }
+    }
+}

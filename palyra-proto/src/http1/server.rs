@@ -169,6 +169,8 @@ pub struct Http1Server {
     pending_framing: Option<BodyLength>,
     /// The current request expects `100 Continue` before its body.
     expects_continue: bool,
+    /// Added to the answers the machine writes itself (security headers).
+    error_headers: HeaderMap,
 }
 
 const KNOWN_METHODS: [Method; 7] = [
@@ -195,7 +197,13 @@ impl Http1Server {
             eof: false,
             pending_framing: None,
             expects_continue: false,
+            error_headers: HeaderMap::new(),
         }
+    }
+
+    /// Header fields added to the error answers the machine writes itself.
+    pub fn set_error_headers(&mut self, headers: HeaderMap) {
+        self.error_headers = headers;
     }
 
     /// Bytes read from the transport.
@@ -530,7 +538,8 @@ impl Http1Server {
         );
         if !responding {
             let body = error_body(error.code, &error.message);
-            let mut fields = json_headers();
+            let mut fields = self.error_headers.clone();
+            fields.extend(json_headers());
             fields.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
             fields.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             write_head(&mut self.out, version, error.status, &fields);

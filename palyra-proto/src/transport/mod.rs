@@ -34,6 +34,50 @@ pub trait StreamMachine: Send {
     fn failure(&self) -> Option<&str> {
         None
     }
+    /// Whether the driver should read more now (false: the machine holds enough unprocessed
+    /// input; wait for output or a wake-up first).
+    fn wants_input(&self) -> bool {
+        true
+    }
+}
+
+/// Builds the machine of each accepted connection: what a listener serves.
+pub trait Acceptor: Send + Sync {
+    /// A machine for a connection accepted at `now`.
+    fn accept(&self, now: Instant) -> Result<Box<dyn StreamMachine>, String>;
+}
+
+impl StreamMachine for Box<dyn StreamMachine> {
+    fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
+        (**self).handle_input(now, bytes)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        (**self).handle_timeout(now)
+    }
+    fn handle_wake(&mut self, now: Instant) {
+        (**self).handle_wake(now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        (**self).poll_timeout()
+    }
+    fn poll_transmit(&mut self) -> Option<Bytes> {
+        (**self).poll_transmit()
+    }
+    fn is_closed(&self) -> bool {
+        (**self).is_closed()
+    }
+    fn handle_eof(&mut self) {
+        (**self).handle_eof()
+    }
+    fn go_away(&mut self) {
+        (**self).go_away()
+    }
+    fn failure(&self) -> Option<&str> {
+        (**self).failure()
+    }
+    fn wants_input(&self) -> bool {
+        (**self).wants_input()
+    }
 }
 
 /// The TLS facts about the peer of a connection, for authorization by the application.

@@ -250,6 +250,10 @@ impl<M: StreamMachine> StreamMachine for TlsStream<M> {
         self.failed.as_deref()
     }
 
+    fn wants_input(&self) -> bool {
+        self.inner.as_ref().is_none_or(|m| m.wants_input())
+    }
+
     fn go_away(&mut self) {
         match self.inner.as_mut() {
             Some(inner) => inner.go_away(),

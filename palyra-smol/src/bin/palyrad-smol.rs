@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 const USAGE: &str =
-    "usage: palyrad-smol --state-dir DIR [--node-addr ADDR] [--grpc-addr ADDR] [--exit-on-stdin-eof]";
+    "usage: palyrad-smol --state-dir DIR [--node-addr ADDR] [--grpc-addr ADDR] [--http-addr ADDR] [--exit-on-stdin-eof]";
 
 fn main() -> ExitCode {
     match run() {
@@ -32,6 +32,7 @@ fn run() -> Result<(), String> {
     let mut state_dir: Option<PathBuf> = None;
     let mut node_addr: SocketAddr = "127.0.0.1:7444".parse().map_err(|e| format!("{e}"))?;
     let mut grpc_addr: SocketAddr = "127.0.0.1:7443".parse().map_err(|e| format!("{e}"))?;
+    let mut http_addr: SocketAddr = "127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?;
     let mut stdin_eof = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -48,6 +49,12 @@ fn run() -> Result<(), String> {
                 grpc_addr = value
                     .parse()
                     .map_err(|e| format!("--grpc-addr {value:?}: {e}"))?;
+            }
+            "--http-addr" => {
+                let value = args.next().ok_or(USAGE)?;
+                http_addr = value
+                    .parse()
+                    .map_err(|e| format!("--http-addr {value:?}: {e}"))?;
             }
             "--exit-on-stdin-eof" => stdin_eof = true,
             "-h" | "--help" => {
@@ -103,7 +110,21 @@ fn run() -> Result<(), String> {
                 )
             })
             .map_err(|e| format!("bind node TLS listener: {e}"))?;
+        let operator = palyra_proto::operator::Operator::new(
+            env!("CARGO_PKG_VERSION"),
+            std::time::Instant::now(),
+        );
+        let http = GrpcHandle::serve(
+            http_addr,
+            std::sync::Arc::new(palyra_proto::operator::OperatorAcceptor {
+                operator,
+                config: Default::default(),
+            }),
+            None,
+        )
+        .map_err(|e| format!("bind {http_addr}: {e}"))?;
         let mut endpoints = BTreeMap::new();
+        endpoints.insert("http", http.local_addr.to_string());
         endpoints.insert("node_quic", handle.local_addr.to_string());
         endpoints.insert("node_tcp", node_tcp.local_addr.to_string());
         endpoints.insert("grpc", grpc.local_addr.to_string());
@@ -122,6 +143,7 @@ fn run() -> Result<(), String> {
             });
         }
         let _ = rx.recv().await;
+        http.shutdown().await;
         grpc.shutdown().await;
         node_tcp.shutdown().await;
         handle.shutdown().await.map_err(|e| e.to_string())

@@ -177,6 +177,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let started = std::time::Instant::now();
     let node = NodePlaneHandle::start(config.node_addr, plane)
         .await
         .with_context(|| format!("cannot bind the node plane on {}/udp", config.node_addr))?;
@@ -189,7 +190,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
             "release"
         }
         .into(),
-        started: std::time::Instant::now(),
+        started,
     });
     let gateway = GrpcListener {
         tls: gateway_tls,
@@ -215,7 +216,19 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
                 node.local_addr
             )
         })?;
+    let operator = palyra_proto::operator::Operator::new(env!("CARGO_PKG_VERSION"), started);
+    let http = GrpcHandle::serve(
+        config.http_addr,
+        std::sync::Arc::new(palyra_proto::operator::OperatorAcceptor {
+            operator,
+            config: Default::default(),
+        }),
+        None,
+    )
+    .await
+    .with_context(|| format!("cannot bind the HTTP listener on {}/tcp", config.http_addr))?;
     let mut endpoints = BTreeMap::new();
+    endpoints.insert("http", http.local_addr.to_string());
     endpoints.insert("node_quic", node.local_addr.to_string());
     endpoints.insert("node_tcp", node_tcp.local_addr.to_string());
     endpoints.insert("grpc", grpc.local_addr.to_string());
@@ -223,6 +236,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         node_quic = %node.local_addr,
         node_tcp = %node_tcp.local_addr,
+        http = %http.local_addr,
         grpc = %grpc.local_addr,
         grpc_tls = config.grpc_tls,
         endpoints = %endpoints_path.display(),
@@ -231,6 +245,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     );
     wait_for_signal().await?;
     tracing::info!("shutting down");
+    http.shutdown().await;
     grpc.shutdown().await;
     node_tcp.shutdown().await;
     node.shutdown().await?;

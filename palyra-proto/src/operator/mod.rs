@@ -1,0 +1,381 @@
+//! The operator plane's HTTP/1.1 application: routes served on `palyrad --http-addr`
+//! (`127.0.0.1:8080` by default) over the [`Http1Server`] machine.
+//!
+//! Every answer carries the security headers (`X-Content-Type-Options: nosniff`,
+//! `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer`, a restrictive
+//! `Content-Security-Policy`) and API answers `Cache-Control: no-store`; errors are the JSON
+//! envelope `{"error": ..., "code": ...}`, never a plain-text rejection.
+
+use crate::http1::server::{Event, Http1Server, ResponseBody, ServerConfig};
+use crate::http1::{error_body, json_headers};
+use crate::transport::{Acceptor, StreamMachine};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest request body any route reads unless it says otherwise.
+pub const DEFAULT_BODY_LIMIT: u64 = 64 * 1024;
+
+/// Counters of the operator plane, exported by `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// HTTP connections open now.
+    pub connections_open: AtomicU64,
+    /// HTTP connections accepted.
+    pub connections_total: AtomicU64,
+    /// Requests answered, by status class (1xx .. 5xx).
+    pub responses: [AtomicU64; 5],
+    /// Requests refused by the HTTP machine itself (malformed, over a limit, too slow).
+    pub rejected: AtomicU64,
+}
+
+impl Metrics {
+    fn count_status(&self, status: StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self, uptime_seconds: u64) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, u64)>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, value) in lines {
+                out.push_str(&format!("{name}{labels} {value}\n"));
+            }
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        metric(
+            "palyra_uptime_seconds",
+            "gauge",
+            "Seconds since the daemon started.",
+            vec![(String::new(), uptime_seconds)],
+        );
+        metric(
+            "palyra_http_connections_open",
+            "gauge",
+            "Operator-plane HTTP connections open.",
+            vec![(String::new(), load(&self.connections_open))],
+        );
+        metric(
+            "palyra_http_connections_total",
+            "counter",
+            "Operator-plane HTTP connections accepted.",
+            vec![(String::new(), load(&self.connections_total))],
+        );
+        metric(
+            "palyra_http_responses_total",
+            "counter",
+            "Operator-plane HTTP responses by status class.",
+            (0..5)
+                .map(|i| {
+                    (
+                        format!("{{class=\"{}xx\"}}", i + 1),
+                        load(&self.responses[i]),
+                    )
+                })
+                .collect(),
+        );
+        metric(
+            "palyra_http_rejected_total",
+            "counter",
+            "Requests refused by the HTTP layer (malformed, over a limit, too slow).",
+            vec![(String::new(), load(&self.rejected))],
+        );
+        out
+    }
+}
+
+/// What every connection of the operator plane shares.
+#[derive(Debug)]
+pub struct Operator {
+    /// Daemon version.
+    pub version: String,
+    /// When the daemon started.
+    pub started: Instant,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+impl Operator {
+    /// The operator plane of a daemon started at `started`.
+    pub fn new(version: impl Into<String>, started: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            version: version.into(),
+            started,
+            metrics: Metrics::default(),
+        })
+    }
+}
+
+/// Headers on every answer.
+pub fn security_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    h
+}
+
+fn api_headers() -> HeaderMap {
+    let mut h = security_headers();
+    h.extend(json_headers());
+    h.insert("cache-control", HeaderValue::from_static("no-store"));
+    h
+}
+
+/// One operator-plane HTTP connection.
+pub struct OperatorConnection {
+    http: Http1Server,
+    operator: Arc<Operator>,
+}
+
+impl OperatorConnection {
+    /// A connection accepted at `now`.
+    pub fn new(operator: Arc<Operator>, config: ServerConfig, now: Instant) -> Self {
+        let mut http = Http1Server::new(config, now);
+        let mut errors = security_headers();
+        errors.insert("cache-control", HeaderValue::from_static("no-store"));
+        http.set_error_headers(errors);
+        operator
+            .metrics
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
+        operator
+            .metrics
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        Self { http, operator }
+    }
+
+    fn respond(&mut self, now: Instant, status: StatusCode, headers: &HeaderMap, body: Bytes) {
+        self.operator.metrics.count_status(status);
+        let _ = self
+            .http
+            .respond(now, status, headers, ResponseBody::Full(body));
+    }
+
+    fn error(&mut self, now: Instant, status: StatusCode, code: &str, message: &str) {
+        let body = error_body(code, message);
+        self.respond(now, status, &api_headers(), body);
+    }
+
+    fn route(&mut self, now: Instant, method: &Method, path: &str) {
+        match path {
+            "/healthz" => {
+                if !matches!(*method, Method::GET | Method::HEAD) {
+                    return self.method_not_allowed(now, "GET, HEAD");
+                }
+                let body = serde_json::json!({
+                    "status": "ok",
+                    "service": "palyrad",
+                    "version": self.operator.version,
+                    "uptime_seconds": now.saturating_duration_since(self.operator.started).as_secs(),
+                });
+                self.respond(
+                    now,
+                    StatusCode::OK,
+                    &api_headers(),
+                    Bytes::from(body.to_string()),
+                );
+            }
+            "/metrics" => {
+                if !matches!(*method, Method::GET | Method::HEAD) {
+                    return self.method_not_allowed(now, "GET, HEAD");
+                }
+                let mut headers = security_headers();
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                headers.insert("cache-control", HeaderValue::from_static("no-store"));
+                let uptime = now
+                    .saturating_duration_since(self.operator.started)
+                    .as_secs();
+                let text = self.operator.metrics.render(uptime);
+                self.respond(now, StatusCode::OK, &headers, Bytes::from(text));
+            }
+            _ => self.error(now, StatusCode::NOT_FOUND, "not_found", "no such route"),
+        }
+    }
+
+    fn method_not_allowed(&mut self, now: Instant, allow: &'static str) {
+        let mut headers = api_headers();
+        headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
+        let body = error_body("method_not_allowed", "method not allowed on this route");
+        self.respond(now, StatusCode::METHOD_NOT_ALLOWED, &headers, body);
+    }
+
+    fn drive(&mut self, now: Instant) {
+        while let Some(event) = self.http.poll_event() {
+            match event {
+                Event::Request(head) => {
+                    let path = head.uri.path().to_owned();
+                    self.route(now, &head.method, &path);
+                }
+                Event::Rejected(_) => {
+                    self.operator
+                        .metrics
+                        .rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                // No route reads a body yet: answering without reading closes the connection.
+                Event::Body(_) | Event::BodyEnd => {}
+            }
+        }
+    }
+}
+
+impl Drop for OperatorConnection {
+    fn drop(&mut self) {
+        self.operator
+            .metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl StreamMachine for OperatorConnection {
+    fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
+        self.http.handle_input(now, bytes);
+        self.drive(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.http.handle_timeout(now);
+        self.drive(now);
+    }
+
+    fn handle_wake(&mut self, _now: Instant) {}
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.http.poll_timeout()
+    }
+
+    fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.http.poll_transmit()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.http.is_closed()
+    }
+
+    fn handle_eof(&mut self) {
+        self.http.handle_eof();
+    }
+
+    fn go_away(&mut self) {
+        // Finish the request in progress; an idle connection closes now.
+        self.http.handle_eof();
+    }
+
+    fn wants_input(&self) -> bool {
+        self.http.wants_input()
+    }
+}
+
+/// Accepts operator-plane connections.
+pub struct OperatorAcceptor {
+    /// Shared state.
+    pub operator: Arc<Operator>,
+    /// HTTP limits.
+    pub config: ServerConfig,
+}
+
+impl Acceptor for OperatorAcceptor {
+    fn accept(&self, now: Instant) -> Result<Box<dyn StreamMachine>, String> {
+        Ok(Box::new(OperatorConnection::new(
+            Arc::clone(&self.operator),
+            self.config,
+            now,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange(conn: &mut OperatorConnection, now: Instant, input: &[u8]) -> String {
+        conn.handle_input(now, input);
+        let mut out = Vec::new();
+        while let Some(b) = conn.poll_transmit() {
+            out.extend_from_slice(&b);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn healthz_metrics_and_error_envelopes_carry_security_headers() {
+        let started = Instant::now();
+        let operator = Operator::new("1.2.3", started);
+        let now = started + std::time::Duration::from_secs(42);
+        let mut conn = OperatorConnection::new(Arc::clone(&operator), ServerConfig::default(), now);
+        let out = exchange(&mut conn, now, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        for header in [
+            "x-content-type-options: nosniff",
+            "x-frame-options: DENY",
+            "referrer-policy: no-referrer",
+            "content-security-policy: default-src 'self'",
+            "cache-control: no-store",
+            "content-type: application/json",
+        ] {
+            assert!(out.contains(header), "{header} missing in {out}");
+        }
+        let body: serde_json::Value =
+            serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"status":"ok","service":"palyrad","version":"1.2.3","uptime_seconds":42})
+        );
+        let out = exchange(&mut conn, now, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(
+            out.starts_with("HTTP/1.1 404") && out.contains("\"code\":\"not_found\""),
+            "{out}"
+        );
+        let out = exchange(
+            &mut conn,
+            now,
+            b"DELETE /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        assert!(
+            out.starts_with("HTTP/1.1 405") && out.contains("allow: GET, HEAD"),
+            "{out}"
+        );
+        let out = exchange(&mut conn, now, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(
+            out.contains("palyra_http_responses_total{class=\"2xx\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("palyra_http_responses_total{class=\"4xx\"} 2"),
+            "{out}"
+        );
+        assert!(out.contains("palyra_http_connections_open 1"));
+        // The HTTP layer's own refusals carry the same headers and envelope.
+        let out = exchange(&mut conn, now, b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(
+            out.starts_with("HTTP/1.1 501") && out.contains("x-frame-options: DENY"),
+            "{out}"
+        );
+        assert!(out.contains("\"code\":\"not_implemented\""));
+        assert!(conn.is_closed());
+        drop(conn);
+        assert_eq!(operator.metrics.connections_open.load(Ordering::Relaxed), 0);
+        assert_eq!(operator.metrics.rejected.load(Ordering::Relaxed), 1);
+    }
+}
