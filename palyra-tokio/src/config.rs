@@ -284,6 +284,19 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/palyrad.example.toml");
+        let config = Config::resolve(&Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(config.http_addr, DEFAULT_HTTP_ADDR.parse().unwrap());
+        assert_eq!(config.grpc_addr, DEFAULT_GRPC_ADDR.parse().unwrap());
+        assert!(!config.grpc_tls);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_the_file_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
