@@ -16,3 +16,4 @@ pub mod pb;
 pub mod quic;
 pub mod store;
 pub mod transport;
+pub mod ws;
