@@ -680,6 +680,10 @@ macro_rules! node_plane_suite {
             $crate::operator::operator_http_basics::<$driver>();
         }
         #[test]
+        fn operator_websocket_echo() {
+            $crate::operator::operator_websocket_echo::<$driver>();
+        }
+        #[test]
         fn gateway_listener_over_tls() {
             $crate::node_service::gateway_listener_over_tls::<$driver>();
         }

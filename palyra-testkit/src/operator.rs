@@ -68,3 +68,72 @@ pub fn operator_http_basics<D: Driver>() {
     }
     D::stop_grpc(server);
 }
+
+/// The WebSocket upgrade on the operator listener: 101, an echoed masked text frame, and the
+/// close handshake.
+pub fn operator_websocket_echo<D: Driver>() {
+    let ws = palyra_proto::ws::WsConfig::default();
+    let (server, addr) = D::start_listener(Arc::new(OperatorAcceptor {
+        operator: Operator::with_ws_echo("suite", Instant::now(), ws),
+        config: Default::default(),
+    }));
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut request = b"GET /conformance/ws-echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    // A masked text frame "hi" (mask 1,2,3,4), sent together with the upgrade request.
+    request.extend_from_slice(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+    stream.write_all(&request).expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_until = |got: &mut Vec<u8>, stream: &mut TcpStream, buf: &mut [u8], want: usize| {
+        while got.len() < want {
+            match stream.read(buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    read_until(&mut got, &mut stream, &mut buf, 1);
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let want = got.len() + 1;
+        read_until(&mut got, &mut stream, &mut buf, want);
+        assert!(
+            got.len() >= want,
+            "[{}] connection ended before the 101 head",
+            D::NAME
+        );
+    };
+    let text = String::from_utf8_lossy(&got[..head_end]).into_owned();
+    assert!(
+        text.starts_with("HTTP/1.1 101 Switching Protocols"),
+        "[{}] {text}",
+        D::NAME
+    );
+    assert!(text.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    read_until(&mut got, &mut stream, &mut buf, head_end + 4);
+    assert_eq!(
+        &got[head_end..head_end + 4],
+        &[0x81, 0x02, b'h', b'i'],
+        "[{}] echo",
+        D::NAME
+    );
+    // A masked close frame with code 1000: echoed, then the server closes.
+    stream
+        .write_all(&[0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2])
+        .expect("write close");
+    read_until(&mut got, &mut stream, &mut buf, head_end + 8);
+    assert_eq!(
+        &got[head_end + 4..head_end + 8],
+        &[0x88, 0x02, 0x03, 0xe8],
+        "[{}] close echoed",
+        D::NAME
+    );
+    D::stop_grpc(server);
+}

@@ -6,9 +6,10 @@
 //! `Content-Security-Policy`) and API answers `Cache-Control: no-store`; errors are the JSON
 //! envelope `{"error": ..., "code": ...}`, never a plain-text rejection.
 
-use crate::http1::server::{Event, Http1Server, ResponseBody, ServerConfig};
-use crate::http1::{error_body, json_headers};
+use crate::http1::server::{Event, Http1Server, RequestHead, ResponseBody, ServerConfig};
+use crate::http1::{error_body, json_headers, HttpError};
 use crate::transport::{Acceptor, StreamMachine};
+use crate::ws::{accept_upgrade, WsConfig, WsConnection, WsEvent};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,6 +98,11 @@ pub struct Operator {
     pub started: Instant,
     /// Counters.
     pub metrics: Metrics,
+    /// Serve `GET /conformance/ws-echo` (a WebSocket echo for conformance runs only; off in
+    /// palyrad).
+    pub ws_echo: bool,
+    /// WebSocket limits and keepalive.
+    pub ws: WsConfig,
 }
 
 impl Operator {
@@ -106,8 +112,47 @@ impl Operator {
             version: version.into(),
             started,
             metrics: Metrics::default(),
+            ws_echo: false,
+            ws: WsConfig::default(),
         })
     }
+
+    /// Like [`Operator::new`], with the conformance-only WebSocket echo endpoint enabled.
+    pub fn with_ws_echo(version: impl Into<String>, started: Instant, ws: WsConfig) -> Arc<Self> {
+        Arc::new(Self {
+            version: version.into(),
+            started,
+            metrics: Metrics::default(),
+            ws_echo: true,
+            ws,
+        })
+    }
+}
+
+/// The application side of an upgraded WebSocket connection.
+pub trait WsApp: Send {
+    /// A text message arrived.
+    fn on_text(&mut self, now: Instant, text: String, ws: &mut WsConnection);
+    /// A binary message arrived.
+    fn on_binary(&mut self, now: Instant, data: Bytes, ws: &mut WsConnection);
+}
+
+/// Echoes every message back (conformance only).
+struct Echo;
+
+impl WsApp for Echo {
+    fn on_text(&mut self, _now: Instant, text: String, ws: &mut WsConnection) {
+        ws.send_text(&text);
+    }
+
+    fn on_binary(&mut self, _now: Instant, data: Bytes, ws: &mut WsConnection) {
+        ws.send_binary(data);
+    }
+}
+
+enum Phase {
+    Http,
+    Ws(WsConnection, Box<dyn WsApp>),
 }
 
 /// Headers on every answer.
@@ -141,6 +186,7 @@ fn api_headers() -> HeaderMap {
 pub struct OperatorConnection {
     http: Http1Server,
     operator: Arc<Operator>,
+    phase: Phase,
 }
 
 impl OperatorConnection {
@@ -158,7 +204,11 @@ impl OperatorConnection {
             .metrics
             .connections_total
             .fetch_add(1, Ordering::Relaxed);
-        Self { http, operator }
+        Self {
+            http,
+            operator,
+            phase: Phase::Http,
+        }
     }
 
     fn respond(&mut self, now: Instant, status: StatusCode, headers: &HeaderMap, body: Bytes) {
@@ -173,8 +223,13 @@ impl OperatorConnection {
         self.respond(now, status, &api_headers(), body);
     }
 
-    fn route(&mut self, now: Instant, method: &Method, path: &str) {
-        match path {
+    fn route(&mut self, now: Instant, head: &RequestHead) {
+        let method = &head.method;
+        match head.uri.path() {
+            "/conformance/ws-echo" if self.operator.ws_echo => match accept_upgrade(head, &[]) {
+                Ok((headers, _)) => self.upgrade(now, &headers, Box::new(Echo)),
+                Err(e) => self.http_error(now, e),
+            },
             "/healthz" => {
                 if !matches!(*method, Method::GET | Method::HEAD) {
                     return self.method_not_allowed(now, "GET, HEAD");
@@ -212,6 +267,37 @@ impl OperatorConnection {
         }
     }
 
+    fn http_error(&mut self, now: Instant, e: HttpError) {
+        self.error(now, e.status, e.code, &e.message);
+    }
+
+    /// Answers 101 and hands the connection to `app`.
+    fn upgrade(&mut self, now: Instant, headers: &HeaderMap, app: Box<dyn WsApp>) {
+        if self.http.upgrade(headers).is_err() {
+            return;
+        }
+        self.operator
+            .metrics
+            .count_status(StatusCode::SWITCHING_PROTOCOLS);
+        let leftover = self.http.take_upgraded();
+        let ws = WsConnection::new(self.operator.ws, now, &leftover);
+        self.phase = Phase::Ws(ws, app);
+        self.drive_ws(now);
+    }
+
+    fn drive_ws(&mut self, now: Instant) {
+        let Phase::Ws(ws, app) = &mut self.phase else {
+            return;
+        };
+        while let Some(event) = ws.poll_event() {
+            match event {
+                WsEvent::Text(text) => app.on_text(now, text, ws),
+                WsEvent::Binary(data) => app.on_binary(now, data, ws),
+                WsEvent::Closed { .. } => {}
+            }
+        }
+    }
+
     fn method_not_allowed(&mut self, now: Instant, allow: &'static str) {
         let mut headers = api_headers();
         headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
@@ -223,8 +309,10 @@ impl OperatorConnection {
         while let Some(event) = self.http.poll_event() {
             match event {
                 Event::Request(head) => {
-                    let path = head.uri.path().to_owned();
-                    self.route(now, &head.method, &path);
+                    self.route(now, &head);
+                    if !matches!(self.phase, Phase::Http) {
+                        return;
+                    }
                 }
                 Event::Rejected(_) => {
                     self.operator
@@ -250,40 +338,75 @@ impl Drop for OperatorConnection {
 
 impl StreamMachine for OperatorConnection {
     fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
-        self.http.handle_input(now, bytes);
-        self.drive(now);
+        match &mut self.phase {
+            Phase::Http => {
+                self.http.handle_input(now, bytes);
+                self.drive(now);
+            }
+            Phase::Ws(ws, _) => {
+                ws.handle_input(now, bytes);
+                self.drive_ws(now);
+            }
+        }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        self.http.handle_timeout(now);
-        self.drive(now);
+        match &mut self.phase {
+            Phase::Http => {
+                self.http.handle_timeout(now);
+                self.drive(now);
+            }
+            Phase::Ws(ws, _) => ws.handle_timeout(now),
+        }
     }
 
     fn handle_wake(&mut self, _now: Instant) {}
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.http.poll_timeout()
+        match &self.phase {
+            Phase::Http => self.http.poll_timeout(),
+            Phase::Ws(ws, _) => ws.poll_timeout(),
+        }
     }
 
     fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.http.poll_transmit()
+        // The 101 answer leaves through the HTTP machine before the first WebSocket frame.
+        if let Some(bytes) = self.http.poll_transmit() {
+            return Some(bytes);
+        }
+        match &mut self.phase {
+            Phase::Http => None,
+            Phase::Ws(ws, _) => ws.poll_transmit(),
+        }
     }
 
     fn is_closed(&self) -> bool {
-        self.http.is_closed()
+        match &self.phase {
+            Phase::Http => self.http.is_closed(),
+            Phase::Ws(ws, _) => ws.is_closed(),
+        }
     }
 
     fn handle_eof(&mut self) {
-        self.http.handle_eof();
+        match &mut self.phase {
+            Phase::Http => self.http.handle_eof(),
+            Phase::Ws(ws, _) => ws.handle_eof(),
+        }
     }
 
     fn go_away(&mut self) {
-        // Finish the request in progress; an idle connection closes now.
-        self.http.handle_eof();
+        match &mut self.phase {
+            // Finish the request in progress; an idle connection closes now.
+            Phase::Http => self.http.handle_eof(),
+            Phase::Ws(ws, _) => ws.close(crate::ws::close_code::GOING_AWAY, "server shutting down"),
+        }
     }
 
     fn wants_input(&self) -> bool {
-        self.http.wants_input()
+        match &self.phase {
+            Phase::Http => self.http.wants_input(),
+            Phase::Ws(..) => true,
+        }
     }
 }
 
