@@ -152,7 +152,7 @@ impl WsApp for Echo {
 
 enum Phase {
     Http,
-    Ws(WsConnection, Box<dyn WsApp>),
+    Ws(Box<WsConnection>, Box<dyn WsApp>),
 }
 
 /// Headers on every answer.
@@ -281,7 +281,7 @@ impl OperatorConnection {
             .count_status(StatusCode::SWITCHING_PROTOCOLS);
         let leftover = self.http.take_upgraded();
         let ws = WsConnection::new(self.operator.ws, now, &leftover);
-        self.phase = Phase::Ws(ws, app);
+        self.phase = Phase::Ws(Box::new(ws), app);
         self.drive_ws(now);
     }
 
