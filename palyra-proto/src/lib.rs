@@ -4,6 +4,7 @@
 //! is polled for output (`poll_transmit`, `poll_event`, `poll_timeout`). Nothing in this crate opens
 //! a socket, reads a clock, sleeps or spawns; the runtime drivers (`palyra-tokio`, `palyra-smol`) do.
 
+pub mod a2ui;
 pub mod frame;
 pub mod gateway;
 pub mod grpc;
