@@ -108,7 +108,7 @@ async fn accept_loop(
             Some(Ok((stream, peer))) => {
                 let _ = stream.get_ref().set_nodelay(true);
                 connections.retain(|t: &smol::Task<()>| !t.is_finished());
-                match acceptor.accept(Instant::now()) {
+                match acceptor.accept(Instant::now(), peer) {
                     Ok(conn) => connections.push(smol::spawn(serve_connection(
                         stream,
                         peer,

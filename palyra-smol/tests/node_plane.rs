@@ -77,10 +77,14 @@ impl Driver for Smol {
 
     fn start_listener(
         acceptor: std::sync::Arc<dyn palyra_proto::transport::Acceptor>,
+        notifier: Option<std::sync::Arc<palyra_proto::transport::Notifier>>,
     ) -> (Self::Grpc, SocketAddr) {
-        let handle =
-            palyra_smol::grpc::GrpcHandle::serve("127.0.0.1:0".parse().unwrap(), acceptor, None)
-                .expect("bind");
+        let handle = palyra_smol::grpc::GrpcHandle::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            acceptor,
+            notifier,
+        )
+        .expect("bind");
         let addr = handle.local_addr;
         (handle, addr)
     }

@@ -67,6 +67,7 @@ pub trait Driver {
     /// Serves on `127.0.0.1:0` whatever machine `acceptor` builds per connection (HTTP/1.1 ...).
     fn start_listener(
         acceptor: Arc<dyn palyra_proto::transport::Acceptor>,
+        notifier: Option<Arc<palyra_proto::transport::Notifier>>,
     ) -> (Self::Grpc, SocketAddr);
 }
 
@@ -678,6 +679,10 @@ macro_rules! node_plane_suite {
         #[test]
         fn operator_http_basics() {
             $crate::operator::operator_http_basics::<$driver>();
+        }
+        #[test]
+        fn operator_admin_api() {
+            $crate::operator::operator_admin_api::<$driver>();
         }
         #[test]
         fn operator_websocket_echo() {

@@ -35,10 +35,13 @@ fn exchange(addr: SocketAddr, request: &[u8], expect: usize) -> String {
 /// Health, metrics, keep-alive with pipelining, and the HTTP layer's limit answers.
 pub fn operator_http_basics<D: Driver>() {
     let operator = Operator::new("suite", Instant::now());
-    let (server, addr) = D::start_listener(Arc::new(OperatorAcceptor {
-        operator,
-        config: Default::default(),
-    }));
+    let (server, addr) = D::start_listener(
+        Arc::new(OperatorAcceptor {
+            operator,
+            config: Default::default(),
+        }),
+        None,
+    );
     let out = exchange(
         addr,
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -73,10 +76,13 @@ pub fn operator_http_basics<D: Driver>() {
 /// close handshake.
 pub fn operator_websocket_echo<D: Driver>() {
     let ws = palyra_proto::ws::WsConfig::default();
-    let (server, addr) = D::start_listener(Arc::new(OperatorAcceptor {
-        operator: Operator::with_ws_echo("suite", Instant::now(), ws),
-        config: Default::default(),
-    }));
+    let (server, addr) = D::start_listener(
+        Arc::new(OperatorAcceptor {
+            operator: Operator::with_ws_echo("suite", Instant::now(), ws),
+            config: Default::default(),
+        }),
+        None,
+    );
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -136,4 +142,115 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSoc
         D::NAME
     );
     D::stop_grpc(server);
+}
+
+/// The admin API with the daemon's node plane behind it: 401 without the token, 429 after
+/// repeated failures, status and node inventory, an event published over HTTP stored in the
+/// node-plane log (read back over QUIC), 413 for a body just over 64 KiB, 400 for bad JSON.
+pub fn operator_admin_api<D: Driver>() {
+    use palyra_proto::gateway::NodePlaneOptions;
+    use palyra_proto::node::NodeRequest;
+    use palyra_proto::operator::{auth::AdminAuth, Admin};
+    let gw = crate::Gateway::new();
+    let a = gw.issue(crate::DEV_A);
+    let plane = gw.plane(&NodePlaneOptions::default());
+    let hub = Arc::clone(&plane.hub);
+    hub.register(crate::DEV_A, "linux-x86_64", Vec::new(), u64::MAX / 2)
+        .expect("register");
+    let (quic, quic_addr) = D::start(plane);
+    let clock: palyra_proto::gateway::node_service::WallClock =
+        Arc::new(|| palyra_proto::store::unix_ms(std::time::SystemTime::now()));
+    let operator = Operator::daemon(
+        "suite",
+        Instant::now(),
+        Admin {
+            auth: Arc::new(AdminAuth::from_token("suite-token")),
+            hub: Arc::clone(&hub),
+            clock,
+        },
+    );
+    let (server, addr) = D::start_listener(
+        Arc::new(OperatorAcceptor {
+            operator,
+            config: Default::default(),
+        }),
+        Some(hub.notifier()),
+    );
+    let get = |path: &str, token: &str| {
+        exchange(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").as_bytes(),
+            1,
+        )
+    };
+    let out = get("/admin/v1/status", "suite-token");
+    assert!(out.starts_with("HTTP/1.1 200"), "[{}] {out}", D::NAME);
+    assert!(out.contains("\"registered\":1"), "{out}");
+    let out = get("/admin/v1/nodes", "suite-token");
+    assert!(
+        out.contains(crate::DEV_A) && out.contains("\"state\""),
+        "{out}"
+    );
+    let out = get("/admin/v1/status", "wrong");
+    assert!(
+        out.starts_with("HTTP/1.1 401") && out.contains("www-authenticate: Bearer"),
+        "{out}"
+    );
+    // Publish over HTTP: stored in the node-plane log, read back over QUIC.
+    let body = format!(
+        "{{\"name\":\"ops.notice\",\"payload\":{{\"m\":1}},\"to\":\"{}\"}}",
+        crate::DEV_A
+    );
+    let out = exchange(
+        addr,
+        format!("POST /admin/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer suite-token\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+        1,
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 201") && out.contains("\"seq\":1"),
+        "[{}] {out}",
+        D::NAME
+    );
+    let conn = D::connect(quic_addr, crate::device_tls(&a)).expect("QUIC");
+    let frames = crate::call::<D>(
+        &conn,
+        &NodeRequest::StreamEvents {
+            resume_from: None,
+            follow: false,
+        },
+    );
+    let event = frames.iter().find_map(|f| f.event.as_ref()).expect("event");
+    assert_eq!(
+        (event.name.as_str(), event.device_id.as_str()),
+        ("ops.notice", "gateway")
+    );
+    D::close(conn);
+    // Just over the body limit, and malformed JSON.
+    let big = "x".repeat(64 * 1024 + 1);
+    let out = exchange(
+        addr,
+        format!("POST /admin/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer suite-token\r\nContent-Length: {}\r\n\r\n{big}", big.len()).as_bytes(),
+        1,
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 413") && out.contains("payload_too_large"),
+        "{out}"
+    );
+    let out = exchange(
+        addr,
+        b"POST /admin/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer suite-token\r\nContent-Length: 3\r\nConnection: close\r\n\r\n{x}",
+        1,
+    );
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // Ten failures from this address, then 429 even with the right token.
+    for _ in 0..palyra_proto::operator::auth::MAX_FAILURES {
+        get("/admin/v1/status", "guess");
+    }
+    let out = get("/admin/v1/status", "suite-token");
+    assert!(
+        out.starts_with("HTTP/1.1 429") && out.contains("retry-after:"),
+        "{out}"
+    );
+    D::stop_grpc(server);
+    D::stop(quic);
 }

@@ -106,7 +106,7 @@ async fn accept_loop(
             accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    match acceptor.accept(Instant::now()) {
+                    match acceptor.accept(Instant::now(), peer) {
                         Ok(conn) => {
                             connections.spawn(serve_connection(stream, peer, conn, notifier.clone(), signal.clone()));
                         }

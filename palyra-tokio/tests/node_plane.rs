@@ -97,12 +97,13 @@ impl Driver for Tokio {
 
     fn start_listener(
         acceptor: std::sync::Arc<dyn palyra_proto::transport::Acceptor>,
+        notifier: Option<std::sync::Arc<palyra_proto::transport::Notifier>>,
     ) -> (Self::Grpc, SocketAddr) {
         let handle = runtime()
             .block_on(palyra_tokio::grpc::GrpcHandle::serve(
                 "127.0.0.1:0".parse().unwrap(),
                 acceptor,
-                None,
+                notifier,
             ))
             .expect("bind");
         let addr = handle.local_addr;

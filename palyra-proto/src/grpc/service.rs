@@ -375,7 +375,11 @@ pub struct GrpcAcceptor {
 }
 
 impl crate::transport::Acceptor for GrpcAcceptor {
-    fn accept(&self, now: Instant) -> Result<Box<dyn StreamMachine>, String> {
+    fn accept(
+        &self,
+        now: Instant,
+        _peer: std::net::SocketAddr,
+    ) -> Result<Box<dyn StreamMachine>, String> {
         let config = self.config;
         let routers = Arc::clone(&self.routers);
         match &self.tls {

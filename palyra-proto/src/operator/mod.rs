@@ -6,10 +6,15 @@
 //! `Content-Security-Policy`) and API answers `Cache-Control: no-store`; errors are the JSON
 //! envelope `{"error": ..., "code": ...}`, never a plain-text rejection.
 
+use crate::gateway::hub::NodeHub;
+use crate::gateway::node_service::WallClock;
 use crate::http1::server::{Event, Http1Server, RequestHead, ResponseBody, ServerConfig};
 use crate::http1::{error_body, json_headers, HttpError};
 use crate::transport::{Acceptor, StreamMachine};
 use crate::ws::{accept_upgrade, WsConfig, WsConnection, WsEvent};
+
+pub mod admin;
+pub mod auth;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,9 +108,39 @@ pub struct Operator {
     pub ws_echo: bool,
     /// WebSocket limits and keepalive.
     pub ws: WsConfig,
+    /// The admin API (`/admin/v1/...`), when the daemon serves it.
+    pub admin: Option<Admin>,
+}
+
+/// What the admin API works on.
+pub struct Admin {
+    /// The admin credential.
+    pub auth: Arc<auth::AdminAuth>,
+    /// Node registry and event inbox shared with the node listeners.
+    pub hub: Arc<NodeHub>,
+    /// Wall clock (Unix ms).
+    pub clock: WallClock,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admin")
+    }
 }
 
 impl Operator {
+    /// The operator plane of `palyrad`: health, metrics and the admin API.
+    pub fn daemon(version: impl Into<String>, started: Instant, admin: Admin) -> Arc<Self> {
+        Arc::new(Self {
+            version: version.into(),
+            started,
+            metrics: Metrics::default(),
+            ws_echo: false,
+            ws: WsConfig::default(),
+            admin: Some(admin),
+        })
+    }
+
     /// The operator plane of a daemon started at `started`.
     pub fn new(version: impl Into<String>, started: Instant) -> Arc<Self> {
         Arc::new(Self {
@@ -114,6 +149,7 @@ impl Operator {
             metrics: Metrics::default(),
             ws_echo: false,
             ws: WsConfig::default(),
+            admin: None,
         })
     }
 
@@ -125,6 +161,7 @@ impl Operator {
             metrics: Metrics::default(),
             ws_echo: true,
             ws,
+            admin: None,
         })
     }
 }
@@ -175,7 +212,7 @@ pub fn security_headers() -> HeaderMap {
     h
 }
 
-fn api_headers() -> HeaderMap {
+pub(crate) fn api_headers() -> HeaderMap {
     let mut h = security_headers();
     h.extend(json_headers());
     h.insert("cache-control", HeaderValue::from_static("no-store"));
@@ -187,6 +224,10 @@ pub struct OperatorConnection {
     http: Http1Server,
     operator: Arc<Operator>,
     phase: Phase,
+    /// The client's address (rate limits), when the driver knows it.
+    pub peer: Option<std::net::SocketAddr>,
+    /// A request being served over several events (body, durable write).
+    pending: Option<admin::Pending>,
 }
 
 impl OperatorConnection {
@@ -208,17 +249,25 @@ impl OperatorConnection {
             http,
             operator,
             phase: Phase::Http,
+            peer: None,
+            pending: None,
         }
     }
 
-    fn respond(&mut self, now: Instant, status: StatusCode, headers: &HeaderMap, body: Bytes) {
+    pub(crate) fn respond(
+        &mut self,
+        now: Instant,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) {
         self.operator.metrics.count_status(status);
         let _ = self
             .http
             .respond(now, status, headers, ResponseBody::Full(body));
     }
 
-    fn error(&mut self, now: Instant, status: StatusCode, code: &str, message: &str) {
+    pub(crate) fn error(&mut self, now: Instant, status: StatusCode, code: &str, message: &str) {
         let body = error_body(code, message);
         self.respond(now, status, &api_headers(), body);
     }
@@ -262,6 +311,9 @@ impl OperatorConnection {
                     .as_secs();
                 let text = self.operator.metrics.render(uptime);
                 self.respond(now, StatusCode::OK, &headers, Bytes::from(text));
+            }
+            path if path.starts_with("/admin/") && self.operator.admin.is_some() => {
+                self.admin_route(now, head)
             }
             _ => self.error(now, StatusCode::NOT_FOUND, "not_found", "no such route"),
         }
@@ -320,8 +372,8 @@ impl OperatorConnection {
                         .rejected
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                // No route reads a body yet: answering without reading closes the connection.
-                Event::Body(_) | Event::BodyEnd => {}
+                Event::Body(data) => self.on_body(data),
+                Event::BodyEnd => self.on_body_end(now),
             }
         }
     }
@@ -329,6 +381,11 @@ impl OperatorConnection {
 
 impl Drop for OperatorConnection {
     fn drop(&mut self) {
+        if let (Some(admin::Pending::Stored(ticket)), Some(admin)) =
+            (&self.pending, &self.operator.admin)
+        {
+            admin.hub.forget_ticket(*ticket);
+        }
         self.operator
             .metrics
             .connections_open
@@ -360,7 +417,12 @@ impl StreamMachine for OperatorConnection {
         }
     }
 
-    fn handle_wake(&mut self, _now: Instant) {}
+    fn handle_wake(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Http) {
+            self.on_wake(now);
+            self.drive(now);
+        }
+    }
 
     fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
@@ -419,12 +481,14 @@ pub struct OperatorAcceptor {
 }
 
 impl Acceptor for OperatorAcceptor {
-    fn accept(&self, now: Instant) -> Result<Box<dyn StreamMachine>, String> {
-        Ok(Box::new(OperatorConnection::new(
-            Arc::clone(&self.operator),
-            self.config,
-            now,
-        )))
+    fn accept(
+        &self,
+        now: Instant,
+        peer: std::net::SocketAddr,
+    ) -> Result<Box<dyn StreamMachine>, String> {
+        let mut conn = OperatorConnection::new(Arc::clone(&self.operator), self.config, now);
+        conn.peer = Some(peer);
+        Ok(Box::new(conn))
     }
 }
 

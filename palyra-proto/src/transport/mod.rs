@@ -5,6 +5,7 @@
 pub mod tls;
 
 use bytes::Bytes;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -43,8 +44,8 @@ pub trait StreamMachine: Send {
 
 /// Builds the machine of each accepted connection: what a listener serves.
 pub trait Acceptor: Send + Sync {
-    /// A machine for a connection accepted at `now`.
-    fn accept(&self, now: Instant) -> Result<Box<dyn StreamMachine>, String>;
+    /// A machine for a connection from `peer` accepted at `now`.
+    fn accept(&self, now: Instant, peer: SocketAddr) -> Result<Box<dyn StreamMachine>, String>;
 }
 
 impl StreamMachine for Box<dyn StreamMachine> {

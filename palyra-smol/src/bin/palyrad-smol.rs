@@ -110,9 +110,26 @@ fn run() -> Result<(), String> {
                 )
             })
             .map_err(|e| format!("bind node TLS listener: {e}"))?;
-        let operator = palyra_proto::operator::Operator::new(
+        let admin_token = std::env::var("PALYRA_ADMIN_TOKEN").ok();
+        let (auth, new_token) = palyra_proto::operator::auth::AdminAuth::load_or_create(
+            &state_dir,
+            admin_token.as_deref(),
+            &mut OsRng,
+        )
+        .map_err(|e| format!("admin token: {e}"))?;
+        if let Some(token) = new_token {
+            eprintln!("palyrad-smol: admin token (shown once, store it now): {token}");
+        }
+        let clock: palyra_proto::gateway::node_service::WallClock =
+            std::sync::Arc::new(|| palyra_proto::store::unix_ms(SystemTime::now()));
+        let operator = palyra_proto::operator::Operator::daemon(
             env!("CARGO_PKG_VERSION"),
             std::time::Instant::now(),
+            palyra_proto::operator::Admin {
+                auth: std::sync::Arc::new(auth),
+                hub: std::sync::Arc::clone(&hub),
+                clock,
+            },
         );
         let http = GrpcHandle::serve(
             http_addr,
@@ -120,7 +137,7 @@ fn run() -> Result<(), String> {
                 operator,
                 config: Default::default(),
             }),
-            None,
+            Some(hub.notifier()),
         )
         .map_err(|e| format!("bind {http_addr}: {e}"))?;
         let mut endpoints = BTreeMap::new();

@@ -205,7 +205,8 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         tls: Some(node_tls),
         notifier: Some(hub.notifier()),
         ..GrpcListener::h2c(palyra_proto::gateway::node_service::node_router(
-            hub, clock,
+            std::sync::Arc::clone(&hub),
+            std::sync::Arc::clone(&clock),
         )?)
     };
     let node_tcp = start_beside(node.local_addr, config.node_addr, node_listener)
@@ -216,14 +217,33 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
                 node.local_addr
             )
         })?;
-    let operator = palyra_proto::operator::Operator::new(env!("CARGO_PKG_VERSION"), started);
+    let admin_token = std::env::var("PALYRA_ADMIN_TOKEN").ok();
+    let (admin_auth, new_token) = palyra_proto::operator::auth::AdminAuth::load_or_create(
+        &config.state_dir,
+        admin_token.as_deref(),
+        &mut OsRng,
+    )
+    .context("cannot load the admin token")?;
+    if let Some(token) = new_token {
+        // Shown once: only its hash is stored. Not logged.
+        eprintln!("palyrad: admin token (shown once, store it now): {token}");
+    }
+    let operator = palyra_proto::operator::Operator::daemon(
+        env!("CARGO_PKG_VERSION"),
+        started,
+        palyra_proto::operator::Admin {
+            auth: std::sync::Arc::new(admin_auth),
+            hub: std::sync::Arc::clone(&hub),
+            clock: std::sync::Arc::clone(&clock),
+        },
+    );
     let http = GrpcHandle::serve(
         config.http_addr,
         std::sync::Arc::new(palyra_proto::operator::OperatorAcceptor {
             operator,
             config: Default::default(),
         }),
-        None,
+        Some(hub.notifier()),
     )
     .await
     .with_context(|| format!("cannot bind the HTTP listener on {}/tcp", config.http_addr))?;
