@@ -167,6 +167,10 @@ pub fn operator_admin_api<D: Driver>() {
             auth: Arc::new(AdminAuth::from_token("suite-token")),
             hub: Arc::clone(&hub),
             clock,
+            webhooks: Arc::new(
+                palyra_proto::operator::webhook::WebhookStore::open(gw.path()).expect("webhooks"),
+            ),
+            random: Arc::new(|buf: &mut [u8]| buf.fill(0x5a)),
         },
     );
     let (server, addr) = D::start_listener(
@@ -242,6 +246,57 @@ pub fn operator_admin_api<D: Driver>() {
         1,
     );
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // Webhooks: create an integration, deliver a signed event, refuse a replay and a bad signature.
+    let body = b"{\"name\":\"ci\",\"max_body_bytes\":1024}";
+    let out = exchange(
+        addr,
+        &[format!("POST /admin/v1/integrations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer suite-token\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes(), body].concat(),
+        1,
+    );
+    assert!(out.starts_with("HTTP/1.1 201"), "[{}] {out}", D::NAME);
+    let answer: serde_json::Value =
+        serde_json::from_str(out.split("\r\n\r\n").nth(1).expect("body")).expect("json");
+    let secret = hex::decode(answer["secret"].as_str().expect("secret")).expect("hex");
+    let deliver = |body: &[u8], nonce: &str, secret: &[u8]| {
+        let ts = (palyra_proto::store::unix_ms(std::time::SystemTime::now()) / 1000).to_string();
+        let sig = palyra_proto::operator::webhook::sign(secret, &ts, nonce, body);
+        let head = format!("POST /webhooks/v1/ci HTTP/1.1\r\nHost: x\r\nX-Palyra-Signature: {sig}\r\nX-Palyra-Timestamp: {ts}\r\nX-Palyra-Nonce: {nonce}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+        exchange(addr, &[head.as_bytes(), body].concat(), 1)
+    };
+    let hook = b"{\"build\":\"green\"}";
+    let out = deliver(hook, "nonce-aaaaaaaaaaaaaaaa", &secret);
+    assert!(
+        out.starts_with("HTTP/1.1 202") && out.contains("\"seq\":2"),
+        "[{}] {out}",
+        D::NAME
+    );
+    let out = deliver(hook, "nonce-aaaaaaaaaaaaaaaa", &secret);
+    assert!(out.starts_with("HTTP/1.1 409"), "replay: {out}");
+    let out = deliver(hook, "nonce-bbbbbbbbbbbbbbbb", b"wrong secret");
+    assert!(
+        out.starts_with("HTTP/1.1 401") && out.contains("bad_signature"),
+        "{out}"
+    );
+    let out = deliver(&vec![b' '; 1025], "nonce-cccccccccccccccc", &secret);
+    assert!(
+        out.starts_with("HTTP/1.1 413"),
+        "integration body limit: {out}"
+    );
+    let conn = D::connect(quic_addr, crate::device_tls(&a)).expect("QUIC");
+    let frames = crate::call::<D>(
+        &conn,
+        &NodeRequest::StreamEvents {
+            resume_from: Some(1),
+            follow: false,
+        },
+    );
+    let event = frames
+        .iter()
+        .find_map(|f| f.event.as_ref())
+        .expect("webhook event");
+    assert_eq!(event.name, "webhook.ci");
+    assert_eq!(event.payload["build"], "green");
+    D::close(conn);
     // Ten failures from this address, then 429 even with the right token.
     for _ in 0..palyra_proto::operator::auth::MAX_FAILURES {
         get("/admin/v1/status", "guess");

@@ -11,6 +11,7 @@
 //! over 64 KiB, 400 for malformed JSON.
 
 use super::auth::Denied;
+use super::webhook::{Integration, WebhookError};
 use super::{api_headers, OperatorConnection, DEFAULT_BODY_LIMIT};
 use crate::http1::server::RequestHead;
 use crate::node::message::{validate_event_name, EventBody};
@@ -25,12 +26,27 @@ pub const ONLINE_MS: u64 = 15_000;
 /// ... and `stale` (not `offline`) within this many.
 pub const STALE_MS: u64 = 60_000;
 
+/// What a collected body is for.
+pub(crate) enum BodyFor {
+    /// `POST /admin/v1/events`.
+    Event,
+    /// `POST /admin/v1/integrations`.
+    Integration,
+    /// `POST /webhooks/v1/{name}`, with the signature headers.
+    Webhook {
+        integration: Box<Integration>,
+        signature: Option<Bytes>,
+        timestamp: Option<Bytes>,
+        nonce: Option<Bytes>,
+    },
+}
+
 /// A request served over several events.
 pub(crate) enum Pending {
-    /// Collecting the body of `POST /admin/v1/events`.
-    EventBody(BytesMut),
-    /// Waiting for the event log to make an event durable.
-    Stored(u64),
+    /// Collecting a request body.
+    Body(BodyFor, BytesMut),
+    /// Waiting for the event log to make an event durable; answered with this status.
+    Stored(u64, StatusCode),
 }
 
 /// Presence of a node last seen at `last_seen` (Unix ms), at `now_ms`.
@@ -128,13 +144,41 @@ impl OperatorConnection {
                 self.json(now, StatusCode::OK, json!({ "nodes": nodes }));
             }
             ("/admin/v1/events", &Method::POST) => {
-                self.pending = Some(Pending::EventBody(BytesMut::new()));
-                if self.http.read_body(now, DEFAULT_BODY_LIMIT).is_err() {
-                    self.pending = None;
+                self.collect(now, BodyFor::Event, DEFAULT_BODY_LIMIT)
+            }
+            ("/admin/v1/integrations", &Method::POST) => {
+                self.collect(now, BodyFor::Integration, DEFAULT_BODY_LIMIT)
+            }
+            ("/admin/v1/integrations", &Method::GET) => {
+                let list: Vec<Value> = admin
+                    .webhooks
+                    .list()
+                    .into_iter()
+                    .map(|i| {
+                        json!({"name": i.name, "max_body_bytes": i.max_body_bytes,
+                               "created_at_unix_ms": i.created_at_unix_ms})
+                    })
+                    .collect();
+                self.json(now, StatusCode::OK, json!({ "integrations": list }));
+            }
+            (path, &Method::DELETE) if path.starts_with("/admin/v1/integrations/") => {
+                let name = &path["/admin/v1/integrations/".len()..];
+                match admin.webhooks.delete(name) {
+                    Ok(true) => {
+                        self.respond(now, StatusCode::NO_CONTENT, &api_headers(), Bytes::new())
+                    }
+                    Ok(false) => self.error(
+                        now,
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "no such integration",
+                    ),
+                    Err(e) => self.error(now, StatusCode::SERVICE_UNAVAILABLE, "store_failed", &e),
                 }
             }
             ("/admin/v1/status" | "/admin/v1/nodes", _) => self.not_allowed(now, "GET"),
             ("/admin/v1/events", _) => self.not_allowed(now, "POST"),
+            ("/admin/v1/integrations", _) => self.not_allowed(now, "GET, POST"),
             _ => self.error(
                 now,
                 StatusCode::NOT_FOUND,
@@ -152,30 +196,160 @@ impl OperatorConnection {
         self.respond(now, StatusCode::METHOD_NOT_ALLOWED, &headers, body);
     }
 
+    fn collect(&mut self, now: Instant, purpose: BodyFor, limit: u64) {
+        self.pending = Some(Pending::Body(purpose, BytesMut::new()));
+        if self.http.read_body(now, limit).is_err() {
+            self.pending = None;
+        }
+    }
+
+    /// `POST /webhooks/v1/{integration}`: no admin token; the signature authenticates.
+    pub(crate) fn webhook_route(&mut self, now: Instant, head: &RequestHead) {
+        let Some(admin) = &self.operator.admin else {
+            return;
+        };
+        if head.method != Method::POST {
+            return self.not_allowed(now, "POST");
+        }
+        let name = &head.uri.path()["/webhooks/v1/".len()..];
+        let Some(integration) = admin.webhooks.get(name) else {
+            return self.error(
+                now,
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such integration",
+            );
+        };
+        let header = |n: &str| {
+            head.headers
+                .get(n)
+                .map(|v| Bytes::copy_from_slice(v.as_bytes()))
+        };
+        let limit = integration.max_body_bytes;
+        let purpose = BodyFor::Webhook {
+            signature: header("x-palyra-signature"),
+            timestamp: header("x-palyra-timestamp"),
+            nonce: header("x-palyra-nonce"),
+            integration: Box::new(integration),
+        };
+        self.collect(now, purpose, limit);
+    }
+
     pub(crate) fn on_body(&mut self, data: Bytes) {
-        if let Some(Pending::EventBody(buf)) = &mut self.pending {
+        if let Some(Pending::Body(_, buf)) = &mut self.pending {
             buf.extend_from_slice(&data);
         }
     }
 
     pub(crate) fn on_body_end(&mut self, now: Instant) {
-        let Some(Pending::EventBody(buf)) = self.pending.take() else {
+        let Some(Pending::Body(purpose, buf)) = self.pending.take() else {
             return;
         };
-        match self.submit_event(&buf) {
-            Ok(ticket) => {
-                self.pending = Some(Pending::Stored(ticket));
+        let outcome = match purpose {
+            BodyFor::Event => self
+                .parse_event(&buf)
+                .and_then(|(name, payload, to)| self.submit_event(name, payload, to))
+                .map(|t| (t, StatusCode::CREATED)),
+            BodyFor::Integration => return self.create_integration(now, &buf),
+            BodyFor::Webhook {
+                integration,
+                signature,
+                timestamp,
+                nonce,
+            } => self
+                .verify_webhook(&integration, signature, timestamp, nonce, &buf)
+                .and_then(|payload| {
+                    self.submit_event(format!("webhook.{}", integration.name), payload, None)
+                })
+                .map(|t| (t, StatusCode::ACCEPTED)),
+        };
+        match outcome {
+            Ok((ticket, status)) => {
+                self.pending = Some(Pending::Stored(ticket, status));
                 self.on_wake(now);
             }
             Err((status, code, message)) => self.error(now, status, code, &message),
         }
     }
 
-    fn submit_event(&self, body: &[u8]) -> Result<u64, (StatusCode, &'static str, String)> {
-        let bad = |m: String| (StatusCode::BAD_REQUEST, "bad_request", m);
+    fn create_integration(&mut self, now: Instant, body: &[u8]) {
+        let Some(admin) = &self.operator.admin else {
+            return;
+        };
+        let request: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                return self.error(
+                    now,
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("body is not JSON: {e}"),
+                )
+            }
+        };
+        let name = request.get("name").and_then(Value::as_str).unwrap_or("");
+        let limit = request.get("max_body_bytes").and_then(Value::as_u64);
+        let mut secret = [0u8; 32];
+        (admin.random)(&mut secret);
+        match admin.webhooks.create(name, limit, (admin.clock)(), secret) {
+            Ok(i) => self.json(
+                now,
+                StatusCode::CREATED,
+                json!({"name": i.name, "secret": i.secret_hex, "max_body_bytes": i.max_body_bytes,
+                       "signature": "X-Palyra-Signature: v1=hex(HMAC-SHA256(hex_decode(secret), timestamp \".\" nonce \".\" body))"}),
+            ),
+            Err(e) => self.error(now, StatusCode::BAD_REQUEST, "bad_request", &e),
+        }
+    }
+
+    fn verify_webhook(
+        &self,
+        integration: &Integration,
+        signature: Option<Bytes>,
+        timestamp: Option<Bytes>,
+        nonce: Option<Bytes>,
+        body: &[u8],
+    ) -> Result<Value, (StatusCode, &'static str, String)> {
         let Some(admin) = &self.operator.admin else {
             return Err((StatusCode::NOT_FOUND, "not_found", "no admin API".into()));
         };
+        let now_secs = (admin.clock)() / 1000;
+        admin
+            .webhooks
+            .verify(
+                integration,
+                signature.as_deref(),
+                timestamp.as_deref(),
+                nonce.as_deref(),
+                body,
+                now_secs,
+            )
+            .map_err(|e| {
+                let (status, code) = match &e {
+                    WebhookError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+                    WebhookError::Stale => (StatusCode::UNAUTHORIZED, "stale_timestamp"),
+                    WebhookError::BadSignature => (StatusCode::UNAUTHORIZED, "bad_signature"),
+                    WebhookError::Replayed => (StatusCode::CONFLICT, "replayed_nonce"),
+                    WebhookError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+                    WebhookError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_failed"),
+                };
+                (status, code, e.to_string())
+            })?;
+        serde_json::from_slice(body).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("webhook body is not JSON: {e}"),
+            )
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn parse_event(
+        &self,
+        body: &[u8],
+    ) -> Result<(String, Value, Option<String>), (StatusCode, &'static str, String)> {
+        let bad = |m: String| (StatusCode::BAD_REQUEST, "bad_request", m);
         let request: Value =
             serde_json::from_slice(body).map_err(|e| bad(format!("body is not JSON: {e}")))?;
         let name = request
@@ -190,11 +364,24 @@ impl OperatorConnection {
             }
             Some(_) => return Err(bad("to must be a canonical device ID (ULID)".into())),
         };
+        let payload = request.get("payload").cloned().unwrap_or(Value::Null);
+        Ok((name.to_owned(), payload, to))
+    }
+
+    fn submit_event(
+        &self,
+        name: String,
+        payload: Value,
+        to: Option<String>,
+    ) -> Result<u64, (StatusCode, &'static str, String)> {
+        let Some(admin) = &self.operator.admin else {
+            return Err((StatusCode::NOT_FOUND, "not_found", "no admin API".into()));
+        };
         let event = EventBody {
-            name: name.to_owned(),
+            name,
             device_id: "gateway".into(),
             occurred_at_unix_ms: (admin.clock)(),
-            payload: request.get("payload").cloned().unwrap_or(Value::Null),
+            payload,
             to: to.clone(),
         };
         let encoded = serde_json::to_vec(&event).unwrap_or_default();
@@ -209,7 +396,7 @@ impl OperatorConnection {
 
     /// Shared state changed: a durable write may have completed.
     pub(crate) fn on_wake(&mut self, now: Instant) {
-        let Some(Pending::Stored(ticket)) = self.pending else {
+        let Some(Pending::Stored(ticket, status)) = self.pending else {
             return;
         };
         let Some(admin) = &self.operator.admin else {
@@ -219,7 +406,7 @@ impl OperatorConnection {
             None => {}
             Some(Ok(seq)) => {
                 self.pending = None;
-                self.json(now, StatusCode::CREATED, json!({ "seq": seq }));
+                self.json(now, status, json!({ "seq": seq }));
             }
             Some(Err(e)) => {
                 self.pending = None;

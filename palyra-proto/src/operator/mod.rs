@@ -15,6 +15,7 @@ use crate::ws::{accept_upgrade, WsConfig, WsConnection, WsEvent};
 
 pub mod admin;
 pub mod auth;
+pub mod webhook;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,6 +121,10 @@ pub struct Admin {
     pub hub: Arc<NodeHub>,
     /// Wall clock (Unix ms).
     pub clock: WallClock,
+    /// Webhook integrations and nonces.
+    pub webhooks: Arc<webhook::WebhookStore>,
+    /// Fills a buffer with OS randomness (integration secrets).
+    pub random: Arc<dyn Fn(&mut [u8]) + Send + Sync>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -315,6 +320,9 @@ impl OperatorConnection {
             path if path.starts_with("/admin/") && self.operator.admin.is_some() => {
                 self.admin_route(now, head)
             }
+            path if path.starts_with("/webhooks/v1/") && self.operator.admin.is_some() => {
+                self.webhook_route(now, head)
+            }
             _ => self.error(now, StatusCode::NOT_FOUND, "not_found", "no such route"),
         }
     }
@@ -381,7 +389,7 @@ impl OperatorConnection {
 
 impl Drop for OperatorConnection {
     fn drop(&mut self) {
-        if let (Some(admin::Pending::Stored(ticket)), Some(admin)) =
+        if let (Some(admin::Pending::Stored(ticket, _)), Some(admin)) =
             (&self.pending, &self.operator.admin)
         {
             admin.hub.forget_ticket(*ticket);

@@ -129,6 +129,13 @@ fn run() -> Result<(), String> {
                 auth: std::sync::Arc::new(auth),
                 hub: std::sync::Arc::clone(&hub),
                 clock,
+                webhooks: std::sync::Arc::new(
+                    palyra_proto::operator::webhook::WebhookStore::open(&state_dir)
+                        .map_err(|e| format!("webhook store: {e}"))?,
+                ),
+                random: std::sync::Arc::new(|buf: &mut [u8]| {
+                    rand_core::RngCore::fill_bytes(&mut OsRng, buf)
+                }),
             },
         );
         let http = GrpcHandle::serve(

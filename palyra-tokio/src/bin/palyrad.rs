@@ -235,6 +235,13 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
             auth: std::sync::Arc::new(admin_auth),
             hub: std::sync::Arc::clone(&hub),
             clock: std::sync::Arc::clone(&clock),
+            webhooks: std::sync::Arc::new(
+                palyra_proto::operator::webhook::WebhookStore::open(&config.state_dir)
+                    .context("cannot open the webhook store")?,
+            ),
+            random: std::sync::Arc::new(|buf: &mut [u8]| {
+                rand_core::RngCore::fill_bytes(&mut OsRng, buf)
+            }),
         },
     );
     let http = GrpcHandle::serve(
