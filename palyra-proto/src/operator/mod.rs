@@ -113,6 +113,9 @@ pub struct Operator {
     pub admin: Option<Admin>,
 }
 
+/// Fills a buffer with secure randomness (injected by the driver).
+pub type RandomFill = Arc<dyn Fn(&mut [u8]) + Send + Sync>;
+
 /// What the admin API works on.
 pub struct Admin {
     /// The admin credential.
@@ -124,7 +127,7 @@ pub struct Admin {
     /// Webhook integrations and nonces.
     pub webhooks: Arc<webhook::WebhookStore>,
     /// Fills a buffer with OS randomness (integration secrets).
-    pub random: Arc<dyn Fn(&mut [u8]) + Send + Sync>,
+    pub random: RandomFill,
 }
 
 impl std::fmt::Debug for Admin {
