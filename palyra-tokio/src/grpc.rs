@@ -3,8 +3,7 @@
 
 use event_listener::EventListener;
 use palyra_proto::grpc::client::{ClientMachine, Event as ClientEvent, GrpcClient};
-use palyra_proto::grpc::server::ServerConfig;
-use palyra_proto::grpc::service::{GrpcAcceptor, RouterFactory};
+pub use palyra_proto::grpc::service::GrpcListener;
 use palyra_proto::grpc::{Code, Status};
 use palyra_proto::h2::hpack::Field;
 use palyra_proto::transport::tls::TlsStream;
@@ -25,31 +24,6 @@ const READ_BUFFER: usize = 16 * 1024;
 /// How long open calls may run after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// What a gRPC listener serves and how.
-#[derive(Clone)]
-pub struct GrpcListener {
-    /// HTTP/2 and gRPC limits.
-    pub config: ServerConfig,
-    /// Builds the services of each connection.
-    pub routers: RouterFactory,
-    /// TLS configuration; cleartext HTTP/2 (h2c) when absent.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Shared state whose changes wake the connections (pushing streams).
-    pub notifier: Option<Arc<Notifier>>,
-}
-
-impl GrpcListener {
-    /// Cleartext HTTP/2 with default limits.
-    pub fn h2c(routers: RouterFactory) -> Self {
-        Self {
-            config: ServerConfig::default(),
-            routers,
-            tls: None,
-            notifier: None,
-        }
-    }
-}
-
 /// A running TCP listener (gRPC, HTTP/1.1, ...): one task per connection.
 pub struct GrpcHandle {
     /// The bound address.
@@ -61,12 +35,8 @@ pub struct GrpcHandle {
 impl GrpcHandle {
     /// Binds `addr` and serves gRPC as `listener` says.
     pub async fn start(addr: SocketAddr, listener: GrpcListener) -> io::Result<Self> {
-        let acceptor = GrpcAcceptor {
-            config: listener.config,
-            routers: listener.routers,
-            tls: listener.tls,
-        };
-        Self::serve(addr, Arc::new(acceptor), listener.notifier).await
+        let (acceptor, notifier) = listener.into_parts();
+        Self::serve(addr, acceptor, notifier).await
     }
 
     /// Binds `addr` and runs the machine `acceptor` builds on every accepted connection,
@@ -140,12 +110,11 @@ async fn serve_connection<M: StreamMachine>(
     let mut seen = notifier.as_ref().map_or(0, |n| n.version());
     loop {
         let listener = notifier.as_ref().map(|n| n.listen());
-        if let Some(n) = &notifier {
-            let version = n.version();
-            if version != seen {
-                seen = version;
-                conn.handle_wake(Instant::now());
-            }
+        if notifier
+            .as_ref()
+            .is_some_and(|n| n.changed_since(&mut seen))
+        {
+            conn.handle_wake(Instant::now());
         }
         while let Some(bytes) = conn.poll_transmit() {
             if stream.write_all(&bytes).await.is_err() {

@@ -398,3 +398,43 @@ impl crate::transport::Acceptor for GrpcAcceptor {
         }
     }
 }
+
+/// What a gRPC listener serves and how; drivers bind it with their `GrpcHandle::start`.
+#[derive(Clone)]
+pub struct GrpcListener {
+    /// HTTP/2 and gRPC limits.
+    pub config: super::server::ServerConfig,
+    /// Builds the services of each connection.
+    pub routers: RouterFactory,
+    /// TLS configuration; cleartext HTTP/2 (h2c) when absent.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Shared state whose changes wake the connections (pushing streams).
+    pub notifier: Option<Arc<crate::transport::Notifier>>,
+}
+
+impl GrpcListener {
+    /// Cleartext HTTP/2 with default limits.
+    pub fn h2c(routers: RouterFactory) -> Self {
+        Self {
+            config: super::server::ServerConfig::default(),
+            routers,
+            tls: None,
+            notifier: None,
+        }
+    }
+
+    /// The acceptor building each connection's machine, and the notifier to wake them with.
+    pub fn into_parts(
+        self,
+    ) -> (
+        Arc<dyn crate::transport::Acceptor>,
+        Option<Arc<crate::transport::Notifier>>,
+    ) {
+        let acceptor = GrpcAcceptor {
+            config: self.config,
+            routers: self.routers,
+            tls: self.tls,
+        };
+        (Arc::new(acceptor), self.notifier)
+    }
+}

@@ -135,4 +135,12 @@ impl Notifier {
     pub fn listen(&self) -> event_listener::EventListener {
         self.event.listen()
     }
+
+    /// Whether a notification came since `seen` (which is then brought up to date).
+    pub fn changed_since(&self, seen: &mut u64) -> bool {
+        let version = self.version();
+        let changed = version != *seen;
+        *seen = version;
+        changed
+    }
 }
