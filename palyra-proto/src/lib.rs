@@ -5,6 +5,7 @@
 //! a socket, reads a clock, sleeps or spawns; the runtime drivers (`palyra-tokio`, `palyra-smol`) do.
 
 pub mod a2ui;
+pub mod console;
 pub mod frame;
 pub mod gateway;
 pub mod grpc;

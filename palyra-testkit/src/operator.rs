@@ -163,15 +163,15 @@ pub fn operator_admin_api<D: Driver>() {
     let operator = Operator::daemon(
         "suite",
         Instant::now(),
-        Admin {
-            auth: Arc::new(AdminAuth::from_token("suite-token")),
-            hub: Arc::clone(&hub),
+        Admin::open(
+            gw.path(),
+            AdminAuth::from_token("suite-token"),
+            Arc::clone(&hub),
             clock,
-            webhooks: Arc::new(
-                palyra_proto::operator::webhook::WebhookStore::open(gw.path()).expect("webhooks"),
-            ),
-            random: Arc::new(|buf: &mut [u8]| buf.fill(0x5a)),
-        },
+            Arc::new(|buf: &mut [u8]| buf.fill(0x5a)),
+            Vec::new(),
+        )
+        .expect("operator stores"),
     );
     let (server, addr) = D::start_listener(
         Arc::new(OperatorAcceptor {

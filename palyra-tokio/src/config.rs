@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub grpc_tls: Option<bool>,
     /// Operator-plane HTTP listener.
     pub http_addr: Option<SocketAddr>,
+    /// Origins besides the listener's own allowed to use the console (`https://host:port`).
+    pub console_origins: Option<Vec<String>>,
     /// Extra host names / IPs for the server certificate.
     pub hosts: Option<Vec<String>>,
     /// `human` or `json`.
@@ -114,6 +116,14 @@ pub struct Overrides {
     /// Operator-plane HTTP listener (health, metrics), e.g. 127.0.0.1:8080 (port 0 picks one).
     #[arg(long, env = "PALYRA_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// Extra origin allowed to open the console stream, e.g. https://palyra.example:8443
+    /// (repeatable; env: comma-separated). The listener's own origin is always allowed.
+    #[arg(
+        long = "console-origin",
+        env = "PALYRA_CONSOLE_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub console_origins: Vec<String>,
     /// TOML configuration file.
     #[arg(long, env = "PALYRA_CONFIG")]
     pub config: Option<PathBuf>,
@@ -141,6 +151,8 @@ pub struct Config {
     pub grpc_tls: bool,
     /// Operator-plane HTTP listener.
     pub http_addr: SocketAddr,
+    /// Extra console origins.
+    pub console_origins: Vec<String>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -247,6 +259,12 @@ impl Config {
                 .http_addr
                 .or(file.http_addr)
                 .unwrap_or_else(|| DEFAULT_HTTP_ADDR.parse().expect("valid default address")),
+            console_origins: overrides
+                .console_origins
+                .iter()
+                .cloned()
+                .chain(file.console_origins.unwrap_or_default())
+                .collect(),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
             log_level: overrides
                 .log_level

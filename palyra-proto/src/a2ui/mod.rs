@@ -4,7 +4,6 @@
 //! (replay from a version, snapshot on a gap, coalescing for slow readers) every transport uses.
 
 use serde_json::Value;
-use std::collections::VecDeque;
 
 /// The only document and patch version.
 pub const VERSION: u64 = 1;
@@ -100,8 +99,8 @@ pub struct Op {
     pub value: Option<Value>,
 }
 
-/// Checks nesting depth and forbidden keys of a value.
-fn check_value(value: &Value, depth: usize) -> Result<(), A2uiError> {
+/// Checks nesting depth (from `depth`) and forbidden keys of a value.
+pub fn check_value(value: &Value, depth: usize) -> Result<(), A2uiError> {
     if depth > MAX_DEPTH {
         return Err(A2uiError::Limit(format!("nesting deeper than {MAX_DEPTH}")));
     }
@@ -401,16 +400,13 @@ pub enum Update {
     },
 }
 
-/// Patches kept per surface for replay.
-pub const HISTORY_PATCHES: usize = 256;
-
-/// A live surface: current document, version, and recent patches for replay.
+/// A live surface: current document and version. Replay and coalescing for subscribers live in
+/// the console log (`crate::console`), which is durable.
 #[derive(Debug, Clone)]
 pub struct Surface {
     name: String,
     version: u64,
     document: Value,
-    history: VecDeque<(u64, Value)>,
 }
 
 impl Surface {
@@ -422,7 +418,6 @@ impl Surface {
             name,
             version: 1,
             document,
-            history: VecDeque::new(),
         })
     }
 
@@ -434,6 +429,11 @@ impl Surface {
     /// Current version.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Sets the version (a surface restored from the log keeps its numbering).
+    pub fn set_version(&mut self, version: u64) {
+        self.version = version;
     }
 
     /// Current document.
@@ -463,16 +463,11 @@ impl Surface {
         }
         self.document = next;
         self.version += 1;
-        let ops_value = patch["ops"].clone();
-        self.history.push_back((self.version, ops_value.clone()));
-        while self.history.len() > HISTORY_PATCHES {
-            self.history.pop_front();
-        }
         Ok(Update::Patch {
             surface: self.name.clone(),
             version: self.version,
             base_version: base,
-            ops: ops_value,
+            ops: patch["ops"].clone(),
         })
     }
 
@@ -483,93 +478,6 @@ impl Surface {
             version: self.version,
             document: self.document.clone(),
         }
-    }
-
-    /// What a client at `version` needs: the patches since, or a snapshot when they are no
-    /// longer retained (or the client is ahead, e.g. after a restart lost history).
-    pub fn catch_up(&self, version: u64) -> Vec<Update> {
-        if version == self.version {
-            return Vec::new();
-        }
-        let first_kept = self.history.front().map(|(v, _)| v - 1);
-        match first_kept {
-            Some(first) if version >= first && version < self.version => self
-                .history
-                .iter()
-                .filter(|(v, _)| *v > version)
-                .map(|(v, ops)| Update::Patch {
-                    surface: self.name.clone(),
-                    version: *v,
-                    base_version: v - 1,
-                    ops: ops.clone(),
-                })
-                .collect(),
-            _ => vec![self.snapshot()],
-        }
-    }
-}
-
-/// Per-subscriber outgoing queue with coalescing: when a surface has more than
-/// `max_per_surface` patches waiting, they are replaced by one snapshot (taken when the queue is
-/// drained, so it is current).
-#[derive(Debug, Default)]
-pub struct Outbox {
-    queue: VecDeque<Update>,
-    max_per_surface: usize,
-}
-
-impl Outbox {
-    /// An outbox coalescing beyond `max_per_surface` pending patches per surface.
-    pub fn new(max_per_surface: usize) -> Self {
-        Self {
-            queue: VecDeque::new(),
-            max_per_surface: max_per_surface.max(1),
-        }
-    }
-
-    /// Queues an update; `current` gives the surface's present state for coalescing.
-    pub fn push(&mut self, update: Update, current: &Surface) {
-        let name = match &update {
-            Update::Patch { surface, .. } | Update::Snapshot { surface, .. } => surface.clone(),
-        };
-        if matches!(update, Update::Snapshot { .. }) {
-            self.queue
-                .retain(|u| !matches!(u, Update::Patch { surface, .. } | Update::Snapshot { surface, .. } if *surface == name));
-            self.queue.push_back(update);
-            return;
-        }
-        let pending = self
-            .queue
-            .iter()
-            .filter(|u| matches!(u, Update::Patch { surface, .. } if *surface == name))
-            .count();
-        if pending >= self.max_per_surface {
-            self.push(current.snapshot(), current);
-        } else if self
-            .queue
-            .iter()
-            .any(|u| matches!(u, Update::Snapshot { surface, .. } if *surface == name))
-        {
-            // A snapshot is already waiting: bring it up to date instead of queueing a patch.
-            self.push(current.snapshot(), current);
-        } else {
-            self.queue.push_back(update);
-        }
-    }
-
-    /// The next update to send.
-    pub fn pop(&mut self) -> Option<Update> {
-        self.queue.pop_front()
-    }
-
-    /// Updates waiting.
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
-    /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
     }
 }
 

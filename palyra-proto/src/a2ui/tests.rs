@@ -160,66 +160,6 @@ fn every_limit_is_enforced_just_over_it() {
         .is_err());
 }
 
-#[test]
-fn catch_up_replays_or_snapshots() {
-    let mut s = Surface::new(doc()).unwrap();
-    for i in 0..(HISTORY_PATCHES + 10) {
-        s.apply_patch(
-            None,
-            &patch(
-                json!([{"op":"replace","path":"/components/0/props/value","value":i.to_string()}]),
-            ),
-        )
-        .unwrap();
-    }
-    let now = s.version();
-    assert!(s.catch_up(now).is_empty());
-    let recent = s.catch_up(now - 3);
-    assert_eq!(recent.len(), 3);
-    assert!(matches!(recent[0], Update::Patch { base_version, .. } if base_version == now - 3));
-    // Too old (or from the future, e.g. after a restart): a snapshot.
-    assert!(matches!(s.catch_up(1)[..], [Update::Snapshot { version, .. }] if version == now));
-    assert!(matches!(s.catch_up(now + 5)[..], [Update::Snapshot { .. }]));
-    // Replaying the retained patches onto the old document gives the current one.
-    let oldest = now - HISTORY_PATCHES as u64;
-    let mut replica = Surface::new(doc()).unwrap();
-    for i in 0..(HISTORY_PATCHES + 10 - HISTORY_PATCHES) {
-        replica.apply_patch(None, &patch(json!([{"op":"replace","path":"/components/0/props/value","value":i.to_string()}]))).unwrap();
-    }
-    assert_eq!(replica.version(), oldest);
-    for update in s.catch_up(oldest) {
-        let Update::Patch {
-            base_version, ops, ..
-        } = update
-        else {
-            panic!("patch expected")
-        };
-        replica
-            .apply_patch(Some(base_version), &json!({"v":1,"ops":ops}))
-            .unwrap();
-    }
-    assert_eq!(replica.document(), s.document());
-}
-
-#[test]
-fn slow_subscribers_get_coalesced_snapshots() {
-    let mut s = Surface::new(doc()).unwrap();
-    let mut outbox = Outbox::new(4);
-    for i in 0..10 {
-        let u = s.apply_patch(None, &patch(json!([{"op":"replace","path":"/components/0/props/value","value":i.to_string()}]))).unwrap();
-        outbox.push(u, &s);
-    }
-    assert!(outbox.len() <= 5, "{}", outbox.len());
-    let mut last = None;
-    while let Some(u) = outbox.pop() {
-        last = Some(u);
-    }
-    assert!(
-        matches!(last, Some(Update::Snapshot { version: 11, .. })),
-        "{last:?}"
-    );
-}
-
 /// A naive reference: the same operations on a plain JSON value through `pointer_mut`.
 fn reference(doc: &Value, ops: &[(OpKind, String, Option<Value>)]) -> Option<Value> {
     let mut v = doc.clone();

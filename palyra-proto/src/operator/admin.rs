@@ -5,14 +5,22 @@
 //! | `GET /admin/v1/status` | daemon version, uptime, node counts by presence |
 //! | `GET /admin/v1/nodes` | node inventory: registration, capabilities, `online` / `stale` / `offline` |
 //! | `POST /admin/v1/events` | `{"name","payload","to"?}` into the node-plane event log; 201 `{"seq"}` once durable |
+//! | `GET/POST /admin/v1/integrations`, `DELETE /admin/v1/integrations/{name}` | webhook integrations |
+//! | `GET /admin/v1/chat/sessions` | chat sessions with their recent messages |
+//! | `POST /admin/v1/chat/sessions/{session}/messages` | `{"message_id","text","streaming"?,"author"?}` -> 201 |
+//! | `POST /admin/v1/chat/messages/{message}/delta` | `{"text"}` appended to a streaming message |
+//! | `POST /admin/v1/chat/messages/{message}/done` | ends a streaming message |
+//! | `GET /admin/v1/surfaces`, `GET /admin/v1/surfaces/{name}` | A2UI surfaces |
+//! | `PUT /admin/v1/surfaces/{name}` | the whole document -> `{"version"}` |
+//! | `PATCH /admin/v1/surfaces/{name}` | `{"base_version"?,"ops"}` -> `{"version"}`; 409 when stale |
 //!
 //! 401 `unauthorized` for a missing or wrong token (with `WWW-Authenticate: Bearer`), 429
 //! `rate_limited` with `Retry-After` after repeated failures from one address, 413 for a body
 //! over 64 KiB, 400 for malformed JSON.
 
-use super::auth::Denied;
 use super::webhook::{Integration, WebhookError};
 use super::{api_headers, OperatorConnection, DEFAULT_BODY_LIMIT};
+use crate::console::Command;
 use crate::http1::server::RequestHead;
 use crate::node::message::{validate_event_name, EventBody};
 use crate::store::NewEvent;
@@ -32,6 +40,16 @@ pub(crate) enum BodyFor {
     Event,
     /// `POST /admin/v1/integrations`.
     Integration,
+    /// `POST /console/v1/auth/login`.
+    Login,
+    /// `POST /admin/v1/chat/sessions/{session}/messages`.
+    ChatPost(String),
+    /// `POST /admin/v1/chat/messages/{message}/delta`.
+    ChatDelta(String),
+    /// `PUT /admin/v1/surfaces/{name}`.
+    SurfacePut(String),
+    /// `PATCH /admin/v1/surfaces/{name}`.
+    SurfacePatch(String),
     /// `POST /webhooks/v1/{name}`, with the signature headers.
     Webhook {
         integration: Box<Integration>,
@@ -45,8 +63,9 @@ pub(crate) enum BodyFor {
 pub(crate) enum Pending {
     /// Collecting a request body.
     Body(BodyFor, BytesMut),
-    /// Waiting for the event log to make an event durable; answered with this status.
-    Stored(u64, StatusCode),
+    /// Waiting for the event log to make an event durable; answered with this status, then
+    /// shown on the console.
+    Stored(u64, StatusCode, Option<Box<Command>>),
 }
 
 /// Presence of a node last seen at `last_seen` (Unix ms), at `now_ms`.
@@ -62,7 +81,7 @@ pub fn presence(last_seen: u64, now_ms: u64) -> &'static str {
 }
 
 impl OperatorConnection {
-    fn json(&mut self, now: Instant, status: StatusCode, body: Value) {
+    pub(crate) fn json(&mut self, now: Instant, status: StatusCode, body: Value) {
         self.respond(now, status, &api_headers(), Bytes::from(body.to_string()));
     }
 
@@ -77,29 +96,8 @@ impl OperatorConnection {
             self.peer.map(|p| p.ip()),
             now,
         );
-        match auth {
-            Ok(()) => {}
-            Err(Denied::Unauthorized) => {
-                let mut headers = api_headers();
-                headers.insert(
-                    http::header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer"),
-                );
-                let body = crate::http1::error_body("unauthorized", "missing or wrong admin token");
-                return self.respond(now, StatusCode::UNAUTHORIZED, &headers, body);
-            }
-            Err(Denied::RateLimited(wait)) => {
-                let mut headers = api_headers();
-                headers.insert(
-                    http::header::RETRY_AFTER,
-                    HeaderValue::from(wait.as_secs().max(1)),
-                );
-                let body = crate::http1::error_body(
-                    "rate_limited",
-                    "too many failed attempts from this address; retry later",
-                );
-                return self.respond(now, StatusCode::TOO_MANY_REQUESTS, &headers, body);
-            }
+        if let Err(denied) = auth {
+            return self.denied(now, denied);
         }
         let hub = std::sync::Arc::clone(&admin.hub);
         let now_ms = (admin.clock)();
@@ -176,7 +174,41 @@ impl OperatorConnection {
                     Err(e) => self.error(now, StatusCode::SERVICE_UNAVAILABLE, "store_failed", &e),
                 }
             }
-            ("/admin/v1/status" | "/admin/v1/nodes", _) => self.not_allowed(now, "GET"),
+            ("/admin/v1/chat/sessions", &Method::GET) => {
+                let sessions: Vec<Value> = admin
+                    .console
+                    .sessions()
+                    .into_iter()
+                    .map(|(id, count, last, messages)| {
+                        json!({"session_id": id, "message_count": count,
+                               "last_at_unix_ms": last, "messages": messages})
+                    })
+                    .collect();
+                self.json(now, StatusCode::OK, json!({ "sessions": sessions }));
+            }
+            ("/admin/v1/surfaces", &Method::GET) => {
+                let surfaces: Vec<Value> = admin
+                    .console
+                    .surfaces()
+                    .into_iter()
+                    .map(|s| json!({"surface": s.surface, "version": s.version, "owner": s.owner}))
+                    .collect();
+                self.json(now, StatusCode::OK, json!({ "surfaces": surfaces }));
+            }
+            (path, method)
+                if path.starts_with("/admin/v1/chat/")
+                    || path.starts_with("/admin/v1/surfaces/") =>
+            {
+                let method = method.clone();
+                self.console_admin_route(now, path, &method)
+            }
+            (
+                "/admin/v1/status"
+                | "/admin/v1/nodes"
+                | "/admin/v1/chat/sessions"
+                | "/admin/v1/surfaces",
+                _,
+            ) => self.not_allowed(now, "GET"),
             ("/admin/v1/events", _) => self.not_allowed(now, "POST"),
             ("/admin/v1/integrations", _) => self.not_allowed(now, "GET, POST"),
             _ => self.error(
@@ -196,7 +228,7 @@ impl OperatorConnection {
         self.respond(now, StatusCode::METHOD_NOT_ALLOWED, &headers, body);
     }
 
-    fn collect(&mut self, now: Instant, purpose: BodyFor, limit: u64) {
+    pub(crate) fn collect(&mut self, now: Instant, purpose: BodyFor, limit: u64) {
         self.pending = Some(Pending::Body(purpose, BytesMut::new()));
         if self.http.read_body(now, limit).is_err() {
             self.pending = None;
@@ -249,8 +281,23 @@ impl OperatorConnection {
             BodyFor::Event => self
                 .parse_event(&buf)
                 .and_then(|(name, payload, to)| self.submit_event(name, payload, to))
-                .map(|t| (t, StatusCode::CREATED)),
+                .map(|(t, shown)| (t, StatusCode::CREATED, Some(shown))),
             BodyFor::Integration => return self.create_integration(now, &buf),
+            BodyFor::Login => return self.login(now, &buf),
+            BodyFor::ChatPost(session) => return self.chat_post(now, session, &buf),
+            BodyFor::ChatDelta(message) => {
+                let text = match parse_body(&buf).and_then(|v| text_field(&v, "text")) {
+                    Ok(t) => t,
+                    Err(e) => return self.error(now, StatusCode::BAD_REQUEST, "bad_request", &e),
+                };
+                let command = Command::Delta {
+                    message_id: message,
+                    text,
+                };
+                return self.publish_console(now, command, StatusCode::OK);
+            }
+            BodyFor::SurfacePut(name) => return self.surface_put(now, name, &buf),
+            BodyFor::SurfacePatch(name) => return self.surface_patch(now, name, &buf),
             BodyFor::Webhook {
                 integration,
                 signature,
@@ -261,11 +308,11 @@ impl OperatorConnection {
                 .and_then(|payload| {
                     self.submit_event(format!("webhook.{}", integration.name), payload, None)
                 })
-                .map(|t| (t, StatusCode::ACCEPTED)),
+                .map(|(t, shown)| (t, StatusCode::ACCEPTED, Some(shown))),
         };
         match outcome {
-            Ok((ticket, status)) => {
-                self.pending = Some(Pending::Stored(ticket, status));
+            Ok((ticket, status, shown)) => {
+                self.pending = Some(Pending::Stored(ticket, status, shown.map(Box::new)));
                 self.on_wake(now);
             }
             Err((status, code, message)) => self.error(now, status, code, &message),
@@ -368,14 +415,24 @@ impl OperatorConnection {
         Ok((name.to_owned(), payload, to))
     }
 
+    /// Submits an event to the node-plane log; returns its ticket and what the console will show
+    /// once it is stored.
+    #[allow(clippy::type_complexity)]
     fn submit_event(
         &self,
         name: String,
         payload: Value,
         to: Option<String>,
-    ) -> Result<u64, (StatusCode, &'static str, String)> {
+    ) -> Result<(u64, Command), (StatusCode, &'static str, String)> {
         let Some(admin) = &self.operator.admin else {
             return Err((StatusCode::NOT_FOUND, "not_found", "no admin API".into()));
+        };
+        let shown = Command::NodeEvent {
+            name: name.clone(),
+            device_id: "gateway".into(),
+            node_seq: 0,
+            payload: payload.clone(),
+            to: to.clone(),
         };
         let event = EventBody {
             name,
@@ -391,21 +448,42 @@ impl OperatorConnection {
                 to,
                 body: encoded.into(),
             })
+            .map(|ticket| (ticket, shown))
             .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string()))
     }
 
     /// Shared state changed: a durable write may have completed.
     pub(crate) fn on_wake(&mut self, now: Instant) {
-        let Some(Pending::Stored(ticket, status)) = self.pending else {
+        let Some(Pending::Stored(ticket, status, _)) = &self.pending else {
             return;
         };
+        let (ticket, status) = (*ticket, *status);
         let Some(admin) = &self.operator.admin else {
             return;
         };
         match admin.hub.take_append_result(ticket) {
             None => {}
             Some(Ok(seq)) => {
-                self.pending = None;
+                if let Some(Pending::Stored(_, _, Some(shown))) = self.pending.take() {
+                    if let Command::NodeEvent {
+                        name,
+                        device_id,
+                        payload,
+                        to,
+                        ..
+                    } = *shown
+                    {
+                        let shown = Command::NodeEvent {
+                            name,
+                            device_id,
+                            node_seq: seq,
+                            payload,
+                            to,
+                        };
+                        // Best effort: the event is stored in the node plane already.
+                        let _ = admin.console.publish(vec![shown]);
+                    }
+                }
                 self.json(now, status, json!({ "seq": seq }));
             }
             Some(Err(e)) => {
@@ -417,6 +495,152 @@ impl OperatorConnection {
                     &format!("event not stored: {e}"),
                 );
             }
+        }
+    }
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))
+}
+
+fn text_field(v: &Value, name: &str) -> Result<String, String> {
+    v.get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{name} must be a string"))
+}
+
+impl OperatorConnection {
+    /// `/admin/v1/chat/...` and `/admin/v1/surfaces/{name}`.
+    fn console_admin_route(&mut self, now: Instant, path: &str, method: &Method) {
+        let Some(admin) = &self.operator.admin else {
+            return;
+        };
+        let segments: Vec<&str> = path.trim_start_matches("/admin/v1/").split('/').collect();
+        match (segments.as_slice(), method) {
+            (["chat", "sessions", session, "messages"], &Method::POST) => {
+                let purpose = BodyFor::ChatPost((*session).to_owned());
+                self.collect(now, purpose, DEFAULT_BODY_LIMIT + 4096)
+            }
+            (["chat", "messages", message, "delta"], &Method::POST) => {
+                let purpose = BodyFor::ChatDelta((*message).to_owned());
+                self.collect(now, purpose, DEFAULT_BODY_LIMIT + 4096)
+            }
+            (["chat", "messages", message, "done"], &Method::POST) => {
+                let command = Command::Done {
+                    message_id: (*message).to_owned(),
+                };
+                self.publish_console(now, command, StatusCode::OK)
+            }
+            (["surfaces", name], &Method::GET) => match admin.console.surface(name) {
+                Some(s) => self.json(
+                    now,
+                    StatusCode::OK,
+                    json!({"surface": s.surface, "version": s.version, "owner": s.owner,
+                           "document": s.document}),
+                ),
+                None => self.error(now, StatusCode::NOT_FOUND, "not_found", "no such surface"),
+            },
+            (["surfaces", name], &Method::PUT) => {
+                let purpose = BodyFor::SurfacePut((*name).to_owned());
+                self.collect(now, purpose, crate::a2ui::MAX_DOCUMENT_BYTES as u64)
+            }
+            (["surfaces", name], &Method::PATCH) => {
+                let purpose = BodyFor::SurfacePatch((*name).to_owned());
+                self.collect(now, purpose, crate::a2ui::MAX_PATCH_BYTES as u64 + 1024)
+            }
+            (["surfaces", _], _) => self.not_allowed(now, "GET, PUT, PATCH"),
+            (["chat", ..], _) => self.error(
+                now,
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such chat route",
+            ),
+            _ => self.error(
+                now,
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such admin route",
+            ),
+        }
+    }
+
+    fn publish_console(&mut self, now: Instant, command: Command, status: StatusCode) {
+        let Some(admin) = &self.operator.admin else {
+            return;
+        };
+        let result = admin.console.publish(vec![command]).pop();
+        match result {
+            Some(Ok(p)) => self.json(
+                now,
+                status,
+                json!({"id": p.id, "seq": p.seq, "version": p.version}),
+            ),
+            Some(Err(e)) => self.error(now, e.status(), e.code, &e.message),
+            None => {}
+        }
+    }
+
+    fn chat_post(&mut self, now: Instant, session_id: String, body: &[u8]) {
+        let command = parse_body(body).and_then(|v| {
+            Ok(Command::Post {
+                session_id,
+                message_id: text_field(&v, "message_id")?,
+                author: v
+                    .get("author")
+                    .and_then(Value::as_str)
+                    .unwrap_or("admin")
+                    .to_owned(),
+                text: v
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                streaming: v.get("streaming").and_then(Value::as_bool).unwrap_or(false),
+            })
+        });
+        match command {
+            Ok(c) => self.publish_console(now, c, StatusCode::CREATED),
+            Err(e) => self.error(now, StatusCode::BAD_REQUEST, "bad_request", &e),
+        }
+    }
+
+    fn surface_put(&mut self, now: Instant, name: String, body: &[u8]) {
+        let document = match parse_body(body) {
+            Ok(d) => d,
+            Err(e) => return self.error(now, StatusCode::BAD_REQUEST, "bad_request", &e),
+        };
+        if document.get("surface").and_then(Value::as_str) != Some(name.as_str()) {
+            return self.error(
+                now,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the document's surface must match the URL",
+            );
+        }
+        let command = Command::PutSurface {
+            document,
+            owner: "admin".into(),
+        };
+        self.publish_console(now, command, StatusCode::OK)
+    }
+
+    fn surface_patch(&mut self, now: Instant, surface: String, body: &[u8]) {
+        let command = parse_body(body).and_then(|v| {
+            let base_version = match v.get("base_version") {
+                None | Some(Value::Null) => None,
+                Some(b) => Some(b.as_u64().ok_or("base_version must be an integer")?),
+            };
+            let ops = v.get("ops").cloned().ok_or("ops is required")?;
+            Ok(Command::Patch {
+                surface,
+                base_version,
+                ops,
+            })
+        });
+        match command {
+            Ok(c) => self.publish_console(now, c, StatusCode::OK),
+            Err(e) => self.error(now, StatusCode::BAD_REQUEST, "bad_request", &e),
         }
     }
 }

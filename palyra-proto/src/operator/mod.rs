@@ -15,6 +15,7 @@ use crate::ws::{accept_upgrade, WsConfig, WsConnection, WsEvent};
 
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod webhook;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -109,8 +110,10 @@ pub struct Operator {
     pub ws_echo: bool,
     /// WebSocket limits and keepalive.
     pub ws: WsConfig,
-    /// The admin API (`/admin/v1/...`), when the daemon serves it.
+    /// The admin API (`/admin/v1/...`) and the console, when the daemon serves them.
     pub admin: Option<Admin>,
+    /// The listener speaks TLS (cookies get `Secure`, answers HSTS).
+    pub tls: bool,
 }
 
 /// Fills a buffer with secure randomness (injected by the driver).
@@ -126,8 +129,46 @@ pub struct Admin {
     pub clock: WallClock,
     /// Webhook integrations and nonces.
     pub webhooks: Arc<webhook::WebhookStore>,
-    /// Fills a buffer with OS randomness (integration secrets).
+    /// Fills a buffer with OS randomness (integration secrets, console sessions).
     pub random: RandomFill,
+    /// The console log and state.
+    pub console: Arc<crate::console::ConsoleHub>,
+    /// Console login sessions.
+    pub sessions: Arc<crate::console::sessions::ConsoleSessions>,
+    /// Origins besides the listener's own allowed to use the console (`https://host:port`).
+    pub origins: Vec<String>,
+}
+
+impl Admin {
+    /// Opens the stores under `state_dir` (webhooks, console log, console sessions) for a
+    /// daemon run; its boot id (console cursors) comes from `random`.
+    pub fn open(
+        state_dir: &std::path::Path,
+        auth: auth::AdminAuth,
+        hub: Arc<NodeHub>,
+        clock: WallClock,
+        random: RandomFill,
+        origins: Vec<String>,
+    ) -> Result<Self, crate::store::StoreError> {
+        let mut boot = [0u8; 8];
+        random(&mut boot);
+        let console = crate::console::ConsoleHub::open(
+            state_dir,
+            hex::encode(boot),
+            hub.notifier(),
+            Arc::clone(&clock),
+        )?;
+        Ok(Self {
+            auth: Arc::new(auth),
+            webhooks: Arc::new(webhook::WebhookStore::open(state_dir)?),
+            sessions: Arc::new(crate::console::sessions::ConsoleSessions::open(state_dir)?),
+            console: Arc::new(console),
+            hub,
+            clock,
+            random,
+            origins,
+        })
+    }
 }
 
 impl std::fmt::Debug for Admin {
@@ -146,6 +187,7 @@ impl Operator {
             ws_echo: false,
             ws: WsConfig::default(),
             admin: Some(admin),
+            tls: false,
         })
     }
 
@@ -158,6 +200,7 @@ impl Operator {
             ws_echo: false,
             ws: WsConfig::default(),
             admin: None,
+            tls: false,
         })
     }
 
@@ -170,6 +213,7 @@ impl Operator {
             ws_echo: true,
             ws,
             admin: None,
+            tls: false,
         })
     }
 }
@@ -180,6 +224,13 @@ pub trait WsApp: Send {
     fn on_text(&mut self, now: Instant, text: String, ws: &mut WsConnection);
     /// A binary message arrived.
     fn on_binary(&mut self, now: Instant, data: Bytes, ws: &mut WsConnection);
+    /// Called after input, on wake-ups, on timers and when the output queue drained: the app
+    /// may send what it has.
+    fn pump(&mut self, _now: Instant, _ws: &mut WsConnection) {}
+    /// The app's next timer.
+    fn timeout(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// Echoes every message back (conformance only).
@@ -236,6 +287,8 @@ pub struct OperatorConnection {
     pub peer: Option<std::net::SocketAddr>,
     /// A request being served over several events (body, durable write).
     pending: Option<admin::Pending>,
+    /// Time of the latest event (for pumping the WebSocket app from `poll_transmit`).
+    now: Instant,
 }
 
 impl OperatorConnection {
@@ -259,6 +312,7 @@ impl OperatorConnection {
             phase: Phase::Http,
             peer: None,
             pending: None,
+            now,
         }
     }
 
@@ -270,6 +324,17 @@ impl OperatorConnection {
         body: Bytes,
     ) {
         self.operator.metrics.count_status(status);
+        let mut hsts;
+        let headers = if self.operator.tls {
+            hsts = headers.clone();
+            hsts.insert(
+                http::header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000"),
+            );
+            &hsts
+        } else {
+            headers
+        };
         let _ = self
             .http
             .respond(now, status, headers, ResponseBody::Full(body));
@@ -326,16 +391,24 @@ impl OperatorConnection {
             path if path.starts_with("/webhooks/v1/") && self.operator.admin.is_some() => {
                 self.webhook_route(now, head)
             }
+            path if path.starts_with("/console/v1/") && self.operator.admin.is_some() => {
+                self.console_route(now, head)
+            }
+            path if self.operator.admin.is_some() && crate::console::web::find(path).is_some() => {
+                if let Some(asset) = crate::console::web::find(path) {
+                    self.asset_route(now, head, asset)
+                }
+            }
             _ => self.error(now, StatusCode::NOT_FOUND, "not_found", "no such route"),
         }
     }
 
-    fn http_error(&mut self, now: Instant, e: HttpError) {
+    pub(crate) fn http_error(&mut self, now: Instant, e: HttpError) {
         self.error(now, e.status, e.code, &e.message);
     }
 
     /// Answers 101 and hands the connection to `app`.
-    fn upgrade(&mut self, now: Instant, headers: &HeaderMap, app: Box<dyn WsApp>) {
+    pub(crate) fn upgrade(&mut self, now: Instant, headers: &HeaderMap, app: Box<dyn WsApp>) {
         if self.http.upgrade(headers).is_err() {
             return;
         }
@@ -359,9 +432,10 @@ impl OperatorConnection {
                 WsEvent::Closed { .. } => {}
             }
         }
+        app.pump(now, ws);
     }
 
-    fn method_not_allowed(&mut self, now: Instant, allow: &'static str) {
+    pub(crate) fn method_not_allowed(&mut self, now: Instant, allow: &'static str) {
         let mut headers = api_headers();
         headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
         let body = error_body("method_not_allowed", "method not allowed on this route");
@@ -392,7 +466,7 @@ impl OperatorConnection {
 
 impl Drop for OperatorConnection {
     fn drop(&mut self) {
-        if let (Some(admin::Pending::Stored(ticket, _)), Some(admin)) =
+        if let (Some(admin::Pending::Stored(ticket, _, _)), Some(admin)) =
             (&self.pending, &self.operator.admin)
         {
             admin.hub.forget_ticket(*ticket);
@@ -406,6 +480,7 @@ impl Drop for OperatorConnection {
 
 impl StreamMachine for OperatorConnection {
     fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
+        self.now = now;
         match &mut self.phase {
             Phase::Http => {
                 self.http.handle_input(now, bytes);
@@ -419,26 +494,36 @@ impl StreamMachine for OperatorConnection {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         match &mut self.phase {
             Phase::Http => {
                 self.http.handle_timeout(now);
                 self.drive(now);
             }
-            Phase::Ws(ws, _) => ws.handle_timeout(now),
+            Phase::Ws(ws, _) => {
+                ws.handle_timeout(now);
+                self.drive_ws(now);
+            }
         }
     }
 
     fn handle_wake(&mut self, now: Instant) {
+        self.now = now;
         if matches!(self.phase, Phase::Http) {
             self.on_wake(now);
             self.drive(now);
+        } else {
+            self.drive_ws(now);
         }
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Http => self.http.poll_timeout(),
-            Phase::Ws(ws, _) => ws.poll_timeout(),
+            Phase::Ws(ws, app) => [ws.poll_timeout(), app.timeout()]
+                .into_iter()
+                .flatten()
+                .min(),
         }
     }
 
@@ -449,7 +534,14 @@ impl StreamMachine for OperatorConnection {
         }
         match &mut self.phase {
             Phase::Http => None,
-            Phase::Ws(ws, _) => ws.poll_transmit(),
+            Phase::Ws(ws, app) => {
+                if let Some(bytes) = ws.poll_transmit() {
+                    return Some(bytes);
+                }
+                // Drained: let the app refill (it pulls only while the queue is short).
+                app.pump(self.now, ws);
+                ws.poll_transmit()
+            }
         }
     }
 

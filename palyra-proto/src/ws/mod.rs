@@ -28,6 +28,8 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// Protocol error.
     pub const PROTOCOL: u16 = 1002;
+    /// A message of a kind the endpoint does not take (binary where text is expected).
+    pub const UNSUPPORTED: u16 = 1003;
     /// Invalid data (non-UTF-8 text).
     pub const INVALID_DATA: u16 = 1007;
     /// Policy violation (e.g. a message the endpoint does not accept).
@@ -307,6 +309,14 @@ impl WsConnection {
     /// Sends a text message.
     pub fn send_text(&mut self, text: &str) {
         self.send(Message::text(text));
+    }
+
+    /// Sends a text message already encoded (shared, not copied until framing); bytes that are
+    /// not UTF-8 are dropped.
+    pub fn send_text_shared(&mut self, text: Bytes) {
+        if let Ok(text) = tungstenite::Utf8Bytes::try_from(text) {
+            self.send(Message::Text(text));
+        }
     }
 
     /// Sends a binary message.

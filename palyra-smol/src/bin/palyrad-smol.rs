@@ -122,21 +122,19 @@ fn run() -> Result<(), String> {
         }
         let clock: palyra_proto::gateway::node_service::WallClock =
             std::sync::Arc::new(|| palyra_proto::store::unix_ms(SystemTime::now()));
+        let admin = palyra_proto::operator::Admin::open(
+            &state_dir,
+            auth,
+            std::sync::Arc::clone(&hub),
+            clock,
+            std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf)),
+            Vec::new(),
+        )
+        .map_err(|e| format!("operator-plane stores: {e}"))?;
         let operator = palyra_proto::operator::Operator::daemon(
             env!("CARGO_PKG_VERSION"),
             std::time::Instant::now(),
-            palyra_proto::operator::Admin {
-                auth: std::sync::Arc::new(auth),
-                hub: std::sync::Arc::clone(&hub),
-                clock,
-                webhooks: std::sync::Arc::new(
-                    palyra_proto::operator::webhook::WebhookStore::open(&state_dir)
-                        .map_err(|e| format!("webhook store: {e}"))?,
-                ),
-                random: std::sync::Arc::new(|buf: &mut [u8]| {
-                    rand_core::RngCore::fill_bytes(&mut OsRng, buf)
-                }),
-            },
+            admin,
         );
         let http = GrpcHandle::serve(
             http_addr,

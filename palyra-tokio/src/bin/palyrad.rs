@@ -228,22 +228,18 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         // Shown once: only its hash is stored. Not logged.
         eprintln!("palyrad: admin token (shown once, store it now): {token}");
     }
-    let operator = palyra_proto::operator::Operator::daemon(
-        env!("CARGO_PKG_VERSION"),
-        started,
-        palyra_proto::operator::Admin {
-            auth: std::sync::Arc::new(admin_auth),
-            hub: std::sync::Arc::clone(&hub),
-            clock: std::sync::Arc::clone(&clock),
-            webhooks: std::sync::Arc::new(
-                palyra_proto::operator::webhook::WebhookStore::open(&config.state_dir)
-                    .context("cannot open the webhook store")?,
-            ),
-            random: std::sync::Arc::new(|buf: &mut [u8]| {
-                rand_core::RngCore::fill_bytes(&mut OsRng, buf)
-            }),
-        },
-    );
+    let admin = palyra_proto::operator::Admin::open(
+        &config.state_dir,
+        admin_auth,
+        std::sync::Arc::clone(&hub),
+        std::sync::Arc::clone(&clock),
+        std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf)),
+        config.console_origins.clone(),
+    )
+    .context("cannot open the operator-plane stores")?;
+    let console = std::sync::Arc::clone(&admin.console);
+    let operator =
+        palyra_proto::operator::Operator::daemon(env!("CARGO_PKG_VERSION"), started, admin);
     let http = GrpcHandle::serve(
         config.http_addr,
         std::sync::Arc::new(palyra_proto::operator::OperatorAcceptor {
@@ -273,6 +269,9 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     http.shutdown().await;
+    if let Err(e) = console.save() {
+        tracing::warn!(error = %e, "saving the console state failed");
+    }
     grpc.shutdown().await;
     node_tcp.shutdown().await;
     node.shutdown().await?;

@@ -1,0 +1,502 @@
+// Palyra web console: login, live chat and A2UI surfaces over /console/v1/stream.
+// Plain DOM (no innerHTML with data), so nothing a publisher sends can inject markup.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  csrf: null,
+  ws: null,
+  cursor: null,          // last resume point: {boot, seq}
+  inSnapshot: false,
+  backoff: 500,
+  sessions: new Map(),   // session id -> Map(message id -> message)
+  current: "main",
+  pending: new Map(),    // client_msg_id -> {session_id, text}
+  surfaces: new Map(),   // surface -> {version, document, owner}
+  drafts: new Map(),     // "surface/component/field" -> value typed by the person
+  events: [],
+  reconnectTimer: null,
+};
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+function status(text) { $("status").textContent = text || ""; }
+
+function setConn(kind, text) {
+  $("conn").className = "conn " + kind;
+  $("conn-state").textContent = text;
+}
+
+// ---- login -------------------------------------------------------------------------------
+
+async function checkSession() {
+  const r = await fetch("/console/v1/auth/session", { credentials: "same-origin" });
+  if (r.ok) {
+    state.csrf = (await r.json()).csrf_token;
+    showApp();
+  } else {
+    showLogin();
+  }
+}
+
+function showLogin() {
+  if (state.ws) { state.ws.onclose = null; state.ws.close(); state.ws = null; }
+  clearTimeout(state.reconnectTimer);
+  setConn("offline", "offline");
+  $("app-view").hidden = true;
+  $("logout").hidden = true;
+  $("login-view").hidden = false;
+  $("token").focus();
+}
+
+function showApp() {
+  $("login-view").hidden = true;
+  $("app-view").hidden = false;
+  $("logout").hidden = false;
+  connect();
+}
+
+$("login-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  $("login-error").textContent = "";
+  const r = await fetch("/console/v1/auth/login", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ admin_token: $("token").value.trim() }),
+  });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    $("login-error").textContent = body.error || ("login failed: " + r.status);
+    return;
+  }
+  $("token").value = "";
+  state.csrf = body.csrf_token;
+  showApp();
+});
+
+$("logout").addEventListener("click", async () => {
+  await fetch("/console/v1/auth/logout", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "x-palyra-csrf-token": state.csrf || "" },
+  });
+  state.csrf = null;
+  state.cursor = null;
+  showLogin();
+});
+
+// ---- stream ------------------------------------------------------------------------------
+
+function connect() {
+  clearTimeout(state.reconnectTimer);
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  setConn("connecting", "connecting");
+  const ws = new WebSocket(`${scheme}://${location.host}/console/v1/stream`, "palyra.console.v1");
+  state.ws = ws;
+  ws.onopen = () => {
+    ws.send(JSON.stringify({ type: "hello", resume: state.cursor }));
+  };
+  ws.onmessage = (e) => {
+    let msg;
+    try { msg = JSON.parse(e.data); } catch { return; }
+    handle(msg);
+  };
+  ws.onclose = async (e) => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    setConn("offline", e.code === 4001 ? "catching up" : "reconnecting");
+    // An expired session cannot reconnect: back to the login form.
+    const r = await fetch("/console/v1/auth/session", { credentials: "same-origin" }).catch(() => null);
+    if (r && r.status === 401) { showLogin(); return; }
+    const wait = state.backoff * (0.75 + Math.random() / 2);
+    state.backoff = Math.min(state.backoff * 2, 10000);
+    state.reconnectTimer = setTimeout(connect, wait);
+  };
+}
+
+function send(msg) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+    state.ws.send(JSON.stringify(msg));
+    return true;
+  }
+  return false;
+}
+
+function resync() {
+  // Out of step (should not happen): start over from a fresh snapshot.
+  state.cursor = null;
+  if (state.ws) state.ws.close();
+}
+
+function handle(msg) {
+  switch (msg.type) {
+    case "welcome":
+      state.backoff = 500;
+      setConn("live", "live");
+      status("");
+      if (!msg.resumed) {
+        state.inSnapshot = true;
+        state.sessions.clear();
+        state.surfaces.clear();
+      }
+      // Unconfirmed messages are resent: the server drops duplicates by client_msg_id.
+      for (const [id, p] of state.pending) {
+        send({ type: "chat.send", session_id: p.session_id, client_msg_id: id, text: p.text });
+      }
+      break;
+    case "snapshot.required":
+      state.sessions.clear();
+      state.surfaces.clear();
+      break;
+    case "snapshot.done":
+      state.inSnapshot = false;
+      renderAll();
+      break;
+    case "chat.message": {
+      const session = sessionMap(msg.session_id);
+      session.set(msg.message_id, { ...msg });
+      if (msg.client_msg_id) state.pending.delete(msg.client_msg_id);
+      if (!state.inSnapshot) { renderSessions(); renderMessages(); }
+      break;
+    }
+    case "chat.delta": {
+      const m = sessionMap(msg.session_id).get(msg.message_id);
+      if (m) { m.text += msg.text; if (!state.inSnapshot) renderMessages(); }
+      break;
+    }
+    case "chat.done": {
+      const m = sessionMap(msg.session_id).get(msg.message_id);
+      if (m) { m.streaming = false; if (!state.inSnapshot) renderMessages(); }
+      break;
+    }
+    case "a2ui.snapshot": {
+      const have = state.surfaces.get(msg.surface);
+      if (!have || msg.version >= have.version) {
+        state.surfaces.set(msg.surface, { version: msg.version, document: msg.document, owner: msg.owner });
+        if (!state.inSnapshot) renderSurface(msg.surface);
+      }
+      break;
+    }
+    case "a2ui.patch": {
+      const have = state.surfaces.get(msg.surface);
+      if (have && msg.version <= have.version) break; // already covered by a snapshot
+      if (!have || msg.base_version !== have.version) { resync(); return; }
+      try {
+        have.document = applyOps(have.document, msg.ops);
+        have.version = msg.version;
+      } catch (err) {
+        resync();
+        return;
+      }
+      renderSurface(msg.surface);
+      break;
+    }
+    case "a2ui.action":
+      break;
+    case "node.event":
+      state.events.unshift(msg);
+      state.events.length = Math.min(state.events.length, 50);
+      renderEvents();
+      break;
+    case "error":
+      status(`${msg.code}: ${msg.message}`);
+      break;
+    case "pong":
+    case "ack":
+      break;
+  }
+  if (msg.cursor && !state.inSnapshot && msg.type !== "welcome") state.cursor = msg.cursor;
+  if (msg.type === "snapshot.done") state.cursor = msg.cursor;
+  if (msg.type === "welcome" && msg.resumed) state.cursor = msg.cursor;
+}
+
+function sessionMap(id) {
+  if (!state.sessions.has(id)) state.sessions.set(id, new Map());
+  return state.sessions.get(id);
+}
+
+// ---- JSON pointer patches (RFC 6901 paths; add / replace / remove) -----------------------
+
+function parsePointer(path) {
+  if (path === "") return [];
+  if (!path.startsWith("/")) throw new Error("bad pointer");
+  return path.slice(1).split("/").map((t) => t.replace(/~1/g, "/").replace(/~0/g, "~"));
+}
+
+function applyOps(doc, ops) {
+  let root = structuredClone(doc);
+  for (const op of ops) {
+    const tokens = parsePointer(op.path);
+    if (tokens.length === 0) {
+      if (op.op === "remove") throw new Error("cannot remove the root");
+      root = structuredClone(op.value);
+      continue;
+    }
+    let parent = root;
+    for (const t of tokens.slice(0, -1)) {
+      parent = Array.isArray(parent) ? parent[Number(t)] : parent[t];
+      if (parent === undefined || parent === null || typeof parent !== "object") throw new Error("no parent");
+    }
+    const last = tokens[tokens.length - 1];
+    if (Array.isArray(parent)) {
+      const i = last === "-" ? parent.length : Number(last);
+      if (op.op === "add") parent.splice(i, 0, structuredClone(op.value));
+      else if (op.op === "replace") parent[i] = structuredClone(op.value);
+      else parent.splice(i, 1);
+    } else if (op.op === "remove") {
+      delete parent[last];
+    } else {
+      parent[last] = structuredClone(op.value);
+    }
+  }
+  return root;
+}
+
+// ---- rendering ---------------------------------------------------------------------------
+
+function renderAll() {
+  renderSessions();
+  renderMessages();
+  $("surfaces").replaceChildren();
+  for (const name of state.surfaces.keys()) renderSurface(name);
+  renderEvents();
+}
+
+function renderSessions() {
+  const ids = new Set(state.sessions.keys());
+  ids.add(state.current);
+  const list = $("session-list");
+  list.replaceChildren(...[...ids].sort().map((id) =>
+    el("li", { class: id === state.current ? "active" : "", text: id, "data-session": id,
+               onclick: () => { state.current = id; renderSessions(); renderMessages(); } })));
+  $("chat-title").textContent = state.current;
+}
+
+function renderMessages() {
+  const box = $("messages");
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  const items = [];
+  for (const m of sessionMap(state.current).values()) {
+    items.push(el("li", { class: `${m.role}${m.streaming ? " streaming" : ""}`, "data-message": m.message_id },
+      el("span", { class: "author", text: m.author }), m.text));
+  }
+  for (const [id, p] of state.pending) {
+    if (p.session_id === state.current) {
+      items.push(el("li", { class: "user pending", "data-client": id }, el("span", { class: "author", text: "sending" }), p.text));
+    }
+  }
+  box.replaceChildren(...items);
+  if (atBottom) box.scrollTop = box.scrollHeight;
+}
+
+function renderEvents() {
+  $("events").replaceChildren(...state.events.map((e) =>
+    el("li", { text: `#${e.node_seq} ${e.name} ${JSON.stringify(e.payload).slice(0, 200)}` })));
+}
+
+function renderSurface(name) {
+  const s = state.surfaces.get(name);
+  let card = document.querySelector(`.surface[data-surface="${CSS.escape(name)}"]`);
+  if (!s) { if (card) card.remove(); return; }
+  if (!card) {
+    card = el("div", { class: "surface card", "data-surface": name });
+    $("surfaces").append(card);
+  }
+  card.setAttribute("data-version", s.version);
+  const parts = [el("h3", { text: `${name} · v${s.version} · ${s.owner}` })];
+  for (const c of (s.document.components || []).slice(0, 1024)) {
+    const node = renderComponent(name, c);
+    if (node) parts.push(node);
+  }
+  card.replaceChildren(...parts);
+}
+
+const str = (v, max = 512) => (typeof v === "string" ? v : v === undefined || v === null ? "" : String(v)).slice(0, max);
+
+function renderComponent(surface, c) {
+  const p = c.props || {};
+  const wrap = (...kids) => el("div", { class: `a2ui ${c.type}`, "data-component": c.id }, ...kids);
+  switch (c.type) {
+    case "text": {
+      const node = wrap(str(p.value));
+      if (["muted", "success", "critical"].includes(p.tone)) node.classList.add(p.tone);
+      return node;
+    }
+    case "markdown":
+      return wrap(...renderMarkdown(str(p.value, 12000)));
+    case "list": {
+      const items = (Array.isArray(p.items) ? p.items : []).slice(0, 256);
+      return wrap(el(p.ordered ? "ol" : "ul", {}, ...items.map((i) => el("li", { text: str(i) }))));
+    }
+    case "table": {
+      const cols = (Array.isArray(p.columns) ? p.columns : []).slice(0, 16);
+      const rows = (Array.isArray(p.rows) ? p.rows : []).slice(0, 256);
+      return wrap(el("table", {},
+        el("thead", {}, el("tr", {}, ...cols.map((h) => el("th", { text: str(h) })))),
+        el("tbody", {}, ...rows.map((r) => el("tr", {}, ...(Array.isArray(r) ? r : []).slice(0, 16).map((v) => el("td", { text: str(v) })))))));
+    }
+    case "form":
+      return wrap(renderForm(surface, c.id, p));
+    case "chart":
+      return wrap(el("div", { class: "chart-title", text: str(p.title) }), renderChart((Array.isArray(p.series) ? p.series : []).slice(0, 64)));
+    default:
+      return null;
+  }
+}
+
+function renderForm(surface, component, p) {
+  const fields = (Array.isArray(p.fields) ? p.fields : []).slice(0, 32);
+  const inputs = [];
+  const key = (f) => `${surface}/${component}/${f.id}`;
+  const form = el("form", {
+    onsubmit: (e) => {
+      e.preventDefault();
+      const value = {};
+      for (const [f, input] of inputs) {
+        value[f.id] = f.type === "checkbox" ? input.checked : f.type === "number" ? Number(input.value) : input.value;
+      }
+      if (send({ type: "a2ui.action", surface, component, action: "submit", value })) {
+        for (const [f] of inputs) state.drafts.delete(key(f));
+        status("");
+      } else {
+        status("not connected; try again");
+      }
+    },
+  });
+  if (p.title) form.append(el("strong", { text: str(p.title) }));
+  for (const f of fields) {
+    const id = `f-${surface}-${component}-${str(f.id, 64)}`;
+    const draft = state.drafts.get(key(f));
+    let input;
+    if (f.type === "select") {
+      input = el("select", { id, name: f.id, required: !!f.required },
+        ...(Array.isArray(f.options) ? f.options : []).slice(0, 64).map((o) => el("option", { value: str(o.value), text: str(o.label) })));
+      input.value = draft ?? str(f.defaultValue);
+    } else if (f.type === "checkbox") {
+      input = el("input", { id, name: f.id, type: "checkbox" });
+      input.checked = draft ?? !!f.defaultValue;
+    } else {
+      const type = ["text", "email", "number"].includes(f.type) ? f.type : "text";
+      input = el("input", { id, name: f.id, type, placeholder: str(f.placeholder), required: !!f.required,
+                            min: f.min, max: f.max, step: f.step });
+      input.value = draft ?? str(f.defaultValue);
+    }
+    input.addEventListener("input", () => state.drafts.set(key(f), f.type === "checkbox" ? input.checked : input.value));
+    inputs.push([f, input]);
+    const label = el("label", { for: id, text: str(f.label || f.id) });
+    form.append(f.type === "checkbox" ? el("div", { class: "check" }, input, label) : el("div", {}, label, input));
+    if (f.hint) form.append(el("div", { class: "hint", text: str(f.hint) }));
+  }
+  form.append(el("button", { type: "submit", text: str(p.submitLabel || "Submit", 64) }));
+  return form;
+}
+
+function renderChart(series) {
+  const ns = "http://www.w3.org/2000/svg";
+  const width = 320, bar = 18, gap = 6, labelWidth = 90;
+  const max = Math.max(1, ...series.map((s) => Math.abs(Number(s.value) || 0)));
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", Math.max(bar, series.length * (bar + gap)));
+  svg.setAttribute("role", "img");
+  series.forEach((s, i) => {
+    const y = i * (bar + gap);
+    const value = Number(s.value) || 0;
+    const label = document.createElementNS(ns, "text");
+    label.setAttribute("x", 0);
+    label.setAttribute("y", y + bar - 5);
+    label.textContent = str(s.label, 24);
+    const rect = document.createElementNS(ns, "rect");
+    rect.setAttribute("x", labelWidth);
+    rect.setAttribute("y", y);
+    rect.setAttribute("height", bar);
+    rect.setAttribute("width", Math.max(1, (Math.abs(value) / max) * (width - labelWidth - 50)));
+    const num = document.createElementNS(ns, "text");
+    num.setAttribute("x", labelWidth + Math.max(1, (Math.abs(value) / max) * (width - labelWidth - 50)) + 4);
+    num.setAttribute("y", y + bar - 5);
+    num.textContent = String(value);
+    svg.append(label, rect, num);
+  });
+  return svg;
+}
+
+// A small, safe Markdown subset: headings, lists, paragraphs, **bold**, *em*, `code`.
+function renderMarkdown(text) {
+  const blocks = [];
+  let list = null;
+  for (const line of text.split("\n")) {
+    const heading = /^(#{1,3})\s+(.*)$/.exec(line);
+    const item = /^\s*[-*]\s+(.*)$/.exec(line);
+    if (item) {
+      if (!list) { list = el("ul"); blocks.push(list); }
+      list.append(el("li", {}, ...inline(item[1])));
+      continue;
+    }
+    list = null;
+    if (heading) blocks.push(el("h" + (heading[1].length + 2), {}, ...inline(heading[2])));
+    else if (line.trim()) blocks.push(el("p", {}, ...inline(line)));
+  }
+  return blocks;
+}
+
+function inline(text) {
+  const out = [];
+  const re = /(\*\*[^*]+\*\*|\*[^*]+\*|`[^`]+`)/g;
+  let last = 0, m;
+  while ((m = re.exec(text))) {
+    if (m.index > last) out.push(text.slice(last, m.index));
+    const t = m[0];
+    if (t.startsWith("**")) out.push(el("strong", { text: t.slice(2, -2) }));
+    else if (t.startsWith("`")) out.push(el("code", { text: t.slice(1, -1) }));
+    else out.push(el("em", { text: t.slice(1, -1) }));
+    last = m.index + t.length;
+  }
+  if (last < text.length) out.push(text.slice(last));
+  return out;
+}
+
+// ---- chat input --------------------------------------------------------------------------
+
+function randomId() {
+  const b = new Uint8Array(12);
+  crypto.getRandomValues(b);
+  return "c" + Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+$("chat-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = $("chat-input").value;
+  if (!text.trim()) return;
+  const id = randomId();
+  state.pending.set(id, { session_id: state.current, text });
+  send({ type: "chat.send", session_id: state.current, client_msg_id: id, text });
+  $("chat-input").value = "";
+  renderMessages();
+});
+
+$("new-session").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const name = $("new-session-name").value.trim();
+  if (!/^[A-Za-z0-9._:-]{1,64}$/.test(name)) { status("session names: 1-64 of A-Z a-z 0-9 . _ : -"); return; }
+  state.current = name;
+  $("new-session-name").value = "";
+  renderSessions();
+  renderMessages();
+});
+
+// Keepalive from our side too: a dead path shows up within a minute even without traffic.
+setInterval(() => send({ type: "ping" }), 25000);
+
+checkSession().catch(() => showLogin());
