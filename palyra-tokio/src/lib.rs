@@ -1,5 +1,6 @@
 //! tokio driver: UDP pump, timers and tasks around the sans-IO machines of `palyra-proto`.
 
+pub mod agent;
 pub mod client;
 pub mod config;
 pub mod grpc;

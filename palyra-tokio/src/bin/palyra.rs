@@ -33,6 +33,9 @@ enum Command {
     /// listener's NodeService with --transport grpc.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Agents on the console stream.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Checks the gateway over gRPC (GatewayService/GetHealth) and prints the answer as JSON.
     Health {
         /// Gateway gRPC address, HOST:PORT (e.g. 127.0.0.1:7443).
@@ -42,6 +45,49 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Runs the demo agent: streamed chat replies, a live status surface and a deploy form whose
+    /// submissions it answers. Open http://127.0.0.1:8080/ to watch.
+    Demo {
+        /// palyrad's operator-plane URL.
+        #[arg(
+            long,
+            env = "PALYRA_DAEMON_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        daemon: String,
+        /// File holding the admin token (default: the PALYRA_ADMIN_TOKEN environment variable).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Chat session to talk in.
+        #[arg(long, default_value = "main")]
+        session: String,
+        /// Agent name: owner of its surfaces.
+        #[arg(long, default_value = "demo")]
+        name: String,
+        /// Milliseconds between streamed words.
+        #[arg(long, default_value_t = 60)]
+        word_delay_ms: u64,
+        /// Stop after this many seconds (default: run until interrupted).
+        #[arg(long)]
+        run_for_secs: Option<u64>,
+    },
+}
+
+/// The admin token: from `--token-file`, else `PALYRA_ADMIN_TOKEN`.
+fn admin_token(token_file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let token = match token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => std::env::var("PALYRA_ADMIN_TOKEN")
+            .context("set PALYRA_ADMIN_TOKEN or pass --token-file")?,
+    };
+    let token = token.trim().to_owned();
+    anyhow::ensure!(!token.is_empty(), "the admin token is empty");
+    Ok(token)
 }
 
 #[derive(clap::Args)]
@@ -365,6 +411,26 @@ async fn health(grpc: &str, timeout_ms: u64) -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Health { grpc, timeout_ms } => return health(&grpc, timeout_ms).await,
+        Command::Agent(AgentCommand::Demo {
+            daemon,
+            token_file,
+            session,
+            name,
+            word_delay_ms,
+            run_for_secs,
+        }) => {
+            let options = palyra_tokio::agent::DemoOptions {
+                token: admin_token(token_file.as_deref())?,
+                daemon,
+                session,
+                name,
+                word_delay: Duration::from_millis(word_delay_ms),
+                run_for: run_for_secs.map(Duration::from_secs),
+            };
+            return tokio::task::spawn_blocking(move || palyra_tokio::agent::run_demo(options))
+                .await
+                .context("agent task")?;
+        }
         Command::Node(command) => command,
     };
     match command {
