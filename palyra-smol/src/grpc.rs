@@ -16,6 +16,8 @@ const READ_BUFFER: usize = 16 * 1024;
 
 /// How long open calls may run after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// A peer that accepts none of a write for this long is dropped (it stopped reading).
+pub const WRITE_STALL: Duration = Duration::from_secs(60);
 
 /// A running TCP listener (gRPC, HTTP/1.1, ...): one task per connection.
 pub struct GrpcHandle {
@@ -130,7 +132,12 @@ async fn serve_connection<M: StreamMachine>(
             conn.handle_wake(Instant::now());
         }
         while let Some(bytes) = conn.poll_transmit() {
-            if stream.write_all(&bytes).await.is_err() {
+            let stalled = async {
+                Timer::after(WRITE_STALL).await;
+                Err(io::ErrorKind::TimedOut.into())
+            };
+            if future::or(stream.write_all(&bytes), stalled).await.is_err() {
+                tracing::debug!(%peer, "write failed or stalled; dropping the connection");
                 return;
             }
         }

@@ -685,6 +685,10 @@ macro_rules! node_plane_suite {
             $crate::operator::operator_admin_api::<$driver>();
         }
         #[test]
+        fn operator_console_stream() {
+            $crate::operator::operator_console_stream::<$driver>();
+        }
+        #[test]
         fn operator_websocket_echo() {
             $crate::operator::operator_websocket_echo::<$driver>();
         }

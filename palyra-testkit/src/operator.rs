@@ -309,3 +309,161 @@ pub fn operator_admin_api<D: Driver>() {
     D::stop_grpc(server);
     D::stop(quic);
 }
+
+/// A blocking console-stream client (tungstenite) with a read timeout.
+struct StreamClient(tungstenite::WebSocket<TcpStream>);
+
+impl StreamClient {
+    fn connect(addr: SocketAddr, headers: &[(&'static str, String)]) -> Self {
+        use tungstenite::client::IntoClientRequest;
+        let stream = TcpStream::connect(addr).expect("connect");
+        let mut request = format!("ws://{addr}/console/v1/stream")
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "palyra.console.v1".parse().expect("header"),
+        );
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, value.parse().expect("header"));
+        }
+        let (ws, _) = tungstenite::client(request, stream).expect("upgrade");
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        Self(ws)
+    }
+
+    fn send(&mut self, msg: serde_json::Value) {
+        self.0
+            .send(tungstenite::Message::text(msg.to_string()))
+            .expect("send");
+    }
+
+    /// Messages until one of type `kind` (included).
+    fn until(&mut self, kind: &str) -> Vec<serde_json::Value> {
+        let mut got = Vec::new();
+        loop {
+            match self.0.read().expect("read") {
+                tungstenite::Message::Text(t) => {
+                    let msg: serde_json::Value = serde_json::from_str(&t).expect("JSON");
+                    let done = msg["type"] == kind;
+                    got.push(msg);
+                    if done {
+                        return got;
+                    }
+                }
+                tungstenite::Message::Close(f) => panic!("closed: {f:?} after {got:?}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The console over real sockets: login (cookie, CSRF), the stream with the session cookie and
+/// the console's Origin, an agent with the admin token publishing chat (streamed) and an A2UI
+/// form live, the person's form action delivered to the agent, and a reconnect by cursor that
+/// receives exactly the missed records.
+pub fn operator_console_stream<D: Driver>() {
+    use palyra_proto::operator::{auth::AdminAuth, Admin};
+    use serde_json::json;
+    let gw = crate::Gateway::new();
+    let plane = gw.plane(&palyra_proto::gateway::NodePlaneOptions::default());
+    let hub = Arc::clone(&plane.hub);
+    let clock: palyra_proto::gateway::node_service::WallClock =
+        Arc::new(|| palyra_proto::store::unix_ms(std::time::SystemTime::now()));
+    let admin = Admin::open(
+        gw.path(),
+        AdminAuth::from_token("suite-token"),
+        Arc::clone(&hub),
+        clock,
+        Arc::new(|buf: &mut [u8]| {
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, buf);
+        }),
+        Vec::new(),
+    )
+    .expect("operator stores");
+    let (server, addr) = D::start_listener(
+        Arc::new(OperatorAcceptor {
+            operator: Operator::daemon("suite", Instant::now(), admin),
+            config: Default::default(),
+        }),
+        Some(hub.notifier()),
+    );
+    let body = "{\"admin_token\":\"suite-token\"}";
+    let out = exchange(
+        addr,
+        format!("POST /console/v1/auth/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+        1,
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "[{}] {out}", D::NAME);
+    let cookie = out
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("cookie")
+        .to_owned();
+    let console_headers = [
+        ("cookie", cookie.clone()),
+        ("origin", format!("http://{addr}")),
+    ];
+    let mut person = StreamClient::connect(addr, &console_headers);
+    let mut agent = StreamClient::connect(addr, &[("authorization", "Bearer suite-token".into())]);
+    person.send(json!({"type":"hello","resume":null}));
+    person.until("snapshot.done");
+    agent.send(json!({"type":"hello","resume":null,"agent":"suite"}));
+    agent.until("snapshot.done");
+    agent.send(json!({"type":"chat.message","session_id":"main","message_id":"r1","text":"Hel","streaming":true}));
+    agent.send(json!({"type":"chat.delta","message_id":"r1","text":"lo"}));
+    agent.send(json!({"type":"chat.done","message_id":"r1"}));
+    let form = json!({"v":1,"surface":"ask","components":[{"id":"f","type":"form",
+        "props":{"title":"Go?","fields":[{"id":"n","label":"N","type":"number"}]}}]});
+    agent.send(json!({"type":"a2ui.snapshot","document":form}));
+    agent.send(json!({"type":"a2ui.patch","surface":"ask","base_version":1,
+        "ops":[{"op":"replace","path":"/components/0/props/title","value":"Ready?"}]}));
+    let got = person.until("a2ui.patch");
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|m| m["type"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "chat.message",
+            "chat.delta",
+            "chat.done",
+            "a2ui.snapshot",
+            "a2ui.patch"
+        ],
+        "[{}]",
+        D::NAME
+    );
+    assert_eq!(got[4]["version"], 2);
+    person.send(json!({"type":"a2ui.action","surface":"ask","component":"f","action":"submit","value":{"n":3}}));
+    let action = agent.until("a2ui.action").pop().expect("action");
+    assert_eq!(action["value"], json!({"n":3}), "[{}]", D::NAME);
+    // A network drop: the console reconnects with its last cursor after more was published.
+    let cursor = got.last().expect("messages")["cursor"].clone();
+    drop(person);
+    for i in 0..3 {
+        agent.send(json!({"type":"chat.message","session_id":"main","message_id":format!("m{i}"),"text":format!("missed {i}")}));
+    }
+    agent.send(json!({"type":"ping"}));
+    agent.until("pong");
+    let mut again = StreamClient::connect(addr, &console_headers);
+    again.send(json!({"type":"hello","resume":cursor}));
+    again.send(json!({"type":"ping"}));
+    let got = again.until("pong");
+    let texts: Vec<&str> = got
+        .iter()
+        .filter(|m| m["type"] == "chat.message")
+        .map(|m| m["text"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(got[0]["resumed"], true, "[{}]", D::NAME);
+    assert_eq!(texts, ["missed 0", "missed 1", "missed 2"], "[{}]", D::NAME);
+    // The action was logged too and is in the replay; nothing else is.
+    assert_eq!(got.len(), 1 + 1 + 3 + 1, "[{}] {got:?}", D::NAME);
+    D::stop_grpc(server);
+}

@@ -23,6 +23,8 @@ const READ_BUFFER: usize = 16 * 1024;
 
 /// How long open calls may run after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// A peer that accepts none of a write for this long is dropped (it stopped reading).
+pub const WRITE_STALL: Duration = Duration::from_secs(60);
 
 /// A running TCP listener (gRPC, HTTP/1.1, ...): one task per connection.
 pub struct GrpcHandle {
@@ -117,7 +119,9 @@ async fn serve_connection<M: StreamMachine>(
             conn.handle_wake(Instant::now());
         }
         while let Some(bytes) = conn.poll_transmit() {
-            if stream.write_all(&bytes).await.is_err() {
+            let written = tokio::time::timeout(WRITE_STALL, stream.write_all(&bytes)).await;
+            if !matches!(written, Ok(Ok(()))) {
+                tracing::debug!(%peer, "write failed or stalled; dropping the connection");
                 return;
             }
         }
