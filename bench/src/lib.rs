@@ -52,8 +52,11 @@ pub fn require(bin: &Path, names: &[&str], build: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The admin token benchmarks give palyrad (`PALYRA_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN: &str = "palyra-bench-admin-token";
+
 /// Starts `palyrad` on `state` with every listener on port 0 and returns the server at the
-/// address `endpoints.json` names `endpoint` (`node_quic` or `grpc`).
+/// address `endpoints.json` names `endpoint` (`node_quic`, `grpc` or `http`).
 pub fn start_palyrad(bin: &Path, state: &Path, endpoint: &str) -> anyhow::Result<Server> {
     let endpoints = state.join("endpoints.json");
     let _ = std::fs::remove_file(&endpoints);
@@ -70,6 +73,7 @@ pub fn start_palyrad(bin: &Path, state: &Path, endpoint: &str) -> anyhow::Result
             "--log-level",
             "warn",
         ])
+        .env("PALYRA_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::null())
         .spawn()
         .context("spawn palyrad")?;

@@ -395,35 +395,29 @@ impl Http1Server {
         let no_body = status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let mut fields = headers.clone();
-        fields.remove(http::header::CONTENT_LENGTH);
-        fields.remove(http::header::TRANSFER_ENCODING);
         let chunked = matches!(body, ResponseBody::Stream) && *version == Version::HTTP_11;
         if matches!(body, ResponseBody::Stream) && !chunked {
             // HTTP/1.0: the end of the body is the end of the connection.
             *keep_alive = false;
         }
+        // Framing fields are ours: the caller's are written without them.
+        let mut length = itoa_buffer();
+        let mut framing: [(&str, &[u8]); 2] = [("", b""), ("", b"")];
         match &body {
             ResponseBody::Full(bytes) if !no_body => {
-                fields.insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                framing[0] = ("content-length", format_len(&mut length, bytes.len()));
             }
             ResponseBody::Stream if chunked && !no_body => {
-                fields.insert(
-                    http::header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
+                framing[0] = ("transfer-encoding", b"chunked");
             }
             _ => {}
         }
         if !*keep_alive {
-            fields.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            framing[1] = ("connection", b"close");
         } else if *version == Version::HTTP_10 {
-            fields.insert(
-                http::header::CONNECTION,
-                HeaderValue::from_static("keep-alive"),
-            );
+            framing[1] = ("connection", b"keep-alive");
         }
-        write_head(&mut self.out, *version, status, &fields);
+        write_head(&mut self.out, *version, status, headers, &framing);
         match body {
             ResponseBody::Full(bytes) => {
                 if !head_only && !no_body {
@@ -492,6 +486,7 @@ impl Http1Server {
             Version::HTTP_11,
             StatusCode::SWITCHING_PROTOCOLS,
             headers,
+            &[("connection", b"Upgrade")],
         );
         self.state = State::Upgraded;
         Ok(())
@@ -540,9 +535,12 @@ impl Http1Server {
             let body = error_body(error.code, &error.message);
             let mut fields = self.error_headers.clone();
             fields.extend(json_headers());
-            fields.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-            fields.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            write_head(&mut self.out, version, error.status, &fields);
+            let mut length = itoa_buffer();
+            let framing = [
+                ("content-length", format_len(&mut length, body.len())),
+                ("connection", b"close".as_slice()),
+            ];
+            write_head(&mut self.out, version, error.status, &fields, &framing);
             self.out.extend_from_slice(&body);
         }
         self.events.push_back(Event::Rejected(error));
@@ -815,7 +813,31 @@ fn body_length(map: &HeaderMap, version: Version) -> Result<BodyLength, HttpErro
     }
 }
 
-fn write_head(out: &mut BytesMut, version: Version, status: StatusCode, headers: &HeaderMap) {
+fn itoa_buffer() -> [u8; 20] {
+    [0u8; 20]
+}
+
+/// Decimal digits of `n` in `buf`.
+fn format_len(buf: &mut [u8; 20], mut n: usize) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// Writes the status line, the caller's fields except framing ones, then `framing`.
+fn write_head(
+    out: &mut BytesMut,
+    version: Version,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: &[(&str, &[u8])],
+) {
     let version = if version == Version::HTTP_10 {
         "HTTP/1.0"
     } else {
@@ -827,10 +849,20 @@ fn write_head(out: &mut BytesMut, version: Version, status: StatusCode, headers:
     out.extend_from_slice(b" ");
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
+    let framing_names = [
+        http::header::CONTENT_LENGTH,
+        http::header::TRANSFER_ENCODING,
+        http::header::CONNECTION,
+    ];
+    let fields = headers
+        .iter()
+        .filter(|(name, _)| !framing_names.contains(name))
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .chain(framing.iter().copied().filter(|(name, _)| !name.is_empty()));
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");

@@ -82,7 +82,7 @@ pub fn presence(last_seen: u64, now_ms: u64) -> &'static str {
 
 impl OperatorConnection {
     pub(crate) fn json(&mut self, now: Instant, status: StatusCode, body: Value) {
-        self.respond(now, status, &api_headers(), Bytes::from(body.to_string()));
+        self.respond(now, status, api_headers(), Bytes::from(body.to_string()));
     }
 
     pub(crate) fn admin_route(&mut self, now: Instant, head: &RequestHead) {
@@ -163,7 +163,7 @@ impl OperatorConnection {
                 let name = &path["/admin/v1/integrations/".len()..];
                 match admin.webhooks.delete(name) {
                     Ok(true) => {
-                        self.respond(now, StatusCode::NO_CONTENT, &api_headers(), Bytes::new())
+                        self.respond(now, StatusCode::NO_CONTENT, api_headers(), Bytes::new())
                     }
                     Ok(false) => self.error(
                         now,
@@ -221,7 +221,7 @@ impl OperatorConnection {
     }
 
     fn not_allowed(&mut self, now: Instant, allow: &'static str) {
-        let mut headers = api_headers();
+        let mut headers = api_headers().clone();
         headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
         let body =
             crate::http1::error_body("method_not_allowed", "method not allowed on this route");

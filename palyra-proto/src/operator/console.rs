@@ -124,7 +124,7 @@ impl OperatorConnection {
                         &e.to_string(),
                     );
                 }
-                let mut headers = api_headers();
+                let mut headers = api_headers().clone();
                 if let Ok(v) = HeaderValue::from_str(&sessions::clear_cookie(self.operator.tls)) {
                     headers.insert(http::header::SET_COOKIE, v);
                 }
@@ -200,7 +200,7 @@ impl OperatorConnection {
 
     /// Answers a refused admin token (401 with `WWW-Authenticate`, or 429 with `Retry-After`).
     pub(crate) fn denied(&mut self, now: Instant, denied: Denied) {
-        let mut headers = api_headers();
+        let mut headers = api_headers().clone();
         let (status, body) = match denied {
             Denied::Unauthorized => {
                 headers.insert(
@@ -307,7 +307,7 @@ impl OperatorConnection {
         let sessions = Arc::clone(&admin.sessions);
         match sessions.create((admin.clock)(), random) {
             Ok((cookie, session)) => {
-                let mut headers: HeaderMap = api_headers();
+                let mut headers: HeaderMap = api_headers().clone();
                 if let Ok(v) =
                     HeaderValue::from_str(&sessions::set_cookie(&cookie, self.operator.tls))
                 {

@@ -271,11 +271,15 @@ pub fn security_headers() -> HeaderMap {
     h
 }
 
-pub(crate) fn api_headers() -> HeaderMap {
-    let mut h = security_headers();
-    h.extend(json_headers());
-    h.insert("cache-control", HeaderValue::from_static("no-store"));
-    h
+/// Headers of API answers (security headers, JSON, `Cache-Control: no-store`), built once.
+pub(crate) fn api_headers() -> &'static HeaderMap {
+    static HEADERS: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+    HEADERS.get_or_init(|| {
+        let mut h = security_headers();
+        h.extend(json_headers());
+        h.insert("cache-control", HeaderValue::from_static("no-store"));
+        h
+    })
 }
 
 /// One operator-plane HTTP connection.
@@ -342,7 +346,7 @@ impl OperatorConnection {
 
     pub(crate) fn error(&mut self, now: Instant, status: StatusCode, code: &str, message: &str) {
         let body = error_body(code, message);
-        self.respond(now, status, &api_headers(), body);
+        self.respond(now, status, api_headers(), body);
     }
 
     fn route(&mut self, now: Instant, head: &RequestHead) {
@@ -356,18 +360,14 @@ impl OperatorConnection {
                 if !matches!(*method, Method::GET | Method::HEAD) {
                     return self.method_not_allowed(now, "GET, HEAD");
                 }
-                let body = serde_json::json!({
-                    "status": "ok",
-                    "service": "palyrad",
-                    "version": self.operator.version,
-                    "uptime_seconds": now.saturating_duration_since(self.operator.started).as_secs(),
-                });
-                self.respond(
-                    now,
-                    StatusCode::OK,
-                    &api_headers(),
-                    Bytes::from(body.to_string()),
+                let uptime = now
+                    .saturating_duration_since(self.operator.started)
+                    .as_secs();
+                let body = format!(
+                    "{{\"status\":\"ok\",\"service\":\"palyrad\",\"version\":{},\"uptime_seconds\":{uptime}}}",
+                    serde_json::Value::from(self.operator.version.as_str())
                 );
+                self.respond(now, StatusCode::OK, api_headers(), Bytes::from(body));
             }
             "/metrics" => {
                 if !matches!(*method, Method::GET | Method::HEAD) {
@@ -436,7 +436,7 @@ impl OperatorConnection {
     }
 
     pub(crate) fn method_not_allowed(&mut self, now: Instant, allow: &'static str) {
-        let mut headers = api_headers();
+        let mut headers = api_headers().clone();
         headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
         let body = error_body("method_not_allowed", "method not allowed on this route");
         self.respond(now, StatusCode::METHOD_NOT_ALLOWED, &headers, body);
