@@ -5,7 +5,7 @@ use async_io::{Async, Timer};
 use event_listener::EventListener;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 pub use palyra_proto::grpc::service::GrpcListener;
-use palyra_proto::transport::{Acceptor, Notifier, StreamMachine};
+use palyra_proto::transport::{Acceptor, Notifier, StreamMachine, WRITE_STALL};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -16,8 +16,6 @@ const READ_BUFFER: usize = 16 * 1024;
 
 /// How long open calls may run after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// A peer that accepts none of a write for this long is dropped (it stopped reading).
-pub const WRITE_STALL: Duration = Duration::from_secs(60);
 
 /// A running TCP listener (gRPC, HTTP/1.1, ...): one task per connection.
 pub struct GrpcHandle {

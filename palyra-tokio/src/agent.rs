@@ -50,12 +50,17 @@ struct Agent {
     tick: u64,
 }
 
-fn status_document(tick: u64, deploys: &[String]) -> Value {
-    let load: Vec<Value> = ["api", "worker", "db"]
+/// The chart's series at `tick` (made-up load that moves).
+fn load_series(tick: u64) -> Value {
+    ["api", "worker", "db"]
         .iter()
         .enumerate()
         .map(|(i, name)| json!({"label": name, "value": ((tick * (i as u64 + 3)) % 17) + 3}))
-        .collect();
+        .collect()
+}
+
+fn status_document(tick: u64, deploys: &[String]) -> Value {
+    let load = load_series(tick);
     let rows: Vec<Value> = deploys
         .iter()
         .enumerate()
@@ -146,11 +151,7 @@ impl Agent {
 
     fn tick(&mut self) -> anyhow::Result<()> {
         self.tick += 1;
-        let load: Vec<Value> = ["api", "worker", "db"]
-            .iter()
-            .enumerate()
-            .map(|(i, name)| json!({"label": name, "value": ((self.tick * (i as u64 + 3)) % 17) + 3}))
-            .collect();
+        let load = load_series(self.tick);
         self.send(json!({"type":"a2ui.patch","surface":"status","ops":[
             {"op":"replace","path":"/components/0/props/value","value": format!("Fleet healthy · tick {}", self.tick)},
             {"op":"replace","path":"/components/4/props/series","value": load}]}))

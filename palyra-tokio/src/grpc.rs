@@ -7,7 +7,7 @@ pub use palyra_proto::grpc::service::GrpcListener;
 use palyra_proto::grpc::{Code, Status};
 use palyra_proto::h2::hpack::Field;
 use palyra_proto::transport::tls::TlsStream;
-use palyra_proto::transport::{Acceptor, Notifier, StreamMachine};
+use palyra_proto::transport::{Acceptor, Notifier, StreamMachine, WRITE_STALL};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -23,8 +23,6 @@ const READ_BUFFER: usize = 16 * 1024;
 
 /// How long open calls may run after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// A peer that accepts none of a write for this long is dropped (it stopped reading).
-pub const WRITE_STALL: Duration = Duration::from_secs(60);
 
 /// A running TCP listener (gRPC, HTTP/1.1, ...): one task per connection.
 pub struct GrpcHandle {

@@ -38,19 +38,10 @@ async fn healthz(
 }
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    palyra_bench::peer_runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("{}", listener.local_addr()?);
         let started = Instant::now();
-        std::thread::spawn(|| {
-            let mut sink = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-            std::process::exit(0);
-        });
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);

@@ -272,6 +272,42 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
+/// The state saved in `dir/state.json` brought up to date with the records of `log` after it;
+/// returns it and how many records were replayed.
+fn load_state(dir: &std::path::Path, log: &mut FileEventLog) -> Result<(State, u64), StoreError> {
+    let saved: SavedState = match std::fs::read(dir.join("state.json")) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt("state.json", e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => SavedState::default(),
+        Err(e) => return Err(StoreError::io("reading console/state.json")(e)),
+    };
+    let mut after = saved.seq;
+    let mut state = State::restore(saved).map_err(|e| corrupt("state.json", e))?;
+    let bounds = log.bounds();
+    if bounds.first_seq > after + 1 && bounds.last_seq > after {
+        tracing::warn!(
+            saved = after,
+            first = bounds.first_seq,
+            "console log retention passed the saved state; older records are lost"
+        );
+        after = bounds.first_seq - 1;
+    }
+    let mut replayed = 0u64;
+    loop {
+        let records = log.read_after(after, 1024, 16 * 1024 * 1024)?;
+        let Some(last) = records.last() else { break };
+        after = last.seq;
+        for record in &records {
+            let entry = decode_record(&record.body)
+                .map_err(|e| corrupt(&format!("console record {}", record.seq), e))?;
+            // A record that no longer applies (its surface was dropped with old segments) is
+            // skipped: the log is the truth clients already saw.
+            let _ = state.apply(&entry);
+            replayed += 1;
+        }
+    }
+    Ok((state, replayed))
+}
+
 /// Decodes a stored record back into its entry.
 pub fn decode_record(body: &[u8]) -> Result<Entry, String> {
     let mut value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
@@ -292,36 +328,8 @@ impl ConsoleHub {
     ) -> Result<Self, StoreError> {
         let dir = state_dir.join("console");
         let mut log = FileEventLog::open(dir.join("log"), log_config())?;
-        let saved: SavedState = match std::fs::read(dir.join("state.json")) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt("state.json", e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SavedState::default(),
-            Err(e) => return Err(StoreError::io("reading console/state.json")(e)),
-        };
-        let mut after = saved.seq;
-        let mut state = State::restore(saved).map_err(|e| corrupt("state.json", e))?;
+        let (state, replayed) = load_state(&dir, &mut log)?;
         let bounds = log.bounds();
-        if bounds.first_seq > after + 1 && bounds.last_seq > after {
-            tracing::warn!(
-                saved = after,
-                first = bounds.first_seq,
-                "console log retention passed the saved state; older records are lost"
-            );
-            after = bounds.first_seq - 1;
-        }
-        let mut replayed = 0u64;
-        loop {
-            let records = log.read_after(after, 1024, 16 * 1024 * 1024)?;
-            let Some(last) = records.last() else { break };
-            after = last.seq;
-            for record in &records {
-                let entry = decode_record(&record.body)
-                    .map_err(|e| corrupt(&format!("console record {}", record.seq), e))?;
-                // A record that no longer applies (its surface was dropped with old segments)
-                // is skipped: the log is the truth clients already saw.
-                let _ = state.apply(&entry);
-                replayed += 1;
-            }
-        }
         let mut boots: Vec<(u64, String)> = match std::fs::read(dir.join("boots.json")) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt("boots.json", e))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -502,12 +510,11 @@ impl ConsoleHub {
     /// A surface's current state.
     pub fn surface(&self, name: &str) -> Option<SurfaceInfo> {
         let inner = self.lock();
-        inner.state.surfaces.get(name).map(|s| SurfaceInfo {
-            surface: name.to_owned(),
-            version: s.surface.version(),
-            owner: s.owner.clone(),
-            document: s.surface.document().clone(),
-        })
+        inner
+            .state
+            .surfaces
+            .get(name)
+            .map(|s| surface_info(name, s))
     }
 
     /// Every surface.
@@ -517,12 +524,7 @@ impl ConsoleHub {
             .state
             .surfaces
             .iter()
-            .map(|(name, s)| SurfaceInfo {
-                surface: name.clone(),
-                version: s.surface.version(),
-                owner: s.owner.clone(),
-                document: s.surface.document().clone(),
-            })
+            .map(|(name, s)| surface_info(name, s))
             .collect()
     }
 
@@ -547,6 +549,15 @@ impl ConsoleHub {
     /// Saves the state now (at shutdown, so the next start replays less).
     pub fn save(&self) -> Result<(), StoreError> {
         self.lock().save()
+    }
+}
+
+fn surface_info(name: &str, s: &state::OwnedSurface) -> SurfaceInfo {
+    SurfaceInfo {
+        surface: name.to_owned(),
+        version: s.surface.version(),
+        owner: s.owner.clone(),
+        document: s.surface.document().clone(),
     }
 }
 
@@ -576,24 +587,8 @@ impl Inner {
     }
 
     fn reload(&mut self) -> Result<(), StoreError> {
-        let log = FileEventLog::open(self.dir.join("log"), log_config())?;
-        self.log = log;
-        let saved: SavedState = match std::fs::read(self.dir.join("state.json")) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt("state.json", e))?,
-            Err(_) => SavedState::default(),
-        };
-        let mut after = saved.seq.max(self.log.bounds().first_seq.saturating_sub(1));
-        self.state = State::restore(saved).map_err(|e| corrupt("state.json", e))?;
-        loop {
-            let records = self.log.read_after(after, 1024, 16 * 1024 * 1024)?;
-            let Some(last) = records.last() else { break };
-            after = last.seq;
-            for record in &records {
-                if let Ok(entry) = decode_record(&record.body) {
-                    let _ = self.state.apply(&entry);
-                }
-            }
-        }
+        self.log = FileEventLog::open(self.dir.join("log"), log_config())?;
+        self.state = load_state(&self.dir, &mut self.log)?.0;
         Ok(())
     }
 

@@ -80,14 +80,6 @@ pub struct ConsoleStream {
     now: Instant,
 }
 
-fn error_message(code: &str, message: &str, reference: Option<&Value>) -> String {
-    let mut v = json!({"type": "error", "code": code, "message": message});
-    if let Some(r) = reference {
-        v["ref"] = r.clone();
-    }
-    v.to_string()
-}
-
 fn str_field(msg: &Value, name: &str) -> Result<String, ConsoleError> {
     msg.get(name)
         .and_then(Value::as_str)
@@ -124,10 +116,11 @@ impl ConsoleStream {
 
     fn fail(&mut self, ws: &mut WsConnection, e: &ConsoleError, reference: Option<&Value>) {
         self.errors += 1;
-        let mut msg: Value =
-            serde_json::from_str(&error_message(e.code, &e.message, reference)).unwrap_or_default();
-        msg["cursor"] = self.cursor_value();
-        ws.send_text(&msg.to_string());
+        let mut msg = json!({"type": "error", "code": e.code, "message": e.message});
+        if let Some(r) = reference {
+            msg["ref"] = r.clone();
+        }
+        self.send(ws, msg);
         if self.errors > MAX_ERRORS {
             ws.close(close_code::POLICY, "too many bad requests");
         }

@@ -401,7 +401,7 @@ impl Http1Server {
             *keep_alive = false;
         }
         // Framing fields are ours: the caller's are written without them.
-        let mut length = itoa_buffer();
+        let mut length = [0u8; 20];
         let mut framing: [(&str, &[u8]); 2] = [("", b""), ("", b"")];
         match &body {
             ResponseBody::Full(bytes) if !no_body => {
@@ -535,7 +535,7 @@ impl Http1Server {
             let body = error_body(error.code, &error.message);
             let mut fields = self.error_headers.clone();
             fields.extend(json_headers());
-            let mut length = itoa_buffer();
+            let mut length = [0u8; 20];
             let framing = [
                 ("content-length", format_len(&mut length, body.len())),
                 ("connection", b"close".as_slice()),
@@ -811,10 +811,6 @@ fn body_length(map: &HeaderMap, version: Version) -> Result<BodyLength, HttpErro
         }
         _ => Err(HttpError::bad_request("duplicate Content-Length")),
     }
-}
-
-fn itoa_buffer() -> [u8; 20] {
-    [0u8; 20]
 }
 
 /// Decimal digits of `n` in `buf`.

@@ -103,6 +103,9 @@ impl PeerIdentity {
     }
 }
 
+/// A driver drops a peer that accepts none of a write for this long (it stopped reading).
+pub const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Wakes connection tasks when shared state changes. Runtime-neutral (event-listener), so the
 /// tokio and smol drivers wait on it the same way.
 ///

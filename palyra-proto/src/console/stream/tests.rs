@@ -32,25 +32,11 @@ fn fixture_in(dir: tempfile::TempDir) -> Fixture {
     let hub = Arc::new(
         ConsoleHub::open(dir.path(), "boot1".into(), Arc::clone(&notifier), clock()).unwrap(),
     );
-    let nodes = Arc::new(
-        NodeHub::open(Arc::new(TrustIndex::new(&TrustSnapshot::default())), None).unwrap(),
-    );
     let now = Instant::now();
-    let operator = Operator::daemon(
-        "test",
-        now,
-        Admin {
-            auth: Arc::new(AdminAuth::from_token(TOKEN)),
-            hub: nodes,
-            clock: clock(),
-            webhooks: Arc::new(WebhookStore::open(dir.path()).unwrap()),
-            random: Arc::new(|buf: &mut [u8]| buf.fill(7)),
-            console: Arc::clone(&hub),
-            sessions: Arc::new(
-                crate::console::sessions::ConsoleSessions::open(dir.path()).unwrap(),
-            ),
-            origins: vec!["https://console.example".into()],
-        },
+    let operator = operator_for(
+        dir.path(),
+        Arc::clone(&hub),
+        vec!["https://console.example".into()],
     );
     Fixture {
         _dir: dir,
@@ -450,7 +436,7 @@ fn reconnecting_console_gets_exactly_what_it_missed_even_after_a_restart() {
     );
     publish(&hub, 6, 8);
     let restarted = Fixture {
-        operator: Arc::clone(&fixture_with_hub(&path, Arc::clone(&hub))),
+        operator: operator_for(&path, Arc::clone(&hub), Vec::new()),
         hub,
         now,
         _dir: tempfile::tempdir().unwrap(),
@@ -477,7 +463,12 @@ fn reconnecting_console_gets_exactly_what_it_missed_even_after_a_restart() {
     assert_eq!(got.last().unwrap()["type"], "snapshot.done");
 }
 
-fn fixture_with_hub(path: &std::path::Path, hub: Arc<ConsoleHub>) -> Arc<Operator> {
+/// The operator plane of a daemon whose state is in `path`, with `hub` as its console.
+fn operator_for(
+    path: &std::path::Path,
+    hub: Arc<ConsoleHub>,
+    origins: Vec<String>,
+) -> Arc<Operator> {
     let nodes = Arc::new(
         NodeHub::open(Arc::new(TrustIndex::new(&TrustSnapshot::default())), None).unwrap(),
     );
@@ -489,10 +480,10 @@ fn fixture_with_hub(path: &std::path::Path, hub: Arc<ConsoleHub>) -> Arc<Operato
             hub: nodes,
             clock: clock(),
             webhooks: Arc::new(WebhookStore::open(path).unwrap()),
-            random: Arc::new(|buf: &mut [u8]| buf.fill(9)),
+            random: Arc::new(|buf: &mut [u8]| buf.fill(7)),
             console: hub,
             sessions: Arc::new(crate::console::sessions::ConsoleSessions::open(path).unwrap()),
-            origins: Vec::new(),
+            origins,
         },
     )
 }
