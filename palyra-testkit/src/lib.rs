@@ -689,6 +689,10 @@ macro_rules! node_plane_suite {
             $crate::operator::operator_console_stream::<$driver>();
         }
         #[test]
+        fn operator_over_tls() {
+            $crate::operator::operator_over_tls::<$driver>();
+        }
+        #[test]
         fn operator_websocket_echo() {
             $crate::operator::operator_websocket_echo::<$driver>();
         }

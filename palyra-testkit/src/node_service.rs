@@ -331,8 +331,11 @@ pub fn gateway_listener_over_tls<D: Driver>() {
     let a = gw.issue(DEV_A);
     let plane = gw.plane(&NodePlaneOptions::default());
     let tls = Arc::new(
-        palyra_proto::quic::tls::gateway_server_config(plane.identity.tcp_cert_slot())
-            .expect("gateway TLS"),
+        palyra_proto::quic::tls::tcp_server_config(
+            plane.identity.tcp_cert_slot(),
+            palyra_proto::quic::tls::ALPN_H2,
+        )
+        .expect("gateway TLS"),
     );
     let (server, addr) = D::start_grpc(crate::gateway_routers(), Some(tls), None);
     let mut client = tls_client(addr, None, &a.ca_pem);

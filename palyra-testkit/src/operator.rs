@@ -10,10 +10,20 @@ use std::time::{Duration, Instant};
 
 /// Writes `request` and reads until the server closes or `expect` responses arrived.
 fn exchange(addr: SocketAddr, request: &[u8], expect: usize) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
+    exchange_on(connect(addr), request, expect)
+}
+
+/// A TCP connection whose reads time out after 200 ms.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
+    stream
+}
+
+/// [`exchange`] on an open connection (cleartext or TLS).
+fn exchange_on(mut stream: impl Read + Write, request: &[u8], expect: usize) -> String {
     stream.write_all(request).expect("write");
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
@@ -39,6 +49,7 @@ pub fn operator_http_basics<D: Driver>() {
         Arc::new(OperatorAcceptor {
             operator,
             config: Default::default(),
+            tls: None,
         }),
         None,
     );
@@ -80,6 +91,7 @@ pub fn operator_websocket_echo<D: Driver>() {
         Arc::new(OperatorAcceptor {
             operator: Operator::with_ws_echo("suite", Instant::now(), ws),
             config: Default::default(),
+            tls: None,
         }),
         None,
     );
@@ -172,11 +184,13 @@ pub fn operator_admin_api<D: Driver>() {
             Vec::new(),
         )
         .expect("operator stores"),
+        false,
     );
     let (server, addr) = D::start_listener(
         Arc::new(OperatorAcceptor {
             operator,
             config: Default::default(),
+            tls: None,
         }),
         Some(hub.notifier()),
     );
@@ -311,13 +325,29 @@ pub fn operator_admin_api<D: Driver>() {
 }
 
 /// A blocking console-stream client (tungstenite) with a read timeout.
-struct StreamClient(tungstenite::WebSocket<TcpStream>);
+struct StreamClient<S: Read + Write = TcpStream>(tungstenite::WebSocket<S>);
 
 impl StreamClient {
     fn connect(addr: SocketAddr, headers: &[(&'static str, String)]) -> Self {
-        use tungstenite::client::IntoClientRequest;
         let stream = TcpStream::connect(addr).expect("connect");
-        let mut request = format!("ws://{addr}/console/v1/stream")
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        Self::over(stream, &format!("ws://{addr}"), headers)
+            .unwrap_or_else(|status| panic!("upgrade refused: {status:?}"))
+    }
+}
+
+impl<S: Read + Write> StreamClient<S> {
+    /// Upgrades `stream` (whose reads already time out) at `base` (`ws://host:port` or
+    /// `wss://...`); when refused, the HTTP status of the refusal (`None`: no HTTP answer).
+    fn over(
+        stream: S,
+        base: &str,
+        headers: &[(&'static str, String)],
+    ) -> Result<Self, Option<u16>> {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = format!("{base}/console/v1/stream")
             .into_client_request()
             .expect("request");
         request.headers_mut().insert(
@@ -329,11 +359,13 @@ impl StreamClient {
                 .headers_mut()
                 .insert(*name, value.parse().expect("header"));
         }
-        let (ws, _) = tungstenite::client(request, stream).expect("upgrade");
-        ws.get_ref()
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        Self(ws)
+        match tungstenite::client(request, stream) {
+            Ok((ws, _)) => Ok(Self(ws)),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+                Err(Some(r.status().as_u16()))
+            }
+            Err(_) => Err(None),
+        }
     }
 
     fn send(&mut self, msg: serde_json::Value) {
@@ -387,8 +419,9 @@ pub fn operator_console_stream<D: Driver>() {
     .expect("operator stores");
     let (server, addr) = D::start_listener(
         Arc::new(OperatorAcceptor {
-            operator: Operator::daemon("suite", Instant::now(), admin),
+            operator: Operator::daemon("suite", Instant::now(), admin, false),
             config: Default::default(),
+            tls: None,
         }),
         Some(hub.notifier()),
     );
@@ -465,5 +498,98 @@ pub fn operator_console_stream<D: Driver>() {
     assert_eq!(texts, ["missed 0", "missed 1", "missed 2"], "[{}]", D::NAME);
     // The action was logged too and is in the replay; nothing else is.
     assert_eq!(got.len(), 1 + 1 + 3 + 1, "[{}] {got:?}", D::NAME);
+    D::stop_grpc(server);
+}
+
+/// The operator listener over TLS (`palyrad --http-tls`): the gateway's ECDSA P-256 server
+/// certificate verified against the gateway CA with ALPN `http/1.1`, HSTS on answers, a `Secure`
+/// session cookie, the console stream over `wss` with the `https` origin (the `http` one is
+/// refused), and nothing answered to cleartext HTTP.
+pub fn operator_over_tls<D: Driver>() {
+    use palyra_proto::operator::{auth::AdminAuth, Admin};
+    use palyra_proto::quic::tls::{client_config, tcp_server_config, ALPN_HTTP1};
+    let gw = crate::Gateway::new();
+    let plane = gw.plane(&palyra_proto::gateway::NodePlaneOptions::default());
+    let hub = Arc::clone(&plane.hub);
+    let tls = tcp_server_config(plane.identity.tcp_cert_slot(), ALPN_HTTP1).expect("server TLS");
+    let client =
+        Arc::new(client_config(plane.identity.ca_der(), None, ALPN_HTTP1).expect("client TLS"));
+    let clock: palyra_proto::gateway::node_service::WallClock =
+        Arc::new(|| palyra_proto::store::unix_ms(std::time::SystemTime::now()));
+    let admin = Admin::open(
+        gw.path(),
+        AdminAuth::from_token("suite-token"),
+        Arc::clone(&hub),
+        clock,
+        Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, buf)),
+        Vec::new(),
+    )
+    .expect("operator stores");
+    let (server, addr) = D::start_listener(
+        Arc::new(OperatorAcceptor {
+            operator: Operator::daemon("suite", Instant::now(), admin, true),
+            config: Default::default(),
+            tls: Some(Arc::new(tls)),
+        }),
+        Some(hub.notifier()),
+    );
+    let host = format!("localhost:{}", addr.port());
+    let secure = || {
+        let conn = rustls::ClientConnection::new(
+            Arc::clone(&client),
+            "localhost".try_into().expect("name"),
+        )
+        .expect("TLS client");
+        rustls::StreamOwned::new(conn, connect(addr))
+    };
+    let out = exchange_on(
+        secure(),
+        format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        1,
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "[{}] {out}", D::NAME);
+    assert!(out.contains("strict-transport-security: max-age="), "{out}");
+    let body = "{\"admin_token\":\"suite-token\"}";
+    let out = exchange_on(
+        secure(),
+        format!("POST /console/v1/auth/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+        1,
+    );
+    let set_cookie = out
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("[{}] no cookie: {out}", D::NAME));
+    assert!(set_cookie.contains("; Secure"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().expect("cookie").to_owned();
+    let base = format!("wss://{host}");
+    let refused = StreamClient::over(
+        secure(),
+        &base,
+        &[
+            ("cookie", cookie.clone()),
+            ("origin", format!("http://{host}")),
+        ],
+    );
+    assert!(
+        matches!(refused, Err(Some(403))),
+        "[{}] the http origin must be refused on a TLS listener",
+        D::NAME
+    );
+    let mut person = StreamClient::over(
+        secure(),
+        &base,
+        &[("cookie", cookie), ("origin", format!("https://{host}"))],
+    )
+    .unwrap_or_else(|status| panic!("[{}] wss upgrade refused: {status:?}", D::NAME));
+    person.send(serde_json::json!({"type":"hello","resume":null}));
+    person.until("snapshot.done");
+    person.send(serde_json::json!({"type":"ping"}));
+    person.until("pong");
+    let out = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 1);
+    assert!(
+        !out.contains("HTTP/1.1 200"),
+        "[{}] cleartext answered on a TLS listener: {out}",
+        D::NAME
+    );
     D::stop_grpc(server);
 }

@@ -3,23 +3,22 @@
 //! status surface live (all six A2UI component types) and a deploy form whose submissions it
 //! receives as `a2ui.action` and answers in the chat.
 //!
-//! Blocking tungstenite over a std TCP stream: one connection, one thread, no runtime needed.
+//! Blocking tungstenite over a std TCP (or TLS) stream: one connection, one thread, no runtime
+//! needed.
 
+use crate::operator_client::{Conn, Daemon};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use std::io::ErrorKind;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
 /// Options of the demo agent.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DemoOptions {
-    /// Daemon HTTP address (`http://HOST:PORT`).
-    pub daemon: String,
-    /// The admin token.
-    pub token: String,
+    /// The daemon (its operator plane) and the admin token.
+    pub daemon: Daemon,
     /// Chat session to talk in.
     pub session: String,
     /// Agent name (owner of its surfaces).
@@ -30,20 +29,8 @@ pub struct DemoOptions {
     pub run_for: Option<Duration>,
 }
 
-/// `HOST:PORT` of an `http://HOST:PORT[/]` URL.
-pub fn http_authority(url: &str) -> anyhow::Result<String> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        bail!("--daemon must be http://HOST:PORT (got {url:?})");
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    if authority.is_empty() || !authority.contains(':') {
-        bail!("--daemon must name a host and port, e.g. http://127.0.0.1:8080");
-    }
-    Ok(authority.to_owned())
-}
-
 struct Agent {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<Conn>,
     options: DemoOptions,
     replies: u64,
     deploys: Vec<String>,
@@ -160,15 +147,12 @@ impl Agent {
 
 /// Runs the demo agent until the stream ends (or `run_for` passes).
 pub fn run_demo(options: DemoOptions) -> anyhow::Result<()> {
-    let authority = http_authority(&options.daemon)?;
-    let stream = TcpStream::connect(&authority)
-        .with_context(|| format!("cannot connect to palyrad at {authority}"))?;
-    stream.set_nodelay(true)?;
-    let mut request = format!("ws://{authority}/console/v1/stream").into_client_request()?;
+    let stream = options.daemon.connect(Duration::from_secs(30))?;
+    let mut request = options.daemon.stream_url().into_client_request()?;
     let headers = request.headers_mut();
     headers.insert(
         "authorization",
-        format!("Bearer {}", options.token)
+        format!("Bearer {}", options.daemon.token())
             .parse()
             .context("the admin token is not a valid header value")?,
     );
@@ -182,7 +166,10 @@ pub fn run_demo(options: DemoOptions) -> anyhow::Result<()> {
             r.status(),
             String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
         ),
-        other => anyhow::anyhow!("WebSocket handshake failed: {other}"),
+        other => anyhow::anyhow!(
+            "WebSocket handshake failed: {other}{}",
+            options.daemon.garbled_hint()
+        ),
     })?;
     if response
         .headers()
@@ -209,6 +196,7 @@ pub fn run_demo(options: DemoOptions) -> anyhow::Result<()> {
     agent
         .ws
         .get_ref()
+        .tcp()
         .set_read_timeout(Some(Duration::from_millis(200)))?;
     let started = Instant::now();
     let mut next_tick = Instant::now() + Duration::from_secs(2);
@@ -246,11 +234,5 @@ mod tests {
     fn documents_are_valid_a2ui() {
         palyra_proto::a2ui::validate_document(&status_document(3, &["api x2".into()])).unwrap();
         palyra_proto::a2ui::validate_document(&deploy_form()).unwrap();
-        assert_eq!(
-            http_authority("http://127.0.0.1:8080/").unwrap(),
-            "127.0.0.1:8080"
-        );
-        assert!(http_authority("https://x:1").is_err());
-        assert!(http_authority("http://nohost").is_err());
     }
 }

@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub grpc_tls: Option<bool>,
     /// Operator-plane HTTP listener.
     pub http_addr: Option<SocketAddr>,
+    /// Serve the operator listener over TLS (the gateway's ECDSA P-256 server certificate).
+    pub http_tls: Option<bool>,
     /// Origins besides the listener's own allowed to use the console (`https://host:port`).
     pub console_origins: Option<Vec<String>>,
     /// Extra host names / IPs for the server certificate.
@@ -116,6 +118,10 @@ pub struct Overrides {
     /// Operator-plane HTTP listener (health, metrics), e.g. 127.0.0.1:8080 (port 0 picks one).
     #[arg(long, env = "PALYRA_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// Serve the operator listener over HTTPS with the gateway's ECDSA P-256 server certificate
+    /// (clients trust the gateway CA: STATE/identity/ca.crt.pem); adds HSTS and Secure cookies.
+    #[arg(long, env = "PALYRA_HTTP_TLS")]
+    pub http_tls: bool,
     /// Extra origin allowed to open the console stream, e.g. https://palyra.example:8443
     /// (repeatable; env: comma-separated). The listener's own origin is always allowed.
     #[arg(
@@ -151,6 +157,8 @@ pub struct Config {
     pub grpc_tls: bool,
     /// Operator-plane HTTP listener.
     pub http_addr: SocketAddr,
+    /// Whether the operator listener speaks TLS.
+    pub http_tls: bool,
     /// Extra console origins.
     pub console_origins: Vec<String>,
     /// Log format.
@@ -259,6 +267,7 @@ impl Config {
                 .http_addr
                 .or(file.http_addr)
                 .unwrap_or_else(|| DEFAULT_HTTP_ADDR.parse().expect("valid default address")),
+            http_tls: overrides.http_tls || file.http_tls.unwrap_or(false),
             console_origins: overrides
                 .console_origins
                 .iter()

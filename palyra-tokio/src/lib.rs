@@ -5,6 +5,7 @@ pub mod client;
 pub mod config;
 pub mod grpc;
 pub mod node_plane;
+pub mod operator_client;
 pub mod udp;
 
 pub use client::{NodeConnection, Responses};

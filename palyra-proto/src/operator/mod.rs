@@ -178,8 +178,14 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Operator {
-    /// The operator plane of `palyrad`: health, metrics and the admin API.
-    pub fn daemon(version: impl Into<String>, started: Instant, admin: Admin) -> Arc<Self> {
+    /// The operator plane of `palyrad`: health, metrics, the admin API and the console; `tls`
+    /// tells whether its listener speaks TLS (see [`OperatorAcceptor::tls`]).
+    pub fn daemon(
+        version: impl Into<String>,
+        started: Instant,
+        admin: Admin,
+        tls: bool,
+    ) -> Arc<Self> {
         Arc::new(Self {
             version: version.into(),
             started,
@@ -187,7 +193,7 @@ impl Operator {
             ws_echo: false,
             ws: WsConfig::default(),
             admin: Some(admin),
-            tls: false,
+            tls,
         })
     }
 
@@ -581,6 +587,9 @@ pub struct OperatorAcceptor {
     pub operator: Arc<Operator>,
     /// HTTP limits.
     pub config: ServerConfig,
+    /// TLS configuration (ALPN `http/1.1`); cleartext when absent. Must agree with
+    /// [`Operator::tls`], which decides `Secure` cookies, HSTS and the console's own origin.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Acceptor for OperatorAcceptor {
@@ -589,9 +598,25 @@ impl Acceptor for OperatorAcceptor {
         now: Instant,
         peer: std::net::SocketAddr,
     ) -> Result<Box<dyn StreamMachine>, String> {
-        let mut conn = OperatorConnection::new(Arc::clone(&self.operator), self.config, now);
-        conn.peer = Some(peer);
-        Ok(Box::new(conn))
+        let operator = Arc::clone(&self.operator);
+        let config = self.config;
+        let connection = move |now| {
+            let mut conn = OperatorConnection::new(operator, config, now);
+            conn.peer = Some(peer);
+            conn
+        };
+        match &self.tls {
+            None => Ok(Box::new(connection(now))),
+            Some(tls) => {
+                let stream = crate::transport::tls::TlsStream::server(
+                    Arc::clone(tls),
+                    now,
+                    move |_client, now| connection(now),
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(Box::new(stream))
+            }
+        }
     }
 }
 

@@ -222,14 +222,21 @@ pub fn node_tcp_server_config(
     Ok(config)
 }
 
-/// Server TLS configuration of the gateway gRPC listener when TLS is enabled: the gateway's
-/// server certificate, no client authentication, ALPN `h2`.
-pub fn gateway_server_config(cert: Arc<ServerCertSlot>) -> Result<rustls::ServerConfig, TlsError> {
+/// ALPN of HTTP/1.1 over TLS (the operator listener).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// Server TLS configuration of a TCP listener that serves the gateway's ECDSA P-256 server
+/// certificate without client authentication: the gateway gRPC listener (ALPN `h2`) or the
+/// operator HTTP listener (ALPN `http/1.1`).
+pub fn tcp_server_config(
+    cert: Arc<ServerCertSlot>,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_cert_resolver(cert);
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     config.max_early_data_size = 0;
     Ok(config)
 }

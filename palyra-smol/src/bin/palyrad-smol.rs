@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 const USAGE: &str =
-    "usage: palyrad-smol --state-dir DIR [--node-addr ADDR] [--grpc-addr ADDR] [--http-addr ADDR] [--exit-on-stdin-eof]";
+    "usage: palyrad-smol --state-dir DIR [--node-addr ADDR] [--grpc-addr ADDR] [--http-addr ADDR] [--http-tls] [--exit-on-stdin-eof]";
 
 fn main() -> ExitCode {
     match run() {
@@ -34,6 +34,7 @@ fn run() -> Result<(), String> {
     let mut grpc_addr: SocketAddr = "127.0.0.1:7443".parse().map_err(|e| format!("{e}"))?;
     let mut http_addr: SocketAddr = "127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?;
     let mut stdin_eof = false;
+    let mut http_tls = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -56,6 +57,7 @@ fn run() -> Result<(), String> {
                     .parse()
                     .map_err(|e| format!("--http-addr {value:?}: {e}"))?;
             }
+            "--http-tls" => http_tls = true,
             "--exit-on-stdin-eof" => stdin_eof = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -73,6 +75,16 @@ fn run() -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let hub = std::sync::Arc::clone(&plane.hub);
+    let http_tls = if http_tls {
+        let config = palyra_proto::quic::tls::tcp_server_config(
+            plane.identity.tcp_cert_slot(),
+            palyra_proto::quic::tls::ALPN_HTTP1,
+        )
+        .map_err(|e| e.to_string())?;
+        Some(std::sync::Arc::new(config))
+    } else {
+        None
+    };
     let node_tls = std::sync::Arc::clone(&plane.tcp_tls);
     smol::block_on(async {
         let handle = NodePlaneHandle::start(node_addr, plane)
@@ -135,12 +147,14 @@ fn run() -> Result<(), String> {
             env!("CARGO_PKG_VERSION"),
             std::time::Instant::now(),
             admin,
+            http_tls.is_some(),
         );
         let http = GrpcHandle::serve(
             http_addr,
             std::sync::Arc::new(palyra_proto::operator::OperatorAcceptor {
                 operator,
                 config: Default::default(),
+                tls: http_tls,
             }),
             Some(hub.notifier()),
         )

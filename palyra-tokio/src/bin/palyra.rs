@@ -52,16 +52,8 @@ enum AgentCommand {
     /// Runs the demo agent: streamed chat replies, a live status surface and a deploy form whose
     /// submissions it answers. Open http://127.0.0.1:8080/ to watch.
     Demo {
-        /// palyrad's operator-plane URL.
-        #[arg(
-            long,
-            env = "PALYRA_DAEMON_URL",
-            default_value = "http://127.0.0.1:8080"
-        )]
-        daemon: String,
-        /// File holding the admin token (default: the PALYRA_ADMIN_TOKEN environment variable).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         /// Chat session to talk in.
         #[arg(long, default_value = "main")]
         session: String,
@@ -77,17 +69,31 @@ enum AgentCommand {
     },
 }
 
-/// The admin token: from `--token-file`, else `PALYRA_ADMIN_TOKEN`.
-fn admin_token(token_file: Option<&std::path::Path>) -> anyhow::Result<String> {
-    let token = match token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?,
-        None => std::env::var("PALYRA_ADMIN_TOKEN")
-            .context("set PALYRA_ADMIN_TOKEN or pass --token-file")?,
-    };
-    let token = token.trim().to_owned();
-    anyhow::ensure!(!token.is_empty(), "the admin token is empty");
-    Ok(token)
+/// How operator commands reach palyrad's operator plane (the admin API).
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// palyrad's operator-plane URL: http://HOST:PORT, or https://HOST:PORT when palyrad runs
+    /// with --http-tls.
+    #[arg(
+        long,
+        env = "PALYRA_DAEMON_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    daemon: String,
+    /// File holding the admin token (default: the PALYRA_ADMIN_TOKEN environment variable).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The gateway CA (PEM) that verifies an https:// daemon (default: the local gateway's
+    /// STATE/identity/ca.crt.pem when it exists).
+    #[arg(long, env = "PALYRA_CA_FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    fn daemon(&self) -> anyhow::Result<palyra_tokio::operator_client::Daemon> {
+        let token = palyra_tokio::operator_client::admin_token(self.token_file.as_deref())?;
+        palyra_tokio::operator_client::Daemon::new(&self.daemon, self.ca_file.as_deref(), token)
+    }
 }
 
 #[derive(clap::Args)]
@@ -413,15 +419,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health { grpc, timeout_ms } => return health(&grpc, timeout_ms).await,
         Command::Agent(AgentCommand::Demo {
             daemon,
-            token_file,
             session,
             name,
             word_delay_ms,
             run_for_secs,
         }) => {
             let options = palyra_tokio::agent::DemoOptions {
-                token: admin_token(token_file.as_deref())?,
-                daemon,
+                daemon: daemon.daemon()?,
                 session,
                 name,
                 word_delay: Duration::from_millis(word_delay_ms),

@@ -172,7 +172,20 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     let node_tls = std::sync::Arc::clone(&plane.tcp_tls);
     let gateway_tls = if config.grpc_tls {
         Some(std::sync::Arc::new(
-            palyra_proto::quic::tls::gateway_server_config(plane.identity.tcp_cert_slot())?,
+            palyra_proto::quic::tls::tcp_server_config(
+                plane.identity.tcp_cert_slot(),
+                palyra_proto::quic::tls::ALPN_H2,
+            )?,
+        ))
+    } else {
+        None
+    };
+    let http_tls = if config.http_tls {
+        Some(std::sync::Arc::new(
+            palyra_proto::quic::tls::tcp_server_config(
+                plane.identity.tcp_cert_slot(),
+                palyra_proto::quic::tls::ALPN_HTTP1,
+            )?,
         ))
     } else {
         None
@@ -238,13 +251,18 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     )
     .context("cannot open the operator-plane stores")?;
     let console = std::sync::Arc::clone(&admin.console);
-    let operator =
-        palyra_proto::operator::Operator::daemon(env!("CARGO_PKG_VERSION"), started, admin);
+    let operator = palyra_proto::operator::Operator::daemon(
+        env!("CARGO_PKG_VERSION"),
+        started,
+        admin,
+        http_tls.is_some(),
+    );
     let http = GrpcHandle::serve(
         config.http_addr,
         std::sync::Arc::new(palyra_proto::operator::OperatorAcceptor {
             operator,
             config: Default::default(),
+            tls: http_tls,
         }),
         Some(hub.notifier()),
     )
@@ -262,6 +280,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         http = %http.local_addr,
         grpc = %grpc.local_addr,
         grpc_tls = config.grpc_tls,
+        http_tls = config.http_tls,
         endpoints = %endpoints_path.display(),
         ca_spki_sha256 = %ca_fingerprint,
         "palyrad listening"

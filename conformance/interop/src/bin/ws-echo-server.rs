@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     let acceptor = Arc::new(OperatorAcceptor {
         operator: Operator::with_ws_echo("conformance", Instant::now(), ws),
         config: Default::default(),
+        tls: None,
     });
     match args.driver.as_str() {
         "tokio" => {

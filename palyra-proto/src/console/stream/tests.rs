@@ -485,6 +485,7 @@ fn operator_for(
             sessions: Arc::new(crate::console::sessions::ConsoleSessions::open(path).unwrap()),
             origins,
         },
+        false,
     )
 }
 

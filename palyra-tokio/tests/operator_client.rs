@@ -1,0 +1,102 @@
+//! The CLI's operator-plane client (`palyra ... --daemon URL`) against a real operator listener,
+//! cleartext and TLS: admin calls, the daemon's error envelope, and CA verification.
+
+use palyra_proto::operator::{auth::AdminAuth, Admin, Operator, OperatorAcceptor};
+use palyra_proto::quic::tls::{tcp_server_config, ALPN_HTTP1};
+use palyra_tokio::grpc::GrpcHandle;
+use palyra_tokio::operator_client::{ApiError, Daemon};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Serves the operator plane of a fresh gateway; `tls` selects HTTPS. Returns the listener, its
+/// URL and the gateway (whose CA verifies the listener).
+fn serve(rt: &tokio::runtime::Runtime, tls: bool) -> (GrpcHandle, String, palyra_testkit::Gateway) {
+    let gw = palyra_testkit::Gateway::new();
+    let plane = gw.plane(&Default::default());
+    let clock: palyra_proto::gateway::node_service::WallClock =
+        Arc::new(|| palyra_proto::store::unix_ms(std::time::SystemTime::now()));
+    let admin = Admin::open(
+        gw.path(),
+        AdminAuth::from_token("client-token"),
+        Arc::clone(&plane.hub),
+        clock,
+        Arc::new(|buf: &mut [u8]| buf.fill(3)),
+        Vec::new(),
+    )
+    .expect("stores");
+    let server_tls = tls.then(|| {
+        Arc::new(tcp_server_config(plane.identity.tcp_cert_slot(), ALPN_HTTP1).expect("tls"))
+    });
+    let acceptor = Arc::new(OperatorAcceptor {
+        operator: Operator::daemon("test", Instant::now(), admin, tls),
+        config: Default::default(),
+        tls: server_tls,
+    });
+    let handle = rt
+        .block_on(GrpcHandle::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            acceptor,
+            None,
+        ))
+        .expect("bind");
+    let scheme = if tls { "https" } else { "http" };
+    let url = format!("{scheme}://localhost:{}", handle.local_addr.port());
+    (handle, url, gw)
+}
+
+fn api_error(err: anyhow::Error) -> ApiError {
+    err.downcast::<ApiError>().expect("an API error")
+}
+
+#[test]
+fn admin_calls_over_http_and_https_with_error_envelopes() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for tls in [false, true] {
+        let (handle, url, gw) = serve(&rt, tls);
+        let ca = gw.path().join("identity/ca.crt.pem");
+        let daemon = Daemon::new(&url, Some(&ca), "client-token".into()).unwrap();
+        let status = daemon
+            .call(http::Method::GET, "/admin/v1/status", None)
+            .unwrap();
+        assert_eq!(status["service"], "palyrad", "tls={tls}: {status}");
+        let err = daemon
+            .call(http::Method::GET, "/admin/v1/nope", None)
+            .unwrap_err();
+        assert_eq!(api_error(err).status, http::StatusCode::NOT_FOUND);
+        let wrong = Daemon::new(&url, Some(&ca), "wrong".into()).unwrap();
+        let err = api_error(
+            wrong
+                .call(http::Method::GET, "/admin/v1/status", None)
+                .unwrap_err(),
+        );
+        assert_eq!(
+            (err.status.as_u16(), err.code.as_str()),
+            (401, "unauthorized")
+        );
+        rt.block_on(handle.shutdown());
+    }
+}
+
+#[test]
+fn https_is_verified_against_the_given_ca_only() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (handle, url, _gw) = serve(&rt, true);
+    let other = palyra_testkit::Gateway::new();
+    other.plane(&Default::default());
+    let foreign_ca = other.path().join("identity/ca.crt.pem");
+    let daemon = Daemon::new(&url, Some(&foreign_ca), "client-token".into()).unwrap();
+    let err = daemon
+        .call(http::Method::GET, "/admin/v1/status", None)
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("TLS handshake"),
+        "a foreign CA must fail the handshake: {err:#}"
+    );
+    let cleartext =
+        Daemon::new(&url.replace("https", "http"), None, "client-token".into()).unwrap();
+    let err = cleartext
+        .call(http::Method::GET, "/admin/v1/status", None)
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("--http-tls"), "{err:#}");
+    rt.block_on(handle.shutdown());
+}
