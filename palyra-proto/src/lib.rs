@@ -6,6 +6,7 @@
 
 pub mod a2ui;
 pub mod console;
+pub mod enroll;
 pub mod frame;
 pub mod gateway;
 pub mod grpc;

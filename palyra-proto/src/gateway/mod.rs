@@ -87,8 +87,12 @@ pub struct GatewayIdentity {
     trust_stamp: Option<(SystemTime, u64)>,
 }
 
+/// Loads (or issues) the server certificate of `kind`; handshakes present it with the CA
+/// certificate after it, so a device that pins the CA's key (pairing invites) can verify the
+/// chain before it has the CA.
 fn load_server_cert(
     ids: &IdentityDir,
+    ca_der: &[u8],
     rng: &mut impl CryptoRngCore,
     now: SystemTime,
     kind: ServerKeyKind,
@@ -97,7 +101,7 @@ fn load_server_cert(
 ) -> Result<(Arc<rustls::sign::CertifiedKey>, SystemTime), GatewayError> {
     let server = ids.load_or_issue_server_cert(rng, now, kind, hosts, validity, validity / 3)?;
     let key = tls::certified_key(
-        vec![server.cert.der.clone()],
+        vec![server.cert.der.clone(), ca_der.to_vec()],
         server.key.pkcs8_der().map_err(IdentityError::from)?,
     )?;
     Ok((key, server.cert.not_after))
@@ -115,8 +119,15 @@ impl GatewayIdentity {
         let ids = IdentityDir::open(dir)?;
         let ca = ids.load_or_create_ca(rng, now)?;
         let mut load = |kind| -> Result<ServedCert, GatewayError> {
-            let (key, not_after) =
-                load_server_cert(&ids, rng, now, kind, hosts, server_cert_validity)?;
+            let (key, not_after) = load_server_cert(
+                &ids,
+                ca.cert_der(),
+                rng,
+                now,
+                kind,
+                hosts,
+                server_cert_validity,
+            )?;
             Ok(ServedCert {
                 kind,
                 slot: ServerCertSlot::new(key),
@@ -165,6 +176,16 @@ impl GatewayIdentity {
         self.served[0].not_after
     }
 
+    /// Confirms the rotated certificates seen in use since the last call (revoking what they
+    /// superseded) in the trust file; the next [`GatewayIdentity::refresh_trust`] applies it.
+    pub fn confirm_rotations(&self, now: SystemTime) -> Result<bool, GatewayError> {
+        let seen = self.trust.take_confirmed();
+        if seen.is_empty() {
+            return Ok(false);
+        }
+        Ok(self.ids.confirm_certs(now, &seen)?)
+    }
+
     /// Reloads `trust.json` if it changed since the last look. Returns true if the index changed.
     pub fn refresh_trust(&mut self) -> Result<bool, GatewayError> {
         let stamp = self.ids.trust_stamp();
@@ -192,6 +213,7 @@ impl GatewayIdentity {
             }
             let (key, not_after) = load_server_cert(
                 &self.ids,
+                &self.ca_der,
                 rng,
                 now,
                 served.kind,
@@ -224,6 +246,15 @@ impl NodePlane {
     /// file and closes connections it no longer trusts, renews the server certificate when due.
     /// Failures are logged and retried next time; the previous state stays in force.
     pub fn maintain(&mut self, now: Instant, wall: SystemTime, rng: &mut impl CryptoRngCore) {
+        match self.identity.confirm_rotations(wall) {
+            Ok(true) => {
+                tracing::info!("rotated certificates in use; their predecessors are revoked")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot confirm rotated certificates; will retry")
+            }
+        }
         match self.identity.refresh_trust() {
             Ok(true) => {
                 tracing::info!("trust file changed; re-checking open connections");

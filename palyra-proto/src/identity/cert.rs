@@ -196,6 +196,24 @@ pub fn spki_of(key: &SigningKey) -> Result<SubjectPublicKeyInfoOwned, CertError>
     })
 }
 
+/// The SubjectPublicKeyInfo of a raw Ed25519 public key (a device's own key).
+pub fn spki_of_public(public_key: &[u8; 32]) -> Result<SubjectPublicKeyInfoOwned, CertError> {
+    Ok(SubjectPublicKeyInfoOwned {
+        algorithm: ed25519_algorithm(),
+        subject_public_key: BitString::from_bytes(public_key)?,
+    })
+}
+
+/// The raw Ed25519 public key of a certificate (None for other key types).
+pub fn cert_ed25519_public(cert_der: &[u8]) -> Result<Option<[u8; 32]>, CertError> {
+    let cert = Certificate::from_der(cert_der)?;
+    let spki = &cert.tbs_certificate.subject_public_key_info;
+    if spki.algorithm.oid != rfc8410::ID_ED_25519 {
+        return Ok(None);
+    }
+    Ok(spki.subject_public_key.raw_bytes().try_into().ok())
+}
+
 /// SHA-256 of a DER-encoded SubjectPublicKeyInfo.
 pub fn spki_fingerprint(spki: &SubjectPublicKeyInfoOwned) -> Result<[u8; 32], CertError> {
     Ok(Sha256::digest(spki.to_der()?).into())

@@ -19,6 +19,13 @@ pub struct DeviceCertRecord {
     pub issued_at_unix_ms: u64,
     /// End of validity.
     pub expires_at_unix_ms: u64,
+    /// Issued by a rotation and not yet seen in use: the device's older certificates stay valid
+    /// until it is (then they are revoked).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+    /// This certificate alone was revoked (superseded by a rotation or a replacing pairing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at_unix_ms: Option<u64>,
 }
 
 /// A revoked device: every certificate it ever held is refused.
@@ -59,6 +66,8 @@ pub enum TrustDecision {
 struct Index {
     by_fingerprint: HashMap<[u8; 32], Arc<str>>,
     revoked: HashSet<Arc<str>>,
+    revoked_certs: HashSet<[u8; 32]>,
+    pending: HashSet<[u8; 32]>,
 }
 
 /// Live, thread-safe view of [`TrustSnapshot`] with O(1) lookups.
@@ -66,6 +75,8 @@ struct Index {
 pub struct TrustIndex {
     index: RwLock<Arc<Index>>,
     generation: AtomicU64,
+    /// Pending (rotated) certificates seen in use since the last [`TrustIndex::take_confirmed`].
+    confirmed: std::sync::Mutex<HashSet<[u8; 32]>>,
 }
 
 impl TrustIndex {
@@ -79,10 +90,17 @@ impl TrustIndex {
     /// Replaces the whole index (after the persisted state changed) and bumps the generation.
     pub fn replace(&self, snapshot: &TrustSnapshot) {
         let mut by_fingerprint = HashMap::with_capacity(snapshot.devices.len());
+        let mut revoked_certs = HashSet::new();
+        let mut pending = HashSet::new();
         for record in &snapshot.devices {
             let mut fp = [0u8; 32];
             if hex::decode_to_slice(&record.spki_sha256, &mut fp).is_ok() {
                 by_fingerprint.insert(fp, Arc::<str>::from(record.device_id.as_str()));
+                if record.revoked_at_unix_ms.is_some() {
+                    revoked_certs.insert(fp);
+                } else if record.pending {
+                    pending.insert(fp);
+                }
             }
         }
         let revoked = snapshot
@@ -93,6 +111,8 @@ impl TrustIndex {
         let fresh = Arc::new(Index {
             by_fingerprint,
             revoked,
+            revoked_certs,
+            pending,
         });
         match self.index.write() {
             Ok(mut guard) => *guard = fresh,
@@ -114,11 +134,32 @@ impl TrustIndex {
         };
         match index.by_fingerprint.get(spki_sha256) {
             None => TrustDecision::Unknown,
-            Some(device) if index.revoked.contains(device) => {
+            Some(device)
+                if index.revoked.contains(device) || index.revoked_certs.contains(spki_sha256) =>
+            {
                 TrustDecision::Revoked(Arc::clone(device))
             }
-            Some(device) => TrustDecision::Trusted(Arc::clone(device)),
+            Some(device) => {
+                if index.pending.contains(spki_sha256) {
+                    // A rotated certificate in use: its predecessors can go (see take_confirmed).
+                    match self.confirmed.lock() {
+                        Ok(mut set) => set.insert(*spki_sha256),
+                        Err(poisoned) => poisoned.into_inner().insert(*spki_sha256),
+                    };
+                }
+                TrustDecision::Trusted(Arc::clone(device))
+            }
         }
+    }
+
+    /// Pending certificates presented since the last call: the daemon confirms them (and
+    /// revokes what they superseded) in the trust file.
+    pub fn take_confirmed(&self) -> Vec<[u8; 32]> {
+        let mut set = match self.confirmed.lock() {
+            Ok(set) => set,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        set.drain().collect()
     }
 }
 
@@ -132,6 +173,8 @@ mod tests {
             spki_sha256: hex::encode([fp; 32]),
             issued_at_unix_ms: 1,
             expires_at_unix_ms: 2,
+            pending: false,
+            revoked_at_unix_ms: None,
         }
     }
 
@@ -155,5 +198,25 @@ mod tests {
         assert_eq!(index.check(&[1; 32]), TrustDecision::Revoked("A".into()));
         assert_eq!(index.check(&[2; 32]), TrustDecision::Revoked("A".into()));
         assert_eq!(index.check(&[3; 32]), TrustDecision::Trusted("B".into()));
+    }
+
+    #[test]
+    fn single_certificates_are_revoked_and_pending_ones_confirmed_by_use() {
+        let mut rotated = record("A", 2);
+        rotated.pending = true;
+        let mut superseded = record("B", 3);
+        superseded.revoked_at_unix_ms = Some(9);
+        let index = TrustIndex::new(&TrustSnapshot {
+            devices: vec![record("A", 1), rotated, superseded, record("B", 4)],
+            revoked: vec![],
+        });
+        assert_eq!(index.check(&[3; 32]), TrustDecision::Revoked("B".into()));
+        assert_eq!(index.check(&[4; 32]), TrustDecision::Trusted("B".into()));
+        assert!(index.take_confirmed().is_empty());
+        assert_eq!(index.check(&[1; 32]), TrustDecision::Trusted("A".into()));
+        assert!(index.take_confirmed().is_empty(), "not pending");
+        assert_eq!(index.check(&[2; 32]), TrustDecision::Trusted("A".into()));
+        assert_eq!(index.take_confirmed(), vec![[2; 32]]);
+        assert!(index.take_confirmed().is_empty());
     }
 }

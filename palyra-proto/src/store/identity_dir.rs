@@ -10,7 +10,7 @@
 
 use super::{write_atomic, StoreError};
 use crate::identity::cert::{
-    self, spki_of, CertAuthority, CertError, IssuedCert, Profile, ServerKey, ServerKeyKind,
+    self, CertAuthority, CertError, IssuedCert, Profile, ServerKey, ServerKeyKind,
 };
 use crate::identity::is_canonical_device_id;
 use crate::identity::trust::{DeviceCertRecord, RevokedDevice, TrustSnapshot};
@@ -62,6 +62,19 @@ pub struct DeviceBundle {
     pub ca_pem: String,
     /// The issued certificate.
     pub issued: IssuedCert,
+}
+
+/// Revokes every live certificate of `device_id` except `keep`. Returns whether any changed.
+fn supersede(trust: &mut TrustSnapshot, now: SystemTime, device_id: &str, keep: &str) -> bool {
+    let mut changed = false;
+    for record in trust.devices.iter_mut().filter(|d| {
+        d.device_id == device_id && d.spki_sha256 != keep && d.revoked_at_unix_ms.is_none()
+    }) {
+        record.revoked_at_unix_ms = Some(unix_ms(now));
+        record.pending = false;
+        changed = true;
+    }
+    changed
 }
 
 /// The server certificate and its key.
@@ -215,7 +228,7 @@ impl IdentityDir {
     }
 
     /// Issues a device certificate for a fresh key, records it in the trust file and returns the
-    /// bundle. A revoked device ID is refused.
+    /// bundle (offline issuance: `palyrad cert issue-device`). A revoked device ID is refused.
     pub fn issue_device(
         &self,
         rng: &mut impl CryptoRngCore,
@@ -223,36 +236,140 @@ impl IdentityDir {
         device_id: &str,
         validity: Duration,
     ) -> Result<DeviceBundle, IdentityError> {
+        let key = cert::generate_key(rng);
+        let (issued, ca_pem) = self.sign_device_key(
+            rng,
+            now,
+            device_id,
+            key.verifying_key().as_bytes(),
+            validity,
+        )?;
+        self.record_device_cert(now, device_id, &issued, false)?;
+        Ok(DeviceBundle {
+            cert_pem: issued.pem.clone(),
+            key_pem: cert::key_to_pem(&key)?,
+            ca_pem,
+            issued,
+        })
+    }
+
+    /// Signs a device certificate for the device's own Ed25519 public key (nothing recorded
+    /// yet: see [`IdentityDir::record_device_cert`]). Returns it with the CA certificate (PEM).
+    /// A revoked device ID is refused.
+    pub fn sign_device_key(
+        &self,
+        rng: &mut impl CryptoRngCore,
+        now: SystemTime,
+        device_id: &str,
+        public_key: &[u8; 32],
+        validity: Duration,
+    ) -> Result<(IssuedCert, String), IdentityError> {
         if !is_canonical_device_id(device_id) {
             return Err(IdentityError::BadDeviceId(device_id.to_owned()));
         }
         let _lock = self.lock()?;
         let ca = self.load_or_create_ca_locked(rng, now)?;
+        if self
+            .load_trust()?
+            .revoked
+            .iter()
+            .any(|r| r.device_id == device_id)
+        {
+            return Err(IdentityError::Revoked(device_id.to_owned()));
+        }
+        let issued = ca.issue(
+            rng,
+            &Profile::Device { device_id },
+            cert::spki_of_public(public_key)?,
+            now,
+            validity,
+        )?;
+        Ok((issued, ca.cert_pem()?))
+    }
+
+    /// Records an issued device certificate in the trust file (idempotent: a certificate for
+    /// the same key is recorded once, its validity extended). `pending`: issued by a rotation,
+    /// confirmed once presented. A revoked device is refused.
+    pub fn record_device_cert(
+        &self,
+        now: SystemTime,
+        device_id: &str,
+        issued: &IssuedCert,
+        pending: bool,
+    ) -> Result<(), IdentityError> {
+        let _lock = self.lock()?;
         let mut trust = self.load_trust()?;
         if trust.revoked.iter().any(|r| r.device_id == device_id) {
             return Err(IdentityError::Revoked(device_id.to_owned()));
         }
-        let key = cert::generate_key(rng);
-        let issued = ca.issue(
-            rng,
-            &Profile::Device { device_id },
-            spki_of(&key)?,
-            now,
-            validity,
-        )?;
-        trust.devices.push(DeviceCertRecord {
-            device_id: device_id.to_owned(),
-            spki_sha256: hex::encode(issued.spki_sha256),
-            issued_at_unix_ms: unix_ms(now),
-            expires_at_unix_ms: unix_ms(issued.not_after),
-        });
-        self.save_trust(&trust)?;
-        Ok(DeviceBundle {
-            cert_pem: issued.pem.clone(),
-            key_pem: cert::key_to_pem(&key)?,
-            ca_pem: ca.cert_pem()?,
-            issued,
-        })
+        let spki_sha256 = hex::encode(issued.spki_sha256);
+        let expires_at_unix_ms = unix_ms(issued.not_after);
+        match trust
+            .devices
+            .iter_mut()
+            .find(|d| d.spki_sha256 == spki_sha256 && d.device_id == device_id)
+        {
+            Some(existing) if existing.expires_at_unix_ms >= expires_at_unix_ms => return Ok(()),
+            Some(existing) => existing.expires_at_unix_ms = expires_at_unix_ms,
+            None => trust.devices.push(DeviceCertRecord {
+                device_id: device_id.to_owned(),
+                spki_sha256,
+                issued_at_unix_ms: unix_ms(now),
+                expires_at_unix_ms,
+                pending,
+                revoked_at_unix_ms: None,
+            }),
+        }
+        self.save_trust(&trust)
+    }
+
+    /// Confirms pending (rotated) certificates seen in use: each becomes the device's current
+    /// certificate and the device's other certificates are revoked. Returns whether anything
+    /// changed.
+    pub fn confirm_certs(
+        &self,
+        now: SystemTime,
+        spki_sha256: &[[u8; 32]],
+    ) -> Result<bool, IdentityError> {
+        let _lock = self.lock()?;
+        let mut trust = self.load_trust()?;
+        let mut changed = false;
+        for fp in spki_sha256 {
+            let fp = hex::encode(fp);
+            let Some(device) = trust
+                .devices
+                .iter_mut()
+                .find(|d| d.spki_sha256 == fp && d.pending && d.revoked_at_unix_ms.is_none())
+                .map(|d| {
+                    d.pending = false;
+                    d.device_id.clone()
+                })
+            else {
+                continue;
+            };
+            supersede(&mut trust, now, &device, &fp);
+            changed = true;
+        }
+        if changed {
+            self.save_trust(&trust)?;
+        }
+        Ok(changed)
+    }
+
+    /// Revokes every certificate of `device_id` but the one for `keep_spki_sha256` (a pairing
+    /// that replaces the device).
+    pub fn supersede_device_certs(
+        &self,
+        now: SystemTime,
+        device_id: &str,
+        keep_spki_sha256: &[u8; 32],
+    ) -> Result<(), IdentityError> {
+        let _lock = self.lock()?;
+        let mut trust = self.load_trust()?;
+        if supersede(&mut trust, now, device_id, &hex::encode(keep_spki_sha256)) {
+            self.save_trust(&trust)?;
+        }
+        Ok(())
     }
 
     /// Revokes every certificate of `device_id`. Returns false if it was already revoked.
