@@ -7,6 +7,7 @@
 pub mod grpc;
 pub mod node_service;
 pub mod operator;
+pub mod pairing;
 
 use palyra_proto::gateway::{open_node_plane, NodePlane, NodePlaneOptions};
 use palyra_proto::grpc::service::RouterFactory;
@@ -687,6 +688,10 @@ macro_rules! node_plane_suite {
         #[test]
         fn operator_console_stream() {
             $crate::operator::operator_console_stream::<$driver>();
+        }
+        #[test]
+        fn pairing_over_node_tls() {
+            $crate::pairing::pairing_over_node_tls::<$driver>();
         }
         #[test]
         fn operator_over_tls() {

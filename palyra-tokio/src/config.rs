@@ -51,6 +51,9 @@ pub struct FileConfig {
     /// Certificate lifetimes.
     #[serde(default)]
     pub certs: CertsSection,
+    /// Pairing.
+    #[serde(default)]
+    pub enrollment: EnrollmentSection,
 }
 
 /// `[node]` section.
@@ -87,6 +90,16 @@ pub struct EventsSection {
 pub struct CertsSection {
     /// Server certificate lifetime in seconds (default 30 days); renewed at a third left.
     pub server_validity_secs: Option<u64>,
+    /// Device certificate lifetime in seconds (default 30 days); nodes renew at a third left.
+    pub device_validity_secs: Option<u64>,
+}
+
+/// `[enrollment]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentSection {
+    /// Approve valid pairings without an operator (never a re-pairing of a known device).
+    pub auto_approve: Option<bool>,
 }
 
 /// Log output format.
@@ -167,6 +180,8 @@ pub struct Config {
     pub log_level: String,
     /// Node-plane options.
     pub node: NodePlaneOptions,
+    /// Pairing: device certificate lifetime, auto-approval.
+    pub enrollment: palyra_proto::enroll::gateway::GatewayConfig,
 }
 
 /// The per-user default state directory.
@@ -248,6 +263,14 @@ impl Config {
                 Duration::from_secs,
             ),
         };
+        let enrollment = palyra_proto::enroll::gateway::GatewayConfig {
+            cert_validity_ms: match file.certs.device_validity_secs {
+                Some(0) => anyhow::bail!("certs.device_validity_secs must be at least 1"),
+                Some(secs) => secs.saturating_mul(1000),
+                None => palyra_proto::enroll::gateway::GatewayConfig::default().cert_validity_ms,
+            },
+            auto_approve: file.enrollment.auto_approve.unwrap_or(false),
+        };
         Ok(Self {
             state_dir: overrides
                 .state_dir
@@ -281,6 +304,7 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
             node,
+            enrollment,
         })
     }
 }

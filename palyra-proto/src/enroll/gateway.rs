@@ -804,6 +804,16 @@ impl Enrollment {
         Ok(status)
     }
 
+    /// Checks and consumes a request's `ReplayProtection` (nonce, timestamp).
+    pub fn check_replay(
+        &mut self,
+        now_ms: u64,
+        nonce: &str,
+        timestamp_unix_ms: i64,
+    ) -> Result<(), EnrollError> {
+        Ok(self.nonces.check(now_ms, nonce, timestamp_unix_ms)?)
+    }
+
     /// RotateDeviceCertificate from an authenticated device: a certificate for `new_key`
     /// (proven by a signature over [`rotation_payload`]) or, without one, for its current key.
     pub fn rotate(

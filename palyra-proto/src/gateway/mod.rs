@@ -10,6 +10,7 @@
 
 pub mod hub;
 pub mod node_service;
+pub mod pairing;
 
 use crate::identity::cert::ServerKeyKind;
 use crate::identity::trust::TrustIndex;

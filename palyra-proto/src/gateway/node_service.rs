@@ -5,10 +5,12 @@
 //! Every RPC here needs the TLS client certificate of a paired device in good standing, checked
 //! against the live trust index at each call (and at each message of a stream):
 //! no certificate is UNAUTHENTICATED, an unknown or revoked one or a `device_id` naming another
-//! device is PERMISSION_DENIED. The pairing RPCs, which accept callers without a certificate,
-//! arrive with enrollment; until then they answer UNIMPLEMENTED like any unknown method.
+//! device is PERMISSION_DENIED. The pairing RPCs (see [`super::pairing`]): Begin, Complete and
+//! GetPairingRequestStatus accept callers without a certificate; RotateDeviceCertificate and
+//! RevokeDevicePairing need the device's own.
 
 use super::hub::{CapabilityRecord, CapabilityResult, Dispatch, HubError, NodeHub};
+use super::pairing::{self, EnrollmentStore};
 use crate::grpc::codec::{Code, Status};
 use crate::grpc::service::{decode, CallHandler, CallInfo, PollContext, Reply, Service, Unary};
 use crate::identity::trust::TrustDecision;
@@ -61,12 +63,22 @@ pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 pub struct NodeService {
     hub: Arc<NodeHub>,
     clock: WallClock,
+    enrollment: Option<Arc<EnrollmentStore>>,
 }
 
 impl NodeService {
-    /// The service over `hub`, time-stamping with `clock`.
-    pub fn new(hub: Arc<NodeHub>, clock: WallClock) -> Self {
-        Self { hub, clock }
+    /// The service over `hub`, time-stamping with `clock`; the pairing RPCs are served when
+    /// `enrollment` is given (UNIMPLEMENTED otherwise).
+    pub fn new(
+        hub: Arc<NodeHub>,
+        clock: WallClock,
+        enrollment: Option<Arc<EnrollmentStore>>,
+    ) -> Self {
+        Self {
+            hub,
+            clock,
+            enrollment,
+        }
     }
 }
 
@@ -91,7 +103,33 @@ impl Service for NodeService {
                 timeout_at: call.started + CAPABILITY_TIMEOUT,
             })),
             "StreamNodeEvents" => Some(Box::new(EventStream::new(hub, clock, peer))),
-            _ => None,
+            method => {
+                let store = Arc::clone(self.enrollment.as_ref()?);
+                type Rpc = fn(
+                    &EnrollmentStore,
+                    &NodeHub,
+                    &PeerIdentity,
+                    u64,
+                    &[u8],
+                ) -> Result<Vec<u8>, Status>;
+                let rpc: Rpc = match method {
+                    "BeginPairingSession" => |s, _, p, now, b| pairing::begin(s, p, now, b),
+                    "CompletePairingSession" => |s, _, _, now, b| pairing::complete(s, now, b),
+                    "GetPairingRequestStatus" => |s, _, _, now, b| pairing::status(s, now, b),
+                    "RotateDeviceCertificate" => |s, hub, p, now, b| {
+                        let device = authenticate(hub, p)?;
+                        pairing::rotate(s, &device, p, now, b)
+                    },
+                    "RevokeDevicePairing" => |s, hub, p, now, b| {
+                        let device = authenticate(hub, p)?;
+                        pairing::revoke(s, &device, now, b)
+                    },
+                    _ => return None,
+                };
+                Some(Unary::boxed(move |bytes: Bytes| {
+                    rpc(&store, &hub, &peer, clock(), &bytes)
+                }))
+            }
         }
     }
 }
@@ -118,7 +156,10 @@ pub fn authenticate(hub: &NodeHub, peer: &PeerIdentity) -> Result<Arc<str>, Stat
 }
 
 /// Checks a request's `device_id` is a canonical ULID and names the authenticated device.
-fn bind_device(authenticated: &str, device_id: Option<&CanonicalId>) -> Result<(), Status> {
+pub(crate) fn bind_device(
+    authenticated: &str,
+    device_id: Option<&CanonicalId>,
+) -> Result<(), Status> {
     let id = device_id.map(|d| d.ulid.as_str()).unwrap_or("");
     if !crate::identity::is_canonical_device_id(id) {
         return Err(Status::new(
@@ -135,7 +176,7 @@ fn bind_device(authenticated: &str, device_id: Option<&CanonicalId>) -> Result<(
     Ok(())
 }
 
-fn check_version(v: u32) -> Result<(), Status> {
+pub(crate) fn check_version(v: u32) -> Result<(), Status> {
     if v == VERSION {
         Ok(())
     } else {
@@ -668,6 +709,7 @@ impl Drop for EventStream {
 pub fn node_router(
     hub: Arc<NodeHub>,
     clock: WallClock,
+    enrollment: Option<Arc<EnrollmentStore>>,
 ) -> Result<crate::grpc::service::RouterFactory, prost::DecodeError> {
     use crate::grpc::services::{HealthService, ReflectionService};
     const NAMES: [&str; 4] = [
@@ -679,7 +721,11 @@ pub fn node_router(
     let reflection = ReflectionService::new(crate::pb::DESCRIPTOR_SET, &NAMES)?;
     Ok(Arc::new(move || {
         crate::grpc::service::Router::new(vec![
-            Box::new(NodeService::new(Arc::clone(&hub), Arc::clone(&clock))),
+            Box::new(NodeService::new(
+                Arc::clone(&hub),
+                Arc::clone(&clock),
+                enrollment.clone(),
+            )),
             Box::new(HealthService::new(&NAMES)),
             Box::new(reflection.clone()),
             Box::new(reflection.v1alpha()),

@@ -378,17 +378,29 @@ impl crate::transport::Acceptor for GrpcAcceptor {
     fn accept(
         &self,
         now: Instant,
-        _peer: std::net::SocketAddr,
+        peer: std::net::SocketAddr,
     ) -> Result<Box<dyn StreamMachine>, String> {
         let config = self.config;
         let routers = Arc::clone(&self.routers);
         match &self.tls {
-            None => Ok(Box::new(ServerConnection::new(config, routers(), now))),
+            None => Ok(Box::new(ServerConnection::with_peer(
+                config,
+                routers(),
+                PeerIdentity {
+                    remote: Some(peer),
+                    ..PeerIdentity::default()
+                },
+                now,
+            ))),
             Some(tls) => {
                 let stream = crate::transport::tls::TlsStream::server(
                     Arc::clone(tls),
                     now,
                     move |identity, now| {
+                        let identity = PeerIdentity {
+                            remote: Some(peer),
+                            ..identity
+                        };
                         ServerConnection::with_peer(config, routers(), identity, now)
                     },
                 )

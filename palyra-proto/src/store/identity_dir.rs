@@ -244,7 +244,7 @@ impl IdentityDir {
             key.verifying_key().as_bytes(),
             validity,
         )?;
-        self.record_device_cert(now, device_id, &issued, false)?;
+        self.record_device_cert(now, device_id, &issued.der, false)?;
         Ok(DeviceBundle {
             cert_pem: issued.pem.clone(),
             key_pem: cert::key_to_pem(&key)?,
@@ -294,16 +294,19 @@ impl IdentityDir {
         &self,
         now: SystemTime,
         device_id: &str,
-        issued: &IssuedCert,
+        cert_der: &[u8],
         pending: bool,
     ) -> Result<(), IdentityError> {
+        if cert::device_id_from_cert(cert_der)?.as_deref() != Some(device_id) {
+            return Err(IdentityError::BadDeviceId(device_id.to_owned()));
+        }
+        let spki_sha256 = hex::encode(cert::cert_spki_fingerprint(cert_der)?);
+        let expires_at_unix_ms = unix_ms(cert::cert_not_after(cert_der)?);
         let _lock = self.lock()?;
         let mut trust = self.load_trust()?;
         if trust.revoked.iter().any(|r| r.device_id == device_id) {
             return Err(IdentityError::Revoked(device_id.to_owned()));
         }
-        let spki_sha256 = hex::encode(issued.spki_sha256);
-        let expires_at_unix_ms = unix_ms(issued.not_after);
         match trust
             .devices
             .iter_mut()

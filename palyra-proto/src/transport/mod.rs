@@ -88,6 +88,8 @@ pub struct PeerIdentity {
     pub leaf_der: Option<Vec<u8>>,
     /// SHA-256 of that certificate's SubjectPublicKeyInfo (the device identity).
     pub spki_sha256: Option<[u8; 32]>,
+    /// The peer's address (for per-address limits such as pairing-code throttles).
+    pub remote: Option<std::net::SocketAddr>,
 }
 
 impl PeerIdentity {
@@ -99,6 +101,7 @@ impl PeerIdentity {
         Self {
             leaf_der,
             spki_sha256,
+            remote: None,
         }
     }
 }

@@ -106,8 +106,23 @@ fn run() -> Result<(), String> {
             .map_err(|e| format!("bind {grpc_addr}: {e}"))?;
         let clock: palyra_proto::gateway::node_service::WallClock =
             std::sync::Arc::new(|| palyra_proto::store::unix_ms(SystemTime::now()));
-        let node_routers = palyra_proto::gateway::node_service::node_router(hub.clone(), clock)
+        let random: palyra_proto::operator::RandomFill =
+            std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
+        let ids = palyra_proto::store::IdentityDir::open(state_dir.join("identity"))
             .map_err(|e| e.to_string())?;
+        let enrollment = palyra_proto::gateway::pairing::EnrollmentStore::open(
+            &state_dir,
+            ids,
+            Default::default(),
+            std::sync::Arc::clone(&random),
+        )
+        .map_err(|e| format!("enrollment state: {e}"))?;
+        let node_routers = palyra_proto::gateway::node_service::node_router(
+            hub.clone(),
+            clock.clone(),
+            Some(std::sync::Arc::new(enrollment)),
+        )
+        .map_err(|e| e.to_string())?;
         let node_listener = GrpcListener {
             tls: Some(node_tls),
             notifier: Some(hub.notifier()),
@@ -139,7 +154,7 @@ fn run() -> Result<(), String> {
             auth,
             std::sync::Arc::clone(&hub),
             clock,
-            std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf)),
+            random,
             Vec::new(),
         )
         .map_err(|e| format!("operator-plane stores: {e}"))?;

@@ -214,12 +214,24 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind the gRPC listener on {}/tcp", config.grpc_addr))?;
     let clock: palyra_proto::gateway::node_service::WallClock =
         std::sync::Arc::new(|| unix_ms(SystemTime::now()));
+    let random: palyra_proto::operator::RandomFill =
+        std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
+    let enrollment = std::sync::Arc::new(
+        palyra_proto::gateway::pairing::EnrollmentStore::open(
+            &config.state_dir,
+            IdentityDir::open(config.state_dir.join("identity"))?,
+            config.enrollment,
+            std::sync::Arc::clone(&random),
+        )
+        .context("cannot open the enrollment state")?,
+    );
     let node_listener = GrpcListener {
         tls: Some(node_tls),
         notifier: Some(hub.notifier()),
         ..GrpcListener::h2c(palyra_proto::gateway::node_service::node_router(
             std::sync::Arc::clone(&hub),
             std::sync::Arc::clone(&clock),
+            Some(std::sync::Arc::clone(&enrollment)),
         )?)
     };
     let node_tcp = start_beside(node.local_addr, config.node_addr, node_listener)
@@ -246,7 +258,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         admin_auth,
         std::sync::Arc::clone(&hub),
         std::sync::Arc::clone(&clock),
-        std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf)),
+        random,
         config.console_origins.clone(),
     )
     .context("cannot open the operator-plane stores")?;
