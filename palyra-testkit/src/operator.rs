@@ -324,6 +324,25 @@ pub fn operator_admin_api<D: Driver>() {
     D::stop(quic);
 }
 
+/// The admin API and console of a daemon on `gw`'s state over `hub`, admin token
+/// `suite-token`.
+fn suite_admin(
+    gw: &crate::Gateway,
+    hub: &Arc<palyra_proto::gateway::hub::NodeHub>,
+) -> palyra_proto::operator::Admin {
+    let clock: palyra_proto::gateway::node_service::WallClock =
+        Arc::new(|| palyra_proto::store::unix_ms(std::time::SystemTime::now()));
+    palyra_proto::operator::Admin::open(
+        gw.path(),
+        palyra_proto::operator::auth::AdminAuth::from_token("suite-token"),
+        Arc::clone(hub),
+        clock,
+        Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, buf)),
+        Vec::new(),
+    )
+    .expect("operator stores")
+}
+
 /// A blocking console-stream client (tungstenite) with a read timeout.
 struct StreamClient<S: Read + Write = TcpStream>(tungstenite::WebSocket<S>);
 
@@ -399,24 +418,11 @@ impl<S: Read + Write> StreamClient<S> {
 /// form live, the person's form action delivered to the agent, and a reconnect by cursor that
 /// receives exactly the missed records.
 pub fn operator_console_stream<D: Driver>() {
-    use palyra_proto::operator::{auth::AdminAuth, Admin};
     use serde_json::json;
     let gw = crate::Gateway::new();
     let plane = gw.plane(&palyra_proto::gateway::NodePlaneOptions::default());
     let hub = Arc::clone(&plane.hub);
-    let clock: palyra_proto::gateway::node_service::WallClock =
-        Arc::new(|| palyra_proto::store::unix_ms(std::time::SystemTime::now()));
-    let admin = Admin::open(
-        gw.path(),
-        AdminAuth::from_token("suite-token"),
-        Arc::clone(&hub),
-        clock,
-        Arc::new(|buf: &mut [u8]| {
-            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, buf);
-        }),
-        Vec::new(),
-    )
-    .expect("operator stores");
+    let admin = suite_admin(&gw, &hub);
     let (server, addr) = D::start_listener(
         Arc::new(OperatorAcceptor {
             operator: Operator::daemon("suite", Instant::now(), admin, false),
@@ -506,25 +512,14 @@ pub fn operator_console_stream<D: Driver>() {
 /// session cookie, the console stream over `wss` with the `https` origin (the `http` one is
 /// refused), and nothing answered to cleartext HTTP.
 pub fn operator_over_tls<D: Driver>() {
-    use palyra_proto::operator::{auth::AdminAuth, Admin};
     use palyra_proto::quic::tls::{client_config, tcp_server_config, ALPN_HTTP1};
     let gw = crate::Gateway::new();
     let plane = gw.plane(&palyra_proto::gateway::NodePlaneOptions::default());
-    let hub = Arc::clone(&plane.hub);
     let tls = tcp_server_config(plane.identity.tcp_cert_slot(), ALPN_HTTP1).expect("server TLS");
     let client =
         Arc::new(client_config(plane.identity.ca_der(), None, ALPN_HTTP1).expect("client TLS"));
-    let clock: palyra_proto::gateway::node_service::WallClock =
-        Arc::new(|| palyra_proto::store::unix_ms(std::time::SystemTime::now()));
-    let admin = Admin::open(
-        gw.path(),
-        AdminAuth::from_token("suite-token"),
-        Arc::clone(&hub),
-        clock,
-        Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, buf)),
-        Vec::new(),
-    )
-    .expect("operator stores");
+    let hub = Arc::clone(&plane.hub);
+    let admin = suite_admin(&gw, &hub);
     let (server, addr) = D::start_listener(
         Arc::new(OperatorAcceptor {
             operator: Operator::daemon("suite", Instant::now(), admin, true),

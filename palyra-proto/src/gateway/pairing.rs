@@ -362,6 +362,28 @@ pub fn status(store: &EnrollmentStore, now_ms: u64, bytes: &[u8]) -> Result<Vec<
     .encode_to_vec())
 }
 
+/// Checks a certificate-bound request: its version, that it names the authenticated `device`,
+/// and its replay protection when sent.
+fn check_device_request(
+    store: &EnrollmentStore,
+    device: &str,
+    now_ms: u64,
+    v: u32,
+    device_id: Option<&crate::pb::palyra::common::v1::CanonicalId>,
+    replay: Option<&crate::pb::palyra::common::v1::ReplayProtection>,
+) -> Result<(), Status> {
+    super::node_service::check_version(v)?;
+    super::node_service::bind_device(device, device_id)?;
+    if let Some(replay) = replay {
+        store
+            .with(|machine, _, _| {
+                machine.check_replay(now_ms, &replay.nonce, replay.timestamp_unix_ms)
+            })
+            .map_err(|e| status_of(&e))?;
+    }
+    Ok(())
+}
+
 /// RotateDeviceCertificate, for the authenticated device `device`.
 pub fn rotate(
     store: &EnrollmentStore,
@@ -371,15 +393,14 @@ pub fn rotate(
     bytes: &[u8],
 ) -> Result<Vec<u8>, Status> {
     let request: RotateDeviceCertificateRequest = decode(bytes)?;
-    super::node_service::check_version(request.v)?;
-    super::node_service::bind_device(device, request.device_id.as_ref())?;
-    if let Some(replay) = &request.replay {
-        store
-            .with(|machine, _, _| {
-                machine.check_replay(now_ms, &replay.nonce, replay.timestamp_unix_ms)
-            })
-            .map_err(|e| status_of(&e))?;
-    }
+    check_device_request(
+        store,
+        device,
+        now_ms,
+        request.v,
+        request.device_id.as_ref(),
+        request.replay.as_ref(),
+    )?;
     let (Some(leaf), Some(spki)) = (peer.leaf_der.as_deref(), peer.spki_sha256) else {
         return Err(Status::new(
             Code::Unauthenticated,
@@ -441,15 +462,14 @@ pub fn revoke(
     bytes: &[u8],
 ) -> Result<Vec<u8>, Status> {
     let request: RevokeDevicePairingRequest = decode(bytes)?;
-    super::node_service::check_version(request.v)?;
-    super::node_service::bind_device(device, request.device_id.as_ref())?;
-    if let Some(replay) = &request.replay {
-        store
-            .with(|machine, _, _| {
-                machine.check_replay(now_ms, &replay.nonce, replay.timestamp_unix_ms)
-            })
-            .map_err(|e| status_of(&e))?;
-    }
+    check_device_request(
+        store,
+        device,
+        now_ms,
+        request.v,
+        request.device_id.as_ref(),
+        request.replay.as_ref(),
+    )?;
     let reason = request.reason.trim();
     let reason = if reason.is_empty() {
         "revoked_by_device"
