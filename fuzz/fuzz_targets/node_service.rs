@@ -39,17 +39,20 @@ fuzz_target!(|data: &[u8]| {
             spki_sha256: hex::encode(FINGERPRINT),
             issued_at_unix_ms: 0,
             expires_at_unix_ms: u64::MAX,
+            pending: false,
+            revoked_at_unix_ms: None,
         }],
         revoked: Vec::new(),
     }));
     let hub = Arc::new(NodeHub::open(trust, None).expect("hub"));
     hub.register(DEVICE, "fuzz", Vec::new(), 1).expect("register");
     let clock: WallClock = Arc::new(|| 1);
-    let routers = node_router(Arc::clone(&hub), clock).expect("descriptors");
+    let routers = node_router(Arc::clone(&hub), clock, None).expect("descriptors");
     let now = Instant::now();
     let peer = PeerIdentity {
         leaf_der: None,
         spki_sha256: Some(FINGERPRINT),
+        remote: None,
     };
     let mut server = ServerConnection::with_peer(Default::default(), routers(), peer, now);
     let mut client = GrpcClient::new("localhost", None, now);
