@@ -21,7 +21,7 @@ use palyra_proto::pb::palyra::node::v1::{
     GetPairingRequestStatusResponse, PairingMethod, RegisterNodeRequest, RegisterNodeResponse,
 };
 use palyra_proto::quic::tls::{client_config, ALPN, ALPN_H2};
-use palyra_proto::store::{unix_ms, IdentityDir};
+use palyra_proto::store::unix_ms;
 use prost::Message;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -61,13 +61,8 @@ pub fn pairing_over_node_tls<D: Driver>() {
     let random: palyra_proto::operator::RandomFill =
         Arc::new(|b: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, b));
     let store = Arc::new(
-        EnrollmentStore::open(
-            gw.path(),
-            IdentityDir::open(gw.path().join("identity")).expect("identity"),
-            GatewayConfig::default(),
-            random,
-        )
-        .expect("enrollment store"),
+        EnrollmentStore::open(gw.path(), GatewayConfig::default(), random)
+            .expect("enrollment store"),
     );
     let clock: WallClock = Arc::new(|| unix_ms(SystemTime::now()));
     let routers = node_router(Arc::clone(&hub), clock, Some(Arc::clone(&store))).expect("router");

@@ -116,14 +116,15 @@ impl Authority for DirAuthority {
 }
 
 impl EnrollmentStore {
-    /// Opens `STATE/enroll/state.json` (empty at first) and re-applies the trust records of
-    /// completed pairings (idempotent: mends a crash between the two writes).
+    /// Opens `STATE/enroll/state.json` (empty at first) over the gateway identity in
+    /// `STATE/identity`, and re-applies the trust records of completed pairings (idempotent:
+    /// mends a crash between the two writes).
     pub fn open(
         state_dir: &std::path::Path,
-        ids: IdentityDir,
         config: GatewayConfig,
         random: RandomFill,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, crate::store::IdentityError> {
+        let ids = IdentityDir::open(state_dir.join("identity"))?;
         let dir = state_dir.join("enroll");
         std::fs::create_dir_all(&dir)
             .map_err(StoreError::io(format!("creating {}", dir.display())))?;
@@ -138,7 +139,8 @@ impl EnrollmentStore {
                 return Err(StoreError::Io {
                     context: format!("reading {}", path.display()),
                     source: e,
-                })
+                }
+                .into())
             }
         };
         let machine = Enrollment::new(config, state);

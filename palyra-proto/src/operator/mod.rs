@@ -187,40 +187,37 @@ impl Operator {
         tls: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
-            version: version.into(),
-            started,
-            metrics: Metrics::default(),
-            ws_echo: false,
-            ws: WsConfig::default(),
             admin: Some(admin),
             tls,
+            ..Self::plain(version.into(), started)
         })
     }
 
     /// The operator plane of a daemon started at `started`.
     pub fn new(version: impl Into<String>, started: Instant) -> Arc<Self> {
+        Arc::new(Self::plain(version.into(), started))
+    }
+
+    /// Like [`Operator::new`], with the conformance-only WebSocket echo endpoint enabled.
+    pub fn with_ws_echo(version: impl Into<String>, started: Instant, ws: WsConfig) -> Arc<Self> {
         Arc::new(Self {
-            version: version.into(),
+            ws_echo: true,
+            ws,
+            ..Self::plain(version.into(), started)
+        })
+    }
+
+    /// Health and metrics only, cleartext.
+    fn plain(version: String, started: Instant) -> Self {
+        Self {
+            version,
             started,
             metrics: Metrics::default(),
             ws_echo: false,
             ws: WsConfig::default(),
             admin: None,
             tls: false,
-        })
-    }
-
-    /// Like [`Operator::new`], with the conformance-only WebSocket echo endpoint enabled.
-    pub fn with_ws_echo(version: impl Into<String>, started: Instant, ws: WsConfig) -> Arc<Self> {
-        Arc::new(Self {
-            version: version.into(),
-            started,
-            metrics: Metrics::default(),
-            ws_echo: true,
-            ws,
-            admin: None,
-            tls: false,
-        })
+        }
     }
 }
 

@@ -108,11 +108,8 @@ fn run() -> Result<(), String> {
             std::sync::Arc::new(|| palyra_proto::store::unix_ms(SystemTime::now()));
         let random: palyra_proto::operator::RandomFill =
             std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
-        let ids = palyra_proto::store::IdentityDir::open(state_dir.join("identity"))
-            .map_err(|e| e.to_string())?;
         let enrollment = palyra_proto::gateway::pairing::EnrollmentStore::open(
             &state_dir,
-            ids,
             Default::default(),
             std::sync::Arc::clone(&random),
         )

@@ -219,7 +219,6 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     let enrollment = std::sync::Arc::new(
         palyra_proto::gateway::pairing::EnrollmentStore::open(
             &config.state_dir,
-            IdentityDir::open(config.state_dir.join("identity"))?,
             config.enrollment,
             std::sync::Arc::clone(&random),
         )

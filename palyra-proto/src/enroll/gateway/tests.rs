@@ -137,10 +137,16 @@ impl Fixture {
         .unwrap()
     }
 
-    /// Mint → Begin → Complete with the right code.
-    fn pending(&mut self) -> RequestRecord {
+    /// Mint a PIN and Begin with it.
+    fn begin_pin(&mut self) -> (String, Begun) {
         let pin = self.mint(Method::Pin);
         let begun = self.begin(&pin, Method::Pin).unwrap();
+        (pin, begun)
+    }
+
+    /// Mint → Begin → Complete with the right code.
+    fn pending(&mut self) -> RequestRecord {
+        let (pin, begun) = self.begin_pin();
         let hello = self.hello(&begun, &pin);
         self.machine
             .complete(&self.authority, T0 + 2, &hello)
@@ -281,8 +287,7 @@ fn a_device_revoked_meanwhile_gets_no_certificate() {
     // And a revoked device cannot even complete.
     let mut f = Fixture::new(GatewayConfig::default());
     f.authority.set(DEV, Standing::Revoked);
-    let pin = f.mint(Method::Pin);
-    let begun = f.begin(&pin, Method::Pin).unwrap();
+    let (pin, begun) = f.begin_pin();
     let hello = f.hello(&begun, &pin);
     assert_eq!(
         f.machine
@@ -354,8 +359,7 @@ fn auto_approve_pairs_new_devices_without_an_operator() {
 fn sessions_are_single_use_and_expire() {
     // A replayed Complete finds no session.
     let mut f = Fixture::new(GatewayConfig::default());
-    let pin = f.mint(Method::Pin);
-    let begun = f.begin(&pin, Method::Pin).unwrap();
+    let (pin, begun) = f.begin_pin();
     let hello = f.hello(&begun, &pin);
     f.machine.complete(&f.authority, T0 + 2, &hello).unwrap();
     assert_eq!(
@@ -366,8 +370,7 @@ fn sessions_are_single_use_and_expire() {
     );
     // A wrong proof burns the session: the right one afterwards finds nothing.
     let mut f = Fixture::new(GatewayConfig::default());
-    let pin = f.mint(Method::Pin);
-    let begun = f.begin(&pin, Method::Pin).unwrap();
+    let (pin, begun) = f.begin_pin();
     let wrong = f.hello(&begun, "000000");
     assert_eq!(
         f.machine
@@ -384,8 +387,7 @@ fn sessions_are_single_use_and_expire() {
     );
     // An expired session.
     let mut f = Fixture::new(GatewayConfig::default());
-    let pin = f.mint(Method::Pin);
-    let begun = f.begin(&pin, Method::Pin).unwrap();
+    let (pin, begun) = f.begin_pin();
     let hello = f.hello(&begun, &pin);
     let late = begun.expires_at_unix_ms;
     assert_eq!(
