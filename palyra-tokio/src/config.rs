@@ -100,6 +100,9 @@ pub struct CertsSection {
 pub struct EnrollmentSection {
     /// Approve valid pairings without an operator (never a re-pairing of a known device).
     pub auto_approve: Option<bool>,
+    /// `HOST:PORT` devices dial to pair, written into invites (default: the node TLS
+    /// listener's address; set it when that listens on a wildcard or behind NAT).
+    pub advertise_addr: Option<String>,
 }
 
 /// Log output format.
@@ -182,6 +185,8 @@ pub struct Config {
     pub node: NodePlaneOptions,
     /// Pairing: device certificate lifetime, auto-approval.
     pub enrollment: palyra_proto::enroll::gateway::GatewayConfig,
+    /// Address written into pairing invites (`[enrollment] advertise_addr`).
+    pub advertise_addr: Option<String>,
 }
 
 /// The per-user default state directory.
@@ -305,6 +310,7 @@ impl Config {
                 .unwrap_or_else(|| "info".into()),
             node,
             enrollment,
+            advertise_addr: file.enrollment.advertise_addr,
         })
     }
 }

@@ -105,6 +105,268 @@ impl std::fmt::Display for Invite {
     }
 }
 
+/// Why the device side refused a gateway answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// The answer is malformed or does not fit the exchange.
+    #[error("gateway answer refused: {0}")]
+    BadAnswer(String),
+    /// The transcript could not be built (a non-contributory gateway key).
+    #[error("pairing transcript: {0}")]
+    Transcript(#[from] super::v1::V1Error),
+    /// The issued certificate is not for this device, its key, or the pinned CA.
+    #[error("issued certificate refused: {0}")]
+    BadCertificate(String),
+    /// The gateway sent a private key: it must never hold one.
+    #[error("the gateway sent a private key; refusing a certificate whose key is not our own")]
+    KeyFromGateway,
+}
+
+/// How the device knows the gateway CA before pairing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaTrust {
+    /// SHA-256 of the CA's SubjectPublicKeyInfo (invite or `--ca-fingerprint`).
+    Pinned([u8; 32]),
+    /// The CA certificate itself (DER; `--ca-file`).
+    Certificate(Vec<u8>),
+}
+
+impl CaTrust {
+    /// Whether `ca_der` is the trusted CA.
+    pub fn accepts(&self, ca_der: &[u8]) -> bool {
+        match self {
+            CaTrust::Pinned(pin) => crate::identity::cert::cert_spki_fingerprint(ca_der)
+                .is_ok_and(|f| bool::from(subtle::ConstantTimeEq::ct_eq(&f[..], &pin[..]))),
+            CaTrust::Certificate(der) => der == ca_der,
+        }
+    }
+}
+
+/// Where a pairing stands, from a status answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Waiting for the operator (or for delivery): poll again.
+    Waiting {
+        /// `pending_approval` or `approved`.
+        state: String,
+    },
+    /// The certificate, checked: for this device, this key, under the trusted CA.
+    Issued(Issued),
+    /// Rejected or expired: pairing must start over.
+    Refused {
+        /// `rejected`, `expired`, or `completed` without a certificate (delivered elsewhere).
+        state: String,
+        /// The gateway's reason.
+        reason: String,
+    },
+}
+
+/// A certificate issued to this device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// Device certificate (PEM).
+    pub cert_pem: String,
+    /// Gateway CA (PEM).
+    pub ca_pem: String,
+    /// End of validity.
+    pub expires_at_unix_ms: u64,
+}
+
+/// The device side of one pairing, IO-free: builds Begin, answers the offer with Complete,
+/// builds status polls and checks what they return. The Ed25519 key never leaves it.
+pub struct DevicePairing {
+    keys: DeviceKeys,
+    device_id: String,
+    client_kind: String,
+    method: super::Method,
+    code: String,
+    ca: CaTrust,
+    session_id: Option<String>,
+}
+
+impl DevicePairing {
+    /// A pairing of `device_id` with `code`.
+    pub fn new(
+        keys: DeviceKeys,
+        device_id: &str,
+        method: super::Method,
+        code: &str,
+        ca: CaTrust,
+    ) -> Result<Self, String> {
+        if !crate::identity::is_canonical_device_id(device_id) {
+            return Err(format!("device ID {device_id:?} is not a canonical ULID"));
+        }
+        super::codes::validate_form(method, code.trim()).map_err(|e| e.to_string())?;
+        Ok(Self {
+            keys,
+            device_id: device_id.to_owned(),
+            client_kind: "node".into(),
+            method,
+            code: code.trim().to_owned(),
+            ca,
+            session_id: None,
+        })
+    }
+
+    /// Resumes waiting for `session_id` (after a restart of the device): only status polls.
+    pub fn resume(keys: DeviceKeys, device_id: &str, session_id: &str, ca: CaTrust) -> Self {
+        Self {
+            keys,
+            device_id: device_id.to_owned(),
+            client_kind: "node".into(),
+            method: super::Method::Qr,
+            code: String::new(),
+            ca,
+            session_id: Some(session_id.to_owned()),
+        }
+    }
+
+    /// The device ID.
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// The session (the request ID the operator approves), once begun.
+    pub fn session_id(&self) -> Option<&str> {
+        self.session_id.as_deref()
+    }
+
+    /// The device's Ed25519 key (stays on the device).
+    pub fn signing_key(&self) -> &ed25519_dalek::SigningKey {
+        &self.keys.signing
+    }
+
+    /// BeginPairingSession.
+    pub fn begin_request(
+        &self,
+        replay: Option<crate::pb::palyra::common::v1::ReplayProtection>,
+    ) -> crate::pb::palyra::node::v1::BeginPairingSessionRequest {
+        use crate::pb::palyra::node::v1::{pairing_method, PairingMethod};
+        let value = match self.method {
+            super::Method::Pin => pairing_method::Value::PinCode(self.code.clone()),
+            super::Method::Qr => pairing_method::Value::QrToken(self.code.clone()),
+        };
+        crate::pb::palyra::node::v1::BeginPairingSessionRequest {
+            v: super::v1::VERSION,
+            client_kind: self.client_kind.clone(),
+            method: Some(PairingMethod { value: Some(value) }),
+            replay,
+        }
+    }
+
+    /// CompletePairingSession for the gateway's offer.
+    pub fn complete_request(
+        &mut self,
+        offer: &crate::pb::palyra::node::v1::BeginPairingSessionResponse,
+    ) -> Result<crate::pb::palyra::node::v1::CompletePairingSessionRequest, DeviceError> {
+        if offer.v != super::v1::VERSION {
+            return Err(DeviceError::BadAnswer(format!(
+                "protocol version {} (expected {})",
+                offer.v,
+                super::v1::VERSION
+            )));
+        }
+        let fixed = |name: &str, bytes: &[u8]| -> Result<[u8; 32], DeviceError> {
+            bytes.try_into().map_err(|_| {
+                DeviceError::BadAnswer(format!("{name} is {} bytes, not 32", bytes.len()))
+            })
+        };
+        if offer.session_id.is_empty() || offer.session_id.len() > 64 {
+            return Err(DeviceError::BadAnswer(
+                "session_id is empty or too long".into(),
+            ));
+        }
+        let offer = super::v1::Offer {
+            session_id: offer.session_id.clone(),
+            gateway_ephemeral_public: fixed(
+                "gateway_ephemeral_public",
+                &offer.gateway_ephemeral_public,
+            )?,
+            challenge: fixed("challenge", &offer.challenge)?,
+        };
+        let hello = super::v1::build_hello(
+            &self.keys.signing,
+            &self.keys.x25519,
+            &offer,
+            &self.device_id,
+            &self.client_kind,
+            &self.code,
+        )?;
+        self.session_id = Some(offer.session_id);
+        Ok(crate::pb::palyra::node::v1::CompletePairingSessionRequest {
+            v: hello.version,
+            session_id: hello.session_id,
+            device_id: Some(crate::pb::palyra::common::v1::CanonicalId {
+                ulid: hello.device_id,
+            }),
+            client_kind: hello.client_kind,
+            proof: hello.proof,
+            device_signing_public: hello.device_signing_public.to_vec(),
+            device_x25519_public: hello.device_x25519_public.to_vec(),
+            challenge_signature: hello.challenge_signature.to_vec(),
+            transcript_mac: hello.transcript_mac.to_vec(),
+            ..Default::default()
+        })
+    }
+
+    /// GetPairingRequestStatus for the begun session.
+    pub fn status_request(&self) -> crate::pb::palyra::node::v1::GetPairingRequestStatusRequest {
+        crate::pb::palyra::node::v1::GetPairingRequestStatusRequest {
+            v: super::v1::VERSION,
+            session_id: self.session_id.clone().unwrap_or_default(),
+            device_id: Some(crate::pb::palyra::common::v1::CanonicalId {
+                ulid: self.device_id.clone(),
+            }),
+        }
+    }
+
+    /// Reads a status answer; a certificate is accepted only if it names this device, carries
+    /// this device's key, and is signed by the trusted CA.
+    pub fn on_status(
+        &self,
+        answer: &crate::pb::palyra::node::v1::GetPairingRequestStatusResponse,
+    ) -> Result<Progress, DeviceError> {
+        use crate::identity::cert;
+        if !answer.mtls_client_private_key_pem.is_empty() {
+            return Err(DeviceError::KeyFromGateway);
+        }
+        if answer.mtls_client_certificate_pem.is_empty() {
+            return Ok(match answer.status.as_str() {
+                "pending_approval" | "approved" => Progress::Waiting {
+                    state: answer.status.clone(),
+                },
+                other => Progress::Refused {
+                    state: other.to_owned(),
+                    reason: answer.reason.clone(),
+                },
+            });
+        }
+        let bad = |m: String| DeviceError::BadCertificate(m);
+        let leaf = cert::cert_pem_to_der(&answer.mtls_client_certificate_pem)
+            .map_err(|e| bad(format!("certificate: {e}")))?;
+        let ca = cert::cert_pem_to_der(&answer.gateway_ca_certificate_pem)
+            .map_err(|e| bad(format!("CA certificate: {e}")))?;
+        if !self.ca.accepts(&ca) {
+            return Err(bad("the CA is not the one this device trusts".into()));
+        }
+        if !cert::verify_signed_by(&leaf, &ca).unwrap_or(false) {
+            return Err(bad("the certificate is not signed by the gateway CA".into()));
+        }
+        let key = cert::cert_ed25519_public(&leaf).ok().flatten();
+        if key != Some(self.keys.signing.verifying_key().to_bytes()) {
+            return Err(bad("the certificate is not for this device's key".into()));
+        }
+        if cert::device_id_from_cert(&leaf).ok().flatten().as_deref() != Some(&self.device_id) {
+            return Err(bad("the certificate names another device".into()));
+        }
+        Ok(Progress::Issued(Issued {
+            cert_pem: answer.mtls_client_certificate_pem.clone(),
+            ca_pem: answer.gateway_ca_certificate_pem.clone(),
+            expires_at_unix_ms: answer.cert_expires_at_unix_ms,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -483,7 +483,7 @@ pub fn revoke(
     }
     store
         .revoke_device(device, reason)
-        .map_err(|e| Status::new(Code::Unavailable, e))?;
+        .map_err(|e| Status::new(Code::Unavailable, e.to_string()))?;
     Ok(RevokeDevicePairingResponse {
         v: request.v,
         revoked: true,
@@ -495,10 +495,31 @@ pub fn revoke(
 impl EnrollmentStore {
     /// Revokes a device in the trust file (every certificate it holds); the daemon closes its
     /// connections when it reloads the file. Returns whether it was newly revoked.
-    pub fn revoke_device(&self, device_id: &str, reason: &str) -> Result<bool, String> {
+    pub fn revoke_device(
+        &self,
+        device_id: &str,
+        reason: &str,
+    ) -> Result<bool, crate::store::IdentityError> {
         self.authority
             .ids
             .revoke_device(std::time::SystemTime::now(), device_id, reason)
-            .map_err(|e| e.to_string())
+    }
+
+    /// The trust file: every device certificate issued and every revocation.
+    pub fn trust(
+        &self,
+    ) -> Result<crate::identity::trust::TrustSnapshot, crate::store::IdentityError> {
+        self.authority.ids.load_trust()
+    }
+
+    /// SHA-256 of the gateway CA's SubjectPublicKeyInfo (what devices pin before pairing).
+    pub fn ca_spki_sha256(&self) -> Result<[u8; 32], String> {
+        let ca = self
+            .authority
+            .ids
+            .load_ca()
+            .map_err(|e| e.to_string())?
+            .ok_or("the gateway has no CA yet")?;
+        cert::cert_spki_fingerprint(ca.cert_der()).map_err(|e| e.to_string())
     }
 }

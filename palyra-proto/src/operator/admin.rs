@@ -14,6 +14,9 @@
 //! | `PUT /admin/v1/surfaces/{name}` | the whole document -> `{"version"}` |
 //! | `PATCH /admin/v1/surfaces/{name}` | `{"base_version"?,"ops"}` -> `{"version"}`; 409 when stale |
 //!
+//! The console page may call these routes with its session cookie and CSRF token
+//! (`x-palyra-csrf-token`) instead of the token.
+//!
 //! 401 `unauthorized` for a missing or wrong token (with `WWW-Authenticate: Bearer`), 429
 //! `rate_limited` with `Retry-After` after repeated failures from one address, 413 for a body
 //! over 64 KiB, 400 for malformed JSON.
@@ -50,6 +53,8 @@ pub(crate) enum BodyFor {
     SurfacePut(String),
     /// `PATCH /admin/v1/surfaces/{name}`.
     SurfacePatch(String),
+    /// A pairing or device route.
+    Pairing(super::pairing::PairingBody),
     /// `POST /webhooks/v1/{name}`, with the signature headers.
     Webhook {
         integration: Box<Integration>,
@@ -89,16 +94,24 @@ impl OperatorConnection {
         let Some(admin) = &self.operator.admin else {
             return;
         };
-        let auth = admin.auth.check(
-            head.headers
-                .get(http::header::AUTHORIZATION)
-                .map(HeaderValue::as_bytes),
-            self.peer.map(|p| p.ip()),
-            now,
-        );
-        if let Err(denied) = auth {
-            return self.denied(now, denied);
+        let authorization = head.headers.get(http::header::AUTHORIZATION);
+        match (authorization, self.console_admin_ok(head)) {
+            (None, Some(true)) => {}
+            (None, Some(false)) => return self.csrf_error(now),
+            _ => {
+                let auth = admin.auth.check(
+                    authorization.map(HeaderValue::as_bytes),
+                    self.peer.map(|p| p.ip()),
+                    now,
+                );
+                if let Err(denied) = auth {
+                    return self.denied(now, denied);
+                }
+            }
         }
+        let Some(admin) = &self.operator.admin else {
+            return;
+        };
         let hub = std::sync::Arc::clone(&admin.hub);
         let now_ms = (admin.clock)();
         match (head.uri.path(), &head.method) {
@@ -196,6 +209,14 @@ impl OperatorConnection {
                 self.json(now, StatusCode::OK, json!({ "surfaces": surfaces }));
             }
             (path, method)
+                if path.starts_with("/admin/v1/pairing/")
+                    || path == "/admin/v1/devices"
+                    || path.starts_with("/admin/v1/devices/") =>
+            {
+                let method = method.clone();
+                self.pairing_route(now, path, &method)
+            }
+            (path, method)
                 if path.starts_with("/admin/v1/chat/")
                     || path.starts_with("/admin/v1/surfaces/") =>
             {
@@ -220,7 +241,7 @@ impl OperatorConnection {
         }
     }
 
-    fn not_allowed(&mut self, now: Instant, allow: &'static str) {
+    pub(crate) fn not_allowed(&mut self, now: Instant, allow: &'static str) {
         let mut headers = api_headers().clone();
         headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
         let body =
@@ -298,6 +319,7 @@ impl OperatorConnection {
             }
             BodyFor::SurfacePut(name) => return self.surface_put(now, name, &buf),
             BodyFor::SurfacePatch(name) => return self.surface_patch(now, name, &buf),
+            BodyFor::Pairing(what) => return self.pairing_body(now, what, &buf),
             BodyFor::Webhook {
                 integration,
                 signature,
@@ -310,6 +332,16 @@ impl OperatorConnection {
                 })
                 .map(|(t, shown)| (t, StatusCode::ACCEPTED, Some(shown))),
         };
+        self.await_stored(now, outcome);
+    }
+
+    /// Answers once the event behind `outcome` is durable (or with its refusal now).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn await_stored(
+        &mut self,
+        now: Instant,
+        outcome: Result<(u64, StatusCode, Option<Command>), (StatusCode, &'static str, String)>,
+    ) {
         match outcome {
             Ok((ticket, status, shown)) => {
                 self.pending = Some(Pending::Stored(ticket, status, shown.map(Box::new)));
@@ -418,7 +450,7 @@ impl OperatorConnection {
     /// Submits an event to the node-plane log; returns its ticket and what the console will show
     /// once it is stored.
     #[allow(clippy::type_complexity)]
-    fn submit_event(
+    pub(crate) fn submit_event(
         &self,
         name: String,
         payload: Value,

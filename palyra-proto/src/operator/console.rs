@@ -236,6 +236,16 @@ impl OperatorConnection {
         Some((token, session))
     }
 
+    /// A console session may use the admin API from the console page: a valid session cookie,
+    /// the session's CSRF token in `x-palyra-csrf-token`, and (when sent) the console's Origin.
+    /// `None` when the request carries no session at all.
+    pub(crate) fn console_admin_ok(&self, head: &RequestHead) -> Option<bool> {
+        let (_, session) = self.session(head)?;
+        let origin_ok =
+            !head.headers.contains_key(http::header::ORIGIN) || self.origin_allowed(head);
+        Some(origin_ok && self.csrf_ok(head, &session))
+    }
+
     fn csrf_ok(&self, head: &RequestHead, session: &Session) -> bool {
         sessions::csrf_matches(
             session,
@@ -245,7 +255,7 @@ impl OperatorConnection {
         )
     }
 
-    fn csrf_error(&mut self, now: Instant) {
+    pub(crate) fn csrf_error(&mut self, now: Instant) {
         self.error(
             now,
             StatusCode::FORBIDDEN,

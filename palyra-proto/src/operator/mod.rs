@@ -16,6 +16,7 @@ use crate::ws::{accept_upgrade, WsConfig, WsConnection, WsEvent};
 pub mod admin;
 pub mod auth;
 pub mod console;
+pub mod pairing;
 pub mod webhook;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -137,6 +138,8 @@ pub struct Admin {
     pub sessions: Arc<crate::console::sessions::ConsoleSessions>,
     /// Origins besides the listener's own allowed to use the console (`https://host:port`).
     pub origins: Vec<String>,
+    /// Pairing and device routes, when the daemon enrolls devices.
+    pub pairing: Option<pairing::PairingAdmin>,
 }
 
 impl Admin {
@@ -167,6 +170,7 @@ impl Admin {
             clock,
             random,
             origins,
+            pairing: None,
         })
     }
 }

@@ -262,6 +262,125 @@ pub fn client_config(
     Ok(config)
 }
 
+/// Verifies a gateway whose CA the device knows only by the SHA-256 of its
+/// SubjectPublicKeyInfo (from an invite or `--ca-fingerprint`): the chain the server sends
+/// must carry a CA certificate with that key, and the server certificate must be valid for the
+/// server name under that CA. Nothing else is trusted.
+#[derive(Debug)]
+pub struct PinnedCaVerifier {
+    ca_spki_sha256: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedCaVerifier {
+    /// A verifier pinned to the CA key `ca_spki_sha256`.
+    pub fn new(ca_spki_sha256: [u8; 32]) -> Self {
+        Self {
+            ca_spki_sha256,
+            provider: provider(),
+        }
+    }
+
+    /// The pinned CA among the certificates `chain` (DER), if present.
+    pub fn find_ca<'a>(&self, chain: &'a [CertificateDer<'a>]) -> Option<&'a CertificateDer<'a>> {
+        chain.iter().find(|c| {
+            cert_spki_fingerprint(c).is_ok_and(|f| {
+                bool::from(subtle::ConstantTimeEq::ct_eq(
+                    &f[..],
+                    &self.ca_spki_sha256[..],
+                ))
+            })
+        })
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = self.find_ca(intermediates).ok_or_else(|| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(PinMismatch),
+            )))
+        })?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&self.provider),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        webpki.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The server's chain carries no CA with the pinned key.
+#[derive(Debug)]
+struct PinMismatch;
+
+impl std::fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the gateway's CA does not match the pinned CA fingerprint")
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
+/// Client TLS configuration (no client certificate) that trusts only the CA with the pinned
+/// key: for pairing before the device has the CA certificate.
+pub fn pinned_client_config(
+    ca_spki_sha256: [u8; 32],
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier::new(ca_spki_sha256)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config.enable_early_data = false;
+    Ok(config)
+}
+
 /// The verified end-entity certificate of a QUIC peer, if it presented one.
 pub fn peer_leaf(session: &dyn quinn_proto::crypto::Session) -> Option<Vec<u8>> {
     let identity = session.peer_identity()?;

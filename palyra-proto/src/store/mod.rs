@@ -4,6 +4,7 @@ mod atomic;
 mod event_log;
 mod identity_dir;
 mod memory;
+mod node_identity;
 
 pub use atomic::{fsync_dir, write_atomic};
 pub use event_log::{FileEventLog, FileEventLogConfig, Recovery};
@@ -12,6 +13,7 @@ pub use identity_dir::{
     CA_VALIDITY,
 };
 pub use memory::MemoryEventLog;
+pub use node_identity::{GatewayRecord, NodeIdentityDir, PendingPairing};
 
 use bytes::Bytes;
 use std::sync::Arc;

@@ -114,10 +114,11 @@ fn run() -> Result<(), String> {
             std::sync::Arc::clone(&random),
         )
         .map_err(|e| format!("enrollment state: {e}"))?;
+        let enrollment = std::sync::Arc::new(enrollment);
         let node_routers = palyra_proto::gateway::node_service::node_router(
             hub.clone(),
             clock.clone(),
-            Some(std::sync::Arc::new(enrollment)),
+            Some(std::sync::Arc::clone(&enrollment)),
         )
         .map_err(|e| e.to_string())?;
         let node_listener = GrpcListener {
@@ -146,7 +147,7 @@ fn run() -> Result<(), String> {
         }
         let clock: palyra_proto::gateway::node_service::WallClock =
             std::sync::Arc::new(|| palyra_proto::store::unix_ms(SystemTime::now()));
-        let admin = palyra_proto::operator::Admin::open(
+        let mut admin = palyra_proto::operator::Admin::open(
             &state_dir,
             auth,
             std::sync::Arc::clone(&hub),
@@ -155,6 +156,11 @@ fn run() -> Result<(), String> {
             Vec::new(),
         )
         .map_err(|e| format!("operator-plane stores: {e}"))?;
+        admin.pairing = Some(palyra_proto::operator::pairing::PairingAdmin::new(
+            enrollment,
+            None,
+            node_tcp.local_addr,
+        ));
         let operator = palyra_proto::operator::Operator::daemon(
             env!("CARGO_PKG_VERSION"),
             std::time::Instant::now(),

@@ -252,7 +252,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         // Shown once: only its hash is stored. Not logged.
         eprintln!("palyrad: admin token (shown once, store it now): {token}");
     }
-    let admin = palyra_proto::operator::Admin::open(
+    let mut admin = palyra_proto::operator::Admin::open(
         &config.state_dir,
         admin_auth,
         std::sync::Arc::clone(&hub),
@@ -261,6 +261,11 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         config.console_origins.clone(),
     )
     .context("cannot open the operator-plane stores")?;
+    admin.pairing = Some(palyra_proto::operator::pairing::PairingAdmin::new(
+        enrollment,
+        config.advertise_addr.as_deref(),
+        node_tcp.local_addr,
+    ));
     let console = std::sync::Arc::clone(&admin.console);
     let operator = palyra_proto::operator::Operator::daemon(
         env!("CARGO_PKG_VERSION"),

@@ -484,6 +484,7 @@ fn operator_for(
             console: hub,
             sessions: Arc::new(crate::console::sessions::ConsoleSessions::open(path).unwrap()),
             origins,
+            pairing: None,
         },
         false,
     )

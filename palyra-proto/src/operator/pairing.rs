@@ -1,0 +1,498 @@
+//! Pairing and device routes of the admin API (the operator's side of enrollment):
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /admin/v1/pairing/codes` | `{"method":"pin"\|"qr","ttl_seconds"?}` -> 201 `{"code", "invite"?, "gateway", "ca_fingerprint", ...}` (the code is shown this once) |
+//! | `GET /admin/v1/pairing/codes` | active codes (never the codes themselves) |
+//! | `DELETE /admin/v1/pairing/codes/{id}` | withdraws a code -> 204 |
+//! | `GET /admin/v1/pairing/requests` | pairing requests, newest last |
+//! | `POST /admin/v1/pairing/requests/{id}/approve` | `{"replace"?, "reason"?}` -> the request, `approved` (certificate signed) |
+//! | `POST /admin/v1/pairing/requests/{id}/reject` | `{"reason"?}` -> the request, `rejected` |
+//! | `GET /admin/v1/devices` | paired and revoked devices with their certificates and presence |
+//! | `POST /admin/v1/devices/{id}/revoke` | `{"reason"?}` -> `{"revoked", "newly_revoked"}`; the device's connections close within a second |
+//! | `POST /admin/v1/devices/{id}/rotate` | asks the device (event `identity.rotate` addressed to it) to rotate its key -> 202 `{"seq"}` |
+//!
+//! Refusals map the enrollment error classes to statuses: malformed 400, unknown 404, not
+//! allowed in the current state 409, a limit 429, storage 503.
+
+use super::admin::{presence, BodyFor};
+use super::OperatorConnection;
+use crate::enroll::codes::DEFAULT_TTL_MS;
+use crate::enroll::device::Invite;
+use crate::enroll::gateway::{EnrollError, ErrorKind, RequestRecord};
+use crate::enroll::Method;
+use crate::gateway::pairing::EnrollmentStore;
+use crate::identity::trust::TrustSnapshot;
+use crate::store::IdentityError;
+use http::StatusCode;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Name of the event that asks a device to rotate its certificate (addressed to it).
+pub const ROTATE_EVENT: &str = "identity.rotate";
+
+/// What the pairing and device routes work on.
+pub struct PairingAdmin {
+    /// The daemon's enrollment state.
+    pub store: Arc<EnrollmentStore>,
+    /// The node TLS address devices dial to pair (`HOST:PORT`), written into invites.
+    pub gateway_addr: String,
+}
+
+impl std::fmt::Debug for PairingAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairingAdmin")
+            .field("gateway_addr", &self.gateway_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PairingAdmin {
+    /// The routes over `store`; invites name `advertise` when given, else the node TLS
+    /// listener's `bound` address (a wildcard address becomes loopback: set `advertise` for
+    /// devices on other machines).
+    pub fn new(
+        store: Arc<EnrollmentStore>,
+        advertise: Option<&str>,
+        bound: std::net::SocketAddr,
+    ) -> Self {
+        let gateway_addr = match advertise {
+            Some(addr) => addr.to_owned(),
+            None if bound.ip().is_unspecified() => {
+                let loopback: std::net::IpAddr = if bound.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                };
+                tracing::warn!(%bound, "invites name loopback: set [enrollment] advertise_addr for remote devices");
+                std::net::SocketAddr::new(loopback, bound.port()).to_string()
+            }
+            None => bound.to_string(),
+        };
+        Self {
+            store,
+            gateway_addr,
+        }
+    }
+}
+
+/// A pairing route that reads a body.
+pub(crate) enum PairingBody {
+    /// `POST /admin/v1/pairing/codes`.
+    Mint,
+    /// `POST /admin/v1/pairing/requests/{id}/approve`.
+    Approve(String),
+    /// `POST /admin/v1/pairing/requests/{id}/reject`.
+    Reject(String),
+    /// `POST /admin/v1/devices/{id}/revoke`.
+    Revoke(String),
+}
+
+/// Largest body of a pairing route.
+const BODY_LIMIT: u64 = 4096;
+
+type Refusal = (StatusCode, &'static str, String);
+
+fn refusal(e: &EnrollError) -> Refusal {
+    let (status, code) = match e.kind() {
+        ErrorKind::InvalidArgument => (StatusCode::BAD_REQUEST, "bad_request"),
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "forbidden"),
+        ErrorKind::FailedPrecondition | ErrorKind::AlreadyExists => {
+            (StatusCode::CONFLICT, "conflict")
+        }
+        ErrorKind::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "limit_reached"),
+        ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_failed"),
+    };
+    (status, code, e.to_string())
+}
+
+fn bad(message: impl Into<String>) -> Refusal {
+    (StatusCode::BAD_REQUEST, "bad_request", message.into())
+}
+
+/// A request as listed (the certificate itself is not shown).
+pub fn request_json(r: &RequestRecord) -> Value {
+    json!({
+        "request_id": r.request_id,
+        "device_id": r.device_id,
+        "client_kind": r.client_kind,
+        "method": r.method,
+        "state": r.state.as_str(),
+        "reason": r.reason,
+        "identity_fingerprint": r.identity_fingerprint,
+        "transcript_hash": r.transcript_hash,
+        "replaces_device": r.replaces_device,
+        "requested_at_unix_ms": r.requested_at_unix_ms,
+        "expires_at_unix_ms": r.expires_at_unix_ms,
+        "decided_at_unix_ms": r.decided_at_unix_ms,
+        "delivered_at_unix_ms": r.delivered_at_unix_ms,
+        "cert_expires_at_unix_ms": (r.cert_expires_at_unix_ms > 0).then_some(r.cert_expires_at_unix_ms),
+    })
+}
+
+/// Devices of the trust file, each with its certificates, its standing and its presence
+/// (`last_seen` by device ID, from the node registry).
+pub fn devices_json(
+    trust: &TrustSnapshot,
+    last_seen: impl Fn(&str) -> Option<u64>,
+    now_ms: u64,
+) -> Value {
+    let mut ids: Vec<&str> = trust.devices.iter().map(|d| d.device_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let devices: Vec<Value> = ids
+        .into_iter()
+        .map(|id| {
+            let revoked = trust.revoked.iter().find(|r| r.device_id == id);
+            let certs: Vec<Value> = trust
+                .devices
+                .iter()
+                .filter(|d| d.device_id == id)
+                .map(|d| {
+                    let state = if d.revoked_at_unix_ms.is_some() || revoked.is_some() {
+                        "revoked"
+                    } else if d.expires_at_unix_ms <= now_ms {
+                        "expired"
+                    } else if d.pending {
+                        "pending"
+                    } else {
+                        "active"
+                    };
+                    json!({
+                        "spki_sha256": d.spki_sha256,
+                        "issued_at_unix_ms": d.issued_at_unix_ms,
+                        "expires_at_unix_ms": d.expires_at_unix_ms,
+                        "state": state,
+                    })
+                })
+                .collect();
+            let seen = last_seen(id);
+            json!({
+                "device_id": id,
+                "state": if revoked.is_some() { "revoked" } else { "paired" },
+                "revoked_at_unix_ms": revoked.map(|r| r.revoked_at_unix_ms),
+                "revocation_reason": revoked.map(|r| r.reason.clone()),
+                "last_seen_at_unix_ms": seen,
+                "presence": seen.map_or("never_seen", |t| presence(t, now_ms)),
+                "certificates": certs,
+            })
+        })
+        .collect();
+    json!({ "devices": devices })
+}
+
+/// An optional JSON object body (empty means `{}`).
+fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Refusal> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Default::default());
+    }
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(bad("body must be a JSON object")),
+        Err(e) => Err(bad(format!("body is not JSON: {e}"))),
+    }
+}
+
+fn optional_str<'a>(
+    map: &'a serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, Refusal> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(bad(format!("{name} must be a string"))),
+    }
+}
+
+impl OperatorConnection {
+    /// `/admin/v1/pairing/...` and `/admin/v1/devices...` (already authenticated).
+    pub(crate) fn pairing_route(&mut self, now: Instant, path: &str, method: &http::Method) {
+        use http::Method as M;
+        let Some(admin) = &self.operator.admin else {
+            return;
+        };
+        let Some(pairing) = &admin.pairing else {
+            return self.error(
+                now,
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this daemon does not enroll devices",
+            );
+        };
+        let store = Arc::clone(&pairing.store);
+        let now_ms = (admin.clock)();
+        let segments: Vec<&str> = path.trim_start_matches("/admin/v1/").split('/').collect();
+        let collect = |purpose| (BodyFor::Pairing(purpose), BODY_LIMIT);
+        let body = match (segments.as_slice(), method) {
+            (["pairing", "codes"], &M::POST) => Some(collect(PairingBody::Mint)),
+            (["pairing", "requests", id, "approve"], &M::POST) => {
+                Some(collect(PairingBody::Approve((*id).to_owned())))
+            }
+            (["pairing", "requests", id, "reject"], &M::POST) => {
+                Some(collect(PairingBody::Reject((*id).to_owned())))
+            }
+            (["devices", id, "revoke"], &M::POST) => {
+                Some(collect(PairingBody::Revoke((*id).to_owned())))
+            }
+            _ => None,
+        };
+        if let Some((purpose, limit)) = body {
+            return self.collect(now, purpose, limit);
+        }
+        match (segments.as_slice(), method) {
+            (["pairing", "codes"], &M::GET) => {
+                let listed = store.with(|machine, _, _| {
+                    machine.expire(now_ms);
+                    Ok(machine
+                        .codes()
+                        .iter()
+                        .map(|c| {
+                            json!({"code_id": c.id, "method": c.method, "issued_by": c.issued_by,
+                                   "created_at_unix_ms": c.created_at_unix_ms,
+                                   "expires_at_unix_ms": c.expires_at_unix_ms,
+                                   "failed_guesses": c.failed_guesses})
+                        })
+                        .collect::<Vec<_>>())
+                });
+                self.answer(now, StatusCode::OK, listed.map(|c| json!({ "codes": c })));
+            }
+            (["pairing", "codes", id], &M::DELETE) => {
+                let id = (*id).to_owned();
+                match store.with(|machine, _, _| Ok(machine.revoke_code(&id))) {
+                    Ok(true) => self.respond(
+                        now,
+                        StatusCode::NO_CONTENT,
+                        super::api_headers(),
+                        bytes::Bytes::new(),
+                    ),
+                    Ok(false) => self.error(
+                        now,
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "no such active code",
+                    ),
+                    Err(e) => {
+                        let (status, code, message) = refusal(&e);
+                        self.error(now, status, code, &message)
+                    }
+                }
+            }
+            (["pairing", "requests"], &M::GET) => {
+                let listed = store.with(|machine, _, _| {
+                    machine.expire(now_ms);
+                    Ok(machine
+                        .requests()
+                        .iter()
+                        .map(request_json)
+                        .collect::<Vec<_>>())
+                });
+                self.answer(
+                    now,
+                    StatusCode::OK,
+                    listed.map(|r| json!({ "requests": r })),
+                );
+            }
+            (["devices"], &M::GET) => match store.trust() {
+                Ok(trust) => {
+                    let nodes = admin.hub.nodes();
+                    let last_seen = |id: &str| {
+                        nodes
+                            .iter()
+                            .find(|n| n.device_id == id)
+                            .map(|n| n.last_seen_at_unix_ms)
+                    };
+                    let body = devices_json(&trust, last_seen, now_ms);
+                    self.json(now, StatusCode::OK, body)
+                }
+                Err(e) => self.error(
+                    now,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_failed",
+                    &e.to_string(),
+                ),
+            },
+            (["devices", id, "rotate"], &M::POST) => {
+                let id = (*id).to_owned();
+                if !crate::identity::is_canonical_device_id(&id) {
+                    return self.error(
+                        now,
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "device ID must be a canonical ULID",
+                    );
+                }
+                let known = store.trust().map(|t| {
+                    t.devices.iter().any(|d| d.device_id == id)
+                        && !t.revoked.iter().any(|r| r.device_id == id)
+                });
+                match known {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return self.error(
+                            now,
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            "no such paired device",
+                        )
+                    }
+                    Err(e) => {
+                        return self.error(
+                            now,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "store_failed",
+                            &e.to_string(),
+                        )
+                    }
+                }
+                let outcome = self
+                    .submit_event(ROTATE_EVENT.into(), json!({"reason": "operator"}), Some(id))
+                    .map(|(t, shown)| (t, StatusCode::ACCEPTED, Some(shown)));
+                self.await_stored(now, outcome);
+            }
+            (["pairing", "codes"] | ["pairing", "requests"] | ["devices"], _) => self.not_allowed(
+                now,
+                if segments == ["pairing", "codes"] {
+                    "GET, POST"
+                } else {
+                    "GET"
+                },
+            ),
+            (["pairing", "codes", _], _) => self.not_allowed(now, "DELETE"),
+            (
+                ["pairing", "requests", _, "approve" | "reject"]
+                | ["devices", _, "revoke" | "rotate"],
+                _,
+            ) => self.not_allowed(now, "POST"),
+            _ => self.error(
+                now,
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such pairing route",
+            ),
+        }
+    }
+
+    /// A pairing route's body arrived.
+    pub(crate) fn pairing_body(&mut self, now: Instant, what: PairingBody, body: &[u8]) {
+        let Some(admin) = &self.operator.admin else {
+            return;
+        };
+        let Some(pairing) = &admin.pairing else {
+            return;
+        };
+        let store = Arc::clone(&pairing.store);
+        let gateway_addr = pairing.gateway_addr.clone();
+        let now_ms = (admin.clock)();
+        let outcome = object(body).and_then(|map| match what {
+            PairingBody::Mint => {
+                mint(&store, &gateway_addr, now_ms, &map).map(|v| (StatusCode::CREATED, v))
+            }
+            PairingBody::Approve(id) => {
+                let replace = match map.get("replace") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => return Err(bad("replace must be true or false")),
+                };
+                let reason = optional_str(&map, "reason")?;
+                store
+                    .with(|machine, authority, _| {
+                        machine.approve(authority, now_ms, &id, replace, reason)
+                    })
+                    .map(|r| (StatusCode::OK, json!({ "request": request_json(&r) })))
+                    .map_err(|e| refusal(&e))
+            }
+            PairingBody::Reject(id) => {
+                let reason = optional_str(&map, "reason")?;
+                store
+                    .with(|machine, _, _| machine.reject(now_ms, &id, reason))
+                    .map(|r| (StatusCode::OK, json!({ "request": request_json(&r) })))
+                    .map_err(|e| refusal(&e))
+            }
+            PairingBody::Revoke(id) => {
+                let reason = optional_str(&map, "reason")?.unwrap_or("revoked_by_operator");
+                if reason.len() > crate::enroll::gateway::MAX_REASON {
+                    return Err(bad("reason is too long"));
+                }
+                match store.revoke_device(&id, reason) {
+                    Ok(newly) => Ok((
+                        StatusCode::OK,
+                        json!({"device_id": id, "revoked": true, "newly_revoked": newly}),
+                    )),
+                    Err(IdentityError::BadDeviceId(_)) => {
+                        Err(bad("device ID must be a canonical ULID"))
+                    }
+                    Err(IdentityError::UnknownDevice(_)) => Err((
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!("device {id} was never paired"),
+                    )),
+                    Err(e) => Err((
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_failed",
+                        e.to_string(),
+                    )),
+                }
+            }
+        });
+        match outcome {
+            Ok((status, value)) => self.json(now, status, value),
+            Err((status, code, message)) => self.error(now, status, code, &message),
+        }
+    }
+
+    fn answer(&mut self, now: Instant, status: StatusCode, result: Result<Value, EnrollError>) {
+        match result {
+            Ok(value) => self.json(now, status, value),
+            Err(e) => {
+                let (status, code, message) = refusal(&e);
+                self.error(now, status, code, &message)
+            }
+        }
+    }
+}
+
+/// Mints a code; the answer carries the code once, with what the device needs to trust the
+/// gateway before it sends it.
+fn mint(
+    store: &EnrollmentStore,
+    gateway_addr: &str,
+    now_ms: u64,
+    map: &serde_json::Map<String, Value>,
+) -> Result<Value, Refusal> {
+    let method: Method = optional_str(map, "method")?
+        .ok_or_else(|| bad("method must be \"pin\" or \"qr\""))?
+        .parse()
+        .map_err(|_| bad("method must be \"pin\" or \"qr\""))?;
+    let ttl_ms = match map.get("ttl_seconds") {
+        None | Some(Value::Null) => DEFAULT_TTL_MS,
+        Some(v) => v
+            .as_u64()
+            .and_then(|s| s.checked_mul(1000))
+            .ok_or_else(|| bad("ttl_seconds must be a positive integer"))?,
+    };
+    let ca = store
+        .ca_spki_sha256()
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, "store_failed", e))?;
+    let (record, code) = store
+        .with(|machine, _, random| machine.mint(now_ms, method, ttl_ms, "admin", random))
+        .map_err(|e| refusal(&e))?;
+    let invite = (method == Method::Qr).then(|| {
+        Invite {
+            addr: gateway_addr.to_owned(),
+            ca_spki_sha256: ca,
+            code: code.clone(),
+        }
+        .to_string()
+    });
+    Ok(json!({
+        "code_id": record.id,
+        "method": method,
+        "code": code,
+        "invite": invite,
+        "gateway": gateway_addr,
+        "ca_fingerprint": format!("sha256:{}", hex::encode(ca)),
+        "expires_at_unix_ms": record.expires_at_unix_ms,
+    }))
+}
