@@ -4,6 +4,7 @@ pub mod agent;
 pub mod client;
 pub mod config;
 pub mod grpc;
+pub mod node_identity;
 pub mod node_plane;
 pub mod operator_client;
 pub mod udp;

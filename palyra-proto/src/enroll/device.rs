@@ -305,7 +305,6 @@ impl DevicePairing {
             device_x25519_public: hello.device_x25519_public.to_vec(),
             challenge_signature: hello.challenge_signature.to_vec(),
             transcript_mac: hello.transcript_mac.to_vec(),
-            ..Default::default()
         })
     }
 

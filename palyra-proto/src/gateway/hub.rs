@@ -178,6 +178,11 @@ impl NodeHub {
         &self.trust
     }
 
+    /// The live trust index, shared.
+    pub fn trust_index(&self) -> Arc<TrustIndex> {
+        Arc::clone(&self.trust)
+    }
+
     /// Which device a certificate (SPKI fingerprint) belongs to, if it is in good standing.
     pub fn check(&self, spki_sha256: &[u8; 32]) -> TrustDecision {
         self.trust.check(spki_sha256)

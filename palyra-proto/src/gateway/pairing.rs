@@ -35,6 +35,9 @@ pub struct EnrollmentStore {
     config: GatewayConfig,
     path: PathBuf,
     authority: DirAuthority,
+    /// The daemon's live index, updated at once when pairing changes the trust file (the
+    /// periodic reload would take up to a maintenance interval).
+    live: Option<Arc<crate::identity::trust::TrustIndex>>,
 }
 
 /// The CA and trust file of an identity directory as the machine's [`Authority`].
@@ -149,10 +152,27 @@ impl EnrollmentStore {
             path,
             authority: DirAuthority { ids, random },
             machine: Mutex::new(machine),
+            live: None,
         };
         let recovery = store.lock().recovery_effects();
         store.apply(recovery);
         Ok(store)
+    }
+
+    /// Keeps `index` (the daemon's live trust index) in step with the trust changes pairing
+    /// makes: a new certificate is accepted on the very next handshake.
+    pub fn with_trust_index(mut self, index: Arc<crate::identity::trust::TrustIndex>) -> Self {
+        self.live = Some(index);
+        self
+    }
+
+    fn refresh_live(&self) {
+        if let Some(index) = &self.live {
+            match self.authority.ids.load_trust() {
+                Ok(snapshot) => index.replace(&snapshot),
+                Err(e) => tracing::warn!(error = %e, "cannot reload the trust file"),
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Enrollment> {
@@ -198,6 +218,7 @@ impl EnrollmentStore {
     fn apply(&self, effects: Vec<crate::enroll::gateway::Effect>) {
         use crate::enroll::gateway::Effect;
         let now = std::time::SystemTime::now();
+        let applied = !effects.is_empty();
         for effect in effects {
             let outcome = match &effect {
                 Effect::RecordCert {
@@ -228,6 +249,9 @@ impl EnrollmentStore {
             if let Err(e) = outcome {
                 tracing::warn!(error = %e, ?effect, "trust change not applied");
             }
+        }
+        if applied {
+            self.refresh_live();
         }
     }
 }
@@ -500,9 +524,12 @@ impl EnrollmentStore {
         device_id: &str,
         reason: &str,
     ) -> Result<bool, crate::store::IdentityError> {
-        self.authority
-            .ids
-            .revoke_device(std::time::SystemTime::now(), device_id, reason)
+        let newly =
+            self.authority
+                .ids
+                .revoke_device(std::time::SystemTime::now(), device_id, reason)?;
+        self.refresh_live();
+        Ok(newly)
     }
 
     /// The trust file: every device certificate issued and every revocation.

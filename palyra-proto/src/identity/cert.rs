@@ -281,6 +281,16 @@ pub fn cert_not_after(cert_der: &[u8]) -> Result<SystemTime, CertError> {
     Ok(cert.tbs_certificate.validity.not_after.to_system_time())
 }
 
+/// Start and end of validity of a DER certificate.
+pub fn cert_validity(cert_der: &[u8]) -> Result<(SystemTime, SystemTime), CertError> {
+    let cert = Certificate::from_der(cert_der)?;
+    let validity = &cert.tbs_certificate.validity;
+    Ok((
+        validity.not_before.to_system_time(),
+        validity.not_after.to_system_time(),
+    ))
+}
+
 fn x509_time(t: SystemTime) -> Result<Time, CertError> {
     // RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050.
     let generalized = GeneralizedTime::from_system_time(t)?;

@@ -175,7 +175,7 @@ pub fn devices_json(
                 "revoked_at_unix_ms": revoked.map(|r| r.revoked_at_unix_ms),
                 "revocation_reason": revoked.map(|r| r.reason.clone()),
                 "last_seen_at_unix_ms": seen,
-                "presence": seen.map_or("never_seen", |t| presence(t, now_ms)),
+                "presence": seen.map_or("not_registered", |t| presence(t, now_ms)),
                 "certificates": certs,
             })
         })

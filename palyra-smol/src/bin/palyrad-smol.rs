@@ -113,7 +113,8 @@ fn run() -> Result<(), String> {
             Default::default(),
             std::sync::Arc::clone(&random),
         )
-        .map_err(|e| format!("enrollment state: {e}"))?;
+        .map_err(|e| format!("enrollment state: {e}"))?
+        .with_trust_index(hub.trust_index());
         let enrollment = std::sync::Arc::new(enrollment);
         let node_routers = palyra_proto::gateway::node_service::node_router(
             hub.clone(),

@@ -10,10 +10,11 @@ use palyra_proto::pb::palyra::node::v1::{
     RegisterNodeResponse,
 };
 use palyra_proto::quic::{tls, ClientLimits};
-use palyra_proto::store::DeviceIdentityFiles;
+use palyra_proto::store::{DeviceIdentityFiles, NodeIdentityDir};
+use palyra_tokio::node_identity::resolve_gateway;
 use palyra_tokio::NodeConnection;
 use prost::Message;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -36,6 +37,12 @@ enum Command {
     /// Agents on the console stream.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Pairing codes and requests (operator; through palyrad's admin API).
+    #[command(subcommand)]
+    Pairing(PairingCommand),
+    /// Paired devices: list, revoke, ask to rotate (operator; through palyrad's admin API).
+    #[command(subcommand)]
+    Devices(DevicesCommand),
     /// Checks the gateway over gRPC (GatewayService/GetHealth) and prints the answer as JSON.
     Health {
         /// Gateway gRPC address, HOST:PORT (e.g. 127.0.0.1:7443).
@@ -69,6 +76,125 @@ enum AgentCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum PairingCommand {
+    /// Mints a pairing code and prints it (a QR code as an invite for palyra node enroll).
+    Code {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// pin: 6 digits to type; qr: a token carried by an invite with the gateway address
+        /// and CA fingerprint.
+        #[arg(long, value_enum, default_value_t = CodeMethod::Qr)]
+        method: CodeMethod,
+        /// Lifetime of the code: 30s .. 24h, as 90s, 10m, 2h or plain seconds.
+        #[arg(long, default_value = "10m", value_parser = parse_ttl)]
+        ttl: Duration,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists pairing requests (pending ones first in the table).
+    List {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approves a pairing request: the gateway signs a certificate for the device's own key.
+    Approve {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// Request ID (from palyra pairing list, or printed by palyra node enroll).
+        id: String,
+        /// The device ID is already paired: replace its certificates with this device's.
+        #[arg(long)]
+        replace: bool,
+        /// Reason recorded with the decision.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rejects a pairing request awaiting a decision or delivery.
+    Reject {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// Request ID.
+        id: String,
+        /// Reason recorded with the decision (the device is told).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Kind of pairing code.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CodeMethod {
+    /// 6 digits.
+    Pin,
+    /// A token inside an invite.
+    Qr,
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// Lists paired and revoked devices with their certificates and presence.
+    List {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revokes a device: every certificate it holds; its connections close within a second.
+    Revoke {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// Device ID.
+        id: String,
+        /// Reason recorded with the revocation.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Asks a running node (palyra node run) to rotate to a new key and certificate.
+    Rotate {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// Device ID.
+        id: String,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses `90`, `90s`, `10m`, `2h` into a duration.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 10m or 2h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
 /// How operator commands reach palyrad's operator plane (the admin API).
 #[derive(clap::Args)]
 struct DaemonArgs {
@@ -98,9 +224,9 @@ impl DaemonArgs {
 
 #[derive(clap::Args)]
 struct Target {
-    /// Gateway node-plane address, HOST:PORT (e.g. 127.0.0.1:7444).
+    /// Gateway node-plane address, HOST:PORT (default: the one the identity was enrolled with).
     #[arg(long, env = "PALYRA_GATEWAY")]
-    gateway: String,
+    gateway: Option<String>,
     /// Identity directory holding device.crt.pem, device.key.pem and ca.crt.pem.
     #[arg(long, env = "PALYRA_IDENTITY")]
     identity: PathBuf,
@@ -127,6 +253,46 @@ enum Transport {
 
 #[derive(Subcommand)]
 enum NodeCommand {
+    /// Pairs this node with a gateway: makes its key (which never leaves this machine), proves
+    /// the code, waits for the operator's approval and writes the identity directory. Run it
+    /// again with only --identity to resume a pairing that is still waiting.
+    Enroll {
+        /// Identity directory to create (mode 0700).
+        #[arg(long, env = "PALYRA_IDENTITY")]
+        identity: PathBuf,
+        /// Invite from palyra pairing code --method qr (carries gateway, CA fingerprint, code).
+        #[arg(long, conflicts_with_all = ["pin", "ca_fingerprint", "ca_file"])]
+        invite: Option<String>,
+        /// PIN from palyra pairing code --method pin (needs --gateway and the CA).
+        #[arg(long)]
+        pin: Option<String>,
+        /// The gateway CA fingerprint, sha256:HEX (what palyra pairing code prints).
+        #[arg(long)]
+        ca_fingerprint: Option<String>,
+        /// The gateway CA certificate (PEM).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Gateway node TLS address, HOST:PORT (default: the invite's).
+        #[arg(long, env = "PALYRA_GATEWAY")]
+        gateway: Option<String>,
+        /// TLS server name to verify (default: the gateway host).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Seconds to wait for the operator's decision.
+        #[arg(long, default_value_t = 3600)]
+        wait_secs: u64,
+    },
+    /// Keeps the node connected over QUIC: checks in, renews its certificate when a third of
+    /// its lifetime is left or when the operator asks, reconnects with backoff. Prints one JSON
+    /// object per change.
+    Run {
+        /// Identity directory written by palyra node enroll.
+        #[arg(long, env = "PALYRA_IDENTITY")]
+        identity: PathBuf,
+        /// Stop after this many seconds (default: run until interrupted).
+        #[arg(long)]
+        run_for_secs: Option<u64>,
+    },
     /// Checks the gateway and prints the health answer as JSON.
     Health {
         #[command(flatten)]
@@ -193,25 +359,23 @@ fn main() -> ExitCode {
 
 /// The loaded identity, the resolved address and the TLS server name of a target.
 async fn resolve(target: &Target) -> anyhow::Result<(DeviceIdentityFiles, SocketAddr, String)> {
-    let identity = DeviceIdentityFiles::load(&target.identity)
+    let dir = NodeIdentityDir::open(&target.identity)?;
+    let identity = dir
+        .load()
         .with_context(|| format!("cannot load identity from {}", target.identity.display()))?;
-    let (host, _) = target
-        .gateway
-        .rsplit_once(':')
-        .context("--gateway must be HOST:PORT")?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addr: SocketAddr = tokio::net::lookup_host(&target.gateway)
-        .await
-        .with_context(|| format!("cannot resolve {}", target.gateway))?
-        .next()
-        .with_context(|| format!("{} resolves to no address", target.gateway))?;
-    let server_name = target
-        .server_name
-        .clone()
-        .unwrap_or_else(|| match host.parse::<IpAddr>() {
-            Ok(_) => host.to_owned(),
-            Err(_) => host.to_ascii_lowercase(),
-        });
+    let enrolled = dir.gateway()?;
+    let (gateway, server_name) = match (&target.gateway, &enrolled) {
+        (Some(g), _) => (g.clone(), target.server_name.clone()),
+        (None, Some(record)) => (
+            record.addr.clone(),
+            target
+                .server_name
+                .clone()
+                .or(Some(record.server_name.clone())),
+        ),
+        (None, None) => anyhow::bail!("give --gateway HOST:PORT (this identity names no gateway)"),
+    };
+    let (addr, server_name) = resolve_gateway(&gateway, server_name.as_deref()).await?;
     Ok((identity, addr, server_name))
 }
 
@@ -435,9 +599,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("agent task")?;
         }
+        Command::Pairing(command) => {
+            return tokio::task::spawn_blocking(move || pairing(command)).await?
+        }
+        Command::Devices(command) => {
+            return tokio::task::spawn_blocking(move || devices(command)).await?
+        }
         Command::Node(command) => command,
     };
     match command {
+        NodeCommand::Enroll {
+            identity,
+            invite,
+            pin,
+            ca_fingerprint,
+            ca_file,
+            gateway,
+            server_name,
+            wait_secs,
+        } => {
+            use palyra_tokio::node_identity::{enroll, EnrollOptions, Pairing};
+            let pairing = match (invite, pin) {
+                (Some(invite), _) => Some(Pairing::Invite(invite)),
+                (None, Some(code)) => Some(Pairing::Pin {
+                    code,
+                    ca_fingerprint,
+                    ca_file,
+                }),
+                (None, None) => None,
+            };
+            let options = EnrollOptions {
+                identity,
+                gateway,
+                server_name,
+                pairing,
+                wait: Duration::from_secs(wait_secs),
+                poll: Duration::from_millis(500),
+            };
+            let summary = enroll(options, |line| eprintln!("palyra: {line}")).await?;
+            println!("{summary}");
+        }
+        NodeCommand::Run {
+            identity,
+            run_for_secs,
+        } => {
+            use palyra_tokio::node_identity::{run_node, RunOptions};
+            let options = RunOptions {
+                identity,
+                run_for: run_for_secs.map(Duration::from_secs),
+            };
+            run_node(options, |line| println!("{line}")).await?;
+        }
         NodeCommand::Health { target } if target.transport == Transport::Grpc => {
             let node = connect_grpc(&target).await?;
             println!("{}", node.health().await?);
@@ -551,6 +763,214 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{line}");
             }
             conn.close().await;
+        }
+    }
+    Ok(())
+}
+
+/// `palyra pairing ...` (blocking: the admin client is synchronous).
+fn pairing(command: PairingCommand) -> anyhow::Result<()> {
+    use http::Method;
+    use serde_json::{json, Value};
+    match command {
+        PairingCommand::Code {
+            daemon,
+            method,
+            ttl,
+            json,
+        } => {
+            let method = match method {
+                CodeMethod::Pin => "pin",
+                CodeMethod::Qr => "qr",
+            };
+            let body = json!({"method": method, "ttl_seconds": ttl.as_secs()});
+            let answer =
+                daemon
+                    .daemon()?
+                    .call(Method::POST, "/admin/v1/pairing/codes", Some(&body))?;
+            if json {
+                println!("{answer}");
+                return Ok(());
+            }
+            let expires = answer["expires_at_unix_ms"].as_u64().unwrap_or(0);
+            if let Some(invite) = answer["invite"].as_str() {
+                println!("{invite}");
+                eprintln!(
+                    "palyra: on the node: palyra node enroll --invite '{invite}' --identity DIR"
+                );
+            } else {
+                let code = answer["code"].as_str().unwrap_or_default();
+                let gateway = answer["gateway"].as_str().unwrap_or_default();
+                let ca = answer["ca_fingerprint"].as_str().unwrap_or_default();
+                println!("{code}");
+                eprintln!(
+                    "palyra: on the node: palyra node enroll --gateway {gateway} --pin {code} --ca-fingerprint {ca} --identity DIR"
+                );
+            }
+            eprintln!("palyra: single use, expires in {} s", ttl_left(expires));
+        }
+        PairingCommand::List { daemon, json } => {
+            let answer = daemon
+                .daemon()?
+                .call(Method::GET, "/admin/v1/pairing/requests", None)?;
+            if json {
+                println!("{answer}");
+                return Ok(());
+            }
+            let mut requests: Vec<&Value> = answer["requests"]
+                .as_array()
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            requests.sort_by_key(|r| r["state"] != "pending_approval");
+            println!(
+                "{:<26}  {:<26}  {:<16}  {:<7}  REASON",
+                "REQUEST", "DEVICE", "STATE", "KIND"
+            );
+            for r in requests {
+                println!(
+                    "{:<26}  {:<26}  {:<16}  {:<7}  {}{}",
+                    r["request_id"].as_str().unwrap_or_default(),
+                    r["device_id"].as_str().unwrap_or_default(),
+                    r["state"].as_str().unwrap_or_default(),
+                    r["client_kind"].as_str().unwrap_or_default(),
+                    r["reason"].as_str().unwrap_or_default(),
+                    if r["replaces_device"] == true {
+                        " (replaces a paired device)"
+                    } else {
+                        ""
+                    },
+                );
+            }
+        }
+        PairingCommand::Approve {
+            daemon,
+            id,
+            replace,
+            reason,
+            json,
+        } => {
+            let body = json!({"replace": replace, "reason": reason});
+            let answer = daemon.daemon()?.call(
+                Method::POST,
+                &format!("/admin/v1/pairing/requests/{}/approve", path_segment(&id)?),
+                Some(&body),
+            )?;
+            print_request(&answer, json);
+        }
+        PairingCommand::Reject {
+            daemon,
+            id,
+            reason,
+            json,
+        } => {
+            let body = json!({"reason": reason});
+            let answer = daemon.daemon()?.call(
+                Method::POST,
+                &format!("/admin/v1/pairing/requests/{}/reject", path_segment(&id)?),
+                Some(&body),
+            )?;
+            print_request(&answer, json);
+        }
+    }
+    Ok(())
+}
+
+/// An ID as one path segment (IDs are ULIDs: refuse anything that would change the path).
+fn path_segment(id: &str) -> anyhow::Result<&str> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        anyhow::bail!("{id:?} is not an ID (a 26-character ULID)");
+    }
+    Ok(id)
+}
+
+fn ttl_left(expires_at_unix_ms: u64) -> u64 {
+    let now = palyra_proto::store::unix_ms(std::time::SystemTime::now());
+    expires_at_unix_ms.saturating_sub(now) / 1000
+}
+
+fn print_request(answer: &serde_json::Value, json: bool) {
+    if json {
+        println!("{answer}");
+        return;
+    }
+    let r = &answer["request"];
+    println!(
+        "request {} of device {}: {} ({})",
+        r["request_id"].as_str().unwrap_or_default(),
+        r["device_id"].as_str().unwrap_or_default(),
+        r["state"].as_str().unwrap_or_default(),
+        r["reason"].as_str().unwrap_or_default(),
+    );
+}
+
+/// `palyra devices ...` (blocking: the admin client is synchronous).
+fn devices(command: DevicesCommand) -> anyhow::Result<()> {
+    use http::Method;
+    use serde_json::json;
+    match command {
+        DevicesCommand::List { daemon, json } => {
+            let answer = daemon
+                .daemon()?
+                .call(Method::GET, "/admin/v1/devices", None)?;
+            if json {
+                println!("{answer}");
+                return Ok(());
+            }
+            println!(
+                "{:<26}  {:<8}  {:<10}  {:>5}  CERT EXPIRES IN",
+                "DEVICE", "STATE", "PRESENCE", "CERTS"
+            );
+            for d in answer["devices"].as_array().into_iter().flatten() {
+                let certs = d["certificates"].as_array().cloned().unwrap_or_default();
+                let expires = certs
+                    .iter()
+                    .filter(|c| c["state"] == "active")
+                    .filter_map(|c| c["expires_at_unix_ms"].as_u64())
+                    .max();
+                println!(
+                    "{:<26}  {:<8}  {:<10}  {:>5}  {}",
+                    d["device_id"].as_str().unwrap_or_default(),
+                    d["state"].as_str().unwrap_or_default(),
+                    d["presence"].as_str().unwrap_or_default(),
+                    certs.len(),
+                    expires.map_or("-".into(), |e| format!("{} d", ttl_left(e) / 86_400)),
+                );
+            }
+        }
+        DevicesCommand::Revoke {
+            daemon,
+            id,
+            reason,
+            json,
+        } => {
+            let body = json!({"reason": reason});
+            let answer = daemon.daemon()?.call(
+                Method::POST,
+                &format!("/admin/v1/devices/{}/revoke", path_segment(&id)?),
+                Some(&body),
+            )?;
+            if json {
+                println!("{answer}");
+            } else if answer["newly_revoked"] == true {
+                println!("device {id} revoked; its connections close within a second");
+            } else {
+                println!("device {id} was already revoked");
+            }
+        }
+        DevicesCommand::Rotate { daemon, id, json } => {
+            let answer = daemon.daemon()?.call(
+                Method::POST,
+                &format!("/admin/v1/devices/{}/rotate", path_segment(&id)?),
+                None,
+            )?;
+            if json {
+                println!("{answer}");
+            } else {
+                println!(
+                    "asked device {id} to rotate (event seq {}); a running palyra node run rotates within seconds",
+                    answer["seq"]
+                );
+            }
         }
     }
     Ok(())

@@ -222,7 +222,8 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
             config.enrollment,
             std::sync::Arc::clone(&random),
         )
-        .context("cannot open the enrollment state")?,
+        .context("cannot open the enrollment state")?
+        .with_trust_index(hub.trust_index()),
     );
     let node_listener = GrpcListener {
         tls: Some(node_tls),

@@ -1,0 +1,638 @@
+//! The node's side of identity on tokio: `palyra node enroll` (pair with a code, wait for the
+//! operator, write the identity directory) and `palyra node run` (stay connected over QUIC,
+//! renew the certificate when a third of its lifetime is left or when the operator asks,
+//! reconnect with backoff). The exchanges themselves are the sans-IO
+//! [`palyra_proto::enroll::device::DevicePairing`] and [`rotation_payload`].
+
+use anyhow::Context;
+use ed25519_dalek::Signer;
+use palyra_proto::enroll::device::{CaTrust, DeviceKeys, DevicePairing, Invite, Progress};
+use palyra_proto::enroll::gateway::rotation_payload;
+use palyra_proto::enroll::Method;
+use palyra_proto::identity::cert;
+use palyra_proto::node::{NodeRequest, ResponseKind};
+use palyra_proto::operator::pairing::ROTATE_EVENT;
+use palyra_proto::pb::palyra::common::v1::{CanonicalId, ReplayProtection};
+use palyra_proto::pb::palyra::node::v1::{
+    BeginPairingSessionResponse, CompletePairingSessionResponse, GetPairingRequestStatusResponse,
+    RotateDeviceCertificateRequest, RotateDeviceCertificateResponse,
+};
+use palyra_proto::quic::{tls, ClientLimits};
+use palyra_proto::store::{unix_ms, GatewayRecord, NodeIdentityDir, PendingPairing};
+use prost::Message;
+use rand_core::{OsRng, RngCore};
+use serde_json::{json, Value};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::grpc::GrpcChannel;
+use crate::NodeConnection;
+
+const SERVICE: &str = "/palyra.node.v1.NodeService/";
+/// Deadline of one pairing call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a running node checks in (keeps it `online` in the registry).
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Resolves `HOST:PORT` and the TLS server name to verify (the host, unless overridden).
+pub async fn resolve_gateway(
+    gateway: &str,
+    server_name: Option<&str>,
+) -> anyhow::Result<(SocketAddr, String)> {
+    let (host, _) = gateway
+        .rsplit_once(':')
+        .with_context(|| format!("gateway address {gateway:?} is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = tokio::net::lookup_host(gateway)
+        .await
+        .with_context(|| format!("cannot resolve {gateway}"))?
+        .next()
+        .with_context(|| format!("{gateway} resolves to no address"))?;
+    let name = server_name
+        .map(str::to_owned)
+        .unwrap_or_else(|| match host.parse::<IpAddr>() {
+            Ok(_) => host.to_owned(),
+            Err(_) => host.to_ascii_lowercase(),
+        });
+    Ok((addr, name))
+}
+
+/// How the device trusts the gateway and which code it pairs with.
+pub enum Pairing {
+    /// `--invite palyra://pair?...`.
+    Invite(String),
+    /// `--pin CODE` with `--ca-fingerprint` or `--ca-file`.
+    Pin {
+        /// The 6-digit PIN.
+        code: String,
+        /// The CA fingerprint (`sha256:HEX`).
+        ca_fingerprint: Option<String>,
+        /// The CA certificate file (PEM).
+        ca_file: Option<PathBuf>,
+    },
+}
+
+/// `palyra node enroll`.
+pub struct EnrollOptions {
+    /// Identity directory to create.
+    pub identity: PathBuf,
+    /// Gateway node TLS address (taken from the invite when not given).
+    pub gateway: Option<String>,
+    /// TLS server name (default: the gateway host).
+    pub server_name: Option<String>,
+    /// Code and CA trust; `None` resumes a pairing awaiting approval.
+    pub pairing: Option<Pairing>,
+    /// How long to wait for the operator.
+    pub wait: Duration,
+    /// Time between status polls.
+    pub poll: Duration,
+}
+
+fn random_nonce() -> ReplayProtection {
+    let mut bytes = [0u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    ReplayProtection {
+        nonce: hex::encode(bytes),
+        timestamp_unix_ms: unix_ms(SystemTime::now()) as i64,
+        signature: String::new(),
+    }
+}
+
+async fn unary<M: Message + Default>(
+    channel: &GrpcChannel,
+    method: &str,
+    request: impl Message,
+) -> anyhow::Result<M> {
+    let bytes = channel
+        .unary(
+            &format!("{SERVICE}{method}"),
+            request.encode_to_vec(),
+            CALL_TIMEOUT,
+        )
+        .await
+        .map_err(|status| anyhow::anyhow!("{method}: {status}"))?;
+    M::decode(bytes.as_ref()).with_context(|| format!("{method}: malformed answer"))
+}
+
+fn ca_trust_of(pending: &PendingPairing) -> anyhow::Result<CaTrust> {
+    match (&pending.ca_spki_sha256, &pending.ca_pem) {
+        (Some(fp), _) => Ok(CaTrust::Pinned(
+            palyra_proto::enroll::device::parse_fingerprint(fp).map_err(anyhow::Error::msg)?,
+        )),
+        (None, Some(pem)) => Ok(CaTrust::Certificate(cert::cert_pem_to_der(pem)?)),
+        (None, None) => anyhow::bail!("pending.json names no CA"),
+    }
+}
+
+fn pairing_tls(ca: &CaTrust) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    Ok(Arc::new(match ca {
+        CaTrust::Pinned(pin) => tls::pinned_client_config(*pin, tls::ALPN_H2)?,
+        CaTrust::Certificate(der) => tls::client_config(der, None, tls::ALPN_H2)?,
+    }))
+}
+
+async fn pairing_channel(gateway: &GatewayRecord, ca: &CaTrust) -> anyhow::Result<GrpcChannel> {
+    let (addr, _) = resolve_gateway(&gateway.addr, Some(&gateway.server_name)).await?;
+    GrpcChannel::connect_tls(addr, &gateway.server_name, pairing_tls(ca)?)
+        .await
+        .with_context(|| format!("cannot reach the gateway at {}", gateway.addr))
+}
+
+/// Pairs (or resumes a pairing awaiting approval) and writes the identity directory. `say`
+/// receives progress lines for the person running it. Returns a summary.
+pub async fn enroll(options: EnrollOptions, say: impl Fn(&str)) -> anyhow::Result<Value> {
+    let dir = NodeIdentityDir::open(&options.identity)?;
+    if dir.is_enrolled() {
+        anyhow::bail!(
+            "{} already holds an enrolled identity; use another --identity directory",
+            options.identity.display()
+        );
+    }
+    let (pending, machine) = match (dir.pending()?, options.pairing) {
+        (Some(pending), _) => {
+            say(&format!(
+                "resuming pairing request {} of device {}",
+                pending.session_id, pending.device_id
+            ));
+            let signing = dir
+                .key()?
+                .context("pending pairing but no device.key.pem")?;
+            let keys = DeviceKeys {
+                signing,
+                x25519: x25519_dalek::StaticSecret::random_from_rng(OsRng),
+            };
+            let machine = DevicePairing::resume(
+                keys,
+                &pending.device_id,
+                &pending.session_id,
+                ca_trust_of(&pending)?,
+            );
+            (pending, machine)
+        }
+        (None, None) => anyhow::bail!("give --invite, or --pin with --ca-fingerprint or --ca-file"),
+        (None, Some(pairing)) => {
+            begin_pairing(&dir, pairing, options.gateway, options.server_name, &say).await?
+        }
+    };
+    say(&format!(
+        "waiting for the operator: palyra pairing approve {}",
+        pending.session_id
+    ));
+    let issued = wait_for_approval(&pending, &machine, options.wait, options.poll).await;
+    let issued = match issued {
+        Ok(issued) => issued,
+        Err(Refusal::Final(e)) => {
+            dir.clear_pending()?;
+            return Err(e);
+        }
+        Err(Refusal::Retry(e)) => {
+            return Err(e.context("pairing not finished; run the same command again to resume"))
+        }
+    };
+    dir.finish(&issued.cert_pem, &issued.ca_pem, &pending.gateway)?;
+    Ok(json!({
+        "device_id": pending.device_id,
+        "request_id": pending.session_id,
+        "identity": options.identity,
+        "gateway": pending.gateway.addr,
+        "cert_expires_at_unix_ms": issued.expires_at_unix_ms,
+    }))
+}
+
+async fn begin_pairing(
+    dir: &NodeIdentityDir,
+    pairing: Pairing,
+    gateway: Option<String>,
+    server_name: Option<String>,
+    say: &impl Fn(&str),
+) -> anyhow::Result<(PendingPairing, DevicePairing)> {
+    let (addr, method, code, ca, ca_fp, ca_pem) = match pairing {
+        Pairing::Invite(text) => {
+            let invite = Invite::parse(&text).map_err(|e| anyhow::anyhow!("--invite: {e}"))?;
+            let fp = hex::encode(invite.ca_spki_sha256);
+            (
+                gateway.unwrap_or(invite.addr),
+                Method::Qr,
+                invite.code,
+                CaTrust::Pinned(invite.ca_spki_sha256),
+                Some(fp),
+                None,
+            )
+        }
+        Pairing::Pin {
+            code,
+            ca_fingerprint,
+            ca_file,
+        } => {
+            let gateway = gateway.context("--pin needs --gateway HOST:PORT")?;
+            match (ca_fingerprint, ca_file) {
+                (Some(fp), None) => {
+                    let pin = palyra_proto::enroll::device::parse_fingerprint(&fp)
+                        .map_err(|e| anyhow::anyhow!("--ca-fingerprint: {e}"))?;
+                    (
+                        gateway,
+                        Method::Pin,
+                        code,
+                        CaTrust::Pinned(pin),
+                        Some(hex::encode(pin)),
+                        None,
+                    )
+                }
+                (None, Some(file)) => {
+                    let pem = std::fs::read_to_string(&file)
+                        .with_context(|| format!("cannot read --ca-file {}", file.display()))?;
+                    let der = cert::cert_pem_to_der(&pem)
+                        .with_context(|| format!("--ca-file {}", file.display()))?;
+                    (
+                        gateway,
+                        Method::Pin,
+                        code,
+                        CaTrust::Certificate(der),
+                        None,
+                        Some(pem),
+                    )
+                }
+                _ => anyhow::bail!("--pin needs exactly one of --ca-fingerprint and --ca-file"),
+            }
+        }
+    };
+    let (_, name) = resolve_gateway(&addr, server_name.as_deref()).await?;
+    let gateway = GatewayRecord {
+        addr,
+        server_name: name,
+    };
+    let keys = DeviceKeys::generate(&mut OsRng);
+    let mut id = [0u8; 16];
+    OsRng.fill_bytes(&mut id);
+    let device_id =
+        ulid::Ulid::from_parts(unix_ms(SystemTime::now()), u128::from_be_bytes(id)).to_string();
+    // The key is on disk before anything is sent: a crash cannot orphan a request.
+    dir.save_key(&keys.signing)?;
+    let mut machine = DevicePairing::new(keys, &device_id, method, &code, ca.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let channel = pairing_channel(&gateway, &ca).await?;
+    let offer: BeginPairingSessionResponse = unary(
+        &channel,
+        "BeginPairingSession",
+        machine.begin_request(Some(random_nonce())),
+    )
+    .await?;
+    let complete = machine.complete_request(&offer)?;
+    let answer: CompletePairingSessionResponse =
+        unary(&channel, "CompletePairingSession", complete).await?;
+    let pending = PendingPairing {
+        gateway,
+        device_id: device_id.clone(),
+        session_id: offer.session_id,
+        ca_spki_sha256: ca_fp,
+        ca_pem,
+    };
+    dir.save_pending(&pending)?;
+    say(&format!(
+        "paired as device {device_id}; request {} is {} (identity fingerprint {})",
+        pending.session_id, answer.reason, answer.identity_fingerprint
+    ));
+    Ok((pending, machine))
+}
+
+enum Refusal {
+    /// The request cannot complete any more (rejected, expired, a bad certificate).
+    Final(anyhow::Error),
+    /// Gave up waiting or could not reach the gateway; the request may still complete.
+    Retry(anyhow::Error),
+}
+
+async fn wait_for_approval(
+    pending: &PendingPairing,
+    machine: &DevicePairing,
+    wait: Duration,
+    poll: Duration,
+) -> Result<palyra_proto::enroll::device::Issued, Refusal> {
+    let deadline = Instant::now() + wait;
+    let ca = ca_trust_of(pending).map_err(Refusal::Final)?;
+    let mut channel: Option<GrpcChannel> = None;
+    let mut last_error = None;
+    while Instant::now() < deadline {
+        if channel.is_none() {
+            match pairing_channel(&pending.gateway, &ca).await {
+                Ok(c) => channel = Some(c),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        if let Some(c) = &channel {
+            match unary::<GetPairingRequestStatusResponse>(
+                c,
+                "GetPairingRequestStatus",
+                machine.status_request(),
+            )
+            .await
+            {
+                Ok(answer) => match machine.on_status(&answer) {
+                    Ok(Progress::Issued(issued)) => return Ok(issued),
+                    Ok(Progress::Waiting { .. }) => {}
+                    Ok(Progress::Refused { state, reason }) => {
+                        return Err(Refusal::Final(anyhow::anyhow!(
+                            "pairing request {} is {state}: {reason}",
+                            pending.session_id
+                        )))
+                    }
+                    Err(e) => return Err(Refusal::Final(e.into())),
+                },
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    // The daemon forgot nothing across restarts: NOT_FOUND is final.
+                    if text.contains("NOT_FOUND") || text.contains("PERMISSION_DENIED") {
+                        return Err(Refusal::Final(e));
+                    }
+                    last_error = Some(e);
+                    channel = None;
+                }
+            }
+        }
+        tokio::time::sleep(poll).await;
+    }
+    Err(Refusal::Retry(last_error.unwrap_or_else(|| {
+        anyhow::anyhow!("no decision within {} s", wait.as_secs())
+    })))
+}
+
+/// `palyra node run`.
+pub struct RunOptions {
+    /// Identity directory.
+    pub identity: PathBuf,
+    /// Stop after this long (default: until interrupted).
+    pub run_for: Option<Duration>,
+}
+
+/// The loaded identity of a running node.
+struct Loaded {
+    device_id: String,
+    gateway: GatewayRecord,
+    addr: SocketAddr,
+    ca_der: Vec<u8>,
+    cert_der: Vec<u8>,
+    key: ed25519_dalek::SigningKey,
+    not_before: u64,
+    not_after: u64,
+}
+
+impl Loaded {
+    async fn load(dir: &NodeIdentityDir) -> anyhow::Result<Self> {
+        let files = dir.load()?;
+        let gateway = dir
+            .gateway()?
+            .context("the identity has no gateway.json: enroll it with palyra node enroll")?;
+        let (addr, _) = resolve_gateway(&gateway.addr, Some(&gateway.server_name)).await?;
+        let key = dir.key()?.context("device.key.pem is missing")?;
+        let validity = cert::cert_validity(&files.cert_der)?;
+        Ok(Self {
+            device_id: files.device_id.context("the certificate names no device")?,
+            gateway,
+            addr,
+            ca_der: files.ca_der,
+            cert_der: files.cert_der,
+            key,
+            not_before: unix_ms(validity.0),
+            not_after: unix_ms(validity.1),
+        })
+    }
+
+    fn tls(&self, alpn: &[u8]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        Ok(Arc::new(tls::client_config(
+            &self.ca_der,
+            Some((vec![self.cert_der.clone()], cert::key_to_der(&self.key)?)),
+            alpn,
+        )?))
+    }
+
+    async fn connect(&self) -> anyhow::Result<NodeConnection> {
+        NodeConnection::connect(
+            self.addr,
+            &self.gateway.server_name,
+            self.tls(tls::ALPN)?,
+            ClientLimits::default(),
+        )
+        .await
+        .with_context(|| format!("cannot connect to {} over QUIC", self.gateway.addr))
+    }
+
+    /// When renewal is due: a third of the lifetime left.
+    fn renew_at(&self) -> u64 {
+        self.not_after - (self.not_after.saturating_sub(self.not_before)) / 3
+    }
+}
+
+/// Rotates the node's certificate to a new key over its current mTLS identity, and installs
+/// the new pair. Returns the new certificate's end of validity.
+pub async fn rotate(dir: &NodeIdentityDir) -> anyhow::Result<u64> {
+    let current = Loaded::load(dir).await?;
+    let new_key = cert::generate_key(&mut OsRng);
+    let spki = cert::cert_spki_fingerprint(&current.cert_der)?;
+    let new_public = new_key.verifying_key().to_bytes();
+    let signature = new_key.sign(&rotation_payload(&current.device_id, &spki, &new_public));
+    let channel = GrpcChannel::connect_tls(
+        current.addr,
+        &current.gateway.server_name,
+        current.tls(tls::ALPN_H2)?,
+    )
+    .await
+    .with_context(|| format!("cannot reach the gateway at {}", current.gateway.addr))?;
+    let answer: RotateDeviceCertificateResponse = unary(
+        &channel,
+        "RotateDeviceCertificate",
+        RotateDeviceCertificateRequest {
+            v: 1,
+            device_id: Some(CanonicalId {
+                ulid: current.device_id.clone(),
+            }),
+            replay: Some(random_nonce()),
+            new_signing_public: new_public.to_vec(),
+            new_key_signature: signature.to_bytes().to_vec(),
+        },
+    )
+    .await?;
+    if !answer.mtls_client_private_key_pem.is_empty() {
+        anyhow::bail!("the gateway sent a private key; refusing the rotation");
+    }
+    let leaf = cert::cert_pem_to_der(&answer.mtls_client_certificate_pem)?;
+    if !cert::verify_signed_by(&leaf, &current.ca_der).unwrap_or(false)
+        || cert::cert_ed25519_public(&leaf)?.as_ref() != Some(&new_public)
+        || cert::device_id_from_cert(&leaf)?.as_deref() != Some(current.device_id.as_str())
+    {
+        anyhow::bail!("the rotated certificate is not for this device's new key under its CA");
+    }
+    dir.install_rotation(&new_key, &answer.mtls_client_certificate_pem)?;
+    Ok(answer.cert_expires_at_unix_ms)
+}
+
+/// What ended one wait on a connection.
+enum Next {
+    Rotate(&'static str),
+    Reconnect(anyhow::Error),
+    Stop,
+}
+
+/// Wait after a failed rotation before trying again.
+const ROTATION_RETRY: Duration = Duration::from_secs(60);
+
+/// Keeps the node connected until `run_for` elapses: reconnects with exponential backoff
+/// (0.5 s doubling to 30 s, jittered), checks in every 10 s, renews the certificate when a
+/// third of its lifetime is left or when the operator asks (event `identity.rotate`), and then
+/// opens a connection with the new certificate before closing the old one. `report` receives
+/// one JSON object per change.
+pub async fn run_node(options: RunOptions, report: impl Fn(Value)) -> anyhow::Result<()> {
+    let dir = NodeIdentityDir::open(&options.identity)?;
+    let stop_at = options.run_for.map(|d| Instant::now() + d);
+    let mut backoff = Duration::from_millis(500);
+    let mut last_seq: Option<u64> = None;
+    let mut retry_rotation_at: Option<Instant> = None;
+    loop {
+        if stop_at.is_some_and(|t| Instant::now() >= t) {
+            return Ok(());
+        }
+        let mut loaded = Loaded::load(&dir).await?;
+        let mut conn = match loaded.connect().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                report(json!({"event": "disconnected", "error": format!("{e:#}"),
+                              "retry_in_ms": backoff.as_millis() as u64}));
+                sleep_backoff(&mut backoff, stop_at).await;
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(500);
+        report(json!({"event": "connected", "device_id": loaded.device_id,
+                      "gateway": loaded.gateway.addr,
+                      "cert_expires_at_unix_ms": loaded.not_after}));
+        let end = loop {
+            let why =
+                match connected(&conn, &loaded, &mut last_seq, stop_at, retry_rotation_at).await {
+                    Next::Rotate(why) => why,
+                    Next::Reconnect(e) => break Some(e),
+                    Next::Stop => break None,
+                };
+            match rotate(&dir).await {
+                Ok(expires) => {
+                    retry_rotation_at = None;
+                    report(json!({"event": "rotated", "reason": why,
+                                  "cert_expires_at_unix_ms": expires}));
+                    // The new certificate's connection first, then the old one goes.
+                    let fresh = Loaded::load(&dir).await?;
+                    match fresh.connect().await {
+                        Ok(new) => {
+                            std::mem::replace(&mut conn, new).close().await;
+                            loaded = fresh;
+                            report(json!({"event": "connected", "device_id": loaded.device_id,
+                                          "gateway": loaded.gateway.addr,
+                                          "cert_expires_at_unix_ms": loaded.not_after}));
+                        }
+                        Err(e) => break Some(e),
+                    }
+                }
+                Err(e) => {
+                    retry_rotation_at = Some(Instant::now() + ROTATION_RETRY);
+                    report(
+                        json!({"event": "rotation_failed", "error": format!("{e:#}"),
+                                  "retry_in_ms": ROTATION_RETRY.as_millis() as u64}),
+                    );
+                }
+            }
+        };
+        conn.close().await;
+        let Some(e) = end else { return Ok(()) };
+        report(json!({"event": "disconnected", "error": format!("{e:#}"),
+                      "retry_in_ms": backoff.as_millis() as u64}));
+        sleep_backoff(&mut backoff, stop_at).await;
+    }
+}
+
+async fn sleep_backoff(backoff: &mut Duration, stop_at: Option<Instant>) {
+    let jitter = Duration::from_millis(OsRng.next_u64() % (backoff.as_millis() as u64 / 4 + 1));
+    let mut wake = Instant::now() + *backoff + jitter;
+    if let Some(stop) = stop_at {
+        wake = wake.min(stop);
+    }
+    tokio::time::sleep_until(wake.into()).await;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
+/// One connection's life: follow the event log for rotation requests, check in, watch the
+/// renewal time.
+async fn connected(
+    conn: &NodeConnection,
+    loaded: &Loaded,
+    last_seq: &mut Option<u64>,
+    stop_at: Option<Instant>,
+    retry_rotation_at: Option<Instant>,
+) -> Next {
+    let mut events = match conn
+        .request(&NodeRequest::StreamEvents {
+            resume_from: *last_seq,
+            follow: true,
+        })
+        .await
+    {
+        Ok(events) => events,
+        Err(e) => return Next::Reconnect(e.into()),
+    };
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    loop {
+        let now_ms = unix_ms(SystemTime::now());
+        let blocked = retry_rotation_at.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        if now_ms >= loaded.renew_at() && blocked.is_zero() {
+            return Next::Rotate("renewal");
+        }
+        let renew_in = Duration::from_millis(loaded.renew_at().saturating_sub(now_ms)).max(blocked);
+        let stop_in = stop_at.map_or(Duration::MAX, |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        tokio::select! {
+            frame = events.next() => match frame {
+                Ok(Some(frame)) if frame.kind == ResponseKind::Event => {
+                    *last_seq = frame.seq.or(*last_seq);
+                    let Some(event) = frame.event else { continue };
+                    // A request older than the certificate in use is already satisfied.
+                    if event.name == ROTATE_EVENT
+                        && event.to.as_deref() == Some(loaded.device_id.as_str())
+                        && event.occurred_at_unix_ms > loaded.not_before
+                    {
+                        return Next::Rotate("operator");
+                    }
+                }
+                Ok(Some(frame)) if frame.kind == ResponseKind::Error => {
+                    if let Some(first) = frame.first_seq {
+                        // The log moved past our cursor: continue from what it still has.
+                        *last_seq = Some(first.saturating_sub(1));
+                    }
+                    return Next::Reconnect(anyhow::anyhow!(
+                        "event stream ended: {}",
+                        frame.message.unwrap_or_default()
+                    ));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Next::Reconnect(anyhow::anyhow!("the gateway ended the event stream")),
+                Err(e) => return Next::Reconnect(e.into()),
+            },
+            _ = heartbeat.tick() => {
+                let ok = match conn.request(&NodeRequest::Health).await {
+                    Ok(r) => r.collect().await.map(|f| f.first().is_some_and(|f| f.ok)).unwrap_or(false),
+                    Err(_) => false,
+                };
+                if !ok {
+                    return Next::Reconnect(anyhow::anyhow!("health check failed"));
+                }
+            }
+            _ = tokio::time::sleep(renew_in.min(stop_in)) => {
+                if stop_at.is_some_and(|t| Instant::now() >= t) {
+                    return Next::Stop;
+                }
+            }
+        }
+    }
+}
