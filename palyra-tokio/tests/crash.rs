@@ -8,66 +8,20 @@ use palyra_tokio::NodeConnection;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// A `palyrad` process, killed (SIGKILL) and reaped when dropped.
-struct Daemon(Child);
-
-impl Daemon {
-    fn sigkill(mut self) {
-        self.0.kill().expect("SIGKILL");
-        self.0.wait().expect("reap");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::Daemon;
 
 fn spawn_daemon(state: &Path) -> (Daemon, SocketAddr) {
-    let endpoints = state.join("endpoints.json");
-    let _ = std::fs::remove_file(&endpoints);
-    let daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_palyrad"))
-            .arg("--state-dir")
-            .arg(state)
-            .args([
-                "--node-addr",
-                "127.0.0.1:0",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn palyrad"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&endpoints) {
-            let value: serde_json::Value = serde_json::from_str(&text).expect("endpoints json");
-            let addr = value["node_quic"]
-                .as_str()
-                .expect("node_quic")
-                .parse()
-                .expect("addr");
-            return (daemon, addr);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "palyrad did not write endpoints.json"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (daemon, endpoints) = common::spawn_daemon_with(state, "127.0.0.1:0", &[]);
+    let addr = endpoints["node_quic"]
+        .as_str()
+        .expect("node_quic")
+        .parse()
+        .expect("addr");
+    (daemon, addr)
 }
 
 type Acked = Arc<Mutex<BTreeMap<u64, serde_json::Value>>>;

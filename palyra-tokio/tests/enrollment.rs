@@ -1,0 +1,261 @@
+//! Enrollment end to end with the real binaries: `palyra pairing code --method qr` ->
+//! `palyra node enroll --invite` -> `palyra pairing approve` -> `palyra node health` over QUIC,
+//! with `palyrad` killed (SIGKILL) and restarted after every step; then a running
+//! `palyra node run` rotates on the operator's request without losing its connection and is cut
+//! off within a second of `palyra devices revoke`.
+
+mod common;
+
+use serde_json::Value;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "enrollment-suite-token-0123456789abcdef";
+
+struct Gateway {
+    state: std::path::PathBuf,
+    node_addr: String,
+    daemon: Option<common::Daemon>,
+    url: String,
+}
+
+impl Gateway {
+    fn start(state: &Path) -> Self {
+        let mut gw = Self {
+            state: state.to_owned(),
+            node_addr: "127.0.0.1:0".into(),
+            daemon: None,
+            url: String::new(),
+        };
+        gw.restart();
+        gw
+    }
+
+    /// SIGKILLs the daemon (if running) and starts it again on the same node port.
+    fn restart(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.sigkill();
+        }
+        let (daemon, endpoints) = common::spawn_daemon_with(
+            &self.state,
+            &self.node_addr,
+            &[("PALYRA_ADMIN_TOKEN", TOKEN)],
+        );
+        let node_tcp = endpoints["node_tcp"].as_str().unwrap().to_owned();
+        assert_eq!(
+            endpoints["node_quic"].as_str().unwrap(),
+            node_tcp,
+            "QUIC and TLS share the port"
+        );
+        self.node_addr = node_tcp;
+        self.url = format!("http://{}", endpoints["http"].as_str().unwrap());
+        self.daemon = Some(daemon);
+    }
+
+    /// Runs `palyra ARGS --daemon URL` (an operator command); its stdout, or a panic.
+    fn operator(&self, args: &[&str]) -> String {
+        let out = palyra(&[args, &["--daemon", &self.url]].concat());
+        assert!(
+            out.status.success(),
+            "palyra {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.operator(&[args, &["--json"]].concat())).expect("JSON output")
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        self.json(&["pairing", "list"])["requests"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+fn palyra(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_palyra"))
+        .args(args)
+        .env("PALYRA_ADMIN_TOKEN", TOKEN)
+        .output()
+        .expect("run palyra")
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every file under `dir`, read whole.
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, bytes));
+        }
+    }
+    out
+}
+
+#[test]
+fn cli_enrollment_survives_restarts_then_rotates_and_is_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let node = tmp.path().join("node");
+    let node_dir = node.to_str().unwrap();
+    let mut gw = Gateway::start(&state);
+
+    // 1. The operator mints a QR code; a restart keeps it.
+    let invite = gw
+        .operator(&["pairing", "code", "--method", "qr"])
+        .trim()
+        .to_owned();
+    assert!(invite.starts_with("palyra://pair?addr="), "{invite}");
+    gw.restart();
+
+    // 2. The node pairs and waits; the daemon and the node both die while it waits.
+    let mut enroll = Command::new(env!("CARGO_BIN_EXE_palyra"))
+        .args(["node", "enroll", "--invite", &invite, "--identity", node_dir])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the pairing request", || !gw.requests().is_empty());
+    let request = gw.requests()[0].clone();
+    assert_eq!(request["state"], "pending_approval");
+    let request_id = request["request_id"].as_str().unwrap().to_owned();
+    let device_id = request["device_id"].as_str().unwrap().to_owned();
+    enroll.kill().unwrap();
+    enroll.wait().unwrap();
+    gw.restart();
+    assert_eq!(gw.requests()[0]["state"], "pending_approval", "restart lost the request");
+
+    // 3. The operator approves (the certificate is signed now); restart before delivery.
+    let approved = gw.json(&["pairing", "approve", &request_id]);
+    assert_eq!(approved["request"]["state"], "approved");
+    gw.restart();
+    assert_eq!(gw.requests()[0]["state"], "approved", "restart lost the approval");
+
+    // 4. The node resumes with only its identity directory and receives its certificate.
+    let out = palyra(&["node", "enroll", "--identity", node_dir, "--wait-secs", "20"]);
+    assert!(
+        out.status.success(),
+        "resume failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["device_id"], device_id);
+    gw.restart();
+    assert_eq!(gw.requests()[0]["state"], "completed");
+    let devices = gw.json(&["devices", "list"]);
+    let certs = devices["devices"][0]["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 1, "issued twice: {devices}");
+
+    // The code was single use.
+    let again = palyra(&[
+        "node",
+        "enroll",
+        "--invite",
+        &invite,
+        "--identity",
+        tmp.path().join("other").to_str().unwrap(),
+        "--wait-secs",
+        "1",
+    ]);
+    assert!(!again.status.success(), "a used code paired again");
+
+    // 5. node.health over QUIC with the node's own key.
+    let out = palyra(&["node", "health", "--identity", node_dir]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let health: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(health["ok"], true);
+    assert_eq!(health["device_id"], device_id);
+
+    // The private key exists only in the node's directory.
+    let key_pem = std::fs::read_to_string(node.join("device.key.pem")).unwrap();
+    let key_body: String = key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    for (path, bytes) in files_under(&state) {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(&key_body),
+            "the node's key is in {}",
+            path.display()
+        );
+    }
+
+    // 6. A running node rotates on the operator's request and stays connected.
+    let mut run = Command::new(env!("CARGO_BIN_EXE_palyra"))
+        .args(["node", "run", "--identity", node_dir, "--run-for-secs", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, events) = mpsc::channel::<(Instant, Value)>();
+    let stdout = run.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = lines.send((Instant::now(), v));
+            }
+        }
+    });
+    let next = |want: &str| -> (Instant, Value) {
+        let (at, event) = events
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no {want} event"));
+        assert_eq!(event["event"], want, "{event}");
+        (at, event)
+    };
+    let (_, first) = next("connected");
+    gw.operator(&["devices", "rotate", &device_id]);
+    let (_, rotated) = next("rotated");
+    let (_, reconnected) = next("connected");
+    assert_ne!(
+        first["cert_expires_at_unix_ms"].as_u64().unwrap(),
+        0,
+        "{first}"
+    );
+    assert_eq!(
+        rotated["cert_expires_at_unix_ms"],
+        reconnected["cert_expires_at_unix_ms"]
+    );
+    // Once the new certificate is in use, the old one is revoked.
+    wait_until("the superseded certificate to be revoked", || {
+        let devices = gw.json(&["devices", "list"]);
+        let states: Vec<String> = devices["devices"][0]["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["state"].as_str().unwrap().to_owned())
+            .collect();
+        states == ["revoked", "active"]
+    });
+    let out = palyra(&["node", "health", "--identity", node_dir]);
+    assert!(out.status.success(), "health with the rotated key");
+
+    // 7. Revocation cuts the running node off within a second.
+    let revoked_at = Instant::now();
+    gw.operator(&["devices", "revoke", &device_id, "--reason", "suite"]);
+    let (cut_at, _) = next("disconnected");
+    let elapsed = cut_at.duration_since(revoked_at);
+    assert!(elapsed < Duration::from_secs(1), "cut off after {elapsed:?}");
+    let out = palyra(&["node", "health", "--identity", node_dir]);
+    assert!(!out.status.success(), "a revoked node connected");
+    run.kill().unwrap();
+    run.wait().unwrap();
+}
