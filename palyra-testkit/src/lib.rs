@@ -694,6 +694,10 @@ macro_rules! node_plane_suite {
             $crate::pairing::pairing_over_node_tls::<$driver>();
         }
         #[test]
+        fn rotation_and_revocation_over_node_tls() {
+            $crate::pairing::rotation_and_revocation_over_node_tls::<$driver>();
+        }
+        #[test]
         fn operator_over_tls() {
             $crate::operator::operator_over_tls::<$driver>();
         }

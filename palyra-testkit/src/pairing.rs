@@ -212,3 +212,182 @@ pub fn pairing_over_node_tls<D: Driver>() {
     D::stop_grpc(tcp);
     D::stop(quic);
 }
+
+/// A follow stream on `conn` ends (not by timeout) within `limit`; returns how long it took.
+fn ends_within<D: Driver>(stream: &mut D::Stream, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let outcome = D::next(stream, limit + Duration::from_secs(2));
+    let elapsed = start.elapsed();
+    assert!(
+        matches!(&outcome, Err(e) if !e.contains("timeout")),
+        "[{}] the connection stayed open: {outcome:?}",
+        D::NAME
+    );
+    assert!(elapsed < limit, "[{}] closed after {elapsed:?}", D::NAME);
+    elapsed
+}
+
+fn follow<D: Driver>(conn: &D::Conn) -> D::Stream {
+    D::open(
+        conn,
+        crate::payload(&NodeRequest::StreamEvents {
+            resume_from: None,
+            follow: true,
+        }),
+    )
+}
+
+/// With auto-approval on, the device side machine pairs over the wire; then the device rotates
+/// to a new key over its mTLS identity (the new certificate works on the very next handshake,
+/// the old connection closes once the new certificate is in use), and finally revokes itself:
+/// its open connection closes within a second and it cannot connect again.
+pub fn rotation_and_revocation_over_node_tls<D: Driver>() {
+    use palyra_proto::enroll::device::{CaTrust, DevicePairing, Progress};
+    use palyra_proto::enroll::gateway::rotation_payload;
+    use palyra_proto::pb::palyra::node::v1::{
+        RevokeDevicePairingRequest, RevokeDevicePairingResponse, RotateDeviceCertificateRequest,
+        RotateDeviceCertificateResponse,
+    };
+    let gw = Gateway::new();
+    let plane = gw.plane(&NodePlaneOptions::default());
+    let hub = Arc::clone(&plane.hub);
+    let tls = Arc::clone(&plane.tcp_tls);
+    let ca_der = plane.identity.ca_der().to_vec();
+    let (quic, quic_addr) = D::start(plane);
+    let random: palyra_proto::operator::RandomFill =
+        Arc::new(|b: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, b));
+    let config = GatewayConfig {
+        auto_approve: true,
+        ..GatewayConfig::default()
+    };
+    let store = Arc::new(
+        EnrollmentStore::open(gw.path(), config, random)
+            .expect("enrollment store")
+            .with_trust_index(hub.trust_index()),
+    );
+    let clock: WallClock = Arc::new(|| unix_ms(SystemTime::now()));
+    let routers = node_router(Arc::clone(&hub), clock, Some(Arc::clone(&store))).expect("router");
+    let (tcp, tcp_addr) = D::start_grpc(routers, Some(tls), Some(hub.notifier()));
+    let now = || unix_ms(SystemTime::now());
+    let (_, token) = store
+        .with(|m, _, r| m.mint(now(), Method::Qr, 600_000, "suite", r))
+        .expect("mint");
+
+    // Pair with the device machine, trusting the CA by its pinned key only.
+    let pin = cert::cert_spki_fingerprint(&ca_der).expect("fingerprint");
+    let pinned = Arc::new(
+        palyra_proto::quic::tls::pinned_client_config(pin, ALPN_H2).expect("pinned config"),
+    );
+    let mut anonymous = Client::tls(tcp_addr, pinned).expect("TLS to the pinned CA");
+    let keys = DeviceKeys::generate(&mut rand_core::OsRng);
+    let mut device =
+        DevicePairing::new(keys, DEV_A, Method::Qr, &token, CaTrust::Pinned(pin)).expect("device");
+    let offer: BeginPairingSessionResponse = unary(
+        &mut anonymous,
+        "BeginPairingSession",
+        &device.begin_request(None).encode_to_vec(),
+    )
+    .expect("Begin");
+    let complete = device.complete_request(&offer).expect("hello");
+    let _: CompletePairingSessionResponse = unary(
+        &mut anonymous,
+        "CompletePairingSession",
+        &complete.encode_to_vec(),
+    )
+    .expect("Complete");
+    let status: GetPairingRequestStatusResponse = unary(
+        &mut anonymous,
+        "GetPairingRequestStatus",
+        &device.status_request().encode_to_vec(),
+    )
+    .expect("status");
+    let Ok(Progress::Issued(issued)) = device.on_status(&status) else {
+        panic!("[{}] auto-approval issued nothing: {status:?}", D::NAME);
+    };
+    let old_der = cert::cert_pem_to_der(&issued.cert_pem).expect("cert");
+    let old_identity = (
+        vec![old_der.clone()],
+        cert::key_to_der(device.signing_key()).expect("key"),
+    );
+    let old_conn = D::connect(
+        quic_addr,
+        Arc::new(client_config(&ca_der, Some(old_identity.clone()), ALPN).expect("tls")),
+    )
+    .expect("QUIC with the paired certificate on the next handshake");
+    let mut old_stream = follow::<D>(&old_conn);
+
+    // Rotate to a new key over the current mTLS identity.
+    let new_key = cert::generate_key(&mut rand_core::OsRng);
+    let new_public = new_key.verifying_key().to_bytes();
+    let spki = cert::cert_spki_fingerprint(&old_der).expect("spki");
+    let signature =
+        ed25519_dalek::Signer::sign(&new_key, &rotation_payload(DEV_A, &spki, &new_public));
+    let mut paired = Client::tls(
+        tcp_addr,
+        Arc::new(client_config(&ca_der, Some(old_identity), ALPN_H2).expect("tls")),
+    )
+    .expect("mTLS");
+    let rotated: RotateDeviceCertificateResponse = unary(
+        &mut paired,
+        "RotateDeviceCertificate",
+        &RotateDeviceCertificateRequest {
+            v: 1,
+            device_id: Some(CanonicalId { ulid: DEV_A.into() }),
+            new_signing_public: new_public.to_vec(),
+            new_key_signature: signature.to_bytes().to_vec(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    )
+    .expect("rotate");
+    assert!(rotated.mtls_client_private_key_pem.is_empty());
+    let new_der = cert::cert_pem_to_der(&rotated.mtls_client_certificate_pem).expect("cert");
+    assert_eq!(
+        cert::cert_ed25519_public(&new_der).expect("parse"),
+        Some(new_public)
+    );
+    let new_identity = (vec![new_der], cert::key_to_der(&new_key).expect("key"));
+    let new_conn = D::connect(
+        quic_addr,
+        Arc::new(client_config(&ca_der, Some(new_identity.clone()), ALPN).expect("tls")),
+    )
+    .expect("QUIC with the rotated certificate at once");
+    let mut new_stream = follow::<D>(&new_conn);
+    assert!(!crate::call::<D>(&new_conn, &NodeRequest::Health).is_empty());
+    // The new certificate is in use: the old one is revoked and its connection closes.
+    ends_within::<D>(&mut old_stream, Duration::from_secs(2));
+
+    // The device revokes itself over its mTLS identity.
+    let mut current = Client::tls(
+        tcp_addr,
+        Arc::new(client_config(&ca_der, Some(new_identity.clone()), ALPN_H2).expect("tls")),
+    )
+    .expect("mTLS with the rotated certificate");
+    let revoked: RevokeDevicePairingResponse = unary(
+        &mut current,
+        "RevokeDevicePairing",
+        &RevokeDevicePairingRequest {
+            v: 1,
+            device_id: Some(CanonicalId { ulid: DEV_A.into() }),
+            reason: "retired".into(),
+            replay: None,
+        }
+        .encode_to_vec(),
+    )
+    .expect("revoke");
+    assert!(revoked.revoked);
+    ends_within::<D>(&mut new_stream, Duration::from_secs(1));
+    assert!(
+        D::connect(
+            quic_addr,
+            Arc::new(client_config(&ca_der, Some(new_identity), ALPN).expect("tls"))
+        )
+        .is_err(),
+        "[{}] a revoked device connected",
+        D::NAME
+    );
+    D::close(old_conn);
+    D::close(new_conn);
+    D::stop_grpc(tcp);
+    D::stop(quic);
+}

@@ -126,7 +126,14 @@ fn cli_enrollment_survives_restarts_then_rotates_and_is_revoked() {
 
     // 2. The node pairs and waits; the daemon and the node both die while it waits.
     let mut enroll = Command::new(env!("CARGO_BIN_EXE_palyra"))
-        .args(["node", "enroll", "--invite", &invite, "--identity", node_dir])
+        .args([
+            "node",
+            "enroll",
+            "--invite",
+            &invite,
+            "--identity",
+            node_dir,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -139,16 +146,31 @@ fn cli_enrollment_survives_restarts_then_rotates_and_is_revoked() {
     enroll.kill().unwrap();
     enroll.wait().unwrap();
     gw.restart();
-    assert_eq!(gw.requests()[0]["state"], "pending_approval", "restart lost the request");
+    assert_eq!(
+        gw.requests()[0]["state"],
+        "pending_approval",
+        "restart lost the request"
+    );
 
     // 3. The operator approves (the certificate is signed now); restart before delivery.
     let approved = gw.json(&["pairing", "approve", &request_id]);
     assert_eq!(approved["request"]["state"], "approved");
     gw.restart();
-    assert_eq!(gw.requests()[0]["state"], "approved", "restart lost the approval");
+    assert_eq!(
+        gw.requests()[0]["state"],
+        "approved",
+        "restart lost the approval"
+    );
 
     // 4. The node resumes with only its identity directory and receives its certificate.
-    let out = palyra(&["node", "enroll", "--identity", node_dir, "--wait-secs", "20"]);
+    let out = palyra(&[
+        "node",
+        "enroll",
+        "--identity",
+        node_dir,
+        "--wait-secs",
+        "20",
+    ]);
     assert!(
         out.status.success(),
         "resume failed: {}",
@@ -188,7 +210,10 @@ fn cli_enrollment_survives_restarts_then_rotates_and_is_revoked() {
 
     // The private key exists only in the node's directory.
     let key_pem = std::fs::read_to_string(node.join("device.key.pem")).unwrap();
-    let key_body: String = key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let key_body: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
     for (path, bytes) in files_under(&state) {
         let text = String::from_utf8_lossy(&bytes);
         assert!(
@@ -200,7 +225,14 @@ fn cli_enrollment_survives_restarts_then_rotates_and_is_revoked() {
 
     // 6. A running node rotates on the operator's request and stays connected.
     let mut run = Command::new(env!("CARGO_BIN_EXE_palyra"))
-        .args(["node", "run", "--identity", node_dir, "--run-for-secs", "60"])
+        .args([
+            "node",
+            "run",
+            "--identity",
+            node_dir,
+            "--run-for-secs",
+            "60",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -208,7 +240,10 @@ fn cli_enrollment_survives_restarts_then_rotates_and_is_revoked() {
     let (lines, events) = mpsc::channel::<(Instant, Value)>();
     let stdout = run.stdout.take().unwrap();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Ok(v) = serde_json::from_str(&line) {
                 let _ = lines.send((Instant::now(), v));
             }
@@ -253,7 +288,10 @@ fn cli_enrollment_survives_restarts_then_rotates_and_is_revoked() {
     gw.operator(&["devices", "revoke", &device_id, "--reason", "suite"]);
     let (cut_at, _) = next("disconnected");
     let elapsed = cut_at.duration_since(revoked_at);
-    assert!(elapsed < Duration::from_secs(1), "cut off after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "cut off after {elapsed:?}"
+    );
     let out = palyra(&["node", "health", "--identity", node_dir]);
     assert!(!out.status.success(), "a revoked node connected");
     run.kill().unwrap();
