@@ -297,3 +297,125 @@ fn cli_enrollment_survives_restarts_then_rotates_and_is_revoked() {
     run.kill().unwrap();
     run.wait().unwrap();
 }
+
+/// One HTTP/1.1 exchange on a fresh connection: status, headers (lowercase names), body.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    tcp.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// The console page drives the pairing routes with its session cookie and CSRF token, never
+/// without the token or from a foreign origin; refusals carry the right statuses.
+#[test]
+fn console_session_drives_pairing_routes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&tmp.path().join("state"));
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+    let login = format!("{{\"admin_token\":\"{TOKEN}\"}}");
+    let (status, headers, body) = http(
+        &addr,
+        "POST",
+        "/console/v1/auth/login",
+        &[("content-type", "application/json")],
+        &login,
+    );
+    assert_eq!(status, 200, "{body}");
+    let cookie = headers
+        .iter()
+        .find(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+        .unwrap();
+    let csrf = serde_json::from_str::<Value>(&body).unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let origin = format!("http://{addr}");
+    let session = [
+        ("cookie", cookie.as_str()),
+        ("x-palyra-csrf-token", csrf.as_str()),
+        ("origin", origin.as_str()),
+    ];
+
+    let list = |h: &[(&str, &str)]| http(&addr, "GET", "/admin/v1/pairing/requests", h, "").0;
+    assert_eq!(list(&session), 200);
+    assert_eq!(list(&session[..1]), 403, "the cookie alone is not enough");
+    assert_eq!(
+        list(&[session[0], session[1], ("origin", "http://evil.example")]),
+        403,
+        "a foreign origin"
+    );
+    assert_eq!(list(&[]), 401);
+
+    let (status, _, body) = http(
+        &addr,
+        "POST",
+        "/admin/v1/pairing/codes",
+        &session,
+        r#"{"method":"pin","ttl_seconds":60}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let minted: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(minted["code"].as_str().unwrap().len(), 6);
+    assert!(minted["invite"].is_null());
+    assert!(minted["ca_fingerprint"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    let codes = http(&addr, "GET", "/admin/v1/pairing/codes", &session, "").2;
+    assert!(
+        !codes.contains(minted["code"].as_str().unwrap()),
+        "a listing shows a code"
+    );
+
+    let post = |path: &str, body: &str| http(&addr, "POST", path, &session, body);
+    let unknown = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    assert_eq!(
+        post(&format!("/admin/v1/pairing/requests/{unknown}/approve"), "").0,
+        404
+    );
+    assert_eq!(
+        post("/admin/v1/pairing/codes", r#"{"method":"sms"}"#).0,
+        400
+    );
+    assert_eq!(
+        post(
+            &format!("/admin/v1/pairing/requests/{unknown}/approve"),
+            r#"{"replace":"yes"}"#
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        post(&format!("/admin/v1/devices/{unknown}/revoke"), "").0,
+        404
+    );
+    assert_eq!(post("/admin/v1/devices/not-a-ulid/revoke", "").0, 400);
+    assert_eq!(
+        post(&format!("/admin/v1/devices/{unknown}/rotate"), "").0,
+        404
+    );
+    assert_eq!(http(&addr, "GET", "/admin/v1/devices", &session, "").0, 200);
+    assert_eq!(http(&addr, "PUT", "/admin/v1/devices", &session, "").0, 405);
+}

@@ -65,6 +65,7 @@ function showApp() {
   $("app-view").hidden = false;
   $("logout").hidden = false;
   connect();
+  refreshDevices();
 }
 
 $("login-form").addEventListener("submit", async (e) => {
@@ -500,3 +501,68 @@ $("new-session").addEventListener("submit", (e) => {
 setInterval(() => send({ type: "ping" }), 25000);
 
 checkSession().catch(() => showLogin());
+
+// ---- devices: pairing requests and paired devices, through the admin API ----------------
+
+async function admin(method, path, body) {
+  const headers = { "x-palyra-csrf-token": state.csrf || "" };
+  if (body) headers["content-type"] = "application/json";
+  const r = await fetch(path, { method, credentials: "same-origin", headers,
+                                body: body ? JSON.stringify(body) : undefined });
+  const json = await r.json().catch(() => ({}));
+  if (!r.ok) throw Object.assign(new Error(json.error || ("HTTP " + r.status)), { status: r.status });
+  return json;
+}
+
+async function refreshDevices() {
+  if ($("app-view").hidden || !state.csrf) return;
+  try {
+    const [requests, devices] = await Promise.all([
+      admin("GET", "/admin/v1/pairing/requests"), admin("GET", "/admin/v1/devices")]);
+    renderDevices(requests.requests || [], devices.devices || []);
+  } catch (e) {
+    // 404: this daemon does not enroll devices.
+    if (e.status === 404) $("devices-card").hidden = true;
+  }
+}
+
+function act(method, path, body) {
+  admin(method, path, body).then(() => { status(""); refreshDevices(); }, (e) => status(e.message));
+}
+
+function renderDevices(requests, devices) {
+  $("devices-card").hidden = false;
+  const waiting = requests.filter((r) => r.state === "pending_approval");
+  const reqs = waiting.map((r) => {
+    const id = encodeURIComponent(r.request_id);
+    return el("li", { "data-request": r.request_id },
+      el("span", { class: "mono", text: `${r.device_id} (${r.client_kind})` }),
+      el("span", { class: "hint", text: `key sha256 ${r.identity_fingerprint.slice(0, 16)}…` +
+                                        (r.replaces_device ? " · replaces a paired device" : "") }),
+      el("button", { text: r.replaces_device ? "Approve and replace" : "Approve",
+                     onclick: () => act("POST", `/admin/v1/pairing/requests/${id}/approve`,
+                                        { replace: !!r.replaces_device }) }),
+      el("button", { class: "danger", text: "Reject",
+                     onclick: () => act("POST", `/admin/v1/pairing/requests/${id}/reject`,
+                                        { reason: "rejected in the console" }) }));
+  });
+  $("pairing-requests").replaceChildren(...(reqs.length ? reqs
+    : [el("li", { class: "hint", text: "none waiting (palyra pairing code mints a code)" })]));
+  const devs = devices.map((d) => {
+    const active = (d.certificates || []).filter((c) => c.state === "active");
+    const expires = Math.max(0, ...active.map((c) => c.expires_at_unix_ms));
+    const days = expires ? Math.round((expires - Date.now()) / 86400000) : null;
+    return el("li", { "data-device": d.device_id },
+      el("span", { class: "mono", text: d.device_id }),
+      el("span", { class: "hint", text: `${d.state} · ${d.presence}` +
+                                        (days !== null ? ` · certificate ${days} d left` : "") }),
+      d.state === "paired" ? el("button", { class: "danger", text: "Revoke",
+        onclick: () => { if (confirm(`Revoke ${d.device_id}? Its connections close at once.`)) {
+          act("POST", `/admin/v1/devices/${encodeURIComponent(d.device_id)}/revoke`,
+              { reason: "revoked in the console" }); } } }) : null);
+  });
+  $("device-list").replaceChildren(...(devs.length ? devs
+    : [el("li", { class: "hint", text: "no paired devices" })]));
+}
+
+setInterval(refreshDevices, 3000);
