@@ -96,7 +96,8 @@ def start_daemon(binary, state, http_addr, log):
 
 def admin(http_addr, method, path, body):
     req = urllib.request.Request(
-        f"http://{http_addr}{path}", method=method, data=json.dumps(body).encode(),
+        f"http://{http_addr}{path}", method=method,
+        data=None if body is None else json.dumps(body).encode(),
         headers={"authorization": f"Bearer {TOKEN}", "content-type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=5) as r:
@@ -252,6 +253,31 @@ async def run(args):
                 return f"agent received {got[-1][len('action received: '):][:60]}"
 
             await case("form_action", form_action())
+
+            async def devices():
+                # A node pairs with the CLI; the operator approves and then revokes it in the page.
+                invite = admin(http_addr, "POST", "/admin/v1/pairing/codes", {"method": "qr"})["invite"]
+                enroll = subprocess.Popen(
+                    [args.palyra, "node", "enroll", "--invite", invite,
+                     "--identity", os.path.join(work, "node"), "--wait-secs", "30"],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                await page.wait("!!document.querySelector('#pairing-requests li[data-request] button')",
+                                timeout=20, what="the pairing request in the Devices card")
+                await page.eval("document.querySelector('#pairing-requests li[data-request] button').click()")
+                out, _ = await asyncio.get_running_loop().run_in_executor(None, lambda: enroll.communicate(timeout=30))
+                assert enroll.returncode == 0, out
+                device = json.loads(out)["device_id"]
+                row = f"#device-list li[data-device=\"{device}\"]"
+                await page.wait(f"!!document.querySelector('{row} button.danger')", timeout=10,
+                                what="the paired device")
+                await page.eval(f"window.confirm = () => true; document.querySelector('{row} button.danger').click()")
+                await page.wait(f"document.querySelector('{row}').textContent.includes('revoked')",
+                                timeout=10, what="the device shown revoked")
+                listed = admin(http_addr, "GET", "/admin/v1/devices", None)["devices"]
+                assert [d["state"] for d in listed if d["device_id"] == device] == ["revoked"], listed
+                return f"approved {device} in the page (node enroll finished), then revoked it"
+
+            await case("devices", devices())
             shot = await page.call("Page.captureScreenshot", format="png")
             with open(args.screenshot, "wb") as f:
                 f.write(base64.b64decode(shot["data"]))
