@@ -50,28 +50,71 @@ fn unary<M: Message + Default>(
         .map(|bytes| M::decode(bytes.as_ref()).expect("decode"))
 }
 
+/// A gateway serving QUIC and the node TLS listener (with the pairing RPCs) on driver `D`, its
+/// enrollment store keeping the live trust index current, as the daemons assemble them.
+struct Rig<D: Driver> {
+    gw: Gateway,
+    ca_der: Vec<u8>,
+    quic: D::Server,
+    quic_addr: std::net::SocketAddr,
+    tcp: D::Grpc,
+    tcp_addr: std::net::SocketAddr,
+    store: Arc<EnrollmentStore>,
+}
+
+impl<D: Driver> Rig<D> {
+    fn start(config: GatewayConfig) -> Self {
+        let gw = Gateway::new();
+        let plane = gw.plane(&NodePlaneOptions::default());
+        let hub = Arc::clone(&plane.hub);
+        let tls = Arc::clone(&plane.tcp_tls);
+        let ca_der = plane.identity.ca_der().to_vec();
+        let (quic, quic_addr) = D::start(plane);
+        let random: palyra_proto::operator::RandomFill =
+            Arc::new(|b: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, b));
+        let store = Arc::new(
+            EnrollmentStore::open(gw.path(), config, random)
+                .expect("enrollment store")
+                .with_trust_index(hub.trust_index()),
+        );
+        let clock: WallClock = Arc::new(|| unix_ms(SystemTime::now()));
+        let routers =
+            node_router(Arc::clone(&hub), clock, Some(Arc::clone(&store))).expect("router");
+        let (tcp, tcp_addr) = D::start_grpc(routers, Some(tls), Some(hub.notifier()));
+        Self {
+            gw,
+            ca_der,
+            quic,
+            quic_addr,
+            tcp,
+            tcp_addr,
+            store,
+        }
+    }
+
+    /// Mints a code of `method` (10 minutes).
+    fn mint(&self, method: Method) -> String {
+        let now = unix_ms(SystemTime::now());
+        self.store
+            .with(|m, _, r| m.mint(now, method, 600_000, "suite", r))
+            .expect("mint")
+            .1
+    }
+
+    fn stop(self) {
+        D::stop_grpc(self.tcp);
+        D::stop(self.quic);
+    }
+}
+
 /// The whole pairing over the wire, then mTLS with the new certificate on TCP and QUIC.
 pub fn pairing_over_node_tls<D: Driver>() {
-    let gw = Gateway::new();
-    let plane = gw.plane(&NodePlaneOptions::default());
-    let hub = Arc::clone(&plane.hub);
-    let tls = Arc::clone(&plane.tcp_tls);
-    let ca_der = plane.identity.ca_der().to_vec();
-    let (quic, quic_addr) = D::start(plane);
-    let random: palyra_proto::operator::RandomFill =
-        Arc::new(|b: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, b));
-    let store = Arc::new(
-        EnrollmentStore::open(gw.path(), GatewayConfig::default(), random)
-            .expect("enrollment store"),
-    );
-    let clock: WallClock = Arc::new(|| unix_ms(SystemTime::now()));
-    let routers = node_router(Arc::clone(&hub), clock, Some(Arc::clone(&store))).expect("router");
-    let (tcp, tcp_addr) = D::start_grpc(routers, Some(tls), Some(hub.notifier()));
+    let rig = Rig::<D>::start(GatewayConfig::default());
+    let (store, tcp_addr, quic_addr, ca_der) =
+        (&rig.store, rig.tcp_addr, rig.quic_addr, &rig.ca_der);
     let now = || unix_ms(SystemTime::now());
-    let (_, pin) = store
-        .with(|m, _, r| m.mint(now(), Method::Pin, 600_000, "suite", r))
-        .expect("mint");
-    let ca_pem = std::fs::read_to_string(gw.path().join("identity/ca.crt.pem")).expect("ca");
+    let pin = rig.mint(Method::Pin);
+    let ca_pem = std::fs::read_to_string(rig.gw.path().join("identity/ca.crt.pem")).expect("ca");
     let mut anonymous = Client::tls(tcp_addr, client_tls(None, &ca_pem, ALPN_H2))
         .expect("TLS without a certificate");
 
@@ -180,7 +223,7 @@ pub fn pairing_over_node_tls<D: Driver>() {
         replay: None,
     }
     .encode_to_vec();
-    let tcp_tls = Arc::new(client_config(&ca_der, Some(identity.clone()), ALPN_H2).expect("tls"));
+    let tcp_tls = Arc::new(client_config(ca_der, Some(identity.clone()), ALPN_H2).expect("tls"));
     let deadline = Instant::now() + Duration::from_secs(3);
     let registered = loop {
         // The daemon reloads the trust file within a maintenance tick.
@@ -198,7 +241,7 @@ pub fn pairing_over_node_tls<D: Driver>() {
         }
     };
     assert!(registered.accepted, "[{}]", D::NAME);
-    let quic_tls = Arc::new(client_config(&ca_der, Some(identity), ALPN).expect("tls"));
+    let quic_tls = Arc::new(client_config(ca_der, Some(identity), ALPN).expect("tls"));
     let conn = D::connect(quic_addr, quic_tls).expect("QUIC with the paired certificate");
     let frames = crate::call::<D>(&conn, &NodeRequest::Health);
     assert!(
@@ -209,8 +252,7 @@ pub fn pairing_over_node_tls<D: Driver>() {
         D::NAME
     );
     D::close(conn);
-    D::stop_grpc(tcp);
-    D::stop(quic);
+    rig.stop();
 }
 
 /// A follow stream on `conn` ends (not by timeout) within `limit`; returns how long it took.
@@ -248,33 +290,15 @@ pub fn rotation_and_revocation_over_node_tls<D: Driver>() {
         RevokeDevicePairingRequest, RevokeDevicePairingResponse, RotateDeviceCertificateRequest,
         RotateDeviceCertificateResponse,
     };
-    let gw = Gateway::new();
-    let plane = gw.plane(&NodePlaneOptions::default());
-    let hub = Arc::clone(&plane.hub);
-    let tls = Arc::clone(&plane.tcp_tls);
-    let ca_der = plane.identity.ca_der().to_vec();
-    let (quic, quic_addr) = D::start(plane);
-    let random: palyra_proto::operator::RandomFill =
-        Arc::new(|b: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, b));
-    let config = GatewayConfig {
+    let rig = Rig::<D>::start(GatewayConfig {
         auto_approve: true,
         ..GatewayConfig::default()
-    };
-    let store = Arc::new(
-        EnrollmentStore::open(gw.path(), config, random)
-            .expect("enrollment store")
-            .with_trust_index(hub.trust_index()),
-    );
-    let clock: WallClock = Arc::new(|| unix_ms(SystemTime::now()));
-    let routers = node_router(Arc::clone(&hub), clock, Some(Arc::clone(&store))).expect("router");
-    let (tcp, tcp_addr) = D::start_grpc(routers, Some(tls), Some(hub.notifier()));
-    let now = || unix_ms(SystemTime::now());
-    let (_, token) = store
-        .with(|m, _, r| m.mint(now(), Method::Qr, 600_000, "suite", r))
-        .expect("mint");
+    });
+    let (tcp_addr, quic_addr, ca_der) = (rig.tcp_addr, rig.quic_addr, &rig.ca_der);
+    let token = rig.mint(Method::Qr);
 
     // Pair with the device machine, trusting the CA by its pinned key only.
-    let pin = cert::cert_spki_fingerprint(&ca_der).expect("fingerprint");
+    let pin = cert::cert_spki_fingerprint(ca_der).expect("fingerprint");
     let pinned = Arc::new(
         palyra_proto::quic::tls::pinned_client_config(pin, ALPN_H2).expect("pinned config"),
     );
@@ -311,7 +335,7 @@ pub fn rotation_and_revocation_over_node_tls<D: Driver>() {
     );
     let old_conn = D::connect(
         quic_addr,
-        Arc::new(client_config(&ca_der, Some(old_identity.clone()), ALPN).expect("tls")),
+        Arc::new(client_config(ca_der, Some(old_identity.clone()), ALPN).expect("tls")),
     )
     .expect("QUIC with the paired certificate on the next handshake");
     let mut old_stream = follow::<D>(&old_conn);
@@ -324,7 +348,7 @@ pub fn rotation_and_revocation_over_node_tls<D: Driver>() {
         ed25519_dalek::Signer::sign(&new_key, &rotation_payload(DEV_A, &spki, &new_public));
     let mut paired = Client::tls(
         tcp_addr,
-        Arc::new(client_config(&ca_der, Some(old_identity), ALPN_H2).expect("tls")),
+        Arc::new(client_config(ca_der, Some(old_identity), ALPN_H2).expect("tls")),
     )
     .expect("mTLS");
     let rotated: RotateDeviceCertificateResponse = unary(
@@ -349,7 +373,7 @@ pub fn rotation_and_revocation_over_node_tls<D: Driver>() {
     let new_identity = (vec![new_der], cert::key_to_der(&new_key).expect("key"));
     let new_conn = D::connect(
         quic_addr,
-        Arc::new(client_config(&ca_der, Some(new_identity.clone()), ALPN).expect("tls")),
+        Arc::new(client_config(ca_der, Some(new_identity.clone()), ALPN).expect("tls")),
     )
     .expect("QUIC with the rotated certificate at once");
     let mut new_stream = follow::<D>(&new_conn);
@@ -360,7 +384,7 @@ pub fn rotation_and_revocation_over_node_tls<D: Driver>() {
     // The device revokes itself over its mTLS identity.
     let mut current = Client::tls(
         tcp_addr,
-        Arc::new(client_config(&ca_der, Some(new_identity.clone()), ALPN_H2).expect("tls")),
+        Arc::new(client_config(ca_der, Some(new_identity.clone()), ALPN_H2).expect("tls")),
     )
     .expect("mTLS with the rotated certificate");
     let revoked: RevokeDevicePairingResponse = unary(
@@ -380,7 +404,7 @@ pub fn rotation_and_revocation_over_node_tls<D: Driver>() {
     assert!(
         D::connect(
             quic_addr,
-            Arc::new(client_config(&ca_der, Some(new_identity), ALPN).expect("tls"))
+            Arc::new(client_config(ca_der, Some(new_identity), ALPN).expect("tls"))
         )
         .is_err(),
         "[{}] a revoked device connected",
@@ -388,6 +412,5 @@ pub fn rotation_and_revocation_over_node_tls<D: Driver>() {
     );
     D::close(old_conn);
     D::close(new_conn);
-    D::stop_grpc(tcp);
-    D::stop(quic);
+    rig.stop();
 }

@@ -9,6 +9,7 @@ use ed25519_dalek::Signer;
 use palyra_proto::enroll::device::{CaTrust, DeviceKeys, DevicePairing, Invite, Progress};
 use palyra_proto::enroll::gateway::rotation_payload;
 use palyra_proto::enroll::Method;
+use palyra_proto::grpc::Code;
 use palyra_proto::identity::cert;
 use palyra_proto::node::{NodeRequest, ResponseKind};
 use palyra_proto::operator::pairing::ROTATE_EVENT;
@@ -102,9 +103,17 @@ fn random_nonce() -> ReplayProtection {
     }
 }
 
+/// A call the gateway answered with a non-OK status.
+#[derive(Debug, thiserror::Error)]
+#[error("{method}: {status}")]
+struct RpcError {
+    method: &'static str,
+    status: palyra_proto::grpc::Status,
+}
+
 async fn unary<M: Message + Default>(
     channel: &GrpcChannel,
-    method: &str,
+    method: &'static str,
     request: impl Message,
 ) -> anyhow::Result<M> {
     let bytes = channel
@@ -114,7 +123,7 @@ async fn unary<M: Message + Default>(
             CALL_TIMEOUT,
         )
         .await
-        .map_err(|status| anyhow::anyhow!("{method}: {status}"))?;
+        .map_err(|status| RpcError { method, status })?;
     M::decode(bytes.as_ref()).with_context(|| format!("{method}: malformed answer"))
 }
 
@@ -343,9 +352,10 @@ async fn wait_for_approval(
                     Err(e) => return Err(Refusal::Final(e.into())),
                 },
                 Err(e) => {
-                    let text = format!("{e:#}");
-                    // The daemon forgot nothing across restarts: NOT_FOUND is final.
-                    if text.contains("NOT_FOUND") || text.contains("PERMISSION_DENIED") {
+                    // The daemon forgets nothing across restarts: an unknown request, or one
+                    // that is not this device's, will never complete.
+                    let code = e.downcast_ref::<RpcError>().map(|r| r.status.code);
+                    if matches!(code, Some(Code::NotFound | Code::PermissionDenied)) {
                         return Err(Refusal::Final(e));
                     }
                     last_error = Some(e);

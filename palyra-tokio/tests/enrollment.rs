@@ -257,6 +257,9 @@ fn cli_enrollment_survives_restarts_then_rotates_and_is_revoked() {
         (at, event)
     };
     let (_, first) = next("connected");
+    wait_until("the device shown connected", || {
+        gw.json(&["devices", "list"])["devices"][0]["presence"] == "connected"
+    });
     gw.operator(&["devices", "rotate", &device_id]);
     let (_, rotated) = next("rotated");
     let (_, reconnected) = next("connected");

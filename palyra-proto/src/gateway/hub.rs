@@ -123,6 +123,8 @@ struct HubState {
     appends: VecDeque<(u64, NewEvent)>,
     append_results: HashMap<u64, Result<u64, String>>,
     next_ticket: u64,
+    /// Open QUIC connections per device.
+    quic: HashMap<String, usize>,
 }
 
 /// The shared node-listener state of one daemon.
@@ -176,6 +178,25 @@ impl NodeHub {
     /// The live trust index.
     pub fn trust(&self) -> &TrustIndex {
         &self.trust
+    }
+
+    /// Counts a device's QUIC connection opened (`true`) or closed (`false`).
+    pub fn quic_connection(&self, device_id: &str, opened: bool) {
+        let mut state = self.lock();
+        let count = state.quic.entry(device_id.to_owned()).or_default();
+        if opened {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.quic.remove(device_id);
+            }
+        }
+    }
+
+    /// QUIC connections the device has open now.
+    pub fn quic_connections(&self, device_id: &str) -> usize {
+        self.lock().quic.get(device_id).copied().unwrap_or(0)
     }
 
     /// The live trust index, shared.

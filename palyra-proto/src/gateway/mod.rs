@@ -291,6 +291,17 @@ impl NodePlane {
         self.server.commit(now);
         self.hub.finish_appends(self.server.take_external_results());
         while let Some(event) = self.server.poll_event() {
+            match &event {
+                crate::quic::ServerEvent::Connected {
+                    device_id: Some(device),
+                    ..
+                } => self.hub.quic_connection(device, true),
+                crate::quic::ServerEvent::Closed {
+                    device_id: Some(device),
+                    ..
+                } => self.hub.quic_connection(device, false),
+                _ => {}
+            }
             log_server_event(&event);
         }
     }

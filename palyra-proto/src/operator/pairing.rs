@@ -132,10 +132,12 @@ pub fn request_json(r: &RequestRecord) -> Value {
     })
 }
 
-/// Devices of the trust file, each with its certificates, its standing and its presence
-/// (`last_seen` by device ID, from the node registry).
+/// Devices of the trust file, each with its certificates, its standing and its presence:
+/// `connected` (QUIC connections open now, from `connections`), else the node registry's
+/// presence from `last_seen` (`online`, `stale`, `offline`), else `not_registered`.
 pub fn devices_json(
     trust: &TrustSnapshot,
+    connections: impl Fn(&str) -> usize,
     last_seen: impl Fn(&str) -> Option<u64>,
     now_ms: u64,
 ) -> Value {
@@ -169,13 +171,20 @@ pub fn devices_json(
                 })
                 .collect();
             let seen = last_seen(id);
+            let open = connections(id);
+            let presence = if open > 0 {
+                "connected"
+            } else {
+                seen.map_or("not_registered", |t| presence(t, now_ms))
+            };
             json!({
                 "device_id": id,
                 "state": if revoked.is_some() { "revoked" } else { "paired" },
                 "revoked_at_unix_ms": revoked.map(|r| r.revoked_at_unix_ms),
                 "revocation_reason": revoked.map(|r| r.reason.clone()),
                 "last_seen_at_unix_ms": seen,
-                "presence": seen.map_or("not_registered", |t| presence(t, now_ms)),
+                "presence": presence,
+                "quic_connections": open,
                 "certificates": certs,
             })
         })
@@ -303,7 +312,8 @@ impl OperatorConnection {
                             .find(|n| n.device_id == id)
                             .map(|n| n.last_seen_at_unix_ms)
                     };
-                    let body = devices_json(&trust, last_seen, now_ms);
+                    let connections = |id: &str| admin.hub.quic_connections(id);
+                    let body = devices_json(&trust, connections, last_seen, now_ms);
                     self.json(now, StatusCode::OK, body)
                 }
                 Err(e) => self.error(

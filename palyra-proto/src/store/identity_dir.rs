@@ -110,13 +110,7 @@ impl IdentityDir {
     /// Opens (creating with mode 0700) the directory.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, IdentityError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(StoreError::io(format!("creating {}", dir.display())))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-                .map_err(StoreError::io(format!("restricting {}", dir.display())))?;
-        }
+        create_private_dir(&dir)?;
         Ok(Self { dir })
     }
 
@@ -464,6 +458,18 @@ impl IdentityDir {
     }
 }
 
+/// Creates `dir` (and its parents) and restricts it to its owner (mode 0700): key material.
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::create_dir_all(dir).map_err(StoreError::io(format!("creating {}", dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(StoreError::io(format!("restricting {}", dir.display())))?;
+    }
+    Ok(())
+}
+
 /// A device's identity directory as used by `palyra node ...`: `device.crt.pem`,
 /// `device.key.pem` (PKCS#8) and `ca.crt.pem`.
 pub struct DeviceIdentityFiles {
@@ -503,7 +509,7 @@ impl DeviceIdentityFiles {
 
     /// Writes a bundle into `dir` (created if needed; the key file is 0600).
     pub fn write(dir: &Path, bundle: &DeviceBundle) -> Result<(), IdentityError> {
-        fs::create_dir_all(dir).map_err(StoreError::io(format!("creating {}", dir.display())))?;
+        create_private_dir(dir)?;
         write_atomic(&dir.join("device.key.pem"), bundle.key_pem.as_bytes())?;
         write_atomic(&dir.join("device.crt.pem"), bundle.cert_pem.as_bytes())?;
         write_atomic(&dir.join("ca.crt.pem"), bundle.ca_pem.as_bytes())?;

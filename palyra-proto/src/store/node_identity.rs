@@ -64,13 +64,7 @@ impl NodeIdentityDir {
     /// Opens (creating with mode 0700) `dir`, finishing an interrupted rotation.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, IdentityError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(StoreError::io(format!("creating {}", dir.display())))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-                .map_err(StoreError::io(format!("restricting {}", dir.display())))?;
-        }
+        super::identity_dir::create_private_dir(&dir)?;
         let this = Self { dir };
         this.finish_rotation()?;
         Ok(this)

@@ -850,11 +850,7 @@ fn pairing(command: PairingCommand) -> anyhow::Result<()> {
             json,
         } => {
             let body = json!({"replace": replace, "reason": reason});
-            let answer = daemon.daemon()?.call(
-                Method::POST,
-                &format!("/admin/v1/pairing/requests/{}/approve", path_segment(&id)?),
-                Some(&body),
-            )?;
+            let answer = post_action(&daemon, "pairing/requests", &id, "approve", Some(&body))?;
             print_request(&answer, json);
         }
         PairingCommand::Reject {
@@ -864,15 +860,23 @@ fn pairing(command: PairingCommand) -> anyhow::Result<()> {
             json,
         } => {
             let body = json!({"reason": reason});
-            let answer = daemon.daemon()?.call(
-                Method::POST,
-                &format!("/admin/v1/pairing/requests/{}/reject", path_segment(&id)?),
-                Some(&body),
-            )?;
+            let answer = post_action(&daemon, "pairing/requests", &id, "reject", Some(&body))?;
             print_request(&answer, json);
         }
     }
     Ok(())
+}
+
+/// `POST /admin/v1/{collection}/{id}/{action}` with an optional JSON body.
+fn post_action(
+    daemon: &DaemonArgs,
+    collection: &str,
+    id: &str,
+    action: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let path = format!("/admin/v1/{collection}/{}/{action}", path_segment(id)?);
+    daemon.daemon()?.call(http::Method::POST, &path, body)
 }
 
 /// An ID as one path segment (IDs are ULIDs: refuse anything that would change the path).
@@ -944,11 +948,7 @@ fn devices(command: DevicesCommand) -> anyhow::Result<()> {
             json,
         } => {
             let body = json!({"reason": reason});
-            let answer = daemon.daemon()?.call(
-                Method::POST,
-                &format!("/admin/v1/devices/{}/revoke", path_segment(&id)?),
-                Some(&body),
-            )?;
+            let answer = post_action(&daemon, "devices", &id, "revoke", Some(&body))?;
             if json {
                 println!("{answer}");
             } else if answer["newly_revoked"] == true {
@@ -958,11 +958,7 @@ fn devices(command: DevicesCommand) -> anyhow::Result<()> {
             }
         }
         DevicesCommand::Rotate { daemon, id, json } => {
-            let answer = daemon.daemon()?.call(
-                Method::POST,
-                &format!("/admin/v1/devices/{}/rotate", path_segment(&id)?),
-                None,
-            )?;
+            let answer = post_action(&daemon, "devices", &id, "rotate", None)?;
             if json {
                 println!("{answer}");
             } else {
