@@ -548,3 +548,175 @@ fn rotation_proves_the_new_key_and_is_rate_limited() {
         Err(EnrollError::Busy(_))
     ));
 }
+
+/// The device machine against the gateway machine, through the wire messages: the issued
+/// certificate is accepted; one for another key, another device or from another CA, or an
+/// answer carrying a private key, is refused; so are malformed offers.
+#[test]
+fn device_side_accepts_only_its_own_certificate_under_the_trusted_ca() {
+    use crate::enroll::device::{CaTrust, DeviceError, DevicePairing, Progress};
+    use crate::pb::palyra::node::v1::{
+        pairing_method, BeginPairingSessionResponse, GetPairingRequestStatusResponse,
+    };
+    let mut f = Fixture::new(GatewayConfig::default());
+    let code = f.mint(Method::Qr);
+    let pin = cert::cert_spki_fingerprint(f.authority.ca.cert_der()).unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+    let keys = DeviceKeys::generate(&mut rng);
+    let own = keys.signing.verifying_key().to_bytes();
+    let mut device =
+        DevicePairing::new(keys, DEV, Method::Qr, &code, CaTrust::Pinned(pin)).unwrap();
+
+    let begin = device.begin_request(None);
+    let Some(pairing_method::Value::QrToken(sent)) = begin.method.and_then(|m| m.value) else {
+        panic!("a QR pairing sends its token");
+    };
+    let begun = f.begin(&sent, Method::Qr).unwrap();
+    let offer = BeginPairingSessionResponse {
+        v: 1,
+        session_id: begun.offer.session_id.clone(),
+        client_kind: "node".into(),
+        gateway_ephemeral_public: begun.offer.gateway_ephemeral_public.to_vec(),
+        challenge: begun.offer.challenge.to_vec(),
+        expires_at_unix_ms: begun.expires_at_unix_ms,
+    };
+    for bad in [
+        BeginPairingSessionResponse {
+            v: 2,
+            ..offer.clone()
+        },
+        BeginPairingSessionResponse {
+            challenge: vec![1; 31],
+            ..offer.clone()
+        },
+        BeginPairingSessionResponse {
+            gateway_ephemeral_public: vec![0; 32],
+            ..offer.clone()
+        },
+    ] {
+        assert!(device.complete_request(&bad).is_err(), "{bad:?}");
+    }
+    let c = device.complete_request(&offer).unwrap();
+    let hello = Hello {
+        version: c.v,
+        session_id: c.session_id.clone(),
+        device_id: c.device_id.clone().unwrap().ulid,
+        client_kind: c.client_kind.clone(),
+        proof: c.proof.clone(),
+        device_signing_public: c.device_signing_public.as_slice().try_into().unwrap(),
+        device_x25519_public: c.device_x25519_public.as_slice().try_into().unwrap(),
+        challenge_signature: c.challenge_signature.as_slice().try_into().unwrap(),
+        transcript_mac: c.transcript_mac.as_slice().try_into().unwrap(),
+    };
+    let id = f
+        .machine
+        .complete(&f.authority, T0 + 2, &hello)
+        .unwrap()
+        .request_id;
+    assert_eq!(device.status_request().session_id, id);
+    let answer = |status: Status| {
+        let d = status.delivered.unwrap_or(SignedCert {
+            pem: String::new(),
+            ca_pem: String::new(),
+            expires_at_unix_ms: 0,
+        });
+        GetPairingRequestStatusResponse {
+            v: 1,
+            status: status.request.state.as_str().into(),
+            reason: status.request.reason,
+            mtls_client_certificate_pem: d.pem,
+            gateway_ca_certificate_pem: d.ca_pem,
+            cert_expires_at_unix_ms: d.expires_at_unix_ms,
+            ..Default::default()
+        }
+    };
+    let waiting = answer(f.machine.status(&f.authority, T0 + 3, &id, DEV).unwrap());
+    assert!(matches!(
+        device.on_status(&waiting),
+        Ok(Progress::Waiting { .. })
+    ));
+    f.machine
+        .approve(&f.authority, T0 + 4, &id, false, None)
+        .unwrap();
+    let good = answer(f.machine.status(&f.authority, T0 + 5, &id, DEV).unwrap());
+    assert!(matches!(device.on_status(&good), Ok(Progress::Issued(_))));
+
+    let with_key = GetPairingRequestStatusResponse {
+        mtls_client_private_key_pem: "-----BEGIN PRIVATE KEY-----".into(),
+        ..good.clone()
+    };
+    assert_eq!(
+        device.on_status(&with_key),
+        Err(DeviceError::KeyFromGateway)
+    );
+    let other_key = DeviceKeys::generate(&mut rng)
+        .signing
+        .verifying_key()
+        .to_bytes();
+    let other_ca = CertAuthority::generate(
+        &mut rng,
+        UNIX_EPOCH + Duration::from_millis(T0),
+        Duration::from_secs(86_400),
+        "Other CA",
+    )
+    .unwrap();
+    let foreign = other_ca
+        .issue(
+            &mut rng,
+            &Profile::Device { device_id: DEV },
+            cert::spki_of_public(&own).unwrap(),
+            UNIX_EPOCH + Duration::from_millis(T0),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    for (what, cert_pem, ca_pem) in [
+        (
+            "another key",
+            f.authority
+                .sign(DEV, &other_key, T0, 3_600_000)
+                .unwrap()
+                .pem,
+            good.gateway_ca_certificate_pem.clone(),
+        ),
+        (
+            "another device",
+            f.authority
+                .sign("01BX5ZZKBKACTAV9WEVGEMMVRZ", &own, T0, 3_600_000)
+                .unwrap()
+                .pem,
+            good.gateway_ca_certificate_pem.clone(),
+        ),
+        (
+            "another CA",
+            foreign.pem.clone(),
+            other_ca.cert_pem().unwrap(),
+        ),
+        (
+            "signed by another CA than the one sent",
+            foreign.pem,
+            good.gateway_ca_certificate_pem.clone(),
+        ),
+    ] {
+        let forged = GetPairingRequestStatusResponse {
+            mtls_client_certificate_pem: cert_pem,
+            gateway_ca_certificate_pem: ca_pem,
+            ..good.clone()
+        };
+        assert!(
+            matches!(
+                device.on_status(&forged),
+                Err(DeviceError::BadCertificate(_))
+            ),
+            "accepted a certificate for {what}"
+        );
+    }
+    let rejected = GetPairingRequestStatusResponse {
+        status: "rejected".into(),
+        reason: "no".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        device.on_status(&rejected),
+        Ok(Progress::Refused { .. })
+    ));
+}
