@@ -162,7 +162,10 @@ pub async fn enroll(options: EnrollOptions, say: impl Fn(&str)) -> anyhow::Resul
         );
     }
     let (pending, machine) = match (dir.pending()?, options.pairing) {
-        (Some(pending), _) => {
+        (Some(pending), given) => {
+            if given.is_some() {
+                say("a pairing is already waiting in this identity directory; resuming it (the code given now is not used)");
+            }
             say(&format!(
                 "resuming pairing request {} of device {}",
                 pending.session_id, pending.device_id
@@ -291,8 +294,8 @@ async fn begin_pairing(
     )
     .await?;
     let complete = machine.complete_request(&offer)?;
-    let answer: CompletePairingSessionResponse =
-        unary(&channel, "CompletePairingSession", complete).await?;
+    // Recorded before Complete: whatever happens next, a rerun resumes this request (or
+    // learns that it never came to be) instead of leaving it unclaimed.
     let pending = PendingPairing {
         gateway,
         device_id: device_id.clone(),
@@ -301,6 +304,18 @@ async fn begin_pairing(
         ca_pem,
     };
     dir.save_pending(&pending)?;
+    let answer: CompletePairingSessionResponse =
+        match unary(&channel, "CompletePairingSession", complete).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                // Refused by the gateway: there is no request. Lost on the way: keep the record,
+                // a rerun asks the gateway whether the request exists.
+                if e.downcast_ref::<RpcError>().is_some() {
+                    dir.clear_pending()?;
+                }
+                return Err(e);
+            }
+        };
     say(&format!(
         "paired as device {device_id}; request {} is {} (identity fingerprint {})",
         pending.session_id, answer.reason, answer.identity_fingerprint
@@ -498,7 +513,9 @@ pub async fn run_node(options: RunOptions, report: impl Fn(Value)) -> anyhow::Re
     let dir = NodeIdentityDir::open(&options.identity)?;
     let stop_at = options.run_for.map(|d| Instant::now() + d);
     let mut backoff = Duration::from_millis(500);
-    let mut last_seq: Option<u64> = None;
+    // Events up to the cursor were acted on already (a rotation request is handled once,
+    // even across restarts of the node).
+    let mut last_seq: Option<u64> = dir.event_cursor()?;
     let mut retry_rotation_at: Option<Instant> = None;
     loop {
         if stop_at.is_some_and(|t| Instant::now() >= t) {
@@ -521,7 +538,13 @@ pub async fn run_node(options: RunOptions, report: impl Fn(Value)) -> anyhow::Re
         let end = loop {
             let why =
                 match connected(&conn, &loaded, &mut last_seq, stop_at, retry_rotation_at).await {
-                    Next::Rotate(why) => why,
+                    Next::Rotate(why) => {
+                        // Acted on once: a restarted node does not rotate again for it.
+                        if let Some(seq) = last_seq {
+                            dir.save_event_cursor(seq)?;
+                        }
+                        why
+                    }
                     Next::Reconnect(e) => break Some(e),
                     Next::Stop => break None,
                 };

@@ -86,6 +86,36 @@ fn palyra(args: &[&str]) -> Output {
         .expect("run palyra")
 }
 
+/// Starts `palyra node run` and forwards its JSON lines with their arrival time.
+fn spawn_run(node_dir: &str) -> (std::process::Child, mpsc::Receiver<(Instant, Value)>) {
+    let mut run = Command::new(env!("CARGO_BIN_EXE_palyra"))
+        .args([
+            "node",
+            "run",
+            "--identity",
+            node_dir,
+            "--run-for-secs",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, events) = mpsc::channel();
+    let stdout = run.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = lines.send((Instant::now(), v));
+            }
+        }
+    });
+    (run, events)
+}
+
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !check() {
@@ -224,45 +254,21 @@ fn cli_enrollment_survives_restarts_then_rotates_and_is_revoked() {
     }
 
     // 6. A running node rotates on the operator's request and stays connected.
-    let mut run = Command::new(env!("CARGO_BIN_EXE_palyra"))
-        .args([
-            "node",
-            "run",
-            "--identity",
-            node_dir,
-            "--run-for-secs",
-            "60",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines, events) = mpsc::channel::<(Instant, Value)>();
-    let stdout = run.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Ok(v) = serde_json::from_str(&line) {
-                let _ = lines.send((Instant::now(), v));
-            }
-        }
-    });
-    let next = |want: &str| -> (Instant, Value) {
+    let (mut run, events) = spawn_run(node_dir);
+    let next = |events: &mpsc::Receiver<(Instant, Value)>, want: &str| -> (Instant, Value) {
         let (at, event) = events
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("no {want} event"));
         assert_eq!(event["event"], want, "{event}");
         (at, event)
     };
-    let (_, first) = next("connected");
+    let (_, first) = next(&events, "connected");
     wait_until("the device shown connected", || {
         gw.json(&["devices", "list"])["devices"][0]["presence"] == "connected"
     });
     gw.operator(&["devices", "rotate", &device_id]);
-    let (_, rotated) = next("rotated");
-    let (_, reconnected) = next("connected");
+    let (_, rotated) = next(&events, "rotated");
+    let (_, reconnected) = next(&events, "connected");
     assert_ne!(
         first["cert_expires_at_unix_ms"].as_u64().unwrap(),
         0,
@@ -286,10 +292,23 @@ fn cli_enrollment_survives_restarts_then_rotates_and_is_revoked() {
     let out = palyra(&["node", "health", "--identity", node_dir]);
     assert!(out.status.success(), "health with the rotated key");
 
+    // A restarted node does not act on the same request again.
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let (mut run, events) = spawn_run(node_dir);
+    let (_, again) = next(&events, "connected");
+    assert_eq!(
+        again["cert_expires_at_unix_ms"],
+        rotated["cert_expires_at_unix_ms"]
+    );
+    if let Ok((_, extra)) = events.recv_timeout(Duration::from_secs(2)) {
+        panic!("the restarted node acted again: {extra}");
+    }
+
     // 7. Revocation cuts the running node off within a second.
     let revoked_at = Instant::now();
     gw.operator(&["devices", "revoke", &device_id, "--reason", "suite"]);
-    let (cut_at, _) = next("disconnected");
+    let (cut_at, _) = next(&events, "disconnected");
     let elapsed = cut_at.duration_since(revoked_at);
     assert!(
         elapsed < Duration::from_secs(1),

@@ -8,6 +8,7 @@
 //! | `ca.crt.pem` | the gateway CA |
 //! | `gateway.json` | `{"addr","server_name"}`: where the node pairs and connects |
 //! | `pending.json` | a pairing awaiting approval (session, device ID, CA trust); gone once issued |
+//! | `cursor.json` | `{"event_seq"}`: the last node-plane event `palyra node run` acted on |
 //!
 //! A rotation writes `device.key.pem.next` and `device.crt.pem.next`, then renames key and
 //! certificate in that order; opening the directory finishes a rotation a crash interrupted.
@@ -57,6 +58,7 @@ const CERT: &str = "device.crt.pem";
 const CA: &str = "ca.crt.pem";
 const GATEWAY: &str = "gateway.json";
 const PENDING: &str = "pending.json";
+const CURSOR: &str = "cursor.json";
 const NEXT_KEY: &str = "device.key.pem.next";
 const NEXT_CERT: &str = "device.crt.pem.next";
 
@@ -163,6 +165,18 @@ impl NodeIdentityDir {
     /// Forgets a pairing that can no longer complete (rejected or expired).
     pub fn clear_pending(&self) -> Result<(), IdentityError> {
         self.remove(PENDING)
+    }
+
+    /// The last node-plane event sequence number acted on (a request is never acted on twice).
+    pub fn event_cursor(&self) -> Result<Option<u64>, IdentityError> {
+        Ok(self
+            .json::<serde_json::Value>(CURSOR)?
+            .and_then(|v| v["event_seq"].as_u64()))
+    }
+
+    /// Records the last event acted on.
+    pub fn save_event_cursor(&self, seq: u64) -> Result<(), IdentityError> {
+        self.write_json(CURSOR, &serde_json::json!({ "event_seq": seq }))
     }
 
     /// The gateway this node belongs to.
