@@ -31,6 +31,24 @@ impl Server {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow!("no VmRSS"))
     }
+
+    /// CPU time the process has used (user + system), in clock ticks (1/100 s on Linux).
+    pub fn cpu_ticks(&self) -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow!("bad /proc stat"))?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| -> anyhow::Result<u64> {
+            Ok(fields
+                .get(i)
+                .ok_or_else(|| anyhow!("short /proc stat"))?
+                .parse()?)
+        };
+        Ok(field(11)? + field(12)?)
+    }
 }
 
 /// The directory of the running benchmark binary (the other release binaries sit next to it).
