@@ -8,6 +8,7 @@
 //! STATE/endpoints.json   bound addresses, written once listening
 //! ```
 
+pub mod daemon;
 pub mod hub;
 pub mod node_service;
 pub mod pairing;

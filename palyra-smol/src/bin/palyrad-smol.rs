@@ -4,16 +4,15 @@
 //! Usage: `palyrad-smol --state-dir DIR [--node-addr 127.0.0.1:7444]`; writes `DIR/endpoints.json`
 //! and serves until SIGINT/SIGTERM (or stdin closes when `--exit-on-stdin-eof` is given).
 
-use palyra_proto::gateway::{open_node_plane, write_endpoints, NodePlaneOptions};
-use palyra_smol::grpc::{GrpcHandle, GrpcListener};
+use palyra_proto::gateway::daemon::{Daemon, DaemonSettings, Endpoints};
+use palyra_proto::gateway::NodePlaneOptions;
+use palyra_smol::grpc::GrpcHandle;
 use palyra_smol::NodePlaneHandle;
 use rand_core::OsRng;
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::SystemTime;
 
 const USAGE: &str =
     "usage: palyrad-smol --state-dir DIR [--node-addr ADDR] [--grpc-addr ADDR] [--http-addr ADDR] [--http-tls] [--exit-on-stdin-eof]";
@@ -67,123 +66,52 @@ fn run() -> Result<(), String> {
         }
     }
     let state_dir = state_dir.ok_or(USAGE)?;
-    let plane = open_node_plane(
-        &state_dir,
-        &NodePlaneOptions::default(),
-        &mut OsRng,
-        SystemTime::now(),
-    )
-    .map_err(|e| e.to_string())?;
-    let hub = std::sync::Arc::clone(&plane.hub);
-    let http_tls = if http_tls {
-        let config = palyra_proto::quic::tls::tcp_server_config(
-            plane.identity.tcp_cert_slot(),
-            palyra_proto::quic::tls::ALPN_HTTP1,
-        )
-        .map_err(|e| e.to_string())?;
-        Some(std::sync::Arc::new(config))
-    } else {
-        None
+    let random: palyra_proto::operator::RandomFill =
+        std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
+    let settings = DaemonSettings {
+        state_dir,
+        node: NodePlaneOptions::default(),
+        grpc_tls: false,
+        http_tls,
+        enrollment: Default::default(),
+        advertise_addr: None,
+        console_origins: Vec::new(),
+        admin_token: std::env::var("PALYRA_ADMIN_TOKEN").ok(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        git_hash: "unknown".into(),
     };
-    let node_tls = std::sync::Arc::clone(&plane.tcp_tls);
+    let mut daemon = Daemon::open(settings, random, &mut OsRng).map_err(|e| e.to_string())?;
+    if let Some(token) = daemon.new_admin_token.take() {
+        eprintln!("palyrad-smol: admin token (shown once, store it now): {token}");
+    }
+    let plane = daemon.plane.take().ok_or("node plane already taken")?;
     smol::block_on(async {
         let handle = NodePlaneHandle::start(node_addr, plane)
             .map_err(|e| format!("bind {node_addr}: {e}"))?;
-        let info = std::sync::Arc::new(palyra_proto::grpc::services::DaemonInfo {
-            version: env!("CARGO_PKG_VERSION").into(),
-            git_hash: "unknown".into(),
-            build_profile: if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "release"
-            }
-            .into(),
-            started: std::time::Instant::now(),
-        });
-        let routers =
-            palyra_proto::grpc::services::gateway_router(info).map_err(|e| e.to_string())?;
-        let grpc = GrpcHandle::start(grpc_addr, GrpcListener::h2c(routers))
+        let grpc = GrpcHandle::start(grpc_addr, daemon.gateway.clone())
             .map_err(|e| format!("bind {grpc_addr}: {e}"))?;
-        let clock: palyra_proto::gateway::node_service::WallClock =
-            std::sync::Arc::new(|| palyra_proto::store::unix_ms(SystemTime::now()));
-        let random: palyra_proto::operator::RandomFill =
-            std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
-        let enrollment = palyra_proto::gateway::pairing::EnrollmentStore::open(
-            &state_dir,
-            Default::default(),
-            std::sync::Arc::clone(&random),
-        )
-        .map_err(|e| format!("enrollment state: {e}"))?
-        .with_trust_index(hub.trust_index());
-        let enrollment = std::sync::Arc::new(enrollment);
-        let node_routers = palyra_proto::gateway::node_service::node_router(
-            hub.clone(),
-            clock.clone(),
-            Some(std::sync::Arc::clone(&enrollment)),
-        )
-        .map_err(|e| e.to_string())?;
-        let node_listener = GrpcListener {
-            tls: Some(node_tls),
-            notifier: Some(hub.notifier()),
-            ..GrpcListener::h2c(node_routers)
-        };
         // TCP on the QUIC socket's port number; any free port if that one is taken.
-        let node_tcp = GrpcHandle::start(handle.local_addr, node_listener.clone())
+        let node_tcp = GrpcHandle::start(handle.local_addr, daemon.node.clone())
             .or_else(|_| {
                 GrpcHandle::start(
                     std::net::SocketAddr::new(handle.local_addr.ip(), 0),
-                    node_listener,
+                    daemon.node.clone(),
                 )
             })
             .map_err(|e| format!("bind node TLS listener: {e}"))?;
-        let admin_token = std::env::var("PALYRA_ADMIN_TOKEN").ok();
-        let (auth, new_token) = palyra_proto::operator::auth::AdminAuth::load_or_create(
-            &state_dir,
-            admin_token.as_deref(),
-            &mut OsRng,
-        )
-        .map_err(|e| format!("admin token: {e}"))?;
-        if let Some(token) = new_token {
-            eprintln!("palyrad-smol: admin token (shown once, store it now): {token}");
-        }
-        let clock: palyra_proto::gateway::node_service::WallClock =
-            std::sync::Arc::new(|| palyra_proto::store::unix_ms(SystemTime::now()));
-        let mut admin = palyra_proto::operator::Admin::open(
-            &state_dir,
-            auth,
-            std::sync::Arc::clone(&hub),
-            clock,
-            random,
-            Vec::new(),
-        )
-        .map_err(|e| format!("operator-plane stores: {e}"))?;
-        admin.pairing = Some(palyra_proto::operator::pairing::PairingAdmin::new(
-            enrollment,
-            None,
-            node_tcp.local_addr,
-        ));
-        let operator = palyra_proto::operator::Operator::daemon(
-            env!("CARGO_PKG_VERSION"),
-            std::time::Instant::now(),
-            admin,
-            http_tls.is_some(),
-        );
-        let http = GrpcHandle::serve(
-            http_addr,
-            std::sync::Arc::new(palyra_proto::operator::OperatorAcceptor {
-                operator,
-                config: Default::default(),
-                tls: http_tls,
-            }),
-            Some(hub.notifier()),
-        )
-        .map_err(|e| format!("bind {http_addr}: {e}"))?;
-        let mut endpoints = BTreeMap::new();
-        endpoints.insert("http", http.local_addr.to_string());
-        endpoints.insert("node_quic", handle.local_addr.to_string());
-        endpoints.insert("node_tcp", node_tcp.local_addr.to_string());
-        endpoints.insert("grpc", grpc.local_addr.to_string());
-        write_endpoints(&state_dir, &endpoints).map_err(|e| e.to_string())?;
+        let operator = daemon
+            .operator(node_tcp.local_addr)
+            .map_err(|e| e.to_string())?;
+        let http = GrpcHandle::serve(http_addr, operator, Some(daemon.notifier()))
+            .map_err(|e| format!("bind {http_addr}: {e}"))?;
+        daemon
+            .write_endpoints(&Endpoints {
+                http: http.local_addr,
+                node_quic: handle.local_addr,
+                node_tcp: node_tcp.local_addr,
+                grpc: grpc.local_addr,
+            })
+            .map_err(|e| e.to_string())?;
         let (tx, rx) = async_channel::bounded::<()>(1);
         if stdin_eof {
             std::thread::spawn(move || {

@@ -2,14 +2,12 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use palyra_proto::gateway::{open_node_plane, write_endpoints};
 use palyra_proto::identity::is_canonical_device_id;
-use palyra_proto::store::{unix_ms, DeviceIdentityFiles, IdentityDir};
+use palyra_proto::store::{DeviceIdentityFiles, IdentityDir};
 use palyra_tokio::config::{default_state_dir, Config, LogFormat, Overrides};
 use palyra_tokio::grpc::{GrpcHandle, GrpcListener};
 use palyra_tokio::NodePlaneHandle;
 use rand_core::OsRng;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -154,87 +152,38 @@ fn run_daemon(overrides: &Overrides) -> anyhow::Result<()> {
 }
 
 async fn daemon(config: Config) -> anyhow::Result<()> {
-    let first_start = !config.state_dir.join("identity/ca.crt.pem").exists();
-    let plane = open_node_plane(
-        &config.state_dir,
-        &config.node,
-        &mut OsRng,
-        SystemTime::now(),
-    )
-    .with_context(|| format!("cannot open state directory {}", config.state_dir.display()))?;
-    let ca_fingerprint = palyra_proto::identity::cert::hex_fingerprint(
-        &palyra_proto::identity::cert::cert_spki_fingerprint(plane.identity.ca_der())?,
-    );
-    if first_start {
-        tracing::info!(state_dir = %config.state_dir.display(), ca_spki_sha256 = %ca_fingerprint, "first start: created the gateway CA and server certificate");
+    use palyra_proto::gateway::daemon::{Daemon, DaemonSettings, Endpoints};
+    let random: palyra_proto::operator::RandomFill =
+        std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
+    let settings = DaemonSettings {
+        state_dir: config.state_dir.clone(),
+        node: config.node.clone(),
+        grpc_tls: config.grpc_tls,
+        http_tls: config.http_tls,
+        enrollment: config.enrollment,
+        advertise_addr: config.advertise_addr.clone(),
+        console_origins: config.console_origins.clone(),
+        admin_token: std::env::var("PALYRA_ADMIN_TOKEN").ok(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        git_hash: option_env!("PALYRA_GIT_HASH").unwrap_or("unknown").into(),
+    };
+    let mut daemon = Daemon::open(settings, random, &mut OsRng)?;
+    if daemon.first_start {
+        tracing::info!(state_dir = %config.state_dir.display(), ca_spki_sha256 = %daemon.ca_fingerprint, "first start: created the gateway CA and server certificate");
     }
-    let hub = std::sync::Arc::clone(&plane.hub);
-    let node_tls = std::sync::Arc::clone(&plane.tcp_tls);
-    let gateway_tls = if config.grpc_tls {
-        Some(std::sync::Arc::new(
-            palyra_proto::quic::tls::tcp_server_config(
-                plane.identity.tcp_cert_slot(),
-                palyra_proto::quic::tls::ALPN_H2,
-            )?,
-        ))
-    } else {
-        None
-    };
-    let http_tls = if config.http_tls {
-        Some(std::sync::Arc::new(
-            palyra_proto::quic::tls::tcp_server_config(
-                plane.identity.tcp_cert_slot(),
-                palyra_proto::quic::tls::ALPN_HTTP1,
-            )?,
-        ))
-    } else {
-        None
-    };
-    let started = std::time::Instant::now();
+    if let Some(token) = daemon.new_admin_token.take() {
+        // Shown once: only its hash is stored. Not logged.
+        eprintln!("palyrad: admin token (shown once, store it now): {token}");
+    }
+    let plane = daemon.plane.take().context("node plane already taken")?;
+    let notifier = daemon.notifier();
     let node = NodePlaneHandle::start(config.node_addr, plane)
         .await
         .with_context(|| format!("cannot bind the node plane on {}/udp", config.node_addr))?;
-    let info = std::sync::Arc::new(palyra_proto::grpc::services::DaemonInfo {
-        version: env!("CARGO_PKG_VERSION").into(),
-        git_hash: option_env!("PALYRA_GIT_HASH").unwrap_or("unknown").into(),
-        build_profile: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-        .into(),
-        started,
-    });
-    let gateway = GrpcListener {
-        tls: gateway_tls,
-        ..GrpcListener::h2c(palyra_proto::grpc::services::gateway_router(info)?)
-    };
-    let grpc = GrpcHandle::start(config.grpc_addr, gateway)
+    let grpc = GrpcHandle::start(config.grpc_addr, daemon.gateway.clone())
         .await
         .with_context(|| format!("cannot bind the gRPC listener on {}/tcp", config.grpc_addr))?;
-    let clock: palyra_proto::gateway::node_service::WallClock =
-        std::sync::Arc::new(|| unix_ms(SystemTime::now()));
-    let random: palyra_proto::operator::RandomFill =
-        std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
-    let enrollment = std::sync::Arc::new(
-        palyra_proto::gateway::pairing::EnrollmentStore::open(
-            &config.state_dir,
-            config.enrollment,
-            std::sync::Arc::clone(&random),
-        )
-        .context("cannot open the enrollment state")?
-        .with_trust_index(hub.trust_index()),
-    );
-    let node_listener = GrpcListener {
-        tls: Some(node_tls),
-        notifier: Some(hub.notifier()),
-        ..GrpcListener::h2c(palyra_proto::gateway::node_service::node_router(
-            std::sync::Arc::clone(&hub),
-            std::sync::Arc::clone(&clock),
-            Some(std::sync::Arc::clone(&enrollment)),
-        )?)
-    };
-    let node_tcp = start_beside(node.local_addr, config.node_addr, node_listener)
+    let node_tcp = start_beside(node.local_addr, config.node_addr, daemon.node.clone())
         .await
         .with_context(|| {
             format!(
@@ -242,55 +191,21 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
                 node.local_addr
             )
         })?;
-    let admin_token = std::env::var("PALYRA_ADMIN_TOKEN").ok();
-    let (admin_auth, new_token) = palyra_proto::operator::auth::AdminAuth::load_or_create(
-        &config.state_dir,
-        admin_token.as_deref(),
-        &mut OsRng,
-    )
-    .context("cannot load the admin token")?;
-    if let Some(token) = new_token {
-        // Shown once: only its hash is stored. Not logged.
-        eprintln!("palyrad: admin token (shown once, store it now): {token}");
-    }
-    let mut admin = palyra_proto::operator::Admin::open(
-        &config.state_dir,
-        admin_auth,
-        std::sync::Arc::clone(&hub),
-        std::sync::Arc::clone(&clock),
-        random,
-        config.console_origins.clone(),
-    )
-    .context("cannot open the operator-plane stores")?;
-    admin.pairing = Some(palyra_proto::operator::pairing::PairingAdmin::new(
-        enrollment,
-        config.advertise_addr.as_deref(),
-        node_tcp.local_addr,
-    ));
-    let console = std::sync::Arc::clone(&admin.console);
-    let operator = palyra_proto::operator::Operator::daemon(
-        env!("CARGO_PKG_VERSION"),
-        started,
-        admin,
-        http_tls.is_some(),
-    );
-    let http = GrpcHandle::serve(
-        config.http_addr,
-        std::sync::Arc::new(palyra_proto::operator::OperatorAcceptor {
-            operator,
-            config: Default::default(),
-            tls: http_tls,
-        }),
-        Some(hub.notifier()),
-    )
-    .await
-    .with_context(|| format!("cannot bind the HTTP listener on {}/tcp", config.http_addr))?;
-    let mut endpoints = BTreeMap::new();
-    endpoints.insert("http", http.local_addr.to_string());
-    endpoints.insert("node_quic", node.local_addr.to_string());
-    endpoints.insert("node_tcp", node_tcp.local_addr.to_string());
-    endpoints.insert("grpc", grpc.local_addr.to_string());
-    let endpoints_path = write_endpoints(&config.state_dir, &endpoints)?;
+    let operator = daemon.operator(node_tcp.local_addr)?;
+    let console_hub = operator
+        .operator
+        .admin
+        .as_ref()
+        .map(|admin| std::sync::Arc::clone(&admin.console));
+    let http = GrpcHandle::serve(config.http_addr, operator, Some(notifier))
+        .await
+        .with_context(|| format!("cannot bind the HTTP listener on {}/tcp", config.http_addr))?;
+    let endpoints_path = daemon.write_endpoints(&Endpoints {
+        http: http.local_addr,
+        node_quic: node.local_addr,
+        node_tcp: node_tcp.local_addr,
+        grpc: grpc.local_addr,
+    })?;
     tracing::info!(
         node_quic = %node.local_addr,
         node_tcp = %node_tcp.local_addr,
@@ -299,14 +214,16 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         grpc_tls = config.grpc_tls,
         http_tls = config.http_tls,
         endpoints = %endpoints_path.display(),
-        ca_spki_sha256 = %ca_fingerprint,
+        ca_spki_sha256 = %daemon.ca_fingerprint,
         "palyrad listening"
     );
     wait_for_signal().await?;
     tracing::info!("shutting down");
     http.shutdown().await;
-    if let Err(e) = console.save() {
-        tracing::warn!(error = %e, "saving the console state failed");
+    if let Some(console) = console_hub {
+        if let Err(e) = console.save() {
+            tracing::warn!(error = %e, "saving the console state failed");
+        }
     }
     grpc.shutdown().await;
     node_tcp.shutdown().await;
