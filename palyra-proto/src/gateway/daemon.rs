@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 /// What a daemon is configured with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DaemonSettings {
     /// State directory.
     pub state_dir: PathBuf,
@@ -48,6 +48,22 @@ pub struct DaemonSettings {
     pub version: String,
     /// Git hash (or `unknown`).
     pub git_hash: String,
+}
+
+impl std::fmt::Debug for DaemonSettings {
+    /// Everything but the admin token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonSettings")
+            .field("state_dir", &self.state_dir)
+            .field("grpc_tls", &self.grpc_tls)
+            .field("http_tls", &self.http_tls)
+            .field("enrollment", &self.enrollment)
+            .field("advertise_addr", &self.advertise_addr)
+            .field("console_origins", &self.console_origins)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a daemon could not be assembled.
