@@ -138,16 +138,7 @@ impl IdentityDir {
     }
 
     fn read_string(&self, name: &str) -> Result<Option<String>, IdentityError> {
-        let path = self.dir.join(name);
-        match fs::read_to_string(&path) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Io {
-                context: format!("reading {}", path.display()),
-                source: e,
-            }
-            .into()),
-        }
+        Ok(super::read_optional(&self.dir.join(name))?)
     }
 
     /// Loads the CA, creating it on first use.

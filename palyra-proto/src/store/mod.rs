@@ -6,7 +6,7 @@ mod identity_dir;
 mod memory;
 mod node_identity;
 
-pub use atomic::{fsync_dir, write_atomic};
+pub use atomic::{fsync_dir, read_optional, write_atomic};
 pub use event_log::{FileEventLog, FileEventLogConfig, Recovery};
 pub use identity_dir::{
     unix_ms, DeviceBundle, DeviceIdentityFiles, IdentityDir, IdentityError, ServerIdentity,

@@ -82,16 +82,7 @@ impl NodeIdentityDir {
     }
 
     fn read(&self, name: &str) -> Result<Option<String>, IdentityError> {
-        let path = self.file(name);
-        match fs::read_to_string(&path) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Io {
-                context: format!("reading {}", path.display()),
-                source: e,
-            }
-            .into()),
-        }
+        Ok(super::read_optional(&self.file(name))?)
     }
 
     fn remove(&self, name: &str) -> Result<(), IdentityError> {

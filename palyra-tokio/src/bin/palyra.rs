@@ -81,7 +81,7 @@ enum PairingCommand {
     /// Mints a pairing code and prints it (a QR code as an invite for palyra node enroll).
     Code {
         #[command(flatten)]
-        daemon: DaemonArgs,
+        op: OperatorArgs,
         /// pin: 6 digits to type; qr: a token carried by an invite with the gateway address
         /// and CA fingerprint.
         #[arg(long, value_enum, default_value_t = CodeMethod::Qr)]
@@ -89,22 +89,16 @@ enum PairingCommand {
         /// Lifetime of the code: 30s .. 24h, as 90s, 10m, 2h or plain seconds.
         #[arg(long, default_value = "10m", value_parser = parse_ttl)]
         ttl: Duration,
-        /// Print the daemon's JSON answer.
-        #[arg(long)]
-        json: bool,
     },
     /// Lists pairing requests (pending ones first in the table).
     List {
         #[command(flatten)]
-        daemon: DaemonArgs,
-        /// Print the daemon's JSON answer.
-        #[arg(long)]
-        json: bool,
+        op: OperatorArgs,
     },
     /// Approves a pairing request: the gateway signs a certificate for the device's own key.
     Approve {
         #[command(flatten)]
-        daemon: DaemonArgs,
+        op: OperatorArgs,
         /// Request ID (from palyra pairing list, or printed by palyra node enroll).
         id: String,
         /// The device ID is already paired: replace its certificates with this device's.
@@ -113,22 +107,16 @@ enum PairingCommand {
         /// Reason recorded with the decision.
         #[arg(long)]
         reason: Option<String>,
-        /// Print the daemon's JSON answer.
-        #[arg(long)]
-        json: bool,
     },
     /// Rejects a pairing request awaiting a decision or delivery.
     Reject {
         #[command(flatten)]
-        daemon: DaemonArgs,
+        op: OperatorArgs,
         /// Request ID.
         id: String,
         /// Reason recorded with the decision (the device is told).
         #[arg(long)]
         reason: Option<String>,
-        /// Print the daemon's JSON answer.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -146,33 +134,24 @@ enum DevicesCommand {
     /// Lists paired and revoked devices with their certificates and presence.
     List {
         #[command(flatten)]
-        daemon: DaemonArgs,
-        /// Print the daemon's JSON answer.
-        #[arg(long)]
-        json: bool,
+        op: OperatorArgs,
     },
     /// Revokes a device: every certificate it holds; its connections close within a second.
     Revoke {
         #[command(flatten)]
-        daemon: DaemonArgs,
+        op: OperatorArgs,
         /// Device ID.
         id: String,
         /// Reason recorded with the revocation.
         #[arg(long)]
         reason: Option<String>,
-        /// Print the daemon's JSON answer.
-        #[arg(long)]
-        json: bool,
     },
     /// Asks a running node (palyra node run) to rotate to a new key and certificate.
     Rotate {
         #[command(flatten)]
-        daemon: DaemonArgs,
+        op: OperatorArgs,
         /// Device ID.
         id: String,
-        /// Print the daemon's JSON answer.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -193,6 +172,16 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
         _ => return Err(format!("{text:?}: the unit must be s, m or h")),
     };
     Ok(Duration::from_secs(secs))
+}
+
+/// Flags of every operator command.
+#[derive(clap::Args)]
+struct OperatorArgs {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    /// Print the daemon's JSON answer.
+    #[arg(long)]
+    json: bool,
 }
 
 /// How operator commands reach palyrad's operator plane (the admin API).
@@ -773,22 +762,14 @@ fn pairing(command: PairingCommand) -> anyhow::Result<()> {
     use http::Method;
     use serde_json::{json, Value};
     match command {
-        PairingCommand::Code {
-            daemon,
-            method,
-            ttl,
-            json,
-        } => {
+        PairingCommand::Code { op, method, ttl } => {
             let method = match method {
                 CodeMethod::Pin => "pin",
                 CodeMethod::Qr => "qr",
             };
             let body = json!({"method": method, "ttl_seconds": ttl.as_secs()});
-            let answer =
-                daemon
-                    .daemon()?
-                    .call(Method::POST, "/admin/v1/pairing/codes", Some(&body))?;
-            if json {
+            let answer = op.call(Method::POST, "/admin/v1/pairing/codes", Some(&body))?;
+            if op.json {
                 println!("{answer}");
                 return Ok(());
             }
@@ -809,11 +790,9 @@ fn pairing(command: PairingCommand) -> anyhow::Result<()> {
             }
             eprintln!("palyra: single use, expires in {} s", ttl_left(expires));
         }
-        PairingCommand::List { daemon, json } => {
-            let answer = daemon
-                .daemon()?
-                .call(Method::GET, "/admin/v1/pairing/requests", None)?;
-            if json {
+        PairingCommand::List { op } => {
+            let answer = op.call(Method::GET, "/admin/v1/pairing/requests", None)?;
+            if op.json {
                 println!("{answer}");
                 return Ok(());
             }
@@ -843,40 +822,46 @@ fn pairing(command: PairingCommand) -> anyhow::Result<()> {
             }
         }
         PairingCommand::Approve {
-            daemon,
+            op,
             id,
             replace,
             reason,
-            json,
         } => {
             let body = json!({"replace": replace, "reason": reason});
-            let answer = post_action(&daemon, "pairing/requests", &id, "approve", Some(&body))?;
-            print_request(&answer, json);
+            let answer = op.post_action("pairing/requests", &id, "approve", Some(&body))?;
+            print_request(&answer, op.json);
         }
-        PairingCommand::Reject {
-            daemon,
-            id,
-            reason,
-            json,
-        } => {
+        PairingCommand::Reject { op, id, reason } => {
             let body = json!({"reason": reason});
-            let answer = post_action(&daemon, "pairing/requests", &id, "reject", Some(&body))?;
-            print_request(&answer, json);
+            let answer = op.post_action("pairing/requests", &id, "reject", Some(&body))?;
+            print_request(&answer, op.json);
         }
     }
     Ok(())
 }
 
-/// `POST /admin/v1/{collection}/{id}/{action}` with an optional JSON body.
-fn post_action(
-    daemon: &DaemonArgs,
-    collection: &str,
-    id: &str,
-    action: &str,
-    body: Option<&serde_json::Value>,
-) -> anyhow::Result<serde_json::Value> {
-    let path = format!("/admin/v1/{collection}/{}/{action}", path_segment(id)?);
-    daemon.daemon()?.call(http::Method::POST, &path, body)
+impl OperatorArgs {
+    /// An admin API call.
+    fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.daemon.daemon()?.call(method, path, body)
+    }
+
+    /// `POST /admin/v1/{collection}/{id}/{action}` with an optional JSON body.
+    fn post_action(
+        &self,
+        collection: &str,
+        id: &str,
+        action: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let path = format!("/admin/v1/{collection}/{}/{action}", path_segment(id)?);
+        self.call(http::Method::POST, &path, body)
+    }
 }
 
 /// An ID as one path segment (IDs are ULIDs: refuse anything that would change the path).
@@ -912,11 +897,9 @@ fn devices(command: DevicesCommand) -> anyhow::Result<()> {
     use http::Method;
     use serde_json::json;
     match command {
-        DevicesCommand::List { daemon, json } => {
-            let answer = daemon
-                .daemon()?
-                .call(Method::GET, "/admin/v1/devices", None)?;
-            if json {
+        DevicesCommand::List { op } => {
+            let answer = op.call(Method::GET, "/admin/v1/devices", None)?;
+            if op.json {
                 println!("{answer}");
                 return Ok(());
             }
@@ -941,15 +924,10 @@ fn devices(command: DevicesCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        DevicesCommand::Revoke {
-            daemon,
-            id,
-            reason,
-            json,
-        } => {
+        DevicesCommand::Revoke { op, id, reason } => {
             let body = json!({"reason": reason});
-            let answer = post_action(&daemon, "devices", &id, "revoke", Some(&body))?;
-            if json {
+            let answer = op.post_action("devices", &id, "revoke", Some(&body))?;
+            if op.json {
                 println!("{answer}");
             } else if answer["newly_revoked"] == true {
                 println!("device {id} revoked; its connections close within a second");
@@ -957,9 +935,9 @@ fn devices(command: DevicesCommand) -> anyhow::Result<()> {
                 println!("device {id} was already revoked");
             }
         }
-        DevicesCommand::Rotate { daemon, id, json } => {
-            let answer = post_action(&daemon, "devices", &id, "rotate", None)?;
-            if json {
+        DevicesCommand::Rotate { op, id } => {
+            let answer = op.post_action("devices", &id, "rotate", None)?;
+            if op.json {
                 println!("{answer}");
             } else {
                 println!(
