@@ -501,6 +501,15 @@ enum Next {
     Stop,
 }
 
+/// A rotation that failed and is due again.
+#[derive(Default)]
+struct Pending {
+    /// Why it was wanted (`renewal` or `operator`).
+    rotation: Option<&'static str>,
+    /// Not before this.
+    retry_at: Option<Instant>,
+}
+
 /// Wait after a failed rotation before trying again.
 const ROTATION_RETRY: Duration = Duration::from_secs(60);
 
@@ -516,7 +525,7 @@ pub async fn run_node(options: RunOptions, report: impl Fn(Value)) -> anyhow::Re
     // Events up to the cursor were acted on already (a rotation request is handled once,
     // even across restarts of the node).
     let mut last_seq: Option<u64> = dir.event_cursor()?;
-    let mut retry_rotation_at: Option<Instant> = None;
+    let mut pending = Pending::default();
     loop {
         if stop_at.is_some_and(|t| Instant::now() >= t) {
             return Ok(());
@@ -536,21 +545,20 @@ pub async fn run_node(options: RunOptions, report: impl Fn(Value)) -> anyhow::Re
                       "gateway": loaded.gateway.addr,
                       "cert_expires_at_unix_ms": loaded.not_after}));
         let end = loop {
-            let why =
-                match connected(&conn, &loaded, &mut last_seq, stop_at, retry_rotation_at).await {
-                    Next::Rotate(why) => {
-                        // Acted on once: a restarted node does not rotate again for it.
-                        if let Some(seq) = last_seq {
-                            dir.save_event_cursor(seq)?;
-                        }
-                        why
+            let why = match connected(&conn, &loaded, &mut last_seq, stop_at, &pending).await {
+                Next::Rotate(why) => {
+                    // Acted on once: a restarted node does not rotate again for it.
+                    if let Some(seq) = last_seq {
+                        dir.save_event_cursor(seq)?;
                     }
-                    Next::Reconnect(e) => break Some(e),
-                    Next::Stop => break None,
-                };
+                    why
+                }
+                Next::Reconnect(e) => break Some(e),
+                Next::Stop => break None,
+            };
             match rotate(&dir).await {
                 Ok(expires) => {
-                    retry_rotation_at = None;
+                    pending = Pending::default();
                     report(json!({"event": "rotated", "reason": why,
                                   "cert_expires_at_unix_ms": expires}));
                     // The new certificate's connection first, then the old one goes.
@@ -567,7 +575,11 @@ pub async fn run_node(options: RunOptions, report: impl Fn(Value)) -> anyhow::Re
                     }
                 }
                 Err(e) => {
-                    retry_rotation_at = Some(Instant::now() + ROTATION_RETRY);
+                    // Tried again later, an operator's request included.
+                    pending = Pending {
+                        rotation: Some(why),
+                        retry_at: Some(Instant::now() + ROTATION_RETRY),
+                    };
                     report(
                         json!({"event": "rotation_failed", "error": format!("{e:#}"),
                                   "retry_in_ms": ROTATION_RETRY.as_millis() as u64}),
@@ -600,7 +612,7 @@ async fn connected(
     loaded: &Loaded,
     last_seq: &mut Option<u64>,
     stop_at: Option<Instant>,
-    retry_rotation_at: Option<Instant>,
+    pending: &Pending,
 ) -> Next {
     let mut events = match conn
         .request(&NodeRequest::StreamEvents {
@@ -615,13 +627,18 @@ async fn connected(
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
         let now_ms = unix_ms(SystemTime::now());
-        let blocked = retry_rotation_at.map_or(Duration::ZERO, |t| {
+        let blocked = pending.retry_at.map_or(Duration::ZERO, |t| {
             t.saturating_duration_since(Instant::now())
         });
-        if now_ms >= loaded.renew_at() && blocked.is_zero() {
-            return Next::Rotate("renewal");
+        let due = pending.rotation.is_some() || now_ms >= loaded.renew_at();
+        if due && blocked.is_zero() {
+            return Next::Rotate(pending.rotation.unwrap_or("renewal"));
         }
-        let renew_in = Duration::from_millis(loaded.renew_at().saturating_sub(now_ms)).max(blocked);
+        let renew_in = if pending.rotation.is_some() {
+            blocked
+        } else {
+            Duration::from_millis(loaded.renew_at().saturating_sub(now_ms)).max(blocked)
+        };
         let stop_in = stop_at.map_or(Duration::MAX, |t| {
             t.saturating_duration_since(Instant::now())
         });
