@@ -22,7 +22,6 @@ use palyra_proto::enroll::device::{CaTrust, DeviceKeys, DevicePairing, Progress}
 use palyra_proto::enroll::gateway::{
     Authority, Begin, EnrollState, Enrollment, GatewayConfig, SignedCert, Standing,
 };
-use palyra_proto::enroll::v1::Hello;
 use palyra_proto::enroll::Method;
 use palyra_proto::gateway::pairing::{self, EnrollmentStore};
 use palyra_proto::identity::cert::{self, CertAuthority, Profile};
@@ -173,26 +172,9 @@ fn memory_rounds(rounds: usize) -> anyhow::Result<Vec<f64>> {
             replay: None,
         };
         let begun = machine.begin(now, None, &begin, &mut random)?;
-        let offer = BeginPairingSessionResponse {
-            v: 1,
-            session_id: begun.offer.session_id.clone(),
-            client_kind: "node".into(),
-            gateway_ephemeral_public: begun.offer.gateway_ephemeral_public.to_vec(),
-            challenge: begun.offer.challenge.to_vec(),
-            expires_at_unix_ms: begun.expires_at_unix_ms,
-        };
+        let offer = pairing::offer_response(1, &begun);
         let c = device.complete_request(&offer)?;
-        let hello = Hello {
-            version: c.v,
-            session_id: c.session_id.clone(),
-            device_id: device.device_id().to_owned(),
-            client_kind: c.client_kind.clone(),
-            proof: c.proof.clone(),
-            device_signing_public: c.device_signing_public.as_slice().try_into()?,
-            device_x25519_public: c.device_x25519_public.as_slice().try_into()?,
-            challenge_signature: c.challenge_signature.as_slice().try_into()?,
-            transcript_mac: c.transcript_mac.as_slice().try_into()?,
-        };
+        let hello = pairing::hello_of(&c).map_err(|s| anyhow::anyhow!("{s}"))?;
         machine.complete(&authority, now, &hello)?;
         machine.approve(&authority, now, &c.session_id, false, None)?;
         let status = machine.status(&authority, now, &c.session_id, device.device_id())?;

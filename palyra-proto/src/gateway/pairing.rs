@@ -7,8 +7,8 @@
 //! device they name.
 
 use crate::enroll::gateway::{
-    Authority, Begin, EnrollError, EnrollState, Enrollment, ErrorKind, GatewayConfig, SignedCert,
-    Standing,
+    Authority, Begin, Begun, EnrollError, EnrollState, Enrollment, ErrorKind, GatewayConfig,
+    SignedCert, Standing,
 };
 use crate::enroll::v1::Hello;
 use crate::enroll::Method;
@@ -317,24 +317,32 @@ pub fn begin(
             )
         })
         .map_err(|e| status_of(&e))?;
-    Ok(BeginPairingSessionResponse {
-        v: request.v,
-        session_id: begun.offer.session_id,
+    Ok(offer_response(request.v, &begun).encode_to_vec())
+}
+
+/// The BeginPairingSession answer for a begun session.
+pub fn offer_response(v: u32, begun: &Begun) -> BeginPairingSessionResponse {
+    BeginPairingSessionResponse {
+        v,
+        session_id: begun.offer.session_id.clone(),
         client_kind: begun.client_kind.into(),
         gateway_ephemeral_public: begun.offer.gateway_ephemeral_public.to_vec(),
         challenge: begun.offer.challenge.to_vec(),
         expires_at_unix_ms: begun.expires_at_unix_ms,
     }
-    .encode_to_vec())
 }
 
-/// CompletePairingSession.
-pub fn complete(store: &EnrollmentStore, now_ms: u64, bytes: &[u8]) -> Result<Vec<u8>, Status> {
-    let request: CompletePairingSessionRequest = decode(bytes)?;
-    let hello = Hello {
+/// The machine's [`Hello`] from a CompletePairingSession request (identifiers trimmed, the
+/// client kind normalized; fixed-size fields of another size are INVALID_ARGUMENT).
+pub fn hello_of(request: &CompletePairingSessionRequest) -> Result<Hello, Status> {
+    Ok(Hello {
         version: request.v,
         session_id: request.session_id.trim().to_owned(),
-        device_id: request.device_id.map(|d| d.ulid).unwrap_or_default(),
+        device_id: request
+            .device_id
+            .as_ref()
+            .map(|d| d.ulid.clone())
+            .unwrap_or_default(),
         client_kind: crate::enroll::client_kind(&request.client_kind)
             .unwrap_or("")
             .to_owned(),
@@ -343,7 +351,13 @@ pub fn complete(store: &EnrollmentStore, now_ms: u64, bytes: &[u8]) -> Result<Ve
         device_x25519_public: bytes32("device_x25519_public", &request.device_x25519_public)?,
         challenge_signature: bytes32("challenge_signature", &request.challenge_signature)?,
         transcript_mac: bytes32("transcript_mac", &request.transcript_mac)?,
-    };
+    })
+}
+
+/// CompletePairingSession.
+pub fn complete(store: &EnrollmentStore, now_ms: u64, bytes: &[u8]) -> Result<Vec<u8>, Status> {
+    let request: CompletePairingSessionRequest = decode(bytes)?;
+    let hello = hello_of(&request)?;
     let record = store
         .with(|machine, authority, _| machine.complete(authority, now_ms, &hello))
         .map_err(|e| status_of(&e))?;
