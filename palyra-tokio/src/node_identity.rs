@@ -5,18 +5,18 @@
 //! [`palyra_proto::enroll::device::DevicePairing`] and [`rotation_payload`].
 
 use anyhow::Context;
-use ed25519_dalek::Signer;
-use palyra_proto::enroll::device::{CaTrust, DeviceKeys, DevicePairing, Invite, Progress};
-use palyra_proto::enroll::gateway::rotation_payload;
+use palyra_proto::enroll::device::{
+    check_rotated, rotation_request, CaTrust, DeviceKeys, DevicePairing, Invite, Progress,
+};
 use palyra_proto::enroll::Method;
 use palyra_proto::grpc::Code;
 use palyra_proto::identity::cert;
 use palyra_proto::node::{NodeRequest, ResponseKind};
 use palyra_proto::operator::pairing::ROTATE_EVENT;
-use palyra_proto::pb::palyra::common::v1::{CanonicalId, ReplayProtection};
+use palyra_proto::pb::palyra::common::v1::ReplayProtection;
 use palyra_proto::pb::palyra::node::v1::{
     BeginPairingSessionResponse, CompletePairingSessionResponse, GetPairingRequestStatusResponse,
-    RotateDeviceCertificateRequest, RotateDeviceCertificateResponse,
+    RotateDeviceCertificateResponse,
 };
 use palyra_proto::quic::{tls, ClientLimits};
 use palyra_proto::store::{unix_ms, GatewayRecord, NodeIdentityDir, PendingPairing};
@@ -456,9 +456,12 @@ impl Loaded {
 pub async fn rotate(dir: &NodeIdentityDir) -> anyhow::Result<u64> {
     let current = Loaded::load(dir).await?;
     let new_key = cert::generate_key(&mut OsRng);
-    let spki = cert::cert_spki_fingerprint(&current.cert_der)?;
-    let new_public = new_key.verifying_key().to_bytes();
-    let signature = new_key.sign(&rotation_payload(&current.device_id, &spki, &new_public));
+    let request = rotation_request(
+        &current.device_id,
+        &current.cert_der,
+        &new_key,
+        Some(random_nonce()),
+    )?;
     let channel = GrpcChannel::connect_tls(
         current.addr,
         &current.gateway.server_name,
@@ -466,30 +469,9 @@ pub async fn rotate(dir: &NodeIdentityDir) -> anyhow::Result<u64> {
     )
     .await
     .with_context(|| format!("cannot reach the gateway at {}", current.gateway.addr))?;
-    let answer: RotateDeviceCertificateResponse = unary(
-        &channel,
-        "RotateDeviceCertificate",
-        RotateDeviceCertificateRequest {
-            v: 1,
-            device_id: Some(CanonicalId {
-                ulid: current.device_id.clone(),
-            }),
-            replay: Some(random_nonce()),
-            new_signing_public: new_public.to_vec(),
-            new_key_signature: signature.to_bytes().to_vec(),
-        },
-    )
-    .await?;
-    if !answer.mtls_client_private_key_pem.is_empty() {
-        anyhow::bail!("the gateway sent a private key; refusing the rotation");
-    }
-    let leaf = cert::cert_pem_to_der(&answer.mtls_client_certificate_pem)?;
-    if !cert::verify_signed_by(&leaf, &current.ca_der).unwrap_or(false)
-        || cert::cert_ed25519_public(&leaf)?.as_ref() != Some(&new_public)
-        || cert::device_id_from_cert(&leaf)?.as_deref() != Some(current.device_id.as_str())
-    {
-        anyhow::bail!("the rotated certificate is not for this device's new key under its CA");
-    }
+    let answer: RotateDeviceCertificateResponse =
+        unary(&channel, "RotateDeviceCertificate", request).await?;
+    check_rotated(&answer, &current.ca_der, &current.device_id, &new_key)?;
     dir.install_rotation(&new_key, &answer.mtls_client_certificate_pem)?;
     Ok(answer.cert_expires_at_unix_ms)
 }

@@ -340,30 +340,95 @@ impl DevicePairing {
                 },
             });
         }
-        let bad = |m: String| DeviceError::BadCertificate(m);
-        let leaf = cert::cert_pem_to_der(&answer.mtls_client_certificate_pem)
-            .map_err(|e| bad(format!("certificate: {e}")))?;
         let ca = cert::cert_pem_to_der(&answer.gateway_ca_certificate_pem)
-            .map_err(|e| bad(format!("CA certificate: {e}")))?;
+            .map_err(|e| DeviceError::BadCertificate(format!("CA certificate: {e}")))?;
         if !self.ca.accepts(&ca) {
-            return Err(bad("the CA is not the one this device trusts".into()));
+            return Err(DeviceError::BadCertificate(
+                "the CA is not the one this device trusts".into(),
+            ));
         }
-        if !cert::verify_signed_by(&leaf, &ca).unwrap_or(false) {
-            return Err(bad("the certificate is not signed by the gateway CA".into()));
-        }
-        let key = cert::cert_ed25519_public(&leaf).ok().flatten();
-        if key != Some(self.keys.signing.verifying_key().to_bytes()) {
-            return Err(bad("the certificate is not for this device's key".into()));
-        }
-        if cert::device_id_from_cert(&leaf).ok().flatten().as_deref() != Some(&self.device_id) {
-            return Err(bad("the certificate names another device".into()));
-        }
+        check_issued(
+            &answer.mtls_client_certificate_pem,
+            &ca,
+            &self.device_id,
+            &self.keys.signing.verifying_key().to_bytes(),
+        )?;
         Ok(Progress::Issued(Issued {
             cert_pem: answer.mtls_client_certificate_pem.clone(),
             ca_pem: answer.gateway_ca_certificate_pem.clone(),
             expires_at_unix_ms: answer.cert_expires_at_unix_ms,
         }))
     }
+}
+
+/// Checks a certificate issued to this device: signed by `ca_der`, naming `device_id`, for
+/// the Ed25519 key `public_key` (the device's own).
+pub fn check_issued(
+    cert_pem: &str,
+    ca_der: &[u8],
+    device_id: &str,
+    public_key: &[u8; 32],
+) -> Result<(), DeviceError> {
+    use crate::identity::cert;
+    let bad = |m: &str| DeviceError::BadCertificate(m.to_owned());
+    let leaf = cert::cert_pem_to_der(cert_pem)
+        .map_err(|e| DeviceError::BadCertificate(format!("certificate: {e}")))?;
+    if !cert::verify_signed_by(&leaf, ca_der).unwrap_or(false) {
+        return Err(bad("the certificate is not signed by the gateway CA"));
+    }
+    if cert::cert_ed25519_public(&leaf).ok().flatten().as_ref() != Some(public_key) {
+        return Err(bad("the certificate is not for this device's key"));
+    }
+    if cert::device_id_from_cert(&leaf).ok().flatten().as_deref() != Some(device_id) {
+        return Err(bad("the certificate names another device"));
+    }
+    Ok(())
+}
+
+/// A rotation to `new_key` from the certificate `current_cert_der` of `device_id`: the
+/// RotateDeviceCertificate request, the new key proven by its signature over
+/// [`super::gateway::rotation_payload`].
+pub fn rotation_request(
+    device_id: &str,
+    current_cert_der: &[u8],
+    new_key: &SigningKey,
+    replay: Option<crate::pb::palyra::common::v1::ReplayProtection>,
+) -> Result<crate::pb::palyra::node::v1::RotateDeviceCertificateRequest, DeviceError> {
+    use ed25519_dalek::Signer;
+    let spki = crate::identity::cert::cert_spki_fingerprint(current_cert_der)
+        .map_err(|e| DeviceError::BadCertificate(format!("current certificate: {e}")))?;
+    let new_public = new_key.verifying_key().to_bytes();
+    let payload = super::gateway::rotation_payload(device_id, &spki, &new_public);
+    Ok(
+        crate::pb::palyra::node::v1::RotateDeviceCertificateRequest {
+            v: super::v1::VERSION,
+            device_id: Some(crate::pb::palyra::common::v1::CanonicalId {
+                ulid: device_id.to_owned(),
+            }),
+            replay,
+            new_signing_public: new_public.to_vec(),
+            new_key_signature: new_key.sign(&payload).to_bytes().to_vec(),
+        },
+    )
+}
+
+/// Checks the rotation answer: no private key, a certificate for `new_key` naming `device_id`
+/// under `ca_der`.
+pub fn check_rotated(
+    answer: &crate::pb::palyra::node::v1::RotateDeviceCertificateResponse,
+    ca_der: &[u8],
+    device_id: &str,
+    new_key: &SigningKey,
+) -> Result<(), DeviceError> {
+    if !answer.mtls_client_private_key_pem.is_empty() {
+        return Err(DeviceError::KeyFromGateway);
+    }
+    check_issued(
+        &answer.mtls_client_certificate_pem,
+        ca_der,
+        device_id,
+        &new_key.verifying_key().to_bytes(),
+    )
 }
 
 #[cfg(test)]

@@ -572,14 +572,7 @@ fn device_side_accepts_only_its_own_certificate_under_the_trusted_ca() {
         panic!("a QR pairing sends its token");
     };
     let begun = f.begin(&sent, Method::Qr).unwrap();
-    let offer = BeginPairingSessionResponse {
-        v: 1,
-        session_id: begun.offer.session_id.clone(),
-        client_kind: "node".into(),
-        gateway_ephemeral_public: begun.offer.gateway_ephemeral_public.to_vec(),
-        challenge: begun.offer.challenge.to_vec(),
-        expires_at_unix_ms: begun.expires_at_unix_ms,
-    };
+    let offer = crate::gateway::pairing::offer_response(1, &begun);
     for bad in [
         BeginPairingSessionResponse {
             v: 2,
@@ -597,17 +590,7 @@ fn device_side_accepts_only_its_own_certificate_under_the_trusted_ca() {
         assert!(device.complete_request(&bad).is_err(), "{bad:?}");
     }
     let c = device.complete_request(&offer).unwrap();
-    let hello = Hello {
-        version: c.v,
-        session_id: c.session_id.clone(),
-        device_id: c.device_id.clone().unwrap().ulid,
-        client_kind: c.client_kind.clone(),
-        proof: c.proof.clone(),
-        device_signing_public: c.device_signing_public.as_slice().try_into().unwrap(),
-        device_x25519_public: c.device_x25519_public.as_slice().try_into().unwrap(),
-        challenge_signature: c.challenge_signature.as_slice().try_into().unwrap(),
-        transcript_mac: c.transcript_mac.as_slice().try_into().unwrap(),
-    };
+    let hello = crate::gateway::pairing::hello_of(&c).unwrap();
     let id = f
         .machine
         .complete(&f.authority, T0 + 2, &hello)
@@ -640,6 +623,47 @@ fn device_side_accepts_only_its_own_certificate_under_the_trusted_ca() {
         .unwrap();
     let good = answer(f.machine.status(&f.authority, T0 + 5, &id, DEV).unwrap());
     assert!(matches!(device.on_status(&good), Ok(Progress::Issued(_))));
+
+    // Rotation from that certificate: the request the device builds is what the gateway
+    // verifies, and the answer is checked for the new key.
+    {
+        use crate::enroll::device::{check_rotated, rotation_request};
+        use crate::pb::palyra::node::v1::RotateDeviceCertificateResponse;
+        f.authority.set(DEV, Standing::Paired);
+        let ca_der = f.authority.ca.cert_der().to_vec();
+        let current = cert::cert_pem_to_der(&good.mtls_client_certificate_pem).unwrap();
+        let new_key = DeviceKeys::generate(&mut rng).signing;
+        let request = rotation_request(DEV, &current, &new_key, None).unwrap();
+        let spki = cert::cert_spki_fingerprint(&current).unwrap();
+        let signed = f
+            .machine
+            .rotate(
+                &f.authority,
+                T0 + 6,
+                DEV,
+                (&own, &spki),
+                Some((
+                    request.new_signing_public.as_slice().try_into().unwrap(),
+                    request.new_key_signature.as_slice().try_into().unwrap(),
+                )),
+            )
+            .unwrap();
+        let rotated = RotateDeviceCertificateResponse {
+            mtls_client_certificate_pem: signed.pem,
+            ..Default::default()
+        };
+        assert_eq!(check_rotated(&rotated, &ca_der, DEV, &new_key), Ok(()));
+        let old_key = DeviceKeys::generate(&mut rng).signing;
+        assert!(check_rotated(&rotated, &ca_der, DEV, &old_key).is_err());
+        let with_key = RotateDeviceCertificateResponse {
+            mtls_client_private_key_pem: "x".into(),
+            ..rotated
+        };
+        assert_eq!(
+            check_rotated(&with_key, &ca_der, DEV, &new_key),
+            Err(DeviceError::KeyFromGateway)
+        );
+    }
 
     let with_key = GetPairingRequestStatusResponse {
         mtls_client_private_key_pem: "-----BEGIN PRIVATE KEY-----".into(),
