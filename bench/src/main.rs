@@ -9,7 +9,7 @@
 use anyhow::bail;
 use clap::Parser;
 use palyra_bench::{bin_dir, median, require, start_palyrad, start_printing_addr, Server};
-use palyra_proto::store::{EventStore, FileEventLog, FileEventLogConfig, NewEvent};
+use palyra_gateway::store::{EventStore, FileEventLog, FileEventLogConfig, NewEvent};
 use quinn_peer::{client_config, read_frame, write_frame, ALPN};
 use std::net::SocketAddr;
 use std::path::Path;

@@ -3,10 +3,10 @@
 //! decoding: never panics, the hub stays consistent (seqs gap-free), output stays bounded.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use palyra_proto::console::stream::{ConsoleStream, Role};
-use palyra_proto::console::{decode_record, ConsoleHub};
-use palyra_proto::operator::WsApp;
-use palyra_proto::transport::Notifier;
+use palyra_gateway::console::stream::{ConsoleStream, Role};
+use palyra_gateway::console::{decode_record, ConsoleHub};
+use palyra_gateway::operator::WsApp;
+use palyra_gateway::notify::Notifier;
 use palyra_proto::ws::{WsConfig, WsConnection};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;

@@ -2,7 +2,7 @@
 //! torn tail and keeps a gap-free prefix, or reports corruption. Appends then continue.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use palyra_proto::store::{EventStore, FileEventLog, FileEventLogConfig, NewEvent};
+use palyra_gateway::store::{EventStore, FileEventLog, FileEventLogConfig, NewEvent};
 
 fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use palyra_proto::grpc::server::ServerConfig;
 use palyra_proto::grpc::service::{RouterFactory, ServerConnection};
-use palyra_proto::grpc::services::{gateway_router, DaemonInfo};
+use palyra_gateway::grpc::{gateway_router, DaemonInfo};
 use palyra_proto::h2::frame::PREFACE;
 use palyra_proto::transport::StreamMachine;
 use std::sync::{Arc, OnceLock};

@@ -3,8 +3,8 @@
 //! never panics, every call ends or keeps waiting within its bounds, the hub stays bounded.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use palyra_proto::gateway::hub::NodeHub;
-use palyra_proto::gateway::node_service::{node_router, WallClock};
+use palyra_gateway::node::hub::NodeHub;
+use palyra_gateway::node::service::{node_router, WallClock};
 use palyra_proto::grpc::client::GrpcClient;
 use palyra_proto::grpc::service::ServerConnection;
 use palyra_proto::identity::trust::{DeviceCertRecord, TrustIndex, TrustSnapshot};

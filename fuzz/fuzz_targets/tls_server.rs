@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 use palyra_proto::grpc::service::{Router, ServerConnection};
 use palyra_proto::identity::cert::ServerKeyKind;
 use palyra_proto::quic::tls::{self, ServerCertSlot};
-use palyra_proto::store::IdentityDir;
+use palyra_gateway::store::IdentityDir;
 use palyra_proto::transport::tls::{TlsStream, HANDSHAKE_TIMEOUT};
 use palyra_proto::transport::StreamMachine;
 use rand_chacha::ChaCha20Rng;

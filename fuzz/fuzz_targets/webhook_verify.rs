@@ -2,7 +2,7 @@
 //! never accepts a delivery whose signature was not made with the integration's secret.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use palyra_proto::operator::webhook::{sign, WebhookStore};
+use palyra_gateway::operator::webhook::{sign, WebhookStore};
 use std::sync::OnceLock;
 
 fn store() -> &'static (tempfile::TempDir, WebhookStore) {

@@ -1,14 +1,16 @@
 //! Whole conversations between the client and server machines over an in-memory network with a
 //! simulated clock: no sockets, no threads, deterministic.
 
+use palyra_proto::identity::cert::{self, CertAuthority, Profile, ServerKey, ServerKeyKind};
 use palyra_proto::identity::trust::TrustIndex;
+use palyra_proto::identity::trust::{DeviceCertRecord, RevokedDevice, TrustSnapshot};
 use palyra_proto::node::{ErrorCode, NodeRequest, PublishEvent, ResponseFrame, ResponseKind};
 use palyra_proto::quic::server::close_code;
 use palyra_proto::quic::tls::{self, ServerCertSlot};
 use palyra_proto::quic::{
     ClientEvent, ClientLimits, NodeClient, NodeServer, NodeServerConfig, RequestId, ServerLimits,
 };
-use palyra_proto::store::{DeviceBundle, IdentityDir, MemoryEventLog};
+use palyra_proto::store::MemoryEventLog;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use std::net::SocketAddr;
@@ -18,64 +20,97 @@ use std::time::{Duration, Instant, SystemTime};
 const DEV_A: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
 const DEV_B: &str = "01BX5ZZKBKACTAV9WEVGEMMVRZ";
 
+/// A device's certificate and key, as a node holds them.
+struct Device {
+    cert_der: Vec<u8>,
+    key_der: Vec<u8>,
+}
+
+/// A gateway CA, its server certificate and trust table, all in memory.
 struct Pki {
-    _dir: tempfile::TempDir,
-    ids: IdentityDir,
-    ca_der: Vec<u8>,
+    ca: CertAuthority,
     trust: Arc<TrustIndex>,
+    snapshot: TrustSnapshot,
     slot: Arc<ServerCertSlot>,
     rng: ChaCha20Rng,
 }
 
+/// The simulation's wall clock: certificates are issued then, valid for [`VALIDITY`] (rustls
+/// checks them against the real clock).
+fn wall() -> SystemTime {
+    palyra_proto::time::from_unix_ms(1_700_000_000_000)
+}
+
+const VALIDITY: Duration = Duration::from_secs(20 * 365 * 86_400);
+
 impl Pki {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ids = IdentityDir::open(dir.path()).unwrap();
         let mut rng = ChaCha20Rng::seed_from_u64(42);
-        let now = SystemTime::now();
-        let ca = ids.load_or_create_ca(&mut rng, now).unwrap();
-        let server = ids
-            .load_or_issue_server_cert(
+        let ca = CertAuthority::generate(&mut rng, wall(), VALIDITY, "Sim CA").unwrap();
+        let key = ServerKey::generate(ServerKeyKind::Ed25519, &mut rng);
+        let server = ca
+            .issue(
                 &mut rng,
-                now,
-                palyra_proto::identity::cert::ServerKeyKind::Ed25519,
-                &[],
-                Duration::from_secs(86_400),
-                Duration::from_secs(3600),
+                &Profile::Server { hosts: &[] },
+                key.spki().unwrap(),
+                wall(),
+                VALIDITY,
             )
             .unwrap();
-        let key = tls::certified_key(
-            vec![server.cert.der.clone()],
-            server.key.pkcs8_der().unwrap(),
-        )
-        .unwrap();
+        let key = tls::certified_key(vec![server.der], key.pkcs8_der().unwrap()).unwrap();
         Self {
-            ca_der: ca.cert_der().to_vec(),
+            ca,
             trust: Arc::new(TrustIndex::default()),
+            snapshot: TrustSnapshot::default(),
             slot: ServerCertSlot::new(key),
-            ids,
-            _dir: dir,
             rng,
         }
     }
 
-    fn device(&mut self, id: &str) -> DeviceBundle {
-        let bundle = self
-            .ids
-            .issue_device(
+    fn device(&mut self, id: &str) -> Device {
+        let key = cert::generate_key(&mut self.rng);
+        let issued = self
+            .ca
+            .issue(
                 &mut self.rng,
-                SystemTime::now(),
-                id,
-                Duration::from_secs(3600),
+                &Profile::Device { device_id: id },
+                cert::spki_of(&key).unwrap(),
+                wall(),
+                VALIDITY,
             )
             .unwrap();
-        self.trust.replace(&self.ids.load_trust().unwrap());
-        bundle
+        self.snapshot.devices.push(DeviceCertRecord {
+            device_id: id.into(),
+            spki_sha256: cert::hex_fingerprint(&issued.spki_sha256),
+            issued_at_unix_ms: 0,
+            expires_at_unix_ms: u64::MAX,
+            pending: false,
+            revoked_at_unix_ms: None,
+        });
+        self.trust.replace(&self.snapshot);
+        Device {
+            cert_der: issued.der,
+            key_der: cert::key_to_der(&key).unwrap(),
+        }
+    }
+
+    fn revoke(&mut self, id: &str) {
+        self.snapshot.revoked.push(RevokedDevice {
+            device_id: id.into(),
+            revoked_at_unix_ms: 1,
+            reason: "test".into(),
+        });
+        self.trust.replace(&self.snapshot);
     }
 
     fn server(&self, limits: ServerLimits) -> NodeServer {
-        let tls =
-            tls::server_config(&self.ca_der, self.slot.clone(), self.trust.clone(), true).unwrap();
+        let tls = tls::server_config(
+            self.ca.cert_der(),
+            self.slot.clone(),
+            self.trust.clone(),
+            true,
+        )
+        .unwrap();
         let mut server = NodeServer::new(
             NodeServerConfig {
                 tls: Arc::new(tls),
@@ -91,16 +126,9 @@ impl Pki {
         server
     }
 
-    fn client_tls(&self, bundle: Option<&DeviceBundle>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
-        let identity = bundle.map(|b| {
-            let cert = palyra_proto::identity::cert::cert_pem_to_der(&b.cert_pem).unwrap();
-            let key = palyra_proto::identity::cert::key_from_pem(&b.key_pem).unwrap();
-            (
-                vec![cert],
-                palyra_proto::identity::cert::key_to_der(&key).unwrap(),
-            )
-        });
-        Arc::new(tls::client_config(&self.ca_der, identity, alpn).unwrap())
+    fn client_tls(&self, device: Option<&Device>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+        let identity = device.map(|d| (vec![d.cert_der.clone()], d.key_der.clone()));
+        Arc::new(tls::client_config(self.ca.cert_der(), identity, alpn).unwrap())
     }
 }
 
@@ -423,10 +451,7 @@ fn revocation_closes_the_live_connection_and_blocks_the_next_handshake() {
     let mut sim = Sim::new(pki.server(ServerLimits::default()));
     let c = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
     assert_eq!(sim.request(c, &NodeRequest::Health).len(), 1);
-    pki.ids
-        .revoke_device(SystemTime::now(), DEV_A, "test")
-        .unwrap();
-    pki.trust.replace(&pki.ids.load_trust().unwrap());
+    pki.revoke(DEV_A);
     let revoked_at = sim.now;
     sim.server.handle_trust_change(sim.now);
     assert!(sim.run_until(Duration::from_secs(1), |s| s.lost_reason(c).is_some()));
@@ -537,8 +562,13 @@ fn stalled_handshakes_time_out_on_the_server_and_are_bounded() {
 fn optional_client_certificates_allow_anonymous_reads_but_not_publishing() {
     let mut pki = Pki::new();
     let a = pki.device(DEV_A);
-    let tls_config =
-        tls::server_config(&pki.ca_der, pki.slot.clone(), pki.trust.clone(), false).unwrap();
+    let tls_config = tls::server_config(
+        pki.ca.cert_der(),
+        pki.slot.clone(),
+        pki.trust.clone(),
+        false,
+    )
+    .unwrap();
     let mut server = NodeServer::new(
         NodeServerConfig {
             tls: Arc::new(tls_config),

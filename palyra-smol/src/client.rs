@@ -4,11 +4,12 @@
 use crate::udp::Udp;
 use async_io::Timer;
 use futures_lite::future;
-pub use palyra_proto::quic::Responses;
-use palyra_proto::quic::{
-    client_bind_addr, handshake_timed_out, ClientCommand, ClientError, ClientHandle, ClientLimits,
-    ClientTask, HANDSHAKE_TIMEOUT,
+pub use palyra_gateway::node_client::Responses;
+use palyra_gateway::node_client::{
+    client_bind_addr, handshake_timed_out, ClientCommand, ClientError, ClientHandle, ClientTask,
+    HANDSHAKE_TIMEOUT,
 };
+use palyra_proto::quic::ClientLimits;
 use rand_core::{OsRng, RngCore};
 use std::io;
 use std::net::SocketAddr;

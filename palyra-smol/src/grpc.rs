@@ -4,8 +4,10 @@
 use async_io::{Async, Timer};
 use event_listener::EventListener;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
-pub use palyra_proto::grpc::service::GrpcListener;
-use palyra_proto::transport::{Acceptor, Notifier, StreamMachine, WRITE_STALL};
+pub use palyra_gateway::grpc::GrpcListener;
+use palyra_gateway::notify::Notifier;
+use palyra_gateway::WRITE_STALL;
+use palyra_proto::transport::{Acceptor, StreamMachine};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;

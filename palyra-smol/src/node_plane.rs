@@ -3,8 +3,8 @@
 use crate::udp::Udp;
 use async_io::Timer;
 use futures_lite::future;
-use palyra_proto::gateway::{NodePlane, MAINTENANCE_INTERVAL};
-use palyra_proto::store::unix_ms;
+use palyra_gateway::node::{NodePlane, MAINTENANCE_INTERVAL};
+use palyra_gateway::store::unix_ms;
 use rand_core::OsRng;
 use std::io;
 use std::net::SocketAddr;

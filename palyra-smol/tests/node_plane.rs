@@ -1,7 +1,7 @@
 //! The shared node-plane suite on the smol driver.
 
 use futures_lite::future;
-use palyra_proto::gateway::NodePlane;
+use palyra_gateway::node::NodePlane;
 use palyra_proto::node::ResponseFrame;
 use palyra_proto::quic::ClientLimits;
 use palyra_smol::{NodeConnection, NodePlaneHandle, Responses};
@@ -62,7 +62,7 @@ impl Driver for Smol {
     fn start_grpc(
         routers: palyra_proto::grpc::service::RouterFactory,
         tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-        notifier: Option<std::sync::Arc<palyra_proto::transport::Notifier>>,
+        notifier: Option<std::sync::Arc<palyra_gateway::notify::Notifier>>,
     ) -> (Self::Grpc, SocketAddr) {
         let listener = palyra_smol::grpc::GrpcListener {
             tls,
@@ -77,7 +77,7 @@ impl Driver for Smol {
 
     fn start_listener(
         acceptor: std::sync::Arc<dyn palyra_proto::transport::Acceptor>,
-        notifier: Option<std::sync::Arc<palyra_proto::transport::Notifier>>,
+        notifier: Option<std::sync::Arc<palyra_gateway::notify::Notifier>>,
     ) -> (Self::Grpc, SocketAddr) {
         let handle = palyra_smol::grpc::GrpcHandle::serve(
             "127.0.0.1:0".parse().unwrap(),

@@ -9,9 +9,10 @@ pub mod node_service;
 pub mod operator;
 pub mod pairing;
 
-use palyra_proto::gateway::{open_node_plane, NodePlane, NodePlaneOptions};
+use palyra_gateway::grpc::{gateway_router, DaemonInfo};
+use palyra_gateway::node::{open_node_plane, NodePlane, NodePlaneOptions};
+use palyra_gateway::store::{DeviceBundle, IdentityDir};
 use palyra_proto::grpc::service::RouterFactory;
-use palyra_proto::grpc::services::{gateway_router, DaemonInfo};
 use palyra_proto::identity::cert::{key_to_der, CertAuthority};
 use palyra_proto::node::{ErrorCode, NodeRequest, PublishEvent, ResponseFrame, ResponseKind};
 use palyra_proto::pb::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
@@ -21,7 +22,6 @@ use palyra_proto::pb::grpc::reflection::v1::{
 };
 use palyra_proto::pb::palyra::gateway::v1::{HealthRequest, HealthResponse};
 use palyra_proto::quic::tls;
-use palyra_proto::store::{DeviceBundle, IdentityDir};
 use prost::Message;
 use rand_core::OsRng;
 use std::net::SocketAddr;
@@ -61,14 +61,14 @@ pub trait Driver {
     fn start_grpc(
         routers: RouterFactory,
         tls: Option<Arc<rustls::ServerConfig>>,
-        notifier: Option<Arc<palyra_proto::transport::Notifier>>,
+        notifier: Option<Arc<palyra_gateway::notify::Notifier>>,
     ) -> (Self::Grpc, SocketAddr);
     /// Graceful shutdown of the gRPC listener.
     fn stop_grpc(server: Self::Grpc);
     /// Serves on `127.0.0.1:0` whatever machine `acceptor` builds per connection (HTTP/1.1 ...).
     fn start_listener(
         acceptor: Arc<dyn palyra_proto::transport::Acceptor>,
-        notifier: Option<Arc<palyra_proto::transport::Notifier>>,
+        notifier: Option<Arc<palyra_gateway::notify::Notifier>>,
     ) -> (Self::Grpc, SocketAddr);
 }
 

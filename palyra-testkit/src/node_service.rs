@@ -4,8 +4,9 @@
 
 use crate::grpc::{Client, Reply};
 use crate::{call, client_tls, device_tls, Driver, Gateway, DEV_A, DEV_B};
-use palyra_proto::gateway::node_service::{node_router, WallClock};
-use palyra_proto::gateway::NodePlaneOptions;
+use palyra_gateway::node::service::{node_router, WallClock};
+use palyra_gateway::node::NodePlaneOptions;
+use palyra_gateway::store::{unix_ms, DeviceBundle};
 use palyra_proto::grpc::{Code, Status};
 use palyra_proto::node::NodeRequest;
 use palyra_proto::pb::grpc::reflection::v1::{
@@ -18,7 +19,6 @@ use palyra_proto::pb::palyra::node::v1::{
     NodeEventResponse, RegisterNodeRequest, RegisterNodeResponse,
 };
 use palyra_proto::quic::tls::ALPN_H2;
-use palyra_proto::store::{unix_ms, DeviceBundle};
 use prost::Message;
 use std::net::SocketAddr;
 use std::sync::Arc;

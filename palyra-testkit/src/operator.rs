@@ -2,7 +2,7 @@
 //! pipelining, and the limit answers (431, 413, 400, 501, 408) with the JSON envelope.
 
 use crate::Driver;
-use palyra_proto::operator::{Operator, OperatorAcceptor};
+use palyra_gateway::operator::{Operator, OperatorAcceptor};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -160,9 +160,9 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSoc
 /// repeated failures, status and node inventory, an event published over HTTP stored in the
 /// node-plane log (read back over QUIC), 413 for a body just over 64 KiB, 400 for bad JSON.
 pub fn operator_admin_api<D: Driver>() {
-    use palyra_proto::gateway::NodePlaneOptions;
+    use palyra_gateway::node::NodePlaneOptions;
+    use palyra_gateway::operator::{auth::AdminAuth, Admin};
     use palyra_proto::node::NodeRequest;
-    use palyra_proto::operator::{auth::AdminAuth, Admin};
     let gw = crate::Gateway::new();
     let a = gw.issue(crate::DEV_A);
     let plane = gw.plane(&NodePlaneOptions::default());
@@ -170,8 +170,8 @@ pub fn operator_admin_api<D: Driver>() {
     hub.register(crate::DEV_A, "linux-x86_64", Vec::new(), u64::MAX / 2)
         .expect("register");
     let (quic, quic_addr) = D::start(plane);
-    let clock: palyra_proto::gateway::node_service::WallClock =
-        Arc::new(|| palyra_proto::store::unix_ms(std::time::SystemTime::now()));
+    let clock: palyra_gateway::node::service::WallClock =
+        Arc::new(|| palyra_gateway::store::unix_ms(std::time::SystemTime::now()));
     let operator = Operator::daemon(
         "suite",
         Instant::now(),
@@ -272,8 +272,8 @@ pub fn operator_admin_api<D: Driver>() {
         serde_json::from_str(out.split("\r\n\r\n").nth(1).expect("body")).expect("json");
     let secret = hex::decode(answer["secret"].as_str().expect("secret")).expect("hex");
     let deliver = |body: &[u8], nonce: &str, secret: &[u8]| {
-        let ts = (palyra_proto::store::unix_ms(std::time::SystemTime::now()) / 1000).to_string();
-        let sig = palyra_proto::operator::webhook::sign(secret, &ts, nonce, body);
+        let ts = (palyra_gateway::store::unix_ms(std::time::SystemTime::now()) / 1000).to_string();
+        let sig = palyra_gateway::operator::webhook::sign(secret, &ts, nonce, body);
         let head = format!("POST /webhooks/v1/ci HTTP/1.1\r\nHost: x\r\nX-Palyra-Signature: {sig}\r\nX-Palyra-Timestamp: {ts}\r\nX-Palyra-Nonce: {nonce}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
         exchange(addr, &[head.as_bytes(), body].concat(), 1)
     };
@@ -312,7 +312,7 @@ pub fn operator_admin_api<D: Driver>() {
     assert_eq!(event.payload["build"], "green");
     D::close(conn);
     // Ten failures from this address, then 429 even with the right token.
-    for _ in 0..palyra_proto::operator::auth::MAX_FAILURES {
+    for _ in 0..palyra_gateway::operator::auth::MAX_FAILURES {
         get("/admin/v1/status", "guess");
     }
     let out = get("/admin/v1/status", "suite-token");
@@ -328,13 +328,13 @@ pub fn operator_admin_api<D: Driver>() {
 /// `suite-token`.
 fn suite_admin(
     gw: &crate::Gateway,
-    hub: &Arc<palyra_proto::gateway::hub::NodeHub>,
-) -> palyra_proto::operator::Admin {
-    let clock: palyra_proto::gateway::node_service::WallClock =
-        Arc::new(|| palyra_proto::store::unix_ms(std::time::SystemTime::now()));
-    palyra_proto::operator::Admin::open(
+    hub: &Arc<palyra_gateway::node::hub::NodeHub>,
+) -> palyra_gateway::operator::Admin {
+    let clock: palyra_gateway::node::service::WallClock =
+        Arc::new(|| palyra_gateway::store::unix_ms(std::time::SystemTime::now()));
+    palyra_gateway::operator::Admin::open(
         gw.path(),
-        palyra_proto::operator::auth::AdminAuth::from_token("suite-token"),
+        palyra_gateway::operator::auth::AdminAuth::from_token("suite-token"),
         Arc::clone(hub),
         clock,
         Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, buf)),
@@ -420,7 +420,7 @@ impl<S: Read + Write> StreamClient<S> {
 pub fn operator_console_stream<D: Driver>() {
     use serde_json::json;
     let gw = crate::Gateway::new();
-    let plane = gw.plane(&palyra_proto::gateway::NodePlaneOptions::default());
+    let plane = gw.plane(&palyra_gateway::node::NodePlaneOptions::default());
     let hub = Arc::clone(&plane.hub);
     let admin = suite_admin(&gw, &hub);
     let (server, addr) = D::start_listener(
@@ -514,7 +514,7 @@ pub fn operator_console_stream<D: Driver>() {
 pub fn operator_over_tls<D: Driver>() {
     use palyra_proto::quic::tls::{client_config, tcp_server_config, ALPN_HTTP1};
     let gw = crate::Gateway::new();
-    let plane = gw.plane(&palyra_proto::gateway::NodePlaneOptions::default());
+    let plane = gw.plane(&palyra_gateway::node::NodePlaneOptions::default());
     let tls = tcp_server_config(plane.identity.tcp_cert_slot(), ALPN_HTTP1).expect("server TLS");
     let client =
         Arc::new(client_config(plane.identity.ca_der(), None, ALPN_HTTP1).expect("client TLS"));

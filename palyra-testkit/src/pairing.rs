@@ -4,13 +4,14 @@
 
 use crate::grpc::Client;
 use crate::{client_tls, Driver, Gateway, DEV_A};
+use palyra_gateway::enroll::EnrollmentStore;
+use palyra_gateway::node::service::{node_router, WallClock};
+use palyra_gateway::node::NodePlaneOptions;
+use palyra_gateway::store::unix_ms;
 use palyra_proto::enroll::device::DeviceKeys;
 use palyra_proto::enroll::gateway::GatewayConfig;
 use palyra_proto::enroll::v1::{build_hello, Offer};
 use palyra_proto::enroll::Method;
-use palyra_proto::gateway::node_service::{node_router, WallClock};
-use palyra_proto::gateway::pairing::EnrollmentStore;
-use palyra_proto::gateway::NodePlaneOptions;
 use palyra_proto::grpc::{Code, Status};
 use palyra_proto::identity::cert;
 use palyra_proto::node::NodeRequest;
@@ -21,7 +22,6 @@ use palyra_proto::pb::palyra::node::v1::{
     GetPairingRequestStatusResponse, PairingMethod, RegisterNodeRequest, RegisterNodeResponse,
 };
 use palyra_proto::quic::tls::{client_config, ALPN, ALPN_H2};
-use palyra_proto::store::unix_ms;
 use prost::Message;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -70,7 +70,7 @@ impl<D: Driver> Rig<D> {
         let tls = Arc::clone(&plane.tcp_tls);
         let ca_der = plane.identity.ca_der().to_vec();
         let (quic, quic_addr) = D::start(plane);
-        let random: palyra_proto::operator::RandomFill =
+        let random: palyra_gateway::operator::RandomFill =
             Arc::new(|b: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, b));
         let store = Arc::new(
             EnrollmentStore::open(gw.path(), config, random)

@@ -2,11 +2,11 @@
 //! ([`ClientTask`]); callers use the [`ClientHandle`] through [`NodeConnection`].
 
 use crate::udp::Udp;
-pub use palyra_proto::quic::Responses;
-use palyra_proto::quic::{
-    client_bind_addr, handshake_timed_out, ClientError, ClientHandle, ClientLimits, ClientTask,
-    HANDSHAKE_TIMEOUT,
+pub use palyra_gateway::node_client::Responses;
+use palyra_gateway::node_client::{
+    client_bind_addr, handshake_timed_out, ClientError, ClientHandle, ClientTask, HANDSHAKE_TIMEOUT,
 };
+use palyra_proto::quic::ClientLimits;
 use rand_core::{OsRng, RngCore};
 use std::net::SocketAddr;
 use std::ops::Deref;

@@ -1,9 +1,9 @@
 //! `palyrad` configuration: built-in defaults, then a TOML file, then `PALYRA_*` environment
 //! variables, then command-line flags (flags win).
 
-use palyra_proto::gateway::NodePlaneOptions;
+use palyra_gateway::node::NodePlaneOptions;
+use palyra_gateway::store::FileEventLogConfig;
 use palyra_proto::quic::ServerLimits;
-use palyra_proto::store::FileEventLogConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -2,12 +2,14 @@
 //! [`StreamMachine`]; and the client channel the CLI uses.
 
 use event_listener::EventListener;
+pub use palyra_gateway::grpc::GrpcListener;
+use palyra_gateway::notify::Notifier;
+use palyra_gateway::WRITE_STALL;
 use palyra_proto::grpc::client::{ClientMachine, Event as ClientEvent, GrpcClient};
-pub use palyra_proto::grpc::service::GrpcListener;
 use palyra_proto::grpc::{Code, Status};
 use palyra_proto::h2::hpack::Field;
 use palyra_proto::transport::tls::TlsStream;
-use palyra_proto::transport::{Acceptor, Notifier, StreamMachine, WRITE_STALL};
+use palyra_proto::transport::{Acceptor, StreamMachine};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;

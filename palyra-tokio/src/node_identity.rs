@@ -5,6 +5,8 @@
 //! [`palyra_proto::enroll::device::DevicePairing`] and [`rotation_payload`].
 
 use anyhow::Context;
+use palyra_gateway::operator::pairing::ROTATE_EVENT;
+use palyra_gateway::store::{unix_ms, GatewayRecord, NodeIdentityDir, PendingPairing};
 use palyra_proto::enroll::device::{
     check_rotated, rotation_request, CaTrust, DeviceKeys, DevicePairing, Invite, Progress,
 };
@@ -12,14 +14,12 @@ use palyra_proto::enroll::Method;
 use palyra_proto::grpc::Code;
 use palyra_proto::identity::cert;
 use palyra_proto::node::{NodeRequest, ResponseKind};
-use palyra_proto::operator::pairing::ROTATE_EVENT;
 use palyra_proto::pb::palyra::common::v1::ReplayProtection;
 use palyra_proto::pb::palyra::node::v1::{
     BeginPairingSessionResponse, CompletePairingSessionResponse, GetPairingRequestStatusResponse,
     RotateDeviceCertificateResponse,
 };
 use palyra_proto::quic::{tls, ClientLimits};
-use palyra_proto::store::{unix_ms, GatewayRecord, NodeIdentityDir, PendingPairing};
 use prost::Message;
 use rand_core::{OsRng, RngCore};
 use serde_json::{json, Value};

@@ -1,8 +1,8 @@
 //! Serves the node plane: one task owns the UDP socket and the [`NodeServer`] machine.
 
 use crate::udp::Udp;
-use palyra_proto::gateway::{NodePlane, MAINTENANCE_INTERVAL};
-use palyra_proto::store::unix_ms;
+use palyra_gateway::node::{NodePlane, MAINTENANCE_INTERVAL};
+use palyra_gateway::store::unix_ms;
 use rand_core::OsRng;
 use std::io;
 use std::net::SocketAddr;

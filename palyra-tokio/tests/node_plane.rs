@@ -1,6 +1,6 @@
 //! The shared node-plane suite on the tokio driver.
 
-use palyra_proto::gateway::NodePlane;
+use palyra_gateway::node::NodePlane;
 use palyra_proto::node::ResponseFrame;
 use palyra_proto::quic::ClientLimits;
 use palyra_testkit::{node_plane_suite, Driver};
@@ -78,7 +78,7 @@ impl Driver for Tokio {
     fn start_grpc(
         routers: palyra_proto::grpc::service::RouterFactory,
         tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-        notifier: Option<std::sync::Arc<palyra_proto::transport::Notifier>>,
+        notifier: Option<std::sync::Arc<palyra_gateway::notify::Notifier>>,
     ) -> (Self::Grpc, SocketAddr) {
         let listener = palyra_tokio::grpc::GrpcListener {
             tls,
@@ -97,7 +97,7 @@ impl Driver for Tokio {
 
     fn start_listener(
         acceptor: std::sync::Arc<dyn palyra_proto::transport::Acceptor>,
-        notifier: Option<std::sync::Arc<palyra_proto::transport::Notifier>>,
+        notifier: Option<std::sync::Arc<palyra_gateway::notify::Notifier>>,
     ) -> (Self::Grpc, SocketAddr) {
         let handle = runtime()
             .block_on(palyra_tokio::grpc::GrpcHandle::serve(

@@ -1,7 +1,7 @@
 //! The CLI's operator-plane client (`palyra ... --daemon URL`) against a real operator listener,
 //! cleartext and TLS: admin calls, the daemon's error envelope, and CA verification.
 
-use palyra_proto::operator::{auth::AdminAuth, Admin, Operator, OperatorAcceptor};
+use palyra_gateway::operator::{auth::AdminAuth, Admin, Operator, OperatorAcceptor};
 use palyra_proto::quic::tls::{tcp_server_config, ALPN_HTTP1};
 use palyra_tokio::grpc::GrpcHandle;
 use palyra_tokio::operator_client::{ApiError, Daemon};
@@ -13,8 +13,8 @@ use std::time::Instant;
 fn serve(rt: &tokio::runtime::Runtime, tls: bool) -> (GrpcHandle, String, palyra_testkit::Gateway) {
     let gw = palyra_testkit::Gateway::new();
     let plane = gw.plane(&Default::default());
-    let clock: palyra_proto::gateway::node_service::WallClock =
-        Arc::new(|| palyra_proto::store::unix_ms(std::time::SystemTime::now()));
+    let clock: palyra_gateway::node::service::WallClock =
+        Arc::new(|| palyra_gateway::store::unix_ms(std::time::SystemTime::now()));
     let admin = Admin::open(
         gw.path(),
         AdminAuth::from_token("client-token"),

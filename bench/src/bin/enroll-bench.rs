@@ -18,17 +18,17 @@
 use anyhow::Context;
 use clap::Parser;
 use palyra_bench::{bin_dir, median, require, start_palyrad, start_printing_addr, Server};
+use palyra_gateway::enroll::{self, EnrollmentStore};
+use palyra_gateway::store::{unix_ms, IdentityDir, CA_VALIDITY};
 use palyra_proto::enroll::device::{CaTrust, DeviceKeys, DevicePairing, Progress};
 use palyra_proto::enroll::gateway::{
     Authority, Begin, EnrollState, Enrollment, GatewayConfig, SignedCert, Standing,
 };
 use palyra_proto::enroll::Method;
-use palyra_proto::gateway::pairing::{self, EnrollmentStore};
 use palyra_proto::identity::cert::{self, CertAuthority, Profile};
 use palyra_proto::pb::palyra::node::v1::{
     BeginPairingSessionResponse, GetPairingRequestStatusResponse,
 };
-use palyra_proto::store::{unix_ms, IdentityDir, CA_VALIDITY};
 use palyra_proto::transport::PeerIdentity;
 use prost::Message;
 use rand_core::{OsRng, RngCore};
@@ -66,7 +66,7 @@ fn durable_rounds(dir: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
     let ca = IdentityDir::open(dir.join("identity"))?
         .load_or_create_ca(&mut OsRng, SystemTime::now())?;
     let pin = cert::cert_spki_fingerprint(ca.cert_der())?;
-    let random: palyra_proto::operator::RandomFill = Arc::new(|b: &mut [u8]| OsRng.fill_bytes(b));
+    let random: palyra_gateway::operator::RandomFill = Arc::new(|b: &mut [u8]| OsRng.fill_bytes(b));
     let store = EnrollmentStore::open(dir, GatewayConfig::default(), random)?;
     let peer = PeerIdentity::default();
     let mut times = Vec::with_capacity(rounds);
@@ -84,7 +84,7 @@ fn durable_rounds(dir: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
             CaTrust::Pinned(pin),
         )
         .map_err(anyhow::Error::msg)?;
-        let offer = pairing::begin(
+        let offer = enroll::begin(
             &store,
             &peer,
             now,
@@ -93,11 +93,11 @@ fn durable_rounds(dir: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
         .map_err(|s| anyhow::anyhow!("Begin: {s}"))?;
         let offer = BeginPairingSessionResponse::decode(offer.as_slice())?;
         let complete = device.complete_request(&offer)?.encode_to_vec();
-        pairing::complete(&store, now, &complete).map_err(|s| anyhow::anyhow!("Complete: {s}"))?;
+        enroll::complete(&store, now, &complete).map_err(|s| anyhow::anyhow!("Complete: {s}"))?;
         store
             .with(|m, a, _| m.approve(a, now, &offer.session_id, false, None))
             .map_err(|e| anyhow::anyhow!("approve: {e}"))?;
-        let status = pairing::status(&store, now, &device.status_request().encode_to_vec())
+        let status = enroll::status(&store, now, &device.status_request().encode_to_vec())
             .map_err(|s| anyhow::anyhow!("status: {s}"))?;
         let status = GetPairingRequestStatusResponse::decode(status.as_slice())?;
         match device.on_status(&status)? {
@@ -172,9 +172,9 @@ fn memory_rounds(rounds: usize) -> anyhow::Result<Vec<f64>> {
             replay: None,
         };
         let begun = machine.begin(now, None, &begin, &mut random)?;
-        let offer = pairing::offer_response(1, &begun);
+        let offer = palyra_proto::enroll::wire::offer_response(1, &begun);
         let c = device.complete_request(&offer)?;
-        let hello = pairing::hello_of(&c).map_err(|s| anyhow::anyhow!("{s}"))?;
+        let hello = palyra_proto::enroll::wire::hello_of(&c).map_err(|s| anyhow::anyhow!("{s}"))?;
         machine.complete(&authority, now, &hello)?;
         machine.approve(&authority, now, &c.session_id, false, None)?;
         let status = machine.status(&authority, now, &c.session_id, device.device_id())?;

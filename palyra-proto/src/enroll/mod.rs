@@ -7,12 +7,14 @@
 //!   key, rotation.
 //! - [`device`]: the device side: keys, invites, the Begin → Complete → status exchange.
 //! - [`replay`]: `ReplayProtection` (nonce single use, timestamp ±5 min).
+//! - [`wire`]: conversions between the pairing messages and the machine's types.
 
 pub mod codes;
 pub mod device;
 pub mod gateway;
 pub mod replay;
 pub mod v1;
+pub mod wire;
 
 use serde::{Deserialize, Serialize};
 

@@ -420,20 +420,18 @@ impl ClientMachine for crate::transport::tls::TlsStream<GrpcClient> {
 mod tests {
     use super::*;
     use crate::grpc::server::ServerConfig;
+    use crate::grpc::service::Router;
     use crate::grpc::service::ServerConnection;
-    use crate::grpc::services::{gateway_router, DaemonInfo};
-    use crate::pb::palyra::gateway::v1::{HealthRequest, HealthResponse};
+    use crate::grpc::services::HealthService;
+    use crate::pb::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
     use prost::Message;
-    use std::sync::Arc;
+
+    const CHECK: &str = "/grpc.health.v1.Health/Check";
 
     fn pair(now: Instant) -> (GrpcClient, ServerConnection) {
-        let info = Arc::new(DaemonInfo {
-            version: "v".into(),
-            git_hash: "g".into(),
-            build_profile: "debug".into(),
-            started: now,
-        });
-        let router = (gateway_router(info).unwrap())();
+        let router = Router::new(vec![Box::new(HealthService::new(&[
+            "grpc.health.v1.Health",
+        ]))]);
         (
             GrpcClient::new("localhost", None, now),
             ServerConnection::new(ServerConfig::default(), router, now),
@@ -462,15 +460,10 @@ mod tests {
         let now = Instant::now();
         let (mut client, mut server) = pair(now);
         let call = client
-            .start_call(
-                now,
-                "/palyra.gateway.v1.GatewayService/GetHealth",
-                &[],
-                Some(Duration::from_secs(5)),
-            )
+            .start_call(now, CHECK, &[], Some(Duration::from_secs(5)))
             .unwrap();
         client
-            .send_message(call, &HealthRequest { v: 1 }.encode_to_vec())
+            .send_message(call, &HealthCheckRequest::default().encode_to_vec())
             .unwrap();
         client.close_send(call).unwrap();
         pump(now, &mut client, &mut server);
@@ -480,8 +473,11 @@ mod tests {
             panic!("{events:?}")
         };
         assert_eq!(
-            HealthResponse::decode(message.as_ref()).unwrap().service,
-            "palyrad"
+            HealthCheckResponse::decode(message.as_ref())
+                .unwrap()
+                .status,
+            1,
+            "SERVING"
         );
         assert!(matches!(&events[2], Event::Finished { status, .. } if status.code == Code::Ok));
     }
@@ -499,12 +495,7 @@ mod tests {
         );
         // A call nobody answers in time: the client gives up on its own.
         let call = client
-            .start_call(
-                now,
-                "/palyra.gateway.v1.GatewayService/GetHealth",
-                &[],
-                Some(Duration::from_millis(200)),
-            )
+            .start_call(now, CHECK, &[], Some(Duration::from_millis(200)))
             .unwrap();
         pump(now, &mut client, &mut server);
         assert_eq!(

@@ -2,15 +2,10 @@
 
 pub mod client;
 pub mod server;
-pub mod session;
 pub mod tls;
 
 pub use client::{ClientEvent, ClientLimits, NodeClient, RequestId, RequestSinks, ResponseItem};
 pub use server::{NodeServer, NodeServerConfig, ServerEvent, ServerLimits, Transmit};
-pub use session::{
-    client_bind_addr, handshake_timed_out, ClientCommand, ClientError, ClientHandle, ClientTask,
-    ReadySignal, Responses, HANDSHAKE_TIMEOUT,
-};
 pub use tls::ALPN;
 
 /// Most datagrams batched into one segmentation-offload (GSO) send. Larger bursts overflow a

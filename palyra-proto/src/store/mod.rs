@@ -1,19 +1,9 @@
-//! Durable state behind small traits, with file-backed defaults that use `std::fs` only.
+//! The node-plane event log as the QUIC machine sees it: events to append, events read back,
+//! and the log's bounds. Durable implementations live in `palyra-gateway`.
 
-mod atomic;
-mod event_log;
-mod identity_dir;
 mod memory;
-mod node_identity;
 
-pub use atomic::{fsync_dir, read_optional, write_atomic};
-pub use event_log::{FileEventLog, FileEventLogConfig, Recovery};
-pub use identity_dir::{
-    unix_ms, DeviceBundle, DeviceIdentityFiles, IdentityDir, IdentityError, ServerIdentity,
-    CA_VALIDITY,
-};
 pub use memory::MemoryEventLog;
-pub use node_identity::{GatewayRecord, NodeIdentityDir, PendingPairing};
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -43,7 +33,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
         let context = context.into();
         move |source| StoreError::Io { context, source }
     }

@@ -1,25 +1,24 @@
 //! What drivers run over a TCP connection: any [`StreamMachine`] (the gRPC server or client
-//! connection, optionally wrapped in [`tls`]), and the [`Notifier`] that wakes connection tasks
-//! when shared state (node registry, capability queue, event log) changes.
+//! connection, optionally wrapped in [`tls`]), the [`Acceptor`] that builds one per accepted
+//! connection, and the TLS facts about the peer ([`PeerIdentity`]).
 
 pub mod tls;
 
 use bytes::Bytes;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// A sans-IO machine speaking over a reliable byte stream.
 ///
 /// The driver loop is always the same: write what [`StreamMachine::poll_transmit`] yields; close
 /// the socket once [`StreamMachine::is_closed`]; otherwise wait for bytes, the timer of
-/// [`StreamMachine::poll_timeout`] or a [`Notifier`] wake-up, and feed what happened.
+/// [`StreamMachine::poll_timeout`] or a wake-up from shared state, and feed what happened.
 pub trait StreamMachine: Send {
     /// Bytes read from the transport.
     fn handle_input(&mut self, now: Instant, bytes: &[u8]);
     /// The timer from [`StreamMachine::poll_timeout`] expired.
     fn handle_timeout(&mut self, now: Instant);
-    /// Shared state changed (a [`Notifier`] fired): application handlers may have output.
+    /// Shared state changed (the application woke the connection): handlers may have output.
     fn handle_wake(&mut self, now: Instant);
     /// The next instant at which [`StreamMachine::handle_timeout`] must be called.
     fn poll_timeout(&self) -> Option<Instant>;
@@ -103,50 +102,5 @@ impl PeerIdentity {
             spki_sha256,
             remote: None,
         }
-    }
-}
-
-/// A driver drops a peer that accepts none of a write for this long (it stopped reading).
-pub const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Wakes connection tasks when shared state changes. Runtime-neutral (event-listener), so the
-/// tokio and smol drivers wait on it the same way.
-///
-/// Race-free use: take a listener, compare [`Notifier::version`] with the last one handled and
-/// handle a change, then await the listener.
-#[derive(Debug, Default)]
-pub struct Notifier {
-    event: event_listener::Event,
-    version: AtomicU64,
-}
-
-impl Notifier {
-    /// A notifier nobody listens to yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Bumps the version and wakes every listener.
-    pub fn notify(&self) {
-        self.version.fetch_add(1, Ordering::AcqRel);
-        self.event.notify(usize::MAX);
-    }
-
-    /// A counter bumped by every [`Notifier::notify`].
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
-    }
-
-    /// A future completing at the next [`Notifier::notify`].
-    pub fn listen(&self) -> event_listener::EventListener {
-        self.event.listen()
-    }
-
-    /// Whether a notification came since `seen` (which is then brought up to date).
-    pub fn changed_since(&self, seen: &mut u64) -> bool {
-        let version = self.version();
-        let changed = version != *seen;
-        *seen = version;
-        changed
     }
 }

@@ -4,8 +4,8 @@
 //! Usage: `palyrad-smol --state-dir DIR [--node-addr 127.0.0.1:7444]`; writes `DIR/endpoints.json`
 //! and serves until SIGINT/SIGTERM (or stdin closes when `--exit-on-stdin-eof` is given).
 
-use palyra_proto::gateway::daemon::{Daemon, DaemonSettings, Endpoints};
-use palyra_proto::gateway::NodePlaneOptions;
+use palyra_gateway::daemon::{Daemon, DaemonSettings, Endpoints};
+use palyra_gateway::node::NodePlaneOptions;
 use palyra_smol::grpc::GrpcHandle;
 use palyra_smol::NodePlaneHandle;
 use rand_core::OsRng;
@@ -66,7 +66,7 @@ fn run() -> Result<(), String> {
         }
     }
     let state_dir = state_dir.ok_or(USAGE)?;
-    let random: palyra_proto::operator::RandomFill =
+    let random: palyra_gateway::operator::RandomFill =
         std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
     let settings = DaemonSettings {
         state_dir,

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use palyra_gateway::store::{DeviceIdentityFiles, NodeIdentityDir};
 use palyra_proto::grpc::Code;
 use palyra_proto::node::{NodeRequest, PublishEvent, ResponseFrame, ResponseKind};
 use palyra_proto::pb::palyra::common::v1::CanonicalId;
@@ -10,7 +11,6 @@ use palyra_proto::pb::palyra::node::v1::{
     RegisterNodeResponse,
 };
 use palyra_proto::quic::{tls, ClientLimits};
-use palyra_proto::store::{DeviceIdentityFiles, NodeIdentityDir};
 use palyra_tokio::node_identity::resolve_gateway;
 use palyra_tokio::NodeConnection;
 use prost::Message;
@@ -873,7 +873,7 @@ fn path_segment(id: &str) -> anyhow::Result<&str> {
 }
 
 fn ttl_left(expires_at_unix_ms: u64) -> u64 {
-    let now = palyra_proto::store::unix_ms(std::time::SystemTime::now());
+    let now = palyra_gateway::store::unix_ms(std::time::SystemTime::now());
     expires_at_unix_ms.saturating_sub(now) / 1000
 }
 

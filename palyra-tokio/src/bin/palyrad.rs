@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use palyra_gateway::store::{DeviceIdentityFiles, IdentityDir};
 use palyra_proto::identity::is_canonical_device_id;
-use palyra_proto::store::{DeviceIdentityFiles, IdentityDir};
 use palyra_tokio::config::{default_state_dir, Config, LogFormat, Overrides};
 use palyra_tokio::grpc::{GrpcHandle, GrpcListener};
 use palyra_tokio::NodePlaneHandle;
@@ -104,7 +104,7 @@ fn run_cert(command: CertCommand) -> anyhow::Result<()> {
                 serde_json::json!({
                     "device_id": device_id,
                     "spki_sha256": palyra_proto::identity::cert::hex_fingerprint(&bundle.issued.spki_sha256),
-                    "expires_at_unix_ms": palyra_proto::store::unix_ms(bundle.issued.not_after),
+                    "expires_at_unix_ms": palyra_gateway::store::unix_ms(bundle.issued.not_after),
                     "identity_dir": out,
                 })
             );
@@ -152,8 +152,8 @@ fn run_daemon(overrides: &Overrides) -> anyhow::Result<()> {
 }
 
 async fn daemon(config: Config) -> anyhow::Result<()> {
-    use palyra_proto::gateway::daemon::{Daemon, DaemonSettings, Endpoints};
-    let random: palyra_proto::operator::RandomFill =
+    use palyra_gateway::daemon::{Daemon, DaemonSettings, Endpoints};
+    let random: palyra_gateway::operator::RandomFill =
         std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
     let settings = DaemonSettings {
         state_dir: config.state_dir.clone(),

@@ -3,7 +3,7 @@
 //! 64 KiB. Prints the bound address on stdout and serves until stdin closes.
 
 use clap::Parser;
-use palyra_proto::operator::{Operator, OperatorAcceptor};
+use palyra_gateway::operator::{Operator, OperatorAcceptor};
 use palyra_proto::ws::WsConfig;
 use std::io::Read;
 use std::net::SocketAddr;

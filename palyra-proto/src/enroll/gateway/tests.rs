@@ -73,7 +73,7 @@ impl Authority for TestAuthority {
         Ok(SignedCert {
             pem: issued.pem,
             ca_pem: self.ca.cert_pem().map_err(|e| e.to_string())?,
-            expires_at_unix_ms: crate::store::unix_ms(issued.not_after),
+            expires_at_unix_ms: crate::time::unix_ms(issued.not_after),
         })
     }
 }
@@ -572,7 +572,7 @@ fn device_side_accepts_only_its_own_certificate_under_the_trusted_ca() {
         panic!("a QR pairing sends its token");
     };
     let begun = f.begin(&sent, Method::Qr).unwrap();
-    let offer = crate::gateway::pairing::offer_response(1, &begun);
+    let offer = crate::enroll::wire::offer_response(1, &begun);
     for bad in [
         BeginPairingSessionResponse {
             v: 2,
@@ -590,7 +590,7 @@ fn device_side_accepts_only_its_own_certificate_under_the_trusted_ca() {
         assert!(device.complete_request(&bad).is_err(), "{bad:?}");
     }
     let c = device.complete_request(&offer).unwrap();
-    let hello = crate::gateway::pairing::hello_of(&c).unwrap();
+    let hello = crate::enroll::wire::hello_of(&c).unwrap();
     let id = f
         .machine
         .complete(&f.authority, T0 + 2, &hello)

@@ -1,5 +1,5 @@
-//! The services every palyrad gRPC listener serves: `palyra.gateway.v1.GatewayService/GetHealth`,
-//! `grpc.health.v1.Health` and `grpc.reflection.v1.ServerReflection`.
+//! The standard services of a gRPC listener: `grpc.health.v1.Health` and
+//! `grpc.reflection.v1.ServerReflection` (v1 and v1alpha).
 
 use super::codec::{Code, Status};
 use super::service::{decode, CallHandler, CallInfo, Reply, Service, Unary};
@@ -11,67 +11,10 @@ use crate::pb::grpc::reflection::v1::{
     ErrorResponse, FileDescriptorResponse, ListServiceResponse, ServerReflectionRequest,
     ServerReflectionResponse, ServiceResponse,
 };
-use crate::pb::palyra::gateway::v1::{HealthRequest, HealthResponse};
 use bytes::Bytes;
 use prost::Message;
 use prost_types::FileDescriptorProto;
 use std::sync::Arc;
-use std::time::Instant;
-
-/// Daemon facts reported by GetHealth.
-#[derive(Debug, Clone)]
-pub struct DaemonInfo {
-    /// Version string.
-    pub version: String,
-    /// Git hash (or `unknown`).
-    pub git_hash: String,
-    /// `debug` or `release`.
-    pub build_profile: String,
-    /// When the daemon started (uptime is measured to the time each call arrived).
-    pub started: Instant,
-}
-
-/// `palyra.gateway.v1.GatewayService` (GetHealth; no authentication).
-pub struct GatewayService {
-    info: Arc<DaemonInfo>,
-}
-
-impl GatewayService {
-    /// A service reporting `info`.
-    pub fn new(info: Arc<DaemonInfo>) -> Self {
-        Self { info }
-    }
-}
-
-impl Service for GatewayService {
-    fn name(&self) -> &'static str {
-        "palyra.gateway.v1.GatewayService"
-    }
-
-    fn start(&mut self, call: &CallInfo) -> Option<Box<dyn CallHandler>> {
-        if call.method != "GetHealth" {
-            return None;
-        }
-        let info = Arc::clone(&self.info);
-        let uptime = call
-            .started
-            .saturating_duration_since(info.started)
-            .as_secs();
-        Some(Unary::boxed(move |bytes: Bytes| {
-            let request: HealthRequest = decode(&bytes)?;
-            Ok(HealthResponse {
-                v: request.v.max(1),
-                service: "palyrad".into(),
-                status: "ok".into(),
-                version: info.version.clone(),
-                git_hash: info.git_hash.clone(),
-                build_profile: info.build_profile.clone(),
-                uptime_seconds: uptime,
-            }
-            .encode_to_vec())
-        }))
-    }
-}
 
 /// `grpc.health.v1.Health`: the listener's services are SERVING; unknown names are NOT_FOUND.
 pub struct HealthService {
@@ -307,24 +250,3 @@ impl Service for ReflectionService {
 
 #[cfg(test)]
 mod tests;
-
-/// The services of the gateway listener: GetHealth, health and reflection.
-pub fn gateway_router(
-    info: Arc<DaemonInfo>,
-) -> Result<super::service::RouterFactory, prost::DecodeError> {
-    const NAMES: [&str; 4] = [
-        "palyra.gateway.v1.GatewayService",
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1.ServerReflection",
-        "grpc.reflection.v1alpha.ServerReflection",
-    ];
-    let reflection = ReflectionService::new(crate::pb::DESCRIPTOR_SET, &NAMES)?;
-    Ok(Arc::new(move || {
-        super::service::Router::new(vec![
-            Box::new(GatewayService::new(Arc::clone(&info))),
-            Box::new(HealthService::new(&NAMES)),
-            Box::new(reflection.clone()),
-            Box::new(reflection.v1alpha()),
-        ])
-    }))
-}

@@ -7,11 +7,34 @@ use crate::grpc::service::Router;
 use crate::h2::conn::{Config, Connection, Event as H2, Role};
 use crate::h2::hpack::Field;
 use bytes::BytesMut;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const GATEWAY: &str = "palyra.gateway.v1.GatewayService";
 const HEALTH: &str = "grpc.health.v1.Health";
 const REFLECTION: &str = "grpc.reflection.v1.ServerReflection";
+
+/// A service named like the gateway's, so reflection has a real descriptor to serve: GetHealth
+/// decodes its request and answers an empty response.
+struct StandIn;
+
+impl Service for StandIn {
+    fn name(&self) -> &'static str {
+        GATEWAY
+    }
+
+    fn start(&mut self, call: &CallInfo) -> Option<Box<dyn CallHandler>> {
+        (call.method == "GetHealth").then(|| {
+            Unary::boxed(|bytes: Bytes| {
+                let request: crate::pb::palyra::gateway::v1::HealthRequest = decode(&bytes)?;
+                Ok(crate::pb::palyra::gateway::v1::HealthResponse {
+                    v: request.v,
+                    ..Default::default()
+                }
+                .encode_to_vec())
+            })
+        })
+    }
+}
 
 struct Harness {
     now: Instant,
@@ -23,15 +46,9 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let now = Instant::now();
-        let info = Arc::new(DaemonInfo {
-            version: "1.2.3".into(),
-            git_hash: "abc".into(),
-            build_profile: "debug".into(),
-            started: now,
-        });
         let names = [GATEWAY, HEALTH, REFLECTION];
         let router = Router::new(vec![
-            Box::new(GatewayService::new(info)),
+            Box::new(StandIn),
             Box::new(HealthService::new(&names)),
             Box::new(ReflectionService::new(crate::pb::DESCRIPTOR_SET, &names).unwrap()),
         ]);
@@ -110,28 +127,6 @@ impl Harness {
         }
         (messages, status, message)
     }
-}
-
-#[test]
-fn get_health_reports_the_daemon() {
-    let mut h = Harness::new();
-    let (messages, status, _) = h.call(
-        "/palyra.gateway.v1.GatewayService/GetHealth",
-        &[HealthRequest { v: 1 }.encode_to_vec()],
-        true,
-    );
-    assert_eq!(status.as_deref(), Some("0"));
-    let response = HealthResponse::decode(messages[0].as_ref()).unwrap();
-    assert_eq!(
-        (
-            response.service.as_str(),
-            response.status.as_str(),
-            response.version.as_str()
-        ),
-        ("palyrad", "ok", "1.2.3")
-    );
-    assert_eq!(response.uptime_seconds, 42);
-    assert_eq!(response.v, 1);
 }
 
 #[test]

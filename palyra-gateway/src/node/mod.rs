@@ -8,18 +8,16 @@
 //! STATE/endpoints.json   bound addresses, written once listening
 //! ```
 
-pub mod daemon;
 pub mod hub;
-pub mod node_service;
-pub mod pairing;
+pub mod service;
 
-use crate::identity::cert::ServerKeyKind;
-use crate::identity::trust::TrustIndex;
-use crate::quic::server::{NodeServer, NodeServerConfig, ServerError, ServerLimits};
-use crate::quic::tls::{self, ServerCertSlot, TlsError};
 use crate::store::{
     unix_ms, write_atomic, FileEventLog, FileEventLogConfig, IdentityDir, IdentityError, StoreError,
 };
+use palyra_proto::identity::cert::ServerKeyKind;
+use palyra_proto::identity::trust::TrustIndex;
+use palyra_proto::quic::server::{NodeServer, NodeServerConfig, ServerError, ServerLimits};
+use palyra_proto::quic::tls::{self, ServerCertSlot, TlsError};
 use rand_core::CryptoRngCore;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -293,11 +291,11 @@ impl NodePlane {
         self.hub.finish_appends(self.server.take_external_results());
         while let Some(event) = self.server.poll_event() {
             match &event {
-                crate::quic::ServerEvent::Connected {
+                palyra_proto::quic::ServerEvent::Connected {
                     device_id: Some(device),
                     ..
                 } => self.hub.quic_connection(device, true),
-                crate::quic::ServerEvent::Closed {
+                palyra_proto::quic::ServerEvent::Closed {
                     device_id: Some(device),
                     ..
                 } => self.hub.quic_connection(device, false),
@@ -387,8 +385,8 @@ pub fn write_endpoints(
 }
 
 /// Logs a node-plane server event with `tracing`.
-pub fn log_server_event(event: &crate::quic::ServerEvent) {
-    use crate::quic::ServerEvent as E;
+pub fn log_server_event(event: &palyra_proto::quic::ServerEvent) {
+    use palyra_proto::quic::ServerEvent as E;
     match event {
         E::Connected { remote, device_id } => {
             tracing::info!(%remote, device_id = device_id.as_deref().unwrap_or("-"), "node connected")
@@ -446,7 +444,7 @@ mod tests {
         let served = slot.current_cert_der();
         assert_ne!(served, first_der);
         assert_eq!(
-            crate::identity::cert::cert_not_after(&served).unwrap(),
+            palyra_proto::identity::cert::cert_not_after(&served).unwrap(),
             identity.server_cert_not_after()
         );
         // A restart reuses the renewed certificate instead of minting another one.

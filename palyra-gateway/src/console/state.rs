@@ -2,7 +2,7 @@
 //! with their recent messages, and A2UI surfaces with their owners.
 
 use super::ConsoleError;
-use crate::a2ui::{self, Surface};
+use palyra_proto::a2ui::{self, Surface};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -8,9 +8,9 @@
 //! [`NodeHub::submit_event`] and learn the outcome from [`NodeHub::take_append_result`], so every
 //! event is fsynced by the same group commit as node-plane publishes.
 
-use crate::identity::trust::{TrustDecision, TrustIndex};
+use crate::notify::Notifier;
 use crate::store::{write_atomic, NewEvent, StoreError};
-use crate::transport::Notifier;
+use palyra_proto::identity::trust::{TrustDecision, TrustIndex};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -464,7 +464,7 @@ impl NodeHub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::trust::TrustSnapshot;
+    use palyra_proto::identity::trust::TrustSnapshot;
 
     fn hub() -> NodeHub {
         NodeHub::open(Arc::new(TrustIndex::new(&TrustSnapshot::default())), None).unwrap()

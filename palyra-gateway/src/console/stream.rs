@@ -21,8 +21,8 @@
 use super::state::check_id;
 use super::{Command, ConsoleError, ConsoleHub, Resume};
 use crate::operator::WsApp;
-use crate::ws::{close_code, WsConnection};
 use bytes::Bytes;
+use palyra_proto::ws::{close_code, WsConnection};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -16,13 +16,13 @@ pub mod state;
 pub mod stream;
 pub mod web;
 
-use crate::a2ui::A2uiError;
-use crate::gateway::node_service::WallClock;
+use crate::node::service::WallClock;
+use crate::notify::Notifier;
 use crate::store::{
     write_atomic, EventStore, FileEventLog, FileEventLogConfig, NewEvent, StoreError, StoredEvent,
 };
-use crate::transport::Notifier;
 use bytes::Bytes;
+use palyra_proto::a2ui::A2uiError;
 use serde_json::{json, Value};
 use state::{check_id, ChatMessage, Entry, SavedState, State};
 use std::path::PathBuf;
@@ -263,7 +263,7 @@ fn log_config() -> FileEventLogConfig {
     FileEventLogConfig {
         segment_bytes: 4 * 1024 * 1024,
         max_total_bytes: 64 * 1024 * 1024,
-        max_record_bytes: crate::a2ui::MAX_DOCUMENT_BYTES + 64 * 1024,
+        max_record_bytes: palyra_proto::a2ui::MAX_DOCUMENT_BYTES + 64 * 1024,
         cache_bytes: 8 * 1024 * 1024,
     }
 }

@@ -24,11 +24,11 @@
 use super::webhook::{Integration, WebhookError};
 use super::{api_headers, OperatorConnection, DEFAULT_BODY_LIMIT};
 use crate::console::Command;
-use crate::http1::server::RequestHead;
-use crate::node::message::{validate_event_name, EventBody};
 use crate::store::NewEvent;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, StatusCode};
+use palyra_proto::http1::server::RequestHead;
+use palyra_proto::node::message::{validate_event_name, EventBody};
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -244,8 +244,10 @@ impl OperatorConnection {
     pub(crate) fn not_allowed(&mut self, now: Instant, allow: &'static str) {
         let mut headers = api_headers().clone();
         headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
-        let body =
-            crate::http1::error_body("method_not_allowed", "method not allowed on this route");
+        let body = palyra_proto::http1::error_body(
+            "method_not_allowed",
+            "method not allowed on this route",
+        );
         self.respond(now, StatusCode::METHOD_NOT_ALLOWED, &headers, body);
     }
 
@@ -438,7 +440,7 @@ impl OperatorConnection {
         validate_event_name(name).map_err(|e| bad(format!("name: {e}")))?;
         let to = match request.get("to") {
             None | Some(Value::Null) => None,
-            Some(Value::String(id)) if crate::identity::is_canonical_device_id(id) => {
+            Some(Value::String(id)) if palyra_proto::identity::is_canonical_device_id(id) => {
                 Some(id.clone())
             }
             Some(_) => return Err(bad("to must be a canonical device ID (ULID)".into())),
@@ -575,11 +577,15 @@ impl OperatorConnection {
             },
             (["surfaces", name], &Method::PUT) => {
                 let purpose = BodyFor::SurfacePut((*name).to_owned());
-                self.collect(now, purpose, crate::a2ui::MAX_DOCUMENT_BYTES as u64)
+                self.collect(now, purpose, palyra_proto::a2ui::MAX_DOCUMENT_BYTES as u64)
             }
             (["surfaces", name], &Method::PATCH) => {
                 let purpose = BodyFor::SurfacePatch((*name).to_owned());
-                self.collect(now, purpose, crate::a2ui::MAX_PATCH_BYTES as u64 + 1024)
+                self.collect(
+                    now,
+                    purpose,
+                    palyra_proto::a2ui::MAX_PATCH_BYTES as u64 + 1024,
+                )
             }
             (["surfaces", _], _) => self.not_allowed(now, "GET, PUT, PATCH"),
             (["chat", ..], _) => self.error(

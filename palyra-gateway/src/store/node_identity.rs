@@ -15,8 +15,8 @@
 
 use super::identity_dir::{DeviceIdentityFiles, IdentityError};
 use super::{write_atomic, StoreError};
-use crate::identity::cert;
 use ed25519_dalek::SigningKey;
+use palyra_proto::identity::cert;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};

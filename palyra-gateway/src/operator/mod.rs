@@ -6,12 +6,12 @@
 //! `Content-Security-Policy`) and API answers `Cache-Control: no-store`; errors are the JSON
 //! envelope `{"error": ..., "code": ...}`, never a plain-text rejection.
 
-use crate::gateway::hub::NodeHub;
-use crate::gateway::node_service::WallClock;
-use crate::http1::server::{Event, Http1Server, RequestHead, ResponseBody, ServerConfig};
-use crate::http1::{error_body, json_headers, HttpError};
-use crate::transport::{Acceptor, StreamMachine};
-use crate::ws::{accept_upgrade, WsConfig, WsConnection, WsEvent};
+use crate::node::hub::NodeHub;
+use crate::node::service::WallClock;
+use palyra_proto::http1::server::{Event, Http1Server, RequestHead, ResponseBody, ServerConfig};
+use palyra_proto::http1::{error_body, json_headers, HttpError};
+use palyra_proto::transport::{Acceptor, StreamMachine};
+use palyra_proto::ws::{accept_upgrade, WsConfig, WsConnection, WsEvent};
 
 pub mod admin;
 pub mod auth;
@@ -570,7 +570,10 @@ impl StreamMachine for OperatorConnection {
         match &mut self.phase {
             // Finish the request in progress; an idle connection closes now.
             Phase::Http => self.http.handle_eof(),
-            Phase::Ws(ws, _) => ws.close(crate::ws::close_code::GOING_AWAY, "server shutting down"),
+            Phase::Ws(ws, _) => ws.close(
+                palyra_proto::ws::close_code::GOING_AWAY,
+                "server shutting down",
+            ),
         }
     }
 
@@ -609,7 +612,7 @@ impl Acceptor for OperatorAcceptor {
         match &self.tls {
             None => Ok(Box::new(connection(now))),
             Some(tls) => {
-                let stream = crate::transport::tls::TlsStream::server(
+                let stream = palyra_proto::transport::tls::TlsStream::server(
                     Arc::clone(tls),
                     now,
                     move |_client, now| connection(now),

@@ -2,8 +2,9 @@
 //! memory with a simulated clock: authentication from the TLS layer, capability timeouts and
 //! size limits, TLS failures, and chunking invariance of the whole stack.
 
-use palyra_proto::gateway::hub::NodeHub;
-use palyra_proto::gateway::node_service::{node_router, WallClock, CAPABILITY_TIMEOUT};
+use palyra_gateway::node::hub::NodeHub;
+use palyra_gateway::node::service::{node_router, WallClock, CAPABILITY_TIMEOUT};
+use palyra_gateway::store::{DeviceBundle, IdentityDir};
 use palyra_proto::grpc::client::{ClientMachine, Event, GrpcClient};
 use palyra_proto::grpc::service::ServerConnection;
 use palyra_proto::grpc::{Code, Status};
@@ -15,7 +16,6 @@ use palyra_proto::pb::palyra::node::v1::{
     RegisterNodeRequest, RegisterNodeResponse,
 };
 use palyra_proto::quic::tls::{self, ServerCertSlot, ALPN_H2};
-use palyra_proto::store::{DeviceBundle, IdentityDir};
 use palyra_proto::transport::tls::{TlsStream, HANDSHAKE_TIMEOUT};
 use palyra_proto::transport::StreamMachine;
 use proptest::prelude::*;

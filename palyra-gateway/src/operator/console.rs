@@ -14,10 +14,10 @@ use super::{api_headers, security_headers, OperatorConnection};
 use crate::console::sessions::{self, Session};
 use crate::console::stream::{ConsoleStream, Role, PROTOCOL};
 use crate::console::web;
-use crate::http1::server::RequestHead;
-use crate::ws::accept_upgrade;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use palyra_proto::http1::server::RequestHead;
+use palyra_proto::ws::accept_upgrade;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
@@ -209,7 +209,7 @@ impl OperatorConnection {
                 );
                 (
                     StatusCode::UNAUTHORIZED,
-                    crate::http1::error_body("unauthorized", "missing or wrong admin token"),
+                    palyra_proto::http1::error_body("unauthorized", "missing or wrong admin token"),
                 )
             }
             Denied::RateLimited(wait) => {
@@ -219,7 +219,7 @@ impl OperatorConnection {
                 );
                 (
                     StatusCode::TOO_MANY_REQUESTS,
-                    crate::http1::error_body(
+                    palyra_proto::http1::error_body(
                         "rate_limited",
                         "too many failed attempts from this address; retry later",
                     ),

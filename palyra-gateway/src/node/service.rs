@@ -5,24 +5,26 @@
 //! Every RPC here needs the TLS client certificate of a paired device in good standing, checked
 //! against the live trust index at each call (and at each message of a stream):
 //! no certificate is UNAUTHENTICATED, an unknown or revoked one or a `device_id` naming another
-//! device is PERMISSION_DENIED. The pairing RPCs (see [`super::pairing`]): Begin, Complete and
+//! device is PERMISSION_DENIED. The pairing RPCs (see [`crate::enroll`]): Begin, Complete and
 //! GetPairingRequestStatus accept callers without a certificate; RotateDeviceCertificate and
 //! RevokeDevicePairing need the device's own.
 
 use super::hub::{CapabilityRecord, CapabilityResult, Dispatch, HubError, NodeHub};
-use super::pairing::{self, EnrollmentStore};
-use crate::grpc::codec::{Code, Status};
-use crate::grpc::service::{decode, CallHandler, CallInfo, PollContext, Reply, Service, Unary};
-use crate::identity::trust::TrustDecision;
-use crate::node::message::{validate_event_name, EventBody};
-use crate::pb::palyra::common::v1::CanonicalId;
-use crate::pb::palyra::node::v1::{
+use crate::enroll::{self, EnrollmentStore};
+use crate::store::NewEvent;
+use bytes::Bytes;
+use palyra_proto::grpc::codec::{Code, Status};
+use palyra_proto::grpc::service::{
+    decode, CallHandler, CallInfo, PollContext, Reply, Service, Unary,
+};
+use palyra_proto::identity::trust::TrustDecision;
+use palyra_proto::node::message::{validate_event_name, EventBody};
+use palyra_proto::pb::palyra::common::v1::CanonicalId;
+use palyra_proto::pb::palyra::node::v1::{
     ExecuteCapabilityRequest, ExecuteCapabilityResponse, NodeCapabilityDispatch, NodeEventRequest,
     NodeEventResponse, RegisterNodeRequest, RegisterNodeResponse,
 };
-use crate::store::NewEvent;
-use crate::transport::PeerIdentity;
-use bytes::Bytes;
+use palyra_proto::transport::PeerIdentity;
 use prost::Message;
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -113,16 +115,16 @@ impl Service for NodeService {
                     &[u8],
                 ) -> Result<Vec<u8>, Status>;
                 let rpc: Rpc = match method {
-                    "BeginPairingSession" => |s, _, p, now, b| pairing::begin(s, p, now, b),
-                    "CompletePairingSession" => |s, _, _, now, b| pairing::complete(s, now, b),
-                    "GetPairingRequestStatus" => |s, _, _, now, b| pairing::status(s, now, b),
+                    "BeginPairingSession" => |s, _, p, now, b| enroll::begin(s, p, now, b),
+                    "CompletePairingSession" => |s, _, _, now, b| enroll::complete(s, now, b),
+                    "GetPairingRequestStatus" => |s, _, _, now, b| enroll::status(s, now, b),
                     "RotateDeviceCertificate" => |s, hub, p, now, b| {
                         let device = authenticate(hub, p)?;
-                        pairing::rotate(s, &device, p, now, b)
+                        enroll::rotate(s, &device, p, now, b)
                     },
                     "RevokeDevicePairing" => |s, hub, p, now, b| {
                         let device = authenticate(hub, p)?;
-                        pairing::revoke(s, &device, now, b)
+                        enroll::revoke(s, &device, now, b)
                     },
                     _ => return None,
                 };
@@ -161,7 +163,7 @@ pub(crate) fn bind_device(
     device_id: Option<&CanonicalId>,
 ) -> Result<(), Status> {
     let id = device_id.map(|d| d.ulid.as_str()).unwrap_or("");
-    if !crate::identity::is_canonical_device_id(id) {
+    if !palyra_proto::identity::is_canonical_device_id(id) {
         return Err(Status::new(
             Code::InvalidArgument,
             "device_id must be a canonical ULID (26 characters, Crockford base32, upper case)",
@@ -710,17 +712,17 @@ pub fn node_router(
     hub: Arc<NodeHub>,
     clock: WallClock,
     enrollment: Option<Arc<EnrollmentStore>>,
-) -> Result<crate::grpc::service::RouterFactory, prost::DecodeError> {
-    use crate::grpc::services::{HealthService, ReflectionService};
+) -> Result<palyra_proto::grpc::service::RouterFactory, prost::DecodeError> {
+    use palyra_proto::grpc::services::{HealthService, ReflectionService};
     const NAMES: [&str; 4] = [
         SERVICE,
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
     ];
-    let reflection = ReflectionService::new(crate::pb::DESCRIPTOR_SET, &NAMES)?;
+    let reflection = ReflectionService::new(palyra_proto::pb::DESCRIPTOR_SET, &NAMES)?;
     Ok(Arc::new(move || {
-        crate::grpc::service::Router::new(vec![
+        palyra_proto::grpc::service::Router::new(vec![
             Box::new(NodeService::new(
                 Arc::clone(&hub),
                 Arc::clone(&clock),

@@ -6,24 +6,23 @@
 //! yet); RotateDeviceCertificate and RevokeDevicePairing need the certificate of the paired
 //! device they name.
 
-use crate::enroll::gateway::{
-    Authority, Begin, Begun, EnrollError, EnrollState, Enrollment, ErrorKind, GatewayConfig,
-    SignedCert, Standing,
-};
-use crate::enroll::v1::Hello;
-use crate::enroll::Method;
-use crate::grpc::codec::{Code, Status};
-use crate::grpc::service::decode;
-use crate::identity::cert;
 use crate::operator::RandomFill;
-use crate::pb::palyra::node::v1::{
-    pairing_method, BeginPairingSessionRequest, BeginPairingSessionResponse,
-    CompletePairingSessionRequest, CompletePairingSessionResponse, GetPairingRequestStatusRequest,
+use crate::store::{write_atomic, IdentityDir, StoreError};
+use palyra_proto::enroll::gateway::{
+    Authority, Begin, EnrollError, EnrollState, Enrollment, GatewayConfig, SignedCert, Standing,
+};
+use palyra_proto::enroll::wire::{bytes32, hello_of, offer_response, status_of};
+use palyra_proto::enroll::Method;
+use palyra_proto::grpc::codec::{Code, Status};
+use palyra_proto::grpc::service::decode;
+use palyra_proto::identity::cert;
+use palyra_proto::pb::palyra::node::v1::{
+    pairing_method, BeginPairingSessionRequest, CompletePairingSessionRequest,
+    CompletePairingSessionResponse, GetPairingRequestStatusRequest,
     GetPairingRequestStatusResponse, RevokeDevicePairingRequest, RevokeDevicePairingResponse,
     RotateDeviceCertificateRequest, RotateDeviceCertificateResponse,
 };
-use crate::store::{write_atomic, IdentityDir, StoreError};
-use crate::transport::PeerIdentity;
+use palyra_proto::transport::PeerIdentity;
 use prost::Message;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,7 +36,7 @@ pub struct EnrollmentStore {
     authority: DirAuthority,
     /// The daemon's live index, updated at once when pairing changes the trust file (the
     /// periodic reload would take up to a maintenance interval).
-    live: Option<Arc<crate::identity::trust::TrustIndex>>,
+    live: Option<Arc<palyra_proto::identity::trust::TrustIndex>>,
 }
 
 /// The CA and trust file of an identity directory as the machine's [`Authority`].
@@ -161,7 +160,10 @@ impl EnrollmentStore {
 
     /// Keeps `index` (the daemon's live trust index) in step with the trust changes pairing
     /// makes: a new certificate is accepted on the very next handshake.
-    pub fn with_trust_index(mut self, index: Arc<crate::identity::trust::TrustIndex>) -> Self {
+    pub fn with_trust_index(
+        mut self,
+        index: Arc<palyra_proto::identity::trust::TrustIndex>,
+    ) -> Self {
         self.live = Some(index);
         self
     }
@@ -215,8 +217,8 @@ impl EnrollmentStore {
         result
     }
 
-    fn apply(&self, effects: Vec<crate::enroll::gateway::Effect>) {
-        use crate::enroll::gateway::Effect;
+    fn apply(&self, effects: Vec<palyra_proto::enroll::gateway::Effect>) {
+        use palyra_proto::enroll::gateway::Effect;
         let now = std::time::SystemTime::now();
         let applied = !effects.is_empty();
         for effect in effects {
@@ -254,29 +256,6 @@ impl EnrollmentStore {
             self.refresh_live();
         }
     }
-}
-
-/// The gRPC status for an enrollment error.
-pub fn status_of(e: &EnrollError) -> Status {
-    let code = match e.kind() {
-        ErrorKind::InvalidArgument => Code::InvalidArgument,
-        ErrorKind::NotFound => Code::NotFound,
-        ErrorKind::PermissionDenied => Code::PermissionDenied,
-        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
-        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
-        ErrorKind::AlreadyExists => Code::AlreadyExists,
-        ErrorKind::Unavailable => Code::Unavailable,
-    };
-    Status::new(code, e.to_string())
-}
-
-fn bytes32<const N: usize>(field: &str, bytes: &[u8]) -> Result<[u8; N], Status> {
-    bytes.try_into().map_err(|_| {
-        Status::new(
-            Code::InvalidArgument,
-            format!("{field} must be {N} bytes (got {})", bytes.len()),
-        )
-    })
 }
 
 /// BeginPairingSession.
@@ -320,40 +299,6 @@ pub fn begin(
     Ok(offer_response(request.v, &begun).encode_to_vec())
 }
 
-/// The BeginPairingSession answer for a begun session.
-pub fn offer_response(v: u32, begun: &Begun) -> BeginPairingSessionResponse {
-    BeginPairingSessionResponse {
-        v,
-        session_id: begun.offer.session_id.clone(),
-        client_kind: begun.client_kind.into(),
-        gateway_ephemeral_public: begun.offer.gateway_ephemeral_public.to_vec(),
-        challenge: begun.offer.challenge.to_vec(),
-        expires_at_unix_ms: begun.expires_at_unix_ms,
-    }
-}
-
-/// The machine's [`Hello`] from a CompletePairingSession request (identifiers trimmed, the
-/// client kind normalized; fixed-size fields of another size are INVALID_ARGUMENT).
-pub fn hello_of(request: &CompletePairingSessionRequest) -> Result<Hello, Status> {
-    Ok(Hello {
-        version: request.v,
-        session_id: request.session_id.trim().to_owned(),
-        device_id: request
-            .device_id
-            .as_ref()
-            .map(|d| d.ulid.clone())
-            .unwrap_or_default(),
-        client_kind: crate::enroll::client_kind(&request.client_kind)
-            .unwrap_or("")
-            .to_owned(),
-        proof: request.proof.trim().to_owned(),
-        device_signing_public: bytes32("device_signing_public", &request.device_signing_public)?,
-        device_x25519_public: bytes32("device_x25519_public", &request.device_x25519_public)?,
-        challenge_signature: bytes32("challenge_signature", &request.challenge_signature)?,
-        transcript_mac: bytes32("transcript_mac", &request.transcript_mac)?,
-    })
-}
-
 /// CompletePairingSession.
 pub fn complete(store: &EnrollmentStore, now_ms: u64, bytes: &[u8]) -> Result<Vec<u8>, Status> {
     let request: CompletePairingSessionRequest = decode(bytes)?;
@@ -390,7 +335,7 @@ pub fn status(store: &EnrollmentStore, now_ms: u64, bytes: &[u8]) -> Result<Vec<
         v: request.v,
         status: r.state.as_str().into(),
         reason: r.reason,
-        paired: r.state == crate::enroll::gateway::RequestState::Completed,
+        paired: r.state == palyra_proto::enroll::gateway::RequestState::Completed,
         approval_id: r.request_id,
         identity_fingerprint: r.identity_fingerprint,
         transcript_hash: r.transcript_hash,
@@ -409,11 +354,11 @@ fn check_device_request(
     device: &str,
     now_ms: u64,
     v: u32,
-    device_id: Option<&crate::pb::palyra::common::v1::CanonicalId>,
-    replay: Option<&crate::pb::palyra::common::v1::ReplayProtection>,
+    device_id: Option<&palyra_proto::pb::palyra::common::v1::CanonicalId>,
+    replay: Option<&palyra_proto::pb::palyra::common::v1::ReplayProtection>,
 ) -> Result<(), Status> {
-    super::node_service::check_version(v)?;
-    super::node_service::bind_device(device, device_id)?;
+    crate::node::service::check_version(v)?;
+    crate::node::service::bind_device(device, device_id)?;
     if let Some(replay) = replay {
         store
             .with(|machine, _, _| {
@@ -516,7 +461,7 @@ pub fn revoke(
     } else {
         reason
     };
-    if reason.len() > crate::enroll::gateway::MAX_REASON {
+    if reason.len() > palyra_proto::enroll::gateway::MAX_REASON {
         return Err(Status::new(Code::InvalidArgument, "reason is too long"));
     }
     store
@@ -549,7 +494,7 @@ impl EnrollmentStore {
     /// The trust file: every device certificate issued and every revocation.
     pub fn trust(
         &self,
-    ) -> Result<crate::identity::trust::TrustSnapshot, crate::store::IdentityError> {
+    ) -> Result<palyra_proto::identity::trust::TrustSnapshot, crate::store::IdentityError> {
         self.authority.ids.load_trust()
     }
 

@@ -8,17 +8,17 @@
 //!                gateway, node ─┼─▶ bind ─▶ Daemon::operator(node_tcp) ─▶ bind HTTP ─▶ endpoints.json
 //! ```
 
-use super::node_service::{node_router, WallClock};
-use super::pairing::EnrollmentStore;
-use super::{open_node_plane, GatewayError, NodePlane, NodePlaneOptions};
-use crate::enroll::gateway::GatewayConfig;
-use crate::grpc::service::GrpcListener;
-use crate::grpc::services::{gateway_router, DaemonInfo};
-use crate::identity::cert;
+use crate::enroll::EnrollmentStore;
+use crate::grpc::GrpcListener;
+use crate::grpc::{gateway_router, DaemonInfo};
+use crate::node::service::{node_router, WallClock};
+use crate::node::{open_node_plane, GatewayError, NodePlane, NodePlaneOptions};
 use crate::operator::pairing::PairingAdmin;
 use crate::operator::{auth::AdminAuth, Admin, Operator, OperatorAcceptor, RandomFill};
-use crate::quic::tls;
 use crate::store::unix_ms;
+use palyra_proto::enroll::gateway::GatewayConfig;
+use palyra_proto::identity::cert;
+use palyra_proto::quic::tls;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -113,7 +113,7 @@ pub struct Daemon {
     pub new_admin_token: Option<String>,
     admin_auth: Option<AdminAuth>,
     http_tls: Option<Arc<rustls::ServerConfig>>,
-    hub: Arc<super::hub::NodeHub>,
+    hub: Arc<crate::node::hub::NodeHub>,
     clock: WallClock,
     random: RandomFill,
     started: Instant,
@@ -244,7 +244,7 @@ impl Daemon {
     }
 
     /// The notifier that wakes operator connections (console stream) and node connections.
-    pub fn notifier(&self) -> Arc<crate::transport::Notifier> {
+    pub fn notifier(&self) -> Arc<crate::notify::Notifier> {
         self.hub.notifier()
     }
 
@@ -255,7 +255,7 @@ impl Daemon {
         map.insert("node_quic", bound.node_quic.to_string());
         map.insert("node_tcp", bound.node_tcp.to_string());
         map.insert("grpc", bound.grpc.to_string());
-        super::write_endpoints(&self.settings.state_dir, &map).map_err(part("endpoints.json"))
+        crate::node::write_endpoints(&self.settings.state_dir, &map).map_err(part("endpoints.json"))
     }
 
     /// The state directory.

@@ -2,13 +2,14 @@
 
 use super::*;
 use crate::console::tests::{clock, form};
-use crate::gateway::hub::NodeHub;
-use crate::http1::server::ServerConfig;
-use crate::identity::trust::{TrustIndex, TrustSnapshot};
+use crate::node::hub::NodeHub;
+use crate::notify::Notifier;
 use crate::operator::{
     auth::AdminAuth, webhook::WebhookStore, Admin, Operator, OperatorConnection,
 };
-use crate::transport::{Notifier, StreamMachine};
+use palyra_proto::http1::server::ServerConfig;
+use palyra_proto::identity::trust::{TrustIndex, TrustSnapshot};
+use palyra_proto::transport::StreamMachine;
 use proptest::prelude::*;
 use tungstenite::protocol::Role as WsRole;
 use tungstenite::{Message, WebSocket};

@@ -2,8 +2,8 @@
 //! the task, per-request response channels, and event routing. Drivers add only the socket,
 //! the timer and the spawn.
 
-use super::client::{ClientLimits, NodeClient, RequestSinks, ResponseItem};
-use crate::node::{NodeRequest, RequestFrame, ResponseFrame};
+use palyra_proto::node::{NodeRequest, RequestFrame, ResponseFrame};
+use palyra_proto::quic::client::{ClientLimits, NodeClient, RequestSinks, ResponseItem};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

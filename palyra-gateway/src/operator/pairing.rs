@@ -17,14 +17,14 @@
 
 use super::admin::{presence, BodyFor};
 use super::OperatorConnection;
-use crate::enroll::codes::DEFAULT_TTL_MS;
-use crate::enroll::device::Invite;
-use crate::enroll::gateway::{EnrollError, ErrorKind, RequestRecord};
-use crate::enroll::Method;
-use crate::gateway::pairing::EnrollmentStore;
-use crate::identity::trust::TrustSnapshot;
+use crate::enroll::EnrollmentStore;
 use crate::store::IdentityError;
 use http::StatusCode;
+use palyra_proto::enroll::codes::DEFAULT_TTL_MS;
+use palyra_proto::enroll::device::Invite;
+use palyra_proto::enroll::gateway::{EnrollError, ErrorKind, RequestRecord};
+use palyra_proto::enroll::Method;
+use palyra_proto::identity::trust::TrustSnapshot;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
@@ -325,7 +325,7 @@ impl OperatorConnection {
             },
             (["devices", id, "rotate"], &M::POST) => {
                 let id = (*id).to_owned();
-                if !crate::identity::is_canonical_device_id(&id) {
+                if !palyra_proto::identity::is_canonical_device_id(&id) {
                     return self.error(
                         now,
                         StatusCode::BAD_REQUEST,
@@ -422,7 +422,7 @@ impl OperatorConnection {
             }
             PairingBody::Revoke(id) => {
                 let reason = optional_str(&map, "reason")?.unwrap_or("revoked_by_operator");
-                if reason.len() > crate::enroll::gateway::MAX_REASON {
+                if reason.len() > palyra_proto::enroll::gateway::MAX_REASON {
                     return Err(bad("reason is too long"));
                 }
                 match store.revoke_device(&id, reason) {

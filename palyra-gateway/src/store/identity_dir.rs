@@ -9,15 +9,15 @@
 //! replaced atomically, so readers never see a partial file.
 
 use super::{write_atomic, StoreError};
-use crate::identity::cert::{
+use palyra_proto::identity::cert::{
     self, CertAuthority, CertError, IssuedCert, Profile, ServerKey, ServerKeyKind,
 };
-use crate::identity::is_canonical_device_id;
-use crate::identity::trust::{DeviceCertRecord, RevokedDevice, TrustSnapshot};
+use palyra_proto::identity::is_canonical_device_id;
+use palyra_proto::identity::trust::{DeviceCertRecord, RevokedDevice, TrustSnapshot};
 use rand_core::CryptoRngCore;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// Default CA lifetime: 10 years.
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -85,12 +85,7 @@ pub struct ServerIdentity {
     pub key: ServerKey,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use palyra_proto::time::unix_ms;
 
 /// Handle on an identity directory.
 #[derive(Debug, Clone)]
@@ -595,7 +590,7 @@ mod tests {
                 .unwrap();
             assert_ne!(rehosted.cert.der, renewed.cert.der);
             // rustls accepts the key and certificate together.
-            crate::quic::tls::certified_key(
+            palyra_proto::quic::tls::certified_key(
                 vec![rehosted.cert.der],
                 rehosted.key.pkcs8_der().unwrap(),
             )

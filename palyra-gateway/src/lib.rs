@@ -1,0 +1,17 @@
+//! The Palyra daemon's application, runtime-neutral: the node hub and NodeService, the event-log
+//! writer, enrollment, the operator routes (admin, console, webhooks, pairing), the console hub,
+//! the stores and the daemon assembly. Protocol machines come from `palyra-proto`; runtimes
+//! (`palyra-tokio`, `palyra-smol`) only adapt sockets, timers and tasks.
+
+pub mod console;
+pub mod daemon;
+pub mod enroll;
+pub mod grpc;
+pub mod node;
+pub mod node_client;
+pub mod notify;
+pub mod operator;
+pub mod store;
+
+/// A connection that accepts none of a write for this long is dropped (its peer stopped reading).
+pub const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(60);
