@@ -3,6 +3,8 @@
 //! the stores and the daemon assembly. Protocol machines come from `palyra-proto`; runtimes
 //! (`palyra-tokio`, `palyra-smol`) only adapt sockets, timers and tasks.
 
+pub mod client;
+pub mod config;
 pub mod console;
 pub mod daemon;
 pub mod enroll;
@@ -11,6 +13,10 @@ pub mod node;
 pub mod node_client;
 pub mod notify;
 pub mod operator;
+pub mod palyrad;
+pub mod runtime;
+pub mod serve;
+pub mod signals;
 pub mod store;
 
 /// A connection that accepts none of a write for this long is dropped (its peer stopped reading).

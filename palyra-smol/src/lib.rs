@@ -1,9 +1,7 @@
-//! smol driver: UDP pump, timers and tasks (async-io) around the sans-IO machines of `palyra-proto`.
+//! The smol runtime adapter of the Palyra networking stack: [`Smol`] implements
+//! `palyra_gateway::runtime::Runtime` over smol's executor and async-io; the binary
+//! `palyrad-smol` runs the same daemon as `palyrad` on it.
 
-pub mod client;
-pub mod grpc;
-pub mod node_plane;
-pub mod udp;
+pub mod runtime;
 
-pub use client::{NodeConnection, Responses};
-pub use node_plane::{serve_node_plane, NodePlaneHandle};
+pub use runtime::Smol;

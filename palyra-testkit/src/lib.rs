@@ -7,10 +7,18 @@
 pub mod grpc;
 pub mod node_service;
 pub mod operator;
+pub mod operator_client;
 pub mod pairing;
 
+use palyra_gateway::grpc::GrpcListener;
 use palyra_gateway::grpc::{gateway_router, DaemonInfo};
 use palyra_gateway::node::{open_node_plane, NodePlane, NodePlaneOptions};
+use palyra_gateway::node_client::Responses;
+use palyra_gateway::notify::Notifier;
+use palyra_gateway::runtime::{self, Rt};
+use palyra_gateway::serve::node_connection::NodeConnection;
+use palyra_gateway::serve::node_plane::NodePlaneHandle;
+use palyra_gateway::serve::tcp::TcpHandle;
 use palyra_gateway::store::{DeviceBundle, IdentityDir};
 use palyra_proto::grpc::service::RouterFactory;
 use palyra_proto::identity::cert::{key_to_der, CertAuthority};
@@ -22,54 +30,112 @@ use palyra_proto::pb::grpc::reflection::v1::{
 };
 use palyra_proto::pb::palyra::gateway::v1::{HealthRequest, HealthResponse};
 use palyra_proto::quic::tls;
+use palyra_proto::quic::ClientLimits;
 use prost::Message;
 use rand_core::OsRng;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// Blocking facade over a driver, enough to run the suite.
+/// A runtime adapter under test: its runtime and a way to block on futures. The suite's
+/// blocking helpers (start, connect, request, ...) are written once here, over the gateway's
+/// serve loops running on that runtime.
 pub trait Driver {
     /// Name used in messages.
     const NAME: &'static str;
-    /// A running server.
-    type Server;
-    /// A client connection.
-    type Conn;
-    /// A response stream in progress.
-    type Stream;
+
+    /// The runtime the listeners and clients run on.
+    fn runtime() -> Rt;
+
+    /// Runs `future` to completion on the calling thread.
+    fn block_on<F: Future>(future: F) -> F::Output;
 
     /// Serves `plane` on `127.0.0.1:0`; returns the server and its address.
-    fn start(plane: NodePlane) -> (Self::Server, SocketAddr);
+    fn start(plane: NodePlane) -> (NodePlaneHandle, SocketAddr) {
+        let handle = NodePlaneHandle::start(&Self::runtime(), loopback(), plane).expect("bind");
+        let addr = handle.local_addr;
+        (handle, addr)
+    }
+
     /// Graceful shutdown; returns when the server task ended.
-    fn stop(server: Self::Server);
+    fn stop(server: NodePlaneHandle) {
+        Self::block_on(server.shutdown()).expect("shutdown");
+    }
+
     /// Connects with `tls` (ALPN and identity inside), verifying the server as `localhost`.
-    fn connect(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<Self::Conn, String>;
+    fn connect(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<NodeConnection, String> {
+        let rt = Self::runtime();
+        Self::block_on(NodeConnection::connect(
+            &rt,
+            addr,
+            "localhost",
+            tls,
+            ClientLimits::default(),
+        ))
+        .map_err(|e| e.to_string())
+    }
+
     /// Sends a raw request payload; returns its response stream.
-    fn open(conn: &Self::Conn, payload: Vec<u8>) -> Self::Stream;
+    fn open(conn: &NodeConnection, payload: Vec<u8>) -> Responses {
+        Self::block_on(conn.request_raw(payload)).expect("request")
+    }
+
     /// Next frame within `timeout`: `Ok(Some)` a frame, `Ok(None)` stream finished,
     /// `Err` failure or timeout (the message says which).
-    fn next(stream: &mut Self::Stream, timeout: Duration) -> Result<Option<ResponseFrame>, String>;
-    /// Closes the connection.
-    fn close(conn: Self::Conn);
+    fn next(stream: &mut Responses, timeout: Duration) -> Result<Option<ResponseFrame>, String> {
+        let rt = Self::runtime();
+        Self::block_on(async {
+            match runtime::timeout(rt.as_ref(), timeout, stream.next()).await {
+                Some(result) => result.map_err(|e| e.to_string()),
+                None => Err("timeout".into()),
+            }
+        })
+    }
 
-    /// A running gRPC listener.
-    type Grpc;
+    /// Closes the connection.
+    fn close(conn: NodeConnection) {
+        Self::block_on(conn.close());
+    }
+
     /// Serves gRPC on `127.0.0.1:0` with the services `routers` builds, over TLS when `tls` is
     /// set (h2c otherwise), waking connections when `notifier` fires.
     fn start_grpc(
         routers: RouterFactory,
         tls: Option<Arc<rustls::ServerConfig>>,
-        notifier: Option<Arc<palyra_gateway::notify::Notifier>>,
-    ) -> (Self::Grpc, SocketAddr);
-    /// Graceful shutdown of the gRPC listener.
-    fn stop_grpc(server: Self::Grpc);
+        notifier: Option<Arc<Notifier>>,
+    ) -> (TcpHandle, SocketAddr) {
+        let listener = GrpcListener {
+            tls,
+            notifier,
+            ..GrpcListener::h2c(routers)
+        };
+        let handle = TcpHandle::start(&Self::runtime(), loopback(), listener).expect("bind");
+        let addr = handle.local_addr;
+        (handle, addr)
+    }
+
+    /// Graceful shutdown of a TCP listener.
+    fn stop_grpc(server: TcpHandle) {
+        let rt = Self::runtime();
+        Self::block_on(server.shutdown(&rt));
+    }
+
     /// Serves on `127.0.0.1:0` whatever machine `acceptor` builds per connection (HTTP/1.1 ...).
     fn start_listener(
         acceptor: Arc<dyn palyra_proto::transport::Acceptor>,
-        notifier: Option<Arc<palyra_gateway::notify::Notifier>>,
-    ) -> (Self::Grpc, SocketAddr);
+        notifier: Option<Arc<Notifier>>,
+    ) -> (TcpHandle, SocketAddr) {
+        let handle =
+            TcpHandle::serve(&Self::runtime(), loopback(), acceptor, notifier).expect("bind");
+        let addr = handle.local_addr;
+        (handle, addr)
+    }
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 pub(crate) fn gateway_routers() -> RouterFactory {
@@ -243,12 +309,18 @@ fn payload(request: &NodeRequest) -> Vec<u8> {
 }
 
 /// Sends a request and collects every frame until the stream finishes.
-pub fn call<D: Driver>(conn: &D::Conn, request: &NodeRequest) -> Vec<ResponseFrame> {
+pub fn call<D: Driver>(
+    conn: &palyra_gateway::serve::node_connection::NodeConnection,
+    request: &NodeRequest,
+) -> Vec<ResponseFrame> {
     call_raw::<D>(conn, payload(request))
 }
 
 /// Sends a raw payload and collects every frame until the stream finishes.
-pub fn call_raw<D: Driver>(conn: &D::Conn, payload: Vec<u8>) -> Vec<ResponseFrame> {
+pub fn call_raw<D: Driver>(
+    conn: &palyra_gateway::serve::node_connection::NodeConnection,
+    payload: Vec<u8>,
+) -> Vec<ResponseFrame> {
     let mut stream = D::open(conn, payload);
     let mut frames = Vec::new();
     loop {
@@ -708,6 +780,14 @@ macro_rules! node_plane_suite {
         #[test]
         fn gateway_listener_over_tls() {
             $crate::node_service::gateway_listener_over_tls::<$driver>();
+        }
+        #[test]
+        fn operator_client_calls() {
+            $crate::operator_client::operator_client_calls::<$driver>();
+        }
+        #[test]
+        fn operator_client_verifies_the_ca() {
+            $crate::operator_client::operator_client_verifies_the_ca::<$driver>();
         }
         #[test]
         fn node_service_revocation_ends_streams() {

@@ -66,9 +66,10 @@ fn code(result: Result<bytes::Bytes, Status>) -> Code {
 
 /// A node plane (QUIC) plus its node TLS listener, as palyrad runs them.
 struct Node<D: Driver> {
-    quic: D::Server,
+    driver: std::marker::PhantomData<D>,
+    quic: palyra_gateway::serve::node_plane::NodePlaneHandle,
     quic_addr: SocketAddr,
-    tcp: D::Grpc,
+    tcp: palyra_gateway::serve::tcp::TcpHandle,
     tcp_addr: SocketAddr,
 }
 
@@ -81,6 +82,7 @@ fn start<D: Driver>(gw: &Gateway) -> Node<D> {
     let routers = node_router(Arc::clone(&hub), clock, None).expect("descriptors");
     let (tcp, tcp_addr) = D::start_grpc(routers, Some(tls), Some(hub.notifier()));
     Node {
+        driver: std::marker::PhantomData,
         quic,
         quic_addr,
         tcp,

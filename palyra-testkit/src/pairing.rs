@@ -53,11 +53,12 @@ fn unary<M: Message + Default>(
 /// A gateway serving QUIC and the node TLS listener (with the pairing RPCs) on driver `D`, its
 /// enrollment store keeping the live trust index current, as the daemons assemble them.
 struct Rig<D: Driver> {
+    driver: std::marker::PhantomData<D>,
     gw: Gateway,
     ca_der: Vec<u8>,
-    quic: D::Server,
+    quic: palyra_gateway::serve::node_plane::NodePlaneHandle,
     quic_addr: std::net::SocketAddr,
-    tcp: D::Grpc,
+    tcp: palyra_gateway::serve::tcp::TcpHandle,
     tcp_addr: std::net::SocketAddr,
     store: Arc<EnrollmentStore>,
 }
@@ -82,6 +83,7 @@ impl<D: Driver> Rig<D> {
             node_router(Arc::clone(&hub), clock, Some(Arc::clone(&store))).expect("router");
         let (tcp, tcp_addr) = D::start_grpc(routers, Some(tls), Some(hub.notifier()));
         Self {
+            driver: std::marker::PhantomData,
             gw,
             ca_der,
             quic,
@@ -256,7 +258,10 @@ pub fn pairing_over_node_tls<D: Driver>() {
 }
 
 /// A follow stream on `conn` ends (not by timeout) within `limit`; returns how long it took.
-fn ends_within<D: Driver>(stream: &mut D::Stream, limit: Duration) -> Duration {
+fn ends_within<D: Driver>(
+    stream: &mut palyra_gateway::node_client::Responses,
+    limit: Duration,
+) -> Duration {
     let start = Instant::now();
     let outcome = D::next(stream, limit + Duration::from_secs(2));
     let elapsed = start.elapsed();
@@ -269,7 +274,9 @@ fn ends_within<D: Driver>(stream: &mut D::Stream, limit: Duration) -> Duration {
     elapsed
 }
 
-fn follow<D: Driver>(conn: &D::Conn) -> D::Stream {
+fn follow<D: Driver>(
+    conn: &palyra_gateway::serve::node_connection::NodeConnection,
+) -> palyra_gateway::node_client::Responses {
     D::open(
         conn,
         crate::payload(&NodeRequest::StreamEvents {

@@ -1,13 +1,15 @@
-//! tokio driver: UDP pump, timers and tasks around the sans-IO machines of `palyra-proto`.
+//! The tokio runtime adapter of the Palyra networking stack: [`Tokio`] implements
+//! `palyra_gateway::runtime::Runtime`; the binaries `palyrad` (the daemon) and `palyra` (the
+//! CLI) run the gateway's code on it.
 
-pub mod agent;
-pub mod client;
-pub mod config;
-pub mod grpc;
-pub mod node_identity;
-pub mod node_plane;
-pub mod operator_client;
-pub mod udp;
+pub mod runtime;
 
-pub use client::{NodeConnection, Responses};
-pub use node_plane::{serve_node_plane, NodePlaneHandle};
+pub use runtime::Tokio;
+
+/// Builds the multi-threaded tokio runtime the binaries run on.
+pub fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .enable_all()
+        .build()
+}

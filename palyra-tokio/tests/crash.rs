@@ -1,10 +1,10 @@
 //! Kills the real `palyrad` with SIGKILL while nodes publish, many times, and checks that every
 //! acknowledged event is returned by a fresh `node.stream_events` with the acknowledged seq.
 
+use palyra_gateway::serve::node_connection::NodeConnection;
 use palyra_proto::node::{NodeRequest, PublishEvent, ResponseKind};
 use palyra_proto::quic::ClientLimits;
 use palyra_testkit::{client_tls, Gateway, DEV_A, DEV_B};
-use palyra_tokio::NodeConnection;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,6 +13,10 @@ use std::time::Duration;
 
 mod common;
 use common::Daemon;
+
+fn rt() -> palyra_gateway::runtime::Rt {
+    palyra_tokio::Tokio::current()
+}
 
 fn spawn_daemon(state: &Path) -> (Daemon, SocketAddr) {
     let (daemon, endpoints) = common::spawn_daemon_with(state, "127.0.0.1:0", &[]);
@@ -71,9 +75,10 @@ async fn sigkill_loses_no_acknowledged_event() {
         let mut tasks = Vec::new();
         for (node, bundle) in [&a, &b].into_iter().enumerate() {
             let tls = client_tls(Some(bundle), &bundle.ca_pem, palyra_proto::quic::ALPN);
-            let conn = NodeConnection::connect(addr, "localhost", tls, ClientLimits::default())
-                .await
-                .expect("connect");
+            let conn =
+                NodeConnection::connect(&rt(), addr, "localhost", tls, ClientLimits::default())
+                    .await
+                    .expect("connect");
             tasks.push(tokio::spawn(publisher(
                 conn,
                 round,
@@ -100,7 +105,7 @@ async fn sigkill_loses_no_acknowledged_event() {
 
     let (daemon, addr) = spawn_daemon(gw.path());
     let tls = client_tls(Some(&a), &a.ca_pem, palyra_proto::quic::ALPN);
-    let conn = NodeConnection::connect(addr, "localhost", tls, ClientLimits::default())
+    let conn = NodeConnection::connect(&rt(), addr, "localhost", tls, ClientLimits::default())
         .await
         .expect("connect");
     let frames = conn

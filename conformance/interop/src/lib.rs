@@ -288,3 +288,34 @@ impl CallHandler for TestCall {
         self.due
     }
 }
+
+/// Runs a listener on the runtime adapter named `driver` (`tokio` or `smol`): `start` binds it,
+/// its address is printed on stdout, and it serves until stdin closes (then shuts down).
+pub fn serve_until_stdin_eof(
+    driver: &str,
+    start: impl FnOnce(
+        &palyra_gateway::runtime::Rt,
+    ) -> std::io::Result<palyra_gateway::serve::tcp::TcpHandle>,
+) -> anyhow::Result<()> {
+    use palyra_gateway::runtime::{self, Rt};
+    let serve = |rt: Rt| async move {
+        let handle = start(&rt)?;
+        println!("{}", handle.local_addr);
+        runtime::unblock(rt.as_ref(), || {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        })
+        .await;
+        handle.shutdown(&rt).await;
+        anyhow::Ok(())
+    };
+    match driver {
+        "tokio" => {
+            let runtime = palyra_tokio::build_runtime(2)?;
+            let rt = palyra_tokio::Tokio::new(runtime.handle().clone());
+            runtime.block_on(serve(rt))
+        }
+        "smol" => smol::block_on(serve(palyra_smol::Smol::new())),
+        other => anyhow::bail!("unknown driver {other:?} (tokio or smol)"),
+    }
+}

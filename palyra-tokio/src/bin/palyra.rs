@@ -2,22 +2,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use palyra_gateway::store::{DeviceIdentityFiles, NodeIdentityDir};
-use palyra_proto::grpc::Code;
-use palyra_proto::node::{NodeRequest, PublishEvent, ResponseFrame, ResponseKind};
-use palyra_proto::pb::palyra::common::v1::CanonicalId;
-use palyra_proto::pb::palyra::node::v1::{
-    DeviceCapability, NodeEventRequest, NodeEventResponse, RegisterNodeRequest,
-    RegisterNodeResponse,
-};
-use palyra_proto::quic::{tls, ClientLimits};
-use palyra_tokio::node_identity::resolve_gateway;
-use palyra_tokio::NodeConnection;
-use prost::Message;
-use std::net::SocketAddr;
+use palyra_gateway::client::node::{self, NodeTarget};
+use palyra_gateway::runtime::{self, Rt};
+use palyra_proto::node::{NodeRequest, PublishEvent};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The Palyra command-line client.
@@ -205,9 +194,9 @@ struct DaemonArgs {
 }
 
 impl DaemonArgs {
-    fn daemon(&self) -> anyhow::Result<palyra_tokio::operator_client::Daemon> {
-        let token = palyra_tokio::operator_client::admin_token(self.token_file.as_deref())?;
-        palyra_tokio::operator_client::Daemon::new(&self.daemon, self.ca_file.as_deref(), token)
+    fn daemon(&self) -> anyhow::Result<palyra_gateway::client::operator::Daemon> {
+        let token = palyra_gateway::client::operator::admin_token(self.token_file.as_deref())?;
+        palyra_gateway::client::operator::Daemon::new(&self.daemon, self.ca_file.as_deref(), token)
     }
 }
 
@@ -327,17 +316,15 @@ enum NodeCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match palyra_tokio::build_runtime(1) {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("palyra: error: cannot start the runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let rt: Rt = palyra_tokio::Tokio::new(runtime.handle().clone());
+    match runtime.block_on(run(rt, cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("palyra: error: {err:#}");
@@ -346,230 +333,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// The loaded identity, the resolved address and the TLS server name of a target.
-async fn resolve(target: &Target) -> anyhow::Result<(DeviceIdentityFiles, SocketAddr, String)> {
-    let dir = NodeIdentityDir::open(&target.identity)?;
-    let identity = dir
-        .load()
-        .with_context(|| format!("cannot load identity from {}", target.identity.display()))?;
-    let enrolled = dir.gateway()?;
-    let (gateway, server_name) = match (&target.gateway, &enrolled) {
-        (Some(g), _) => (g.clone(), target.server_name.clone()),
-        (None, Some(record)) => (
-            record.addr.clone(),
-            target
-                .server_name
-                .clone()
-                .or(Some(record.server_name.clone())),
-        ),
-        (None, None) => anyhow::bail!("give --gateway HOST:PORT (this identity names no gateway)"),
-    };
-    let (addr, server_name) = resolve_gateway(&gateway, server_name.as_deref()).await?;
-    Ok((identity, addr, server_name))
-}
-
-async fn connect(target: &Target) -> anyhow::Result<NodeConnection> {
-    let (identity, addr, server_name) = resolve(target).await?;
-    let tls = tls::client_config(
-        &identity.ca_der,
-        Some((vec![identity.cert_der], identity.key_der)),
-        tls::ALPN,
-    )?;
-    Ok(NodeConnection::connect(addr, &server_name, Arc::new(tls), ClientLimits::default()).await?)
-}
-
-/// A NodeService session over the node TLS listener.
-struct GrpcNode {
-    channel: palyra_tokio::grpc::GrpcChannel,
-    device_id: String,
-    timeout: Duration,
-}
-
-async fn connect_grpc(target: &Target) -> anyhow::Result<GrpcNode> {
-    let (identity, addr, server_name) = resolve(target).await?;
-    let device_id = identity
-        .device_id
-        .clone()
-        .context("the identity's certificate names no device ID")?;
-    let tls = tls::client_config(
-        &identity.ca_der,
-        Some((vec![identity.cert_der], identity.key_der)),
-        tls::ALPN_H2,
-    )?;
-    let channel = palyra_tokio::grpc::GrpcChannel::connect_tls(addr, &server_name, Arc::new(tls))
-        .await
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    Ok(GrpcNode {
-        channel,
-        device_id,
-        timeout: Duration::from_millis(target.timeout_ms),
-    })
-}
-
-fn canonical(device_id: &str) -> Option<CanonicalId> {
-    Some(CanonicalId {
-        ulid: device_id.to_owned(),
-    })
-}
-
-impl GrpcNode {
-    async fn health(&self) -> anyhow::Result<serde_json::Value> {
-        use palyra_proto::pb::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
-        let request = HealthCheckRequest {
-            service: "palyra.node.v1.NodeService".into(),
-        };
-        let response = self
-            .channel
-            .unary(
-                "/grpc.health.v1.Health/Check",
-                request.encode_to_vec(),
-                self.timeout,
-            )
-            .await
-            .map_err(|status| anyhow::anyhow!("health check failed: {status}"))?;
-        let status = HealthCheckResponse::decode(response.as_ref())?.status;
-        Ok(serde_json::json!({
-            "transport": "grpc",
-            "service": "palyra.node.v1.NodeService",
-            "status": if status == 1 { "SERVING" } else { "NOT_SERVING" },
-            "device_id": self.device_id,
-        }))
-    }
-
-    async fn publish(
-        &self,
-        name: &str,
-        payload: &serde_json::Value,
-    ) -> anyhow::Result<NodeEventResponse> {
-        use palyra_tokio::grpc::CallEvent;
-        let mut call = self
-            .channel
-            .open(
-                "/palyra.node.v1.NodeService/StreamNodeEvents",
-                Vec::new(),
-                Some(self.timeout),
-            )
-            .await
-            .map_err(|status| anyhow::anyhow!("cannot open the event stream: {status}"))?;
-        let request = NodeEventRequest {
-            v: 1,
-            device_id: canonical(&self.device_id),
-            event_name: name.to_owned(),
-            payload_json: serde_json::to_vec(payload)?,
-            replay: None,
-        };
-        call.send(request.encode_to_vec())
-            .await
-            .map_err(|status| anyhow::anyhow!("{status}"))?;
-        call.close_send()
-            .await
-            .map_err(|status| anyhow::anyhow!("{status}"))?;
-        let mut answer = None;
-        while let Some(event) = call.next().await {
-            match event {
-                CallEvent::Message(bytes) => {
-                    let response = NodeEventResponse::decode(bytes.as_ref())?;
-                    // Pushed capability work is not this command's business.
-                    if response.dispatch.is_none() || response.reason != "dispatch" {
-                        answer.get_or_insert(response);
-                    }
-                }
-                CallEvent::Finished(status, _) if status.code != Code::Ok => {
-                    anyhow::bail!("gateway answered {status}")
-                }
-                CallEvent::Finished(..) => break,
-                CallEvent::Headers(_) => {}
-            }
+impl Target {
+    fn node(&self) -> NodeTarget {
+        NodeTarget {
+            gateway: self.gateway.clone(),
+            identity: self.identity.clone(),
+            server_name: self.server_name.clone(),
+            timeout: Duration::from_millis(self.timeout_ms),
         }
-        answer.context("gateway sent no answer")
-    }
-
-    async fn register(
-        &self,
-        platform: &str,
-        capabilities: &[String],
-    ) -> anyhow::Result<RegisterNodeResponse> {
-        let request = RegisterNodeRequest {
-            v: 1,
-            device_id: canonical(&self.device_id),
-            platform: platform.to_owned(),
-            capabilities: capabilities
-                .iter()
-                .map(|name| DeviceCapability {
-                    name: name.clone(),
-                    available: true,
-                })
-                .collect(),
-            replay: None,
-        };
-        let response = self
-            .channel
-            .unary(
-                "/palyra.node.v1.NodeService/RegisterNode",
-                request.encode_to_vec(),
-                self.timeout,
-            )
-            .await
-            .map_err(|status| anyhow::anyhow!("RegisterNode failed: {status}"))?;
-        Ok(RegisterNodeResponse::decode(response.as_ref())?)
     }
 }
 
-fn check(frame: &ResponseFrame) -> anyhow::Result<()> {
-    if frame.kind == ResponseKind::Error || !frame.ok {
-        let code = frame
-            .error
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "error".into());
-        let mut line = format!("gateway answered {code}");
-        if let Some(message) = &frame.message {
-            line.push_str(": ");
-            line.push_str(message);
-        }
-        if let Some(first) = frame.first_seq {
-            line.push_str(&format!(" (first_seq {first})"));
-        }
-        anyhow::bail!(line);
-    }
-    Ok(())
-}
-
-async fn health(grpc: &str, timeout_ms: u64) -> anyhow::Result<()> {
-    use palyra_proto::pb::palyra::gateway::v1::{HealthRequest, HealthResponse};
-    let addr: SocketAddr = tokio::net::lookup_host(grpc)
-        .await
-        .with_context(|| format!("cannot resolve {grpc}"))?
-        .next()
-        .with_context(|| format!("{grpc} resolves to no address"))?;
-    let channel = palyra_tokio::grpc::GrpcChannel::connect(addr)
-        .await
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    let response = channel
-        .unary(
-            "/palyra.gateway.v1.GatewayService/GetHealth",
-            HealthRequest { v: 1 }.encode_to_vec(),
-            std::time::Duration::from_millis(timeout_ms),
-        )
-        .await
-        .map_err(|status| anyhow::anyhow!("GetHealth failed: {status}"))?;
-    let health = HealthResponse::decode(response.as_ref()).context("malformed HealthResponse")?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "service": health.service,
-            "status": health.status,
-            "version": health.version,
-            "git_hash": health.git_hash,
-            "build_profile": health.build_profile,
-            "uptime_seconds": health.uptime_seconds,
-        })
-    );
-    Ok(())
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(rt: Rt, cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
-        Command::Health { grpc, timeout_ms } => return health(&grpc, timeout_ms).await,
+        Command::Health { grpc, timeout_ms } => {
+            let health =
+                node::gateway_health(&rt, &grpc, Duration::from_millis(timeout_ms)).await?;
+            println!("{health}");
+            return Ok(());
+        }
         Command::Agent(AgentCommand::Demo {
             daemon,
             session,
@@ -577,22 +359,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             word_delay_ms,
             run_for_secs,
         }) => {
-            let options = palyra_tokio::agent::DemoOptions {
+            let options = palyra_gateway::client::demo_agent::DemoOptions {
                 daemon: daemon.daemon()?,
                 session,
                 name,
                 word_delay: Duration::from_millis(word_delay_ms),
                 run_for: run_for_secs.map(Duration::from_secs),
             };
-            return tokio::task::spawn_blocking(move || palyra_tokio::agent::run_demo(options))
-                .await
-                .context("agent task")?;
+            return runtime::unblock(rt.as_ref(), move || {
+                palyra_gateway::client::demo_agent::run_demo(options)
+            })
+            .await;
         }
         Command::Pairing(command) => {
-            return tokio::task::spawn_blocking(move || pairing(command)).await?
+            return runtime::unblock(rt.as_ref(), move || pairing(command)).await
         }
         Command::Devices(command) => {
-            return tokio::task::spawn_blocking(move || devices(command)).await?
+            return runtime::unblock(rt.as_ref(), move || devices(command)).await
         }
         Command::Node(command) => command,
     };
@@ -607,7 +390,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server_name,
             wait_secs,
         } => {
-            use palyra_tokio::node_identity::{enroll, EnrollOptions, Pairing};
+            use palyra_gateway::client::identity::{enroll, EnrollOptions, Pairing};
             let pairing = match (invite, pin) {
                 (Some(invite), _) => Some(Pairing::Invite(invite)),
                 (None, Some(code)) => Some(Pairing::Pin {
@@ -625,22 +408,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 wait: Duration::from_secs(wait_secs),
                 poll: Duration::from_millis(500),
             };
-            let summary = enroll(options, |line| eprintln!("palyra: {line}")).await?;
+            let summary = enroll(&rt, options, |line| eprintln!("palyra: {line}")).await?;
             println!("{summary}");
         }
         NodeCommand::Run {
             identity,
             run_for_secs,
         } => {
-            use palyra_tokio::node_identity::{run_node, RunOptions};
+            use palyra_gateway::client::identity::{run_node, RunOptions};
             let options = RunOptions {
                 identity,
                 run_for: run_for_secs.map(Duration::from_secs),
             };
-            run_node(options, |line| println!("{line}")).await?;
+            run_node(&rt, options, |line| println!("{line}")).await?;
         }
         NodeCommand::Health { target } if target.transport == Transport::Grpc => {
-            let node = connect_grpc(&target).await?;
+            let node = node::connect_grpc(&rt, &target.node()).await?;
             println!("{}", node.health().await?);
         }
         NodeCommand::Publish {
@@ -656,7 +439,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 serde_json::from_str(&payload).context("--payload is not valid JSON")?;
             palyra_proto::node::validate_event_name(&name)
                 .map_err(|e| anyhow::anyhow!("--name: {e}"))?;
-            let node = connect_grpc(&target).await?;
+            let node = node::connect_grpc(&rt, &target.node()).await?;
             let answer = node.publish(&name, &payload).await?;
             if !answer.accepted {
                 anyhow::bail!("gateway refused the event: {}", answer.reason);
@@ -680,7 +463,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let platform = platform
                 .unwrap_or_else(|| format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH));
-            let node = connect_grpc(&target).await?;
+            let node = node::connect_grpc(&rt, &target.node()).await?;
             let answer = node.register(&platform, &capabilities).await?;
             println!(
                 "{}",
@@ -699,10 +482,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         NodeCommand::Health { target } => {
-            let conn = connect(&target).await?;
+            let conn = node::connect(&rt, &target.node()).await?;
             let frames = conn.request(&NodeRequest::Health).await?.collect().await?;
             let frame = frames.first().context("gateway sent no health answer")?;
-            check(frame)?;
+            node::check(frame)?;
             println!("{}", serde_json::to_string(frame)?);
             conn.close().await;
         }
@@ -716,11 +499,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 serde_json::from_str(&payload).context("--payload is not valid JSON")?;
             palyra_proto::node::validate_event_name(&name)
                 .map_err(|e| anyhow::anyhow!("--name: {e}"))?;
-            let conn = connect(&target).await?;
+            let conn = node::connect(&rt, &target.node()).await?;
             let request = NodeRequest::PublishEvent(PublishEvent { name, payload, to });
             let frames = conn.request(&request).await?.collect().await?;
             let frame = frames.first().context("gateway sent no acknowledgement")?;
-            check(frame)?;
+            node::check(frame)?;
             println!("{}", serde_json::json!({ "seq": frame.seq }));
             conn.close().await;
         }
@@ -729,7 +512,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             resume_from,
             follow,
         } => {
-            let conn = connect(&target).await?;
+            let conn = node::connect(&rt, &target.node()).await?;
             let mut responses = conn
                 .request(&NodeRequest::StreamEvents {
                     resume_from,
@@ -737,7 +520,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?;
             while let Some(frame) = responses.next().await? {
-                check(&frame)?;
+                node::check(&frame)?;
                 let Some(event) = frame.event else { continue };
                 let mut line = serde_json::json!({
                     "seq": frame.seq,

@@ -4,6 +4,7 @@
 use anyhow::{ensure, Context};
 use bytes::Bytes;
 use clap::Parser;
+use palyra_gateway::serve::grpc_channel::{CallEvent, GrpcChannel, StreamingCall};
 use palyra_interop::cases::{self, *};
 use palyra_interop::pb::{
     EchoStatus, Empty, ResponseParameters, SimpleRequest, SimpleResponse,
@@ -14,7 +15,6 @@ use palyra_interop::{zeros, ECHO_INITIAL, ECHO_TRAILING};
 use palyra_proto::grpc::codec::{base64_decode, base64_encode};
 use palyra_proto::grpc::{Code, Status};
 use palyra_proto::h2::hpack::Field;
-use palyra_tokio::grpc::{CallEvent, GrpcChannel};
 use prost::Message;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,7 +42,7 @@ struct Outcome {
     trailers: Vec<Field>,
 }
 
-async fn drain(call: &mut palyra_tokio::grpc::StreamingCall) -> Outcome {
+async fn drain(call: &mut StreamingCall) -> Outcome {
     let mut outcome = Outcome::default();
     while let Some(event) = call.next().await {
         match event {
@@ -343,7 +343,8 @@ async fn run(ch: &GrpcChannel, case: &str) -> anyhow::Result<String> {
 #[tokio::main(worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let channel = GrpcChannel::connect(args.addr).await?;
+    let rt = palyra_tokio::Tokio::current();
+    let channel = GrpcChannel::connect(&(rt as palyra_gateway::runtime::Rt), args.addr).await?;
     let mut ok = true;
     for case in cases::ALL {
         ok &= report(&args.label, case, run(&channel, case).await);

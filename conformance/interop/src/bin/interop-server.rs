@@ -2,7 +2,8 @@
 //! bound address on stdout and serves until stdin closes.
 
 use clap::Parser;
-use std::io::Read;
+use palyra_gateway::grpc::GrpcListener;
+use palyra_gateway::serve::tcp::TcpHandle;
 use std::net::SocketAddr;
 
 /// Interop server on our HTTP/2 + gRPC machines.
@@ -16,37 +17,10 @@ struct Args {
     driver: String,
 }
 
-fn wait_for_stdin_eof() {
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut sink);
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let routers = palyra_interop::test_service_router();
-    match args.driver.as_str() {
-        "tokio" => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let listener = palyra_tokio::grpc::GrpcListener::h2c(routers);
-                let handle = palyra_tokio::grpc::GrpcHandle::start(args.addr, listener).await?;
-                println!("{}", handle.local_addr);
-                tokio::task::spawn_blocking(wait_for_stdin_eof).await?;
-                handle.shutdown().await;
-                anyhow::Ok(())
-            })
-        }
-        "smol" => smol::block_on(async {
-            let listener = palyra_smol::grpc::GrpcListener::h2c(routers);
-            let handle = palyra_smol::grpc::GrpcHandle::start(args.addr, listener)?;
-            println!("{}", handle.local_addr);
-            smol::unblock(wait_for_stdin_eof).await;
-            handle.shutdown().await;
-            anyhow::Ok(())
-        }),
-        other => anyhow::bail!("unknown driver {other:?} (tokio or smol)"),
-    }
+    palyra_interop::serve_until_stdin_eof(&args.driver, |rt| {
+        TcpHandle::start(rt, args.addr, GrpcListener::h2c(routers))
+    })
 }

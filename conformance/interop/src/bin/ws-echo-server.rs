@@ -1,11 +1,11 @@
-//! The operator plane's HTTP/1.1 + WebSocket stack (palyra-proto over the tokio or smol driver)
+//! The operator plane's HTTP/1.1 + WebSocket stack (palyra-gateway over the tokio or smol runtime)
 //! with the conformance-only echo endpoint `GET /conformance/ws-echo` enabled, message limit
 //! 64 KiB. Prints the bound address on stdout and serves until stdin closes.
 
 use clap::Parser;
 use palyra_gateway::operator::{Operator, OperatorAcceptor};
+use palyra_gateway::serve::tcp::TcpHandle;
 use palyra_proto::ws::WsConfig;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,11 +21,6 @@ struct Args {
     driver: String,
 }
 
-fn wait_for_stdin_eof() {
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut sink);
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let ws = WsConfig {
@@ -38,28 +33,7 @@ fn main() -> anyhow::Result<()> {
         config: Default::default(),
         tls: None,
     });
-    match args.driver.as_str() {
-        "tokio" => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let handle =
-                    palyra_tokio::grpc::GrpcHandle::serve(args.addr, acceptor, None).await?;
-                println!("{}", handle.local_addr);
-                tokio::task::spawn_blocking(wait_for_stdin_eof).await?;
-                handle.shutdown().await;
-                anyhow::Ok(())
-            })
-        }
-        "smol" => smol::block_on(async {
-            let handle = palyra_smol::grpc::GrpcHandle::serve(args.addr, acceptor, None)?;
-            println!("{}", handle.local_addr);
-            smol::unblock(wait_for_stdin_eof).await;
-            handle.shutdown().await;
-            anyhow::Ok(())
-        }),
-        other => anyhow::bail!("unknown driver {other:?} (tokio or smol)"),
-    }
+    palyra_interop::serve_until_stdin_eof(&args.driver, |rt| {
+        TcpHandle::serve(rt, args.addr, acceptor, None)
+    })
 }

@@ -1,44 +1,54 @@
-//! Serves the node plane: one task owns the UDP socket and the [`NodeServer`] machine.
+//! Serves the node plane: one task owns the UDP socket and the [`NodePlane`] (the QUIC machine,
+//! the live identity and the event log).
 
-use crate::udp::Udp;
-use async_io::Timer;
-use futures_lite::future;
-use palyra_gateway::node::{NodePlane, MAINTENANCE_INTERVAL};
-use palyra_gateway::store::unix_ms;
+use super::udp::Udp;
+use super::{Stop, StopWaiter, SHUTDOWN_GRACE};
+use crate::node::{NodePlane, MAINTENANCE_INTERVAL};
+use crate::runtime::{self, Rt, Task};
+use palyra_proto::time::unix_ms;
 use rand_core::OsRng;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Instant, SystemTime};
 
-/// How long a graceful shutdown waits for connections to close.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Datagram batches received before the loop turns to timers and sends again.
+const RECV_BATCHES: usize = 32;
 
 /// A running node plane.
 pub struct NodePlaneHandle {
     /// The bound UDP address.
     pub local_addr: SocketAddr,
-    shutdown: async_channel::Sender<()>,
-    task: smol::Task<io::Result<()>>,
+    stop: Arc<Stop>,
+    task: Task<io::Result<()>>,
 }
 
 impl NodePlaneHandle {
-    /// Binds `addr` and serves `plane` on a new task of smol's global executor.
-    pub fn start(addr: SocketAddr, plane: NodePlane) -> io::Result<Self> {
-        let socket = Udp::bind(addr)?;
+    /// Binds `addr` and serves `plane` on a new task.
+    pub fn start(rt: &Rt, addr: SocketAddr, plane: NodePlane) -> io::Result<Self> {
+        let socket = Udp::bind(rt.as_ref(), addr)?;
         let local_addr = socket.local_addr()?;
-        let (shutdown, signal) = async_channel::bounded(1);
-        let task = smol::spawn(serve_node_plane(socket, plane, signal));
+        let stop = Stop::new();
+        let task = runtime::spawn(
+            rt.as_ref(),
+            serve_node_plane(Rt::clone(rt), socket, plane, Arc::clone(&stop)),
+        );
         Ok(Self {
             local_addr,
-            shutdown,
+            stop,
             task,
         })
     }
 
     /// Closes every connection with an application close and waits for the task to end.
     pub async fn shutdown(self) -> io::Result<()> {
-        let _ = self.shutdown.send(()).await;
-        self.task.await
+        self.stop.raise();
+        self.task
+            .join()
+            .await
+            .unwrap_or_else(|| Err(io::Error::other("node plane task ended abnormally")))
     }
 }
 
@@ -50,20 +60,23 @@ enum Wake {
 }
 
 /// The serve loop: receive datagrams, feed the machine, commit publishes, send what it emits,
-/// sleep until its next timeout. Ends after `shutdown` fires and connections have closed.
+/// sleep until its next timeout. Ends after `stop` is raised and connections have closed.
 pub async fn serve_node_plane(
+    rt: Rt,
     mut socket: Udp,
     mut plane: NodePlane,
-    shutdown: async_channel::Receiver<()>,
+    stop: Arc<Stop>,
 ) -> io::Result<()> {
     let mut send_buf = Vec::with_capacity(1500);
-    let mut next_maintenance = Instant::now() + MAINTENANCE_INTERVAL;
+    let mut next_maintenance = rt.now() + MAINTENANCE_INTERVAL;
     let mut stop_by: Option<Instant> = None;
+    let mut timer = rt.new_timer(next_maintenance);
+    let mut stopping = StopWaiter::new(stop);
     // The node service hands events to the log through the hub; its notifier wakes us.
     let notifier = plane.hub.notifier();
     loop {
-        let listener = notifier.listen();
-        let now = Instant::now();
+        let mut listener = notifier.listen();
+        let now = rt.now();
         plane.server.set_wall_clock(unix_ms(SystemTime::now()));
         if now >= next_maintenance {
             plane.maintain(now, SystemTime::now(), &mut OsRng);
@@ -86,28 +99,29 @@ pub async fn serve_node_plane(
             .flatten()
             .min()
             .unwrap_or(next_maintenance);
-        let readable = async { Wake::Readable(socket.readable().await) };
-        let timer = async {
-            Timer::at(wake).await;
-            Wake::Timer
-        };
-        let notified = async {
-            listener.await;
-            Wake::Notified
-        };
-        let stop = async {
-            if stop_by.is_some() {
-                future::pending::<()>().await;
+        timer.as_mut().reset(wake);
+        let woke = std::future::poll_fn(|cx| {
+            if let Poll::Ready(ready) = socket.poll_recv_ready(cx) {
+                return Poll::Ready(Wake::Readable(ready));
             }
-            let _ = shutdown.recv().await;
-            Wake::Shutdown
-        };
-        match future::or(readable, future::or(timer, future::or(notified, stop))).await {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Timer);
+            }
+            if std::pin::Pin::new(&mut listener).poll(cx).is_ready() {
+                return Poll::Ready(Wake::Notified);
+            }
+            if stop_by.is_none() && stopping.poll(cx).is_ready() {
+                return Poll::Ready(Wake::Shutdown);
+            }
+            Poll::Pending
+        })
+        .await;
+        match woke {
             Wake::Readable(ready) => {
                 ready?;
-                let now = Instant::now();
+                let now = rt.now();
                 // Drain what is queued, bounded so timers and sends are not starved.
-                for _ in 0..32 {
+                for _ in 0..RECV_BATCHES {
                     let server = &mut plane.server;
                     match socket.try_recv(|from, ecn, datagram| {
                         server.handle_datagram(now, from, None, ecn, datagram)
@@ -121,11 +135,11 @@ pub async fn serve_node_plane(
                     }
                 }
             }
-            Wake::Timer => plane.server.handle_timeout(Instant::now()),
+            Wake::Timer => plane.server.handle_timeout(rt.now()),
             Wake::Notified => {}
             Wake::Shutdown => {
                 tracing::info!("node plane shutting down");
-                let now = Instant::now();
+                let now = rt.now();
                 plane.server.shutdown(now);
                 stop_by = Some(now + SHUTDOWN_GRACE);
             }

@@ -1,12 +1,12 @@
-//! The node's side of identity on tokio: `palyra node enroll` (pair with a code, wait for the
+//! The node's side of identity: `palyra node enroll` (pair with a code, wait for the
 //! operator, write the identity directory) and `palyra node run` (stay connected over QUIC,
 //! renew the certificate when a third of its lifetime is left or when the operator asks,
 //! reconnect with backoff). The exchanges themselves are the sans-IO
 //! [`palyra_proto::enroll::device::DevicePairing`] and [`rotation_payload`].
 
+use crate::operator::pairing::ROTATE_EVENT;
+use crate::store::{unix_ms, GatewayRecord, NodeIdentityDir, PendingPairing};
 use anyhow::Context;
-use palyra_gateway::operator::pairing::ROTATE_EVENT;
-use palyra_gateway::store::{unix_ms, GatewayRecord, NodeIdentityDir, PendingPairing};
 use palyra_proto::enroll::device::{
     check_rotated, rotation_request, CaTrust, DeviceKeys, DevicePairing, Invite, Progress,
 };
@@ -28,8 +28,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::grpc::GrpcChannel;
-use crate::NodeConnection;
+use crate::runtime::{self, Rt};
+use crate::serve::grpc_channel::GrpcChannel;
+use crate::serve::node_connection::NodeConnection;
 
 const SERVICE: &str = "/palyra.node.v1.NodeService/";
 /// Deadline of one pairing call.
@@ -41,6 +42,7 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Resolves `HOST:PORT` and the TLS server name to verify (the host, unless overridden).
 pub async fn resolve_gateway(
+    rt: &Rt,
     gateway: &str,
     server_name: Option<&str>,
 ) -> anyhow::Result<(SocketAddr, String)> {
@@ -48,9 +50,10 @@ pub async fn resolve_gateway(
         .rsplit_once(':')
         .with_context(|| format!("gateway address {gateway:?} is not HOST:PORT"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addr = tokio::net::lookup_host(gateway)
+    let addr = runtime::lookup_host(rt.as_ref(), gateway)
         .await
         .with_context(|| format!("cannot resolve {gateway}"))?
+        .into_iter()
         .next()
         .with_context(|| format!("{gateway} resolves to no address"))?;
     let name = server_name
@@ -144,16 +147,20 @@ fn pairing_tls(ca: &CaTrust) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     }))
 }
 
-async fn pairing_channel(gateway: &GatewayRecord, ca: &CaTrust) -> anyhow::Result<GrpcChannel> {
-    let (addr, _) = resolve_gateway(&gateway.addr, Some(&gateway.server_name)).await?;
-    GrpcChannel::connect_tls(addr, &gateway.server_name, pairing_tls(ca)?)
+async fn pairing_channel(
+    rt: &Rt,
+    gateway: &GatewayRecord,
+    ca: &CaTrust,
+) -> anyhow::Result<GrpcChannel> {
+    let (addr, _) = resolve_gateway(rt, &gateway.addr, Some(&gateway.server_name)).await?;
+    GrpcChannel::connect_tls(rt, addr, &gateway.server_name, pairing_tls(ca)?)
         .await
         .with_context(|| format!("cannot reach the gateway at {}", gateway.addr))
 }
 
 /// Pairs (or resumes a pairing awaiting approval) and writes the identity directory. `say`
 /// receives progress lines for the person running it. Returns a summary.
-pub async fn enroll(options: EnrollOptions, say: impl Fn(&str)) -> anyhow::Result<Value> {
+pub async fn enroll(rt: &Rt, options: EnrollOptions, say: impl Fn(&str)) -> anyhow::Result<Value> {
     let dir = NodeIdentityDir::open(&options.identity)?;
     if dir.is_enrolled() {
         anyhow::bail!(
@@ -187,14 +194,22 @@ pub async fn enroll(options: EnrollOptions, say: impl Fn(&str)) -> anyhow::Resul
         }
         (None, None) => anyhow::bail!("give --invite, or --pin with --ca-fingerprint or --ca-file"),
         (None, Some(pairing)) => {
-            begin_pairing(&dir, pairing, options.gateway, options.server_name, &say).await?
+            begin_pairing(
+                rt,
+                &dir,
+                pairing,
+                options.gateway,
+                options.server_name,
+                &say,
+            )
+            .await?
         }
     };
     say(&format!(
         "waiting for the operator: palyra pairing approve {}",
         pending.session_id
     ));
-    let issued = wait_for_approval(&pending, &machine, options.wait, options.poll).await;
+    let issued = wait_for_approval(rt, &pending, &machine, options.wait, options.poll).await;
     let issued = match issued {
         Ok(issued) => issued,
         Err(Refusal::Final(e)) => {
@@ -216,6 +231,7 @@ pub async fn enroll(options: EnrollOptions, say: impl Fn(&str)) -> anyhow::Resul
 }
 
 async fn begin_pairing(
+    rt: &Rt,
     dir: &NodeIdentityDir,
     pairing: Pairing,
     gateway: Option<String>,
@@ -272,7 +288,7 @@ async fn begin_pairing(
             }
         }
     };
-    let (_, name) = resolve_gateway(&addr, server_name.as_deref()).await?;
+    let (_, name) = resolve_gateway(rt, &addr, server_name.as_deref()).await?;
     let gateway = GatewayRecord {
         addr,
         server_name: name,
@@ -286,7 +302,7 @@ async fn begin_pairing(
     dir.save_key(&keys.signing)?;
     let mut machine = DevicePairing::new(keys, &device_id, method, &code, ca.clone())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let channel = pairing_channel(&gateway, &ca).await?;
+    let channel = pairing_channel(rt, &gateway, &ca).await?;
     let offer: BeginPairingSessionResponse = unary(
         &channel,
         "BeginPairingSession",
@@ -331,18 +347,19 @@ enum Refusal {
 }
 
 async fn wait_for_approval(
+    rt: &Rt,
     pending: &PendingPairing,
     machine: &DevicePairing,
     wait: Duration,
     poll: Duration,
 ) -> Result<palyra_proto::enroll::device::Issued, Refusal> {
-    let deadline = Instant::now() + wait;
+    let deadline = rt.now() + wait;
     let ca = ca_trust_of(pending).map_err(Refusal::Final)?;
     let mut channel: Option<GrpcChannel> = None;
     let mut last_error = None;
-    while Instant::now() < deadline {
+    while rt.now() < deadline {
         if channel.is_none() {
-            match pairing_channel(&pending.gateway, &ca).await {
+            match pairing_channel(rt, &pending.gateway, &ca).await {
                 Ok(c) => channel = Some(c),
                 Err(e) => last_error = Some(e),
             }
@@ -378,7 +395,7 @@ async fn wait_for_approval(
                 }
             }
         }
-        tokio::time::sleep(poll).await;
+        runtime::sleep(rt.as_ref(), poll).await;
     }
     Err(Refusal::Retry(last_error.unwrap_or_else(|| {
         anyhow::anyhow!("no decision within {} s", wait.as_secs())
@@ -406,12 +423,12 @@ struct Loaded {
 }
 
 impl Loaded {
-    async fn load(dir: &NodeIdentityDir) -> anyhow::Result<Self> {
+    async fn load(rt: &Rt, dir: &NodeIdentityDir) -> anyhow::Result<Self> {
         let files = dir.load()?;
         let gateway = dir
             .gateway()?
             .context("the identity has no gateway.json: enroll it with palyra node enroll")?;
-        let (addr, _) = resolve_gateway(&gateway.addr, Some(&gateway.server_name)).await?;
+        let (addr, _) = resolve_gateway(rt, &gateway.addr, Some(&gateway.server_name)).await?;
         let key = dir.key()?.context("device.key.pem is missing")?;
         let validity = cert::cert_validity(&files.cert_der)?;
         Ok(Self {
@@ -434,8 +451,9 @@ impl Loaded {
         )?))
     }
 
-    async fn connect(&self) -> anyhow::Result<NodeConnection> {
+    async fn connect(&self, rt: &Rt) -> anyhow::Result<NodeConnection> {
         NodeConnection::connect(
+            rt,
             self.addr,
             &self.gateway.server_name,
             self.tls(tls::ALPN)?,
@@ -453,8 +471,8 @@ impl Loaded {
 
 /// Rotates the node's certificate to a new key over its current mTLS identity, and installs
 /// the new pair. Returns the new certificate's end of validity.
-pub async fn rotate(dir: &NodeIdentityDir) -> anyhow::Result<u64> {
-    let current = Loaded::load(dir).await?;
+pub async fn rotate(rt: &Rt, dir: &NodeIdentityDir) -> anyhow::Result<u64> {
+    let current = Loaded::load(rt, dir).await?;
     let new_key = cert::generate_key(&mut OsRng);
     let request = rotation_request(
         &current.device_id,
@@ -463,6 +481,7 @@ pub async fn rotate(dir: &NodeIdentityDir) -> anyhow::Result<u64> {
         Some(random_nonce()),
     )?;
     let channel = GrpcChannel::connect_tls(
+        rt,
         current.addr,
         &current.gateway.server_name,
         current.tls(tls::ALPN_H2)?,
@@ -500,25 +519,25 @@ const ROTATION_RETRY: Duration = Duration::from_secs(60);
 /// third of its lifetime is left or when the operator asks (event `identity.rotate`), and then
 /// opens a connection with the new certificate before closing the old one. `report` receives
 /// one JSON object per change.
-pub async fn run_node(options: RunOptions, report: impl Fn(Value)) -> anyhow::Result<()> {
+pub async fn run_node(rt: &Rt, options: RunOptions, report: impl Fn(Value)) -> anyhow::Result<()> {
     let dir = NodeIdentityDir::open(&options.identity)?;
-    let stop_at = options.run_for.map(|d| Instant::now() + d);
+    let stop_at = options.run_for.map(|d| rt.now() + d);
     let mut backoff = Duration::from_millis(500);
     // Events up to the cursor were acted on already (a rotation request is handled once,
     // even across restarts of the node).
     let mut last_seq: Option<u64> = dir.event_cursor()?;
     let mut pending = Pending::default();
     loop {
-        if stop_at.is_some_and(|t| Instant::now() >= t) {
+        if stop_at.is_some_and(|t| rt.now() >= t) {
             return Ok(());
         }
-        let mut loaded = Loaded::load(&dir).await?;
-        let mut conn = match loaded.connect().await {
+        let mut loaded = Loaded::load(rt, &dir).await?;
+        let mut conn = match loaded.connect(rt).await {
             Ok(conn) => conn,
             Err(e) => {
                 report(json!({"event": "disconnected", "error": format!("{e:#}"),
                               "retry_in_ms": backoff.as_millis() as u64}));
-                sleep_backoff(&mut backoff, stop_at).await;
+                sleep_backoff(rt, &mut backoff, stop_at).await;
                 continue;
             }
         };
@@ -527,7 +546,7 @@ pub async fn run_node(options: RunOptions, report: impl Fn(Value)) -> anyhow::Re
                       "gateway": loaded.gateway.addr,
                       "cert_expires_at_unix_ms": loaded.not_after}));
         let end = loop {
-            let why = match connected(&conn, &loaded, &mut last_seq, stop_at, &pending).await {
+            let why = match connected(rt, &conn, &loaded, &mut last_seq, stop_at, &pending).await {
                 Next::Rotate(why) => {
                     // Acted on once: a restarted node does not rotate again for it.
                     if let Some(seq) = last_seq {
@@ -538,14 +557,14 @@ pub async fn run_node(options: RunOptions, report: impl Fn(Value)) -> anyhow::Re
                 Next::Reconnect(e) => break Some(e),
                 Next::Stop => break None,
             };
-            match rotate(&dir).await {
+            match rotate(rt, &dir).await {
                 Ok(expires) => {
                     pending = Pending::default();
                     report(json!({"event": "rotated", "reason": why,
                                   "cert_expires_at_unix_ms": expires}));
                     // The new certificate's connection first, then the old one goes.
-                    let fresh = Loaded::load(&dir).await?;
-                    match fresh.connect().await {
+                    let fresh = Loaded::load(rt, &dir).await?;
+                    match fresh.connect(rt).await {
                         Ok(new) => {
                             std::mem::replace(&mut conn, new).close().await;
                             loaded = fresh;
@@ -560,7 +579,7 @@ pub async fn run_node(options: RunOptions, report: impl Fn(Value)) -> anyhow::Re
                     // Tried again later, an operator's request included.
                     pending = Pending {
                         rotation: Some(why),
-                        retry_at: Some(Instant::now() + ROTATION_RETRY),
+                        retry_at: Some(rt.now() + ROTATION_RETRY),
                     };
                     report(
                         json!({"event": "rotation_failed", "error": format!("{e:#}"),
@@ -573,23 +592,31 @@ pub async fn run_node(options: RunOptions, report: impl Fn(Value)) -> anyhow::Re
         let Some(e) = end else { return Ok(()) };
         report(json!({"event": "disconnected", "error": format!("{e:#}"),
                       "retry_in_ms": backoff.as_millis() as u64}));
-        sleep_backoff(&mut backoff, stop_at).await;
+        sleep_backoff(rt, &mut backoff, stop_at).await;
     }
 }
 
-async fn sleep_backoff(backoff: &mut Duration, stop_at: Option<Instant>) {
+async fn sleep_backoff(rt: &Rt, backoff: &mut Duration, stop_at: Option<Instant>) {
     let jitter = Duration::from_millis(OsRng.next_u64() % (backoff.as_millis() as u64 / 4 + 1));
-    let mut wake = Instant::now() + *backoff + jitter;
+    let mut wake = rt.now() + *backoff + jitter;
     if let Some(stop) = stop_at {
         wake = wake.min(stop);
     }
-    tokio::time::sleep_until(wake.into()).await;
+    runtime::sleep_until(rt.as_ref(), wake).await;
     *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
+/// What woke a connected node.
+enum Woke {
+    Frame(Box<Result<Option<palyra_proto::node::ResponseFrame>, crate::node_client::ClientError>>),
+    Heartbeat,
+    Renew,
 }
 
 /// One connection's life: follow the event log for rotation requests, check in, watch the
 /// renewal time.
 async fn connected(
+    rt: &Rt,
     conn: &NodeConnection,
     loaded: &Loaded,
     last_seq: &mut Option<u64>,
@@ -606,12 +633,14 @@ async fn connected(
         Ok(events) => events,
         Err(e) => return Next::Reconnect(e.into()),
     };
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    // The first check-in goes out at once.
+    let mut heartbeat = rt.new_timer(rt.now());
+    let mut renew = rt.new_timer(rt.now());
     loop {
         let now_ms = unix_ms(SystemTime::now());
-        let blocked = pending.retry_at.map_or(Duration::ZERO, |t| {
-            t.saturating_duration_since(Instant::now())
-        });
+        let blocked = pending
+            .retry_at
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(rt.now()));
         let due = pending.rotation.is_some() || now_ms >= loaded.renew_at();
         if due && blocked.is_zero() {
             return Next::Rotate(pending.rotation.unwrap_or("renewal"));
@@ -621,11 +650,26 @@ async fn connected(
         } else {
             Duration::from_millis(loaded.renew_at().saturating_sub(now_ms)).max(blocked)
         };
-        let stop_in = stop_at.map_or(Duration::MAX, |t| {
-            t.saturating_duration_since(Instant::now())
-        });
-        tokio::select! {
-            frame = events.next() => match frame {
+        let stop_in = stop_at.map_or(Duration::MAX, |t| t.saturating_duration_since(rt.now()));
+        renew
+            .as_mut()
+            .reset(rt.now() + renew_in.min(stop_in).min(Duration::from_secs(86_400)));
+        let woke = {
+            let mut next = std::pin::pin!(events.next());
+            std::future::poll_fn(|cx| {
+                if let std::task::Poll::Ready(frame) = std::future::Future::poll(next.as_mut(), cx)
+                {
+                    return std::task::Poll::Ready(Woke::Frame(Box::new(frame)));
+                }
+                if heartbeat.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(Woke::Heartbeat);
+                }
+                renew.as_mut().poll(cx).map(|()| Woke::Renew)
+            })
+            .await
+        };
+        match woke {
+            Woke::Frame(frame) => match *frame {
                 Ok(Some(frame)) if frame.kind == ResponseKind::Event => {
                     *last_seq = frame.seq.or(*last_seq);
                     let Some(event) = frame.event else { continue };
@@ -648,20 +692,27 @@ async fn connected(
                     ));
                 }
                 Ok(Some(_)) => {}
-                Ok(None) => return Next::Reconnect(anyhow::anyhow!("the gateway ended the event stream")),
+                Ok(None) => {
+                    return Next::Reconnect(anyhow::anyhow!("the gateway ended the event stream"))
+                }
                 Err(e) => return Next::Reconnect(e.into()),
             },
-            _ = heartbeat.tick() => {
+            Woke::Heartbeat => {
+                heartbeat.as_mut().reset(rt.now() + HEARTBEAT);
                 let ok = match conn.request(&NodeRequest::Health).await {
-                    Ok(r) => r.collect().await.map(|f| f.first().is_some_and(|f| f.ok)).unwrap_or(false),
+                    Ok(r) => r
+                        .collect()
+                        .await
+                        .map(|f| f.first().is_some_and(|f| f.ok))
+                        .unwrap_or(false),
                     Err(_) => false,
                 };
                 if !ok {
                     return Next::Reconnect(anyhow::anyhow!("health check failed"));
                 }
             }
-            _ = tokio::time::sleep(renew_in.min(stop_in)) => {
-                if stop_at.is_some_and(|t| Instant::now() >= t) {
+            Woke::Renew => {
+                if stop_at.is_some_and(|t| rt.now() >= t) {
                     return Next::Stop;
                 }
             }

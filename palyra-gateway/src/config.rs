@@ -1,8 +1,8 @@
 //! `palyrad` configuration: built-in defaults, then a TOML file, then `PALYRA_*` environment
 //! variables, then command-line flags (flags win).
 
-use palyra_gateway::node::NodePlaneOptions;
-use palyra_gateway::store::FileEventLogConfig;
+use crate::node::NodePlaneOptions;
+use crate::store::FileEventLogConfig;
 use palyra_proto::quic::ServerLimits;
 use serde::Deserialize;
 use std::net::SocketAddr;

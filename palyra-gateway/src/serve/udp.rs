@@ -1,31 +1,34 @@
-//! A UDP socket with segmentation offload (GSO/GRO), batched receives and ECN, via `quinn-udp`.
+//! A UDP socket with segmentation offload (GSO/GRO), batched receives and ECN, through
+//! `quinn-udp`, over any runtime's readiness ([`UdpIo`]).
 
+use crate::runtime::{Runtime, UdpIo};
 use palyra_proto::quic::{Transmit, MAX_TRANSMIT_SEGMENTS};
-use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
+use quinn_udp::{RecvMeta, UdpSocketState};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
-use tokio::io::Interest;
+use std::task::{Context, Poll};
 
 /// Receive buffers per call (recvmmsg batch).
 const BATCH: usize = 8;
 
-/// A tokio UDP socket driven through `quinn-udp`.
+/// A bound UDP socket driven through `quinn-udp`.
+#[derive(Debug)]
 pub struct Udp {
-    socket: tokio::net::UdpSocket,
+    io: Box<dyn UdpIo>,
     state: UdpSocketState,
     bufs: Vec<Vec<u8>>,
 }
 
 impl Udp {
-    /// Binds `addr`.
-    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+    /// Binds `addr` on `rt`.
+    pub fn bind(rt: &dyn Runtime, addr: SocketAddr) -> io::Result<Self> {
         let socket = std::net::UdpSocket::bind(addr)?;
-        let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        let state = UdpSocketState::new(quinn_udp::UdpSockRef::from(&socket))?;
         socket.set_nonblocking(true)?;
-        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let io = rt.wrap_udp(socket)?;
         let buf_len = (state.gro_segments() * 1500).max(64 * 1024);
         Ok(Self {
-            socket,
+            io,
             state,
             bufs: vec![vec![0; buf_len]; BATCH],
         })
@@ -33,7 +36,7 @@ impl Udp {
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+        self.io.local_addr()
     }
 
     /// How many datagrams one send may carry: what the kernel supports, capped by
@@ -53,11 +56,15 @@ impl Udp {
             src_ip: t.src_ip,
         };
         loop {
-            match self.socket.try_io(Interest::WRITABLE, || {
-                self.state.send(UdpSockRef::from(&self.socket), &transmit)
-            }) {
+            let sent = self.io.try_io(true, &mut || {
+                self.state.send(self.io.sock_ref(), &transmit).map(|()| 0)
+            });
+            match sent {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.socket.writable().await.is_err() {
+                    if std::future::poll_fn(|cx| self.io.poll_send_ready(cx))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -66,9 +73,9 @@ impl Udp {
         }
     }
 
-    /// Waits until a receive may succeed.
-    pub async fn readable(&self) -> io::Result<()> {
-        self.socket.readable().await
+    /// Ready when a receive may succeed.
+    pub fn poll_recv_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.poll_recv_ready(cx)
     }
 
     /// One batched receive; calls `deliver(from, ecn, datagram)` for every datagram.
@@ -78,14 +85,10 @@ impl Udp {
         mut deliver: impl FnMut(SocketAddr, Option<u8>, &[u8]),
     ) -> io::Result<()> {
         let mut metas = [RecvMeta::default(); BATCH];
-        let Self {
-            socket,
-            state,
-            bufs,
-        } = self;
+        let Self { io, state, bufs } = self;
         let mut slices: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-        let count = socket.try_io(Interest::READABLE, || {
-            state.recv(UdpSockRef::from(&*socket), &mut slices, &mut metas)
+        let count = io.try_io(false, &mut || {
+            state.recv(io.sock_ref(), &mut slices, &mut metas)
         })?;
         for (meta, buf) in metas.iter().zip(slices.iter()).take(count) {
             let ecn = meta.ecn.map(|e| e as u8);

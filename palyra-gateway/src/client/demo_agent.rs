@@ -6,7 +6,7 @@
 //! Blocking tungstenite over a std TCP (or TLS) stream: one connection, one thread, no runtime
 //! needed.
 
-use crate::operator_client::{Conn, Daemon};
+use super::operator::{Conn, Daemon};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use std::io::ErrorKind;

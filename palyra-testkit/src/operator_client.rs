@@ -1,17 +1,18 @@
 //! The CLI's operator-plane client (`palyra ... --daemon URL`) against a real operator listener,
 //! cleartext and TLS: admin calls, the daemon's error envelope, and CA verification.
 
+use crate::{Driver, Gateway};
+use palyra_gateway::client::operator::{ApiError, Daemon};
 use palyra_gateway::operator::{auth::AdminAuth, Admin, Operator, OperatorAcceptor};
+use palyra_gateway::serve::tcp::TcpHandle;
 use palyra_proto::quic::tls::{tcp_server_config, ALPN_HTTP1};
-use palyra_tokio::grpc::GrpcHandle;
-use palyra_tokio::operator_client::{ApiError, Daemon};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Serves the operator plane of a fresh gateway; `tls` selects HTTPS. Returns the listener, its
 /// URL and the gateway (whose CA verifies the listener).
-fn serve(rt: &tokio::runtime::Runtime, tls: bool) -> (GrpcHandle, String, palyra_testkit::Gateway) {
-    let gw = palyra_testkit::Gateway::new();
+fn serve<D: Driver>(tls: bool) -> (TcpHandle, String, Gateway) {
+    let gw = Gateway::new();
     let plane = gw.plane(&Default::default());
     let clock: palyra_gateway::node::service::WallClock =
         Arc::new(|| palyra_gateway::store::unix_ms(std::time::SystemTime::now()));
@@ -32,15 +33,9 @@ fn serve(rt: &tokio::runtime::Runtime, tls: bool) -> (GrpcHandle, String, palyra
         config: Default::default(),
         tls: server_tls,
     });
-    let handle = rt
-        .block_on(GrpcHandle::serve(
-            "127.0.0.1:0".parse().unwrap(),
-            acceptor,
-            None,
-        ))
-        .expect("bind");
+    let (handle, addr) = D::start_listener(acceptor, None);
     let scheme = if tls { "https" } else { "http" };
-    let url = format!("{scheme}://localhost:{}", handle.local_addr.port());
+    let url = format!("{scheme}://localhost:{}", addr.port());
     (handle, url, gw)
 }
 
@@ -48,17 +43,21 @@ fn api_error(err: anyhow::Error) -> ApiError {
     err.downcast::<ApiError>().expect("an API error")
 }
 
-#[test]
-fn admin_calls_over_http_and_https_with_error_envelopes() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+/// Admin calls over http and https, the error envelope of a missing route and a wrong token.
+pub fn operator_client_calls<D: Driver>() {
     for tls in [false, true] {
-        let (handle, url, gw) = serve(&rt, tls);
+        let (handle, url, gw) = serve::<D>(tls);
         let ca = gw.path().join("identity/ca.crt.pem");
         let daemon = Daemon::new(&url, Some(&ca), "client-token".into()).unwrap();
         let status = daemon
             .call(http::Method::GET, "/admin/v1/status", None)
             .unwrap();
-        assert_eq!(status["service"], "palyrad", "tls={tls}: {status}");
+        assert_eq!(
+            status["service"],
+            "palyrad",
+            "[{}] tls={tls}: {status}",
+            D::NAME
+        );
         let err = daemon
             .call(http::Method::GET, "/admin/v1/nope", None)
             .unwrap_err();
@@ -73,15 +72,15 @@ fn admin_calls_over_http_and_https_with_error_envelopes() {
             (err.status.as_u16(), err.code.as_str()),
             (401, "unauthorized")
         );
-        rt.block_on(handle.shutdown());
+        D::stop_grpc(handle);
     }
 }
 
-#[test]
-fn https_is_verified_against_the_given_ca_only() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (handle, url, _gw) = serve(&rt, true);
-    let other = palyra_testkit::Gateway::new();
+/// https is verified against the given CA only; a cleartext URL against a TLS listener says to
+/// use https.
+pub fn operator_client_verifies_the_ca<D: Driver>() {
+    let (handle, url, _gw) = serve::<D>(true);
+    let other = Gateway::new();
     other.plane(&Default::default());
     let foreign_ca = other.path().join("identity/ca.crt.pem");
     let daemon = Daemon::new(&url, Some(&foreign_ca), "client-token".into()).unwrap();
@@ -90,7 +89,8 @@ fn https_is_verified_against_the_given_ca_only() {
         .unwrap_err();
     assert!(
         format!("{err:#}").contains("TLS handshake"),
-        "a foreign CA must fail the handshake: {err:#}"
+        "[{}] a foreign CA must fail the handshake: {err:#}",
+        D::NAME
     );
     let cleartext =
         Daemon::new(&url.replace("https", "http"), None, "client-token".into()).unwrap();
@@ -98,5 +98,5 @@ fn https_is_verified_against_the_given_ca_only() {
         .call(http::Method::GET, "/admin/v1/status", None)
         .unwrap_err();
     assert!(format!("{err:#}").contains("--http-tls"), "{err:#}");
-    rt.block_on(handle.shutdown());
+    D::stop_grpc(handle);
 }

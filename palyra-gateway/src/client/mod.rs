@@ -1,0 +1,7 @@
+//! What the `palyra` CLI and nodes run against a gateway: the node's identity (enroll, run,
+//! rotate), the operator client of the admin API, and the demo agent on the console stream.
+
+pub mod demo_agent;
+pub mod identity;
+pub mod node;
+pub mod operator;

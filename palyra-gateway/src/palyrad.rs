@@ -1,0 +1,260 @@
+//! `palyrad`, the gateway daemon, once for every runtime: the command line, the offline
+//! certificate commands, logging, and [`serve`], which opens the [`Daemon`], binds every
+//! listener on the given runtime, waits for SIGINT or SIGTERM and shuts down gracefully.
+//!
+//! A runtime adapter's binary is `palyrad::main(|config| block_on(palyrad::serve(rt, config)))`.
+
+use crate::config::{default_state_dir, Config, LogFormat, Overrides};
+use crate::daemon::{Daemon, DaemonSettings, Endpoints};
+use crate::runtime::Rt;
+use crate::serve::node_plane::NodePlaneHandle;
+use crate::serve::tcp::TcpHandle;
+use crate::store::{DeviceIdentityFiles, IdentityDir};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use palyra_proto::identity::is_canonical_device_id;
+use rand_core::OsRng;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+/// The Palyra gateway daemon: node plane (QUIC), node TLS listener (NodeService), gateway gRPC
+/// listener and operator plane (admin API, web console). Without a subcommand it runs the
+/// gateway until SIGINT or SIGTERM.
+#[derive(Parser)]
+#[command(name = "palyrad", version)]
+struct Cli {
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Offline certificate administration on a state directory.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Issues a device certificate and writes device.crt.pem, device.key.pem and ca.crt.pem to OUT.
+    IssueDevice {
+        /// State directory of the gateway.
+        #[arg(long, env = "PALYRA_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Device ID (a ULID); a new one is generated when omitted.
+        #[arg(long)]
+        device_id: Option<String>,
+        /// Output directory for the device's identity.
+        #[arg(long)]
+        out: PathBuf,
+        /// Certificate lifetime in days.
+        #[arg(long, default_value_t = 30)]
+        validity_days: u64,
+    },
+    /// Revokes every certificate of a device; a running daemon notices within a second.
+    Revoke {
+        /// State directory of the gateway.
+        #[arg(long, env = "PALYRA_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Device ID to revoke.
+        #[arg(long)]
+        device_id: String,
+        /// Reason recorded with the revocation.
+        #[arg(long, default_value = "revoked_by_operator")]
+        reason: String,
+    },
+}
+
+/// Runs the `palyrad` command line; `serve` runs the daemon with the resolved configuration on
+/// the adapter's runtime (blocking until it stops).
+pub fn main(serve: impl FnOnce(Config) -> anyhow::Result<()>) -> ExitCode {
+    let cli = Cli::parse();
+    let program = std::env::args()
+        .next()
+        .and_then(|p| {
+            std::path::Path::new(&p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "palyrad".into());
+    let result = match cli.command {
+        Some(Command::Cert(cert)) => run_cert(cert),
+        None => Config::resolve(&cli.overrides).and_then(|config| {
+            init_logging(&config);
+            serve(config)
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{program}: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cert(command: CertCommand) -> anyhow::Result<()> {
+    match command {
+        CertCommand::IssueDevice {
+            state_dir,
+            device_id,
+            out,
+            validity_days,
+        } => {
+            let state_dir = state_dir.unwrap_or_else(default_state_dir);
+            let device_id = device_id.unwrap_or_else(|| ulid::Ulid::new().to_string());
+            if !is_canonical_device_id(&device_id) {
+                anyhow::bail!("--device-id {device_id:?} is not a canonical ULID (26 characters, Crockford base32, uppercase)");
+            }
+            if validity_days == 0 {
+                anyhow::bail!("--validity-days must be at least 1");
+            }
+            let ids = IdentityDir::open(state_dir.join("identity"))?;
+            let bundle = ids.issue_device(
+                &mut OsRng,
+                SystemTime::now(),
+                &device_id,
+                Duration::from_secs(validity_days * 86_400),
+            )?;
+            DeviceIdentityFiles::write(&out, &bundle)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "device_id": device_id,
+                    "spki_sha256": palyra_proto::identity::cert::hex_fingerprint(&bundle.issued.spki_sha256),
+                    "expires_at_unix_ms": palyra_proto::time::unix_ms(bundle.issued.not_after),
+                    "identity_dir": out,
+                })
+            );
+            Ok(())
+        }
+        CertCommand::Revoke {
+            state_dir,
+            device_id,
+            reason,
+        } => {
+            let state_dir = state_dir.unwrap_or_else(default_state_dir);
+            let ids = IdentityDir::open(state_dir.join("identity"))?;
+            let newly = ids.revoke_device(SystemTime::now(), &device_id, &reason)?;
+            println!(
+                "{}",
+                serde_json::json!({ "device_id": device_id, "revoked": true, "already_revoked": !newly })
+            );
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+/// Opens the daemon and serves every listener on `rt` until SIGINT or SIGTERM, then shuts down
+/// gracefully (connections get an application close or GOAWAY; state is saved).
+pub async fn serve(rt: Rt, config: Config) -> anyhow::Result<()> {
+    let signals = crate::signals::termination()?;
+    let random: crate::operator::RandomFill =
+        std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
+    let settings = DaemonSettings {
+        state_dir: config.state_dir.clone(),
+        node: config.node.clone(),
+        grpc_tls: config.grpc_tls,
+        http_tls: config.http_tls,
+        enrollment: config.enrollment,
+        advertise_addr: config.advertise_addr.clone(),
+        console_origins: config.console_origins.clone(),
+        admin_token: std::env::var("PALYRA_ADMIN_TOKEN").ok(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        git_hash: option_env!("PALYRA_GIT_HASH").unwrap_or("unknown").into(),
+    };
+    let mut daemon = Daemon::open(settings, random, &mut OsRng)?;
+    if daemon.first_start {
+        tracing::info!(state_dir = %config.state_dir.display(), ca_spki_sha256 = %daemon.ca_fingerprint, "first start: created the gateway CA and server certificate");
+    }
+    if let Some(token) = daemon.new_admin_token.take() {
+        // Shown once: only its hash is stored. Not logged.
+        eprintln!("palyrad: admin token (shown once, store it now): {token}");
+    }
+    let plane = daemon.plane.take().context("node plane already taken")?;
+    let notifier = daemon.notifier();
+    let node = NodePlaneHandle::start(&rt, config.node_addr, plane)
+        .with_context(|| format!("cannot bind the node plane on {}/udp", config.node_addr))?;
+    let grpc = TcpHandle::start(&rt, config.grpc_addr, daemon.gateway.clone())
+        .with_context(|| format!("cannot bind the gRPC listener on {}/tcp", config.grpc_addr))?;
+    let node_tcp = start_beside(&rt, node.local_addr, config.node_addr, &daemon.node)
+        .with_context(|| {
+            format!(
+                "cannot bind the node TLS listener on {}/tcp",
+                node.local_addr
+            )
+        })?;
+    let operator = daemon.operator(node_tcp.local_addr)?;
+    let console_hub = operator
+        .operator
+        .admin
+        .as_ref()
+        .map(|admin| std::sync::Arc::clone(&admin.console));
+    let http = TcpHandle::serve(&rt, config.http_addr, operator, Some(notifier))
+        .with_context(|| format!("cannot bind the HTTP listener on {}/tcp", config.http_addr))?;
+    let endpoints_path = daemon.write_endpoints(&Endpoints {
+        http: http.local_addr,
+        node_quic: node.local_addr,
+        node_tcp: node_tcp.local_addr,
+        grpc: grpc.local_addr,
+    })?;
+    tracing::info!(
+        node_quic = %node.local_addr,
+        node_tcp = %node_tcp.local_addr,
+        http = %http.local_addr,
+        grpc = %grpc.local_addr,
+        grpc_tls = config.grpc_tls,
+        http_tls = config.http_tls,
+        endpoints = %endpoints_path.display(),
+        ca_spki_sha256 = %daemon.ca_fingerprint,
+        "palyrad listening"
+    );
+    let signal = signals.recv().await;
+    tracing::info!(signal = signal.unwrap_or(0), "shutting down");
+    http.shutdown(&rt).await;
+    if let Some(console) = console_hub {
+        if let Err(e) = console.save() {
+            tracing::warn!(error = %e, "saving the console state failed");
+        }
+    }
+    grpc.shutdown(&rt).await;
+    node_tcp.shutdown(&rt).await;
+    node.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds the node TLS listener on the QUIC socket's port number (TCP and UDP ports are
+/// separate, so the same number serves both). With a configured port 0, if that number is taken
+/// on TCP, any free port is used (endpoints.json tells which).
+fn start_beside(
+    rt: &Rt,
+    quic: SocketAddr,
+    configured: SocketAddr,
+    listener: &crate::grpc::GrpcListener,
+) -> std::io::Result<TcpHandle> {
+    match TcpHandle::start(rt, quic, listener.clone()) {
+        Err(e) if configured.port() == 0 => {
+            tracing::debug!(error = %e, "TCP port of the QUIC socket is taken; using another");
+            TcpHandle::start(rt, SocketAddr::new(quic.ip(), 0), listener.clone())
+        }
+        other => other,
+    }
+}
