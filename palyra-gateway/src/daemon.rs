@@ -16,6 +16,7 @@ use crate::node::{open_node_plane, GatewayError, NodePlane, NodePlaneOptions};
 use crate::operator::pairing::PairingAdmin;
 use crate::operator::{auth::AdminAuth, Admin, Operator, OperatorAcceptor, RandomFill};
 use crate::store::unix_ms;
+use crate::store::{DocStore, FileDocStore};
 use palyra_proto::enroll::gateway::GatewayConfig;
 use palyra_proto::identity::cert;
 use palyra_proto::quic::tls;
@@ -130,13 +131,22 @@ impl Daemon {
         let started = Instant::now();
         let dir = settings.state_dir.clone();
         let first_start = !dir.join("identity/ca.crt.pem").exists();
-        let plane =
-            open_node_plane(&dir, &settings.node, rng, SystemTime::now()).map_err(|source| {
-                DaemonError::Plane {
-                    dir: dir.clone(),
-                    source,
-                }
-            })?;
+        let docs: Arc<dyn DocStore> =
+            Arc::new(FileDocStore::open(&dir).map_err(|e| DaemonError::Plane {
+                dir: dir.clone(),
+                source: e.into(),
+            })?);
+        let plane = open_node_plane(
+            &dir,
+            &settings.node,
+            Arc::clone(&docs),
+            rng,
+            SystemTime::now(),
+        )
+        .map_err(|source| DaemonError::Plane {
+            dir: dir.clone(),
+            source,
+        })?;
         let ca_fingerprint = cert::hex_fingerprint(
             &cert::cert_spki_fingerprint(plane.identity.ca_der()).map_err(part("gateway CA"))?,
         );

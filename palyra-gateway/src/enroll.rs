@@ -134,13 +134,16 @@ impl EnrollmentStore {
         let state: EnrollState = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Io {
                 context: format!("reading {}", path.display()),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                source: std::sync::Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e,
+                )),
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => EnrollState::default(),
             Err(e) => {
                 return Err(StoreError::Io {
                     context: format!("reading {}", path.display()),
-                    source: e,
+                    source: std::sync::Arc::new(e),
                 }
                 .into())
             }

@@ -5,9 +5,11 @@
 use crate::notify::Notifier;
 use bytes::Bytes;
 use palyra_proto::grpc::service::{
-    decode, CallHandler, CallInfo, GrpcAcceptor, Router, RouterFactory, Service, Unary,
+    decode, CallHandler, CallInfo, GrpcAcceptor, PollContext, Reply, Router, RouterFactory,
+    Service, Unary,
 };
 use palyra_proto::grpc::services::{HealthService, ReflectionService};
+use palyra_proto::grpc::{Code, Status};
 use palyra_proto::pb::palyra::gateway::v1::{HealthRequest, HealthResponse};
 use palyra_proto::transport::Acceptor;
 use prost::Message;
@@ -86,6 +88,82 @@ pub fn gateway_router(info: Arc<DaemonInfo>) -> Result<RouterFactory, prost::Dec
             Box::new(reflection.v1alpha()),
         ])
     }))
+}
+
+/// Polls for the answer of a call waiting on a store: `None` while waiting.
+pub type Answer = Box<dyn FnMut() -> Option<Result<Vec<u8>, Status>> + Send>;
+
+/// A unary call answered once a store write it started completes: `start` checks the request
+/// and hands its write over, returning how to poll for the answer (or the status at once). The
+/// connection's task polls it whenever the call's notifier fires.
+pub struct Deferred<F> {
+    request: Option<Bytes>,
+    start: Option<F>,
+    answer: Option<Answer>,
+}
+
+impl<F> Deferred<F>
+where
+    F: FnOnce(Bytes) -> Result<Answer, Status> + Send + 'static,
+{
+    /// Wraps `start`.
+    pub fn boxed(start: F) -> Box<dyn CallHandler> {
+        Box::new(Self {
+            request: None,
+            start: Some(start),
+            answer: None,
+        })
+    }
+}
+
+impl<F> CallHandler for Deferred<F>
+where
+    F: FnOnce(Bytes) -> Result<Answer, Status> + Send + 'static,
+{
+    fn on_message(&mut self, message: Bytes, reply: &mut Reply) {
+        if self.request.is_some() || self.start.is_none() {
+            reply.finish(Status::new(
+                Code::Unimplemented,
+                "unary method received more than one request message",
+            ));
+            return;
+        }
+        self.request = Some(message);
+    }
+
+    fn on_half_close(&mut self, reply: &mut Reply) {
+        let (Some(request), Some(start)) = (self.request.take(), self.start.take()) else {
+            if self.answer.is_none() {
+                reply.finish(Status::new(
+                    Code::Unimplemented,
+                    "unary method received no request message",
+                ));
+            }
+            return;
+        };
+        match start(request) {
+            Ok(answer) => self.answer = Some(answer),
+            Err(status) => reply.finish(status),
+        }
+    }
+
+    fn poll(&mut self, _cx: &PollContext, reply: &mut Reply) {
+        let Some(answer) = self.answer.as_mut() else {
+            return;
+        };
+        match answer() {
+            None => {}
+            Some(Ok(response)) => {
+                self.answer = None;
+                reply.message(response);
+                reply.finish(Status::ok());
+            }
+            Some(Err(status)) => {
+                self.answer = None;
+                reply.finish(status);
+            }
+        }
+    }
 }
 
 /// What a gRPC listener serves and how; drivers bind it with their `GrpcHandle::start`.

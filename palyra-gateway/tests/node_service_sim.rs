@@ -69,7 +69,7 @@ impl Pki {
             device,
             ca_der,
             server_tls,
-            hub: Arc::new(NodeHub::open(trust, None).unwrap()),
+            hub: Arc::new(NodeHub::in_memory(trust)),
         }
     }
 

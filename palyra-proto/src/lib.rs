@@ -16,7 +16,6 @@ pub mod identity;
 pub mod node;
 pub mod pb;
 pub mod quic;
-pub mod store;
 pub mod time;
 pub mod transport;
 pub mod ws;

@@ -19,6 +19,7 @@ use palyra_gateway::runtime::{self, Rt};
 use palyra_gateway::serve::node_connection::NodeConnection;
 use palyra_gateway::serve::node_plane::NodePlaneHandle;
 use palyra_gateway::serve::tcp::TcpHandle;
+use palyra_gateway::store::FileDocStore;
 use palyra_gateway::store::{DeviceBundle, IdentityDir};
 use palyra_proto::grpc::service::RouterFactory;
 use palyra_proto::identity::cert::{key_to_der, CertAuthority};
@@ -250,8 +251,15 @@ impl Gateway {
 
     /// Opens the node plane on the state directory.
     pub fn plane(&self, options: &NodePlaneOptions) -> NodePlane {
-        open_node_plane(self.dir.path(), options, &mut OsRng, SystemTime::now())
-            .expect("node plane")
+        let docs = Arc::new(FileDocStore::open(self.dir.path()).expect("document store"));
+        open_node_plane(
+            self.dir.path(),
+            options,
+            docs,
+            &mut OsRng,
+            SystemTime::now(),
+        )
+        .expect("node plane")
     }
 
     /// Issues a device certificate (as `palyrad cert issue-device` does).

@@ -168,6 +168,8 @@ pub fn operator_admin_api<D: Driver>() {
     let plane = gw.plane(&NodePlaneOptions::default());
     let hub = Arc::clone(&plane.hub);
     hub.register(crate::DEV_A, "linux-x86_64", Vec::new(), u64::MAX / 2)
+        .wait_blocking(Duration::from_secs(5))
+        .expect("answered")
         .expect("register");
     let (quic, quic_addr) = D::start(plane);
     let clock: palyra_gateway::node::service::WallClock =

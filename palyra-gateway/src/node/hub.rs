@@ -1,27 +1,28 @@
 //! State the node listeners share across connections and tasks: the node registry, the
 //! capability work queue, and the inbox of events waiting to enter the event log.
 //!
-//! One [`NodeHub`] per daemon. Its methods are short critical sections over one mutex; whoever
-//! changes something calls [`Notifier::notify`] so connection tasks poll their calls again
-//! (capability dispatches are pushed to a node's open `StreamNodeEvents` as soon as they are
-//! queued). The QUIC task owns the event log; gRPC handlers hand it events through
-//! [`NodeHub::submit_event`] and learn the outcome from [`NodeHub::take_append_result`], so every
-//! event is fsynced by the same group commit as node-plane publishes.
+//! One [`NodeHub`] per daemon. Its methods are short critical sections over one mutex, never
+//! held across a write; whoever changes something calls [`Notifier::notify`] so connection tasks
+//! poll their calls again (capability dispatches are pushed to a node's open `StreamNodeEvents`
+//! as soon as they are queued). The event log ([`NodeHub::log`]) is shared: node-plane publishes,
+//! NodeService events and the admin API's events are group-committed by the same log thread.
+//! The registry is a document (`nodes.json`) written through the [`DocStore`]; a registration is
+//! answered once it is durable.
 
 use crate::notify::Notifier;
-use crate::store::{write_atomic, NewEvent, StoreError};
+use crate::store::{pending, DocStore, LogStore, Pending, StoreError};
 use palyra_proto::identity::trust::{TrustDecision, TrustIndex};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The registry's document.
+pub const REGISTRY_KEY: &str = "nodes.json";
 
 /// Capability requests queued for one device before new ones are refused.
 pub const MAX_QUEUED_PER_DEVICE: usize = 64;
 /// Capability requests in flight across all devices.
 pub const MAX_JOBS: usize = 4096;
-/// Events waiting for the log before new ones are refused.
-pub const MAX_PENDING_APPENDS: usize = 4096;
 /// Registered nodes kept (a registration beyond it is refused).
 pub const MAX_NODES: usize = 65_536;
 /// Capabilities a node may advertise.
@@ -117,53 +118,84 @@ struct Job {
 #[derive(Default)]
 struct HubState {
     nodes: BTreeMap<String, NodeRecord>,
+    /// Presence changed since the registry was last handed to the store.
     nodes_dirty: bool,
     jobs: HashMap<String, Job>,
     queues: HashMap<String, VecDeque<String>>,
-    appends: VecDeque<(u64, NewEvent)>,
-    append_results: HashMap<u64, Result<u64, String>>,
-    next_ticket: u64,
     /// Open QUIC connections per device.
     quic: HashMap<String, usize>,
 }
+
+/// A registration being made durable: answered once the registry document is written.
+pub type Registration = Pending<Result<(), HubError>>;
 
 /// The shared node-listener state of one daemon.
 pub struct NodeHub {
     state: Mutex<HubState>,
     notifier: Arc<Notifier>,
     trust: Arc<TrustIndex>,
-    registry: Option<PathBuf>,
+    log: Arc<dyn LogStore>,
+    registry: Option<Arc<dyn DocStore>>,
+    /// Wakes the node plane's serve loop when trust changes.
+    plane_wake: Arc<Notifier>,
 }
 
 impl NodeHub {
-    /// A hub deciding trust with `trust`, persisting the registry at `registry` (loaded if it
-    /// exists; `None` keeps it in memory, for tests).
-    pub fn open(trust: Arc<TrustIndex>, registry: Option<PathBuf>) -> Result<Self, StoreError> {
+    /// A hub deciding trust with `trust`, appending to `log`, keeping the registry in `registry`
+    /// (loaded if it holds one; `None` keeps it in memory, for tests), and waking the node
+    /// plane's loop through `plane_wake` on trust changes.
+    pub fn open(
+        trust: Arc<TrustIndex>,
+        log: Arc<dyn LogStore>,
+        registry: Option<Arc<dyn DocStore>>,
+        plane_wake: Arc<Notifier>,
+    ) -> Result<Self, StoreError> {
         let mut state = HubState::default();
-        if let Some(path) = &registry {
-            match std::fs::read(path) {
-                Ok(bytes) => {
-                    let nodes: Vec<NodeRecord> = serde_json::from_slice(&bytes).map_err(|e| {
-                        StoreError::io(format!("parsing {}", path.display()))(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            e,
-                        ))
-                    })?;
-                    state.nodes = nodes
-                        .into_iter()
-                        .map(|n| (n.device_id.clone(), n))
-                        .collect();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::io(format!("reading {}", path.display()))(e)),
-            }
+        if let Some(doc) = registry
+            .as_ref()
+            .map(|docs| docs.get(REGISTRY_KEY))
+            .transpose()?
+            .flatten()
+        {
+            let nodes: Vec<NodeRecord> = serde_json::from_slice(&doc.value)
+                .map_err(|e| StoreError::Corrupt(format!("{REGISTRY_KEY}: {e}")))?;
+            state.nodes = nodes
+                .into_iter()
+                .map(|n| (n.device_id.clone(), n))
+                .collect();
         }
         Ok(Self {
             state: Mutex::new(state),
             notifier: Arc::new(Notifier::new()),
             trust,
+            log,
             registry,
+            plane_wake,
         })
+    }
+
+    /// A hub whose event log and registry live in memory only (simulations and tests).
+    pub fn in_memory(trust: Arc<TrustIndex>) -> Self {
+        Self {
+            state: Mutex::new(HubState::default()),
+            notifier: Arc::new(Notifier::new()),
+            trust,
+            log: Arc::new(crate::store::log::MemoryLog::new(64 * 1024 * 1024)),
+            registry: None,
+            plane_wake: Arc::new(Notifier::new()),
+        }
+    }
+
+    /// The node-plane event log.
+    pub fn log(&self) -> &Arc<dyn LogStore> {
+        &self.log
+    }
+
+    /// The trust index changed (pairing, revocation, a reloaded trust file): node TLS streams and
+    /// the QUIC loop re-check their peers.
+    pub fn trust_changed(&self) {
+        self.notifier.notify();
+        self.plane_wake.notify();
     }
 
     fn lock(&self) -> MutexGuard<'_, HubState> {
@@ -209,17 +241,20 @@ impl NodeHub {
         self.trust.check(spki_sha256)
     }
 
-    /// Registers (or re-registers) a node and saves the registry.
+    /// Registers (or re-registers) a node; the answer comes once the registry is durable.
     pub fn register(
         &self,
         device_id: &str,
         platform: &str,
         capabilities: Vec<CapabilityRecord>,
         now_ms: u64,
-    ) -> Result<(), HubError> {
+    ) -> Registration {
+        let (answer, done) = pending(Some(Arc::clone(&self.notifier)));
         let mut state = self.lock();
         if !state.nodes.contains_key(device_id) && state.nodes.len() >= MAX_NODES {
-            return Err(HubError::Overloaded("node registry is full"));
+            drop(state);
+            done.complete(Err(HubError::Overloaded("node registry is full")));
+            return answer;
         }
         let record = state
             .nodes
@@ -236,11 +271,22 @@ impl NodeHub {
         record.platform = platform.to_owned();
         record.capabilities = capabilities;
         record.last_seen_at_unix_ms = now_ms;
-        let saved = self.save(&state);
-        state.nodes_dirty = saved.is_err();
+        state.nodes_dirty = false;
+        let snapshot = registry_json(&state);
         drop(state);
         self.notifier.notify();
-        saved
+        match &self.registry {
+            Some(docs) => docs.put(
+                REGISTRY_KEY,
+                snapshot.into(),
+                None,
+                Box::new(move |result| {
+                    done.complete(result.map(drop).map_err(|e| HubError::Store(e.to_string())))
+                }),
+            ),
+            None => done.complete(Ok(())),
+        }
+        answer
     }
 
     /// Records that `device_id` sent `event_name` (registered nodes only).
@@ -264,24 +310,30 @@ impl NodeHub {
         self.lock().nodes.values().cloned().collect()
     }
 
-    /// Saves presence updates (last seen) if any; drivers call it from maintenance.
-    pub fn flush(&self) -> Result<(), HubError> {
-        let mut state = self.lock();
-        if !state.nodes_dirty {
-            return Ok(());
-        }
-        let saved = self.save(&state);
-        state.nodes_dirty = saved.is_err();
-        saved
-    }
-
-    fn save(&self, state: &HubState) -> Result<(), HubError> {
-        let Some(path) = &self.registry else {
-            return Ok(());
+    /// Hands presence updates (last seen) to the store if there are any; the maintenance thread
+    /// calls it every few seconds. A failed write is retried next time.
+    pub fn flush(self: &Arc<Self>) {
+        let Some(docs) = &self.registry else { return };
+        let snapshot = {
+            let mut state = self.lock();
+            if !state.nodes_dirty {
+                return;
+            }
+            state.nodes_dirty = false;
+            registry_json(&state)
         };
-        let nodes: Vec<&NodeRecord> = state.nodes.values().collect();
-        let json = serde_json::to_vec_pretty(&nodes).unwrap_or_default();
-        write_atomic(path, &json).map_err(|e| HubError::Store(e.to_string()))
+        let hub = Arc::clone(self);
+        docs.put(
+            REGISTRY_KEY,
+            snapshot.into(),
+            None,
+            Box::new(move |result| {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "cannot save node presence; will retry");
+                    hub.lock().nodes_dirty = true;
+                }
+            }),
+        );
     }
 
     /// Queues capability work for a registered device; returns the request ID.
@@ -416,58 +468,48 @@ impl NodeHub {
             }
         }
     }
+}
 
-    /// Hands an event to the log writer; returns a ticket for [`NodeHub::take_append_result`].
-    pub fn submit_event(&self, event: NewEvent) -> Result<u64, HubError> {
-        let mut state = self.lock();
-        if state.appends.len() + state.append_results.len() >= MAX_PENDING_APPENDS {
-            return Err(HubError::Overloaded(
-                "too many events waiting to be stored; retry",
-            ));
-        }
-        state.next_ticket += 1;
-        let ticket = state.next_ticket;
-        state.appends.push_back((ticket, event));
-        drop(state);
-        self.notifier.notify();
-        Ok(ticket)
-    }
-
-    /// The log writer takes the events submitted since its last call.
-    pub fn take_appends(&self) -> Vec<(u64, NewEvent)> {
-        self.lock().appends.drain(..).collect()
-    }
-
-    /// The log writer reports outcomes: the event's sequence number, or why it was not stored.
-    pub fn finish_appends(&self, results: Vec<(u64, Result<u64, String>)>) {
-        if results.is_empty() {
-            return;
-        }
-        self.lock().append_results.extend(results);
-        self.notifier.notify();
-    }
-
-    /// The outcome of a submitted event, once the log writer reported it.
-    pub fn take_append_result(&self, ticket: u64) -> Option<Result<u64, String>> {
-        self.lock().append_results.remove(&ticket)
-    }
-
-    /// Forgets a ticket whose caller went away (its outcome is dropped when it arrives).
-    pub fn forget_ticket(&self, ticket: u64) {
-        let mut state = self.lock();
-        if state.append_results.remove(&ticket).is_none() {
-            state.appends.retain(|(t, _)| *t != ticket);
-        }
-    }
+/// The registry as stored: every node, by device ID.
+fn registry_json(state: &HubState) -> Vec<u8> {
+    let nodes: Vec<&NodeRecord> = state.nodes.values().collect();
+    serde_json::to_vec_pretty(&nodes).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{FileDocStore, LogService, MemoryEventLog};
     use palyra_proto::identity::trust::TrustSnapshot;
+    use std::time::Duration;
+
+    fn memory_log() -> Arc<dyn LogStore> {
+        Arc::new(
+            LogService::start(
+                "test-events",
+                Box::new(MemoryEventLog::new(1 << 20)),
+                1 << 20,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn open(
+        trust: Arc<TrustIndex>,
+        docs: Option<Arc<dyn DocStore>>,
+    ) -> Result<NodeHub, StoreError> {
+        NodeHub::open(trust, memory_log(), docs, Arc::new(Notifier::new()))
+    }
 
     fn hub() -> NodeHub {
-        NodeHub::open(Arc::new(TrustIndex::new(&TrustSnapshot::default())), None).unwrap()
+        open(Arc::new(TrustIndex::new(&TrustSnapshot::default())), None).unwrap()
+    }
+
+    fn register(hub: &NodeHub, device: &str, caps: Vec<CapabilityRecord>, now_ms: u64) {
+        hub.register(device, "linux-x86_64", caps, now_ms)
+            .wait_blocking(Duration::from_secs(5))
+            .expect("answered")
+            .expect("registered");
     }
 
     #[test]
@@ -477,7 +519,7 @@ mod tests {
             hub.enqueue("dev", "echo", b"{}".to_vec(), 10),
             Err(HubError::NotRegistered)
         );
-        hub.register("dev", "linux-x86_64", Vec::new(), 1).unwrap();
+        register(&hub, "dev", Vec::new(), 1);
         let version = hub.notifier().version();
         let id = hub.enqueue("dev", "echo", b"{}".to_vec(), 10).unwrap();
         assert!(
@@ -508,7 +550,7 @@ mod tests {
     #[test]
     fn queues_are_bounded_and_abandon_cleans_up() {
         let hub = hub();
-        hub.register("dev", "p", Vec::new(), 1).unwrap();
+        register(&hub, "dev", Vec::new(), 1);
         let ids: Vec<String> = (0..MAX_QUEUED_PER_DEVICE)
             .map(|_| hub.enqueue("dev", "echo", Vec::new(), 1).unwrap())
             .collect();
@@ -528,40 +570,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nodes.json");
         let trust = Arc::new(TrustIndex::new(&TrustSnapshot::default()));
-        let hub = NodeHub::open(Arc::clone(&trust), Some(path.clone())).unwrap();
+        let docs: Arc<dyn DocStore> = Arc::new(FileDocStore::open(dir.path()).unwrap());
+        let hub = Arc::new(open(Arc::clone(&trust), Some(Arc::clone(&docs))).unwrap());
         let caps = vec![CapabilityRecord {
             name: "echo".into(),
             available: true,
         }];
-        hub.register("dev", "linux-x86_64", caps.clone(), 5)
-            .unwrap();
+        register(&hub, "dev", caps.clone(), 5);
         hub.touch("dev", "node.heartbeat", 9);
-        hub.flush().unwrap();
-        let again = NodeHub::open(trust, Some(path.clone())).unwrap();
+        hub.flush();
+        docs.close();
+        let docs: Arc<dyn DocStore> = Arc::new(FileDocStore::open(dir.path()).unwrap());
+        let again = open(Arc::clone(&trust), Some(docs)).unwrap();
         let node = again.node("dev").unwrap();
         assert_eq!(node.capabilities, caps);
         assert_eq!(node.registered_at_unix_ms, 5);
         assert_eq!(node.last_seen_at_unix_ms, 9);
         assert_eq!(node.last_event_name, "node.heartbeat");
         std::fs::write(&path, b"{not json").unwrap();
-        assert!(NodeHub::open(Arc::new(TrustIndex::default()), Some(path)).is_err());
-    }
-
-    #[test]
-    fn appends_round_trip_through_the_writer() {
-        let hub = hub();
-        let event = NewEvent {
-            to: None,
-            body: bytes::Bytes::from_static(b"{}"),
-        };
-        let a = hub.submit_event(event.clone()).unwrap();
-        let b = hub.submit_event(event.clone()).unwrap();
-        hub.forget_ticket(b);
-        let taken = hub.take_appends();
-        assert_eq!(taken.len(), 1);
-        assert_eq!(taken[0].0, a);
-        assert!(hub.take_append_result(a).is_none());
-        hub.finish_appends(vec![(a, Ok(7))]);
-        assert_eq!(hub.take_append_result(a), Some(Ok(7)));
+        let docs: Arc<dyn DocStore> = Arc::new(FileDocStore::open(dir.path()).unwrap());
+        assert!(open(Arc::new(TrustIndex::default()), Some(docs)).is_err());
     }
 }

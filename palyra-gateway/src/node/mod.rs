@@ -11,13 +11,17 @@
 pub mod hub;
 pub mod service;
 
+use crate::notify::Notifier;
 use crate::store::{
-    unix_ms, write_atomic, FileEventLog, FileEventLogConfig, IdentityDir, IdentityError, StoreError,
+    write_atomic, DocStore, EventBatch, FileEventLog, FileEventLogConfig, IdentityDir,
+    IdentityError, LogService, LogStore, NewEvent, StoreError,
 };
 use palyra_proto::identity::cert::ServerKeyKind;
 use palyra_proto::identity::trust::TrustIndex;
+use palyra_proto::node::log::LogUnavailable;
 use palyra_proto::quic::server::{NodeServer, NodeServerConfig, ServerError, ServerLimits};
 use palyra_proto::quic::tls::{self, ServerCertSlot, TlsError};
+use palyra_proto::quic::{ServerEvent, StreamKey};
 use rand_core::CryptoRngCore;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -76,14 +80,21 @@ struct ServedCert {
 }
 
 /// The gateway's live identity: trust index kept in sync with `trust.json`, and the server
-/// certificates (Ed25519 for QUIC, ECDSA P-256 for TCP listeners) renewed in place.
+/// certificates (Ed25519 for QUIC, ECDSA P-256 for TCP listeners) renewed in place. Shared: the
+/// maintenance thread renews and reloads while listeners read the slots and the index.
 pub struct GatewayIdentity {
     ids: IdentityDir,
     trust: Arc<TrustIndex>,
-    served: [ServedCert; 2],
+    slots: [Arc<ServerCertSlot>; 2],
     ca_der: Vec<u8>,
     hosts: Vec<String>,
     server_cert_validity: Duration,
+    state: std::sync::Mutex<IdentityState>,
+}
+
+/// What renewal and reloading change.
+struct IdentityState {
+    served: [ServedCert; 2],
     trust_stamp: Option<(SystemTime, u64)>,
 }
 
@@ -142,13 +153,20 @@ impl GatewayIdentity {
         let trust = Arc::new(TrustIndex::new(&ids.load_trust()?));
         Ok(Self {
             ca_der: ca.cert_der().to_vec(),
-            served,
+            slots: [Arc::clone(&served[0].slot), Arc::clone(&served[1].slot)],
+            state: std::sync::Mutex::new(IdentityState {
+                served,
+                trust_stamp,
+            }),
             trust,
             hosts: hosts.to_vec(),
             server_cert_validity,
-            trust_stamp,
             ids,
         })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, IdentityState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The gateway CA certificate (DER).
@@ -163,17 +181,17 @@ impl GatewayIdentity {
 
     /// The Ed25519 server certificate slot (QUIC node plane).
     pub fn cert_slot(&self) -> Arc<ServerCertSlot> {
-        Arc::clone(&self.served[0].slot)
+        Arc::clone(&self.slots[0])
     }
 
     /// The ECDSA P-256 server certificate slot (TCP listeners: node TLS, gateway TLS).
     pub fn tcp_cert_slot(&self) -> Arc<ServerCertSlot> {
-        Arc::clone(&self.served[1].slot)
+        Arc::clone(&self.slots[1])
     }
 
     /// End of validity of the Ed25519 server certificate in use.
     pub fn server_cert_not_after(&self) -> SystemTime {
-        self.served[0].not_after
+        self.state().served[0].not_after
     }
 
     /// Confirms the rotated certificates seen in use since the last call (revoking what they
@@ -187,13 +205,14 @@ impl GatewayIdentity {
     }
 
     /// Reloads `trust.json` if it changed since the last look. Returns true if the index changed.
-    pub fn refresh_trust(&mut self) -> Result<bool, GatewayError> {
+    pub fn refresh_trust(&self) -> Result<bool, GatewayError> {
+        let mut state = self.state();
         let stamp = self.ids.trust_stamp();
-        if stamp == self.trust_stamp {
+        if stamp == state.trust_stamp {
             return Ok(false);
         }
         let snapshot = self.ids.load_trust()?;
-        self.trust_stamp = stamp;
+        state.trust_stamp = stamp;
         self.trust.replace(&snapshot);
         Ok(true)
     }
@@ -201,13 +220,14 @@ impl GatewayIdentity {
     /// Renews each server certificate when a third of its lifetime is left; new handshakes use
     /// the new certificate at once. Returns true if any was renewed.
     pub fn renew_server_cert_if_due(
-        &mut self,
+        &self,
         rng: &mut impl CryptoRngCore,
         now: SystemTime,
     ) -> Result<bool, GatewayError> {
         let renew_before = self.server_cert_validity / 3;
         let mut renewed = false;
-        for served in &mut self.served {
+        let mut state = self.state();
+        for served in &mut state.served {
             if now + renew_before < served.not_after {
                 continue;
             }
@@ -228,115 +248,284 @@ impl GatewayIdentity {
     }
 }
 
-/// Everything a driver needs to serve the node plane.
+/// Everything the node plane's serve loop needs: the QUIC machine and what it answers from.
 pub struct NodePlane {
     /// The QUIC server machine.
     pub server: NodeServer,
-    /// The live identity.
-    pub identity: GatewayIdentity,
-    /// State shared with the node TLS listener (registry, capability queue, event inbox).
+    /// The live identity (shared with the maintenance thread).
+    pub identity: Arc<GatewayIdentity>,
+    /// State shared with the node TLS listener (registry, capability queue, the event log).
     pub hub: Arc<hub::NodeHub>,
     /// TLS configuration of the node TCP listener (NodeService).
     pub tcp_tls: Arc<rustls::ServerConfig>,
-    next_flush: Option<Instant>,
+    /// Completed log work for the machine, filled on the log's thread.
+    inbox: Arc<std::sync::Mutex<Vec<LogOutcome>>>,
+    /// Wakes the serve loop: log work completed, trust changed.
+    wake: Arc<Notifier>,
+    maintenance: Option<Maintenance>,
+}
+
+/// Log work the machine asked for, completed.
+enum LogOutcome {
+    Appended(StreamKey, Result<u64, LogUnavailable>),
+    Read(StreamKey, Result<EventBatch, LogUnavailable>),
+}
+
+fn unavailable(e: StoreError) -> LogUnavailable {
+    LogUnavailable(e.to_string())
 }
 
 impl NodePlane {
-    /// Periodic housekeeping (drivers call it every [`MAINTENANCE_INTERVAL`]): reloads the trust
-    /// file and closes connections it no longer trusts, renews the server certificate when due.
-    /// Failures are logged and retried next time; the previous state stays in force.
-    pub fn maintain(&mut self, now: Instant, wall: SystemTime, rng: &mut impl CryptoRngCore) {
-        match self.identity.confirm_rotations(wall) {
-            Ok(true) => {
-                tracing::info!("rotated certificates in use; their predecessors are revoked")
+    /// The notifiers the serve loop waits on besides its socket and timer: completed log work and
+    /// trust changes, and the log growing (following streams read on).
+    pub fn wakers(&self) -> [Arc<Notifier>; 2] {
+        [Arc::clone(&self.wake), self.hub.log().notifier()]
+    }
+
+    /// Carries out what the machine asked for and hands it what completed: publishes go to the
+    /// event log as one batch, reads are served from memory (or from the log's thread), finished
+    /// work goes back to the machine, and trust changes and log growth reach its streams. Logs
+    /// what is worth logging.
+    pub fn pump(&mut self, now: Instant) {
+        self.server.handle_trust_change(now);
+        loop {
+            let outcomes = std::mem::take(&mut *self.inbox());
+            let any = !outcomes.is_empty();
+            for outcome in outcomes {
+                match outcome {
+                    LogOutcome::Appended(key, result) => {
+                        self.server.complete_append(now, key, result)
+                    }
+                    LogOutcome::Read(key, result) => self.server.handle_events(now, key, result),
+                }
             }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "cannot confirm rotated certificates; will retry")
-            }
-        }
-        match self.identity.refresh_trust() {
-            Ok(true) => {
-                tracing::info!("trust file changed; re-checking open connections");
-                self.server.handle_trust_change(now);
-                // Node TLS connections re-check their streams too.
-                self.hub.notifier().notify();
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "cannot reload trust file; keeping the previous trust index")
-            }
-        }
-        match self.identity.renew_server_cert_if_due(rng, wall) {
-            Ok(true) => tracing::info!("server certificate renewed"),
-            Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "server certificate renewal failed; will retry"),
-        }
-        if self.next_flush.is_none_or(|t| now >= t) {
-            self.next_flush = Some(now + REGISTRY_FLUSH_INTERVAL);
-            if let Err(e) = self.hub.flush() {
-                tracing::error!(error = %e, "cannot save node presence; will retry");
+            if !self.serve_requests(now) && !any {
+                break;
             }
         }
     }
 
-    /// Makes queued publishes (node plane and node service) durable and logs what the server
-    /// reports.
-    pub fn commit_and_log(&mut self, now: Instant) {
-        let external = self.hub.take_appends();
-        if !external.is_empty() {
-            self.server.queue_external(external);
-        }
-        self.server.commit(now);
-        self.hub.finish_appends(self.server.take_external_results());
+    /// Tells following streams that the event log grew.
+    pub fn log_grown(&mut self, now: Instant) {
+        self.server.handle_log_grown(now);
+        self.pump(now);
+    }
+
+    fn inbox(&self) -> std::sync::MutexGuard<'_, Vec<LogOutcome>> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drains the machine's events; returns whether it asked for anything.
+    fn serve_requests(&mut self, now: Instant) -> bool {
+        let mut appends: Vec<(StreamKey, NewEvent)> = Vec::new();
+        let mut asked = false;
         while let Some(event) = self.server.poll_event() {
-            match &event {
-                palyra_proto::quic::ServerEvent::Connected {
-                    device_id: Some(device),
+            match event {
+                ServerEvent::Append { stream, event } => {
+                    asked = true;
+                    appends.push((stream, event));
+                }
+                ServerEvent::ReadEvents {
+                    stream,
+                    after,
+                    max_events,
+                    max_bytes,
+                } => {
+                    asked = true;
+                    let log = self.hub.log();
+                    match log.read_cached(after, max_events, max_bytes) {
+                        Some(batch) => self.server.handle_events(now, stream, Ok(batch)),
+                        None => {
+                            let (inbox, wake) = (Arc::clone(&self.inbox), Arc::clone(&self.wake));
+                            log.read(
+                                after,
+                                max_events,
+                                max_bytes,
+                                Box::new(move |result| {
+                                    let outcome =
+                                        LogOutcome::Read(stream, result.map_err(unavailable));
+                                    inbox
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .push(outcome);
+                                    wake.notify();
+                                }),
+                            );
+                        }
+                    }
+                }
+                ServerEvent::Connected {
+                    device_id: Some(ref device),
                     ..
-                } => self.hub.quic_connection(device, true),
-                palyra_proto::quic::ServerEvent::Closed {
-                    device_id: Some(device),
+                } => {
+                    self.hub.quic_connection(device, true);
+                    log_server_event(&event);
+                }
+                ServerEvent::Closed {
+                    device_id: Some(ref device),
                     ..
-                } => self.hub.quic_connection(device, false),
-                _ => {}
+                } => {
+                    self.hub.quic_connection(device, false);
+                    log_server_event(&event);
+                }
+                other => log_server_event(&other),
             }
-            log_server_event(&event);
         }
+        if !appends.is_empty() {
+            let (keys, events): (Vec<StreamKey>, Vec<NewEvent>) = appends.into_iter().unzip();
+            let (inbox, wake) = (Arc::clone(&self.inbox), Arc::clone(&self.wake));
+            self.hub.log().append(
+                events,
+                Box::new(move |result| {
+                    let mut inbox = inbox.lock().unwrap_or_else(|p| p.into_inner());
+                    for (i, key) in keys.into_iter().enumerate() {
+                        let seq = result
+                            .as_ref()
+                            .map(|first| first + i as u64)
+                            .map_err(|e| unavailable(e.clone()));
+                        inbox.push(LogOutcome::Appended(key, seq));
+                    }
+                    drop(inbox);
+                    wake.notify();
+                }),
+            );
+        }
+        asked
+    }
+
+    /// Starts a graceful shutdown of the machine.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.server.shutdown(now);
+    }
+
+    /// Stops the maintenance thread.
+    pub fn stop_maintenance(&mut self) {
+        self.maintenance.take();
+    }
+}
+
+/// The periodic work that touches files, on its own thread: reload the trust file (offline
+/// revocations, hand edits), confirm rotated certificates in use, renew server certificates,
+/// save node presence.
+struct Maintenance {
+    stop: Arc<crate::serve::Stop>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Maintenance {
+    fn start(
+        identity: Arc<GatewayIdentity>,
+        hub: Arc<hub::NodeHub>,
+        wake: Arc<Notifier>,
+    ) -> std::io::Result<Self> {
+        let stop = crate::serve::Stop::new();
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("palyra-maintenance".into())
+            .spawn(move || {
+                let mut next_flush = Instant::now() + REGISTRY_FLUSH_INTERVAL;
+                while !stopped.wait_blocking(MAINTENANCE_INTERVAL) {
+                    maintain(&identity, &hub, &wake);
+                    if Instant::now() >= next_flush {
+                        next_flush = Instant::now() + REGISTRY_FLUSH_INTERVAL;
+                        hub.flush();
+                    }
+                }
+                hub.flush();
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Maintenance {
+    fn drop(&mut self) {
+        self.stop.raise();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One round of maintenance. Failures are logged and retried next time; the previous state stays
+/// in force.
+fn maintain(identity: &GatewayIdentity, hub: &hub::NodeHub, wake: &Notifier) {
+    let wall = SystemTime::now();
+    match identity.confirm_rotations(wall) {
+        Ok(true) => tracing::info!("rotated certificates in use; their predecessors are revoked"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "cannot confirm rotated certificates; will retry"),
+    }
+    match identity.refresh_trust() {
+        Ok(true) => {
+            tracing::info!("trust file changed; re-checking open connections");
+            hub.trust_changed();
+            wake.notify();
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reload trust file; keeping the previous trust index")
+        }
+    }
+    match identity.renew_server_cert_if_due(&mut rand_core::OsRng, wall) {
+        Ok(true) => tracing::info!("server certificate renewed"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "server certificate renewal failed; will retry"),
     }
 }
 
 /// How often node presence (last seen) is saved.
 pub const REGISTRY_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How often drivers call [`NodePlane::maintain`]: revocations take effect within this (plus a
-/// round trip), well inside the one-second promise.
+/// How often the maintenance thread looks at the trust file: revocations made offline take
+/// effect within this (plus a round trip), well inside the one-second promise.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Opens the state directory and assembles the node plane.
+/// Opens the state directory and assembles the node plane: the identity, the event log (its own
+/// thread), the hub (registry in `docs`), the QUIC machine, and the maintenance thread.
 pub fn open_node_plane(
     state_dir: &Path,
     options: &NodePlaneOptions,
+    docs: Arc<dyn DocStore>,
     rng: &mut impl CryptoRngCore,
     now: SystemTime,
 ) -> Result<NodePlane, GatewayError> {
     std::fs::create_dir_all(state_dir)
         .map_err(StoreError::io(format!("creating {}", state_dir.display())))?;
-    let identity = GatewayIdentity::open(
+    let identity = Arc::new(GatewayIdentity::open(
         &state_dir.join("identity"),
         &options.hosts,
         options.server_cert_validity,
         rng,
         now,
-    )?;
-    let log = FileEventLog::open(state_dir.join("events"), options.log)?;
-    let recovery = log.recovery();
+    )?);
+    let file_log = FileEventLog::open(state_dir.join("events"), options.log)?;
+    let recovery = file_log.recovery();
     if recovery.torn_bytes > 0 {
         tracing::warn!(
             torn_bytes = recovery.torn_bytes,
             "event log had a torn tail after a crash; it was cut"
         );
     }
+    let log: Arc<dyn LogStore> = Arc::new(LogService::start(
+        "palyra-events",
+        Box::new(file_log),
+        options.log.cache_bytes,
+    )?);
+    open_node_plane_with(identity, log, docs, options, rng)
+}
+
+/// Assembles the node plane over an opened identity and the given stores (tests inject slow or
+/// in-memory ones).
+pub fn open_node_plane_with(
+    identity: Arc<GatewayIdentity>,
+    log: Arc<dyn LogStore>,
+    docs: Arc<dyn DocStore>,
+    options: &NodePlaneOptions,
+    rng: &mut impl CryptoRngCore,
+) -> Result<NodePlane, GatewayError> {
     let tls = tls::server_config(
         identity.ca_der(),
         identity.cert_slot(),
@@ -345,31 +534,37 @@ pub fn open_node_plane(
     )?;
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
-    let mut server = NodeServer::new(
+    let server = NodeServer::new(
         NodeServerConfig {
             tls: Arc::new(tls),
             limits: options.limits,
             mtls_required: options.mtls_required,
             rng_seed: seed,
         },
-        Box::new(log),
         identity.trust(),
     )?;
-    server.set_wall_clock(unix_ms(now));
+    let wake = Arc::new(Notifier::new());
     let hub = Arc::new(hub::NodeHub::open(
         identity.trust(),
-        Some(state_dir.join("nodes.json")),
+        log,
+        Some(docs),
+        Arc::clone(&wake),
     )?);
     let tcp_tls = Arc::new(tls::node_tcp_server_config(
         identity.ca_der(),
         identity.tcp_cert_slot(),
     )?);
+    let maintenance =
+        Maintenance::start(Arc::clone(&identity), Arc::clone(&hub), Arc::clone(&wake))
+            .map_err(StoreError::io("starting the maintenance thread"))?;
     Ok(NodePlane {
         server,
         identity,
         hub,
         tcp_tls,
-        next_flush: None,
+        inbox: Arc::default(),
+        wake,
+        maintenance: Some(maintenance),
     })
 }
 
@@ -408,10 +603,7 @@ pub fn log_server_event(event: &palyra_proto::quic::ServerEvent) {
         } => {
             tracing::debug!(device_id = device_id.as_deref().unwrap_or("-"), %code, %message, "node request refused")
         }
-        E::Committed { first_seq, count } => {
-            tracing::debug!(first_seq, count, "events committed")
-        }
-        E::StoreFailed { error } => tracing::error!(%error, "event log failure"),
+        E::Append { .. } | E::ReadEvents { .. } => {}
     }
 }
 
@@ -428,8 +620,7 @@ mod tests {
         let now = SystemTime::now();
         let validity = Duration::from_secs(3 * 3600);
         let hosts = vec!["gw.example.net".to_owned()];
-        let mut identity =
-            GatewayIdentity::open(dir.path(), &hosts, validity, &mut rng, now).unwrap();
+        let identity = GatewayIdentity::open(dir.path(), &hosts, validity, &mut rng, now).unwrap();
         let slot = identity.cert_slot();
         let first = identity.server_cert_not_after();
         let first_der = slot.current_cert_der();

@@ -11,14 +11,18 @@
 
 use super::hub::{CapabilityRecord, CapabilityResult, Dispatch, HubError, NodeHub};
 use crate::enroll::{self, EnrollmentStore};
-use crate::store::NewEvent;
+use crate::grpc::{Answer, Deferred};
+use crate::store::{pending, Pending, StoreError};
 use bytes::Bytes;
+use palyra_proto::frame::DEFAULT_MAX_FRAME_BYTES;
 use palyra_proto::grpc::codec::{Code, Status};
 use palyra_proto::grpc::service::{
     decode, CallHandler, CallInfo, PollContext, Reply, Service, Unary,
 };
 use palyra_proto::identity::trust::TrustDecision;
-use palyra_proto::node::message::{validate_event_name, EventBody};
+use palyra_proto::node::engine;
+use palyra_proto::node::message::validate_event_name;
+use palyra_proto::node::message::PublishEvent;
 use palyra_proto::pb::palyra::common::v1::CanonicalId;
 use palyra_proto::pb::palyra::node::v1::{
     ExecuteCapabilityRequest, ExecuteCapabilityResponse, NodeCapabilityDispatch, NodeEventRequest,
@@ -94,7 +98,7 @@ impl Service for NodeService {
         let clock = Arc::clone(&self.clock);
         let peer = Arc::clone(&call.peer);
         match call.method.as_str() {
-            "RegisterNode" => Some(Unary::boxed(move |bytes: Bytes| {
+            "RegisterNode" => Some(Deferred::boxed(move |bytes: Bytes| {
                 register_node(&hub, &peer, clock(), &bytes)
             })),
             "ExecuteCapability" => Some(Box::new(ExecuteCapability {
@@ -203,12 +207,13 @@ fn canonical_id(ulid: impl Into<String>) -> Option<CanonicalId> {
     Some(CanonicalId { ulid: ulid.into() })
 }
 
+/// RegisterNode: checks the request and registers; answered once the registry is durable.
 fn register_node(
     hub: &NodeHub,
     peer: &PeerIdentity,
     now_ms: u64,
     bytes: &[u8],
-) -> Result<Vec<u8>, Status> {
+) -> Result<Answer, Status> {
     let device = authenticate(hub, peer)?;
     let request: RegisterNodeRequest = decode(bytes)?;
     check_version(request.v)?;
@@ -252,15 +257,20 @@ fn register_node(
             available: capability.available,
         });
     }
-    hub.register(&device, platform, capabilities, now_ms)
-        .map_err(hub_status)?;
-    Ok(RegisterNodeResponse {
-        v: VERSION,
-        device_id: request.device_id,
-        accepted: true,
-        reason: "registered".into(),
-    }
-    .encode_to_vec())
+    let registration = hub.register(&device, platform, capabilities, now_ms);
+    let mut device_id = request.device_id;
+    Ok(Box::new(move || {
+        let result = registration.take()?;
+        Some(result.map_err(hub_status).map(|()| {
+            RegisterNodeResponse {
+                v: VERSION,
+                device_id: device_id.take(),
+                accepted: true,
+                reason: "registered".into(),
+            }
+            .encode_to_vec()
+        }))
+    }))
 }
 
 /// ExecuteCapability: queue the work for the caller's own node, wait for its result.
@@ -393,7 +403,7 @@ enum Owed {
     Ready(NodeEventResponse),
     /// Waiting for the event log: answered once the event is durable.
     Stored {
-        ticket: u64,
+        stored: Pending<Result<u64, StoreError>>,
         event_id: String,
     },
 }
@@ -507,21 +517,18 @@ impl EventStream {
                 ))
             }
             name => {
-                let body = EventBody {
+                let publish = PublishEvent {
                     name: name.to_owned(),
-                    device_id: device.to_owned(),
-                    occurred_at_unix_ms: now_ms,
                     payload,
                     to: None,
                 };
-                let event = NewEvent {
-                    to: None,
-                    body: serde_json::to_vec(&body).unwrap_or_default().into(),
-                };
-                Ok(match self.hub.submit_event(event) {
-                    Ok(ticket) => Owed::Stored { ticket, event_id },
-                    Err(e) => Owed::Ready(self.refused(event_id, e.to_string())),
-                })
+                let event = engine::publish(Some(device), publish, now_ms, DEFAULT_MAX_FRAME_BYTES)
+                    .map_err(|refusal| Status::new(Code::InvalidArgument, refusal.message))?;
+                let (stored, done) = pending(Some(self.hub.notifier()));
+                self.hub
+                    .log()
+                    .append(vec![event], Box::new(move |result| done.complete(result)));
+                Ok(Owed::Stored { stored, event_id })
             }
         }
     }
@@ -532,7 +539,7 @@ impl EventStream {
             let stored = match self.owed.front() {
                 None => return,
                 Some(Owed::Ready(_)) => None,
-                Some(Owed::Stored { ticket, .. }) => match self.hub.take_append_result(*ticket) {
+                Some(Owed::Stored { stored, .. }) => match stored.take() {
                     None => return,
                     Some(result) => Some(result),
                 },
@@ -693,16 +700,6 @@ impl CallHandler for EventStream {
             .encode_to_vec();
             queued += response.len();
             reply.message(response);
-        }
-    }
-}
-
-impl Drop for EventStream {
-    fn drop(&mut self) {
-        for owed in self.owed.drain(..) {
-            if let Owed::Stored { ticket, .. } = owed {
-                self.hub.forget_ticket(ticket);
-            }
         }
     }
 }

@@ -24,7 +24,7 @@
 use super::webhook::{Integration, WebhookError};
 use super::{api_headers, OperatorConnection, DEFAULT_BODY_LIMIT};
 use crate::console::Command;
-use crate::store::NewEvent;
+use crate::store::{pending, NewEvent, Pending, StoreError};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, StatusCode};
 use palyra_proto::http1::server::RequestHead;
@@ -65,12 +65,16 @@ pub(crate) enum BodyFor {
 }
 
 /// A request served over several events.
-pub(crate) enum Pending {
+pub(crate) enum InFlight {
     /// Collecting a request body.
     Body(BodyFor, BytesMut),
     /// Waiting for the event log to make an event durable; answered with this status, then
     /// shown on the console.
-    Stored(u64, StatusCode, Option<Box<Command>>),
+    Stored(
+        Pending<Result<u64, StoreError>>,
+        StatusCode,
+        Option<Box<Command>>,
+    ),
 }
 
 /// Presence of a node last seen at `last_seen` (Unix ms), at `now_ms`.
@@ -252,7 +256,7 @@ impl OperatorConnection {
     }
 
     pub(crate) fn collect(&mut self, now: Instant, purpose: BodyFor, limit: u64) {
-        self.pending = Some(Pending::Body(purpose, BytesMut::new()));
+        self.pending = Some(InFlight::Body(purpose, BytesMut::new()));
         if self.http.read_body(now, limit).is_err() {
             self.pending = None;
         }
@@ -291,13 +295,13 @@ impl OperatorConnection {
     }
 
     pub(crate) fn on_body(&mut self, data: Bytes) {
-        if let Some(Pending::Body(_, buf)) = &mut self.pending {
+        if let Some(InFlight::Body(_, buf)) = &mut self.pending {
             buf.extend_from_slice(&data);
         }
     }
 
     pub(crate) fn on_body_end(&mut self, now: Instant) {
-        let Some(Pending::Body(purpose, buf)) = self.pending.take() else {
+        let Some(InFlight::Body(purpose, buf)) = self.pending.take() else {
             return;
         };
         let outcome = match purpose {
@@ -342,11 +346,18 @@ impl OperatorConnection {
     pub(crate) fn await_stored(
         &mut self,
         now: Instant,
-        outcome: Result<(u64, StatusCode, Option<Command>), (StatusCode, &'static str, String)>,
+        outcome: Result<
+            (
+                Pending<Result<u64, StoreError>>,
+                StatusCode,
+                Option<Command>,
+            ),
+            (StatusCode, &'static str, String),
+        >,
     ) {
         match outcome {
-            Ok((ticket, status, shown)) => {
-                self.pending = Some(Pending::Stored(ticket, status, shown.map(Box::new)));
+            Ok((stored, status, shown)) => {
+                self.pending = Some(InFlight::Stored(stored, status, shown.map(Box::new)));
                 self.on_wake(now);
             }
             Err((status, code, message)) => self.error(now, status, code, &message),
@@ -449,15 +460,16 @@ impl OperatorConnection {
         Ok((name.to_owned(), payload, to))
     }
 
-    /// Submits an event to the node-plane log; returns its ticket and what the console will show
-    /// once it is stored.
+    /// Hands an event to the node-plane log; returns its pending seq and what the console will
+    /// show once it is stored.
     #[allow(clippy::type_complexity)]
     pub(crate) fn submit_event(
         &self,
         name: String,
         payload: Value,
         to: Option<String>,
-    ) -> Result<(u64, Command), (StatusCode, &'static str, String)> {
+    ) -> Result<(Pending<Result<u64, StoreError>>, Command), (StatusCode, &'static str, String)>
+    {
         let Some(admin) = &self.operator.admin else {
             return Err((StatusCode::NOT_FOUND, "not_found", "no admin API".into()));
         };
@@ -476,29 +488,32 @@ impl OperatorConnection {
             to: to.clone(),
         };
         let encoded = serde_json::to_vec(&event).unwrap_or_default();
-        admin
-            .hub
-            .submit_event(NewEvent {
+        let (stored, done) = pending(Some(admin.hub.notifier()));
+        admin.hub.log().append(
+            vec![NewEvent {
                 to,
                 body: encoded.into(),
-            })
-            .map(|ticket| (ticket, shown))
-            .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string()))
+            }],
+            Box::new(move |result| done.complete(result)),
+        );
+        Ok((stored, shown))
     }
 
     /// Shared state changed: a durable write may have completed.
     pub(crate) fn on_wake(&mut self, now: Instant) {
-        let Some(Pending::Stored(ticket, status, _)) = &self.pending else {
+        let Some(InFlight::Stored(stored, status, _)) = &self.pending else {
             return;
         };
-        let (ticket, status) = (*ticket, *status);
+        let status = *status;
+        let Some(result) = stored.take() else {
+            return;
+        };
         let Some(admin) = &self.operator.admin else {
             return;
         };
-        match admin.hub.take_append_result(ticket) {
-            None => {}
-            Some(Ok(seq)) => {
-                if let Some(Pending::Stored(_, _, Some(shown))) = self.pending.take() {
+        match result {
+            Ok(seq) => {
+                if let Some(InFlight::Stored(_, _, Some(shown))) = self.pending.take() {
                     if let Command::NodeEvent {
                         name,
                         device_id,
@@ -520,7 +535,7 @@ impl OperatorConnection {
                 }
                 self.json(now, status, json!({ "seq": seq }));
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 self.pending = None;
                 self.error(
                     now,

@@ -63,12 +63,8 @@ impl AdminAuth {
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let mut hash = [0u8; 32];
-                hex::decode_to_slice(text.trim(), &mut hash).map_err(|_| StoreError::Io {
-                    context: format!("parsing {}", path.display()),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "expected 64 hex digits",
-                    ),
+                hex::decode_to_slice(text.trim(), &mut hash).map_err(|_| {
+                    StoreError::Corrupt(format!("{}: expected 64 hex digits", path.display()))
                 })?;
                 Ok((
                     Self {

@@ -297,7 +297,7 @@ pub struct OperatorConnection {
     /// The client's address (rate limits), when the driver knows it.
     pub peer: Option<std::net::SocketAddr>,
     /// A request being served over several events (body, durable write).
-    pending: Option<admin::Pending>,
+    pending: Option<admin::InFlight>,
     /// Time of the latest event (for pumping the WebSocket app from `poll_transmit`).
     now: Instant,
 }
@@ -473,11 +473,6 @@ impl OperatorConnection {
 
 impl Drop for OperatorConnection {
     fn drop(&mut self) {
-        if let (Some(admin::Pending::Stored(ticket, _, _)), Some(admin)) =
-            (&self.pending, &self.operator.admin)
-        {
-            admin.hub.forget_ticket(*ticket);
-        }
         self.operator
             .metrics
             .connections_open

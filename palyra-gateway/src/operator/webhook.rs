@@ -94,7 +94,7 @@ fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> Result<T, S
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Io {
             context: format!("parsing {}", path.display()),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            source: std::sync::Arc::new(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(e) => Err(StoreError::io(format!("reading {}", path.display()))(e)),

@@ -43,6 +43,20 @@ impl Stop {
         self.stopped.load(Ordering::Acquire)
     }
 
+    /// Blocks the calling (non-runtime) thread until the signal is raised or `timeout` passes;
+    /// returns whether it was raised.
+    pub fn wait_blocking(&self, timeout: Duration) -> bool {
+        if self.is_raised() {
+            return true;
+        }
+        let listener = self.event.listen();
+        if self.is_raised() {
+            return true;
+        }
+        let _ = event_listener::Listener::wait_timeout(listener, timeout);
+        self.is_raised()
+    }
+
     /// Waits until the signal is raised.
     pub async fn wait(&self) {
         loop {

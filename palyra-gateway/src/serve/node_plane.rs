@@ -3,16 +3,15 @@
 
 use super::udp::Udp;
 use super::{Stop, StopWaiter, SHUTDOWN_GRACE};
-use crate::node::{NodePlane, MAINTENANCE_INTERVAL};
+use crate::node::NodePlane;
 use crate::runtime::{self, Rt, Task};
 use palyra_proto::time::unix_ms;
-use rand_core::OsRng;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Datagram batches received before the loop turns to timers and sends again.
 const RECV_BATCHES: usize = 32;
@@ -59,8 +58,9 @@ enum Wake {
     Shutdown,
 }
 
-/// The serve loop: receive datagrams, feed the machine, commit publishes, send what it emits,
-/// sleep until its next timeout. Ends after `stop` is raised and connections have closed.
+/// The serve loop: receive datagrams, feed the machine, hand its log work over and its
+/// completed work back, send what it emits, sleep until its next timeout or a wake-up. Ends after
+/// `stop` is raised and connections have closed.
 pub async fn serve_node_plane(
     rt: Rt,
     mut socket: Udp,
@@ -68,21 +68,21 @@ pub async fn serve_node_plane(
     stop: Arc<Stop>,
 ) -> io::Result<()> {
     let mut send_buf = Vec::with_capacity(1500);
-    let mut next_maintenance = rt.now() + MAINTENANCE_INTERVAL;
     let mut stop_by: Option<Instant> = None;
-    let mut timer = rt.new_timer(next_maintenance);
+    let far = || rt.now() + Duration::from_secs(3600);
+    let mut timer = rt.new_timer(far());
     let mut stopping = StopWaiter::new(stop);
-    // The node service hands events to the log through the hub; its notifier wakes us.
-    let notifier = plane.hub.notifier();
+    let [wake, grown] = plane.wakers();
+    let mut seen_growth = grown.version();
     loop {
-        let mut listener = notifier.listen();
+        let mut woken = wake.listen();
+        let mut growth = grown.listen();
         let now = rt.now();
         plane.server.set_wall_clock(unix_ms(SystemTime::now()));
-        if now >= next_maintenance {
-            plane.maintain(now, SystemTime::now(), &mut OsRng);
-            next_maintenance = now + MAINTENANCE_INTERVAL;
+        if grown.changed_since(&mut seen_growth) {
+            plane.log_grown(now);
         }
-        plane.commit_and_log(now);
+        plane.pump(now);
         while let Some(t) = plane
             .server
             .poll_transmit(now, socket.max_segments(), &mut send_buf)
@@ -91,15 +91,16 @@ pub async fn serve_node_plane(
         }
         if let Some(deadline) = stop_by {
             if plane.server.is_idle() || now >= deadline {
+                plane.stop_maintenance();
                 return Ok(());
             }
         }
-        let wake = [plane.server.poll_timeout(), Some(next_maintenance), stop_by]
+        let deadline = [plane.server.poll_timeout(), stop_by]
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(next_maintenance);
-        timer.as_mut().reset(wake);
+            .unwrap_or_else(far);
+        timer.as_mut().reset(deadline);
         let woke = std::future::poll_fn(|cx| {
             if let Poll::Ready(ready) = socket.poll_recv_ready(cx) {
                 return Poll::Ready(Wake::Readable(ready));
@@ -107,7 +108,9 @@ pub async fn serve_node_plane(
             if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Timer);
             }
-            if std::pin::Pin::new(&mut listener).poll(cx).is_ready() {
+            if std::pin::Pin::new(&mut woken).poll(cx).is_ready()
+                || std::pin::Pin::new(&mut growth).poll(cx).is_ready()
+            {
                 return Poll::Ready(Wake::Notified);
             }
             if stop_by.is_none() && stopping.poll(cx).is_ready() {
@@ -140,7 +143,7 @@ pub async fn serve_node_plane(
             Wake::Shutdown => {
                 tracing::info!("node plane shutting down");
                 let now = rt.now();
-                plane.server.shutdown(now);
+                plane.shutdown(now);
                 stop_by = Some(now + SHUTDOWN_GRACE);
             }
         }

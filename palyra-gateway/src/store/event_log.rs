@@ -374,7 +374,7 @@ impl FileEventLog {
             let _ = self.active.set_len(before);
             return Err(StoreError::Io {
                 context: format!("appending to {}", path.display()),
-                source,
+                source: Arc::new(source),
             });
         }
         Ok(())
@@ -491,19 +491,25 @@ impl FileEventLog {
 }
 
 impl EventStore for FileEventLog {
+    fn check(&self, event: &NewEvent) -> Result<(), StoreError> {
+        let to = event.to.as_deref().map_or(0, str::len);
+        let len = 1 + to + event.body.len();
+        if len > self.config.max_record_bytes || to > 255 {
+            return Err(StoreError::RecordTooLarge {
+                len,
+                max: self.config.max_record_bytes,
+            });
+        }
+        Ok(())
+    }
+
     fn append(&mut self, events: &[NewEvent]) -> Result<u64, StoreError> {
         let first = self.last_seq + 1;
         if events.is_empty() {
             return Ok(first);
         }
         for event in events {
-            let len = 1 + event.to.as_deref().map_or(0, str::len) + event.body.len();
-            if len > self.config.max_record_bytes || event.to.as_deref().map_or(0, str::len) > 255 {
-                return Err(StoreError::RecordTooLarge {
-                    len,
-                    max: self.config.max_record_bytes,
-                });
-            }
+            self.check(event)?;
         }
         let mut buf = Vec::new();
         let mut pending: Vec<(u64, u64)> = Vec::new(); // (seq, offset)

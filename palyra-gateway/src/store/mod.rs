@@ -1,19 +1,87 @@
-//! Durable state: the file-backed stores (append-only checksummed logs, atomic documents, the
-//! gateway's identity directory, a node's identity directory) over the event types of
-//! `palyra_proto::store`.
+//! Durable state behind store interfaces whose writes complete later, so a service hands a
+//! write over and answers once it is durable, and no request path waits on a disk under a lock:
+//!
+//! - [`LogStore`]: sequenced append-only logs (the node-plane event log, the console log);
+//! - [`DocStore`]: small documents with revisions (node registry, enrollment state, webhook
+//!   nonces, console sessions), compare-and-set ready for a networked backend.
+//!
+//! The file backends are the embedded default: checksummed append-only segment files and atomic
+//! documents (temp file, fsync, rename, fsync of the directory), each written by its own thread
+//! ([`worker::Worker`]) that commits whatever queued up meanwhile in one batch. The gateway's and
+//! a node's identity directories ([`IdentityDir`], [`NodeIdentityDir`]) are files too, used at
+//! start and by offline commands.
 
 mod atomic;
+pub mod docs;
 mod event_log;
 mod identity_dir;
+pub mod log;
 mod node_identity;
+pub mod pending;
+pub mod worker;
 
 pub use atomic::{fsync_dir, read_optional, write_atomic};
+pub use docs::{Doc, DocStore, FileDocStore};
 pub use event_log::{FileEventLog, FileEventLogConfig, Recovery};
 pub use identity_dir::{
     unix_ms, DeviceBundle, DeviceIdentityFiles, IdentityDir, IdentityError, ServerIdentity,
     CA_VALIDITY,
 };
+pub use log::{EventStore, LogService, LogStore, MemoryEventLog, MemoryLog};
 pub use node_identity::{GatewayRecord, NodeIdentityDir, PendingPairing};
-pub use palyra_proto::store::{
-    EventStore, LogBounds, MemoryEventLog, NewEvent, StoreError, StoredEvent,
-};
+pub use palyra_proto::node::log::{EventBatch, LogBounds, NewEvent, StoredEvent};
+pub use pending::{pending, Completer, Pending};
+
+use std::sync::Arc;
+
+/// Errors of the stores.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// An operating-system I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the store was doing.
+        context: String,
+        /// The underlying error.
+        source: Arc<std::io::Error>,
+    },
+    /// Stored data failed validation somewhere other than a torn tail.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// A record is larger than the store accepts.
+    #[error("record of {len} bytes exceeds the limit of {max} bytes")]
+    RecordTooLarge {
+        /// Record size.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A compare-and-set write found another revision than the one it was made against.
+    #[error("{key} changed meanwhile (revision {actual}, expected {expected})")]
+    Conflict {
+        /// The document.
+        key: String,
+        /// The revision the write expected.
+        expected: u64,
+        /// The revision found.
+        actual: u64,
+    },
+    /// The store is shut down.
+    #[error("the store is shut down")]
+    Closed,
+}
+
+impl StoreError {
+    /// Wraps an I/O error with what the store was doing.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+        let context = context.into();
+        move |source| StoreError::Io {
+            context,
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// Receives the outcome of a store operation, on the store's thread: keep it short (hand the
+/// result over and wake whoever waits).
+pub type Done<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;

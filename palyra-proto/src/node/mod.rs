@@ -1,5 +1,8 @@
-//! The palyra-quic-v1 node plane: messages and the per-stream request machine.
+//! The palyra-quic-v1 node plane: messages, the per-stream request machine, the event log as
+//! data, and the request engine both transports (QUIC and NodeService) share.
 
+pub mod engine;
+pub mod log;
 pub mod message;
 pub mod stream;
 

@@ -5,7 +5,7 @@ pub mod server;
 pub mod tls;
 
 pub use client::{ClientEvent, ClientLimits, NodeClient, RequestId, RequestSinks, ResponseItem};
-pub use server::{NodeServer, NodeServerConfig, ServerEvent, ServerLimits, Transmit};
+pub use server::{NodeServer, NodeServerConfig, ServerEvent, ServerLimits, StreamKey, Transmit};
 pub use tls::ALPN;
 
 /// Most datagrams batched into one segmentation-offload (GSO) send. Larger bursts overflow a

@@ -2,15 +2,20 @@
 //! identity, connection and handshake limits, live revocation and the node-plane methods.
 //!
 //! Drive it like any machine here: feed datagrams (`handle_datagram`) and timeouts
-//! (`handle_timeout`), call `commit` to make queued publishes durable (one fsync per batch), then
-//! drain `poll_transmit`, `poll_event` and `poll_timeout`.
+//! (`handle_timeout`), then drain `poll_transmit`, `poll_event` and `poll_timeout`. The event log
+//! is not the machine's: a publish comes out of `poll_event` as [`ServerEvent::Append`] and is
+//! acknowledged once the application reports it durable ([`NodeServer::complete_append`]); a
+//! stream that wants events asks with [`ServerEvent::ReadEvents`] and gets them through
+//! [`NodeServer::handle_events`]; [`NodeServer::handle_log_grown`] tells following streams that
+//! new events were committed.
 
 use super::tls::peer_leaf;
 use crate::identity::cert::cert_spki_fingerprint;
 use crate::identity::trust::{TrustDecision, TrustIndex};
-use crate::node::message::{EventBody, NodeRequest, PublishEvent, ResponseFrame};
+use crate::node::engine::{self, Resume};
+use crate::node::log::{EventBatch, LogUnavailable, NewEvent};
+use crate::node::message::{NodeRequest, ResponseFrame};
 use crate::node::{ErrorCode, RequestStream, StreamEvent};
-use crate::store::{EventStore, NewEvent};
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
     ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, StreamId, VarInt,
@@ -54,7 +59,7 @@ pub struct ServerLimits {
     pub max_uni_streams: u32,
     /// Largest frame payload in either direction.
     pub max_frame_bytes: usize,
-    /// Publishes waiting for the next commit; more are answered `overloaded`.
+    /// Publishes waiting to be made durable; more are answered `overloaded`.
     pub max_pending_publishes: usize,
     /// Events read from the log per batch when filling a stream.
     pub read_batch_events: usize,
@@ -95,7 +100,8 @@ pub fn transport_config(limits: &ServerLimits) -> quinn_proto::TransportConfig {
     transport
 }
 
-/// Things worth logging or counting.
+/// What the server machine reports: work the application must answer (appends and reads of the
+/// event log) and things worth logging or counting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerEvent {
     /// A handshake completed and the connection took a slot.
@@ -130,18 +136,33 @@ pub enum ServerEvent {
         /// Message sent.
         message: String,
     },
-    /// Events were made durable.
-    Committed {
-        /// First seq of the batch.
-        first_seq: u64,
-        /// Number of events.
-        count: usize,
+    /// A publish to make durable: append `event` to the log and answer with
+    /// [`NodeServer::complete_append`].
+    Append {
+        /// The publishing stream.
+        stream: StreamKey,
+        /// The event as the log stores it.
+        event: NewEvent,
     },
-    /// The event log failed; affected requests got `stream_failure`.
-    StoreFailed {
-        /// The error.
-        error: String,
+    /// A stream wants the events after `after`: answer with [`NodeServer::handle_events`].
+    ReadEvents {
+        /// The reading stream.
+        stream: StreamKey,
+        /// The last seq the stream has.
+        after: u64,
+        /// At most this many events.
+        max_events: usize,
+        /// About this many bytes.
+        max_bytes: usize,
     },
+}
+
+/// Names one request stream of one connection, for the answers to [`ServerEvent::Append`] and
+/// [`ServerEvent::ReadEvents`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamKey {
+    conn: ConnectionHandle,
+    stream: StreamId,
 }
 
 /// Datagrams to send: `size` bytes of the caller's buffer, one datagram or, with
@@ -182,10 +203,25 @@ enum ConnState {
 enum Serving {
     /// Waiting for the request or finishing.
     Idle,
-    /// A publish waits for the next commit.
+    /// A publish waits to be made durable.
     Publishing,
     /// Streaming events after `after`; `follow` keeps the stream open.
-    Events { after: u64, follow: bool },
+    Events(EventsState),
+}
+
+struct EventsState {
+    /// The request's cursor (checked against the log's bounds with the first read).
+    resume_from: Option<u64>,
+    /// The last seq delivered (or skipped as invisible).
+    after: u64,
+    /// Keep the stream open once caught up.
+    follow: bool,
+    /// The cursor was checked and the stream started.
+    started: bool,
+    /// A [`ServerEvent::ReadEvents`] is outstanding.
+    reading: bool,
+    /// The last read found nothing new: wait for [`NodeServer::handle_log_grown`].
+    caught_up: bool,
 }
 
 struct NodeStream {
@@ -205,26 +241,13 @@ struct Conn {
     close_reason: Option<String>,
 }
 
-struct PendingPublish {
-    origin: Origin,
-    event: NewEvent,
-}
-
-/// Who waits for a publish to become durable.
-enum Origin {
-    /// A node-plane stream, acknowledged in place.
-    Stream(ConnectionHandle, StreamId),
-    /// An outside writer (the gRPC node service), told through [`NodeServer::take_external_results`].
-    External(u64),
-}
-
 /// Everything connections share, split from the connection map so both can be borrowed at once.
 struct Shared {
     limits: ServerLimits,
     mtls_required: bool,
-    store: Box<dyn EventStore>,
     trust: Arc<TrustIndex>,
-    pending: Vec<PendingPublish>,
+    /// Appends handed out and not completed yet.
+    appending: usize,
     events: VecDeque<ServerEvent>,
     wall_ms: u64,
     established: usize,
@@ -241,7 +264,6 @@ pub struct NodeServer {
     responses: VecDeque<(Transmit, Vec<u8>)>,
     trust_generation: u64,
     shutting_down: bool,
-    external_results: Vec<(u64, Result<u64, String>)>,
 }
 
 /// Configuration of a [`NodeServer`].
@@ -265,12 +287,8 @@ pub enum ServerError {
 }
 
 impl NodeServer {
-    /// A server answering from `store`, authenticating devices against `trust`.
-    pub fn new(
-        config: NodeServerConfig,
-        store: Box<dyn EventStore>,
-        trust: Arc<TrustIndex>,
-    ) -> Result<Self, ServerError> {
+    /// A server authenticating devices against `trust`.
+    pub fn new(config: NodeServerConfig, trust: Arc<TrustIndex>) -> Result<Self, ServerError> {
         let crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(config.tls)
             .map_err(|e| ServerError::Tls(e.to_string()))?;
         let mut server_config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
@@ -293,9 +311,8 @@ impl NodeServer {
             shared: Shared {
                 limits: config.limits,
                 mtls_required: config.mtls_required,
-                store,
                 trust,
-                pending: Vec::new(),
+                appending: 0,
                 events: VecDeque::new(),
                 wall_ms: 0,
                 established: 0,
@@ -304,7 +321,6 @@ impl NodeServer {
             responses: VecDeque::new(),
             trust_generation,
             shutting_down: false,
-            external_results: Vec::new(),
         })
     }
 
@@ -321,11 +337,6 @@ impl NodeServer {
     /// Handshakes in progress.
     pub fn handshake_count(&self) -> usize {
         self.shared.handshaking
-    }
-
-    /// Read access to the event store (for status and tests).
-    pub fn store(&mut self) -> &mut dyn EventStore {
-        self.shared.store.as_mut()
     }
 
     /// Processes one received UDP datagram (`ecn`: the ECN bits it arrived with).
@@ -479,100 +490,155 @@ impl NodeServer {
         None
     }
 
-    /// Takes the next event worth logging.
+    /// Takes the next thing that happened: work for the application ([`ServerEvent::Append`],
+    /// [`ServerEvent::ReadEvents`]) or something worth logging (connections, refusals).
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
         self.shared.events.pop_front()
     }
 
-    /// Whether publishes are waiting for [`NodeServer::commit`].
-    pub fn has_pending_commit(&self) -> bool {
-        !self.shared.pending.is_empty()
+    /// Publishes handed out by [`ServerEvent::Append`] and not completed yet.
+    pub fn pending_appends(&self) -> usize {
+        self.shared.appending
     }
 
-    /// Queues events from outside the node plane (the gRPC node service) for the next commit;
-    /// each outcome comes back from [`NodeServer::take_external_results`] with its ticket.
-    pub fn queue_external(&mut self, events: Vec<(u64, NewEvent)>) {
-        self.shared
-            .pending
-            .extend(events.into_iter().map(|(ticket, event)| PendingPublish {
-                origin: Origin::External(ticket),
-                event,
-            }));
-    }
-
-    /// Outcomes of committed external events: sequence number, or why it was not stored.
-    pub fn take_external_results(&mut self) -> Vec<(u64, Result<u64, String>)> {
-        std::mem::take(&mut self.external_results)
-    }
-
-    /// Makes all queued publishes durable with one store append, acknowledges them, and pushes
-    /// the new events to following streams.
-    pub fn commit(&mut self, now: Instant) {
-        if self.shared.pending.is_empty() {
+    /// The outcome of an [`ServerEvent::Append`]: the event's seq once durable (the publisher
+    /// gets its ack), or why it was not stored (`stream_failure`).
+    pub fn complete_append(
+        &mut self,
+        now: Instant,
+        key: StreamKey,
+        result: Result<u64, LogUnavailable>,
+    ) {
+        self.shared.appending = self.shared.appending.saturating_sub(1);
+        let Some(conn) = self.conns.get_mut(&key.conn) else {
+            return;
+        };
+        let Some(stream) = conn.streams.get_mut(&key.stream) else {
+            return;
+        };
+        if !matches!(stream.serving, Serving::Publishing) {
             return;
         }
-        let pending = std::mem::take(&mut self.shared.pending);
-        let events: Vec<NewEvent> = pending.iter().map(|p| p.event.clone()).collect();
-        let result = self.shared.store.append(&events);
-        let mut touched = Vec::new();
-        match &result {
-            Ok(first) => self.shared.events.push_back(ServerEvent::Committed {
-                first_seq: *first,
-                count: events.len(),
-            }),
-            Err(err) => self.shared.events.push_back(ServerEvent::StoreFailed {
-                error: err.to_string(),
-            }),
+        match result {
+            Ok(seq) => {
+                let _ = stream.machine.send(&ResponseFrame::ack(seq));
+                stream.machine.finish();
+            }
+            Err(_) => stream.machine.refuse(
+                ErrorCode::StreamFailure,
+                "event log write failed; event not stored",
+            ),
         }
-        for (i, publish) in pending.into_iter().enumerate() {
-            let (ch, stream_id) = match publish.origin {
-                Origin::Stream(ch, stream) => (ch, stream),
-                Origin::External(ticket) => {
-                    let outcome = match &result {
-                        Ok(first) => Ok(first + i as u64),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    self.external_results.push((ticket, outcome));
-                    continue;
+        stream.serving = Serving::Idle;
+        pump_stream(conn, key.stream, &mut self.shared);
+        self.drive(key.conn, now);
+    }
+
+    /// The answer to a [`ServerEvent::ReadEvents`]: the events after the requested seq with the
+    /// log's bounds, or why the log could not be read (`stream_failure`).
+    pub fn handle_events(
+        &mut self,
+        now: Instant,
+        key: StreamKey,
+        result: Result<EventBatch, LogUnavailable>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&key.conn) else {
+            return;
+        };
+        let device = conn.device.clone();
+        let Some(stream) = conn.streams.get_mut(&key.stream) else {
+            return;
+        };
+        let Serving::Events(state) = &mut stream.serving else {
+            return;
+        };
+        state.reading = false;
+        let batch = match result {
+            Ok(batch) => batch,
+            Err(_) => {
+                stream.serving = Serving::Idle;
+                stream
+                    .machine
+                    .refuse(ErrorCode::StreamFailure, "event log read failed");
+                let _ = stream.machine.poll_event();
+                pump_stream(conn, key.stream, &mut self.shared);
+                self.drive(key.conn, now);
+                return;
+            }
+        };
+        if !state.started {
+            match engine::resume(state.resume_from, batch.bounds) {
+                Resume::After(after) => {
+                    state.started = true;
+                    state.after = after;
                 }
-            };
+                Resume::Refused(frame) => {
+                    if frame.first_seq.is_some_and(|first| state.after + 1 < first) {
+                        self.shared.events.push_back(ServerEvent::RequestRefused {
+                            device_id: device.clone(),
+                            code: ErrorCode::ResumeGap,
+                            message: format!(
+                                "resume_from {} before first_seq {}",
+                                state.after, batch.bounds.first_seq
+                            ),
+                        });
+                    }
+                    let _ = stream.machine.send(&frame);
+                    stream.machine.finish();
+                    stream.serving = Serving::Idle;
+                    pump_stream(conn, key.stream, &mut self.shared);
+                    self.drive(key.conn, now);
+                    return;
+                }
+            }
+        }
+        let mut delivered = false;
+        for event in &batch.events {
+            if event.seq <= state.after {
+                continue;
+            }
+            delivered = true;
+            state.after = event.seq;
+            if engine::visible(event, device.as_deref()) {
+                // Cannot fail for events accepted by publish; skip rather than wedge the stream.
+                let _ = stream.machine.send_event_raw(event.seq, &event.body);
+            }
+        }
+        if !delivered {
+            if state.follow {
+                state.caught_up = true;
+            } else {
+                stream.serving = Serving::Idle;
+                stream.machine.finish();
+            }
+        }
+        pump_stream(conn, key.stream, &mut self.shared);
+        self.drive(key.conn, now);
+    }
+
+    /// New events were committed to the log: following streams that caught up read again.
+    pub fn handle_log_grown(&mut self, now: Instant) {
+        let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
+        for ch in handles {
             let Some(conn) = self.conns.get_mut(&ch) else {
                 continue;
             };
-            let Some(stream) = conn.streams.get_mut(&stream_id) else {
-                continue;
-            };
-            match &result {
-                Ok(first) => {
-                    let _ = stream.machine.send(&ResponseFrame::ack(first + i as u64));
-                    stream.machine.finish();
-                }
-                Err(_) => stream.machine.refuse(
-                    ErrorCode::StreamFailure,
-                    "event log write failed; event not stored",
-                ),
-            }
-            stream.serving = Serving::Idle;
-            touched.push(ch);
-        }
-        // New events: every following stream may have something to send.
-        for (ch, conn) in self.conns.iter_mut() {
-            if conn
+            let waiting: Vec<StreamId> = conn
                 .streams
-                .values()
-                .any(|s| matches!(s.serving, Serving::Events { follow: true, .. }))
-            {
-                touched.push(*ch);
+                .iter_mut()
+                .filter_map(|(id, s)| match &mut s.serving {
+                    Serving::Events(state) if state.caught_up => {
+                        state.caught_up = false;
+                        Some(*id)
+                    }
+                    _ => None,
+                })
+                .collect();
+            if waiting.is_empty() {
+                continue;
             }
-        }
-        touched.sort_unstable_by_key(|ch| ch.0);
-        touched.dedup();
-        for ch in touched {
-            if let Some(conn) = self.conns.get_mut(&ch) {
-                let ids: Vec<StreamId> = conn.streams.keys().copied().collect();
-                for id in ids {
-                    pump_stream(conn, id, &mut self.shared);
-                }
+            for id in waiting {
+                pump_stream(conn, id, &mut self.shared);
             }
             self.drive(ch, now);
         }
@@ -616,7 +682,6 @@ impl NodeServer {
     /// Starts a graceful shutdown: new connections are refused, open ones get an application close.
     pub fn shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
-        self.commit(now);
         let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
         for ch in handles {
             if let Some(conn) = self.conns.get_mut(&ch) {
@@ -840,7 +905,10 @@ fn read_stream(conn: &mut Conn, id: StreamId, shared: &mut Shared) {
     match stream.machine.poll_event() {
         Some(StreamEvent::Request(request)) => start_request(
             stream,
-            (conn.handle, id),
+            StreamKey {
+                conn: conn.handle,
+                stream: id,
+            },
             request,
             conn.device.clone(),
             shared,
@@ -859,7 +927,7 @@ fn read_stream(conn: &mut Conn, id: StreamId, shared: &mut Shared) {
 
 fn start_request(
     stream: &mut NodeStream,
-    (ch, id): (ConnectionHandle, StreamId),
+    key: StreamKey,
     request: NodeRequest,
     device: Option<Arc<str>>,
     shared: &mut Shared,
@@ -867,90 +935,52 @@ fn start_request(
     let machine = &mut stream.machine;
     match request {
         NodeRequest::Health => {
-            let _ = machine.send(&ResponseFrame::health(
+            let _ = machine.send(&engine::health(
                 shared.mtls_required,
-                device.as_deref().map(str::to_owned),
+                device.as_deref(),
                 shared.wall_ms,
             ));
             machine.finish();
         }
         NodeRequest::PublishEvent(event) => {
-            let Some(device) = device else {
+            if device.is_some() && shared.appending >= shared.limits.max_pending_publishes {
                 refuse(
                     machine,
-                    None,
-                    ErrorCode::Unauthorized,
-                    "publishing requires a device certificate",
-                    shared,
-                );
-                return;
-            };
-            if shared.pending.len() >= shared.limits.max_pending_publishes {
-                refuse(
-                    machine,
-                    Some(device),
+                    device,
                     ErrorCode::Overloaded,
                     "too many publishes waiting to be stored; retry",
                     shared,
                 );
                 return;
             }
-            let PublishEvent { name, payload, to } = event;
-            let body = EventBody {
-                name,
-                device_id: device.to_string(),
-                occurred_at_unix_ms: shared.wall_ms,
-                payload,
-                to: to.clone(),
-            };
-            let body = serde_json::to_vec(&body).unwrap_or_default();
-            // The event must fit in an event frame when streamed back.
-            if body.len() + 96 > shared.limits.max_frame_bytes {
-                refuse(
-                    machine,
-                    Some(device),
-                    ErrorCode::FrameTooLarge,
-                    "event is too large to be streamed back in one frame",
-                    shared,
-                );
-                return;
+            match engine::publish(
+                device.as_deref(),
+                event,
+                shared.wall_ms,
+                shared.limits.max_frame_bytes,
+            ) {
+                Ok(event) => {
+                    shared.appending += 1;
+                    shared
+                        .events
+                        .push_back(ServerEvent::Append { stream: key, event });
+                    stream.serving = Serving::Publishing;
+                }
+                Err(refusal) => refuse(machine, device, refusal.code, &refusal.message, shared),
             }
-            shared.pending.push(PendingPublish {
-                origin: Origin::Stream(ch, id),
-                event: NewEvent {
-                    to,
-                    body: body.into(),
-                },
-            });
-            stream.serving = Serving::Publishing;
         }
         NodeRequest::StreamEvents {
             resume_from,
             follow,
         } => {
-            let after = resume_from.unwrap_or(0);
-            let bounds = shared.store.bounds();
-            if after.saturating_add(1) < bounds.first_seq {
-                let _ = machine.send(&ResponseFrame::resume_gap(after, bounds.first_seq));
-                machine.finish();
-                shared.events.push_back(ServerEvent::RequestRefused {
-                    device_id: device,
-                    code: ErrorCode::ResumeGap,
-                    message: format!("resume_from {after} before first_seq {}", bounds.first_seq),
-                });
-                return;
-            }
-            if after > bounds.last_seq {
-                let mut frame = ResponseFrame::resume_gap(after, bounds.first_seq);
-                frame.message = Some(format!(
-                    "resume_from {after} is ahead of the log (last seq {}); resynchronize from first_seq",
-                    bounds.last_seq
-                ));
-                let _ = machine.send(&frame);
-                machine.finish();
-                return;
-            }
-            stream.serving = Serving::Events { after, follow };
+            stream.serving = Serving::Events(EventsState {
+                resume_from,
+                after: resume_from.unwrap_or(0),
+                follow,
+                started: false,
+                reading: false,
+                caught_up: false,
+            });
         }
     }
 }
@@ -971,81 +1001,47 @@ fn refuse(
     });
 }
 
-/// Writes what a stream has queued and refills it from the log until flow control blocks.
+/// Writes what a stream has queued; once it is all written, a streaming request asks for more
+/// events ([`ServerEvent::ReadEvents`]).
 fn pump_stream(conn: &mut Conn, id: StreamId, shared: &mut Shared) {
-    let device = conn.device.clone();
     let Some(stream) = conn.streams.get_mut(&id) else {
         return;
     };
-    loop {
-        while let Some(chunk) = stream.machine.take_output() {
-            let mut chunks = [chunk];
-            let result = conn.conn.send_stream(id).write_chunks(&mut chunks);
-            let [rest] = chunks;
-            match result {
-                Ok(_) if rest.is_empty() => {}
-                Ok(_) | Err(WriteError::Blocked) => {
-                    // Flow control: the peer will make room and we get Writable.
-                    stream.machine.restore_output(rest);
-                    return;
-                }
-                Err(WriteError::Stopped(_)) | Err(WriteError::ClosedStream) => {
-                    conn.streams.remove(&id);
-                    return;
-                }
+    while let Some(chunk) = stream.machine.take_output() {
+        let mut chunks = [chunk];
+        let result = conn.conn.send_stream(id).write_chunks(&mut chunks);
+        let [rest] = chunks;
+        match result {
+            Ok(_) if rest.is_empty() => {}
+            Ok(_) | Err(WriteError::Blocked) => {
+                // Flow control: the peer will make room and we get Writable.
+                stream.machine.restore_output(rest);
+                return;
+            }
+            Err(WriteError::Stopped(_)) | Err(WriteError::ClosedStream) => {
+                conn.streams.remove(&id);
+                return;
             }
         }
-        if stream.machine.should_finish() {
-            let _ = conn.conn.send_stream(id).finish();
-            // Keep the entry until the peer acknowledges (StreamEvent::Finished) only if needed;
-            // nothing more will be written, so drop it now.
-            conn.streams.remove(&id);
-            return;
-        }
-        let Serving::Events { after, follow } = &mut stream.serving else {
-            return;
-        };
-        let batch = match shared.store.read_after(
-            *after,
-            shared.limits.read_batch_events,
-            shared.limits.stream_queue_bytes,
-        ) {
-            Ok(batch) => batch,
-            Err(err) => {
-                shared.events.push_back(ServerEvent::StoreFailed {
-                    error: err.to_string(),
-                });
-                stream.serving = Serving::Idle;
-                stream
-                    .machine
-                    .refuse(ErrorCode::StreamFailure, "event log read failed");
-                let _ = stream.machine.poll_event();
-                continue;
-            }
-        };
-        if batch.is_empty() {
-            if !*follow {
-                stream.serving = Serving::Idle;
-                stream.machine.finish();
-                continue;
-            }
-            return; // caught up; woken by the next commit
-        }
-        for event in &batch {
-            *after = event.seq;
-            let visible = match device.as_deref() {
-                Some(device) => event.visible_to(device),
-                None => event.to.is_none(),
-            };
-            if visible
-                && stream
-                    .machine
-                    .send_event_raw(event.seq, &event.body)
-                    .is_err()
-            {
-                // Cannot happen for events accepted by publish; skip rather than wedge the stream.
-                continue;
-            }
+    }
+    if stream.machine.should_finish() {
+        let _ = conn.conn.send_stream(id).finish();
+        // Nothing more will be written: forget the stream now.
+        conn.streams.remove(&id);
+        return;
+    }
+    if let Serving::Events(state) = &mut stream.serving {
+        if !state.reading && !state.caught_up {
+            state.reading = true;
+            shared.events.push_back(ServerEvent::ReadEvents {
+                stream: StreamKey {
+                    conn: conn.handle,
+                    stream: id,
+                },
+                after: state.after,
+                max_events: shared.limits.read_batch_events,
+                max_bytes: shared.limits.stream_queue_bytes,
+            });
         }
     }
 }

@@ -470,9 +470,9 @@ fn operator_for(
     hub: Arc<ConsoleHub>,
     origins: Vec<String>,
 ) -> Arc<Operator> {
-    let nodes = Arc::new(
-        NodeHub::open(Arc::new(TrustIndex::new(&TrustSnapshot::default())), None).unwrap(),
-    );
+    let nodes = Arc::new(NodeHub::in_memory(Arc::new(TrustIndex::new(
+        &TrustSnapshot::default(),
+    ))));
     Operator::daemon(
         "test",
         Instant::now(),
