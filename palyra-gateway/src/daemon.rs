@@ -115,6 +115,7 @@ pub struct Daemon {
     admin_auth: Option<AdminAuth>,
     http_tls: Option<Arc<rustls::ServerConfig>>,
     hub: Arc<crate::node::hub::NodeHub>,
+    docs: Arc<dyn DocStore>,
     clock: WallClock,
     random: RandomFill,
     started: Instant,
@@ -212,6 +213,7 @@ impl Daemon {
             admin_auth: Some(admin_auth),
             http_tls,
             hub,
+            docs,
             clock,
             random,
             started,
@@ -228,6 +230,7 @@ impl Daemon {
         })?;
         let mut admin = Admin::open(
             &self.settings.state_dir,
+            Arc::clone(&self.docs),
             auth,
             Arc::clone(&self.hub),
             Arc::clone(&self.clock),
@@ -266,6 +269,13 @@ impl Daemon {
         map.insert("node_tcp", bound.node_tcp.to_string());
         map.insert("grpc", bound.grpc.to_string());
         crate::node::write_endpoints(&self.settings.state_dir, &map).map_err(part("endpoints.json"))
+    }
+
+    /// Waits until every write handed to the stores is durable, and stops their threads (after
+    /// the listeners stopped).
+    pub fn close_stores(&self) {
+        self.hub.log().close();
+        self.docs.close();
     }
 
     /// The state directory.

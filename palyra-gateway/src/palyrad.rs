@@ -230,13 +230,12 @@ pub async fn serve(rt: Rt, config: Config) -> anyhow::Result<()> {
     tracing::info!(signal = signal.unwrap_or(0), "shutting down");
     http.shutdown(&rt).await;
     if let Some(console) = console_hub {
-        if let Err(e) = console.save() {
-            tracing::warn!(error = %e, "saving the console state failed");
-        }
+        console.close();
     }
     grpc.shutdown(&rt).await;
     node_tcp.shutdown(&rt).await;
     node.shutdown().await?;
+    daemon.close_stores();
     tracing::info!("stopped");
     Ok(())
 }

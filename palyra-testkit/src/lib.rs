@@ -19,8 +19,8 @@ use palyra_gateway::runtime::{self, Rt};
 use palyra_gateway::serve::node_connection::NodeConnection;
 use palyra_gateway::serve::node_plane::NodePlaneHandle;
 use palyra_gateway::serve::tcp::TcpHandle;
-use palyra_gateway::store::FileDocStore;
 use palyra_gateway::store::{DeviceBundle, IdentityDir};
+use palyra_gateway::store::{DocStore, FileDocStore};
 use palyra_proto::grpc::service::RouterFactory;
 use palyra_proto::identity::cert::{key_to_der, CertAuthority};
 use palyra_proto::node::{ErrorCode, NodeRequest, PublishEvent, ResponseFrame, ResponseKind};
@@ -239,6 +239,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     /// Its identity directory.
     pub ids: IdentityDir,
+    /// Its document store (node registry, console state, ...), shared by what the suite opens.
+    pub docs: Arc<dyn DocStore>,
 }
 
 impl Gateway {
@@ -246,7 +248,8 @@ impl Gateway {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let ids = IdentityDir::open(dir.path().join("identity")).expect("identity dir");
-        Self { dir, ids }
+        let docs = Arc::new(FileDocStore::open(dir.path()).expect("document store"));
+        Self { dir, ids, docs }
     }
 
     /// Opens the node plane on the state directory.

@@ -179,6 +179,7 @@ pub fn operator_admin_api<D: Driver>() {
         Instant::now(),
         Admin::open(
             gw.path(),
+            Arc::clone(&gw.docs),
             AdminAuth::from_token("suite-token"),
             Arc::clone(&hub),
             clock,
@@ -336,6 +337,7 @@ fn suite_admin(
         Arc::new(|| palyra_gateway::store::unix_ms(std::time::SystemTime::now()));
     palyra_gateway::operator::Admin::open(
         gw.path(),
+        Arc::clone(&gw.docs),
         palyra_gateway::operator::auth::AdminAuth::from_token("suite-token"),
         Arc::clone(hub),
         clock,

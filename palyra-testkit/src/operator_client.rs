@@ -18,6 +18,7 @@ fn serve<D: Driver>(tls: bool) -> (TcpHandle, String, Gateway) {
         Arc::new(|| palyra_gateway::store::unix_ms(std::time::SystemTime::now()));
     let admin = Admin::open(
         gw.path(),
+        Arc::clone(&gw.docs),
         AdminAuth::from_token("client-token"),
         Arc::clone(&plane.hub),
         clock,

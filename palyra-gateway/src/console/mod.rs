@@ -19,13 +19,13 @@ pub mod web;
 use crate::node::service::WallClock;
 use crate::notify::Notifier;
 use crate::store::{
-    write_atomic, EventStore, FileEventLog, FileEventLogConfig, NewEvent, StoreError, StoredEvent,
+    DocStore, EventStore, FileEventLog, FileEventLogConfig, LogService, LogStore, NewEvent,
+    Pending, StoreError, StoredEvent,
 };
 use bytes::Bytes;
 use palyra_proto::a2ui::A2uiError;
 use serde_json::{json, Value};
 use state::{check_id, ChatMessage, Entry, SavedState, State};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The state is saved after this many records.
@@ -234,9 +234,17 @@ pub struct SurfaceInfo {
 }
 
 struct Inner {
-    log: FileEventLog,
+    /// What the log adds up to including publishes not durable yet: new commands are checked
+    /// against it, so a burst of patches chains without waiting for the disk.
     state: State,
-    dir: PathBuf,
+    /// What the durable log adds up to: snapshots, reads and the admin API see only this.
+    durable: State,
+    /// The seq the next published record gets.
+    next_seq: u64,
+    /// The last durable seq.
+    durable_seq: u64,
+    /// Bumped when a failed write rolls the state back; writes of an older epoch are void.
+    epoch: u64,
     /// `(first seq written, boot)` of each daemon run, oldest first.
     boots: Vec<(u64, String)>,
     unsaved: u64,
@@ -247,6 +255,8 @@ struct Inner {
 pub struct ConsoleHub {
     boot: String,
     inner: Mutex<Inner>,
+    log: Arc<dyn LogStore>,
+    docs: Arc<dyn DocStore>,
     notifier: Arc<Notifier>,
     clock: WallClock,
 }
@@ -258,6 +268,10 @@ impl std::fmt::Debug for ConsoleHub {
             .finish()
     }
 }
+
+/// The console log's document keys.
+const STATE_KEY: &str = "console/state.json";
+const BOOTS_KEY: &str = "console/boots.json";
 
 fn log_config() -> FileEventLogConfig {
     FileEventLogConfig {
@@ -272,13 +286,22 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-/// The state saved in `dir/state.json` brought up to date with the records of `log` after it;
+/// Waits (at open, before anything is served) for a document write.
+fn put_now(docs: &dyn DocStore, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+    let (answer, done) = crate::store::pending(None);
+    docs.put(key, value.into(), None, Box::new(move |r| done.complete(r)));
+    answer
+        .wait_blocking(std::time::Duration::from_secs(60))
+        .unwrap_or(Err(StoreError::Closed))
+        .map(drop)
+}
+
+/// The state saved in `state.json` brought up to date with the records of `log` after it;
 /// returns it and how many records were replayed.
-fn load_state(dir: &std::path::Path, log: &mut FileEventLog) -> Result<(State, u64), StoreError> {
-    let saved: SavedState = match std::fs::read(dir.join("state.json")) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt("state.json", e))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => SavedState::default(),
-        Err(e) => return Err(StoreError::io("reading console/state.json")(e)),
+fn load_state(docs: &dyn DocStore, log: &mut FileEventLog) -> Result<(State, u64), StoreError> {
+    let saved: SavedState = match docs.get(STATE_KEY)? {
+        Some(doc) => serde_json::from_slice(&doc.value).map_err(|e| corrupt("state.json", e))?,
+        None => SavedState::default(),
     };
     let mut after = saved.seq;
     let mut state = State::restore(saved).map_err(|e| corrupt("state.json", e))?;
@@ -317,42 +340,81 @@ pub fn decode_record(body: &[u8]) -> Result<Entry, String> {
     serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
+/// Results of one publish, once its records are durable (or known not to be).
+pub type Publishing = Pending<Vec<Result<Published, ConsoleError>>>;
+
 impl ConsoleHub {
-    /// Opens `STATE/console` (creating it), rebuilds the state and starts run `boot`, which wakes
-    /// `notifier` whenever records are added.
+    /// Opens `STATE/console/log` (its own log thread) and the state in `docs`, rebuilds the
+    /// state and starts run `boot`, which wakes `notifier` whenever records become durable.
     pub fn open(
         state_dir: &std::path::Path,
+        docs: Arc<dyn DocStore>,
         boot: String,
         notifier: Arc<Notifier>,
         clock: WallClock,
-    ) -> Result<Self, StoreError> {
-        let dir = state_dir.join("console");
-        let mut log = FileEventLog::open(dir.join("log"), log_config())?;
-        let (state, replayed) = load_state(&dir, &mut log)?;
-        let bounds = log.bounds();
-        let mut boots: Vec<(u64, String)> = match std::fs::read(dir.join("boots.json")) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt("boots.json", e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(StoreError::io("reading console/boots.json")(e)),
+    ) -> Result<Arc<Self>, StoreError> {
+        let config = log_config();
+        let mut file_log = FileEventLog::open(state_dir.join("console").join("log"), config)?;
+        let (state, replayed) = load_state(docs.as_ref(), &mut file_log)?;
+        let bounds = file_log.bounds();
+        let mut boots: Vec<(u64, String)> = match docs.get(BOOTS_KEY)? {
+            Some(doc) => {
+                serde_json::from_slice(&doc.value).map_err(|e| corrupt("boots.json", e))?
+            }
+            None => Vec::new(),
         };
         boots.push((bounds.last_seq + 1, boot.clone()));
         if boots.len() > MAX_BOOTS {
             boots.drain(..boots.len() - MAX_BOOTS);
         }
-        write_atomic(
-            &dir.join("boots.json"),
-            &serde_json::to_vec(&boots).unwrap_or_default(),
+        put_now(
+            docs.as_ref(),
+            BOOTS_KEY,
+            serde_json::to_vec(&boots).unwrap_or_default(),
         )?;
-        Ok(Self {
+        let log: Arc<dyn LogStore> = Arc::new(LogService::start(
+            "palyra-console",
+            Box::new(file_log),
+            config.cache_bytes,
+        )?);
+        let inner = Inner {
+            durable: state.clone(),
+            state,
+            next_seq: bounds.last_seq + 1,
+            durable_seq: bounds.last_seq,
+            epoch: 0,
+            boots,
+            unsaved: replayed,
+            unsaved_bytes: 0,
+        };
+        Ok(Arc::new(Self {
             boot,
-            inner: Mutex::new(Inner {
-                log,
-                state,
-                dir,
-                boots,
-                unsaved: replayed,
-                unsaved_bytes: 0,
-            }),
+            inner: Mutex::new(inner),
+            log,
+            docs,
+            notifier,
+            clock,
+        }))
+    }
+
+    /// A hub whose log and state live in memory only, completing every write at once
+    /// (simulations and tests).
+    pub fn in_memory(boot: String, notifier: Arc<Notifier>, clock: WallClock) -> Arc<Self> {
+        let inner = Inner {
+            durable: State::default(),
+            state: State::default(),
+            next_seq: 1,
+            durable_seq: 0,
+            epoch: 0,
+            boots: vec![(1, boot.clone())],
+            unsaved: 0,
+            unsaved_bytes: 0,
+        };
+        Arc::new(Self {
+            boot,
+            inner: Mutex::new(inner),
+            log: Arc::new(crate::store::MemoryLog::new(64 * 1024 * 1024)),
+            docs: Arc::new(crate::store::MemoryDocs::default()),
             notifier,
             clock,
         })
@@ -367,22 +429,33 @@ impl ConsoleHub {
         &self.boot
     }
 
-    /// The notifier woken by new records.
+    /// The notifier woken by new durable records.
     pub fn notifier(&self) -> Arc<Notifier> {
         Arc::clone(&self.notifier)
     }
 
-    /// The newest seq.
+    /// The newest durable seq.
     pub fn head(&self) -> u64 {
-        self.lock().log.bounds().last_seq
+        self.lock().durable_seq
     }
 
-    /// Publishes `commands` in one durable write; one result per command, in order.
-    pub fn publish(&self, commands: Vec<Command>) -> Vec<Result<Published, ConsoleError>> {
+    /// Records published and not durable yet (0: every publisher has its answer).
+    pub fn in_flight(&self) -> u64 {
+        let inner = self.lock();
+        inner.next_seq - 1 - inner.durable_seq
+    }
+
+    /// Publishes `commands` in one write; the results (one per command, in order) arrive once
+    /// the records are durable. Commands are checked against the state including earlier
+    /// publishes still in flight; a failed write rolls that state back to the durable one.
+    pub fn publish(self: &Arc<Self>, commands: Vec<Command>) -> Publishing {
+        let (answer, done) = crate::store::pending(Some(Arc::clone(&self.notifier)));
         let now_ms = (self.clock)();
         let mut inner = self.lock();
-        let first = inner.log.bounds().last_seq + 1;
+        let first = inner.next_seq;
+        let epoch = inner.epoch;
         let mut results = Vec::with_capacity(commands.len());
+        let mut entries = Vec::new();
         let mut batch = Vec::new();
         for command in commands {
             let seq = first + batch.len() as u64;
@@ -393,36 +466,95 @@ impl ConsoleHub {
                     Prepared::New(entry, published) => {
                         inner.state.apply(&entry)?;
                         batch.push(self.encode(&entry, seq));
+                        entries.push(entry);
                         Ok(published)
                     }
                 });
             results.push(outcome);
         }
         if batch.is_empty() {
-            return results;
+            drop(inner);
+            done.complete(results);
+            return answer;
         }
-        let bytes: usize = batch.iter().map(|e| e.body.len()).sum();
-        if let Err(e) = inner.log.append(&batch) {
-            tracing::error!(error = %e, "console log write failed; reloading the state");
-            let message = format!("not stored: {e}");
-            for r in results.iter_mut().filter(|r| r.is_ok()) {
-                *r = Err(ConsoleError::store(message.clone()));
-            }
-            if let Err(e) = inner.reload() {
-                tracing::error!(error = %e, "console state reload failed");
-            }
-            return results;
-        }
-        inner.unsaved += batch.len() as u64;
-        inner.unsaved_bytes += bytes;
-        if inner.unsaved >= SAVE_EVERY || inner.unsaved_bytes >= SAVE_EVERY_BYTES {
-            if let Err(e) = inner.save() {
-                tracing::warn!(error = %e, "saving the console state failed; retrying later");
-            }
-        }
+        inner.next_seq += batch.len() as u64;
         drop(inner);
-        self.notifier.notify();
-        results
+        let bytes: usize = batch.iter().map(|e| e.body.len()).sum();
+        let hub = Arc::clone(self);
+        self.log.append(
+            batch,
+            Some(first),
+            Box::new(move |stored| {
+                hub.stored(epoch, first, entries, bytes, stored, results, done);
+                hub.notifier.notify();
+            }),
+        );
+        answer
+    }
+
+    /// A write of the records `first..` completed (on the log's thread): fold them into the
+    /// durable state, or roll the state back when the write failed, and answer the publisher
+    /// (before the lock is released, so nothing in flight means every publisher was answered).
+    #[allow(clippy::too_many_arguments)]
+    fn stored(
+        &self,
+        epoch: u64,
+        first: u64,
+        entries: Vec<Entry>,
+        bytes: usize,
+        stored: Result<u64, StoreError>,
+        mut results: Vec<Result<Published, ConsoleError>>,
+        done: crate::store::Completer<Vec<Result<Published, ConsoleError>>>,
+    ) {
+        let mut inner = self.lock();
+        match stored {
+            Ok(_) => {
+                for entry in &entries {
+                    let _ = inner.durable.apply(entry);
+                }
+                inner.durable_seq = first + entries.len() as u64 - 1;
+                inner.unsaved += entries.len() as u64;
+                inner.unsaved_bytes += bytes;
+                if inner.unsaved >= SAVE_EVERY || inner.unsaved_bytes >= SAVE_EVERY_BYTES {
+                    self.save_locked(&mut inner);
+                }
+            }
+            Err(e) => {
+                if inner.epoch == epoch {
+                    tracing::error!(error = %e, "console log write failed; rolling back to the durable state");
+                    inner.epoch += 1;
+                    inner.state = inner.durable.clone();
+                    inner.next_seq = inner.durable_seq + 1;
+                }
+                let message = format!("not stored: {e}");
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(ConsoleError::store(message.clone()));
+                }
+            }
+        }
+        done.complete(results);
+    }
+
+    /// Hands the durable state to the document store (retention may then drop old segments).
+    fn save_locked(&self, inner: &mut Inner) {
+        let saved = inner.durable.save(inner.durable_seq);
+        match serde_json::to_vec(&saved) {
+            Ok(bytes) => {
+                inner.unsaved = 0;
+                inner.unsaved_bytes = 0;
+                self.docs.put(
+                    STATE_KEY,
+                    bytes.into(),
+                    None,
+                    Box::new(|result| {
+                        if let Err(e) = result {
+                            tracing::warn!(error = %e, "saving the console state failed; retrying later");
+                        }
+                    }),
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode the console state"),
+        }
     }
 
     fn encode(&self, entry: &Entry, seq: u64) -> NewEvent {
@@ -441,12 +573,11 @@ impl ConsoleHub {
         let Some((boot, seq)) = cursor else {
             return Resume::Snapshot("fresh");
         };
-        let inner = self.lock();
-        let bounds = inner.log.bounds();
+        let bounds = self.log.bounds();
         if seq > bounds.last_seq {
             return Resume::Snapshot("unknown_cursor");
         }
-        if inner.boot_of(seq) != Some(boot) {
+        if self.lock().boot_of(seq) != Some(boot) {
             return Resume::Snapshot("unknown_boot");
         }
         if seq + 1 < bounds.first_seq {
@@ -455,22 +586,53 @@ impl ConsoleHub {
         Resume::From(seq)
     }
 
-    /// Records after `after` (at most `max` records and about `max_bytes`); `Err` when they are
-    /// no longer retained.
-    pub fn read(&self, after: u64, max: usize, max_bytes: usize) -> Result<Batch, ConsoleError> {
-        let mut inner = self.lock();
-        let bounds = inner.log.bounds();
+    /// Durable records after `after` (at most `max` records and about `max_bytes`) when memory
+    /// holds them: `Ok(None)` means [`ConsoleHub::read_later`]; `Err` when they are no longer
+    /// retained.
+    pub fn read(
+        &self,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Batch>, ConsoleError> {
+        let bounds = self.log.bounds();
         if after + 1 < bounds.first_seq {
             return Err(ConsoleError::store("records no longer retained"));
         }
-        let records = inner
+        Ok(self
             .log
-            .read_after(after, max, max_bytes)
-            .map_err(|e| ConsoleError::store(e.to_string()))?;
-        Ok(Batch {
-            records,
-            head: bounds.last_seq,
-        })
+            .read_cached(after, max, max_bytes)
+            .map(|batch| Batch {
+                records: batch.events,
+                head: batch.bounds.last_seq,
+            }))
+    }
+
+    /// Durable records after `after` from the log (disk), for a reader behind the memory window;
+    /// the connection waiting on the notifier is woken when they arrive.
+    pub fn read_later(
+        &self,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Pending<Result<Batch, ConsoleError>> {
+        let (answer, done) = crate::store::pending(Some(Arc::clone(&self.notifier)));
+        self.log.read(
+            after,
+            max,
+            max_bytes,
+            Box::new(move |result| {
+                done.complete(
+                    result
+                        .map(|batch| Batch {
+                            records: batch.events,
+                            head: batch.bounds.last_seq,
+                        })
+                        .map_err(|e| ConsoleError::store(e.to_string())),
+                )
+            }),
+        );
+        answer
     }
 
     /// The cursor value of `seq`: `{"boot","seq"}`.
@@ -479,22 +641,22 @@ impl ConsoleHub {
         json!({"boot": inner.boot_of(seq).unwrap_or(&self.boot), "seq": seq})
     }
 
-    /// The current state as client messages (`a2ui.snapshot` of every surface, then the recent
+    /// The durable state as client messages (`a2ui.snapshot` of every surface, then the recent
     /// `chat.message`s of the sessions in `sessions`, or of all when `None`), and the seq it
     /// reflects.
     pub fn snapshot(&self, sessions: Option<&[String]>) -> (u64, Vec<String>) {
         let inner = self.lock();
-        let seq = inner.log.bounds().last_seq;
+        let seq = inner.durable_seq;
         let cursor = json!({"boot": inner.boot_of(seq).unwrap_or(&self.boot), "seq": seq});
         let mut out = Vec::new();
-        for (name, s) in &inner.state.surfaces {
+        for (name, s) in &inner.durable.surfaces {
             out.push(
                 json!({"type": "a2ui.snapshot", "surface": name, "version": s.surface.version(),
                        "document": s.surface.document(), "owner": s.owner, "cursor": cursor})
                 .to_string(),
             );
         }
-        for (id, session) in &inner.state.sessions {
+        for (id, session) in &inner.durable.sessions {
             if sessions.is_some_and(|wanted| !wanted.iter().any(|w| w == id)) {
                 continue;
             }
@@ -507,32 +669,32 @@ impl ConsoleHub {
         (seq, out)
     }
 
-    /// A surface's current state.
+    /// A surface's durable state.
     pub fn surface(&self, name: &str) -> Option<SurfaceInfo> {
         let inner = self.lock();
         inner
-            .state
+            .durable
             .surfaces
             .get(name)
             .map(|s| surface_info(name, s))
     }
 
-    /// Every surface.
+    /// Every surface (durable state).
     pub fn surfaces(&self) -> Vec<SurfaceInfo> {
         let inner = self.lock();
         inner
-            .state
+            .durable
             .surfaces
             .iter()
             .map(|(name, s)| surface_info(name, s))
             .collect()
     }
 
-    /// Chat sessions: `(id, messages ever, last activity, recent messages)`.
+    /// Chat sessions: `(id, messages ever, last activity, recent messages)` (durable state).
     pub fn sessions(&self) -> Vec<(String, u64, u64, Vec<ChatMessage>)> {
         let inner = self.lock();
         inner
-            .state
+            .durable
             .sessions
             .iter()
             .map(|(id, s)| {
@@ -546,9 +708,18 @@ impl ConsoleHub {
             .collect()
     }
 
-    /// Saves the state now (at shutdown, so the next start replays less).
-    pub fn save(&self) -> Result<(), StoreError> {
-        self.lock().save()
+    /// Hands the durable state to the document store now (so the next start replays less).
+    pub fn save(&self) {
+        let mut inner = self.lock();
+        self.save_locked(&mut inner);
+    }
+
+    /// Saves the state and waits until the log and the state are durable (at shutdown, so the
+    /// next start replays less).
+    pub fn close(&self) {
+        self.log.close();
+        let mut inner = self.lock();
+        self.save_locked(&mut inner);
     }
 }
 
@@ -575,21 +746,6 @@ impl Inner {
         self.boots
             .get(index.checked_sub(1)?)
             .map(|(_, b)| b.as_str())
-    }
-
-    fn save(&mut self) -> Result<(), StoreError> {
-        let saved = self.state.save(self.log.bounds().last_seq);
-        let bytes = serde_json::to_vec(&saved).map_err(|e| corrupt("state", e))?;
-        write_atomic(&self.dir.join("state.json"), &bytes)?;
-        self.unsaved = 0;
-        self.unsaved_bytes = 0;
-        Ok(())
-    }
-
-    fn reload(&mut self) -> Result<(), StoreError> {
-        self.log = FileEventLog::open(self.dir.join("log"), log_config())?;
-        self.state = load_state(&self.dir, &mut self.log)?.0;
-        Ok(())
     }
 
     fn prepare(&self, command: Command, seq: u64, now_ms: u64) -> Result<Prepared, ConsoleError> {

@@ -195,7 +195,7 @@ pub struct OwnedSurface {
 }
 
 /// What the console log adds up to.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct State {
     /// Chat sessions by id.
     pub sessions: BTreeMap<String, Session>,

@@ -19,11 +19,13 @@
 //! [`MAX_STALL`] is closed with 4001 and resumes by cursor.
 
 use super::state::check_id;
-use super::{Command, ConsoleError, ConsoleHub, Resume};
+use super::{Batch, Command, ConsoleError, ConsoleHub, Publishing, Resume};
 use crate::operator::WsApp;
+use crate::store::Pending;
 use bytes::Bytes;
 use palyra_proto::ws::{close_code, WsConnection};
 use serde_json::{json, Value};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,12 +72,23 @@ enum Phase {
     },
 }
 
+/// An answer a stream owes.
+enum Owed {
+    Publish(Publishing, Vec<Option<Value>>),
+    Pong,
+}
+
 /// One console stream connection.
 pub struct ConsoleStream {
     hub: Arc<ConsoleHub>,
     role: Role,
     phase: Phase,
     queued: Vec<(Command, Option<Value>)>,
+    /// Answers owed in order: publishes waiting to be durable (with the `ref`s to answer) and
+    /// pongs, which wait for the answers before them.
+    owed: VecDeque<Owed>,
+    /// Records behind the memory window, being read from the log.
+    reading: Option<Pending<Result<Batch, ConsoleError>>>,
     errors: u32,
     now: Instant,
 }
@@ -97,6 +110,8 @@ impl ConsoleStream {
                 deadline: now + HELLO_TIMEOUT,
             },
             queued: Vec::new(),
+            owed: VecDeque::new(),
+            reading: None,
             errors: 0,
             now,
         }
@@ -288,13 +303,48 @@ impl ConsoleStream {
         })
     }
 
+    /// Publishes what was queued and gives, in order, the answers that are ready: publishes
+    /// once durable, pongs once everything before them was answered (after the records stored
+    /// so far, so the pong's cursor says what the client has).
     fn flush(&mut self, ws: &mut WsConnection) {
+        self.submit_queued();
+        loop {
+            match self.owed.front() {
+                Some(Owed::Publish(publishing, _)) => {
+                    let Some(results) = publishing.take() else {
+                        return;
+                    };
+                    if let Some(Owed::Publish(_, refs)) = self.owed.pop_front() {
+                        self.answer(ws, results, refs);
+                    }
+                }
+                Some(Owed::Pong) => {
+                    self.owed.pop_front();
+                    self.pull(ws);
+                    self.send(ws, json!({"type": "pong"}));
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Hands the queued commands to the hub as one publish.
+    fn submit_queued(&mut self) {
         if self.queued.is_empty() {
             return;
         }
         let queued = std::mem::take(&mut self.queued);
         let (commands, refs): (Vec<_>, Vec<_>) = queued.into_iter().unzip();
-        let results = self.hub.publish(commands);
+        let publishing = self.hub.publish(commands);
+        self.owed.push_back(Owed::Publish(publishing, refs));
+    }
+
+    fn answer(
+        &mut self,
+        ws: &mut WsConnection,
+        results: Vec<Result<super::Published, ConsoleError>>,
+        refs: Vec<Option<Value>>,
+    ) {
         for (result, reference) in results.into_iter().zip(refs) {
             match result {
                 Ok(p) => {
@@ -323,8 +373,23 @@ impl ConsoleStream {
             else {
                 return;
             };
-            let batch = match self.hub.read(*cursor, BATCH_RECORDS, BATCH_BYTES) {
-                Ok(b) => b,
+            let read = match self.reading.take() {
+                Some(pending) => match pending.take() {
+                    Some(result) => result.map(Some),
+                    None => {
+                        self.reading = Some(pending);
+                        return;
+                    }
+                },
+                None => self.hub.read(*cursor, BATCH_RECORDS, BATCH_BYTES),
+            };
+            let batch = match read {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    // Behind the records kept in memory: read them from the log meanwhile.
+                    self.reading = Some(self.hub.read_later(*cursor, BATCH_RECORDS, BATCH_BYTES));
+                    return;
+                }
                 Err(_) => {
                     ws.close(
                         close_code::TOO_SLOW,
@@ -470,9 +535,9 @@ impl WsApp for ConsoleStream {
             (_, "ping") => {
                 // Answers to earlier requests and the records stored so far go first: the pong's
                 // cursor says what the client has.
+                self.submit_queued();
+                self.owed.push_back(Owed::Pong);
                 self.flush(ws);
-                self.pull(ws);
-                self.send(ws, json!({"type": "pong"}));
             }
             (Phase::Hello { .. }, "hello") => {
                 if let Err(e) = self.hello(ws, &msg) {

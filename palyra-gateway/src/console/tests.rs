@@ -5,8 +5,19 @@ pub(crate) fn clock() -> WallClock {
     Arc::new(|| 1_700_000_000_000)
 }
 
-pub(crate) fn open(dir: &std::path::Path, boot: &str) -> ConsoleHub {
-    ConsoleHub::open(dir, boot.into(), Arc::new(Notifier::new()), clock()).unwrap()
+pub(crate) fn open(dir: &std::path::Path, boot: &str) -> Arc<ConsoleHub> {
+    let docs = Arc::new(crate::store::FileDocStore::open(dir).unwrap());
+    ConsoleHub::open(dir, docs, boot.into(), Arc::new(Notifier::new()), clock()).unwrap()
+}
+
+/// Publishes and waits until the records are durable.
+pub(crate) fn publish_now(
+    hub: &Arc<ConsoleHub>,
+    commands: Vec<Command>,
+) -> Vec<Result<Published, ConsoleError>> {
+    hub.publish(commands)
+        .wait_blocking(std::time::Duration::from_secs(10))
+        .expect("answered")
 }
 
 pub(crate) fn form(surface: &str) -> Value {
@@ -34,30 +45,33 @@ fn post(session: &str, id: &str, text: &str, streaming: bool) -> Command {
 fn publish_assigns_gap_free_seqs_and_builds_state() {
     let dir = tempfile::tempdir().unwrap();
     let hub = open(dir.path(), "b1");
-    let out = ok(hub.publish(vec![
-        Command::Send {
-            session_id: "main".into(),
-            client_msg_id: "c1".into(),
-            text: "hi".into(),
-        },
-        post("main", "a1", "Hel", true),
-        Command::Delta {
-            message_id: "a1".into(),
-            text: "lo".into(),
-        },
-        Command::Done {
-            message_id: "a1".into(),
-        },
-        Command::PutSurface {
-            document: form("deploy"),
-            owner: "bot".into(),
-        },
-        Command::Patch {
-            surface: "deploy".into(),
-            base_version: Some(1),
-            ops: json!([{"op":"replace","path":"/components/0/props/value","value":"Deploying"}]),
-        },
-    ]));
+    let out = ok(publish_now(
+        &hub,
+        vec![
+            Command::Send {
+                session_id: "main".into(),
+                client_msg_id: "c1".into(),
+                text: "hi".into(),
+            },
+            post("main", "a1", "Hel", true),
+            Command::Delta {
+                message_id: "a1".into(),
+                text: "lo".into(),
+            },
+            Command::Done {
+                message_id: "a1".into(),
+            },
+            Command::PutSurface {
+                document: form("deploy"),
+                owner: "bot".into(),
+            },
+            Command::Patch {
+                surface: "deploy".into(),
+                base_version: Some(1),
+                ops: json!([{"op":"replace","path":"/components/0/props/value","value":"Deploying"}]),
+            },
+        ],
+    ));
     assert_eq!(
         out.iter().map(|p| p.seq).collect::<Vec<_>>(),
         [1, 2, 3, 4, 5, 6]
@@ -72,7 +86,7 @@ fn publish_assigns_gap_free_seqs_and_builds_state() {
         "Deploying"
     );
     // Records are in wire form with their cursor.
-    let batch = hub.read(0, 100, 1 << 20).unwrap();
+    let batch = hub.read(0, 100, 1 << 20).unwrap().expect("in memory");
     assert_eq!(batch.head, 6);
     let first: Value = serde_json::from_slice(&batch.records[0].body).unwrap();
     assert_eq!(first["type"], "chat.message");
@@ -88,36 +102,42 @@ fn publish_assigns_gap_free_seqs_and_builds_state() {
 fn bad_commands_are_refused_without_touching_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let hub = open(dir.path(), "b1");
-    ok(hub.publish(vec![Command::PutSurface {
-        document: form("s"),
-        owner: "bot".into(),
-    }]));
-    let results = hub.publish(vec![
-        Command::Patch {
-            surface: "s".into(),
-            base_version: Some(7),
-            ops: json!([{"op":"remove","path":"/components/0"}]),
-        },
-        Command::Delta {
-            message_id: "nope".into(),
-            text: "x".into(),
-        },
-        post("bad session!", "m", "x", false),
-        post("main", "u-9", "x", false),
-        Command::Action {
-            surface: "s".into(),
-            component: "missing".into(),
-            action: "submit".into(),
-            value: json!({}),
-        },
-        Command::Action {
-            surface: "s".into(),
-            component: "ask".into(),
-            action: "submit".into(),
-            value: json!({"__proto__": 1}),
-        },
-        post("main", "big", &"x".repeat(state::MAX_TEXT + 1), false),
-    ]);
+    ok(publish_now(
+        &hub,
+        vec![Command::PutSurface {
+            document: form("s"),
+            owner: "bot".into(),
+        }],
+    ));
+    let results = publish_now(
+        &hub,
+        vec![
+            Command::Patch {
+                surface: "s".into(),
+                base_version: Some(7),
+                ops: json!([{"op":"remove","path":"/components/0"}]),
+            },
+            Command::Delta {
+                message_id: "nope".into(),
+                text: "x".into(),
+            },
+            post("bad session!", "m", "x", false),
+            post("main", "u-9", "x", false),
+            Command::Action {
+                surface: "s".into(),
+                component: "missing".into(),
+                action: "submit".into(),
+                value: json!({}),
+            },
+            Command::Action {
+                surface: "s".into(),
+                component: "ask".into(),
+                action: "submit".into(),
+                value: json!({"__proto__": 1}),
+            },
+            post("main", "big", &"x".repeat(state::MAX_TEXT + 1), false),
+        ],
+    );
     let codes: Vec<&str> = results
         .iter()
         .map(|r| r.as_ref().unwrap_err().code)
@@ -141,8 +161,8 @@ fn bad_commands_are_refused_without_touching_the_log() {
         client_msg_id: "c1".into(),
         text: "hi".into(),
     };
-    let first = ok(hub.publish(vec![send()]));
-    let again = ok(hub.publish(vec![send()]));
+    let first = ok(publish_now(&hub, vec![send()]));
+    let again = ok(publish_now(&hub, vec![send()]));
     assert_eq!(first[0].id, again[0].id);
     assert_eq!(hub.head(), 2);
 }
@@ -151,10 +171,10 @@ fn bad_commands_are_refused_without_touching_the_log() {
 fn resume_serves_known_cursors_and_refuses_unknown_ones() {
     let dir = tempfile::tempdir().unwrap();
     let hub = open(dir.path(), "b1");
-    ok(hub.publish(vec![
-        post("s", "m1", "one", false),
-        post("s", "m2", "two", false),
-    ]));
+    ok(publish_now(
+        &hub,
+        vec![post("s", "m1", "one", false), post("s", "m2", "two", false)],
+    ));
     assert_eq!(hub.resume(Some(("b1", 1))), Resume::From(1));
     assert_eq!(hub.resume(Some(("b1", 0))), Resume::From(0));
     assert_eq!(hub.resume(None), Resume::Snapshot("fresh"));
@@ -170,7 +190,7 @@ fn resume_serves_known_cursors_and_refuses_unknown_ones() {
     // After a restart the log continues; cursors of the old run still resume.
     let hub = open(dir.path(), "b2");
     assert_eq!(hub.resume(Some(("b1", 1))), Resume::From(1));
-    ok(hub.publish(vec![post("s", "m3", "three", false)]));
+    ok(publish_now(&hub, vec![post("s", "m3", "three", false)]));
     assert_eq!(hub.head(), 3);
     assert_eq!(hub.cursor(3), json!({"boot":"b2","seq":3}));
     assert_eq!(hub.cursor(2), json!({"boot":"b1","seq":2}));
@@ -187,34 +207,43 @@ fn resume_serves_known_cursors_and_refuses_unknown_ones() {
 fn state_survives_restarts_through_saves_and_replay() {
     let dir = tempfile::tempdir().unwrap();
     let hub = open(dir.path(), "b1");
-    ok(hub.publish(vec![
-        Command::PutSurface {
-            document: form("s"),
-            owner: "bot".into(),
-        },
-        post("main", "m1", "streaming", true),
-    ]));
-    hub.save().unwrap();
-    ok(hub.publish(vec![
-        Command::Patch {
-            surface: "s".into(),
-            base_version: None,
-            ops: json!([{"op":"replace","path":"/components/0/props/value","value":"v2"}]),
-        },
-        Command::Delta {
-            message_id: "m1".into(),
-            text: "...".into(),
-        },
-    ]));
+    ok(publish_now(
+        &hub,
+        vec![
+            Command::PutSurface {
+                document: form("s"),
+                owner: "bot".into(),
+            },
+            post("main", "m1", "streaming", true),
+        ],
+    ));
+    hub.save();
+    ok(publish_now(
+        &hub,
+        vec![
+            Command::Patch {
+                surface: "s".into(),
+                base_version: None,
+                ops: json!([{"op":"replace","path":"/components/0/props/value","value":"v2"}]),
+            },
+            Command::Delta {
+                message_id: "m1".into(),
+                text: "...".into(),
+            },
+        ],
+    ));
     drop(hub);
     let hub = open(dir.path(), "b2");
     let s = hub.surface("s").unwrap();
     assert_eq!((s.version, s.owner.as_str()), (2, "bot"));
     assert_eq!(s.document["components"][0]["props"]["value"], "v2");
     // The stream is still open after the restart and can be finished.
-    ok(hub.publish(vec![Command::Done {
-        message_id: "m1".into(),
-    }]));
+    ok(publish_now(
+        &hub,
+        vec![Command::Done {
+            message_id: "m1".into(),
+        }],
+    ));
     assert_eq!(hub.sessions()[0].3[0].text, "streaming...");
     let (seq, snapshot) = hub.snapshot(None);
     assert_eq!(seq, 5);
@@ -235,7 +264,7 @@ fn limits_on_sessions_surfaces_and_streams() {
             owner: "bot".into(),
         })
         .collect();
-    let results = hub.publish(surfaces);
+    let results = publish_now(&hub, surfaces);
     assert!(results[..state::MAX_SURFACES].iter().all(Result::is_ok));
     assert_eq!(
         results[state::MAX_SURFACES].as_ref().unwrap_err().code,
@@ -244,7 +273,7 @@ fn limits_on_sessions_surfaces_and_streams() {
     let streams: Vec<Command> = (0..state::MAX_OPEN_STREAMS + 1)
         .map(|i| post(&format!("x{}", i % 10), &format!("m{i}"), "", true))
         .collect();
-    let results = hub.publish(streams);
+    let results = publish_now(&hub, streams);
     assert_eq!(
         results.last().unwrap().as_ref().unwrap_err().code,
         "overloaded"
@@ -257,7 +286,7 @@ fn limits_on_sessions_surfaces_and_streams() {
             text: chunk.clone(),
         })
         .collect();
-    let results = hub.publish(deltas);
+    let results = publish_now(&hub, deltas);
     assert!(results[..4].iter().all(Result::is_ok));
     assert_eq!(results[4].as_ref().unwrap_err().code, "too_large");
 }

@@ -376,6 +376,7 @@ impl NodePlane {
             let (inbox, wake) = (Arc::clone(&self.inbox), Arc::clone(&self.wake));
             self.hub.log().append(
                 events,
+                None,
                 Box::new(move |result| {
                     let mut inbox = inbox.lock().unwrap_or_else(|p| p.into_inner());
                     for (i, key) in keys.into_iter().enumerate() {

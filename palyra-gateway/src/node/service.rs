@@ -525,9 +525,11 @@ impl EventStream {
                 let event = engine::publish(Some(device), publish, now_ms, DEFAULT_MAX_FRAME_BYTES)
                     .map_err(|refusal| Status::new(Code::InvalidArgument, refusal.message))?;
                 let (stored, done) = pending(Some(self.hub.notifier()));
-                self.hub
-                    .log()
-                    .append(vec![event], Box::new(move |result| done.complete(result)));
+                self.hub.log().append(
+                    vec![event],
+                    None,
+                    Box::new(move |result| done.complete(result)),
+                );
                 Ok(Owed::Stored { stored, event_id })
             }
         }

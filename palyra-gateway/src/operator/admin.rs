@@ -23,7 +23,7 @@
 
 use super::webhook::{Integration, WebhookError};
 use super::{api_headers, OperatorConnection, DEFAULT_BODY_LIMIT};
-use crate::console::Command;
+use crate::console::{Command, Publishing};
 use crate::store::{pending, NewEvent, Pending, StoreError};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, StatusCode};
@@ -75,6 +75,8 @@ pub(crate) enum InFlight {
         StatusCode,
         Option<Box<Command>>,
     ),
+    /// Waiting for the console log; answered with this status.
+    Console(Publishing, StatusCode),
 }
 
 /// Presence of a node last seen at `last_seen` (Unix ms), at `now_ms`.
@@ -494,6 +496,7 @@ impl OperatorConnection {
                 to,
                 body: encoded.into(),
             }],
+            None,
             Box::new(move |result| done.complete(result)),
         );
         Ok((stored, shown))
@@ -501,6 +504,9 @@ impl OperatorConnection {
 
     /// Shared state changed: a durable write may have completed.
     pub(crate) fn on_wake(&mut self, now: Instant) {
+        if matches!(self.pending, Some(InFlight::Console(..))) {
+            return self.answer_console(now);
+        }
         let Some(InFlight::Stored(stored, status, _)) = &self.pending else {
             return;
         };
@@ -618,12 +624,27 @@ impl OperatorConnection {
         }
     }
 
+    /// Publishes `command` on the console; answered with `status` once it is durable.
     fn publish_console(&mut self, now: Instant, command: Command, status: StatusCode) {
         let Some(admin) = &self.operator.admin else {
             return;
         };
-        let result = admin.console.publish(vec![command]).pop();
-        match result {
+        let publishing = admin.console.publish(vec![command]);
+        self.pending = Some(InFlight::Console(publishing, status));
+        self.on_wake(now);
+    }
+
+    /// Answers a console publish that completed.
+    fn answer_console(&mut self, now: Instant) {
+        let Some(InFlight::Console(publishing, status)) = &self.pending else {
+            return;
+        };
+        let status = *status;
+        let Some(mut results) = publishing.take() else {
+            return;
+        };
+        self.pending = None;
+        match results.pop() {
             Some(Ok(p)) => self.json(
                 now,
                 status,

@@ -147,6 +147,7 @@ impl Admin {
     /// daemon run; its boot id (console cursors) comes from `random`.
     pub fn open(
         state_dir: &std::path::Path,
+        docs: Arc<dyn crate::store::DocStore>,
         auth: auth::AdminAuth,
         hub: Arc<NodeHub>,
         clock: WallClock,
@@ -157,6 +158,7 @@ impl Admin {
         random(&mut boot);
         let console = crate::console::ConsoleHub::open(
             state_dir,
+            docs,
             hex::encode(boot),
             hub.notifier(),
             Arc::clone(&clock),
@@ -165,7 +167,7 @@ impl Admin {
             auth: Arc::new(auth),
             webhooks: Arc::new(webhook::WebhookStore::open(state_dir)?),
             sessions: Arc::new(crate::console::sessions::ConsoleSessions::open(state_dir)?),
-            console: Arc::new(console),
+            console,
             hub,
             clock,
             random,

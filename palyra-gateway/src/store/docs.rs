@@ -168,6 +168,49 @@ impl DocStore for FileDocStore {
     }
 }
 
+/// A [`DocStore`] in memory that completes every write at once (simulations and tests).
+#[derive(Default)]
+pub struct MemoryDocs {
+    docs: Mutex<HashMap<String, Doc>>,
+}
+
+impl DocStore for MemoryDocs {
+    fn get(&self, key: &str) -> Result<Option<Doc>, StoreError> {
+        Ok(self
+            .docs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned())
+    }
+
+    fn put(&self, key: &str, value: Bytes, expect: Option<u64>, done: Done<u64>) {
+        let mut docs = self.docs.lock().unwrap_or_else(|p| p.into_inner());
+        let current = docs.get(key).map_or(0, |d| d.revision);
+        let result = match expect.filter(|e| *e != current) {
+            Some(expected) => Err(StoreError::Conflict {
+                key: key.to_owned(),
+                expected,
+                actual: current,
+            }),
+            None => {
+                docs.insert(
+                    key.to_owned(),
+                    Doc {
+                        value,
+                        revision: current + 1,
+                    },
+                );
+                Ok(current + 1)
+            }
+        };
+        drop(docs);
+        done(result);
+    }
+
+    fn close(&self) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,10 @@ pub trait LogStore: Send + Sync {
     /// Bounds of the durable log.
     fn bounds(&self) -> LogBounds;
     /// Appends `events` in order, as one unit; `done` gets the first seq once they are durable.
-    fn append(&self, events: Vec<NewEvent>, done: Done<u64>);
+    /// With `expect_first`, the append is refused (`Conflict`) unless the events would get
+    /// exactly that first seq (a writer that numbers its records itself, as JetStream's expected
+    /// last sequence).
+    fn append(&self, events: Vec<NewEvent>, expect_first: Option<u64>, done: Done<u64>);
     /// The records after `after` if memory holds them (or there are none): `None` means ask
     /// [`LogStore::read`].
     fn read_cached(&self, after: u64, max_events: usize, max_bytes: usize) -> Option<EventBatch>;
@@ -165,7 +168,7 @@ impl Recent {
 }
 
 enum Job {
-    Append(Vec<NewEvent>, Done<u64>),
+    Append(Vec<NewEvent>, Option<u64>, Done<u64>),
     Read {
         after: u64,
         max_events: usize,
@@ -231,10 +234,10 @@ impl LogService {
 
 /// Runs one batch of jobs on the log's thread: runs of appends become one store append.
 fn run_jobs(store: &mut dyn EventStore, recent: &RwLock<Recent>, wake: &Notifier, jobs: Vec<Job>) {
-    let mut appends: Vec<(Vec<NewEvent>, Done<u64>)> = Vec::new();
+    let mut appends: Vec<Append> = Vec::new();
     for job in jobs {
         match job {
-            Job::Append(events, done) => appends.push((events, done)),
+            Job::Append(events, expect, done) => appends.push((events, expect, done)),
             Job::Read {
                 after,
                 max_events,
@@ -255,20 +258,34 @@ fn run_jobs(store: &mut dyn EventStore, recent: &RwLock<Recent>, wake: &Notifier
     commit(store, recent, wake, appends);
 }
 
+/// One caller's append: its events, the first seq it expects, its completion.
+type Append = (Vec<NewEvent>, Option<u64>, Done<u64>);
+
 /// Appends every caller's events with one store append (one fsync), then tells each caller its
-/// first seq. A caller whose events cannot be stored at all is refused alone.
+/// first seq. A caller whose events cannot be stored at all, or would not get the first seq it
+/// expects, is refused alone.
 fn commit(
     store: &mut dyn EventStore,
     recent: &RwLock<Recent>,
     wake: &Notifier,
-    appends: Vec<(Vec<NewEvent>, Done<u64>)>,
+    appends: Vec<Append>,
 ) {
     if appends.is_empty() {
         return;
     }
+    let next = store.bounds().last_seq + 1;
     let mut batch = Vec::new();
     let mut callers = Vec::new();
-    for (events, done) in appends {
+    for (events, expect, done) in appends {
+        let first = next + batch.len() as u64;
+        if let Some(expected) = expect.filter(|e| *e != first) {
+            done(Err(StoreError::Conflict {
+                key: "log".into(),
+                expected,
+                actual: first,
+            }));
+            continue;
+        }
         match events.iter().try_for_each(|e| store.check(e)) {
             Ok(()) => {
                 callers.push((batch.len(), events.len(), done));
@@ -311,8 +328,10 @@ impl LogStore for LogService {
         self.recent().bounds
     }
 
-    fn append(&self, events: Vec<NewEvent>, done: Done<u64>) {
-        if let Err(Job::Append(_, done)) = self.worker.submit(Job::Append(events, done)) {
+    fn append(&self, events: Vec<NewEvent>, expect_first: Option<u64>, done: Done<u64>) {
+        if let Err(Job::Append(_, _, done)) =
+            self.worker.submit(Job::Append(events, expect_first, done))
+        {
             done(Err(StoreError::Closed));
         }
     }
@@ -378,8 +397,18 @@ impl LogStore for MemoryLog {
         self.log().bounds()
     }
 
-    fn append(&self, events: Vec<NewEvent>, done: Done<u64>) {
-        let result = self.log().append(&events);
+    fn append(&self, events: Vec<NewEvent>, expect_first: Option<u64>, done: Done<u64>) {
+        let mut log = self.log();
+        let first = log.bounds().last_seq + 1;
+        let result = match expect_first.filter(|e| *e != first) {
+            Some(expected) => Err(StoreError::Conflict {
+                key: "log".into(),
+                expected,
+                actual: first,
+            }),
+            None => log.append(&events),
+        };
+        drop(log);
         done(result);
         self.notifier.notify();
     }
@@ -471,14 +500,22 @@ mod tests {
         let grown = log.notifier().version();
         for n in 0..10 {
             let tx = tx.clone();
-            log.append(vec![event(n)], Box::new(move |r| tx.send((n, r)).unwrap()));
+            log.append(
+                vec![event(n)],
+                None,
+                Box::new(move |r| tx.send((n, r)).unwrap()),
+            );
         }
         let big = NewEvent {
             to: None,
             body: bytes::Bytes::from(vec![b'x'; 100]),
         };
         let tx2 = tx.clone();
-        log.append(vec![big], Box::new(move |r| tx2.send((99, r)).unwrap()));
+        log.append(
+            vec![big],
+            None,
+            Box::new(move |r| tx2.send((99, r)).unwrap()),
+        );
         let mut results: Vec<(u32, Result<u64, StoreError>)> =
             (0..11).map(|_| rx.recv().unwrap()).collect();
         results.sort_by_key(|(n, _)| *n);
@@ -500,9 +537,35 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         log.read(0, 3, 1 << 20, Box::new(move |r| tx.send(r).unwrap()));
         assert_eq!(rx.recv().unwrap().unwrap().events.len(), 3);
+        // A writer numbering its own records: the next seq is 11, so 12 is refused, 11 taken.
+        let (tx, rx) = mpsc::channel();
+        let tx2 = tx.clone();
+        log.append(
+            vec![event(1)],
+            Some(12),
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+        log.append(
+            vec![event(1)],
+            Some(11),
+            Box::new(move |r| tx2.send(r).unwrap()),
+        );
+        assert!(matches!(
+            rx.recv().unwrap(),
+            Err(StoreError::Conflict {
+                expected: 12,
+                actual: 11,
+                ..
+            })
+        ));
+        assert_eq!(rx.recv().unwrap().unwrap(), 11);
         log.close();
         let (tx, rx) = mpsc::channel();
-        log.append(vec![event(1)], Box::new(move |r| tx.send(r).unwrap()));
+        log.append(
+            vec![event(1)],
+            Some(12),
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
         assert!(matches!(rx.recv().unwrap(), Err(StoreError::Closed)));
     }
 

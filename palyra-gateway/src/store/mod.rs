@@ -21,7 +21,7 @@ pub mod pending;
 pub mod worker;
 
 pub use atomic::{fsync_dir, read_optional, write_atomic};
-pub use docs::{Doc, DocStore, FileDocStore};
+pub use docs::{Doc, DocStore, FileDocStore, MemoryDocs};
 pub use event_log::{FileEventLog, FileEventLogConfig, Recovery};
 pub use identity_dir::{
     unix_ms, DeviceBundle, DeviceIdentityFiles, IdentityDir, IdentityError, ServerIdentity,

@@ -30,9 +30,15 @@ fn fixture() -> Fixture {
 
 fn fixture_in(dir: tempfile::TempDir) -> Fixture {
     let notifier = Arc::new(Notifier::new());
-    let hub = Arc::new(
-        ConsoleHub::open(dir.path(), "boot1".into(), Arc::clone(&notifier), clock()).unwrap(),
-    );
+    let docs = Arc::new(crate::store::FileDocStore::open(dir.path()).unwrap());
+    let hub = ConsoleHub::open(
+        dir.path(),
+        docs,
+        "boot1".into(),
+        Arc::clone(&notifier),
+        clock(),
+    )
+    .unwrap();
     let now = Instant::now();
     let operator = operator_for(
         dir.path(),
@@ -99,6 +105,19 @@ fn login(f: &Fixture) -> (String, String) {
 struct Client {
     conn: OperatorConnection,
     ws: WebSocket<Mem>,
+    hub: Arc<ConsoleHub>,
+}
+
+/// Waits until every publish to `hub` is durable (and answered).
+fn settle(hub: &ConsoleHub) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while hub.in_flight() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "console log never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[derive(Default)]
@@ -150,7 +169,11 @@ fn open_stream(f: &Fixture, auth: &str) -> Client {
     );
     let mut ws = WebSocket::from_raw_socket(Mem::default(), WsRole::Client, None);
     ws.get_mut().input.extend_from_slice(&out[end..]);
-    Client { conn, ws }
+    Client {
+        conn,
+        ws,
+        hub: Arc::clone(&f.hub),
+    }
 }
 
 fn console(f: &Fixture) -> Client {
@@ -172,8 +195,10 @@ impl Client {
         self.conn.handle_input(now, &bytes);
     }
 
-    /// Everything the server has for us now (waking it first, as the driver does).
+    /// Everything the server has for us now (once what was published is durable, waking it
+    /// first, as the driver does).
     fn recv(&mut self, now: Instant) -> Vec<Value> {
+        settle(&self.hub);
         self.conn.handle_wake(now);
         let out = drain(&mut self.conn);
         self.ws.get_mut().input.extend_from_slice(&out);
@@ -394,7 +419,7 @@ fn reconnecting_console_gets_exactly_what_it_missed_even_after_a_restart() {
     let mut person = console(&f);
     person.send(now, json!({"type":"hello","resume":null}));
     person.recv(now);
-    let publish = |hub: &ConsoleHub, from: usize, to: usize| {
+    let publish = |hub: &Arc<ConsoleHub>, from: usize, to: usize| {
         let commands = (from..to)
             .map(|i| Command::Post {
                 session_id: "main".into(),
@@ -404,7 +429,9 @@ fn reconnecting_console_gets_exactly_what_it_missed_even_after_a_restart() {
                 streaming: false,
             })
             .collect();
-        assert!(hub.publish(commands).iter().all(Result::is_ok));
+        assert!(crate::console::tests::publish_now(hub, commands)
+            .iter()
+            .all(Result::is_ok));
     };
     publish(&f.hub, 0, 3);
     let got = person.recv(now);
@@ -432,9 +459,15 @@ fn reconnecting_console_gets_exactly_what_it_missed_even_after_a_restart() {
     let Fixture { operator, hub, .. } = f;
     drop(operator);
     drop(hub);
-    let hub = Arc::new(
-        ConsoleHub::open(&path, "boot2".into(), Arc::new(Notifier::new()), clock()).unwrap(),
-    );
+    let docs = Arc::new(crate::store::FileDocStore::open(&path).unwrap());
+    let hub = ConsoleHub::open(
+        &path,
+        docs,
+        "boot2".into(),
+        Arc::new(Notifier::new()),
+        clock(),
+    )
+    .unwrap();
     publish(&hub, 6, 8);
     let restarted = Fixture {
         operator: operator_for(&path, Arc::clone(&hub), Vec::new()),
@@ -524,7 +557,9 @@ fn lagging_readers_get_coalesced_snapshots_and_merged_deltas_then_4001() {
             text: format!("{i} "),
         });
     }
-    assert!(f.hub.publish(commands).iter().all(Result::is_ok));
+    assert!(crate::console::tests::publish_now(&f.hub, commands)
+        .iter()
+        .all(Result::is_ok));
     let got = person.recv(now);
     assert_eq!(types(&got), ["a2ui.snapshot", "chat.message", "chat.delta"]);
     assert_eq!(got[0]["version"], 101);
@@ -544,7 +579,9 @@ fn lagging_readers_get_coalesced_snapshots_and_merged_deltas_then_4001() {
             streaming: false,
         })
         .collect();
-    assert!(f.hub.publish(commands).iter().all(Result::is_ok));
+    assert!(crate::console::tests::publish_now(&f.hub, commands)
+        .iter()
+        .all(Result::is_ok));
     person.conn.handle_wake(now);
     // The driver takes one write's worth; the socket then blocks for a while.
     let first = person.conn.poll_transmit().unwrap();
