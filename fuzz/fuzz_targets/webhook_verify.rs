@@ -3,20 +3,22 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use palyra_gateway::operator::webhook::{sign, WebhookStore};
-use std::sync::OnceLock;
+use palyra_gateway::store::MemoryDocs;
+use std::sync::{Arc, OnceLock};
 
-fn store() -> &'static (tempfile::TempDir, WebhookStore) {
-    static STORE: OnceLock<(tempfile::TempDir, WebhookStore)> = OnceLock::new();
+fn store() -> &'static WebhookStore {
+    static STORE: OnceLock<WebhookStore> = OnceLock::new();
     STORE.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = WebhookStore::open(dir.path()).expect("store");
-        store.create("fuzz", None, 0, [3; 32]).expect("integration");
-        (dir, store)
+        // In memory: every change is answered at once.
+        let store = WebhookStore::open(Arc::new(MemoryDocs::default()), None).expect("store");
+        let created = store.create("fuzz", None, 0, [3; 32]).take();
+        assert!(matches!(created, Some(Ok(Ok(_)))), "integration");
+        store
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (_, store) = store();
+    let store = store();
     let hook = store.get("fuzz").expect("integration");
     let mut parts = data.splitn(4, |b| *b == b'\n');
     let signature = parts.next();

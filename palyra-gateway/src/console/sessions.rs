@@ -2,17 +2,17 @@
 //! cookie (`palyra_console_session`, HttpOnly, SameSite=Strict) and a CSRF token that every
 //! mutating console call repeats in `x-palyra-csrf-token`.
 //!
-//! Sessions are stored in `STATE/operator/console-sessions.json` (mode 0600) by the SHA-256 of
-//! their token, so they survive a restart and the file alone logs nobody in.
+//! Sessions are the document `operator/console-sessions.json` (mode 0600) keyed by the SHA-256
+//! of their token, so they survive a restart and the file alone logs nobody in.
 
+use crate::notify::Notifier;
 use crate::operator::auth::constant_time_eq;
-use crate::store::{write_atomic, StoreError};
+use crate::store::{DocStore, Document, Pending, StoreError};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "palyra_console_session";
@@ -34,10 +34,9 @@ pub struct Session {
     pub expires_unix_ms: u64,
 }
 
-/// The session store.
+/// The session store: one document of the store, keyed by the SHA-256 of each token.
 pub struct ConsoleSessions {
-    path: PathBuf,
-    sessions: Mutex<HashMap<String, Session>>,
+    sessions: Arc<Document<HashMap<String, Session>>>,
 }
 
 impl std::fmt::Debug for ConsoleSessions {
@@ -46,40 +45,37 @@ impl std::fmt::Debug for ConsoleSessions {
     }
 }
 
+/// The sessions' document (0600).
+pub const SESSIONS_KEY: &str = "operator/console-sessions.json";
+
 fn token_key(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 impl ConsoleSessions {
-    /// Opens (or starts) the store under `state_dir`.
-    pub fn open(state_dir: &std::path::Path) -> Result<Self, StoreError> {
-        let path = state_dir.join("operator").join("console-sessions.json");
-        let sessions = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
-            Err(e) => return Err(StoreError::io(format!("reading {}", path.display()))(e)),
-        };
-        Ok(Self {
-            path,
-            sessions: Mutex::new(sessions),
-        })
+    /// Opens the sessions of `docs`; completed changes wake `wake`.
+    pub fn open(docs: Arc<dyn DocStore>, wake: Option<Arc<Notifier>>) -> Result<Self, StoreError> {
+        let sessions = Document::open(
+            docs,
+            SESSIONS_KEY,
+            |bytes| match bytes {
+                Some(bytes) => serde_json::from_slice(bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("{SESSIONS_KEY}: {e}"))),
+                None => Ok(HashMap::new()),
+            },
+            |sessions: &HashMap<String, Session>| serde_json::to_vec(sessions).unwrap_or_default(),
+            wake,
+        )?;
+        Ok(Self { sessions })
     }
 
-    fn persist(&self, sessions: &HashMap<String, Session>) -> Result<(), StoreError> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(StoreError::io(format!("creating {}", dir.display())))?;
-        }
-        write_atomic(
-            &self.path,
-            &serde_json::to_vec(sessions).unwrap_or_default(),
-        )
-    }
-
-    /// Starts a session at `now_ms` from 64 random bytes; returns the cookie token and the
-    /// session. Durable before it returns.
-    pub fn create(&self, now_ms: u64, random: [u8; 64]) -> Result<(String, Session), StoreError> {
+    /// Starts a session at `now_ms` from 64 random bytes; answers the cookie token and the
+    /// session once the session is durable.
+    pub fn create(
+        &self,
+        now_ms: u64,
+        random: [u8; 64],
+    ) -> Pending<Result<(String, Session), StoreError>> {
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let token = engine.encode(&random[..32]);
         let session = Session {
@@ -87,39 +83,39 @@ impl ConsoleSessions {
             created_unix_ms: now_ms,
             expires_unix_ms: now_ms + SESSION_TTL_MS,
         };
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|_, s| s.expires_unix_ms > now_ms);
-        while sessions.len() >= MAX_SESSIONS {
-            let oldest = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.created_unix_ms)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => sessions.remove(&k),
-                None => break,
-            };
-        }
-        sessions.insert(token_key(&token), session.clone());
-        self.persist(&sessions)?;
-        Ok((token, session))
+        self.sessions.update(move |sessions| {
+            sessions.retain(|_, s| s.expires_unix_ms > now_ms);
+            while sessions.len() >= MAX_SESSIONS {
+                let oldest = sessions
+                    .iter()
+                    .min_by_key(|(_, s)| s.created_unix_ms)
+                    .map(|(k, _)| k.clone());
+                match oldest {
+                    Some(k) => sessions.remove(&k),
+                    None => break,
+                };
+            }
+            sessions.insert(token_key(&token), session.clone());
+            (token, session)
+        })
     }
 
     /// The live session of `token`.
     pub fn get(&self, token: &str, now_ms: u64) -> Option<Session> {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions
-            .get(&token_key(token))
-            .filter(|s| s.expires_unix_ms > now_ms)
-            .cloned()
+        self.sessions.read(|sessions| {
+            sessions
+                .get(&token_key(token))
+                .filter(|s| s.expires_unix_ms > now_ms)
+                .cloned()
+        })
     }
 
-    /// Ends the session of `token`.
-    pub fn remove(&self, token: &str) -> Result<(), StoreError> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if sessions.remove(&token_key(token)).is_some() {
-            self.persist(&sessions)?;
-        }
-        Ok(())
+    /// Ends the session of `token`; answered once that is durable.
+    pub fn remove(&self, token: &str) -> Pending<Result<(), StoreError>> {
+        let key = token_key(token);
+        self.sessions.update(move |sessions| {
+            sessions.remove(&key);
+        })
     }
 }
 
@@ -166,28 +162,36 @@ mod tests {
     #[test]
     fn sessions_survive_reopen_expire_and_end() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ConsoleSessions::open(dir.path()).unwrap();
+        let open = || {
+            let docs = Arc::new(crate::store::FileDocStore::open(dir.path()).unwrap());
+            ConsoleSessions::open(docs, None).unwrap()
+        };
+        let wait = std::time::Duration::from_secs(5);
+        let store = open();
         let mut random = [7u8; 64];
         random[32..].fill(9);
-        let (token, session) = store.create(1_000, random).unwrap();
+        let (token, session) = store
+            .create(1_000, random)
+            .wait_blocking(wait)
+            .unwrap()
+            .unwrap();
         assert_eq!(store.get(&token, 2_000), Some(session.clone()));
         let text =
             std::fs::read_to_string(dir.path().join("operator/console-sessions.json")).unwrap();
         assert!(!text.contains(&token), "the token itself is not stored");
-        let reopened = ConsoleSessions::open(dir.path()).unwrap();
+        let reopened = open();
         assert_eq!(reopened.get(&token, 2_000), Some(session.clone()));
         assert_eq!(reopened.get(&token, 1_000 + SESSION_TTL_MS), None);
         assert_eq!(reopened.get("other", 2_000), None);
         assert!(csrf_matches(&session, Some(session.csrf.as_bytes())));
         assert!(!csrf_matches(&session, Some(b"nope")));
         assert!(!csrf_matches(&session, None));
-        reopened.remove(&token).unwrap();
-        assert_eq!(
-            ConsoleSessions::open(dir.path())
-                .unwrap()
-                .get(&token, 2_000),
-            None
-        );
+        reopened
+            .remove(&token)
+            .wait_blocking(wait)
+            .unwrap()
+            .unwrap();
+        assert_eq!(open().get(&token, 2_000), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! `rate_limited` with `Retry-After` after repeated failures from one address, 413 for a body
 //! over 64 KiB, 400 for malformed JSON.
 
-use super::webhook::{Integration, WebhookError};
+use super::webhook::{Change, Integration, WebhookError};
 use super::{api_headers, OperatorConnection, DEFAULT_BODY_LIMIT};
 use crate::console::{Command, Publishing};
 use crate::store::{pending, NewEvent, Pending, StoreError};
@@ -77,6 +77,34 @@ pub(crate) enum InFlight {
     ),
     /// Waiting for the console log; answered with this status.
     Console(Publishing, StatusCode),
+    /// Waiting for a webhook's nonce to be durable; then its payload goes to the event log.
+    Nonce(Change<Result<(), WebhookError>>, String, Value),
+    /// Waiting for a store change; the closure gives the answer once it arrived.
+    Answer(Answer),
+}
+
+/// Polled when the connection is woken: the answer once the change it waits for is durable.
+pub(crate) type Answer = Box<dyn FnMut() -> Option<Reply> + Send>;
+
+/// An answer of a route.
+pub(crate) enum Reply {
+    /// A JSON body with this status.
+    Json(StatusCode, Value),
+    /// No body.
+    Empty(StatusCode),
+    /// The error envelope.
+    Error(StatusCode, &'static str, String),
+    /// A body with its own headers.
+    Full(StatusCode, http::HeaderMap, Bytes),
+}
+
+/// The answer to a change that failed in the store.
+pub(crate) fn store_failed(e: &StoreError) -> Reply {
+    Reply::Error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_failed",
+        format!("not saved: {e}"),
+    )
 }
 
 /// Presence of a node last seen at `last_seen` (Unix ms), at `now_ms`.
@@ -180,18 +208,21 @@ impl OperatorConnection {
             }
             (path, &Method::DELETE) if path.starts_with("/admin/v1/integrations/") => {
                 let name = &path["/admin/v1/integrations/".len()..];
-                match admin.webhooks.delete(name) {
-                    Ok(true) => {
-                        self.respond(now, StatusCode::NO_CONTENT, api_headers(), Bytes::new())
-                    }
-                    Ok(false) => self.error(
-                        now,
-                        StatusCode::NOT_FOUND,
-                        "not_found",
-                        "no such integration",
-                    ),
-                    Err(e) => self.error(now, StatusCode::SERVICE_UNAVAILABLE, "store_failed", &e),
-                }
+                let deleted = admin.webhooks.delete(name);
+                self.answer_later(
+                    now,
+                    Box::new(move || {
+                        Some(match deleted.take()? {
+                            Ok(true) => Reply::Empty(StatusCode::NO_CONTENT),
+                            Ok(false) => Reply::Error(
+                                StatusCode::NOT_FOUND,
+                                "not_found",
+                                "no such integration".into(),
+                            ),
+                            Err(e) => store_failed(&e),
+                        })
+                    }),
+                );
             }
             ("/admin/v1/chat/sessions", &Method::GET) => {
                 let sessions: Vec<Value> = admin
@@ -333,12 +364,13 @@ impl OperatorConnection {
                 signature,
                 timestamp,
                 nonce,
-            } => self
-                .verify_webhook(&integration, signature, timestamp, nonce, &buf)
-                .and_then(|payload| {
-                    self.submit_event(format!("webhook.{}", integration.name), payload, None)
-                })
-                .map(|(t, shown)| (t, StatusCode::ACCEPTED, Some(shown))),
+            } => match self.verify_webhook(&integration, signature, timestamp, nonce, &buf) {
+                Ok((consumed, payload)) => {
+                    self.pending = Some(InFlight::Nonce(consumed, integration.name, payload));
+                    return self.on_wake(now);
+                }
+                Err((status, code, message)) => return self.error(now, status, code, &message),
+            },
         };
         self.await_stored(now, outcome);
     }
@@ -385,17 +417,40 @@ impl OperatorConnection {
         let limit = request.get("max_body_bytes").and_then(Value::as_u64);
         let mut secret = [0u8; 32];
         (admin.random)(&mut secret);
-        match admin.webhooks.create(name, limit, (admin.clock)(), secret) {
-            Ok(i) => self.json(
-                now,
-                StatusCode::CREATED,
-                json!({"name": i.name, "secret": i.secret_hex, "max_body_bytes": i.max_body_bytes,
-                       "signature": "X-Palyra-Signature: v1=hex(HMAC-SHA256(hex_decode(secret), timestamp \".\" nonce \".\" body))"}),
-            ),
-            Err(e) => self.error(now, StatusCode::BAD_REQUEST, "bad_request", &e),
+        let created = admin.webhooks.create(name, limit, (admin.clock)(), secret);
+        self.answer_later(
+            now,
+            Box::new(move || {
+                Some(match created.take()? {
+                    Ok(Ok(i)) => Reply::Json(
+                        StatusCode::CREATED,
+                        json!({"name": i.name, "secret": i.secret_hex, "max_body_bytes": i.max_body_bytes,
+                               "signature": "X-Palyra-Signature: v1=hex(HMAC-SHA256(hex_decode(secret), timestamp \".\" nonce \".\" body))"}),
+                    ),
+                    Ok(Err(e)) => Reply::Error(StatusCode::BAD_REQUEST, "bad_request", e),
+                    Err(e) => store_failed(&e),
+                })
+            }),
+        );
+    }
+
+    /// Answers the request once `answer` gives the reply (it is polled on every wake-up).
+    pub(crate) fn answer_later(&mut self, now: Instant, answer: Answer) {
+        self.pending = Some(InFlight::Answer(answer));
+        self.on_wake(now);
+    }
+
+    fn reply(&mut self, now: Instant, reply: Reply) {
+        match reply {
+            Reply::Json(status, body) => self.json(now, status, body),
+            Reply::Empty(status) => self.respond(now, status, api_headers(), Bytes::new()),
+            Reply::Error(status, code, message) => self.error(now, status, code, &message),
+            Reply::Full(status, headers, body) => self.respond(now, status, &headers, body),
         }
     }
 
+    /// Checks a delivery's signature and body, and starts consuming its nonce.
+    #[allow(clippy::type_complexity)]
     fn verify_webhook(
         &self,
         integration: &Integration,
@@ -403,12 +458,19 @@ impl OperatorConnection {
         timestamp: Option<Bytes>,
         nonce: Option<Bytes>,
         body: &[u8],
-    ) -> Result<Value, (StatusCode, &'static str, String)> {
+    ) -> Result<(Change<Result<(), WebhookError>>, Value), (StatusCode, &'static str, String)> {
         let Some(admin) = &self.operator.admin else {
             return Err((StatusCode::NOT_FOUND, "not_found", "no admin API".into()));
         };
         let now_secs = (admin.clock)() / 1000;
-        admin
+        let payload: Value = serde_json::from_slice(body).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("webhook body is not JSON: {e}"),
+            )
+        })?;
+        let consumed = admin
             .webhooks
             .verify(
                 integration,
@@ -418,24 +480,8 @@ impl OperatorConnection {
                 body,
                 now_secs,
             )
-            .map_err(|e| {
-                let (status, code) = match &e {
-                    WebhookError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-                    WebhookError::Stale => (StatusCode::UNAUTHORIZED, "stale_timestamp"),
-                    WebhookError::BadSignature => (StatusCode::UNAUTHORIZED, "bad_signature"),
-                    WebhookError::Replayed => (StatusCode::CONFLICT, "replayed_nonce"),
-                    WebhookError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-                    WebhookError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_failed"),
-                };
-                (status, code, e.to_string())
-            })?;
-        serde_json::from_slice(body).map_err(|e| {
-            (
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("webhook body is not JSON: {e}"),
-            )
-        })
+            .map_err(|e| webhook_refusal(&e))?;
+        Ok((consumed, payload))
     }
 
     #[allow(clippy::type_complexity)]
@@ -504,8 +550,36 @@ impl OperatorConnection {
 
     /// Shared state changed: a durable write may have completed.
     pub(crate) fn on_wake(&mut self, now: Instant) {
-        if matches!(self.pending, Some(InFlight::Console(..))) {
-            return self.answer_console(now);
+        match &mut self.pending {
+            Some(InFlight::Console(..)) => return self.answer_console(now),
+            Some(InFlight::Answer(answer)) => {
+                if let Some(reply) = answer() {
+                    self.pending = None;
+                    self.reply(now, reply);
+                }
+                return;
+            }
+            Some(InFlight::Nonce(consumed, ..)) => {
+                let Some(result) = consumed.take() else {
+                    return;
+                };
+                let Some(InFlight::Nonce(_, name, payload)) = self.pending.take() else {
+                    return;
+                };
+                let outcome = match result {
+                    Ok(Ok(())) => self
+                        .submit_event(format!("webhook.{name}"), payload, None)
+                        .map(|(stored, shown)| (stored, StatusCode::ACCEPTED, Some(shown))),
+                    Ok(Err(e)) => Err(webhook_refusal(&e)),
+                    Err(e) => Err((
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_failed",
+                        format!("cannot record the nonce: {e}"),
+                    )),
+                };
+                return self.await_stored(now, outcome);
+            }
+            _ => {}
         }
         let Some(InFlight::Stored(stored, status, _)) = &self.pending else {
             return;
@@ -552,6 +626,19 @@ impl OperatorConnection {
             }
         }
     }
+}
+
+/// The HTTP status, code and message of a refused webhook delivery.
+fn webhook_refusal(e: &WebhookError) -> (StatusCode, &'static str, String) {
+    let (status, code) = match e {
+        WebhookError::Malformed(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        WebhookError::Stale => (StatusCode::UNAUTHORIZED, "stale_timestamp"),
+        WebhookError::BadSignature => (StatusCode::UNAUTHORIZED, "bad_signature"),
+        WebhookError::Replayed => (StatusCode::CONFLICT, "replayed_nonce"),
+        WebhookError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        WebhookError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_failed"),
+    };
+    (status, code, e.to_string())
 }
 
 fn parse_body(body: &[u8]) -> Result<Value, String> {

@@ -9,6 +9,7 @@
 //! | `GET /console/v1/stream` | WebSocket `palyra.console.v1`: session cookie + own `Origin` (else 403), or `Authorization: Bearer <admin token>` (agents) |
 
 use super::admin::BodyFor;
+use super::admin::{store_failed, Reply};
 use super::auth::Denied;
 use super::{api_headers, security_headers, OperatorConnection};
 use crate::console::sessions::{self, Session};
@@ -116,20 +117,26 @@ impl OperatorConnection {
                 let Some(admin) = &self.operator.admin else {
                     return;
                 };
-                if let Err(e) = admin.sessions.remove(&token) {
-                    return self.error(
-                        now,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "store_failed",
-                        &e.to_string(),
-                    );
-                }
-                let mut headers = api_headers().clone();
-                if let Ok(v) = HeaderValue::from_str(&sessions::clear_cookie(self.operator.tls)) {
-                    headers.insert(http::header::SET_COOKIE, v);
-                }
-                let body = Bytes::from(json!({"authenticated": false}).to_string());
-                self.respond(now, StatusCode::OK, &headers, body);
+                let removed = admin.sessions.remove(&token);
+                let secure = self.operator.tls;
+                self.answer_later(
+                    now,
+                    Box::new(move || {
+                        Some(match removed.take()? {
+                            Ok(()) => {
+                                let mut headers = api_headers().clone();
+                                if let Ok(v) =
+                                    HeaderValue::from_str(&sessions::clear_cookie(secure))
+                                {
+                                    headers.insert(http::header::SET_COOKIE, v);
+                                }
+                                let body = json!({"authenticated": false}).to_string();
+                                Reply::Full(StatusCode::OK, headers, Bytes::from(body))
+                            }
+                            Err(e) => store_failed(&e),
+                        })
+                    }),
+                );
             }
             ("/console/v1/stream", _) => self.stream_route(now, head),
             ("/console/v1/auth/login" | "/console/v1/auth/logout", _) => {
@@ -314,25 +321,25 @@ impl OperatorConnection {
         }
         let mut random = [0u8; 64];
         (admin.random)(&mut random);
-        let sessions = Arc::clone(&admin.sessions);
-        match sessions.create((admin.clock)(), random) {
-            Ok((cookie, session)) => {
-                let mut headers: HeaderMap = api_headers().clone();
-                if let Ok(v) =
-                    HeaderValue::from_str(&sessions::set_cookie(&cookie, self.operator.tls))
-                {
-                    headers.insert(http::header::SET_COOKIE, v);
-                }
-                let body = json!({"csrf_token": session.csrf,
-                                  "expires_at_unix_ms": session.expires_unix_ms});
-                self.respond(now, StatusCode::OK, &headers, Bytes::from(body.to_string()));
-            }
-            Err(e) => self.error(
-                now,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_failed",
-                &e.to_string(),
-            ),
-        }
+        let created = admin.sessions.create((admin.clock)(), random);
+        let secure = self.operator.tls;
+        self.answer_later(
+            now,
+            Box::new(move || {
+                Some(match created.take()? {
+                    Ok((cookie, session)) => {
+                        let mut headers: HeaderMap = api_headers().clone();
+                        if let Ok(v) = HeaderValue::from_str(&sessions::set_cookie(&cookie, secure))
+                        {
+                            headers.insert(http::header::SET_COOKIE, v);
+                        }
+                        let body = json!({"csrf_token": session.csrf,
+                                          "expires_at_unix_ms": session.expires_unix_ms});
+                        Reply::Full(StatusCode::OK, headers, Bytes::from(body.to_string()))
+                    }
+                    Err(e) => store_failed(&e),
+                })
+            }),
+        );
     }
 }

@@ -158,15 +158,21 @@ impl Admin {
         random(&mut boot);
         let console = crate::console::ConsoleHub::open(
             state_dir,
-            docs,
+            Arc::clone(&docs),
             hex::encode(boot),
             hub.notifier(),
             Arc::clone(&clock),
         )?;
         Ok(Self {
             auth: Arc::new(auth),
-            webhooks: Arc::new(webhook::WebhookStore::open(state_dir)?),
-            sessions: Arc::new(crate::console::sessions::ConsoleSessions::open(state_dir)?),
+            webhooks: Arc::new(webhook::WebhookStore::open(
+                Arc::clone(&docs),
+                Some(hub.notifier()),
+            )?),
+            sessions: Arc::new(crate::console::sessions::ConsoleSessions::open(
+                Arc::clone(&docs),
+                Some(hub.notifier()),
+            )?),
             console,
             hub,
             clock,

@@ -7,13 +7,13 @@
 //! limit) are managed through the admin API and stored in `STATE/operator/integrations.json`
 //! (mode 0600: the secret is needed to verify, so it is kept, unlike the admin token).
 
-use crate::store::{write_atomic, StoreError};
+use crate::notify::Notifier;
+use crate::store::{DocStore, Document, Pending, StoreError};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 
 /// Accepted clock difference between sender and gateway.
 pub const WINDOW_SECS: u64 = 300;
@@ -82,128 +82,117 @@ pub fn sign(secret: &[u8], timestamp: &str, nonce: &str, body: &[u8]) -> String 
     format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Integrations and the nonces seen within the window, persisted.
+/// Integrations and the nonces seen within the window, each a document of the store.
 pub struct WebhookStore {
-    dir: PathBuf,
-    integrations: Mutex<BTreeMap<String, Integration>>,
+    integrations: Arc<Document<BTreeMap<String, Integration>>>,
     /// nonce key (`integration/nonce`) → expiry (Unix seconds).
-    nonces: Mutex<HashMap<String, u64>>,
+    nonces: Arc<Document<HashMap<String, u64>>>,
 }
 
-fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> Result<T, StoreError> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Io {
-            context: format!("parsing {}", path.display()),
-            source: std::sync::Arc::new(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-        Err(e) => Err(StoreError::io(format!("reading {}", path.display()))(e)),
-    }
-}
+/// The integrations' document (0600: the secrets are in it).
+pub const INTEGRATIONS_KEY: &str = "operator/integrations.json";
+/// The nonces' document.
+pub const NONCES_KEY: &str = "operator/webhook-nonces.json";
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    write_atomic(path, bytes)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(StoreError::io(format!("securing {}", path.display())))?;
+/// A change of the store, answered once durable.
+pub type Change<T> = Pending<Result<T, StoreError>>;
+
+fn decode<T: for<'de> Deserialize<'de> + Default>(
+    key: &str,
+    bytes: Option<&[u8]>,
+) -> Result<T, StoreError> {
+    match bytes {
+        Some(bytes) => {
+            serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))
+        }
+        None => Ok(T::default()),
     }
-    Ok(())
 }
 
 impl WebhookStore {
-    /// Opens (or starts) the store under `STATE/operator`.
-    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
-        let dir = state_dir.join("operator");
-        std::fs::create_dir_all(&dir)
-            .map_err(StoreError::io(format!("creating {}", dir.display())))?;
-        let list: Vec<Integration> = read_json(&dir.join("integrations.json"))?;
-        let nonces: HashMap<String, u64> = read_json(&dir.join("webhook-nonces.json"))?;
+    /// Opens the integrations and nonces of `docs`; completed changes wake `wake`.
+    pub fn open(docs: Arc<dyn DocStore>, wake: Option<Arc<Notifier>>) -> Result<Self, StoreError> {
+        let integrations = Document::open(
+            Arc::clone(&docs),
+            INTEGRATIONS_KEY,
+            |bytes| {
+                let list: Vec<Integration> = decode(INTEGRATIONS_KEY, bytes)?;
+                Ok(list.into_iter().map(|i| (i.name.clone(), i)).collect())
+            },
+            |map: &BTreeMap<String, Integration>| {
+                let list: Vec<&Integration> = map.values().collect();
+                serde_json::to_vec_pretty(&list).unwrap_or_default()
+            },
+            wake.clone(),
+        )?;
+        let nonces = Document::open(
+            docs,
+            NONCES_KEY,
+            |bytes| decode(NONCES_KEY, bytes),
+            |map: &HashMap<String, u64>| serde_json::to_vec(map).unwrap_or_default(),
+            wake,
+        )?;
         Ok(Self {
-            integrations: Mutex::new(list.into_iter().map(|i| (i.name.clone(), i)).collect()),
-            nonces: Mutex::new(nonces),
-            dir,
+            integrations,
+            nonces,
         })
     }
 
-    fn save_integrations(&self, map: &BTreeMap<String, Integration>) -> Result<(), StoreError> {
-        let list: Vec<&Integration> = map.values().collect();
-        write_private(
-            &self.dir.join("integrations.json"),
-            &serde_json::to_vec_pretty(&list).unwrap_or_default(),
-        )
-    }
-
-    /// Creates an integration; returns it with its secret (shown once to the operator).
+    /// Creates an integration; answers it with its secret (shown once to the operator) once it
+    /// is durable, or why it cannot be created.
     pub fn create(
         &self,
         name: &str,
         max_body_bytes: Option<u64>,
         now_ms: u64,
         secret: [u8; 32],
-    ) -> Result<Integration, String> {
-        if !valid_name(name) {
-            return Err("name must be 1..=64 of a-z, 0-9, '-', '_'".into());
-        }
-        let limit = max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
-        if limit == 0 || limit > MAX_BODY {
-            return Err(format!("max_body_bytes must be 1..={MAX_BODY}"));
-        }
-        let mut map = self.integrations.lock().unwrap_or_else(|p| p.into_inner());
-        if map.contains_key(name) {
-            return Err(format!("integration {name:?} exists; delete it first"));
-        }
-        if map.len() >= MAX_INTEGRATIONS {
-            return Err(format!("at most {MAX_INTEGRATIONS} integrations"));
-        }
-        let integration = Integration {
-            name: name.to_owned(),
-            secret_hex: hex::encode(secret),
-            max_body_bytes: limit,
-            created_at_unix_ms: now_ms,
-        };
-        map.insert(name.to_owned(), integration.clone());
-        if let Err(e) = self.save_integrations(&map) {
-            map.remove(name);
-            return Err(e.to_string());
-        }
-        Ok(integration)
+    ) -> Change<Result<Integration, String>> {
+        let name = name.to_owned();
+        self.integrations.update(move |map| {
+            if !valid_name(&name) {
+                return Err("name must be 1..=64 of a-z, 0-9, '-', '_'".into());
+            }
+            let limit = max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
+            if limit == 0 || limit > MAX_BODY {
+                return Err(format!("max_body_bytes must be 1..={MAX_BODY}"));
+            }
+            if map.contains_key(&name) {
+                return Err(format!("integration {name:?} exists; delete it first"));
+            }
+            if map.len() >= MAX_INTEGRATIONS {
+                return Err(format!("at most {MAX_INTEGRATIONS} integrations"));
+            }
+            let integration = Integration {
+                name: name.clone(),
+                secret_hex: hex::encode(secret),
+                max_body_bytes: limit,
+                created_at_unix_ms: now_ms,
+            };
+            map.insert(name, integration.clone());
+            Ok(integration)
+        })
     }
 
-    /// Deletes an integration; false if it did not exist.
-    pub fn delete(&self, name: &str) -> Result<bool, String> {
-        let mut map = self.integrations.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(old) = map.remove(name) else {
-            return Ok(false);
-        };
-        if let Err(e) = self.save_integrations(&map) {
-            map.insert(name.to_owned(), old);
-            return Err(e.to_string());
-        }
-        Ok(true)
+    /// Deletes an integration; answers false if it did not exist.
+    pub fn delete(&self, name: &str) -> Change<bool> {
+        let name = name.to_owned();
+        self.integrations
+            .update(move |map| map.remove(&name).is_some())
     }
 
     /// Every integration (secrets included: callers redact).
     pub fn list(&self) -> Vec<Integration> {
         self.integrations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+            .read(|map| map.values().cloned().collect())
     }
 
     /// The integration named `name`.
     pub fn get(&self, name: &str) -> Option<Integration> {
-        self.integrations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.integrations.read(|map| map.get(name).cloned())
     }
 
-    /// Verifies a delivery and consumes its nonce durably.
+    /// Verifies a delivery's signature and timestamp now, and consumes its nonce: answered once
+    /// the nonce is durable (a replay after a restart is refused too).
     pub fn verify(
         &self,
         integration: &Integration,
@@ -212,7 +201,7 @@ impl WebhookStore {
         nonce: Option<&[u8]>,
         body: &[u8],
         now_secs: u64,
-    ) -> Result<(), WebhookError> {
+    ) -> Result<Change<Result<(), WebhookError>>, WebhookError> {
         let text = |v: Option<&[u8]>, name: &str| -> Result<String, WebhookError> {
             v.and_then(|v| std::str::from_utf8(v).ok())
                 .map(str::to_owned)
@@ -247,39 +236,45 @@ impl WebhookStore {
         mac.verify_slice(&given)
             .map_err(|_| WebhookError::BadSignature)?;
         let key = format!("{}/{nonce}", integration.name);
-        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        nonces.retain(|_, expiry| *expiry > now_secs);
-        if nonces.contains_key(&key) {
-            return Err(WebhookError::Replayed);
-        }
-        if nonces.len() >= MAX_NONCES {
-            return Err(WebhookError::Overloaded);
-        }
-        nonces.insert(key.clone(), now_secs.max(ts) + WINDOW_SECS + 1);
-        let saved = write_atomic(
-            &self.dir.join("webhook-nonces.json"),
-            &serde_json::to_vec(&*nonces).unwrap_or_default(),
-        );
-        if let Err(e) = saved {
-            nonces.remove(&key);
-            return Err(WebhookError::Store(e.to_string()));
-        }
-        Ok(())
+        Ok(self.nonces.update(move |nonces| {
+            nonces.retain(|_, expiry| *expiry > now_secs);
+            if nonces.contains_key(&key) {
+                return Err(WebhookError::Replayed);
+            }
+            if nonces.len() >= MAX_NONCES {
+                return Err(WebhookError::Overloaded);
+            }
+            nonces.insert(key, now_secs.max(ts) + WINDOW_SECS + 1);
+            Ok(())
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::FileDocStore;
+    use std::time::Duration;
+
+    fn done<T>(change: Change<T>) -> T {
+        change
+            .wait_blocking(Duration::from_secs(5))
+            .expect("answered")
+            .expect("durable")
+    }
+
+    fn open(dir: &std::path::Path) -> WebhookStore {
+        WebhookStore::open(Arc::new(FileDocStore::open(dir).unwrap()), None).unwrap()
+    }
 
     #[test]
     fn signatures_windows_and_nonces() {
         let dir = tempfile::tempdir().unwrap();
-        let store = WebhookStore::open(dir.path()).unwrap();
-        let hook = store.create("ci", None, 1, [7; 32]).unwrap();
-        assert!(store.create("ci", None, 1, [8; 32]).is_err());
-        assert!(store.create("Bad Name", None, 1, [8; 32]).is_err());
-        assert!(store.create("big", Some(MAX_BODY + 1), 1, [8; 32]).is_err());
+        let store = open(dir.path());
+        let hook = done(store.create("ci", None, 1, [7; 32])).unwrap();
+        assert!(done(store.create("ci", None, 1, [8; 32])).is_err());
+        assert!(done(store.create("Bad Name", None, 1, [8; 32])).is_err());
+        assert!(done(store.create("big", Some(MAX_BODY + 1), 1, [8; 32])).is_err());
         let secret = hex::decode(&hook.secret_hex).unwrap();
         let now = 1_800_000_000u64;
         let ts = now.to_string();
@@ -287,14 +282,16 @@ mod tests {
         let body = br#"{"ok":true}"#;
         let sig = sign(&secret, &ts, nonce, body);
         let verify = |sig: &str, ts: &str, nonce: &str, body: &[u8], at: u64| {
-            store.verify(
-                &hook,
-                Some(sig.as_bytes()),
-                Some(ts.as_bytes()),
-                Some(nonce.as_bytes()),
-                body,
-                at,
-            )
+            store
+                .verify(
+                    &hook,
+                    Some(sig.as_bytes()),
+                    Some(ts.as_bytes()),
+                    Some(nonce.as_bytes()),
+                    body,
+                    at,
+                )
+                .and_then(done)
         };
         assert_eq!(verify(&sig, &ts, nonce, body, now), Ok(()));
         assert_eq!(
@@ -302,18 +299,20 @@ mod tests {
             Err(WebhookError::Replayed)
         );
         // Replays are refused after a restart too.
-        let reopened = WebhookStore::open(dir.path()).unwrap();
+        let reopened = open(dir.path());
         let hook2 = reopened.get("ci").unwrap();
         assert_eq!(hook2, hook);
         assert_eq!(
-            reopened.verify(
-                &hook2,
-                Some(sig.as_bytes()),
-                Some(ts.as_bytes()),
-                Some(nonce.as_bytes()),
-                body,
-                now + 10
-            ),
+            reopened
+                .verify(
+                    &hook2,
+                    Some(sig.as_bytes()),
+                    Some(ts.as_bytes()),
+                    Some(nonce.as_bytes()),
+                    body,
+                    now + 10
+                )
+                .and_then(done),
             Err(WebhookError::Replayed)
         );
         // Window: just inside and just outside 5 minutes.
@@ -344,8 +343,8 @@ mod tests {
             verify(&good, &ts, "short", body, now),
             Err(WebhookError::Malformed(_))
         ));
-        assert!(store.delete("ci").unwrap());
-        assert!(!store.delete("ci").unwrap());
-        assert!(WebhookStore::open(dir.path()).unwrap().get("ci").is_none());
+        assert!(done(store.delete("ci")));
+        assert!(!done(store.delete("ci")));
+        assert!(open(dir.path()).get("ci").is_none());
     }
 }

@@ -13,6 +13,7 @@
 
 mod atomic;
 pub mod docs;
+pub mod document;
 mod event_log;
 mod identity_dir;
 pub mod log;
@@ -22,6 +23,7 @@ pub mod worker;
 
 pub use atomic::{fsync_dir, read_optional, write_atomic};
 pub use docs::{Doc, DocStore, FileDocStore, MemoryDocs};
+pub use document::Document;
 pub use event_log::{FileEventLog, FileEventLogConfig, Recovery};
 pub use identity_dir::{
     unix_ms, DeviceBundle, DeviceIdentityFiles, IdentityDir, IdentityError, ServerIdentity,

@@ -40,11 +40,7 @@ fn fixture_in(dir: tempfile::TempDir) -> Fixture {
     )
     .unwrap();
     let now = Instant::now();
-    let operator = operator_for(
-        dir.path(),
-        Arc::clone(&hub),
-        vec!["https://console.example".into()],
-    );
+    let operator = operator_for(Arc::clone(&hub), vec!["https://console.example".into()]);
     Fixture {
         _dir: dir,
         operator,
@@ -470,7 +466,7 @@ fn reconnecting_console_gets_exactly_what_it_missed_even_after_a_restart() {
     .unwrap();
     publish(&hub, 6, 8);
     let restarted = Fixture {
-        operator: operator_for(&path, Arc::clone(&hub), Vec::new()),
+        operator: operator_for(Arc::clone(&hub), Vec::new()),
         hub,
         now,
         _dir: tempfile::tempdir().unwrap(),
@@ -497,15 +493,13 @@ fn reconnecting_console_gets_exactly_what_it_missed_even_after_a_restart() {
     assert_eq!(got.last().unwrap()["type"], "snapshot.done");
 }
 
-/// The operator plane of a daemon whose state is in `path`, with `hub` as its console.
-fn operator_for(
-    path: &std::path::Path,
-    hub: Arc<ConsoleHub>,
-    origins: Vec<String>,
-) -> Arc<Operator> {
+/// The operator plane of a daemon with `hub` as its console (sessions and webhooks in memory,
+/// so logins are answered at once).
+fn operator_for(hub: Arc<ConsoleHub>, origins: Vec<String>) -> Arc<Operator> {
     let nodes = Arc::new(NodeHub::in_memory(Arc::new(TrustIndex::new(
         &TrustSnapshot::default(),
     ))));
+    let docs: Arc<dyn crate::store::DocStore> = Arc::new(crate::store::MemoryDocs::default());
     Operator::daemon(
         "test",
         Instant::now(),
@@ -513,10 +507,12 @@ fn operator_for(
             auth: Arc::new(AdminAuth::from_token(TOKEN)),
             hub: nodes,
             clock: clock(),
-            webhooks: Arc::new(WebhookStore::open(path).unwrap()),
+            webhooks: Arc::new(WebhookStore::open(Arc::clone(&docs), None).unwrap()),
             random: Arc::new(|buf: &mut [u8]| buf.fill(7)),
             console: hub,
-            sessions: Arc::new(crate::console::sessions::ConsoleSessions::open(path).unwrap()),
+            sessions: Arc::new(
+                crate::console::sessions::ConsoleSessions::open(docs, None).unwrap(),
+            ),
             origins,
             pairing: None,
         },
