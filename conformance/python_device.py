@@ -293,11 +293,13 @@ def run(args):
         return f"Ed25519 certificate for our own key, device {d.device_id}"
     case("certificate", certificate)
 
-    def once():
+    def again():
         s = state["device"].status(state["session"])
-        assert s.status == "completed" and not s.mtls_client_certificate_pem, s
-        return "second poll: completed, no certificate"
-    case("delivered_once", once)
+        assert s.status == "completed", s
+        assert s.mtls_client_certificate_pem.encode() == state["cert_pem"], "not the same certificate"
+        assert not s.mtls_client_private_key_pem, "a private key on the wire"
+        return "second poll (first answer lost): completed, the same public certificate"
+    case("delivered_again", again)
 
     def health():
         d = state["device"]

@@ -746,7 +746,10 @@ impl Enrollment {
         Ok(request.clone())
     }
 
-    /// GetPairingRequestStatus: the state; an approved certificate is delivered here, once.
+    /// GetPairingRequestStatus: the state; an approved certificate is delivered here. The first
+    /// delivery completes the request (and records the certificate); later polls naming the same
+    /// session and device get the same (public) certificate again while it is valid and the
+    /// device is not revoked, so a device whose first answer was lost still finishes pairing.
     pub fn status(
         &mut self,
         authority: &dyn Authority,
@@ -758,6 +761,25 @@ impl Enrollment {
         let request = self.find(session_id)?;
         if request.device_id != device_id {
             return Err(EnrollError::WrongDevice(device_id.to_owned()));
+        }
+        if request.state == RequestState::Completed {
+            let again = match (&request.cert_pem, &request.ca_pem) {
+                (Some(pem), Some(ca_pem))
+                    if request.cert_expires_at_unix_ms > now_ms
+                        && authority.standing(device_id) != Standing::Revoked =>
+                {
+                    Some(SignedCert {
+                        pem: pem.clone(),
+                        ca_pem: ca_pem.clone(),
+                        expires_at_unix_ms: request.cert_expires_at_unix_ms,
+                    })
+                }
+                _ => None,
+            };
+            return Ok(Status {
+                request: request.clone(),
+                delivered: again,
+            });
         }
         if request.state != RequestState::Approved {
             return Ok(Status {

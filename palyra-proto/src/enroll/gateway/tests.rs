@@ -194,12 +194,19 @@ fn pin_pairing_approval_and_one_time_delivery_for_the_devices_own_key() {
             pending: false
         }]
     );
-    // A second poll: completed, nothing delivered again, nothing signed again.
+    // A second poll (the first answer was lost): the same public certificate again, nothing
+    // signed or recorded again.
     let again = poll(&mut f, T0 + 6);
     assert_eq!(again.request.state, RequestState::Completed);
-    assert!(again.delivered.is_none());
+    assert_eq!(again.delivered.as_ref().map(|d| &d.pem), Some(&cert.pem));
     assert_eq!(*f.authority.signed.borrow(), 1);
     assert!(f.machine.take_effects().is_empty());
+    // ... but not once the device is revoked, nor once the certificate expired.
+    f.authority.set(DEV, Standing::Revoked);
+    assert!(poll(&mut f, T0 + 7).delivered.is_none());
+    f.authority.set(DEV, Standing::Paired);
+    let expired = poll(&mut f, again.request.cert_expires_at_unix_ms + 1);
+    assert!(expired.delivered.is_none());
 }
 
 #[test]
@@ -477,16 +484,15 @@ fn state_survives_a_restart_at_every_step() {
     let status = f.machine.status(&f.authority, T0 + 4, &id, DEV).unwrap();
     assert!(status.delivered.is_some());
     assert_eq!(*f.authority.signed.borrow(), 1);
-    // Restart after delivery: completed, the trust record re-derivable, no second delivery.
+    // Restart after delivery: completed, the trust record re-derivable; a lost answer can be
+    // fetched again, nothing is signed or recorded again.
     let restored = Enrollment::new(config, f.machine.state());
     assert_eq!(restored.recovery_effects().len(), 1);
     f.machine = restored;
-    assert!(f
-        .machine
-        .status(&f.authority, T0 + 5, &id, DEV)
-        .unwrap()
-        .delivered
-        .is_none());
+    let again = f.machine.status(&f.authority, T0 + 5, &id, DEV).unwrap();
+    assert_eq!(again.delivered.map(|d| d.pem), status.delivered.map(|d| d.pem));
+    assert_eq!(*f.authority.signed.borrow(), 1);
+    assert!(f.machine.take_effects().is_empty());
 }
 
 #[test]
