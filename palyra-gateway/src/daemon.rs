@@ -17,6 +17,7 @@ use crate::operator::pairing::PairingAdmin;
 use crate::operator::{auth::AdminAuth, Admin, Operator, OperatorAcceptor, RandomFill};
 use crate::store::unix_ms;
 use crate::store::{DocStore, FileDocStore};
+use crate::trust::TrustService;
 use palyra_proto::enroll::gateway::GatewayConfig;
 use palyra_proto::identity::cert;
 use palyra_proto::quic::tls;
@@ -116,6 +117,7 @@ pub struct Daemon {
     http_tls: Option<Arc<rustls::ServerConfig>>,
     hub: Arc<crate::node::hub::NodeHub>,
     docs: Arc<dyn DocStore>,
+    trust: Arc<TrustService>,
     clock: WallClock,
     random: RandomFill,
     started: Instant,
@@ -181,11 +183,14 @@ impl Daemon {
             ..GrpcListener::h2c(gateway_router(info).map_err(part("gateway services"))?)
         };
         let clock: WallClock = Arc::new(|| unix_ms(SystemTime::now()));
-        let enrollment = Arc::new(
-            EnrollmentStore::open(&dir, settings.enrollment, Arc::clone(&random))
-                .map_err(part("enrollment state"))?
-                .with_trust_index(hub.trust_index()),
-        );
+        let (enrollment, trust) = EnrollmentStore::open_in(
+            &dir,
+            Arc::clone(&docs),
+            settings.enrollment,
+            &hub,
+            Arc::clone(&random),
+        )
+        .map_err(part("enrollment state"))?;
         let node = GrpcListener {
             tls: Some(Arc::clone(&plane.tcp_tls)),
             notifier: Some(hub.notifier()),
@@ -214,6 +219,7 @@ impl Daemon {
             http_tls,
             hub,
             docs,
+            trust,
             clock,
             random,
             started,
@@ -275,6 +281,7 @@ impl Daemon {
     /// the listeners stopped).
     pub fn close_stores(&self) {
         self.hub.log().close();
+        self.trust.close();
         self.docs.close();
     }
 

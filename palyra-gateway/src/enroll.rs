@@ -1,13 +1,18 @@
-//! Enrollment in the daemon: the durable store around the [`Enrollment`] machine
-//! (`STATE/enroll/state.json`, 0600, written before any answer), the CA and trust file as its
-//! [`Authority`], and the pairing RPCs of `palyra.node.v1.NodeService`.
+//! Enrollment in the daemon: the [`Enrollment`] machine kept as the document
+//! `enroll/state.json` (0600; every change durable before its answer), the CA (in memory) and the
+//! live trust index as its [`Authority`], the trust changes pairing implies (applied through the
+//! [`TrustService`] once the state is durable), and the pairing RPCs of
+//! `palyra.node.v1.NodeService`.
 //!
 //! Begin, Complete and GetPairingRequestStatus need no client certificate (a device has none
 //! yet); RotateDeviceCertificate and RevokeDevicePairing need the certificate of the paired
-//! device they name.
+//! device they name. Each RPC is answered once what it changed is durable.
 
+use crate::grpc::Answer;
+use crate::notify::Notifier;
 use crate::operator::RandomFill;
-use crate::store::{write_atomic, IdentityDir, StoreError};
+use crate::store::{pending, DocStore, Document, IdentityDir, IdentityError, Pending, StoreError};
+use crate::trust::{change_of, Applied, TrustChange, TrustError, TrustService};
 use palyra_proto::enroll::gateway::{
     Authority, Begin, EnrollError, EnrollState, Enrollment, GatewayConfig, SignedCert, Standing,
 };
@@ -15,7 +20,8 @@ use palyra_proto::enroll::wire::{bytes32, hello_of, offer_response, status_of};
 use palyra_proto::enroll::Method;
 use palyra_proto::grpc::codec::{Code, Status};
 use palyra_proto::grpc::service::decode;
-use palyra_proto::identity::cert;
+use palyra_proto::identity::cert::{self, CertAuthority, Profile};
+use palyra_proto::identity::trust::{DeviceStanding, TrustIndex, TrustSnapshot};
 use palyra_proto::pb::palyra::node::v1::{
     pairing_method, BeginPairingSessionRequest, CompletePairingSessionRequest,
     CompletePairingSessionResponse, GetPairingRequestStatusRequest,
@@ -24,24 +30,29 @@ use palyra_proto::pb::palyra::node::v1::{
 };
 use palyra_proto::transport::PeerIdentity;
 use prost::Message;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The enrollment state's document.
+pub const STATE_KEY: &str = "enroll/state.json";
+
+/// An enrollment operation's answer, once durable.
+pub type Enrolled<T> = Pending<Result<T, EnrollError>>;
 
 /// The enrollment state of a daemon, durable.
 pub struct EnrollmentStore {
-    machine: Mutex<Enrollment>,
-    config: GatewayConfig,
-    path: PathBuf,
-    authority: DirAuthority,
-    /// The daemon's live index, updated at once when pairing changes the trust file (the
-    /// periodic reload would take up to a maintenance interval).
-    live: Option<Arc<palyra_proto::identity::trust::TrustIndex>>,
+    doc: Arc<Document<Enrollment>>,
+    authority: Arc<MemoryAuthority>,
+    trust: Arc<TrustService>,
+    wake: Arc<Notifier>,
 }
 
-/// The CA and trust file of an identity directory as the machine's [`Authority`].
-struct DirAuthority {
-    ids: IdentityDir,
+/// The CA (loaded at start) and the live trust index as the machine's [`Authority`]: no disk
+/// is touched while an operation holds the machine.
+struct MemoryAuthority {
+    ca: CertAuthority,
+    ca_pem: String,
+    trust: Arc<TrustIndex>,
     random: RandomFill,
 }
 
@@ -73,22 +84,12 @@ impl rand_core::RngCore for FillRng {
 
 impl rand_core::CryptoRng for FillRng {}
 
-impl Authority for DirAuthority {
+impl Authority for MemoryAuthority {
     fn standing(&self, device_id: &str) -> Standing {
-        let Ok(trust) = self.ids.load_trust() else {
-            // Fail closed: an unreadable trust file pairs nobody.
-            return Standing::Revoked;
-        };
-        if trust.revoked.iter().any(|r| r.device_id == device_id) {
-            Standing::Revoked
-        } else if trust
-            .devices
-            .iter()
-            .any(|d| d.device_id == device_id && d.revoked_at_unix_ms.is_none())
-        {
-            Standing::Paired
-        } else {
-            Standing::Unknown
+        match self.trust.device_standing(device_id) {
+            DeviceStanding::Paired => Standing::Paired,
+            DeviceStanding::Revoked => Standing::Revoked,
+            DeviceStanding::Unknown => Standing::Unknown,
         }
     }
 
@@ -99,166 +100,223 @@ impl Authority for DirAuthority {
         now_ms: u64,
         validity_ms: u64,
     ) -> Result<SignedCert, String> {
-        let (issued, ca_pem) = self
-            .ids
-            .sign_device_key(
+        if self.trust.device_standing(device_id) == DeviceStanding::Revoked {
+            return Err(format!("device {device_id} is revoked"));
+        }
+        let issued = self
+            .ca
+            .issue(
                 &mut FillRng(Arc::clone(&self.random)),
-                UNIX_EPOCH + Duration::from_millis(now_ms),
-                device_id,
-                public_key,
+                &Profile::Device { device_id },
+                cert::spki_of_public(public_key).map_err(|e| e.to_string())?,
+                palyra_proto::time::from_unix_ms(now_ms),
                 Duration::from_millis(validity_ms),
             )
             .map_err(|e| e.to_string())?;
         Ok(SignedCert {
             pem: issued.pem,
-            ca_pem,
-            expires_at_unix_ms: crate::store::unix_ms(issued.not_after),
+            ca_pem: self.ca_pem.clone(),
+            expires_at_unix_ms: palyra_proto::time::unix_ms(issued.not_after),
         })
     }
 }
 
-impl EnrollmentStore {
-    /// Opens `STATE/enroll/state.json` (empty at first) over the gateway identity in
-    /// `STATE/identity`, and re-applies the trust records of completed pairings (idempotent:
-    /// mends a crash between the two writes).
-    pub fn open(
-        state_dir: &std::path::Path,
-        config: GatewayConfig,
-        random: RandomFill,
-    ) -> Result<Self, crate::store::IdentityError> {
-        let ids = IdentityDir::open(state_dir.join("identity"))?;
-        let dir = state_dir.join("enroll");
-        std::fs::create_dir_all(&dir)
-            .map_err(StoreError::io(format!("creating {}", dir.display())))?;
-        let path = dir.join("state.json");
-        let state: EnrollState = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Io {
-                context: format!("reading {}", path.display()),
-                source: std::sync::Arc::new(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    e,
-                )),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => EnrollState::default(),
+/// The trust changes of `effects` (logged and skipped when one cannot be read).
+fn changes_of(effects: &[palyra_proto::enroll::gateway::Effect]) -> Vec<TrustChange> {
+    effects
+        .iter()
+        .filter_map(|effect| match change_of(effect) {
+            Ok(change) => Some(change),
             Err(e) => {
-                return Err(StoreError::Io {
-                    context: format!("reading {}", path.display()),
-                    source: std::sync::Arc::new(e),
-                }
-                .into())
+                tracing::warn!(error = %e, ?effect, "trust change not applied");
+                None
             }
-        };
-        let machine = Enrollment::new(config, state);
-        let store = Self {
-            config,
-            path,
-            authority: DirAuthority { ids, random },
-            machine: Mutex::new(machine),
-            live: None,
-        };
-        let recovery = store.lock().recovery_effects();
-        store.apply(recovery);
+        })
+        .collect()
+}
+
+impl EnrollmentStore {
+    /// Opens the enrollment state in `docs` over the gateway CA `ca` and the trust records of
+    /// `trust`, and re-applies the trust records of completed pairings (idempotent: mends a crash
+    /// between the two writes). Answers wake `wake`.
+    pub fn open(
+        docs: Arc<dyn DocStore>,
+        config: GatewayConfig,
+        ca: CertAuthority,
+        trust: Arc<TrustService>,
+        random: RandomFill,
+        wake: Arc<Notifier>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let doc = Document::open(
+            docs,
+            STATE_KEY,
+            |bytes| {
+                let state: EnrollState = match bytes {
+                    Some(bytes) => serde_json::from_slice(bytes)
+                        .map_err(|e| StoreError::Corrupt(format!("{STATE_KEY}: {e}")))?,
+                    None => EnrollState::default(),
+                };
+                Ok(Enrollment::new(config, state))
+            },
+            |machine: &Enrollment| serde_json::to_vec_pretty(&machine.state()).unwrap_or_default(),
+            Some(Arc::clone(&wake)),
+        )?;
+        let ca_pem = ca
+            .cert_pem()
+            .map_err(|e| StoreError::Corrupt(format!("gateway CA: {e}")))?;
+        let store = Arc::new(Self {
+            doc,
+            authority: Arc::new(MemoryAuthority {
+                ca,
+                ca_pem,
+                trust: Arc::clone(trust.index()),
+                random,
+            }),
+            trust,
+            wake,
+        });
+        let recovery = changes_of(&store.doc.read(Enrollment::recovery_effects));
+        if !recovery.is_empty() {
+            let (applied, done) = pending(None);
+            store
+                .trust
+                .apply(recovery, Box::new(move |r| done.complete(r)));
+            if let Some(Ok(results)) = applied.wait_blocking(Duration::from_secs(60)) {
+                for e in results.into_iter().filter_map(Result::err) {
+                    tracing::warn!(error = %e, "trust record of a completed pairing not applied");
+                }
+            }
+        }
         Ok(store)
     }
 
-    /// Keeps `index` (the daemon's live trust index) in step with the trust changes pairing
-    /// makes: a new certificate is accepted on the very next handshake.
-    pub fn with_trust_index(
-        mut self,
-        index: Arc<palyra_proto::identity::trust::TrustIndex>,
-    ) -> Self {
-        self.live = Some(index);
-        self
-    }
-
-    fn refresh_live(&self) {
-        if let Some(index) = &self.live {
-            match self.authority.ids.load_trust() {
-                Ok(snapshot) => index.replace(&snapshot),
-                Err(e) => tracing::warn!(error = %e, "cannot reload the trust file"),
-            }
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Enrollment> {
-        match self.machine.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    /// The daemon's enrollment: the gateway identity under `state_dir/identity` (its CA and trust
+    /// file, the trust records' own thread keeping `hub`'s live index current and waking its
+    /// listeners), and the state in `docs`. Returns the store and its trust service.
+    pub fn open_in(
+        state_dir: &std::path::Path,
+        docs: Arc<dyn DocStore>,
+        config: GatewayConfig,
+        hub: &Arc<crate::node::hub::NodeHub>,
+        random: RandomFill,
+    ) -> Result<(Arc<Self>, Arc<TrustService>), IdentityError> {
+        let ids = IdentityDir::open(state_dir.join("identity"))?;
+        let ca = ids
+            .load_ca()?
+            .ok_or_else(|| StoreError::Corrupt("the gateway has no CA".into()))?;
+        let changed = Arc::clone(hub);
+        let trust = Arc::new(TrustService::start(
+            ids,
+            hub.trust_index(),
+            Arc::new(move || changed.trust_changed()),
+        )?);
+        let store = Self::open(docs, config, ca, Arc::clone(&trust), random, hub.notifier())?;
+        Ok((store, trust))
     }
 
     /// Runs `op` on the machine; whatever it changed (refusals too: a burned session) is made
-    /// durable before the result is returned, then its trust effects are applied. If the state
-    /// cannot be written, the change is undone and the caller gets `Unavailable`.
-    pub fn with<T>(
+    /// durable, then its trust changes are applied, and then the result is answered. If the state
+    /// cannot be written, the change is rolled back and the answer is `Unsaved`.
+    pub fn with<T: Send + 'static>(
         &self,
         op: impl FnOnce(
-            &mut Enrollment,
-            &dyn Authority,
-            &mut dyn FnMut(&mut [u8]),
-        ) -> Result<T, EnrollError>,
-    ) -> Result<T, EnrollError> {
-        let mut machine = self.lock();
-        let before = machine.state();
-        let random = Arc::clone(&self.authority.random);
-        let mut fill = move |b: &mut [u8]| random(b);
-        let result = op(&mut machine, &self.authority, &mut fill);
-        let after = machine.state();
-        if after != before {
-            let json = serde_json::to_vec_pretty(&after).expect("state serializes");
-            if let Err(e) = write_atomic(&self.path, &json) {
-                tracing::error!(error = %e, "cannot save the enrollment state; change undone");
-                *machine = Enrollment::new(self.config, before);
-                return Err(EnrollError::Issue(format!(
-                    "enrollment state not saved: {e}"
-                )));
-            }
-        }
-        let effects = machine.take_effects();
-        drop(machine);
-        self.apply(effects);
-        result
+                &mut Enrollment,
+                &dyn Authority,
+                &mut dyn FnMut(&mut [u8]),
+            ) -> Result<T, EnrollError>
+            + Send
+            + 'static,
+    ) -> Enrolled<T> {
+        let (answer, done) = pending(Some(Arc::clone(&self.wake)));
+        let authority = Arc::clone(&self.authority);
+        let trust = Arc::clone(&self.trust);
+        self.doc.update_then(
+            move |machine| {
+                let random = Arc::clone(&authority.random);
+                let mut fill = move |b: &mut [u8]| random(b);
+                let result = op(machine, authority.as_ref(), &mut fill);
+                (result, machine.take_effects())
+            },
+            move |written| match written {
+                Ok((result, effects)) => {
+                    let changes = changes_of(&effects);
+                    if changes.is_empty() {
+                        return done.complete(result);
+                    }
+                    trust.apply(
+                        changes,
+                        Box::new(move |applied| {
+                            let failures: Vec<String> = match applied {
+                                Ok(results) => results
+                                    .into_iter()
+                                    .filter_map(Result::err)
+                                    .map(|e| e.to_string())
+                                    .collect(),
+                                Err(e) => vec![e.to_string()],
+                            };
+                            for e in failures {
+                                tracing::warn!(error = %e, "trust change not applied");
+                            }
+                            done.complete(result)
+                        }),
+                    );
+                }
+                Err(e) => done.complete(Err(EnrollError::Unsaved(e.to_string()))),
+            },
+        );
+        answer
     }
 
-    fn apply(&self, effects: Vec<palyra_proto::enroll::gateway::Effect>) {
-        use palyra_proto::enroll::gateway::Effect;
-        let now = std::time::SystemTime::now();
-        let applied = !effects.is_empty();
-        for effect in effects {
-            let outcome = match &effect {
-                Effect::RecordCert {
-                    device_id,
-                    cert_pem,
-                    pending,
-                } => cert::cert_pem_to_der(cert_pem)
-                    .map_err(|e| e.to_string())
-                    .and_then(|der| {
-                        self.authority
-                            .ids
-                            .record_device_cert(now, device_id, &der, *pending)
-                            .map_err(|e| e.to_string())
-                    }),
-                Effect::Supersede {
-                    device_id,
-                    keep_cert_pem,
-                } => cert::cert_pem_to_der(keep_cert_pem)
-                    .and_then(|der| cert::cert_spki_fingerprint(&der))
-                    .map_err(|e| e.to_string())
-                    .and_then(|keep| {
-                        self.authority
-                            .ids
-                            .supersede_device_certs(now, device_id, &keep)
-                            .map_err(|e| e.to_string())
-                    }),
-            };
-            if let Err(e) = outcome {
-                tracing::warn!(error = %e, ?effect, "trust change not applied");
-            }
-        }
-        if applied {
-            self.refresh_live();
-        }
+    /// Reads the durable machine.
+    pub fn read<R>(&self, f: impl FnOnce(&Enrollment) -> R) -> R {
+        self.doc.read(f)
     }
+
+    /// Revokes a device (every certificate it holds); answered once the trust file and the live
+    /// index say so (its connections close then). `Ok(false)`: it was revoked already.
+    pub fn revoke_device(
+        &self,
+        device_id: &str,
+        reason: &str,
+    ) -> Pending<Result<bool, TrustError>> {
+        let (answer, done) = pending(Some(Arc::clone(&self.wake)));
+        let change = TrustChange::Revoke {
+            device_id: device_id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.trust.apply(
+            vec![change],
+            Box::new(move |applied| {
+                let result = match applied {
+                    Ok(mut results) => results
+                        .pop()
+                        .unwrap_or(Err(TrustError::Store(StoreError::Closed)))
+                        .map(|a| a == Applied::Changed),
+                    Err(e) => Err(TrustError::Store(e)),
+                };
+                done.complete(result)
+            }),
+        );
+        answer
+    }
+
+    /// The trust records: every device certificate issued and every revocation.
+    pub fn trust(&self) -> Arc<TrustSnapshot> {
+        self.trust.snapshot()
+    }
+
+    /// SHA-256 of the gateway CA's SubjectPublicKeyInfo (what devices pin before pairing).
+    pub fn ca_spki_sha256(&self) -> Result<[u8; 32], String> {
+        self.authority.ca.fingerprint().map_err(|e| e.to_string())
+    }
+}
+
+/// An answer that polls `pending` and encodes the response with `encode`.
+fn answer_when<T: Send + 'static>(
+    pending: Enrolled<T>,
+    mut encode: impl FnMut(T) -> Vec<u8> + Send + 'static,
+) -> Answer {
+    Box::new(move || Some(pending.take()?.map(&mut encode).map_err(|e| status_of(&e))))
 }
 
 /// BeginPairingSession.
@@ -267,7 +325,7 @@ pub fn begin(
     peer: &PeerIdentity,
     now_ms: u64,
     bytes: &[u8],
-) -> Result<Vec<u8>, Status> {
+) -> Result<Answer, Status> {
     let request: BeginPairingSessionRequest = decode(bytes)?;
     let (method, code) = match request.method.and_then(|m| m.value) {
         Some(pairing_method::Value::PinCode(code)) => (Method::Pin, code),
@@ -282,94 +340,96 @@ pub fn begin(
     let replay = request
         .replay
         .as_ref()
-        .map(|r| (r.nonce.as_str(), r.timestamp_unix_ms));
-    let begun = store
-        .with(|machine, _, random| {
-            machine.begin(
-                now_ms,
-                peer.remote.map(|a| a.ip()),
-                &Begin {
-                    version: request.v,
-                    client_kind: &request.client_kind,
-                    method,
-                    code: code.trim(),
-                    replay,
-                },
-                random,
-            )
-        })
-        .map_err(|e| status_of(&e))?;
-    Ok(offer_response(request.v, &begun).encode_to_vec())
+        .map(|r| (r.nonce.clone(), r.timestamp_unix_ms));
+    let source = peer.remote.map(|a| a.ip());
+    let (v, client_kind) = (request.v, request.client_kind);
+    let begun = store.with(move |machine, _, random| {
+        machine.begin(
+            now_ms,
+            source,
+            &Begin {
+                version: v,
+                client_kind: &client_kind,
+                method,
+                code: code.trim(),
+                replay: replay.as_ref().map(|(n, t)| (n.as_str(), *t)),
+            },
+            random,
+        )
+    });
+    Ok(answer_when(begun, move |begun| {
+        offer_response(v, &begun).encode_to_vec()
+    }))
 }
 
 /// CompletePairingSession.
-pub fn complete(store: &EnrollmentStore, now_ms: u64, bytes: &[u8]) -> Result<Vec<u8>, Status> {
+pub fn complete(store: &EnrollmentStore, now_ms: u64, bytes: &[u8]) -> Result<Answer, Status> {
     let request: CompletePairingSessionRequest = decode(bytes)?;
     let hello = hello_of(&request)?;
-    let record = store
-        .with(|machine, authority, _| machine.complete(authority, now_ms, &hello))
-        .map_err(|e| status_of(&e))?;
-    Ok(CompletePairingSessionResponse {
-        v: request.v,
-        paired: false,
-        reason: record.state.as_str().into(),
-        identity_fingerprint: record.identity_fingerprint,
-        transcript_hash: record.transcript_hash,
-        ..Default::default()
-    }
-    .encode_to_vec())
+    let record =
+        store.with(move |machine, authority, _| machine.complete(authority, now_ms, &hello));
+    let v = request.v;
+    Ok(answer_when(record, move |record| {
+        CompletePairingSessionResponse {
+            v,
+            paired: false,
+            reason: record.state.as_str().into(),
+            identity_fingerprint: record.identity_fingerprint,
+            transcript_hash: record.transcript_hash,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }))
 }
 
-/// GetPairingRequestStatus: the certificate is in the answer once, when first approved.
-pub fn status(store: &EnrollmentStore, now_ms: u64, bytes: &[u8]) -> Result<Vec<u8>, Status> {
+/// GetPairingRequestStatus: the certificate is in the answer once the request is approved (and
+/// again on later polls while it is valid).
+pub fn status(store: &EnrollmentStore, now_ms: u64, bytes: &[u8]) -> Result<Answer, Status> {
     let request: GetPairingRequestStatusRequest = decode(bytes)?;
     let device_id = request.device_id.map(|d| d.ulid).unwrap_or_default();
-    let status = store
-        .with(|machine, authority, _| {
-            machine.status(authority, now_ms, request.session_id.trim(), &device_id)
-        })
-        .map_err(|e| status_of(&e))?;
-    let r = status.request;
-    let (cert, ca, expires) = status
-        .delivered
-        .map(|d| (d.pem, d.ca_pem, d.expires_at_unix_ms))
-        .unwrap_or_default();
-    Ok(GetPairingRequestStatusResponse {
-        v: request.v,
-        status: r.state.as_str().into(),
-        reason: r.reason,
-        paired: r.state == palyra_proto::enroll::gateway::RequestState::Completed,
-        approval_id: r.request_id,
-        identity_fingerprint: r.identity_fingerprint,
-        transcript_hash: r.transcript_hash,
-        mtls_client_certificate_pem: cert,
-        mtls_client_private_key_pem: String::new(),
-        gateway_ca_certificate_pem: ca,
-        cert_expires_at_unix_ms: expires,
-    }
-    .encode_to_vec())
+    let session_id = request.session_id.trim().to_owned();
+    let status = store.with(move |machine, authority, _| {
+        machine.status(authority, now_ms, &session_id, &device_id)
+    });
+    let v = request.v;
+    Ok(answer_when(status, move |status| {
+        let r = status.request;
+        let (cert, ca, expires) = status
+            .delivered
+            .map(|d| (d.pem, d.ca_pem, d.expires_at_unix_ms))
+            .unwrap_or_default();
+        GetPairingRequestStatusResponse {
+            v,
+            status: r.state.as_str().into(),
+            reason: r.reason,
+            paired: r.state == palyra_proto::enroll::gateway::RequestState::Completed,
+            approval_id: r.request_id,
+            identity_fingerprint: r.identity_fingerprint,
+            transcript_hash: r.transcript_hash,
+            mtls_client_certificate_pem: cert,
+            mtls_client_private_key_pem: String::new(),
+            gateway_ca_certificate_pem: ca,
+            cert_expires_at_unix_ms: expires,
+        }
+        .encode_to_vec()
+    }))
 }
 
-/// Checks a certificate-bound request: its version, that it names the authenticated `device`,
-/// and its replay protection when sent.
+/// Checks a certificate-bound request's version and that it names the authenticated `device`.
 fn check_device_request(
-    store: &EnrollmentStore,
     device: &str,
-    now_ms: u64,
     v: u32,
     device_id: Option<&palyra_proto::pb::palyra::common::v1::CanonicalId>,
-    replay: Option<&palyra_proto::pb::palyra::common::v1::ReplayProtection>,
 ) -> Result<(), Status> {
     crate::node::service::check_version(v)?;
-    crate::node::service::bind_device(device, device_id)?;
-    if let Some(replay) = replay {
-        store
-            .with(|machine, _, _| {
-                machine.check_replay(now_ms, &replay.nonce, replay.timestamp_unix_ms)
-            })
-            .map_err(|e| status_of(&e))?;
-    }
-    Ok(())
+    crate::node::service::bind_device(device, device_id)
+}
+
+/// The request's replay protection, consumed in the same durable change as the request itself.
+fn replay_of(
+    replay: Option<&palyra_proto::pb::palyra::common::v1::ReplayProtection>,
+) -> Option<(String, i64)> {
+    replay.map(|r| (r.nonce.clone(), r.timestamp_unix_ms))
 }
 
 /// RotateDeviceCertificate, for the authenticated device `device`.
@@ -379,16 +439,9 @@ pub fn rotate(
     peer: &PeerIdentity,
     now_ms: u64,
     bytes: &[u8],
-) -> Result<Vec<u8>, Status> {
+) -> Result<Answer, Status> {
     let request: RotateDeviceCertificateRequest = decode(bytes)?;
-    check_device_request(
-        store,
-        device,
-        now_ms,
-        request.v,
-        request.device_id.as_ref(),
-        request.replay.as_ref(),
-    )?;
+    check_device_request(device, request.v, request.device_id.as_ref())?;
     let (Some(leaf), Some(spki)) = (peer.leaf_der.as_deref(), peer.spki_sha256) else {
         return Err(Status::new(
             Code::Unauthenticated,
@@ -420,95 +473,81 @@ pub fn rotate(
             ))
         }
     };
-    let signed = store
-        .with(|machine, authority, _| {
-            machine.rotate(
-                authority,
-                now_ms,
-                device,
-                (&current, &spki),
-                new_key.as_ref().map(|(k, s)| (k, s)),
-            )
-        })
-        .map_err(|e| status_of(&e))?;
-    Ok(RotateDeviceCertificateResponse {
-        v: request.v,
-        rotated: true,
-        reason: "rotated".into(),
-        mtls_client_certificate_pem: signed.pem,
-        mtls_client_private_key_pem: String::new(),
-        cert_expires_at_unix_ms: signed.expires_at_unix_ms,
-    }
-    .encode_to_vec())
+    let replay = replay_of(request.replay.as_ref());
+    let device = device.to_owned();
+    let signed = store.with(move |machine, authority, _| {
+        if let Some((nonce, timestamp)) = &replay {
+            machine.check_replay(now_ms, nonce, *timestamp)?;
+        }
+        machine.rotate(
+            authority,
+            now_ms,
+            &device,
+            (&current, &spki),
+            new_key.as_ref().map(|(k, s)| (k, s)),
+        )
+    });
+    let v = request.v;
+    Ok(answer_when(signed, move |signed| {
+        RotateDeviceCertificateResponse {
+            v,
+            rotated: true,
+            reason: "rotated".into(),
+            mtls_client_certificate_pem: signed.pem,
+            mtls_client_private_key_pem: String::new(),
+            cert_expires_at_unix_ms: signed.expires_at_unix_ms,
+        }
+        .encode_to_vec()
+    }))
 }
 
 /// RevokeDevicePairing: a device revokes itself (lost or retired); its connections close.
 pub fn revoke(
-    store: &EnrollmentStore,
+    store: &Arc<EnrollmentStore>,
     device: &str,
     now_ms: u64,
     bytes: &[u8],
-) -> Result<Vec<u8>, Status> {
+) -> Result<Answer, Status> {
     let request: RevokeDevicePairingRequest = decode(bytes)?;
-    check_device_request(
-        store,
-        device,
-        now_ms,
-        request.v,
-        request.device_id.as_ref(),
-        request.replay.as_ref(),
-    )?;
+    check_device_request(device, request.v, request.device_id.as_ref())?;
     let reason = request.reason.trim();
     let reason = if reason.is_empty() {
         "revoked_by_device"
     } else {
         reason
-    };
+    }
+    .to_owned();
     if reason.len() > palyra_proto::enroll::gateway::MAX_REASON {
         return Err(Status::new(Code::InvalidArgument, "reason is too long"));
     }
-    store
-        .revoke_device(device, reason)
-        .map_err(|e| Status::new(Code::Unavailable, e.to_string()))?;
-    Ok(RevokeDevicePairingResponse {
-        v: request.v,
-        revoked: true,
-        reason: "revoked".into(),
-    }
-    .encode_to_vec())
-}
-
-impl EnrollmentStore {
-    /// Revokes a device in the trust file (every certificate it holds); the daemon closes its
-    /// connections when it reloads the file. Returns whether it was newly revoked.
-    pub fn revoke_device(
-        &self,
-        device_id: &str,
-        reason: &str,
-    ) -> Result<bool, crate::store::IdentityError> {
-        let newly =
-            self.authority
-                .ids
-                .revoke_device(std::time::SystemTime::now(), device_id, reason)?;
-        self.refresh_live();
-        Ok(newly)
-    }
-
-    /// The trust file: every device certificate issued and every revocation.
-    pub fn trust(
-        &self,
-    ) -> Result<palyra_proto::identity::trust::TrustSnapshot, crate::store::IdentityError> {
-        self.authority.ids.load_trust()
-    }
-
-    /// SHA-256 of the gateway CA's SubjectPublicKeyInfo (what devices pin before pairing).
-    pub fn ca_spki_sha256(&self) -> Result<[u8; 32], String> {
-        let ca = self
-            .authority
-            .ids
-            .load_ca()
-            .map_err(|e| e.to_string())?
-            .ok_or("the gateway has no CA yet")?;
-        cert::cert_spki_fingerprint(ca.cert_der()).map_err(|e| e.to_string())
-    }
+    // The replay protection is consumed (durably) first, then the device is revoked.
+    let replay = replay_of(request.replay.as_ref());
+    let checked = store.with(move |machine, _, _| match &replay {
+        Some((nonce, timestamp)) => machine.check_replay(now_ms, nonce, *timestamp),
+        None => Ok(()),
+    });
+    let (store, device) = (Arc::clone(store), device.to_owned());
+    let mut revoking: Option<Pending<Result<bool, TrustError>>> = None;
+    let v = request.v;
+    Ok(Box::new(move || {
+        if revoking.is_none() {
+            match checked.take()? {
+                Ok(()) => revoking = Some(store.revoke_device(&device, &reason)),
+                Err(e) => return Some(Err(status_of(&e))),
+            }
+        }
+        let revoked = revoking.as_ref()?.take()?;
+        Some(
+            revoked
+                .map(|_| {
+                    RevokeDevicePairingResponse {
+                        v,
+                        revoked: true,
+                        reason: "revoked".into(),
+                    }
+                    .encode_to_vec()
+                })
+                .map_err(|e| Status::new(Code::Unavailable, e.to_string())),
+        )
+    }))
 }

@@ -18,6 +18,7 @@ pub mod runtime;
 pub mod serve;
 pub mod signals;
 pub mod store;
+pub mod trust;
 
 /// A connection that accepts none of a write for this long is dropped (its peer stopped reading).
 pub const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(60);

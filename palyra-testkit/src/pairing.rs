@@ -63,6 +63,14 @@ struct Rig<D: Driver> {
     store: Arc<EnrollmentStore>,
 }
 
+/// Waits for an enrollment operation's durable answer.
+fn enrolled<T>(pending: palyra_gateway::enroll::Enrolled<T>) -> T {
+    pending
+        .wait_blocking(std::time::Duration::from_secs(10))
+        .expect("answered")
+        .expect("enrollment operation")
+}
+
 impl<D: Driver> Rig<D> {
     fn start(config: GatewayConfig) -> Self {
         let gw = Gateway::new();
@@ -73,11 +81,9 @@ impl<D: Driver> Rig<D> {
         let (quic, quic_addr) = D::start(plane);
         let random: palyra_gateway::operator::RandomFill =
             Arc::new(|b: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, b));
-        let store = Arc::new(
-            EnrollmentStore::open(gw.path(), config, random)
-                .expect("enrollment store")
-                .with_trust_index(hub.trust_index()),
-        );
+        let (store, _trust) =
+            EnrollmentStore::open_in(gw.path(), Arc::clone(&gw.docs), config, &hub, random)
+                .expect("enrollment store");
         let clock: WallClock = Arc::new(|| unix_ms(SystemTime::now()));
         let routers =
             node_router(Arc::clone(&hub), clock, Some(Arc::clone(&store))).expect("router");
@@ -97,10 +103,11 @@ impl<D: Driver> Rig<D> {
     /// Mints a code of `method` (10 minutes).
     fn mint(&self, method: Method) -> String {
         let now = unix_ms(SystemTime::now());
-        self.store
-            .with(|m, _, r| m.mint(now, method, 600_000, "suite", r))
-            .expect("mint")
-            .1
+        enrolled(
+            self.store
+                .with(move |m, _, r| m.mint(now, method, 600_000, "suite", r)),
+        )
+        .1
     }
 
     fn stop(self) {
@@ -184,9 +191,9 @@ pub fn pairing_over_node_tls<D: Driver>() {
         unary(&mut anonymous, "GetPairingRequestStatus", &status_request).expect("status");
     assert_eq!(status.status, "pending_approval");
     assert!(status.mtls_client_certificate_pem.is_empty());
-    store
-        .with(|m, a, _| m.approve(a, now(), &begun.session_id, false, None))
-        .expect("approve");
+    let session = begun.session_id.clone();
+    let now_ms = now();
+    enrolled(store.with(move |m, a, _| m.approve(a, now_ms, &session, false, None)));
     let status: GetPairingRequestStatusResponse =
         unary(&mut anonymous, "GetPairingRequestStatus", &status_request).expect("status");
     assert_eq!(

@@ -61,21 +61,53 @@ fn ulid() -> String {
     ulid::Ulid::from_parts(unix_ms(SystemTime::now()), u128::from_be_bytes(id)).to_string()
 }
 
+/// Waits for an enrollment operation's durable answer.
+fn settle<T>(
+    pending: palyra_gateway::enroll::Enrolled<T>,
+) -> Result<T, palyra_proto::enroll::gateway::EnrollError> {
+    pending
+        .wait_blocking(Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            Err(palyra_proto::enroll::gateway::EnrollError::Unsaved(
+                "no answer within 30 s".into(),
+            ))
+        })
+}
+
+/// Polls an RPC's answer until it arrives (it completes once the change is durable).
+fn answered(
+    mut answer: palyra_gateway::grpc::Answer,
+) -> Result<Vec<u8>, palyra_proto::grpc::Status> {
+    loop {
+        if let Some(result) = answer() {
+            return result;
+        }
+        std::thread::sleep(Duration::from_micros(20));
+    }
+}
+
 /// Durable pairing round trips in `dir`; returns milliseconds per round trip.
 fn durable_rounds(dir: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
     let ca = IdentityDir::open(dir.join("identity"))?
         .load_or_create_ca(&mut OsRng, SystemTime::now())?;
     let pin = cert::cert_spki_fingerprint(ca.cert_der())?;
     let random: palyra_gateway::operator::RandomFill = Arc::new(|b: &mut [u8]| OsRng.fill_bytes(b));
-    let store = EnrollmentStore::open(dir, GatewayConfig::default(), random)?;
+    let docs: Arc<dyn palyra_gateway::store::DocStore> =
+        Arc::new(palyra_gateway::store::FileDocStore::open(dir)?);
+    let trust = IdentityDir::open(dir.join("identity"))?.load_trust()?;
+    let hub = Arc::new(palyra_gateway::node::hub::NodeHub::in_memory(Arc::new(
+        palyra_proto::identity::trust::TrustIndex::new(&trust),
+    )));
+    let (store, _trust) =
+        EnrollmentStore::open_in(dir, docs, GatewayConfig::default(), &hub, random)?;
     let peer = PeerIdentity::default();
     let mut times = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let started = Instant::now();
         let now = unix_ms(SystemTime::now());
-        let (_, code) = store
-            .with(|m, _, r| m.mint(now, Method::Qr, 600_000, "bench", r))
-            .map_err(|e| anyhow::anyhow!("mint: {e}"))?;
+        let (_, code) =
+            settle(store.with(move |m, _, r| m.mint(now, Method::Qr, 600_000, "bench", r)))
+                .map_err(|e| anyhow::anyhow!("mint: {e}"))?;
         let mut device = DevicePairing::new(
             DeviceKeys::generate(&mut OsRng),
             &ulid(),
@@ -90,14 +122,18 @@ fn durable_rounds(dir: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
             now,
             &device.begin_request(None).encode_to_vec(),
         )
+        .and_then(answered)
         .map_err(|s| anyhow::anyhow!("Begin: {s}"))?;
         let offer = BeginPairingSessionResponse::decode(offer.as_slice())?;
         let complete = device.complete_request(&offer)?.encode_to_vec();
-        enroll::complete(&store, now, &complete).map_err(|s| anyhow::anyhow!("Complete: {s}"))?;
-        store
-            .with(|m, a, _| m.approve(a, now, &offer.session_id, false, None))
+        enroll::complete(&store, now, &complete)
+            .and_then(answered)
+            .map_err(|s| anyhow::anyhow!("Complete: {s}"))?;
+        let session = offer.session_id.clone();
+        settle(store.with(move |m, a, _| m.approve(a, now, &session, false, None)))
             .map_err(|e| anyhow::anyhow!("approve: {e}"))?;
         let status = enroll::status(&store, now, &device.status_request().encode_to_vec())
+            .and_then(answered)
             .map_err(|s| anyhow::anyhow!("status: {s}"))?;
         let status = GetPairingRequestStatusResponse::decode(status.as_slice())?;
         match device.on_status(&status)? {

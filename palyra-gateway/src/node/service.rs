@@ -16,9 +16,7 @@ use crate::store::{pending, Pending, StoreError};
 use bytes::Bytes;
 use palyra_proto::frame::DEFAULT_MAX_FRAME_BYTES;
 use palyra_proto::grpc::codec::{Code, Status};
-use palyra_proto::grpc::service::{
-    decode, CallHandler, CallInfo, PollContext, Reply, Service, Unary,
-};
+use palyra_proto::grpc::service::{decode, CallHandler, CallInfo, PollContext, Reply, Service};
 use palyra_proto::identity::trust::TrustDecision;
 use palyra_proto::node::engine;
 use palyra_proto::node::message::validate_event_name;
@@ -112,12 +110,12 @@ impl Service for NodeService {
             method => {
                 let store = Arc::clone(self.enrollment.as_ref()?);
                 type Rpc = fn(
-                    &EnrollmentStore,
+                    &Arc<EnrollmentStore>,
                     &NodeHub,
                     &PeerIdentity,
                     u64,
                     &[u8],
-                ) -> Result<Vec<u8>, Status>;
+                ) -> Result<Answer, Status>;
                 let rpc: Rpc = match method {
                     "BeginPairingSession" => |s, _, p, now, b| enroll::begin(s, p, now, b),
                     "CompletePairingSession" => |s, _, _, now, b| enroll::complete(s, now, b),
@@ -132,7 +130,7 @@ impl Service for NodeService {
                     },
                     _ => return None,
                 };
-                Some(Unary::boxed(move |bytes: Bytes| {
+                Some(Deferred::boxed(move |bytes: Bytes| {
                     rpc(&store, &hub, &peer, clock(), &bytes)
                 }))
             }

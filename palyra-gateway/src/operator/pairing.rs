@@ -15,10 +15,10 @@
 //! Refusals map the enrollment error classes to statuses: malformed 400, unknown 404, not
 //! allowed in the current state 409, a limit 429, storage 503.
 
-use super::admin::{presence, BodyFor};
+use super::admin::{presence, store_failed, Answer, BodyFor, Reply};
 use super::OperatorConnection;
-use crate::enroll::EnrollmentStore;
-use crate::store::IdentityError;
+use crate::enroll::{Enrolled, EnrollmentStore};
+use crate::trust::TrustError;
 use http::StatusCode;
 use palyra_proto::enroll::codes::DEFAULT_TTL_MS;
 use palyra_proto::enroll::device::Invite;
@@ -252,7 +252,7 @@ impl OperatorConnection {
         }
         match (segments.as_slice(), method) {
             (["pairing", "codes"], &M::GET) => {
-                let listed = store.with(|machine, _, _| {
+                let listed = store.with(move |machine, _, _| {
                     machine.expire(now_ms);
                     Ok(machine
                         .codes()
@@ -265,31 +265,33 @@ impl OperatorConnection {
                         })
                         .collect::<Vec<_>>())
                 });
-                self.answer(now, StatusCode::OK, listed.map(|c| json!({ "codes": c })));
+                self.answer_later(
+                    now,
+                    enrolled(listed, |c| {
+                        Reply::Json(StatusCode::OK, json!({ "codes": c }))
+                    }),
+                );
             }
             (["pairing", "codes", id], &M::DELETE) => {
                 let id = (*id).to_owned();
-                match store.with(|machine, _, _| Ok(machine.revoke_code(&id))) {
-                    Ok(true) => self.respond(
-                        now,
-                        StatusCode::NO_CONTENT,
-                        super::api_headers(),
-                        bytes::Bytes::new(),
-                    ),
-                    Ok(false) => self.error(
-                        now,
-                        StatusCode::NOT_FOUND,
-                        "not_found",
-                        "no such active code",
-                    ),
-                    Err(e) => {
-                        let (status, code, message) = refusal(&e);
-                        self.error(now, status, code, &message)
-                    }
-                }
+                let revoked = store.with(move |machine, _, _| Ok(machine.revoke_code(&id)));
+                self.answer_later(
+                    now,
+                    enrolled(revoked, |found| {
+                        if found {
+                            Reply::Empty(StatusCode::NO_CONTENT)
+                        } else {
+                            Reply::Error(
+                                StatusCode::NOT_FOUND,
+                                "not_found",
+                                "no such active code".into(),
+                            )
+                        }
+                    }),
+                );
             }
             (["pairing", "requests"], &M::GET) => {
-                let listed = store.with(|machine, _, _| {
+                let listed = store.with(move |machine, _, _| {
                     machine.expire(now_ms);
                     Ok(machine
                         .requests()
@@ -297,32 +299,26 @@ impl OperatorConnection {
                         .map(request_json)
                         .collect::<Vec<_>>())
                 });
-                self.answer(
+                self.answer_later(
                     now,
-                    StatusCode::OK,
-                    listed.map(|r| json!({ "requests": r })),
+                    enrolled(listed, |r| {
+                        Reply::Json(StatusCode::OK, json!({ "requests": r }))
+                    }),
                 );
             }
-            (["devices"], &M::GET) => match store.trust() {
-                Ok(trust) => {
-                    let nodes = admin.hub.nodes();
-                    let last_seen = |id: &str| {
-                        nodes
-                            .iter()
-                            .find(|n| n.device_id == id)
-                            .map(|n| n.last_seen_at_unix_ms)
-                    };
-                    let connections = |id: &str| admin.hub.quic_connections(id);
-                    let body = devices_json(&trust, connections, last_seen, now_ms);
-                    self.json(now, StatusCode::OK, body)
-                }
-                Err(e) => self.error(
-                    now,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_failed",
-                    &e.to_string(),
-                ),
-            },
+            (["devices"], &M::GET) => {
+                let trust = store.trust();
+                let nodes = admin.hub.nodes();
+                let last_seen = |id: &str| {
+                    nodes
+                        .iter()
+                        .find(|n| n.device_id == id)
+                        .map(|n| n.last_seen_at_unix_ms)
+                };
+                let connections = |id: &str| admin.hub.quic_connections(id);
+                let body = devices_json(&trust, connections, last_seen, now_ms);
+                self.json(now, StatusCode::OK, body)
+            }
             (["devices", id, "rotate"], &M::POST) => {
                 let id = (*id).to_owned();
                 if !palyra_proto::identity::is_canonical_device_id(&id) {
@@ -333,28 +329,16 @@ impl OperatorConnection {
                         "device ID must be a canonical ULID",
                     );
                 }
-                let known = store.trust().map(|t| {
-                    t.devices.iter().any(|d| d.device_id == id)
-                        && !t.revoked.iter().any(|r| r.device_id == id)
-                });
-                match known {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return self.error(
-                            now,
-                            StatusCode::NOT_FOUND,
-                            "not_found",
-                            "no such paired device",
-                        )
-                    }
-                    Err(e) => {
-                        return self.error(
-                            now,
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "store_failed",
-                            &e.to_string(),
-                        )
-                    }
+                let trust = store.trust();
+                let known = trust.devices.iter().any(|d| d.device_id == id)
+                    && !trust.revoked.iter().any(|r| r.device_id == id);
+                if !known {
+                    return self.error(
+                        now,
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "no such paired device",
+                    );
                 }
                 let outcome = self
                     .submit_event(ROTATE_EVENT.into(), json!({"reason": "operator"}), Some(id))
@@ -395,72 +379,83 @@ impl OperatorConnection {
         let store = Arc::clone(&pairing.store);
         let gateway_addr = pairing.gateway_addr.clone();
         let now_ms = (admin.clock)();
-        let outcome = object(body).and_then(|map| match what {
-            PairingBody::Mint => {
-                mint(&store, &gateway_addr, now_ms, &map).map(|v| (StatusCode::CREATED, v))
-            }
-            PairingBody::Approve(id) => {
+        let map = match object(body) {
+            Ok(map) => map,
+            Err((status, code, message)) => return self.error(now, status, code, &message),
+        };
+        let answer: Result<Answer, Refusal> = match what {
+            PairingBody::Mint => mint(&store, &gateway_addr, now_ms, &map),
+            PairingBody::Approve(id) => (|| {
                 let replace = match map.get("replace") {
                     None | Some(Value::Null) => false,
                     Some(Value::Bool(b)) => *b,
                     Some(_) => return Err(bad("replace must be true or false")),
                 };
-                let reason = optional_str(&map, "reason")?;
-                store
-                    .with(|machine, authority, _| {
-                        machine.approve(authority, now_ms, &id, replace, reason)
-                    })
-                    .map(|r| (StatusCode::OK, json!({ "request": request_json(&r) })))
-                    .map_err(|e| refusal(&e))
-            }
-            PairingBody::Reject(id) => {
-                let reason = optional_str(&map, "reason")?;
-                store
-                    .with(|machine, _, _| machine.reject(now_ms, &id, reason))
-                    .map(|r| (StatusCode::OK, json!({ "request": request_json(&r) })))
-                    .map_err(|e| refusal(&e))
-            }
-            PairingBody::Revoke(id) => {
+                let reason = optional_str(&map, "reason")?.map(str::to_owned);
+                let approved = store.with(move |machine, authority, _| {
+                    machine.approve(authority, now_ms, &id, replace, reason.as_deref())
+                });
+                Ok(enrolled(approved, |r| {
+                    Reply::Json(StatusCode::OK, json!({ "request": request_json(&r) }))
+                }))
+            })(),
+            PairingBody::Reject(id) => (|| {
+                let reason = optional_str(&map, "reason")?.map(str::to_owned);
+                let rejected =
+                    store.with(move |machine, _, _| machine.reject(now_ms, &id, reason.as_deref()));
+                Ok(enrolled(rejected, |r| {
+                    Reply::Json(StatusCode::OK, json!({ "request": request_json(&r) }))
+                }))
+            })(),
+            PairingBody::Revoke(id) => (|| {
                 let reason = optional_str(&map, "reason")?.unwrap_or("revoked_by_operator");
                 if reason.len() > palyra_proto::enroll::gateway::MAX_REASON {
                     return Err(bad("reason is too long"));
                 }
-                match store.revoke_device(&id, reason) {
-                    Ok(newly) => Ok((
-                        StatusCode::OK,
-                        json!({"device_id": id, "revoked": true, "newly_revoked": newly}),
-                    )),
-                    Err(IdentityError::BadDeviceId(_)) => {
-                        Err(bad("device ID must be a canonical ULID"))
-                    }
-                    Err(IdentityError::UnknownDevice(_)) => Err((
-                        StatusCode::NOT_FOUND,
-                        "not_found",
-                        format!("device {id} was never paired"),
-                    )),
-                    Err(e) => Err((
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "store_failed",
-                        e.to_string(),
-                    )),
+                if !palyra_proto::identity::is_canonical_device_id(&id) {
+                    return Err(bad("device ID must be a canonical ULID"));
                 }
-            }
-        });
-        match outcome {
-            Ok((status, value)) => self.json(now, status, value),
+                let revoked = store.revoke_device(&id, reason);
+                Ok(Box::new(move || {
+                    Some(match revoked.take()? {
+                        Ok(newly) => Reply::Json(
+                            StatusCode::OK,
+                            json!({"device_id": id, "revoked": true, "newly_revoked": newly}),
+                        ),
+                        Err(TrustError::UnknownDevice(_)) => Reply::Error(
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            format!("device {id} was never paired"),
+                        ),
+                        Err(TrustError::Store(e)) => store_failed(&e),
+                        Err(e) => {
+                            Reply::Error(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+                        }
+                    })
+                }) as Answer)
+            })(),
+        };
+        match answer {
+            Ok(answer) => self.answer_later(now, answer),
             Err((status, code, message)) => self.error(now, status, code, &message),
         }
     }
+}
 
-    fn answer(&mut self, now: Instant, status: StatusCode, result: Result<Value, EnrollError>) {
-        match result {
-            Ok(value) => self.json(now, status, value),
+/// The answer to an enrollment operation once durable: `reply` of its result, or the refusal.
+fn enrolled<T: Send + 'static>(
+    pending: Enrolled<T>,
+    mut reply: impl FnMut(T) -> Reply + Send + 'static,
+) -> Answer {
+    Box::new(move || {
+        Some(match pending.take()? {
+            Ok(value) => reply(value),
             Err(e) => {
                 let (status, code, message) = refusal(&e);
-                self.error(now, status, code, &message)
+                Reply::Error(status, code, message)
             }
-        }
-    }
+        })
+    })
 }
 
 /// Mints a code; the answer carries the code once, with what the device needs to trust the
@@ -470,7 +465,7 @@ fn mint(
     gateway_addr: &str,
     now_ms: u64,
     map: &serde_json::Map<String, Value>,
-) -> Result<Value, Refusal> {
+) -> Result<Answer, Refusal> {
     let method: Method = optional_str(map, "method")?
         .ok_or_else(|| bad("method must be \"pin\" or \"qr\""))?
         .parse()
@@ -485,24 +480,29 @@ fn mint(
     let ca = store
         .ca_spki_sha256()
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, "store_failed", e))?;
-    let (record, code) = store
-        .with(|machine, _, random| machine.mint(now_ms, method, ttl_ms, "admin", random))
-        .map_err(|e| refusal(&e))?;
-    let invite = (method == Method::Qr).then(|| {
-        Invite {
-            addr: gateway_addr.to_owned(),
-            ca_spki_sha256: ca,
-            code: code.clone(),
-        }
-        .to_string()
-    });
-    Ok(json!({
-        "code_id": record.id,
-        "method": method,
-        "code": code,
-        "invite": invite,
-        "gateway": gateway_addr,
-        "ca_fingerprint": format!("sha256:{}", hex::encode(ca)),
-        "expires_at_unix_ms": record.expires_at_unix_ms,
+    let minted =
+        store.with(move |machine, _, random| machine.mint(now_ms, method, ttl_ms, "admin", random));
+    let gateway_addr = gateway_addr.to_owned();
+    Ok(enrolled(minted, move |(record, code)| {
+        let invite = (method == Method::Qr).then(|| {
+            Invite {
+                addr: gateway_addr.clone(),
+                ca_spki_sha256: ca,
+                code: code.clone(),
+            }
+            .to_string()
+        });
+        Reply::Json(
+            StatusCode::CREATED,
+            json!({
+                "code_id": record.id,
+                "method": method,
+                "code": code,
+                "invite": invite,
+                "gateway": gateway_addr,
+                "ca_fingerprint": format!("sha256:{}", hex::encode(ca)),
+                "expires_at_unix_ms": record.expires_at_unix_ms,
+            }),
+        )
     }))
 }

@@ -79,15 +79,25 @@ impl<T: Clone + Send + 'static> Document<T> {
         change: impl FnOnce(&mut T) -> R,
     ) -> Pending<Result<R, StoreError>> {
         let (answer, done) = pending(self.wake.clone());
+        self.update_then(change, move |written| done.complete(written));
+        answer
+    }
+
+    /// Like [`Document::update`], handing the outcome to `then` (on the store's thread, or at
+    /// once) instead: for a change that has more to do once it is durable.
+    pub fn update_then<R: Send + 'static>(
+        self: &Arc<Self>,
+        change: impl FnOnce(&mut T) -> R,
+        then: impl FnOnce(Result<R, StoreError>) + Send + 'static,
+    ) {
         let mut state = self.lock();
         let result = change(&mut state.latest);
-        let waiter: Waiter = Box::new(move |written| done.complete(written.map(|()| result)));
+        let waiter: Waiter = Box::new(move |written| then(written.map(|()| result)));
         if state.writing {
             state.waiting.push(waiter);
-            return answer;
+            return;
         }
         self.write(state, vec![waiter]);
-        answer
     }
 
     /// Starts a write of the latest value carrying `waiters` (or answers them at once when the

@@ -110,7 +110,7 @@ pub enum MintError {
 }
 
 /// Failed guesses in the current window.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Failures {
     times: VecDeque<u64>,
 }
@@ -136,7 +136,7 @@ impl Failures {
 }
 
 /// Active codes and the guessing throttles.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Codes {
     active: Vec<CodeRecord>,
     global: Failures,

@@ -313,6 +313,9 @@ pub enum EnrollError {
     /// Signing failed.
     #[error("cannot issue the certificate: {0}")]
     Issue(String),
+    /// The change could not be made durable (nothing changed; retry).
+    #[error("enrollment state not saved: {0}")]
+    Unsaved(String),
 }
 
 impl EnrollError {
@@ -339,7 +342,7 @@ impl EnrollError {
             | EnrollError::NeedsReplace(_)
             | EnrollError::AlreadyOpen(_)
             | EnrollError::NotPaired(_) => ErrorKind::FailedPrecondition,
-            EnrollError::Issue(_) => ErrorKind::Unavailable,
+            EnrollError::Issue(_) | EnrollError::Unsaved(_) => ErrorKind::Unavailable,
         }
     }
 }
@@ -380,6 +383,7 @@ pub struct Status {
 }
 
 /// The gateway's enrollment state machine.
+#[derive(Debug, Clone)]
 pub struct Enrollment {
     config: GatewayConfig,
     codes: Codes,

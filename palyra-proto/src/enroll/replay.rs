@@ -28,7 +28,7 @@ pub enum ReplayError {
 }
 
 /// Nonces seen within the window.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct NonceStore {
     seen: HashMap<String, u64>,
     order: VecDeque<(u64, String)>,

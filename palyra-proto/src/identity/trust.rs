@@ -62,12 +62,26 @@ pub enum TrustDecision {
     Unknown,
 }
 
+/// A device's standing as a whole (for pairing decisions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStanding {
+    /// At least one certificate in good standing.
+    Paired,
+    /// The device is revoked.
+    Revoked,
+    /// No certificate in good standing and not revoked.
+    Unknown,
+}
+
 #[derive(Default)]
 struct Index {
     by_fingerprint: HashMap<[u8; 32], Arc<str>>,
     revoked: HashSet<Arc<str>>,
     revoked_certs: HashSet<[u8; 32]>,
     pending: HashSet<[u8; 32]>,
+    /// Devices with a certificate that is not revoked.
+    paired: HashSet<Arc<str>>,
+    snapshot: Arc<TrustSnapshot>,
 }
 
 /// Live, thread-safe view of [`TrustSnapshot`] with O(1) lookups.
@@ -92,7 +106,11 @@ impl TrustIndex {
         let mut by_fingerprint = HashMap::with_capacity(snapshot.devices.len());
         let mut revoked_certs = HashSet::new();
         let mut pending = HashSet::new();
+        let mut paired = HashSet::new();
         for record in &snapshot.devices {
+            if record.revoked_at_unix_ms.is_none() {
+                paired.insert(Arc::<str>::from(record.device_id.as_str()));
+            }
             let mut fp = [0u8; 32];
             if hex::decode_to_slice(&record.spki_sha256, &mut fp).is_ok() {
                 by_fingerprint.insert(fp, Arc::<str>::from(record.device_id.as_str()));
@@ -113,6 +131,8 @@ impl TrustIndex {
             revoked,
             revoked_certs,
             pending,
+            paired,
+            snapshot: Arc::new(snapshot.clone()),
         });
         match self.index.write() {
             Ok(mut guard) => *guard = fresh,
@@ -126,12 +146,33 @@ impl TrustIndex {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Looks up a certificate by its SPKI fingerprint.
-    pub fn check(&self, spki_sha256: &[u8; 32]) -> TrustDecision {
-        let index = match self.index.read() {
+    fn current(&self) -> Arc<Index> {
+        match self.index.read() {
             Ok(guard) => Arc::clone(&guard),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        };
+        }
+    }
+
+    /// The snapshot the index holds.
+    pub fn snapshot(&self) -> Arc<TrustSnapshot> {
+        Arc::clone(&self.current().snapshot)
+    }
+
+    /// A device's standing: revoked, paired (a certificate in good standing) or unknown.
+    pub fn device_standing(&self, device_id: &str) -> DeviceStanding {
+        let index = self.current();
+        if index.revoked.contains(device_id) {
+            DeviceStanding::Revoked
+        } else if index.paired.contains(device_id) {
+            DeviceStanding::Paired
+        } else {
+            DeviceStanding::Unknown
+        }
+    }
+
+    /// Looks up a certificate by its SPKI fingerprint.
+    pub fn check(&self, spki_sha256: &[u8; 32]) -> TrustDecision {
+        let index = self.current();
         match index.by_fingerprint.get(spki_sha256) {
             None => TrustDecision::Unknown,
             Some(device)
@@ -187,6 +228,8 @@ mod tests {
         let index = TrustIndex::new(&snapshot);
         assert_eq!(index.check(&[1; 32]), TrustDecision::Trusted("A".into()));
         assert_eq!(index.check(&[9; 32]), TrustDecision::Unknown);
+        assert_eq!(index.device_standing("A"), DeviceStanding::Paired);
+        assert_eq!(index.device_standing("C"), DeviceStanding::Unknown);
         let generation = index.generation();
         snapshot.revoked.push(RevokedDevice {
             device_id: "A".into(),
@@ -198,6 +241,8 @@ mod tests {
         assert_eq!(index.check(&[1; 32]), TrustDecision::Revoked("A".into()));
         assert_eq!(index.check(&[2; 32]), TrustDecision::Revoked("A".into()));
         assert_eq!(index.check(&[3; 32]), TrustDecision::Trusted("B".into()));
+        assert_eq!(index.device_standing("A"), DeviceStanding::Revoked);
+        assert_eq!(*index.snapshot(), snapshot);
     }
 
     #[test]

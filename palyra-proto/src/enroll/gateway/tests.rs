@@ -490,7 +490,10 @@ fn state_survives_a_restart_at_every_step() {
     assert_eq!(restored.recovery_effects().len(), 1);
     f.machine = restored;
     let again = f.machine.status(&f.authority, T0 + 5, &id, DEV).unwrap();
-    assert_eq!(again.delivered.map(|d| d.pem), status.delivered.map(|d| d.pem));
+    assert_eq!(
+        again.delivered.map(|d| d.pem),
+        status.delivered.map(|d| d.pem)
+    );
     assert_eq!(*f.authority.signed.borrow(), 1);
     assert!(f.machine.take_effects().is_empty());
 }
