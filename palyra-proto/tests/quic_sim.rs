@@ -1,5 +1,7 @@
 //! Whole conversations between the client and server machines over an in-memory network with a
-//! simulated clock: no sockets, no threads, deterministic.
+//! simulated clock: no sockets, no threads, deterministic (the clock is read once, to start).
+
+#![allow(clippy::disallowed_methods)]
 
 use palyra_proto::identity::cert::{self, CertAuthority, Profile, ServerKey, ServerKeyKind};
 use palyra_proto::identity::trust::TrustIndex;
