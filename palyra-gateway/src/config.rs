@@ -54,6 +54,19 @@ pub struct FileConfig {
     /// Pairing.
     #[serde(default)]
     pub enrollment: EnrollmentSection,
+    /// Connection limits of the TCP listeners.
+    #[serde(default)]
+    pub listeners: ListenersSection,
+}
+
+/// `[listeners]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenersSection {
+    /// Connections each TCP listener serves at once (default: derived from the open-file
+    /// limit, leaving headroom for the daemon's own files). At the cap idle connections are
+    /// shed first, then new ones refused (HTTP 503 with Retry-After, HTTP/2 GOAWAY).
+    pub max_connections: Option<usize>,
 }
 
 /// `[node]` section.
@@ -187,6 +200,8 @@ pub struct Config {
     pub enrollment: palyra_proto::enroll::gateway::GatewayConfig,
     /// Address written into pairing invites (`[enrollment] advertise_addr`).
     pub advertise_addr: Option<String>,
+    /// Connections each TCP listener serves at once (`None`: derived from the open-file limit).
+    pub max_connections_per_listener: Option<usize>,
 }
 
 /// The per-user default state directory.
@@ -311,6 +326,10 @@ impl Config {
             node,
             enrollment,
             advertise_addr: file.enrollment.advertise_addr,
+            max_connections_per_listener: match file.listeners.max_connections {
+                Some(0) => anyhow::bail!("listeners.max_connections must be at least 1"),
+                other => other,
+            },
         })
     }
 }

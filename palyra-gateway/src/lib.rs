@@ -9,6 +9,7 @@ pub mod console;
 pub mod daemon;
 pub mod enroll;
 pub mod grpc;
+pub mod limits;
 pub mod node;
 pub mod node_client;
 pub mod notify;

@@ -8,7 +8,7 @@ use crate::config::{default_state_dir, Config, LogFormat, Overrides};
 use crate::daemon::{Daemon, DaemonSettings, Endpoints};
 use crate::runtime::Rt;
 use crate::serve::node_plane::NodePlaneHandle;
-use crate::serve::tcp::TcpHandle;
+use crate::serve::tcp::{ListenerLimits, TcpHandle};
 use crate::store::{DeviceIdentityFiles, IdentityDir};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -166,6 +166,18 @@ fn init_logging(config: &Config) {
 /// gracefully (connections get an application close or GOAWAY; state is saved).
 pub async fn serve(rt: Rt, config: Config) -> anyhow::Result<()> {
     let signals = crate::signals::termination()?;
+    let nofile = crate::limits::raise_nofile_limit();
+    let listener_limits = ListenerLimits {
+        max_connections: config
+            .max_connections_per_listener
+            .unwrap_or_else(|| crate::limits::default_connection_cap(nofile)),
+        ..ListenerLimits::default()
+    };
+    tracing::info!(
+        open_files = nofile,
+        max_connections_per_listener = listener_limits.max_connections,
+        "limits"
+    );
     let random: crate::operator::RandomFill =
         std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
     let settings = DaemonSettings {
@@ -192,23 +204,40 @@ pub async fn serve(rt: Rt, config: Config) -> anyhow::Result<()> {
     let notifier = daemon.notifier();
     let node = NodePlaneHandle::start(&rt, config.node_addr, plane)
         .with_context(|| format!("cannot bind the node plane on {}/udp", config.node_addr))?;
-    let grpc = TcpHandle::start(&rt, config.grpc_addr, daemon.gateway.clone())
-        .with_context(|| format!("cannot bind the gRPC listener on {}/tcp", config.grpc_addr))?;
-    let node_tcp = start_beside(&rt, node.local_addr, config.node_addr, &daemon.node)
-        .with_context(|| {
-            format!(
-                "cannot bind the node TLS listener on {}/tcp",
-                node.local_addr
-            )
-        })?;
+    let grpc = TcpHandle::start_with(
+        &rt,
+        config.grpc_addr,
+        daemon.gateway.clone(),
+        listener_limits,
+    )
+    .with_context(|| format!("cannot bind the gRPC listener on {}/tcp", config.grpc_addr))?;
+    let node_tcp = start_beside(
+        &rt,
+        node.local_addr,
+        config.node_addr,
+        &daemon.node,
+        listener_limits,
+    )
+    .with_context(|| {
+        format!(
+            "cannot bind the node TLS listener on {}/tcp",
+            node.local_addr
+        )
+    })?;
     let operator = daemon.operator(node_tcp.local_addr)?;
     let console_hub = operator
         .operator
         .admin
         .as_ref()
         .map(|admin| std::sync::Arc::clone(&admin.console));
-    let http = TcpHandle::serve(&rt, config.http_addr, operator, Some(notifier))
-        .with_context(|| format!("cannot bind the HTTP listener on {}/tcp", config.http_addr))?;
+    let http = TcpHandle::serve_with(
+        &rt,
+        config.http_addr,
+        operator,
+        Some(notifier),
+        listener_limits,
+    )
+    .with_context(|| format!("cannot bind the HTTP listener on {}/tcp", config.http_addr))?;
     let endpoints_path = daemon.write_endpoints(&Endpoints {
         http: http.local_addr,
         node_quic: node.local_addr,
@@ -248,11 +277,12 @@ fn start_beside(
     quic: SocketAddr,
     configured: SocketAddr,
     listener: &crate::grpc::GrpcListener,
+    limits: ListenerLimits,
 ) -> std::io::Result<TcpHandle> {
-    match TcpHandle::start(rt, quic, listener.clone()) {
+    match TcpHandle::start_with(rt, quic, listener.clone(), limits) {
         Err(e) if configured.port() == 0 => {
             tracing::debug!(error = %e, "TCP port of the QUIC socket is taken; using another");
-            TcpHandle::start(rt, SocketAddr::new(quic.ip(), 0), listener.clone())
+            TcpHandle::start_with(rt, SocketAddr::new(quic.ip(), 0), listener.clone(), limits)
         }
         other => other,
     }

@@ -4,7 +4,9 @@
 //! instantiates the suite with [`node_plane_suite!`]. Every test starts a real server on a
 //! loopback UDP port and talks to it with the driver's own client over real sockets.
 
+pub mod flood;
 pub mod grpc;
+pub mod limits;
 pub mod node_service;
 pub mod operator;
 pub mod operator_client;
@@ -135,7 +137,7 @@ pub trait Driver {
     }
 }
 
-fn loopback() -> SocketAddr {
+pub(crate) fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
@@ -799,6 +801,14 @@ macro_rules! node_plane_suite {
         #[test]
         fn operator_client_verifies_the_ca() {
             $crate::operator_client::operator_client_verifies_the_ca::<$driver>();
+        }
+        #[test]
+        fn http_cap_refuses_then_sheds() {
+            $crate::limits::http_cap_refuses_then_sheds::<$driver>();
+        }
+        #[test]
+        fn grpc_cap_answers_goaway() {
+            $crate::limits::grpc_cap_answers_goaway::<$driver>();
         }
         #[test]
         fn node_service_revocation_ends_streams() {

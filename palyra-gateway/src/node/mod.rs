@@ -263,6 +263,8 @@ pub struct NodePlane {
     /// Wakes the serve loop: log work completed, trust changed.
     wake: Arc<Notifier>,
     maintenance: Option<Maintenance>,
+    /// Refused connections are logged at most once a second (a flood cannot fill the log).
+    refusals: crate::serve::throttle::Throttle,
 }
 
 /// Log work the machine asked for, completed.
@@ -367,6 +369,11 @@ impl NodePlane {
                 } => {
                     self.hub.quic_connection(device, false);
                     log_server_event(&event);
+                }
+                ServerEvent::Refused { remote, reason } => {
+                    if let Some(count) = self.refusals.hit(now) {
+                        tracing::warn!(%remote, %reason, count, "node connections refused");
+                    }
                 }
                 other => log_server_event(&other),
             }
@@ -566,6 +573,7 @@ pub fn open_node_plane_with(
         inbox: Arc::default(),
         wake,
         maintenance: Some(maintenance),
+        refusals: crate::serve::throttle::Throttle::new(Duration::from_secs(1)),
     })
 }
 

@@ -586,6 +586,12 @@ impl StreamMachine for OperatorConnection {
             Phase::Ws(..) => true,
         }
     }
+
+    fn is_idle(&self) -> bool {
+        // A WebSocket (a console or an agent) is never idle; an HTTP connection between
+        // requests is.
+        matches!(self.phase, Phase::Http) && self.pending.is_none() && self.http.is_idle()
+    }
 }
 
 /// Accepts operator-plane connections.
@@ -600,6 +606,33 @@ pub struct OperatorAcceptor {
 }
 
 impl Acceptor for OperatorAcceptor {
+    fn refuse(&self, now: Instant, _peer: std::net::SocketAddr) -> Option<Box<dyn StreamMachine>> {
+        let tls = self.tls.is_some();
+        let refusal = move |now| {
+            let mut headers = security_headers();
+            if tls {
+                headers.insert(
+                    http::header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static("max-age=31536000"),
+                );
+            }
+            palyra_proto::transport::Refusal::new(
+                now,
+                palyra_proto::http1::overloaded_response(&headers, 1),
+            )
+        };
+        match &self.tls {
+            None => Some(Box::new(refusal(now))),
+            Some(config) => palyra_proto::transport::tls::TlsStream::server(
+                Arc::clone(config),
+                now,
+                move |_, now| refusal(now),
+            )
+            .ok()
+            .map(|s| Box::new(s) as Box<dyn StreamMachine>),
+        }
+    }
+
     fn accept(
         &self,
         now: Instant,

@@ -8,6 +8,7 @@ pub mod grpc_channel;
 pub mod node_connection;
 pub mod node_plane;
 pub mod tcp;
+pub mod throttle;
 pub mod udp;
 
 use std::future::Future;

@@ -357,6 +357,25 @@ impl StreamMachine for ServerConnection {
     fn go_away(&mut self) {
         self.server.go_away();
     }
+
+    fn is_idle(&self) -> bool {
+        self.server.open_calls() == 0
+    }
+}
+
+/// The answer of a gRPC listener at its connection cap: the server preface (SETTINGS) and a
+/// GOAWAY that processed no stream, so clients retry elsewhere or later (gRPC UNAVAILABLE).
+pub fn overloaded_preface() -> Bytes {
+    use crate::h2::frame::{encode_goaway, encode_settings, ErrorCode, Settings};
+    let mut out = bytes::BytesMut::new();
+    encode_settings(&mut out, &Settings::default(), false);
+    encode_goaway(
+        &mut out,
+        0,
+        ErrorCode::NoError,
+        b"connection limit reached; retry shortly",
+    );
+    out.freeze()
 }
 
 /// Builds the services of a new connection (drivers call it once per accepted connection).
@@ -375,6 +394,20 @@ pub struct GrpcAcceptor {
 }
 
 impl crate::transport::Acceptor for GrpcAcceptor {
+    fn refuse(&self, now: Instant, _peer: std::net::SocketAddr) -> Option<Box<dyn StreamMachine>> {
+        let refusal = |now| crate::transport::Refusal::new(now, overloaded_preface());
+        match &self.tls {
+            None => Some(Box::new(refusal(now))),
+            Some(tls) => {
+                crate::transport::tls::TlsStream::server(Arc::clone(tls), now, move |_, now| {
+                    refusal(now)
+                })
+                .ok()
+                .map(|s| Box::new(s) as Box<dyn StreamMachine>)
+            }
+        }
+    }
+
     fn accept(
         &self,
         now: Instant,

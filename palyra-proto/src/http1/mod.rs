@@ -20,6 +20,29 @@ pub fn error_body(code: &str, message: &str) -> Bytes {
     Bytes::from(serde_json::json!({ "error": message, "code": code }).to_string())
 }
 
+/// The answer of a listener at its connection cap: `503 Service Unavailable` with
+/// `Retry-After`, the JSON error envelope, `extra` headers (security headers), and
+/// `Connection: close`.
+pub fn overloaded_response(extra: &HeaderMap, retry_after_secs: u32) -> Bytes {
+    let body = error_body(
+        "overloaded",
+        "the server is at its connection limit; retry shortly",
+    );
+    let mut head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: {retry_after_secs}\r\nconnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in extra {
+        if let Ok(value) = value.to_str() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&body);
+    Bytes::from(out)
+}
+
 /// Headers of a JSON answer.
 pub fn json_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();

@@ -303,6 +303,12 @@ impl Http1Server {
         }
     }
 
+    /// Whether the connection waits for a request with nothing of one received (idle between
+    /// requests or never used).
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Head) && self.buf.is_empty() && self.out.is_empty()
+    }
+
     /// Whether the connection is finished (close after writing what [`Self::poll_transmit`] gives).
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closing) && self.out.is_empty()

@@ -47,6 +47,9 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// Handshakes in progress, bounded separately so slow handshakes cannot starve the slots.
     pub max_handshakes: usize,
+    /// At the handshake limit, a new connection sheds the oldest handshake that has been
+    /// pending at least this long (a half-open flood cannot lock fresh clients out).
+    pub shed_handshakes_after: Duration,
     /// A handshake not complete after this is closed.
     pub handshake_timeout: Duration,
     /// QUIC idle timeout.
@@ -72,6 +75,7 @@ impl Default for ServerLimits {
         Self {
             max_connections: 256,
             max_handshakes: 64,
+            shed_handshakes_after: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
@@ -364,11 +368,22 @@ impl NodeServer {
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
                 let remote = incoming.remote_address();
+                if !self.shutting_down
+                    && self.shared.handshaking >= self.shared.limits.max_handshakes
+                {
+                    self.shed_oldest_handshake(now);
+                }
+                let full = self.shared.established + self.shared.handshaking
+                    >= self.shared.limits.max_connections;
                 if self.shutting_down
+                    || full
                     || self.shared.handshaking >= self.shared.limits.max_handshakes
                 {
+                    // Refused before any handshake work: CONNECTION_REFUSED.
                     let reason = if self.shutting_down {
                         "server is shutting down"
+                    } else if full {
+                        "connection limit reached"
                     } else {
                         "too many handshakes in progress"
                     };
@@ -412,6 +427,28 @@ impl NodeServer {
                 }
             }
         }
+    }
+
+    /// Closes the oldest handshake pending longer than `shed_handshakes_after`, if any.
+    fn shed_oldest_handshake(&mut self, now: Instant) {
+        let after = self.shared.limits.shed_handshakes_after;
+        let oldest = self
+            .conns
+            .values()
+            .filter(|c| c.state == ConnState::Handshaking && now >= c.started + after)
+            .min_by_key(|c| c.started)
+            .map(|c| c.handle);
+        let Some(ch) = oldest else { return };
+        if let Some(conn) = self.conns.get_mut(&ch) {
+            close(
+                conn,
+                &mut self.shared,
+                now,
+                close_code::OVERLOADED,
+                "handshake shed: the server is at its handshake limit",
+            );
+        }
+        self.drive(ch, now);
     }
 
     fn queue_response(&mut self, t: quinn_proto::Transmit, mut buf: Vec<u8>) {

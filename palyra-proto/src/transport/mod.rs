@@ -39,12 +39,71 @@ pub trait StreamMachine: Send {
     fn wants_input(&self) -> bool {
         true
     }
+    /// Whether nothing is in progress (no request being served, or the handshake not done yet):
+    /// a listener at its connection cap sheds such connections first.
+    fn is_idle(&self) -> bool {
+        false
+    }
 }
 
 /// Builds the machine of each accepted connection: what a listener serves.
 pub trait Acceptor: Send + Sync {
     /// A machine for a connection from `peer` accepted at `now`.
     fn accept(&self, now: Instant, peer: SocketAddr) -> Result<Box<dyn StreamMachine>, String>;
+    /// A machine refusing a connection over the listener's cap with the protocol's own answer
+    /// (HTTP 503 with `Retry-After`, HTTP/2 GOAWAY), then closing; `None`: just close it.
+    fn refuse(&self, _now: Instant, _peer: SocketAddr) -> Option<Box<dyn StreamMachine>> {
+        None
+    }
+}
+
+/// How long a refused connection is kept after the refusal was written, so the peer reads it
+/// before the socket closes (closing with unread input would reset the connection).
+pub const REFUSAL_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A connection refused at once: writes `answer`, discards what the peer sends, and closes at
+/// the peer's end of stream or [`REFUSAL_LINGER`] later.
+pub struct Refusal {
+    answer: Option<Bytes>,
+    deadline: Instant,
+    done: bool,
+}
+
+impl Refusal {
+    /// A refusal accepted at `now` answering `answer`.
+    pub fn new(now: Instant, answer: Bytes) -> Self {
+        Self {
+            answer: Some(answer),
+            deadline: now + REFUSAL_LINGER,
+            done: false,
+        }
+    }
+}
+
+impl StreamMachine for Refusal {
+    fn handle_input(&mut self, _now: Instant, _bytes: &[u8]) {}
+    fn handle_timeout(&mut self, now: Instant) {
+        self.done |= now >= self.deadline;
+    }
+    fn handle_wake(&mut self, _now: Instant) {}
+    fn poll_timeout(&self) -> Option<Instant> {
+        (!self.done).then_some(self.deadline)
+    }
+    fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.answer.take()
+    }
+    fn is_closed(&self) -> bool {
+        self.answer.is_none() && self.done
+    }
+    fn handle_eof(&mut self) {
+        self.done = true;
+    }
+    fn go_away(&mut self) {
+        self.done = true;
+    }
+    fn is_idle(&self) -> bool {
+        true
+    }
 }
 
 impl StreamMachine for Box<dyn StreamMachine> {
@@ -77,6 +136,9 @@ impl StreamMachine for Box<dyn StreamMachine> {
     }
     fn wants_input(&self) -> bool {
         (**self).wants_input()
+    }
+    fn is_idle(&self) -> bool {
+        (**self).is_idle()
     }
 }
 

@@ -254,6 +254,11 @@ impl<M: StreamMachine> StreamMachine for TlsStream<M> {
         self.inner.as_ref().is_none_or(|m| m.wants_input())
     }
 
+    fn is_idle(&self) -> bool {
+        // Still in the handshake (half-open), or the inner machine is idle.
+        self.inner.as_ref().is_none_or(|m| m.is_idle())
+    }
+
     fn go_away(&mut self) {
         match self.inner.as_mut() {
             Some(inner) => inner.go_away(),
