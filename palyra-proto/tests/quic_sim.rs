@@ -611,6 +611,23 @@ fn stalled_handshakes_time_out_on_the_server_and_are_bounded() {
 }
 
 #[test]
+fn a_certificate_the_gateway_does_not_know_gets_alert_46() {
+    let mut pki = Pki::new();
+    let known = pki.device(DEV_A);
+    let unknown = pki.device(DEV_B);
+    // Signed by the CA, but not (or no longer) in the trust records.
+    pki.snapshot.devices.retain(|d| d.device_id == DEV_A);
+    pki.trust.replace(&pki.snapshot);
+    let mut sim = Sim::new(pki.server(ServerLimits::default()));
+    let ok = sim.connect(pki.client_tls(Some(&known), tls::ALPN));
+    assert_eq!(sim.request(ok, &NodeRequest::Health).len(), 1);
+    let refused = sim.connect(pki.client_tls(Some(&unknown), tls::ALPN));
+    sim.run_until(Duration::from_secs(5), |s| s.lost_reason(refused).is_some());
+    let reason = sim.lost_reason(refused).expect("refused");
+    assert!(reason.contains("error 46"), "{reason}");
+}
+
+#[test]
 fn at_the_handshake_limit_a_fresh_client_sheds_a_stalled_handshake() {
     let mut pki = Pki::new();
     let a = pki.device(DEV_A);

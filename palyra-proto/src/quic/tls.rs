@@ -134,8 +134,9 @@ impl ClientCertVerifier for DeviceCertVerifier {
             TrustDecision::Revoked(_) => {
                 Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
             }
+            // TLS alert 46 (certificate_unknown), as the node plane's documentation promises.
             TrustDecision::Unknown => Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
+                CertificateError::Other(rustls::OtherError(Arc::new(UnknownCertificate))),
             )),
         }
     }
@@ -352,6 +353,18 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
             .supported_schemes()
     }
 }
+
+/// A client certificate signed by the gateway CA but not in its trust records.
+#[derive(Debug)]
+struct UnknownCertificate;
+
+impl std::fmt::Display for UnknownCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the gateway does not know this device certificate")
+    }
+}
+
+impl std::error::Error for UnknownCertificate {}
 
 /// The server's chain carries no CA with the pinned key.
 #[derive(Debug)]
