@@ -6,6 +6,8 @@
 pub mod client;
 pub mod config;
 pub mod console;
+#[cfg(unix)]
+pub mod control;
 pub mod daemon;
 pub mod enroll;
 pub mod grpc;

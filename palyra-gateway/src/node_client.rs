@@ -207,24 +207,34 @@ impl ClientTask {
         }
     }
 
-    /// The next command, for the driver's select; never resolves once the task is closing.
+    /// The next command, for the driver's select; once every handle is gone and the task is
+    /// closing, it never resolves.
     pub async fn next_command(&self) -> Option<ClientCommand> {
-        if self.closing {
+        if self.closing && self.commands.is_closed() {
             std::future::pending::<()>().await;
         }
         self.commands.recv().await.ok()
     }
 
-    /// Carries out a command (`None`: every handle is gone, which closes the connection).
+    /// Carries out a command (`None`: every handle is gone, which closes the connection). A
+    /// request on a connection that is closing fails at once.
     pub fn handle_command(&mut self, command: Option<ClientCommand>, now: Instant) {
         match command {
+            Some(ClientCommand::Request { reply, .. }) if self.closing => {
+                let _ = reply.try_send(ResponseItem::Failed("connection is closed".into()));
+            }
             Some(ClientCommand::Request { payload, reply }) => {
                 let id = self.client.request_raw(&payload);
                 self.sinks.insert(id, reply);
             }
-            Some(ClientCommand::Close) | None => {
+            Some(ClientCommand::Close) => {
                 self.client.close(now);
                 self.closing = true;
+            }
+            None => {
+                self.client.close(now);
+                self.closing = true;
+                self.commands.close();
             }
         }
     }

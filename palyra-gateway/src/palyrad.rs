@@ -121,6 +121,7 @@ fn run_cert(command: CertCommand) -> anyhow::Result<()> {
                 Duration::from_secs(validity_days * 86_400),
             )?;
             DeviceIdentityFiles::write(&out, &bundle)?;
+            let daemon = tell_daemon(&state_dir);
             println!(
                 "{}",
                 serde_json::json!({
@@ -128,6 +129,7 @@ fn run_cert(command: CertCommand) -> anyhow::Result<()> {
                     "spki_sha256": palyra_proto::identity::cert::hex_fingerprint(&bundle.issued.spki_sha256),
                     "expires_at_unix_ms": palyra_proto::time::unix_ms(bundle.issued.not_after),
                     "identity_dir": out,
+                    "daemon": daemon,
                 })
             );
             Ok(())
@@ -140,12 +142,35 @@ fn run_cert(command: CertCommand) -> anyhow::Result<()> {
             let state_dir = state_dir.unwrap_or_else(default_state_dir);
             let ids = IdentityDir::open(state_dir.join("identity"))?;
             let newly = ids.revoke_device(SystemTime::now(), &device_id, &reason)?;
+            let daemon = tell_daemon(&state_dir);
             println!(
                 "{}",
-                serde_json::json!({ "device_id": device_id, "revoked": true, "already_revoked": !newly })
+                serde_json::json!({ "device_id": device_id, "revoked": true, "already_revoked": !newly, "daemon": daemon })
             );
             Ok(())
         }
+    }
+}
+
+/// Tells a daemon running on `state_dir` that the trust file changed (it reloads before
+/// answering): `reloaded`, `not running`, or why it could not be told (the change takes effect
+/// at its next periodic reload then).
+fn tell_daemon(state_dir: &std::path::Path) -> String {
+    #[cfg(unix)]
+    {
+        match crate::control::notify_trust_changed(state_dir) {
+            Ok(crate::control::Notified::Reloaded) => "reloaded".into(),
+            Ok(crate::control::Notified::NoDaemon) => "not running".into(),
+            Err(e) => {
+                eprintln!("palyrad: warning: {e}; the daemon picks the change up within a second");
+                "not told".into()
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = state_dir;
+        "not told".into()
     }
 }
 

@@ -19,3 +19,10 @@ impl Driver for Smol {
 }
 
 node_plane_suite!(Smol);
+
+#[test]
+fn offline_certificates_take_effect_at_once() {
+    palyra_testkit::offline::offline_certificates_take_effect_at_once::<Smol>(
+        std::path::Path::new(env!("CARGO_BIN_EXE_palyrad-smol")),
+    );
+}

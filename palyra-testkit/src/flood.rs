@@ -18,7 +18,7 @@ pub const CONNECTIONS: usize = 1000;
 pub const NOFILE: u64 = 256;
 
 /// A daemon process, killed when dropped.
-struct Daemon(Child);
+pub(crate) struct Daemon(pub(crate) Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -59,7 +59,8 @@ fn raise_own_nofile() {
     }
 }
 
-fn start(
+/// Starts `binary` on `state` with loopback ports, its log in `log`, under [`NOFILE`].
+pub(crate) fn start(
     binary: &Path,
     state: &Path,
     log: &Path,
@@ -111,7 +112,8 @@ fn start(
     }
 }
 
-fn addr(endpoints: &serde_json::Value, name: &str) -> SocketAddr {
+/// The address `endpoints.json` names for `name`.
+pub(crate) fn addr(endpoints: &serde_json::Value, name: &str) -> SocketAddr {
     endpoints[name]
         .as_str()
         .and_then(|a| a.parse().ok())

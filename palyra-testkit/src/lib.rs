@@ -8,6 +8,7 @@ pub mod flood;
 pub mod grpc;
 pub mod limits;
 pub mod node_service;
+pub mod offline;
 pub mod operator;
 pub mod operator_client;
 pub mod pairing;
@@ -317,7 +318,7 @@ fn device_tls(bundle: &DeviceBundle) -> Arc<rustls::ClientConfig> {
     client_tls(Some(bundle), &bundle.ca_pem, tls::ALPN)
 }
 
-fn payload(request: &NodeRequest) -> Vec<u8> {
+pub(crate) fn payload(request: &NodeRequest) -> Vec<u8> {
     palyra_proto::node::RequestFrame::from_request(request).to_json()
 }
 

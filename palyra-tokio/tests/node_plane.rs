@@ -25,3 +25,10 @@ impl Driver for Tokio {
 }
 
 node_plane_suite!(Tokio);
+
+#[test]
+fn offline_certificates_take_effect_at_once() {
+    palyra_testkit::offline::offline_certificates_take_effect_at_once::<Tokio>(
+        std::path::Path::new(env!("CARGO_BIN_EXE_palyrad")),
+    );
+}

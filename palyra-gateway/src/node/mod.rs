@@ -204,6 +204,16 @@ impl GatewayIdentity {
         Ok(self.ids.confirm_certs(now, &seen)?)
     }
 
+    /// Reloads `trust.json` now (an offline command changed it); returns the index's new
+    /// generation.
+    pub fn reload_trust(&self) -> Result<u64, GatewayError> {
+        let mut state = self.state();
+        state.trust_stamp = self.ids.trust_stamp();
+        let snapshot = self.ids.load_trust()?;
+        self.trust.replace(&snapshot);
+        Ok(self.trust.generation())
+    }
+
     /// Reloads `trust.json` if it changed since the last look. Returns true if the index changed.
     pub fn refresh_trust(&self) -> Result<bool, GatewayError> {
         let mut state = self.state();
@@ -522,7 +532,26 @@ pub fn open_node_plane(
         Box::new(file_log),
         options.log.cache_bytes,
     )?);
-    open_node_plane_with(identity, log, docs, options, rng)
+    let plane = open_node_plane_with(identity, log, docs, options, rng)?;
+    #[cfg(unix)]
+    {
+        let (identity, hub, wake) = (
+            Arc::clone(&plane.identity),
+            Arc::clone(&plane.hub),
+            Arc::clone(&plane.wake),
+        );
+        let reload: crate::control::ReloadTrust = Arc::new(move || {
+            let generation = identity.reload_trust().map_err(|e| e.to_string())?;
+            tracing::info!("trust file changed offline; re-checking open connections");
+            hub.trust_changed();
+            wake.notify();
+            Ok(generation)
+        });
+        if let Err(e) = crate::control::serve(state_dir, reload) {
+            tracing::warn!(error = %e, "no control socket: offline certificate changes take effect within a maintenance interval");
+        }
+    }
+    Ok(plane)
 }
 
 /// Assembles the node plane over an opened identity and the given stores (tests inject slow or
