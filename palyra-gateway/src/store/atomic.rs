@@ -62,7 +62,7 @@ pub fn read_optional(path: &Path) -> Result<Option<String>, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StoreError::Io {
             context: format!("reading {}", path.display()),
-            source: std::sync::Arc::new(e),
+            cause: std::sync::Arc::new(e),
         }),
     }
 }

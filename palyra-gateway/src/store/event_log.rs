@@ -374,7 +374,7 @@ impl FileEventLog {
             let _ = self.active.set_len(before);
             return Err(StoreError::Io {
                 context: format!("appending to {}", path.display()),
-                source: Arc::new(source),
+                cause: Arc::new(source),
             });
         }
         Ok(())

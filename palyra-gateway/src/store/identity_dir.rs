@@ -477,7 +477,7 @@ impl DeviceIdentityFiles {
             fs::read_to_string(&path).map_err(|e| {
                 StoreError::Io {
                     context: format!("reading {}", path.display()),
-                    source: std::sync::Arc::new(e),
+                    cause: std::sync::Arc::new(e),
                 }
                 .into()
             })

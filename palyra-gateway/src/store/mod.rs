@@ -39,13 +39,14 @@ use std::sync::Arc;
 /// Errors of the stores.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// An operating-system I/O error, with what was being done.
-    #[error("{context}: {source}")]
+    /// An operating-system I/O error, with what was being done. The cause is part of the
+    /// message (and not a separate source), so an error chain shows it once.
+    #[error("{context}: {cause}")]
     Io {
         /// What the store was doing.
         context: String,
         /// The underlying error.
-        source: Arc<std::io::Error>,
+        cause: Arc<std::io::Error>,
     },
     /// Stored data failed validation somewhere other than a torn tail.
     #[error("stored data is corrupt: {0}")]
@@ -79,7 +80,7 @@ impl StoreError {
         let context = context.into();
         move |source| StoreError::Io {
             context,
-            source: Arc::new(source),
+            cause: Arc::new(source),
         }
     }
 }

@@ -92,7 +92,7 @@ impl NodeIdentityDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::Io {
                 context: format!("removing {}", path.display()),
-                source: std::sync::Arc::new(e),
+                cause: std::sync::Arc::new(e),
             }
             .into()),
         }
@@ -112,10 +112,7 @@ impl NodeIdentityDir {
         serde_json::from_str(&text).map(Some).map_err(|e| {
             StoreError::Io {
                 context: format!("reading {}", self.file(name).display()),
-                source: std::sync::Arc::new(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    e,
-                )),
+                cause: std::sync::Arc::new(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
             }
             .into()
         })

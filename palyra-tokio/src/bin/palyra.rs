@@ -9,9 +9,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// The Palyra command-line client.
+/// palyra: the command line of a Palyra gateway. Pair a node and keep it running (node enroll,
+/// node run), talk to the gateway as a node (node health, publish, events, register), and operate
+/// it (pairing codes and requests, devices, the demo agent, gateway health).
+///
+/// Operator commands reach palyrad's operator plane at --daemon (PALYRA_DAEMON_URL) with the admin
+/// token (PALYRA_ADMIN_TOKEN or --token-file); node commands use an identity directory.
 #[derive(Parser)]
-#[command(name = "palyra", version, about)]
+#[command(name = "palyra", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
