@@ -20,82 +20,117 @@ pub mod pairing;
 pub mod webhook;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Largest request body any route reads unless it says otherwise.
 pub const DEFAULT_BODY_LIMIT: u64 = 64 * 1024;
 
-/// Counters of the operator plane, exported by `/metrics`.
-#[derive(Debug, Default)]
+/// The status class of an answer, as a metric label (`1xx` .. `5xx`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusClass {
+    class: &'static str,
+}
+
+/// Counters of the operator plane, exported by `/metrics` in the OpenMetrics text format
+/// (prometheus-client).
+#[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
+    uptime: Gauge,
     /// HTTP connections open now.
-    pub connections_open: AtomicU64,
+    pub connections_open: Gauge,
     /// HTTP connections accepted.
-    pub connections_total: AtomicU64,
-    /// Requests answered, by status class (1xx .. 5xx).
-    pub responses: [AtomicU64; 5],
+    pub connections_total: Counter,
+    responses: Family<StatusClass, Counter>,
     /// Requests refused by the HTTP machine itself (malformed, over a limit, too slow).
-    pub rejected: AtomicU64,
+    pub rejected: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let uptime = Gauge::default();
+        let connections_open = Gauge::default();
+        let connections_total = Counter::default();
+        let responses = Family::<StatusClass, Counter>::default();
+        let rejected = Counter::default();
+        registry.register(
+            "palyra_uptime_seconds",
+            "Seconds since the daemon started",
+            uptime.clone(),
+        );
+        registry.register(
+            "palyra_http_connections_open",
+            "Operator-plane HTTP connections open",
+            connections_open.clone(),
+        );
+        registry.register(
+            "palyra_http_connections",
+            "Operator-plane HTTP connections accepted",
+            connections_total.clone(),
+        );
+        registry.register(
+            "palyra_http_responses",
+            "Operator-plane HTTP responses by status class",
+            responses.clone(),
+        );
+        registry.register(
+            "palyra_http_rejected",
+            "Requests refused by the HTTP layer (malformed, over a limit, too slow)",
+            rejected.clone(),
+        );
+        for class in ["2xx", "4xx", "5xx"] {
+            let _ = responses.get_or_create(&StatusClass { class });
+        }
+        Self {
+            registry,
+            uptime,
+            connections_open,
+            connections_total,
+            responses,
+            rejected,
+        }
+    }
 }
 
 impl Metrics {
     fn count_status(&self, status: StatusCode) {
-        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        let class = match status.as_u16() / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        };
+        self.responses.get_or_create(&StatusClass { class }).inc();
     }
 
-    /// Prometheus text exposition.
+    /// Answers counted in a status class (`"2xx"`, ...).
+    pub fn responses(&self, class: &'static str) -> u64 {
+        self.responses.get_or_create(&StatusClass { class }).get()
+    }
+
+    /// The text exposition (OpenMetrics), with the uptime as of `uptime_seconds`.
     pub fn render(&self, uptime_seconds: u64) -> String {
+        self.uptime
+            .set(i64::try_from(uptime_seconds).unwrap_or(i64::MAX));
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, u64)>| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for (labels, value) in lines {
-                out.push_str(&format!("{name}{labels} {value}\n"));
-            }
-        };
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        metric(
-            "palyra_uptime_seconds",
-            "gauge",
-            "Seconds since the daemon started.",
-            vec![(String::new(), uptime_seconds)],
-        );
-        metric(
-            "palyra_http_connections_open",
-            "gauge",
-            "Operator-plane HTTP connections open.",
-            vec![(String::new(), load(&self.connections_open))],
-        );
-        metric(
-            "palyra_http_connections_total",
-            "counter",
-            "Operator-plane HTTP connections accepted.",
-            vec![(String::new(), load(&self.connections_total))],
-        );
-        metric(
-            "palyra_http_responses_total",
-            "counter",
-            "Operator-plane HTTP responses by status class.",
-            (0..5)
-                .map(|i| {
-                    (
-                        format!("{{class=\"{}xx\"}}", i + 1),
-                        load(&self.responses[i]),
-                    )
-                })
-                .collect(),
-        );
-        metric(
-            "palyra_http_rejected_total",
-            "counter",
-            "Requests refused by the HTTP layer (malformed, over a limit, too slow).",
-            vec![(String::new(), load(&self.rejected))],
-        );
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+        }
         out
     }
 }
+
+/// The content type of [`Metrics::render`].
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What every connection of the operator plane shares.
 #[derive(Debug)]
@@ -317,14 +352,8 @@ impl OperatorConnection {
         let mut errors = security_headers();
         errors.insert("cache-control", HeaderValue::from_static("no-store"));
         http.set_error_headers(errors);
-        operator
-            .metrics
-            .connections_open
-            .fetch_add(1, Ordering::Relaxed);
-        operator
-            .metrics
-            .connections_total
-            .fetch_add(1, Ordering::Relaxed);
+        operator.metrics.connections_open.inc();
+        operator.metrics.connections_total.inc();
         Self {
             http,
             operator,
@@ -391,7 +420,7 @@ impl OperatorConnection {
                 let mut headers = security_headers();
                 headers.insert(
                     http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                    HeaderValue::from_static(METRICS_CONTENT_TYPE),
                 );
                 headers.insert("cache-control", HeaderValue::from_static("no-store"));
                 let uptime = now
@@ -467,10 +496,7 @@ impl OperatorConnection {
                     }
                 }
                 Event::Rejected(_) => {
-                    self.operator
-                        .metrics
-                        .rejected
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.operator.metrics.rejected.inc();
                 }
                 Event::Body(data) => self.on_body(data),
                 Event::BodyEnd => self.on_body_end(now),
@@ -481,10 +507,7 @@ impl OperatorConnection {
 
 impl Drop for OperatorConnection {
     fn drop(&mut self) {
-        self.operator
-            .metrics
-            .connections_open
-            .fetch_sub(1, Ordering::Relaxed);
+        self.operator.metrics.connections_open.dec();
     }
 }
 
@@ -720,7 +743,12 @@ mod tests {
             out.contains("palyra_http_responses_total{class=\"4xx\"} 2"),
             "{out}"
         );
-        assert!(out.contains("palyra_http_connections_open 1"));
+        assert!(out.contains("palyra_http_connections_open 1"), "{out}");
+        assert!(
+            out.contains("content-type: application/openmetrics-text"),
+            "{out}"
+        );
+        assert!(out.trim_end().ends_with("# EOF"), "{out}");
         // The HTTP layer's own refusals carry the same headers and envelope.
         let out = exchange(&mut conn, now, b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(
@@ -730,7 +758,7 @@ mod tests {
         assert!(out.contains("\"code\":\"not_implemented\""));
         assert!(conn.is_closed());
         drop(conn);
-        assert_eq!(operator.metrics.connections_open.load(Ordering::Relaxed), 0);
-        assert_eq!(operator.metrics.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(operator.metrics.connections_open.get(), 0);
+        assert_eq!(operator.metrics.rejected.get(), 1);
     }
 }
