@@ -1,11 +1,10 @@
-//! The daemon's assembly, shared by `palyrad` (tokio) and `palyrad-smol` (smol): everything
-//! but binding sockets. A driver opens a [`Daemon`], serves [`Daemon::plane`] and the two gRPC
-//! listeners, then asks for the operator plane with the node TLS listener's bound address (the
-//! address pairing invites name), and finally records the bound addresses.
+//! The daemon's assembly, shared by `palyrad` (tokio) and `palyrad-smol` (smol): the stores,
+//! the identity, the services of every listener, and [`Daemon::serve`], which binds them on a
+//! runtime (the node plane first, the node TLS listener on its port number, the operator plane
+//! once the address invites name is known) and records the bound addresses.
 //!
 //! ```text
-//! Daemon::open ─▶ plane (QUIC) ─┐
-//!                gateway, node ─┼─▶ bind ─▶ Daemon::operator(node_tcp) ─▶ bind HTTP ─▶ endpoints.json
+//! Stores::files ─▶ Daemon::open_with ─▶ Daemon::serve(rt) ─▶ endpoints.json ─▶ Running::shutdown
 //! ```
 
 use crate::enroll::EnrollmentStore;
@@ -15,8 +14,11 @@ use crate::node::service::{node_router, WallClock};
 use crate::node::{open_node_plane, GatewayError, NodePlane, NodePlaneOptions};
 use crate::operator::pairing::PairingAdmin;
 use crate::operator::{auth::AdminAuth, Admin, Operator, OperatorAcceptor, RandomFill};
+use crate::runtime::Rt;
+use crate::serve::node_plane::NodePlaneHandle;
+use crate::serve::tcp::{ListenerLimits, TcpHandle};
 use crate::store::unix_ms;
-use crate::store::{DocStore, FileDocStore};
+use crate::store::{DocStore, FileDocStore, LogStore};
 use crate::trust::TrustService;
 use palyra_proto::enroll::gateway::GatewayConfig;
 use palyra_proto::identity::cert;
@@ -96,6 +98,41 @@ fn part<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> DaemonErr
     }
 }
 
+/// The stores a daemon keeps its state in: small documents, the node-plane event log and the
+/// console log. [`Stores::files`] is the embedded default; a networked backend (or a test's
+/// wrapper) provides the same interfaces.
+#[derive(Clone)]
+pub struct Stores {
+    /// Documents (node registry, enrollment, webhooks, console state and sessions).
+    pub docs: Arc<dyn DocStore>,
+    /// The node-plane event log.
+    pub events: Arc<dyn LogStore>,
+    /// The console log.
+    pub console: Arc<dyn LogStore>,
+}
+
+impl Stores {
+    /// The file-backed stores under `state_dir` (each on its own thread).
+    pub fn files(state_dir: &Path, options: &NodePlaneOptions) -> Result<Self, DaemonError> {
+        let plane = |source: crate::store::StoreError| DaemonError::Plane {
+            dir: state_dir.to_owned(),
+            source: source.into(),
+        };
+        Ok(Self {
+            docs: Arc::new(FileDocStore::open(state_dir).map_err(plane)?),
+            events: crate::node::open_file_log(state_dir, options).map_err(plane)?,
+            console: crate::console::open_file_log(state_dir).map_err(plane)?,
+        })
+    }
+
+    /// Waits until everything handed over is durable and stops the stores' threads.
+    pub fn close(&self) {
+        self.events.close();
+        self.console.close();
+        self.docs.close();
+    }
+}
+
 /// A daemon assembled and not yet bound.
 pub struct Daemon {
     settings: DaemonSettings,
@@ -116,7 +153,7 @@ pub struct Daemon {
     admin_auth: Option<AdminAuth>,
     http_tls: Option<Arc<rustls::ServerConfig>>,
     hub: Arc<crate::node::hub::NodeHub>,
-    docs: Arc<dyn DocStore>,
+    stores: Stores,
     trust: Arc<TrustService>,
     clock: WallClock,
     random: RandomFill,
@@ -124,25 +161,33 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Opens the state (identity, event log, enrollment, admin token) and builds the listeners'
-    /// services. `random` fills buffers with OS randomness.
+    /// Opens the state with the file-backed stores (see [`Daemon::open_with`]).
     pub fn open(
         settings: DaemonSettings,
+        random: RandomFill,
+        rng: &mut impl rand_core::CryptoRngCore,
+    ) -> Result<Self, DaemonError> {
+        let stores = Stores::files(&settings.state_dir, &settings.node)?;
+        Self::open_with(settings, stores, random, rng)
+    }
+
+    /// Opens the state (identity, enrollment, admin token) over `stores` and builds the
+    /// listeners' services. `random` fills buffers with OS randomness.
+    pub fn open_with(
+        settings: DaemonSettings,
+        stores: Stores,
         random: RandomFill,
         rng: &mut impl rand_core::CryptoRngCore,
     ) -> Result<Self, DaemonError> {
         let started = Instant::now();
         let dir = settings.state_dir.clone();
         let first_start = !dir.join("identity/ca.crt.pem").exists();
-        let docs: Arc<dyn DocStore> =
-            Arc::new(FileDocStore::open(&dir).map_err(|e| DaemonError::Plane {
-                dir: dir.clone(),
-                source: e.into(),
-            })?);
+        let docs = Arc::clone(&stores.docs);
         let plane = open_node_plane(
             &dir,
             &settings.node,
             Arc::clone(&docs),
+            Arc::clone(&stores.events),
             rng,
             SystemTime::now(),
         )
@@ -218,7 +263,7 @@ impl Daemon {
             admin_auth: Some(admin_auth),
             http_tls,
             hub,
-            docs,
+            stores,
             trust,
             clock,
             random,
@@ -235,8 +280,8 @@ impl Daemon {
             reason: "already built".into(),
         })?;
         let mut admin = Admin::open(
-            &self.settings.state_dir,
-            Arc::clone(&self.docs),
+            Arc::clone(&self.stores.console),
+            Arc::clone(&self.stores.docs),
             auth,
             Arc::clone(&self.hub),
             Arc::clone(&self.clock),
@@ -280,14 +325,120 @@ impl Daemon {
     /// Waits until every write handed to the stores is durable, and stops their threads (after
     /// the listeners stopped).
     pub fn close_stores(&self) {
-        self.hub.log().close();
         self.trust.close();
-        self.docs.close();
+        self.stores.close();
+    }
+
+    /// Binds every listener on `rt` (`limits` for the TCP ones) and records the bound addresses
+    /// in `STATE/endpoints.json`: the node plane, the gateway gRPC listener, the node TLS listener
+    /// on the QUIC socket's port number (another free one when that is taken and the configured
+    /// port was 0), and the operator plane.
+    pub fn serve(
+        mut self,
+        rt: &Rt,
+        addrs: &ListenAddrs,
+        limits: ListenerLimits,
+    ) -> Result<Running, DaemonError> {
+        let bind = |what: &'static str, addr: SocketAddr| {
+            move |e: std::io::Error| DaemonError::Part {
+                what,
+                reason: format!("cannot bind {addr}: {e}"),
+            }
+        };
+        let plane = self.plane.take().ok_or_else(|| DaemonError::Part {
+            what: "node plane",
+            reason: "already served".into(),
+        })?;
+        let node = NodePlaneHandle::start(rt, addrs.node, plane)
+            .map_err(bind("the node plane (UDP)", addrs.node))?;
+        let grpc = TcpHandle::start_with(rt, addrs.grpc, self.gateway.clone(), limits)
+            .map_err(bind("the gateway gRPC listener", addrs.grpc))?;
+        let node_tcp = match TcpHandle::start_with(rt, node.local_addr, self.node.clone(), limits) {
+            Err(e) if addrs.node.port() == 0 => {
+                tracing::debug!(error = %e, "TCP port of the QUIC socket is taken; using another");
+                let any = SocketAddr::new(node.local_addr.ip(), 0);
+                TcpHandle::start_with(rt, any, self.node.clone(), limits)
+                    .map_err(bind("the node TLS listener", any))?
+            }
+            other => other.map_err(bind("the node TLS listener", node.local_addr))?,
+        };
+        let operator = self.operator(node_tcp.local_addr)?;
+        let console = operator
+            .operator
+            .admin
+            .as_ref()
+            .map(|admin| Arc::clone(&admin.console));
+        let http = TcpHandle::serve_with(rt, addrs.http, operator, Some(self.notifier()), limits)
+            .map_err(bind("the operator listener (HTTP)", addrs.http))?;
+        let endpoints = Endpoints {
+            http: http.local_addr,
+            node_quic: node.local_addr,
+            node_tcp: node_tcp.local_addr,
+            grpc: grpc.local_addr,
+        };
+        let endpoints_path = self.write_endpoints(&endpoints)?;
+        Ok(Running {
+            daemon: self,
+            endpoints,
+            endpoints_path,
+            node,
+            grpc,
+            node_tcp,
+            http,
+            console,
+        })
     }
 
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         &self.settings.state_dir
+    }
+}
+
+/// Where a daemon's listeners bind.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenAddrs {
+    /// Node plane (QUIC, UDP); the node TLS listener takes the same port number on TCP.
+    pub node: SocketAddr,
+    /// Gateway gRPC listener.
+    pub grpc: SocketAddr,
+    /// Operator plane (HTTP/1.1).
+    pub http: SocketAddr,
+}
+
+/// A daemon serving on a runtime.
+pub struct Running {
+    daemon: Daemon,
+    /// The bound addresses.
+    pub endpoints: Endpoints,
+    /// Where they were recorded.
+    pub endpoints_path: PathBuf,
+    node: NodePlaneHandle,
+    grpc: TcpHandle,
+    node_tcp: TcpHandle,
+    http: TcpHandle,
+    console: Option<Arc<crate::console::ConsoleHub>>,
+}
+
+impl Running {
+    /// The daemon (its services and stores).
+    pub fn daemon(&self) -> &Daemon {
+        &self.daemon
+    }
+
+    /// Shuts down gracefully: the operator plane first (console streams get a going-away close),
+    /// then the gRPC listeners (GOAWAY), the node plane (application close), and finally the
+    /// stores, once everything handed to them is durable.
+    pub async fn shutdown(self, rt: &Rt) -> std::io::Result<()> {
+        self.http.shutdown(rt).await;
+        if let Some(console) = &self.console {
+            console.save();
+        }
+        self.grpc.shutdown(rt).await;
+        self.node_tcp.shutdown(rt).await;
+        let node = self.node.shutdown().await;
+        self.daemon.close_stores();
+        node
     }
 }
 

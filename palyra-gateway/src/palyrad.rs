@@ -5,16 +5,13 @@
 //! A runtime adapter's binary is `palyrad::main(|config| block_on(palyrad::serve(rt, config)))`.
 
 use crate::config::{default_state_dir, Config, LogFormat, Overrides};
-use crate::daemon::{Daemon, DaemonSettings, Endpoints};
+use crate::daemon::{Daemon, DaemonSettings, ListenAddrs};
 use crate::runtime::Rt;
-use crate::serve::node_plane::NodePlaneHandle;
-use crate::serve::tcp::{ListenerLimits, TcpHandle};
+use crate::serve::tcp::ListenerLimits;
 use crate::store::{DeviceIdentityFiles, IdentityDir};
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use palyra_proto::identity::is_canonical_device_id;
 use rand_core::OsRng;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -225,90 +222,28 @@ pub async fn serve(rt: Rt, config: Config) -> anyhow::Result<()> {
         // Shown once: only its hash is stored. Not logged.
         eprintln!("palyrad: admin token (shown once, store it now): {token}");
     }
-    let plane = daemon.plane.take().context("node plane already taken")?;
-    let notifier = daemon.notifier();
-    let node = NodePlaneHandle::start(&rt, config.node_addr, plane)
-        .with_context(|| format!("cannot bind the node plane on {}/udp", config.node_addr))?;
-    let grpc = TcpHandle::start_with(
-        &rt,
-        config.grpc_addr,
-        daemon.gateway.clone(),
-        listener_limits,
-    )
-    .with_context(|| format!("cannot bind the gRPC listener on {}/tcp", config.grpc_addr))?;
-    let node_tcp = start_beside(
-        &rt,
-        node.local_addr,
-        config.node_addr,
-        &daemon.node,
-        listener_limits,
-    )
-    .with_context(|| {
-        format!(
-            "cannot bind the node TLS listener on {}/tcp",
-            node.local_addr
-        )
-    })?;
-    let operator = daemon.operator(node_tcp.local_addr)?;
-    let console_hub = operator
-        .operator
-        .admin
-        .as_ref()
-        .map(|admin| std::sync::Arc::clone(&admin.console));
-    let http = TcpHandle::serve_with(
-        &rt,
-        config.http_addr,
-        operator,
-        Some(notifier),
-        listener_limits,
-    )
-    .with_context(|| format!("cannot bind the HTTP listener on {}/tcp", config.http_addr))?;
-    let endpoints_path = daemon.write_endpoints(&Endpoints {
-        http: http.local_addr,
-        node_quic: node.local_addr,
-        node_tcp: node_tcp.local_addr,
-        grpc: grpc.local_addr,
-    })?;
+    let addrs = ListenAddrs {
+        node: config.node_addr,
+        grpc: config.grpc_addr,
+        http: config.http_addr,
+    };
+    let ca_fingerprint = daemon.ca_fingerprint.clone();
+    let running = daemon.serve(&rt, &addrs, listener_limits)?;
+    let bound = running.endpoints;
     tracing::info!(
-        node_quic = %node.local_addr,
-        node_tcp = %node_tcp.local_addr,
-        http = %http.local_addr,
-        grpc = %grpc.local_addr,
+        node_quic = %bound.node_quic,
+        node_tcp = %bound.node_tcp,
+        http = %bound.http,
+        grpc = %bound.grpc,
         grpc_tls = config.grpc_tls,
         http_tls = config.http_tls,
-        endpoints = %endpoints_path.display(),
-        ca_spki_sha256 = %daemon.ca_fingerprint,
+        endpoints = %running.endpoints_path.display(),
+        ca_spki_sha256 = %ca_fingerprint,
         "palyrad listening"
     );
     let signal = signals.recv().await;
     tracing::info!(signal = signal.unwrap_or(0), "shutting down");
-    http.shutdown(&rt).await;
-    if let Some(console) = console_hub {
-        console.close();
-    }
-    grpc.shutdown(&rt).await;
-    node_tcp.shutdown(&rt).await;
-    node.shutdown().await?;
-    daemon.close_stores();
+    running.shutdown(&rt).await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Binds the node TLS listener on the QUIC socket's port number (TCP and UDP ports are
-/// separate, so the same number serves both). With a configured port 0, if that number is taken
-/// on TCP, any free port is used (endpoints.json tells which).
-fn start_beside(
-    rt: &Rt,
-    quic: SocketAddr,
-    configured: SocketAddr,
-    listener: &crate::grpc::GrpcListener,
-    limits: ListenerLimits,
-) -> std::io::Result<TcpHandle> {
-    match TcpHandle::start_with(rt, quic, listener.clone(), limits) {
-        Err(e) if configured.port() == 0 => {
-            tracing::debug!(error = %e, "TCP port of the QUIC socket is taken; using another");
-            TcpHandle::start_with(rt, SocketAddr::new(quic.ip(), 0), listener.clone(), limits)
-        }
-        other => other,
-    }
 }

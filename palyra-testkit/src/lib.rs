@@ -15,7 +15,7 @@ pub mod pairing;
 
 use palyra_gateway::grpc::GrpcListener;
 use palyra_gateway::grpc::{gateway_router, DaemonInfo};
-use palyra_gateway::node::{open_node_plane, NodePlane, NodePlaneOptions};
+use palyra_gateway::node::{open_file_log, open_node_plane, NodePlane, NodePlaneOptions};
 use palyra_gateway::node_client::Responses;
 use palyra_gateway::notify::Notifier;
 use palyra_gateway::runtime::{self, Rt};
@@ -258,10 +258,12 @@ impl Gateway {
     /// Opens the node plane on the state directory.
     pub fn plane(&self, options: &NodePlaneOptions) -> NodePlane {
         let docs = Arc::new(FileDocStore::open(self.dir.path()).expect("document store"));
+        let log = open_file_log(self.dir.path(), options).expect("event log");
         open_node_plane(
             self.dir.path(),
             options,
             docs,
+            log,
             &mut OsRng,
             SystemTime::now(),
         )

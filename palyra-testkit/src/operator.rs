@@ -178,7 +178,7 @@ pub fn operator_admin_api<D: Driver>() {
         "suite",
         Instant::now(),
         Admin::open(
-            gw.path(),
+            palyra_gateway::console::open_file_log(gw.path()).expect("console log"),
             Arc::clone(&gw.docs),
             AdminAuth::from_token("suite-token"),
             Arc::clone(&hub),
@@ -336,7 +336,7 @@ fn suite_admin(
     let clock: palyra_gateway::node::service::WallClock =
         Arc::new(|| palyra_gateway::store::unix_ms(std::time::SystemTime::now()));
     palyra_gateway::operator::Admin::open(
-        gw.path(),
+        palyra_gateway::console::open_file_log(gw.path()).expect("console log"),
         Arc::clone(&gw.docs),
         palyra_gateway::operator::auth::AdminAuth::from_token("suite-token"),
         Arc::clone(hub),

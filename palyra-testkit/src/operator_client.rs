@@ -17,7 +17,7 @@ fn serve<D: Driver>(tls: bool) -> (TcpHandle, String, Gateway) {
     let clock: palyra_gateway::node::service::WallClock =
         Arc::new(|| palyra_gateway::store::unix_ms(std::time::SystemTime::now()));
     let admin = Admin::open(
-        gw.path(),
+        palyra_gateway::console::open_file_log(gw.path()).expect("console log"),
         Arc::clone(&gw.docs),
         AdminAuth::from_token("client-token"),
         Arc::clone(&plane.hub),

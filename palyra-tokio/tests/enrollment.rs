@@ -44,13 +44,9 @@ impl Gateway {
             &self.node_addr,
             &[("PALYRA_ADMIN_TOKEN", TOKEN)],
         );
-        let node_tcp = endpoints["node_tcp"].as_str().unwrap().to_owned();
-        assert_eq!(
-            endpoints["node_quic"].as_str().unwrap(),
-            node_tcp,
-            "QUIC and TLS share the port"
-        );
-        self.node_addr = node_tcp;
+        // The node plane keeps its UDP port across restarts (devices dial it); the TLS listener
+        // takes the same number on TCP unless that was taken by something else.
+        self.node_addr = endpoints["node_quic"].as_str().unwrap().to_owned();
         self.url = format!("http://{}", endpoints["http"].as_str().unwrap());
         self.daemon = Some(daemon);
     }

@@ -19,8 +19,8 @@ pub mod web;
 use crate::node::service::WallClock;
 use crate::notify::Notifier;
 use crate::store::{
-    DocStore, EventStore, FileEventLog, FileEventLogConfig, LogService, LogStore, NewEvent,
-    Pending, StoreError, StoredEvent,
+    DocStore, FileEventLog, FileEventLogConfig, LogService, LogStore, NewEvent, Pending,
+    StoreError, StoredEvent,
 };
 use bytes::Bytes;
 use palyra_proto::a2ui::A2uiError;
@@ -297,8 +297,8 @@ fn put_now(docs: &dyn DocStore, key: &str, value: Vec<u8>) -> Result<(), StoreEr
 }
 
 /// The state saved in `state.json` brought up to date with the records of `log` after it;
-/// returns it and how many records were replayed.
-fn load_state(docs: &dyn DocStore, log: &mut FileEventLog) -> Result<(State, u64), StoreError> {
+/// returns it and how many records were replayed (read at open, before anything is served).
+fn load_state(docs: &dyn DocStore, log: &dyn LogStore) -> Result<(State, u64), StoreError> {
     let saved: SavedState = match docs.get(STATE_KEY)? {
         Some(doc) => serde_json::from_slice(&doc.value).map_err(|e| corrupt("state.json", e))?,
         None => SavedState::default(),
@@ -316,7 +316,7 @@ fn load_state(docs: &dyn DocStore, log: &mut FileEventLog) -> Result<(State, u64
     }
     let mut replayed = 0u64;
     loop {
-        let records = log.read_after(after, 1024, 16 * 1024 * 1024)?;
+        let records = read_blocking(log, after, 1024, 16 * 1024 * 1024)?;
         let Some(last) = records.last() else { break };
         after = last.seq;
         for record in &records {
@@ -329,6 +329,35 @@ fn load_state(docs: &dyn DocStore, log: &mut FileEventLog) -> Result<(State, u64
         }
     }
     Ok((state, replayed))
+}
+
+/// Reads records from `log`, waiting for the answer (at open only).
+fn read_blocking(
+    log: &dyn LogStore,
+    after: u64,
+    max: usize,
+    max_bytes: usize,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    if let Some(batch) = log.read_cached(after, max, max_bytes) {
+        return Ok(batch.events);
+    }
+    let (answer, done) = crate::store::pending(None);
+    log.read(after, max, max_bytes, Box::new(move |r| done.complete(r)));
+    answer
+        .wait_blocking(std::time::Duration::from_secs(60))
+        .unwrap_or(Err(StoreError::Closed))
+        .map(|batch| batch.events)
+}
+
+/// The console log as files under `state_dir/console/log`, driven by its own thread.
+pub fn open_file_log(state_dir: &std::path::Path) -> Result<Arc<dyn LogStore>, StoreError> {
+    let config = log_config();
+    let file_log = FileEventLog::open(state_dir.join("console").join("log"), config)?;
+    Ok(Arc::new(LogService::start(
+        "palyra-console",
+        Box::new(file_log),
+        config.cache_bytes,
+    )?))
 }
 
 /// Decodes a stored record back into its entry.
@@ -344,19 +373,17 @@ pub fn decode_record(body: &[u8]) -> Result<Entry, String> {
 pub type Publishing = Pending<Vec<Result<Published, ConsoleError>>>;
 
 impl ConsoleHub {
-    /// Opens `STATE/console/log` (its own log thread) and the state in `docs`, rebuilds the
-    /// state and starts run `boot`, which wakes `notifier` whenever records become durable.
+    /// Opens the console over its `log` and the state in `docs`, rebuilds the state and starts
+    /// run `boot`, which wakes `notifier` whenever records become durable.
     pub fn open(
-        state_dir: &std::path::Path,
+        log: Arc<dyn LogStore>,
         docs: Arc<dyn DocStore>,
         boot: String,
         notifier: Arc<Notifier>,
         clock: WallClock,
     ) -> Result<Arc<Self>, StoreError> {
-        let config = log_config();
-        let mut file_log = FileEventLog::open(state_dir.join("console").join("log"), config)?;
-        let (state, replayed) = load_state(docs.as_ref(), &mut file_log)?;
-        let bounds = file_log.bounds();
+        let (state, replayed) = load_state(docs.as_ref(), log.as_ref())?;
+        let bounds = log.bounds();
         let mut boots: Vec<(u64, String)> = match docs.get(BOOTS_KEY)? {
             Some(doc) => {
                 serde_json::from_slice(&doc.value).map_err(|e| corrupt("boots.json", e))?
@@ -372,11 +399,6 @@ impl ConsoleHub {
             BOOTS_KEY,
             serde_json::to_vec(&boots).unwrap_or_default(),
         )?;
-        let log: Arc<dyn LogStore> = Arc::new(LogService::start(
-            "palyra-console",
-            Box::new(file_log),
-            config.cache_bytes,
-        )?);
         let inner = Inner {
             durable: state.clone(),
             state,

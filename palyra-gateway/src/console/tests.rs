@@ -7,7 +7,14 @@ pub(crate) fn clock() -> WallClock {
 
 pub(crate) fn open(dir: &std::path::Path, boot: &str) -> Arc<ConsoleHub> {
     let docs = Arc::new(crate::store::FileDocStore::open(dir).unwrap());
-    ConsoleHub::open(dir, docs, boot.into(), Arc::new(Notifier::new()), clock()).unwrap()
+    ConsoleHub::open(
+        open_file_log(dir).unwrap(),
+        docs,
+        boot.into(),
+        Arc::new(Notifier::new()),
+        clock(),
+    )
+    .unwrap()
 }
 
 /// Publishes and waits until the records are durable.

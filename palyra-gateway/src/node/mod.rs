@@ -501,12 +501,35 @@ pub const REGISTRY_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// effect within this (plus a round trip), well inside the one-second promise.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Opens the state directory and assembles the node plane: the identity, the event log (its own
-/// thread), the hub (registry in `docs`), the QUIC machine, and the maintenance thread.
+/// The node-plane event log as files under `state_dir/events`, driven by its own thread (a torn
+/// tail left by a crash is cut, and said so).
+pub fn open_file_log(
+    state_dir: &Path,
+    options: &NodePlaneOptions,
+) -> Result<Arc<dyn LogStore>, StoreError> {
+    let file_log = FileEventLog::open(state_dir.join("events"), options.log)?;
+    let recovery = file_log.recovery();
+    if recovery.torn_bytes > 0 {
+        tracing::warn!(
+            torn_bytes = recovery.torn_bytes,
+            "event log had a torn tail after a crash; it was cut"
+        );
+    }
+    Ok(Arc::new(LogService::start(
+        "palyra-events",
+        Box::new(file_log),
+        options.log.cache_bytes,
+    )?))
+}
+
+/// Opens the identity under `state_dir` and assembles the node plane over the event log `log`
+/// and the documents `docs`: the hub (registry), the QUIC machine, the maintenance thread and
+/// the control socket.
 pub fn open_node_plane(
     state_dir: &Path,
     options: &NodePlaneOptions,
     docs: Arc<dyn DocStore>,
+    log: Arc<dyn LogStore>,
     rng: &mut impl CryptoRngCore,
     now: SystemTime,
 ) -> Result<NodePlane, GatewayError> {
@@ -518,19 +541,6 @@ pub fn open_node_plane(
         options.server_cert_validity,
         rng,
         now,
-    )?);
-    let file_log = FileEventLog::open(state_dir.join("events"), options.log)?;
-    let recovery = file_log.recovery();
-    if recovery.torn_bytes > 0 {
-        tracing::warn!(
-            torn_bytes = recovery.torn_bytes,
-            "event log had a torn tail after a crash; it was cut"
-        );
-    }
-    let log: Arc<dyn LogStore> = Arc::new(LogService::start(
-        "palyra-events",
-        Box::new(file_log),
-        options.log.cache_bytes,
     )?);
     let plane = open_node_plane_with(identity, log, docs, options, rng)?;
     #[cfg(unix)]

@@ -181,7 +181,7 @@ impl Admin {
     /// Opens the stores under `state_dir` (webhooks, console log, console sessions) for a
     /// daemon run; its boot id (console cursors) comes from `random`.
     pub fn open(
-        state_dir: &std::path::Path,
+        console_log: Arc<dyn crate::store::LogStore>,
         docs: Arc<dyn crate::store::DocStore>,
         auth: auth::AdminAuth,
         hub: Arc<NodeHub>,
@@ -192,7 +192,7 @@ impl Admin {
         let mut boot = [0u8; 8];
         random(&mut boot);
         let console = crate::console::ConsoleHub::open(
-            state_dir,
+            console_log,
             Arc::clone(&docs),
             hex::encode(boot),
             hub.notifier(),

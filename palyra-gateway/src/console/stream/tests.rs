@@ -32,7 +32,7 @@ fn fixture_in(dir: tempfile::TempDir) -> Fixture {
     let notifier = Arc::new(Notifier::new());
     let docs = Arc::new(crate::store::FileDocStore::open(dir.path()).unwrap());
     let hub = ConsoleHub::open(
-        dir.path(),
+        crate::console::open_file_log(dir.path()).unwrap(),
         docs,
         "boot1".into(),
         Arc::clone(&notifier),
@@ -457,7 +457,7 @@ fn reconnecting_console_gets_exactly_what_it_missed_even_after_a_restart() {
     drop(hub);
     let docs = Arc::new(crate::store::FileDocStore::open(&path).unwrap());
     let hub = ConsoleHub::open(
-        &path,
+        crate::console::open_file_log(&path).unwrap(),
         docs,
         "boot2".into(),
         Arc::new(Notifier::new()),
