@@ -12,6 +12,7 @@ pub mod offline;
 pub mod operator;
 pub mod operator_client;
 pub mod pairing;
+pub mod slow_store;
 
 use palyra_gateway::grpc::GrpcListener;
 use palyra_gateway::grpc::{gateway_router, DaemonInfo};
@@ -721,6 +722,10 @@ pub fn shutdown_closes_connections<D: Driver>() {
 #[macro_export]
 macro_rules! node_plane_suite {
     ($driver:ty) => {
+        #[test]
+        fn slow_store_delays_nobody_else() {
+            $crate::slow_store::slow_store_delays_nobody_else::<$driver>();
+        }
         #[test]
         fn health_publish_and_resume() {
             $crate::health_publish_and_resume::<$driver>();
