@@ -12,7 +12,6 @@
 //! [`SAVE_EVERY`] records so retention can drop old segments) and `boots.json`.
 
 pub mod sessions;
-pub mod state;
 pub mod stream;
 pub mod web;
 
@@ -23,7 +22,9 @@ use crate::store::{
     StoreError, StoredEvent,
 };
 use bytes::Bytes;
-use palyra_proto::a2ui::A2uiError;
+pub use palyra_proto::a2ui::state::{
+    self, Boots, Command, ConsoleError, Published, Resume, SurfaceInfo,
+};
 use serde_json::{json, Value};
 use state::{check_id, ChatMessage, Entry, SavedState, State};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,182 +36,6 @@ pub const SAVE_EVERY_BYTES: usize = 16 * 1024 * 1024;
 /// Boots remembered (for checking cursors).
 pub const MAX_BOOTS: usize = 4096;
 
-/// Why a console request was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ConsoleError {
-    /// Machine-readable code (`invalid`, `not_found`, `conflict`, `too_large`, ...).
-    pub code: &'static str,
-    /// What went wrong.
-    pub message: String,
-}
-
-impl ConsoleError {
-    /// A malformed request.
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self {
-            code: "invalid",
-            message: message.into(),
-        }
-    }
-    /// Something named does not exist.
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self {
-            code: "not_found",
-            message: message.into(),
-        }
-    }
-    /// The request conflicts with the current state.
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self {
-            code: "conflict",
-            message: message.into(),
-        }
-    }
-    /// Over a size limit.
-    pub fn too_large(message: impl Into<String>) -> Self {
-        Self {
-            code: "too_large",
-            message: message.into(),
-        }
-    }
-    /// Over a count limit.
-    pub fn overloaded(message: impl Into<String>) -> Self {
-        Self {
-            code: "overloaded",
-            message: message.into(),
-        }
-    }
-    /// The log could not be written.
-    pub fn store(message: impl Into<String>) -> Self {
-        Self {
-            code: "store_failed",
-            message: message.into(),
-        }
-    }
-
-    /// The HTTP status for this error.
-    pub fn status(&self) -> http::StatusCode {
-        use http::StatusCode as S;
-        match self.code {
-            "not_found" => S::NOT_FOUND,
-            "conflict" | "stale_base_version" => S::CONFLICT,
-            "too_large" => S::PAYLOAD_TOO_LARGE,
-            "overloaded" => S::TOO_MANY_REQUESTS,
-            "store_failed" => S::SERVICE_UNAVAILABLE,
-            _ => S::BAD_REQUEST,
-        }
-    }
-}
-
-impl From<A2uiError> for ConsoleError {
-    fn from(e: A2uiError) -> Self {
-        Self {
-            code: e.code(),
-            message: e.to_string(),
-        }
-    }
-}
-
-/// Something to publish; the hub turns it into a log entry against the current state.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    /// A person's chat message from the console (idempotent per `client_msg_id`).
-    Send {
-        /// Session.
-        session_id: String,
-        /// The console's id for this message.
-        client_msg_id: String,
-        /// Text.
-        text: String,
-    },
-    /// An agent's chat message, whole or starting a stream.
-    Post {
-        /// Session.
-        session_id: String,
-        /// The agent's id for the message (unique; `u-` is reserved).
-        message_id: String,
-        /// Sender name.
-        author: String,
-        /// Text (the first part when streaming).
-        text: String,
-        /// Deltas follow.
-        streaming: bool,
-    },
-    /// Text appended to a streaming message.
-    Delta {
-        /// The message.
-        message_id: String,
-        /// Appended text.
-        text: String,
-    },
-    /// A streaming message is complete.
-    Done {
-        /// The message.
-        message_id: String,
-    },
-    /// Creates or replaces a surface with a whole document.
-    PutSurface {
-        /// The document (`{"v":1,"surface",...}`).
-        document: Value,
-        /// Publisher, who receives the surface's actions.
-        owner: String,
-    },
-    /// Patches a surface.
-    Patch {
-        /// Surface name.
-        surface: String,
-        /// The version the patch was made against (`None`: whatever is current).
-        base_version: Option<u64>,
-        /// The operations.
-        ops: Value,
-    },
-    /// A person acted on a surface.
-    Action {
-        /// Surface name.
-        surface: String,
-        /// Component id.
-        component: String,
-        /// Action name.
-        action: String,
-        /// Value.
-        value: Value,
-    },
-    /// A node-plane event, for the console to show.
-    NodeEvent {
-        /// Event name.
-        name: String,
-        /// Sender.
-        device_id: String,
-        /// Its seq in the node-plane log.
-        node_seq: u64,
-        /// Payload.
-        payload: Value,
-        /// Addressee, when not broadcast.
-        to: Option<String>,
-    },
-}
-
-/// What publishing one command did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    /// Its seq in the console log (the earlier seq for a resent `client_msg_id`).
-    pub seq: u64,
-    /// The message id or surface name.
-    pub id: String,
-    /// The surface's version (0 for chat).
-    pub version: u64,
-}
-
-/// Where a resuming client starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resume {
-    /// Replay records after this seq.
-    From(u64),
-    /// The cursor cannot be served; send snapshots (with this reason).
-    Snapshot(&'static str),
-}
-
 /// Records read for a client.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -218,19 +43,6 @@ pub struct Batch {
     pub records: Vec<StoredEvent>,
     /// The newest seq in the log.
     pub head: u64,
-}
-
-/// A surface as listed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SurfaceInfo {
-    /// Name.
-    pub surface: String,
-    /// Version.
-    pub version: u64,
-    /// Owner.
-    pub owner: String,
-    /// Document.
-    pub document: Value,
 }
 
 struct Inner {
@@ -245,8 +57,6 @@ struct Inner {
     durable_seq: u64,
     /// Bumped when a failed write rolls the state back; writes of an older epoch are void.
     epoch: u64,
-    /// `(first seq written, boot)` of each daemon run, oldest first.
-    boots: Vec<(u64, String)>,
     unsaved: u64,
     unsaved_bytes: usize,
 }
@@ -254,6 +64,8 @@ struct Inner {
 /// The console hub shared by every console connection and the admin API.
 pub struct ConsoleHub {
     boot: String,
+    /// The daemon runs that wrote the log (this one last); fixed once open.
+    boots: Boots,
     inner: Mutex<Inner>,
     log: Arc<dyn LogStore>,
     docs: Arc<dyn DocStore>,
@@ -405,12 +217,12 @@ impl ConsoleHub {
             next_seq: bounds.last_seq + 1,
             durable_seq: bounds.last_seq,
             epoch: 0,
-            boots,
             unsaved: replayed,
             unsaved_bytes: 0,
         };
         Ok(Arc::new(Self {
             boot,
+            boots: Boots::new(boots),
             inner: Mutex::new(inner),
             log,
             docs,
@@ -428,11 +240,11 @@ impl ConsoleHub {
             next_seq: 1,
             durable_seq: 0,
             epoch: 0,
-            boots: vec![(1, boot.clone())],
             unsaved: 0,
             unsaved_bytes: 0,
         };
         Arc::new(Self {
+            boots: Boots::new(vec![(1, boot.clone())]),
             boot,
             inner: Mutex::new(inner),
             log: Arc::new(crate::store::MemoryLog::new(64 * 1024 * 1024)),
@@ -449,6 +261,11 @@ impl ConsoleHub {
     /// This run's boot id.
     pub fn boot(&self) -> &str {
         &self.boot
+    }
+
+    /// The daemon runs that wrote the log, for cursors.
+    pub fn boots(&self) -> &Boots {
+        &self.boots
     }
 
     /// The notifier woken by new durable records.
@@ -599,7 +416,7 @@ impl ConsoleHub {
         if seq > bounds.last_seq {
             return Resume::Snapshot("unknown_cursor");
         }
-        if self.lock().boot_of(seq) != Some(boot) {
+        if self.boots.boot_of(seq) != Some(boot) {
             return Resume::Snapshot("unknown_boot");
         }
         if seq + 1 < bounds.first_seq {
@@ -659,8 +476,7 @@ impl ConsoleHub {
 
     /// The cursor value of `seq`: `{"boot","seq"}`.
     pub fn cursor(&self, seq: u64) -> Value {
-        let inner = self.lock();
-        json!({"boot": inner.boot_of(seq).unwrap_or(&self.boot), "seq": seq})
+        self.boots.cursor(seq)
     }
 
     /// The durable state as client messages (`a2ui.snapshot` of every surface, then the recent
@@ -669,7 +485,7 @@ impl ConsoleHub {
     pub fn snapshot(&self, sessions: Option<&[String]>) -> (u64, Vec<String>) {
         let inner = self.lock();
         let seq = inner.durable_seq;
-        let cursor = json!({"boot": inner.boot_of(seq).unwrap_or(&self.boot), "seq": seq});
+        let cursor = self.boots.cursor(seq);
         let mut out = Vec::new();
         for (name, s) in &inner.durable.surfaces {
             out.push(
@@ -760,16 +576,6 @@ enum Prepared {
 }
 
 impl Inner {
-    fn boot_of(&self, seq: u64) -> Option<&str> {
-        // The run that wrote `seq`; seq 0 (nothing seen yet) belongs to the first run.
-        let index = self
-            .boots
-            .partition_point(|(first, _)| *first <= seq.max(1));
-        self.boots
-            .get(index.checked_sub(1)?)
-            .map(|(_, b)| b.as_str())
-    }
-
     fn prepare(&self, command: Command, seq: u64, now_ms: u64) -> Result<Prepared, ConsoleError> {
         let chat = |id: &str, version: u64| Published {
             seq,

@@ -5,6 +5,9 @@
 
 use serde_json::Value;
 
+pub mod state;
+pub mod stream;
+
 /// The only document and patch version.
 pub const VERSION: u64 = 1;
 /// Most operations in one patch.
@@ -400,8 +403,8 @@ pub enum Update {
     },
 }
 
-/// A live surface: current document and version. Replay and coalescing for subscribers live in
-/// the console log (`crate::console`), which is durable.
+/// A live surface: current document and version. Replay and coalescing for subscribers are the
+/// stream machine's ([`stream`]), over the durable console log.
 #[derive(Debug, Clone)]
 pub struct Surface {
     name: String,

@@ -2,15 +2,19 @@
 
 use super::*;
 use crate::console::tests::{clock, form};
+use crate::console::Command;
 use crate::node::hub::NodeHub;
 use crate::notify::Notifier;
 use crate::operator::{
     auth::AdminAuth, webhook::WebhookStore, Admin, Operator, OperatorConnection,
 };
+use palyra_proto::a2ui::stream::{BATCH_BYTES, HELLO_TIMEOUT, LOW_WATER, MAX_LAG, MAX_STALL};
 use palyra_proto::http1::server::ServerConfig;
 use palyra_proto::identity::trust::{TrustIndex, TrustSnapshot};
 use palyra_proto::transport::StreamMachine;
 use proptest::prelude::*;
+use serde_json::{json, Value};
+use std::time::Duration;
 use tungstenite::protocol::Role as WsRole;
 use tungstenite::{Message, WebSocket};
 

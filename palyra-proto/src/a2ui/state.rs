@@ -1,8 +1,8 @@
 //! Console entries (what the durable console log holds) and the state they build: chat sessions
-//! with their recent messages, and A2UI surfaces with their owners.
+//! with their recent messages, and A2UI surfaces with their owners and versions; the commands
+//! that produce entries, the errors that refuse them, and the cursors clients resume from.
 
-use super::ConsoleError;
-use palyra_proto::a2ui::{self, Surface};
+use super::{self as a2ui, A2uiError, Surface};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -25,6 +25,236 @@ pub const MAX_SURFACES: usize = 256;
 pub const MAX_ACTION: usize = 64;
 /// Largest encoded action value.
 pub const MAX_ACTION_VALUE: usize = 64 * 1024;
+
+/// Why a console request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConsoleError {
+    /// Machine-readable code (`invalid`, `not_found`, `conflict`, `too_large`, ...).
+    pub code: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl ConsoleError {
+    /// A malformed request.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            code: "invalid",
+            message: message.into(),
+        }
+    }
+    /// Something named does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            code: "not_found",
+            message: message.into(),
+        }
+    }
+    /// The request conflicts with the current state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            code: "conflict",
+            message: message.into(),
+        }
+    }
+    /// Over a size limit.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self {
+            code: "too_large",
+            message: message.into(),
+        }
+    }
+    /// Over a count limit.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self {
+            code: "overloaded",
+            message: message.into(),
+        }
+    }
+    /// The log could not be written.
+    pub fn store(message: impl Into<String>) -> Self {
+        Self {
+            code: "store_failed",
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status for this error.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self.code {
+            "not_found" => S::NOT_FOUND,
+            "conflict" | "stale_base_version" => S::CONFLICT,
+            "too_large" => S::PAYLOAD_TOO_LARGE,
+            "overloaded" => S::TOO_MANY_REQUESTS,
+            "store_failed" => S::SERVICE_UNAVAILABLE,
+            _ => S::BAD_REQUEST,
+        }
+    }
+}
+
+impl From<A2uiError> for ConsoleError {
+    fn from(e: A2uiError) -> Self {
+        Self {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Something to publish; the hub turns it into a log entry against the current state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// A person's chat message from the console (idempotent per `client_msg_id`).
+    Send {
+        /// Session.
+        session_id: String,
+        /// The console's id for this message.
+        client_msg_id: String,
+        /// Text.
+        text: String,
+    },
+    /// An agent's chat message, whole or starting a stream.
+    Post {
+        /// Session.
+        session_id: String,
+        /// The agent's id for the message (unique; `u-` is reserved).
+        message_id: String,
+        /// Sender name.
+        author: String,
+        /// Text (the first part when streaming).
+        text: String,
+        /// Deltas follow.
+        streaming: bool,
+    },
+    /// Text appended to a streaming message.
+    Delta {
+        /// The message.
+        message_id: String,
+        /// Appended text.
+        text: String,
+    },
+    /// A streaming message is complete.
+    Done {
+        /// The message.
+        message_id: String,
+    },
+    /// Creates or replaces a surface with a whole document.
+    PutSurface {
+        /// The document (`{"v":1,"surface",...}`).
+        document: Value,
+        /// Publisher, who receives the surface's actions.
+        owner: String,
+    },
+    /// Patches a surface.
+    Patch {
+        /// Surface name.
+        surface: String,
+        /// The version the patch was made against (`None`: whatever is current).
+        base_version: Option<u64>,
+        /// The operations.
+        ops: Value,
+    },
+    /// A person acted on a surface.
+    Action {
+        /// Surface name.
+        surface: String,
+        /// Component id.
+        component: String,
+        /// Action name.
+        action: String,
+        /// Value.
+        value: Value,
+    },
+    /// A node-plane event, for the console to show.
+    NodeEvent {
+        /// Event name.
+        name: String,
+        /// Sender.
+        device_id: String,
+        /// Its seq in the node-plane log.
+        node_seq: u64,
+        /// Payload.
+        payload: Value,
+        /// Addressee, when not broadcast.
+        to: Option<String>,
+    },
+}
+
+/// What publishing one command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Its seq in the console log (the earlier seq for a resent `client_msg_id`).
+    pub seq: u64,
+    /// The message id or surface name.
+    pub id: String,
+    /// The surface's version (0 for chat).
+    pub version: u64,
+}
+
+/// Where a resuming client starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Replay records after this seq.
+    From(u64),
+    /// The cursor cannot be served; send snapshots (with this reason).
+    Snapshot(&'static str),
+}
+
+/// A surface as listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SurfaceInfo {
+    /// Name.
+    pub surface: String,
+    /// Version.
+    pub version: u64,
+    /// Owner.
+    pub owner: String,
+    /// Document.
+    pub document: Value,
+}
+
+/// The daemon runs that wrote the console log, oldest first: a cursor `{"boot","seq"}` names the
+/// run that wrote its seq, so a client's cursor from an earlier run still resumes. Cloning is
+/// cheap (the runs are shared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boots {
+    /// `(first seq written, boot)` of each run; the last one is the current run.
+    runs: std::sync::Arc<[(u64, String)]>,
+}
+
+impl Boots {
+    /// Runs as `(first seq written, boot)`, oldest first, the current run last (at least one).
+    pub fn new(runs: Vec<(u64, String)>) -> Self {
+        debug_assert!(!runs.is_empty(), "the current run is always known");
+        Self { runs: runs.into() }
+    }
+
+    /// The current run's boot id.
+    pub fn current(&self) -> &str {
+        self.runs.last().map(|(_, b)| b.as_str()).unwrap_or("")
+    }
+
+    /// The runs, oldest first.
+    pub fn runs(&self) -> &[(u64, String)] {
+        &self.runs
+    }
+
+    /// The run that wrote `seq` (seq 0, nothing seen yet, belongs to the first run).
+    pub fn boot_of(&self, seq: u64) -> Option<&str> {
+        let index = self.runs.partition_point(|(first, _)| *first <= seq.max(1));
+        self.runs
+            .get(index.checked_sub(1)?)
+            .map(|(_, b)| b.as_str())
+    }
+
+    /// The cursor of `seq`: `{"boot","seq"}`.
+    pub fn cursor(&self, seq: u64) -> Value {
+        let boot = self.boot_of(seq).unwrap_or(self.current());
+        serde_json::json!({"boot": boot, "seq": seq})
+    }
+}
 
 /// One record of the console log, in the form clients receive it (plus a cursor).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
