@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use palyra_gateway::console::stream::{ConsoleStream, Role};
 use palyra_gateway::console::{decode_record, ConsoleHub};
-use palyra_gateway::operator::WsApp;
+use palyra_gateway::ws_app::WsApp;
 use palyra_gateway::notify::Notifier;
 use palyra_proto::ws::{WsConfig, WsConnection};
 use std::sync::{Arc, OnceLock};

@@ -228,7 +228,7 @@ impl Daemon {
             ..GrpcListener::h2c(gateway_router(info).map_err(part("gateway services"))?)
         };
         let clock: WallClock = Arc::new(|| unix_ms(SystemTime::now()));
-        let (enrollment, trust) = EnrollmentStore::open_in(
+        let (enrollment, trust) = crate::node::open_enrollment(
             &dir,
             Arc::clone(&docs),
             settings.enrollment,

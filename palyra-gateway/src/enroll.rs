@@ -10,9 +10,9 @@
 
 use crate::grpc::Answer;
 use crate::notify::Notifier;
-use crate::operator::RandomFill;
-use crate::store::{pending, DocStore, Document, IdentityDir, IdentityError, Pending, StoreError};
+use crate::store::{pending, DocStore, Document, Pending, StoreError};
 use crate::trust::{change_of, Applied, TrustChange, TrustError, TrustService};
+use crate::util::RandomFill;
 use palyra_proto::enroll::gateway::{
     Authority, Begin, EnrollError, EnrollState, Enrollment, GatewayConfig, SignedCert, Standing,
 };
@@ -188,30 +188,6 @@ impl EnrollmentStore {
             }
         }
         Ok(store)
-    }
-
-    /// The daemon's enrollment: the gateway identity under `state_dir/identity` (its CA and trust
-    /// file, the trust records' own thread keeping `hub`'s live index current and waking its
-    /// listeners), and the state in `docs`. Returns the store and its trust service.
-    pub fn open_in(
-        state_dir: &std::path::Path,
-        docs: Arc<dyn DocStore>,
-        config: GatewayConfig,
-        hub: &Arc<crate::node::hub::NodeHub>,
-        random: RandomFill,
-    ) -> Result<(Arc<Self>, Arc<TrustService>), IdentityError> {
-        let ids = IdentityDir::open(state_dir.join("identity"))?;
-        let ca = ids
-            .load_ca()?
-            .ok_or_else(|| StoreError::Corrupt("the gateway has no CA".into()))?;
-        let changed = Arc::clone(hub);
-        let trust = Arc::new(TrustService::start(
-            ids,
-            hub.trust_index(),
-            Arc::new(move || changed.trust_changed()),
-        )?);
-        let store = Self::open(docs, config, ca, Arc::clone(&trust), random, hub.notifier())?;
-        Ok((store, trust))
     }
 
     /// Runs `op` on the machine; whatever it changed (refusals too: a burned session) is made
@@ -421,8 +397,8 @@ fn check_device_request(
     v: u32,
     device_id: Option<&palyra_proto::pb::palyra::common::v1::CanonicalId>,
 ) -> Result<(), Status> {
-    crate::node::service::check_version(v)?;
-    crate::node::service::bind_device(device, device_id)
+    crate::grpc::check_version(v)?;
+    crate::grpc::bind_device(device, device_id)
 }
 
 /// The request's replay protection, consumed in the same durable change as the request itself.

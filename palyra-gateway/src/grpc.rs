@@ -10,11 +10,45 @@ use palyra_proto::grpc::service::{
 };
 use palyra_proto::grpc::services::{HealthService, ReflectionService};
 use palyra_proto::grpc::{Code, Status};
+use palyra_proto::pb::palyra::common::v1::CanonicalId;
 use palyra_proto::pb::palyra::gateway::v1::{HealthRequest, HealthResponse};
 use palyra_proto::transport::Acceptor;
 use prost::Message;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// The version of the Palyra messages this gateway speaks (`v` in every request).
+pub const MESSAGE_VERSION: u32 = 1;
+
+/// Checks a request's `device_id` is a canonical ULID and names the authenticated device.
+pub fn bind_device(authenticated: &str, device_id: Option<&CanonicalId>) -> Result<(), Status> {
+    let id = device_id.map(|d| d.ulid.as_str()).unwrap_or("");
+    if !palyra_proto::identity::is_canonical_device_id(id) {
+        return Err(Status::new(
+            Code::InvalidArgument,
+            "device_id must be a canonical ULID (26 characters, Crockford base32, upper case)",
+        ));
+    }
+    if id != authenticated {
+        return Err(Status::new(
+            Code::PermissionDenied,
+            "device_id does not match the authenticated client certificate",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a Palyra message's version field.
+pub fn check_version(v: u32) -> Result<(), Status> {
+    if v == MESSAGE_VERSION {
+        Ok(())
+    } else {
+        Err(Status::new(
+            Code::InvalidArgument,
+            format!("unsupported message version v={v}; this gateway speaks v={MESSAGE_VERSION}"),
+        ))
+    }
+}
 
 /// Daemon facts reported by GetHealth.
 #[derive(Debug, Clone)]

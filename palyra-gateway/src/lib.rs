@@ -22,6 +22,8 @@ pub mod serve;
 pub mod signals;
 pub mod store;
 pub mod trust;
+pub mod util;
+pub mod ws_app;
 
 /// A connection that accepts none of a write for this long is dropped (its peer stopped reading).
 pub const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(60);

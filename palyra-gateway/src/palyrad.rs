@@ -200,7 +200,7 @@ pub async fn serve(rt: Rt, config: Config) -> anyhow::Result<()> {
         max_connections_per_listener = listener_limits.max_connections,
         "limits"
     );
-    let random: crate::operator::RandomFill =
+    let random: crate::util::RandomFill =
         std::sync::Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
     let settings = DaemonSettings {
         state_dir: config.state_dir.clone(),

@@ -172,7 +172,7 @@ pub fn operator_admin_api<D: Driver>() {
         .expect("answered")
         .expect("register");
     let (quic, quic_addr) = D::start(plane);
-    let clock: palyra_gateway::node::service::WallClock =
+    let clock: palyra_gateway::util::WallClock =
         Arc::new(|| palyra_gateway::store::unix_ms(std::time::SystemTime::now()));
     let operator = Operator::daemon(
         "suite",
@@ -333,7 +333,7 @@ fn suite_admin(
     gw: &crate::Gateway,
     hub: &Arc<palyra_gateway::node::hub::NodeHub>,
 ) -> palyra_gateway::operator::Admin {
-    let clock: palyra_gateway::node::service::WallClock =
+    let clock: palyra_gateway::util::WallClock =
         Arc::new(|| palyra_gateway::store::unix_ms(std::time::SystemTime::now()));
     palyra_gateway::operator::Admin::open(
         palyra_gateway::console::open_file_log(gw.path()).expect("console log"),

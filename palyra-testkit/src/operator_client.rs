@@ -14,7 +14,7 @@ use std::time::Instant;
 fn serve<D: Driver>(tls: bool) -> (TcpHandle, String, Gateway) {
     let gw = Gateway::new();
     let plane = gw.plane(&Default::default());
-    let clock: palyra_gateway::node::service::WallClock =
+    let clock: palyra_gateway::util::WallClock =
         Arc::new(|| palyra_gateway::store::unix_ms(std::time::SystemTime::now()));
     let admin = Admin::open(
         palyra_gateway::console::open_file_log(gw.path()).expect("console log"),

@@ -79,11 +79,16 @@ impl<D: Driver> Rig<D> {
         let tls = Arc::clone(&plane.tcp_tls);
         let ca_der = plane.identity.ca_der().to_vec();
         let (quic, quic_addr) = D::start(plane);
-        let random: palyra_gateway::operator::RandomFill =
+        let random: palyra_gateway::util::RandomFill =
             Arc::new(|b: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, b));
-        let (store, _trust) =
-            EnrollmentStore::open_in(gw.path(), Arc::clone(&gw.docs), config, &hub, random)
-                .expect("enrollment store");
+        let (store, _trust) = palyra_gateway::node::open_enrollment(
+            gw.path(),
+            Arc::clone(&gw.docs),
+            config,
+            &hub,
+            random,
+        )
+        .expect("enrollment store");
         let clock: WallClock = Arc::new(|| unix_ms(SystemTime::now()));
         let routers =
             node_router(Arc::clone(&hub), clock, Some(Arc::clone(&store))).expect("router");

@@ -18,7 +18,7 @@
 use anyhow::Context;
 use clap::Parser;
 use palyra_bench::{bin_dir, median, require, start_palyrad, start_printing_addr, Server};
-use palyra_gateway::enroll::{self, EnrollmentStore};
+use palyra_gateway::enroll;
 use palyra_gateway::store::{unix_ms, IdentityDir, CA_VALIDITY};
 use palyra_proto::enroll::device::{CaTrust, DeviceKeys, DevicePairing, Progress};
 use palyra_proto::enroll::gateway::{
@@ -99,7 +99,7 @@ fn durable_rounds(dir: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
         palyra_proto::identity::trust::TrustIndex::new(&trust),
     )));
     let (store, _trust) =
-        EnrollmentStore::open_in(dir, docs, GatewayConfig::default(), &hub, random)?;
+        palyra_gateway::node::open_enrollment(dir, docs, GatewayConfig::default(), &hub, random)?;
     let peer = PeerIdentity::default();
     let mut times = Vec::with_capacity(rounds);
     for _ in 0..rounds {

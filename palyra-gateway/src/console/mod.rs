@@ -15,12 +15,12 @@ pub mod sessions;
 pub mod stream;
 pub mod web;
 
-use crate::node::service::WallClock;
 use crate::notify::Notifier;
 use crate::store::{
     DocStore, FileEventLog, FileEventLogConfig, LogService, LogStore, NewEvent, Pending,
     StoreError, StoredEvent,
 };
+use crate::util::WallClock;
 use bytes::Bytes;
 pub use palyra_proto::a2ui::state::{
     self, Boots, Command, ConsoleError, Published, Resume, SurfaceInfo,

@@ -6,8 +6,8 @@
 //! of their token, so they survive a restart and the file alone logs nobody in.
 
 use crate::notify::Notifier;
-use crate::operator::auth::constant_time_eq;
 use crate::store::{DocStore, Document, Pending, StoreError};
+use crate::util::constant_time_eq;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

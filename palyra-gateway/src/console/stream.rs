@@ -4,8 +4,8 @@
 //! log's memory window or, behind it, from the log itself.
 
 use super::{Batch, ConsoleError, ConsoleHub, Publishing, Resume};
-use crate::operator::WsApp;
 use crate::store::Pending;
+use crate::ws_app::WsApp;
 use bytes::Bytes;
 pub use palyra_proto::a2ui::stream::{PatchStream, Role, Start, StreamEvent, Transmit, PROTOCOL};
 use palyra_proto::ws::WsConnection;

@@ -11,10 +11,11 @@
 pub mod hub;
 pub mod service;
 
+use crate::enroll::EnrollmentStore;
 use crate::notify::Notifier;
 use crate::store::{
-    write_atomic, DocStore, EventBatch, FileEventLog, FileEventLogConfig, IdentityDir,
-    IdentityError, LogService, LogStore, NewEvent, StoreError,
+    DocStore, EventBatch, FileEventLog, FileEventLogConfig, IdentityDir, IdentityError, LogService,
+    LogStore, NewEvent, StoreError,
 };
 use palyra_proto::identity::cert::ServerKeyKind;
 use palyra_proto::identity::trust::TrustIndex;
@@ -274,7 +275,7 @@ pub struct NodePlane {
     wake: Arc<Notifier>,
     maintenance: Option<Maintenance>,
     /// Refused connections are logged at most once a second (a flood cannot fill the log).
-    refusals: crate::serve::throttle::Throttle,
+    refusals: crate::util::throttle::Throttle,
 }
 
 /// Log work the machine asked for, completed.
@@ -426,7 +427,7 @@ impl NodePlane {
 /// revocations, hand edits), confirm rotated certificates in use, renew server certificates,
 /// save node presence.
 struct Maintenance {
-    stop: Arc<crate::serve::Stop>,
+    stop: Arc<crate::util::stop::Stop>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -436,7 +437,7 @@ impl Maintenance {
         hub: Arc<hub::NodeHub>,
         wake: Arc<Notifier>,
     ) -> std::io::Result<Self> {
-        let stop = crate::serve::Stop::new();
+        let stop = crate::util::stop::Stop::new();
         let stopped = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("palyra-maintenance".into())
@@ -612,8 +613,33 @@ pub fn open_node_plane_with(
         inbox: Arc::default(),
         wake,
         maintenance: Some(maintenance),
-        refusals: crate::serve::throttle::Throttle::new(Duration::from_secs(1)),
+        refusals: crate::util::throttle::Throttle::new(Duration::from_secs(1)),
     })
+}
+
+/// The daemon's enrollment: the gateway identity under `state_dir/identity` (its CA and trust
+/// file, the trust records' own thread keeping `hub`'s live index current and waking its
+/// listeners), and the state in `docs`. Returns the store and its trust service.
+pub fn open_enrollment(
+    state_dir: &Path,
+    docs: Arc<dyn DocStore>,
+    config: palyra_proto::enroll::gateway::GatewayConfig,
+    hub: &Arc<hub::NodeHub>,
+    random: crate::util::RandomFill,
+) -> Result<(Arc<EnrollmentStore>, Arc<crate::trust::TrustService>), IdentityError> {
+    let ids = IdentityDir::open(state_dir.join("identity"))?;
+    let ca = ids
+        .load_ca()?
+        .ok_or_else(|| StoreError::Corrupt("the gateway has no CA".into()))?;
+    let changed = Arc::clone(hub);
+    let trust = Arc::new(crate::trust::TrustService::start(
+        ids,
+        hub.trust_index(),
+        Arc::new(move || changed.trust_changed()),
+    )?);
+    let store =
+        EnrollmentStore::open(docs, config, ca, Arc::clone(&trust), random, hub.notifier())?;
+    Ok((store, trust))
 }
 
 /// Writes `STATE/endpoints.json` (`{"node_quic":"127.0.0.1:54321", ...}`) atomically.
@@ -622,8 +648,7 @@ pub fn write_endpoints(
     endpoints: &BTreeMap<&str, String>,
 ) -> Result<PathBuf, StoreError> {
     let path = state_dir.join("endpoints.json");
-    let json = serde_json::to_vec_pretty(endpoints).unwrap_or_default();
-    write_atomic(&path, &json)?;
+    crate::store::write_json(&path, endpoints)?;
     Ok(path)
 }
 

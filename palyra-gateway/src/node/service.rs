@@ -11,6 +11,7 @@
 
 use super::hub::{CapabilityRecord, CapabilityResult, Dispatch, HubError, NodeHub};
 use crate::enroll::{self, EnrollmentStore};
+use crate::grpc::{bind_device, check_version};
 use crate::grpc::{Answer, Deferred};
 use crate::store::{pending, Pending, StoreError};
 use bytes::Bytes;
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 /// Fully qualified service name.
 pub const SERVICE: &str = "palyra.node.v1.NodeService";
 /// The only protocol version of these messages.
-pub const VERSION: u32 = 1;
+pub use crate::grpc::MESSAGE_VERSION as VERSION;
 /// How long ExecuteCapability waits for the node's result.
 pub const CAPABILITY_TIMEOUT: Duration = Duration::from_secs(30);
 /// `max_payload_bytes` when the caller sends 0.
@@ -60,8 +61,7 @@ const STARTED: &str = "node.started";
 const MEDIATION: &str = "capability.awaiting_local_mediation";
 const RESULT: &str = "capability.result";
 
-/// Wall clock (Unix ms), injected by the driver.
-pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+pub use crate::util::WallClock;
 
 /// `palyra.node.v1.NodeService`.
 pub struct NodeService {
@@ -156,38 +156,6 @@ pub fn authenticate(hub: &NodeHub, peer: &PeerIdentity) -> Result<Arc<str>, Stat
             Code::PermissionDenied,
             "client certificate does not map to a paired device",
         )),
-    }
-}
-
-/// Checks a request's `device_id` is a canonical ULID and names the authenticated device.
-pub(crate) fn bind_device(
-    authenticated: &str,
-    device_id: Option<&CanonicalId>,
-) -> Result<(), Status> {
-    let id = device_id.map(|d| d.ulid.as_str()).unwrap_or("");
-    if !palyra_proto::identity::is_canonical_device_id(id) {
-        return Err(Status::new(
-            Code::InvalidArgument,
-            "device_id must be a canonical ULID (26 characters, Crockford base32, upper case)",
-        ));
-    }
-    if id != authenticated {
-        return Err(Status::new(
-            Code::PermissionDenied,
-            "device_id does not match the authenticated client certificate",
-        ));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_version(v: u32) -> Result<(), Status> {
-    if v == VERSION {
-        Ok(())
-    } else {
-        Err(Status::new(
-            Code::InvalidArgument,
-            format!("unsupported message version v={v}; this gateway speaks v={VERSION}"),
-        ))
     }
 }
 

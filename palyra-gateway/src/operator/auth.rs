@@ -3,6 +3,7 @@
 //! time; failed attempts rate-limited per client address.
 
 use crate::store::{write_atomic, StoreError};
+use crate::util::constant_time_eq;
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -134,11 +135,6 @@ impl AdminAuth {
         }
         Err(Denied::Unauthorized)
     }
-}
-
-/// Equality whose time does not depend on where the inputs differ.
-pub fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! envelope `{"error": ..., "code": ...}`, never a plain-text rejection.
 
 use crate::node::hub::NodeHub;
-use crate::node::service::WallClock;
+use crate::util::WallClock;
 use palyra_proto::http1::server::{Event, Http1Server, RequestHead, ResponseBody, ServerConfig};
 use palyra_proto::http1::{error_body, json_headers, HttpError};
 use palyra_proto::transport::{Acceptor, StreamMachine};
@@ -152,8 +152,8 @@ pub struct Operator {
     pub tls: bool,
 }
 
-/// Fills a buffer with secure randomness (injected by the driver).
-pub type RandomFill = Arc<dyn Fn(&mut [u8]) + Send + Sync>;
+pub use crate::util::RandomFill;
+pub use crate::ws_app::WsApp;
 
 /// What the admin API works on.
 pub struct Admin {
@@ -265,21 +265,6 @@ impl Operator {
             admin: None,
             tls: false,
         }
-    }
-}
-
-/// The application side of an upgraded WebSocket connection.
-pub trait WsApp: Send {
-    /// A text message arrived.
-    fn on_text(&mut self, now: Instant, text: String, ws: &mut WsConnection);
-    /// A binary message arrived.
-    fn on_binary(&mut self, now: Instant, data: Bytes, ws: &mut WsConnection);
-    /// Called after input, on wake-ups, on timers and when the output queue drained: the app
-    /// may send what it has.
-    fn pump(&mut self, _now: Instant, _ws: &mut WsConnection) {}
-    /// The app's next timer.
-    fn timeout(&self) -> Option<Instant> {
-        None
     }
 }
 

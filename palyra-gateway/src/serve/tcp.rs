@@ -1,10 +1,10 @@
 //! TCP listeners: one task accepts, one task per connection runs the [`StreamMachine`] the
 //! listener's [`Acceptor`] builds (gRPC over HTTP/2, HTTP/1.1, either inside TLS).
 
-use super::throttle::Throttle;
 use super::{Stop, StopWaiter, SHUTDOWN_GRACE};
 use crate::notify::Notifier;
 use crate::runtime::{self, Rt, Task, TcpIo, TcpListenerIo};
+use crate::util::throttle::Throttle;
 use crate::WRITE_STALL;
 use palyra_proto::transport::{Acceptor, StreamMachine};
 use std::future::Future;

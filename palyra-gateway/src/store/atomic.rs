@@ -39,6 +39,23 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
     fsync_dir(dir)
 }
 
+/// Replaces `path` with `value` as pretty JSON, atomically (see [`write_atomic`]).
+pub fn write_json<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), StoreError> {
+    let json = serde_json::to_vec_pretty(value)
+        .map_err(|e| StoreError::Corrupt(format!("encoding {}: {e}", path.display())))?;
+    write_atomic(path, &json)
+}
+
+/// The JSON document at `path`; `None` when it does not exist, `Corrupt` when it does not parse.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+    let Some(text) = read_optional(path)? else {
+        return Ok(None);
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))
+}
+
 /// Makes a directory's entries (creations, renames, deletions) durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
     #[cfg(unix)]

@@ -21,7 +21,7 @@ mod node_identity;
 pub mod pending;
 pub mod worker;
 
-pub use atomic::{fsync_dir, read_optional, write_atomic};
+pub use atomic::{fsync_dir, read_json, read_optional, write_atomic, write_json};
 pub use docs::{Doc, DocStore, FileDocStore, MemoryDocs};
 pub use document::Document;
 pub use event_log::{FileEventLog, FileEventLogConfig, Recovery};

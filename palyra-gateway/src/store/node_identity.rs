@@ -106,21 +106,11 @@ impl NodeIdentityDir {
     }
 
     fn json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, IdentityError> {
-        let Some(text) = self.read(name)? else {
-            return Ok(None);
-        };
-        serde_json::from_str(&text).map(Some).map_err(|e| {
-            StoreError::Io {
-                context: format!("reading {}", self.file(name).display()),
-                cause: std::sync::Arc::new(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            }
-            .into()
-        })
+        Ok(super::read_json(&self.file(name))?)
     }
 
     fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), IdentityError> {
-        let json = serde_json::to_vec_pretty(value).expect("record serializes");
-        Ok(write_atomic(&self.file(name), &json)?)
+        Ok(super::write_json(&self.file(name), value)?)
     }
 
     /// Whether the directory holds an issued certificate.
