@@ -56,34 +56,6 @@ struct MemoryAuthority {
     random: RandomFill,
 }
 
-/// An RNG over the injected random source (certificate serial numbers).
-struct FillRng(RandomFill);
-
-impl rand_core::RngCore for FillRng {
-    fn next_u32(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        (self.0)(&mut b);
-        u32::from_le_bytes(b)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        (self.0)(&mut b);
-        u64::from_le_bytes(b)
-    }
-
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        (self.0)(dest)
-    }
-
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        (self.0)(dest);
-        Ok(())
-    }
-}
-
-impl rand_core::CryptoRng for FillRng {}
-
 impl Authority for MemoryAuthority {
     fn standing(&self, device_id: &str) -> Standing {
         match self.trust.device_standing(device_id) {
@@ -106,7 +78,7 @@ impl Authority for MemoryAuthority {
         let issued = self
             .ca
             .issue(
-                &mut FillRng(Arc::clone(&self.random)),
+                &mut crate::util::random::rng(&self.random),
                 &Profile::Device { device_id },
                 cert::spki_of_public(public_key).map_err(|e| e.to_string())?,
                 palyra_proto::time::from_unix_ms(now_ms),
@@ -198,7 +170,7 @@ impl EnrollmentStore {
         op: impl FnOnce(
                 &mut Enrollment,
                 &dyn Authority,
-                &mut dyn FnMut(&mut [u8]),
+                &mut dyn rand_core::CryptoRngCore,
             ) -> Result<T, EnrollError>
             + Send
             + 'static,
@@ -209,9 +181,13 @@ impl EnrollmentStore {
         self.doc.update_then(
             move |machine| {
                 let random = Arc::clone(&authority.random);
-                let mut fill = move |b: &mut [u8]| random(b);
-                let result = op(machine, authority.as_ref(), &mut fill);
-                (result, machine.take_effects())
+                let result = op(
+                    machine,
+                    authority.as_ref(),
+                    &mut crate::util::random::rng(&random),
+                );
+                let effects: Vec<_> = std::iter::from_fn(|| machine.poll_event()).collect();
+                (result, effects)
             },
             move |written| match written {
                 Ok((result, effects)) => {

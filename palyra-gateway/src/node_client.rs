@@ -148,17 +148,17 @@ pub struct ClientTask {
 
 impl ClientTask {
     /// Starts a client machine connecting to `server` (TLS name `server_name`) and wraps it;
-    /// `seed` seeds quinn's RNG (from the OS in drivers).
+    /// `rng` seeds quinn's RNG.
     pub fn connect(
         tls: Arc<rustls::ClientConfig>,
         limits: ClientLimits,
         server: SocketAddr,
         server_name: &str,
         now: Instant,
-        seed: [u8; 32],
+        rng: &mut impl rand_core::CryptoRngCore,
     ) -> Result<(Self, ClientHandle, ReadySignal), ClientError> {
         let client =
-            NodeClient::connect(tls, limits, server, server_name, now, seed).map_err(|e| {
+            NodeClient::connect(tls, limits, server, server_name, now, rng).map_err(|e| {
                 ClientError::Connect {
                     addr: server,
                     reason: e.to_string(),

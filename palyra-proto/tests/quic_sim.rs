@@ -38,10 +38,13 @@ struct Pki {
     rng: ChaCha20Rng,
 }
 
+/// The simulation's wall clock in Unix ms, handed to the server with every datagram.
+const WALL_MS: u64 = 1_700_000_000_000;
+
 /// The simulation's wall clock: certificates are issued then, valid for [`VALIDITY`] (rustls
 /// checks them against the real clock).
 fn wall() -> SystemTime {
-    palyra_proto::time::from_unix_ms(1_700_000_000_000)
+    palyra_proto::time::from_unix_ms(WALL_MS)
 }
 
 const VALIDITY: Duration = Duration::from_secs(20 * 365 * 86_400);
@@ -114,18 +117,16 @@ impl Pki {
             true,
         )
         .unwrap();
-        let mut server = NodeServer::new(
+        NodeServer::new(
             NodeServerConfig {
                 tls: Arc::new(tls),
                 limits,
                 mtls_required: true,
-                rng_seed: [7; 32],
             },
             self.trust.clone(),
+            &mut ChaCha20Rng::seed_from_u64(7),
         )
-        .unwrap();
-        server.set_wall_clock(1_700_000_000_000);
-        server
+        .unwrap()
     }
 
     fn client_tls(&self, device: Option<&Device>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
@@ -169,7 +170,7 @@ impl Sim {
             self.server_addr,
             "localhost",
             self.now,
-            [self.clients.len() as u8; 32],
+            &mut ChaCha20Rng::seed_from_u64(self.clients.len() as u64),
         )
         .unwrap();
         self.clients.push((addr, client, Vec::new()));
@@ -190,8 +191,14 @@ impl Sim {
                     if self.stalled.contains(&index) && self.sent[index] > 1 {
                         continue;
                     }
-                    self.server
-                        .handle_datagram(self.now, *addr, None, None, &buf[..t.size]);
+                    self.server.handle_datagram(
+                        self.now,
+                        WALL_MS,
+                        *addr,
+                        None,
+                        None,
+                        &buf[..t.size],
+                    );
                 }
                 while let Some(e) = client.poll_event() {
                     events.push(e);
@@ -660,17 +667,16 @@ fn optional_client_certificates_allow_anonymous_reads_but_not_publishing() {
         false,
     )
     .unwrap();
-    let mut server = NodeServer::new(
+    let server = NodeServer::new(
         NodeServerConfig {
             tls: Arc::new(tls_config),
             limits: ServerLimits::default(),
             mtls_required: false,
-            rng_seed: [9; 32],
         },
         pki.trust.clone(),
+        &mut ChaCha20Rng::seed_from_u64(9),
     )
     .unwrap();
-    server.set_wall_clock(1);
     let mut sim = Sim::new(server);
     let device = sim.connect(pki.client_tls(Some(&a), tls::ALPN));
     sim.request(device, &publish("for.all", 1, None));

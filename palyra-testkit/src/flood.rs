@@ -143,16 +143,14 @@ fn quic_initials(target: SocketAddr, ca_der: &[u8], count: usize) {
     );
     let now = Instant::now();
     let mut buf = Vec::new();
-    for i in 0..count {
-        let mut seed = [0u8; 32];
-        seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    for _ in 0..count {
         let Ok(mut client) = NodeClient::connect(
             Arc::clone(&tls),
             ClientLimits::default(),
             target,
             "localhost",
             now,
-            seed,
+            &mut rand_core::OsRng,
         ) else {
             continue;
         };

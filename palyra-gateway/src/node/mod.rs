@@ -269,6 +269,8 @@ pub struct NodePlane {
     pub hub: Arc<hub::NodeHub>,
     /// TLS configuration of the node TCP listener (NodeService).
     pub tcp_tls: Arc<rustls::ServerConfig>,
+    /// Wall time for the machine (event timestamps, health answers); the system clock.
+    pub clock: crate::util::WallClock,
     /// Completed log work for the machine, filled on the log's thread.
     inbox: Arc<std::sync::Mutex<Vec<LogOutcome>>>,
     /// Wakes the serve loop: log work completed, trust changed.
@@ -414,7 +416,7 @@ impl NodePlane {
 
     /// Starts a graceful shutdown of the machine.
     pub fn shutdown(&mut self, now: Instant) {
-        self.server.shutdown(now);
+        self.server.close(now);
     }
 
     /// Stops the maintenance thread.
@@ -580,16 +582,14 @@ pub fn open_node_plane_with(
         identity.trust(),
         options.mtls_required,
     )?;
-    let mut seed = [0u8; 32];
-    rng.fill_bytes(&mut seed);
     let server = NodeServer::new(
         NodeServerConfig {
             tls: Arc::new(tls),
             limits: options.limits,
             mtls_required: options.mtls_required,
-            rng_seed: seed,
         },
         identity.trust(),
+        rng,
     )?;
     let wake = Arc::new(Notifier::new());
     let hub = Arc::new(hub::NodeHub::open(
@@ -610,6 +610,7 @@ pub fn open_node_plane_with(
         identity,
         hub,
         tcp_tls,
+        clock: crate::util::system_clock(),
         inbox: Arc::default(),
         wake,
         maintenance: Some(maintenance),

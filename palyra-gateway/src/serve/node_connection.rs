@@ -8,7 +8,7 @@ use crate::node_client::{
 };
 use crate::runtime::{self, Rt, Task};
 use palyra_proto::quic::ClientLimits;
-use rand_core::{OsRng, RngCore};
+use rand_core::OsRng;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -46,10 +46,8 @@ impl NodeConnection {
         limits: ClientLimits,
     ) -> Result<Self, ClientError> {
         let socket = Udp::bind(rt.as_ref(), client_bind_addr(addr))?;
-        let mut seed = [0u8; 32];
-        OsRng.fill_bytes(&mut seed);
         let (task, handle, ready) =
-            ClientTask::connect(tls, limits, addr, server_name, rt.now(), seed)?;
+            ClientTask::connect(tls, limits, addr, server_name, rt.now(), &mut OsRng)?;
         let task = runtime::spawn(rt.as_ref(), run(Rt::clone(rt), socket, task));
         match runtime::timeout(rt.as_ref(), HANDSHAKE_TIMEOUT, ready.wait()).await {
             Some(Ok(())) => Ok(Self {

@@ -5,13 +5,12 @@ use super::udp::Udp;
 use super::{Stop, StopWaiter, SHUTDOWN_GRACE};
 use crate::node::NodePlane;
 use crate::runtime::{self, Rt, Task};
-use palyra_proto::time::unix_ms;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Datagram batches received before the loop turns to timers and sends again.
 const RECV_BATCHES: usize = 32;
@@ -78,7 +77,6 @@ pub async fn serve_node_plane(
         let mut woken = wake.listen();
         let mut growth = grown.listen();
         let now = rt.now();
-        plane.server.set_wall_clock(unix_ms(SystemTime::now()));
         if grown.changed_since(&mut seen_growth) {
             plane.log_grown(now);
         }
@@ -123,11 +121,12 @@ pub async fn serve_node_plane(
             Wake::Readable(ready) => {
                 ready?;
                 let now = rt.now();
+                let now_ms = (plane.clock)();
                 // Drain what is queued, bounded so timers and sends are not starved.
                 for _ in 0..RECV_BATCHES {
                     let server = &mut plane.server;
                     match socket.try_recv(|from, ecn, datagram| {
-                        server.handle_datagram(now, from, None, ecn, datagram)
+                        server.handle_datagram(now, now_ms, from, None, ecn, datagram)
                     }) {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -180,14 +180,14 @@ impl Codes {
         self.active.retain(|c| c.expires_at_unix_ms > now_ms);
     }
 
-    /// Mints a code: returns the record and the code, shown this once. `random` fills bytes.
+    /// Mints a code: returns the record and the code, shown this once. `rng` draws it.
     pub fn mint(
         &mut self,
         now_ms: u64,
         method: Method,
         ttl_ms: u64,
         issued_by: &str,
-        random: &mut dyn FnMut(&mut [u8]),
+        rng: &mut dyn rand_core::CryptoRngCore,
     ) -> Result<(CodeRecord, String), MintError> {
         self.expire(now_ms);
         if self.active.len() >= MAX_ACTIVE {
@@ -195,16 +195,16 @@ impl Codes {
         }
         let ttl_ms = ttl_ms.clamp(MIN_TTL_MS, MAX_TTL_MS);
         let code = loop {
-            let candidate = draw(method, random);
+            let candidate = draw(method, rng);
             // Never replace or shadow an active code.
             if !self.active.iter().any(|c| c.matches(&candidate)) {
                 break candidate;
             }
         };
         let mut salt = [0u8; 16];
-        random(&mut salt);
+        rng.fill_bytes(&mut salt);
         let mut id = [0u8; 10];
-        random(&mut id);
+        rng.fill_bytes(&mut id);
         let record = CodeRecord {
             id: ulid::Ulid::from_parts(now_ms, u128::from_be_bytes(pad16(&id))).to_string(),
             method,
@@ -307,12 +307,12 @@ fn pad16(bytes: &[u8; 10]) -> [u8; 16] {
 }
 
 /// A fresh code of `method`.
-fn draw(method: Method, random: &mut dyn FnMut(&mut [u8])) -> String {
+fn draw(method: Method, rng: &mut dyn rand_core::CryptoRngCore) -> String {
     match method {
         Method::Pin => loop {
             // Rejection sampling: no modulo bias.
             let mut b = [0u8; 4];
-            random(&mut b);
+            rng.fill_bytes(&mut b);
             let n = u32::from_be_bytes(b);
             if n < 4_294_000_000 {
                 break format!("{:06}", n % 1_000_000);
@@ -320,7 +320,7 @@ fn draw(method: Method, random: &mut dyn FnMut(&mut [u8])) -> String {
         },
         Method::Qr => {
             let mut b = [0u8; 16];
-            random(&mut b);
+            rng.fill_bytes(&mut b);
             ulid::Ulid::from(u128::from_be_bytes(b) >> 2).to_string()
         }
     }
@@ -331,10 +331,36 @@ mod tests {
     use super::*;
     use rand_chacha::rand_core::{RngCore, SeedableRng};
 
-    fn rng() -> impl FnMut(&mut [u8]) {
-        let mut r = rand_chacha::ChaCha20Rng::seed_from_u64(7);
-        move |b: &mut [u8]| r.fill_bytes(b)
+    fn rng() -> rand_chacha::ChaCha20Rng {
+        rand_chacha::ChaCha20Rng::seed_from_u64(7)
     }
+
+    /// Same PIN bytes for the first two PIN draws, different afterwards.
+    struct Repeating(u32);
+
+    impl RngCore for Repeating {
+        fn next_u32(&mut self) -> u32 {
+            self.0
+        }
+        fn next_u64(&mut self) -> u64 {
+            u64::from(self.0)
+        }
+        fn fill_bytes(&mut self, b: &mut [u8]) {
+            self.0 += 1;
+            let v = if b.len() == 4 && self.0 <= 6 {
+                7
+            } else {
+                self.0 as u8
+            };
+            b.fill(v);
+        }
+        fn try_fill_bytes(&mut self, b: &mut [u8]) -> Result<(), rand_chacha::rand_core::Error> {
+            self.fill_bytes(b);
+            Ok(())
+        }
+    }
+
+    impl rand_chacha::rand_core::CryptoRng for Repeating {}
 
     #[test]
     fn codes_are_hashed_single_use_and_expire() {
@@ -396,17 +422,7 @@ mod tests {
     fn minting_never_replaces_an_active_code() {
         // A source of randomness that repeats: the second mint must draw again.
         let mut codes = Codes::default();
-        let mut calls = 0u32;
-        let mut repeating = move |b: &mut [u8]| {
-            calls += 1;
-            // Same PIN bytes for the first two PIN draws, different afterwards.
-            let v = if b.len() == 4 && calls <= 6 {
-                7
-            } else {
-                calls as u8
-            };
-            b.fill(v);
-        };
+        let mut repeating = Repeating(0);
         let (_, a) = codes
             .mint(0, Method::Pin, MAX_TTL_MS, "op", &mut repeating)
             .unwrap();

@@ -435,9 +435,13 @@ impl Enrollment {
         }
     }
 
-    /// Trust-file changes to apply (after persisting [`Enrollment::state`]).
-    pub fn take_effects(&mut self) -> Vec<Effect> {
-        std::mem::take(&mut self.effects)
+    /// The next trust-file change to apply (after persisting [`Enrollment::state`]), in order.
+    pub fn poll_event(&mut self) -> Option<Effect> {
+        if self.effects.is_empty() {
+            None
+        } else {
+            Some(self.effects.remove(0))
+        }
     }
 
     /// The effects that completed requests imply (to re-apply after a crash between
@@ -511,9 +515,9 @@ impl Enrollment {
         method: Method,
         ttl_ms: u64,
         issued_by: &str,
-        random: &mut dyn FnMut(&mut [u8]),
+        rng: &mut dyn rand_core::CryptoRngCore,
     ) -> Result<(CodeRecord, String), EnrollError> {
-        Ok(self.codes.mint(now_ms, method, ttl_ms, issued_by, random)?)
+        Ok(self.codes.mint(now_ms, method, ttl_ms, issued_by, rng)?)
     }
 
     /// Revokes an active code by ID.
@@ -527,7 +531,7 @@ impl Enrollment {
         now_ms: u64,
         source: Option<IpAddr>,
         request: &Begin<'_>,
-        random: &mut dyn FnMut(&mut [u8]),
+        rng: &mut dyn rand_core::CryptoRngCore,
     ) -> Result<Begun, EnrollError> {
         if request.version != v1::VERSION {
             return Err(EnrollError::Invalid(format!(
@@ -552,11 +556,11 @@ impl Enrollment {
             .codes
             .take(now_ms, source, request.method, request.code)?;
         let mut secret = [0u8; 32];
-        random(&mut secret);
+        rng.fill_bytes(&mut secret);
         let mut challenge = [0u8; 32];
-        random(&mut challenge);
+        rng.fill_bytes(&mut challenge);
         let mut id = [0u8; 16];
-        random(&mut id);
+        rng.fill_bytes(&mut id);
         let session_id = ulid::Ulid::from_parts(now_ms, u128::from_be_bytes(id)).to_string();
         let expires_at_unix_ms = now_ms + SESSION_TTL_MS;
         self.sessions.push(SessionRecord {

@@ -31,12 +31,12 @@ impl Refusal {
 }
 
 /// The event a publish by `device` stores: its body names the device (from its certificate,
-/// never from the request) and the gateway's wall time `wall_ms`. The body must fit in one event
+/// never from the request) and the gateway's wall time `now_ms`. The body must fit in one event
 /// frame of `max_frame_bytes` when streamed back.
 pub fn publish(
     device: Option<&str>,
     event: PublishEvent,
-    wall_ms: u64,
+    now_ms: u64,
     max_frame_bytes: usize,
 ) -> Result<NewEvent, Refusal> {
     let Some(device) = device else {
@@ -49,7 +49,7 @@ pub fn publish(
     let body = EventBody {
         name,
         device_id: device.to_owned(),
-        occurred_at_unix_ms: wall_ms,
+        occurred_at_unix_ms: now_ms,
         payload,
         to: to.clone(),
     };
@@ -103,9 +103,9 @@ pub fn visible(event: &StoredEvent, device: Option<&str>) -> bool {
     }
 }
 
-/// The `node.health` answer for `device` (if authenticated) at wall time `wall_ms`.
-pub fn health(mtls_required: bool, device: Option<&str>, wall_ms: u64) -> ResponseFrame {
-    ResponseFrame::health(mtls_required, device.map(str::to_owned), wall_ms)
+/// The `node.health` answer for `device` (if authenticated) at wall time `now_ms`.
+pub fn health(mtls_required: bool, device: Option<&str>, now_ms: u64) -> ResponseFrame {
+    ResponseFrame::health(mtls_required, device.map(str::to_owned), now_ms)
 }
 
 #[cfg(test)]

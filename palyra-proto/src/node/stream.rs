@@ -145,7 +145,7 @@ impl RequestStream {
 
     /// Takes the bytes to write next, without copying; give back what the transport did not
     /// accept with [`RequestStream::restore_output`].
-    pub fn take_output(&mut self) -> Option<Bytes> {
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
         if let Some(unsent) = self.unsent.take() {
             return Some(unsent);
         }
@@ -155,7 +155,7 @@ impl RequestStream {
         Some(Bytes::from(std::mem::take(&mut self.out)))
     }
 
-    /// Returns the unwritten tail of what [`RequestStream::take_output`] gave; it is sent first.
+    /// Returns the unwritten tail of what [`RequestStream::poll_transmit`] gave; it is sent first.
     pub fn restore_output(&mut self, rest: Bytes) {
         if !rest.is_empty() {
             self.unsent = Some(rest);
@@ -204,7 +204,7 @@ mod tests {
     /// Takes everything queued and decodes it.
     fn output_frames(stream: &mut RequestStream) -> Vec<ResponseFrame> {
         let mut decoder = FrameDecoder::new(1 << 20);
-        while let Some(bytes) = stream.take_output() {
+        while let Some(bytes) = stream.poll_transmit() {
             decoder.handle_input(&bytes).unwrap();
         }
         std::iter::from_fn(|| decoder.poll_frame())
@@ -259,12 +259,12 @@ mod tests {
         let mut stream = RequestStream::new(1024);
         stream.handle_input(&request_bytes(&NodeRequest::Health), false);
         stream.send(&ResponseFrame::ack(1)).unwrap();
-        let first = stream.take_output().unwrap();
+        let first = stream.poll_transmit().unwrap();
         // The transport accepted 3 bytes; a new frame is queued meanwhile.
         stream.restore_output(first.slice(3..));
         stream.send(&ResponseFrame::ack(2)).unwrap();
         let mut wire = first[..3].to_vec();
-        while let Some(bytes) = stream.take_output() {
+        while let Some(bytes) = stream.poll_transmit() {
             wire.extend_from_slice(&bytes);
         }
         let mut decoder = FrameDecoder::new(1024);

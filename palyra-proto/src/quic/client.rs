@@ -122,7 +122,7 @@ impl NodeClient {
         server: SocketAddr,
         server_name: &str,
         now: Instant,
-        rng_seed: [u8; 32],
+        rng: &mut impl rand_core::CryptoRngCore,
     ) -> Result<Self, ClientError> {
         let crypto = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ClientError::Tls(e.to_string()))?;
@@ -138,7 +138,9 @@ impl NodeClient {
             .max_concurrent_uni_streams(VarInt::from_u32(0));
         config.transport_config(Arc::new(transport));
         let mut endpoint_config = EndpointConfig::default();
-        endpoint_config.rng_seed(Some(rng_seed));
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        endpoint_config.rng_seed(Some(seed));
         let mut endpoint = Endpoint::new(Arc::new(endpoint_config), None, true, None);
         let (ch, conn) = endpoint
             .connect(now, config, server, server_name)

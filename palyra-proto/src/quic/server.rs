@@ -253,7 +253,7 @@ struct Shared {
     /// Appends handed out and not completed yet.
     appending: usize,
     events: VecDeque<ServerEvent>,
-    wall_ms: u64,
+    now_ms: u64,
     established: usize,
     handshaking: usize,
 }
@@ -278,8 +278,6 @@ pub struct NodeServerConfig {
     pub limits: ServerLimits,
     /// Whether client certificates are mandatory (reported by `node.health`).
     pub mtls_required: bool,
-    /// Seed for quinn's RNG (connection IDs, tokens); from the OS in production, fixed in tests.
-    pub rng_seed: [u8; 32],
 }
 
 /// Errors creating the server.
@@ -291,15 +289,22 @@ pub enum ServerError {
 }
 
 impl NodeServer {
-    /// A server authenticating devices against `trust`.
-    pub fn new(config: NodeServerConfig, trust: Arc<TrustIndex>) -> Result<Self, ServerError> {
+    /// A server authenticating devices against `trust`; `rng` seeds quinn's generator
+    /// (connection IDs, tokens).
+    pub fn new(
+        config: NodeServerConfig,
+        trust: Arc<TrustIndex>,
+        rng: &mut impl rand_core::CryptoRngCore,
+    ) -> Result<Self, ServerError> {
         let crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(config.tls)
             .map_err(|e| ServerError::Tls(e.to_string()))?;
         let mut server_config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(Arc::new(transport_config(&config.limits)));
         server_config.migration(false);
         let mut endpoint_config = EndpointConfig::default();
-        endpoint_config.rng_seed(Some(config.rng_seed));
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        endpoint_config.rng_seed(Some(seed));
         let endpoint = Endpoint::new(
             Arc::new(endpoint_config),
             Some(Arc::new(server_config)),
@@ -318,7 +323,7 @@ impl NodeServer {
                 trust,
                 appending: 0,
                 events: VecDeque::new(),
-                wall_ms: 0,
+                now_ms: 0,
                 established: 0,
                 handshaking: 0,
             },
@@ -326,11 +331,6 @@ impl NodeServer {
             trust_generation,
             shutting_down: false,
         })
-    }
-
-    /// Sets the wall-clock time (Unix ms) used for event timestamps and `server_time_unix_ms`.
-    pub fn set_wall_clock(&mut self, unix_ms: u64) {
-        self.shared.wall_ms = unix_ms;
     }
 
     /// Established connections.
@@ -343,15 +343,18 @@ impl NodeServer {
         self.shared.handshaking
     }
 
-    /// Processes one received UDP datagram (`ecn`: the ECN bits it arrived with).
+    /// Processes one received UDP datagram (`ecn`: the ECN bits it arrived with) at `now`, wall
+    /// time `now_ms` (Unix ms: event timestamps, `server_time_unix_ms`).
     pub fn handle_datagram(
         &mut self,
         now: Instant,
+        now_ms: u64,
         remote: SocketAddr,
         local_ip: Option<IpAddr>,
         ecn: Option<u8>,
         data: &[u8],
     ) {
+        self.shared.now_ms = now_ms;
         let mut buf = Vec::new();
         let ecn = ecn.and_then(quinn_proto::EcnCodepoint::from_bits);
         let event =
@@ -717,7 +720,7 @@ impl NodeServer {
     }
 
     /// Starts a graceful shutdown: new connections are refused, open ones get an application close.
-    pub fn shutdown(&mut self, now: Instant) {
+    pub fn close(&mut self, now: Instant) {
         self.shutting_down = true;
         let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
         for ch in handles {
@@ -734,7 +737,7 @@ impl NodeServer {
         }
     }
 
-    /// True when no connection remains (after [`NodeServer::shutdown`], the driver may exit).
+    /// True when no connection remains (after [`NodeServer::close`], the driver may exit).
     pub fn is_idle(&self) -> bool {
         self.conns.is_empty()
     }
@@ -975,7 +978,7 @@ fn start_request(
             let _ = machine.send(&engine::health(
                 shared.mtls_required,
                 device.as_deref(),
-                shared.wall_ms,
+                shared.now_ms,
             ));
             machine.finish();
         }
@@ -993,7 +996,7 @@ fn start_request(
             match engine::publish(
                 device.as_deref(),
                 event,
-                shared.wall_ms,
+                shared.now_ms,
                 shared.limits.max_frame_bytes,
             ) {
                 Ok(event) => {
@@ -1044,7 +1047,7 @@ fn pump_stream(conn: &mut Conn, id: StreamId, shared: &mut Shared) {
     let Some(stream) = conn.streams.get_mut(&id) else {
         return;
     };
-    while let Some(chunk) = stream.machine.take_output() {
+    while let Some(chunk) = stream.machine.poll_transmit() {
         let mut chunks = [chunk];
         let result = conn.conn.send_stream(id).write_chunks(&mut chunks);
         let [rest] = chunks;

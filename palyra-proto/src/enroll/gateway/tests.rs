@@ -5,7 +5,7 @@ use crate::enroll::codes::MAX_FAILURES_PER_SOURCE;
 use crate::enroll::device::DeviceKeys;
 use crate::enroll::v1::build_hello;
 use crate::identity::cert::{self, CertAuthority, Profile};
-use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::rand_core::SeedableRng;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -78,12 +78,12 @@ impl Authority for TestAuthority {
     }
 }
 
-fn random() -> impl FnMut(&mut [u8]) {
-    let mut r = rand_chacha::ChaCha20Rng::seed_from_u64(9);
-    move |b: &mut [u8]| r.fill_bytes(b)
-}
+type Random = rand_chacha::ChaCha20Rng;
 
-type Random = Box<dyn FnMut(&mut [u8])>;
+/// Every trust-file change the machine has queued, in order.
+fn effects(machine: &mut Enrollment) -> Vec<Effect> {
+    std::iter::from_fn(|| machine.poll_event()).collect()
+}
 
 struct Fixture {
     machine: Enrollment,
@@ -98,7 +98,7 @@ impl Fixture {
         Self {
             machine: Enrollment::new(config, EnrollState::default()),
             authority: TestAuthority::new(),
-            random: Box::new(random()),
+            random: rand_chacha::ChaCha20Rng::seed_from_u64(9),
             keys: DeviceKeys::generate(&mut rng),
         }
     }
@@ -187,7 +187,7 @@ fn pin_pairing_approval_and_one_time_delivery_for_the_devices_own_key() {
         Some(DEV)
     );
     assert_eq!(
-        f.machine.take_effects(),
+        effects(&mut f.machine),
         vec![Effect::RecordCert {
             device_id: DEV.into(),
             cert_pem: cert.pem.clone(),
@@ -200,7 +200,7 @@ fn pin_pairing_approval_and_one_time_delivery_for_the_devices_own_key() {
     assert_eq!(again.request.state, RequestState::Completed);
     assert_eq!(again.delivered.as_ref().map(|d| &d.pem), Some(&cert.pem));
     assert_eq!(*f.authority.signed.borrow(), 1);
-    assert!(f.machine.take_effects().is_empty());
+    assert!(effects(&mut f.machine).is_empty());
     // ... but not once the device is revoked, nor once the certificate expired.
     f.authority.set(DEV, Standing::Revoked);
     assert!(poll(&mut f, T0 + 7).delivered.is_none());
@@ -290,7 +290,7 @@ fn a_device_revoked_meanwhile_gets_no_certificate() {
     let status = f.machine.status(&f.authority, T0 + 4, &id, DEV).unwrap();
     assert_eq!(status.request.state, RequestState::Rejected);
     assert!(status.delivered.is_none());
-    assert!(f.machine.take_effects().is_empty());
+    assert!(effects(&mut f.machine).is_empty());
     // And a revoked device cannot even complete.
     let mut f = Fixture::new(GatewayConfig::default());
     f.authority.set(DEV, Standing::Revoked);
@@ -331,7 +331,7 @@ fn re_pairing_a_known_device_needs_an_explicit_replace() {
     let status = f.machine.status(&f.authority, T0 + 4, &id, DEV).unwrap();
     let pem = status.delivered.unwrap().pem;
     assert_eq!(
-        f.machine.take_effects(),
+        effects(&mut f.machine),
         vec![
             Effect::RecordCert {
                 device_id: DEV.into(),
@@ -495,7 +495,7 @@ fn state_survives_a_restart_at_every_step() {
         status.delivered.map(|d| d.pem)
     );
     assert_eq!(*f.authority.signed.borrow(), 1);
-    assert!(f.machine.take_effects().is_empty());
+    assert!(effects(&mut f.machine).is_empty());
 }
 
 #[test]
@@ -543,7 +543,7 @@ fn rotation_proves_the_new_key_and_is_rate_limited() {
     let der = cert::cert_pem_to_der(&signed.pem).unwrap();
     assert_eq!(cert::cert_ed25519_public(&der).unwrap(), Some(new_public));
     assert!(matches!(
-        f.machine.take_effects().as_slice(),
+        effects(&mut f.machine).as_slice(),
         [Effect::RecordCert { pending: true, .. }]
     ));
     for _ in 1..MAX_ROTATIONS_PER_HOUR {
