@@ -32,7 +32,7 @@ impl Authority for Fake {
         Standing::Unknown
     }
 
-    fn sign(&self, _: &str, _: &[u8; 32], now_ms: u64, validity_ms: u64) -> Result<SignedCert, String> {
+    fn sign(&self, _: &str, _: &[u8; 32], now_ms: u64, validity_ms: u64) -> Result<SignedCert, palyra_proto::enroll::gateway::SignError> {
         Ok(SignedCert {
             pem: "cert".into(),
             ca_pem: "ca".into(),

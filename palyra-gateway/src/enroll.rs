@@ -14,7 +14,8 @@ use crate::store::{pending, DocStore, Document, Pending, StoreError};
 use crate::trust::{change_of, Applied, TrustChange, TrustError, TrustService};
 use crate::util::RandomFill;
 use palyra_proto::enroll::gateway::{
-    Authority, Begin, EnrollError, EnrollState, Enrollment, GatewayConfig, SignedCert, Standing,
+    Authority, Begin, EnrollError, EnrollState, Enrollment, GatewayConfig, SignError, SignedCert,
+    Standing,
 };
 use palyra_proto::enroll::wire::{bytes32, hello_of, offer_response, status_of};
 use palyra_proto::enroll::Method;
@@ -71,20 +72,17 @@ impl Authority for MemoryAuthority {
         public_key: &[u8; 32],
         now_ms: u64,
         validity_ms: u64,
-    ) -> Result<SignedCert, String> {
+    ) -> Result<SignedCert, SignError> {
         if self.trust.device_standing(device_id) == DeviceStanding::Revoked {
-            return Err(format!("device {device_id} is revoked"));
+            return Err(SignError::Revoked(device_id.to_owned()));
         }
-        let issued = self
-            .ca
-            .issue(
-                &mut crate::util::random::rng(&self.random),
-                &Profile::Device { device_id },
-                cert::spki_of_public(public_key).map_err(|e| e.to_string())?,
-                palyra_proto::time::from_unix_ms(now_ms),
-                Duration::from_millis(validity_ms),
-            )
-            .map_err(|e| e.to_string())?;
+        let issued = self.ca.issue(
+            &mut crate::util::random::rng(&self.random),
+            &Profile::Device { device_id },
+            cert::spki_of_public(public_key)?,
+            palyra_proto::time::from_unix_ms(now_ms),
+            Duration::from_millis(validity_ms),
+        )?;
         Ok(SignedCert {
             pem: issued.pem,
             ca_pem: self.ca_pem.clone(),

@@ -22,7 +22,7 @@ use palyra_gateway::enroll;
 use palyra_gateway::store::{unix_ms, IdentityDir, CA_VALIDITY};
 use palyra_proto::enroll::device::{CaTrust, DeviceKeys, DevicePairing, Progress};
 use palyra_proto::enroll::gateway::{
-    Authority, Begin, EnrollState, Enrollment, GatewayConfig, SignedCert, Standing,
+    Authority, Begin, EnrollState, Enrollment, GatewayConfig, SignError, SignedCert, Standing,
 };
 use palyra_proto::enroll::Method;
 use palyra_proto::identity::cert::{self, CertAuthority, Profile};
@@ -159,22 +159,19 @@ impl Authority for MemoryCa {
         key: &[u8; 32],
         now_ms: u64,
         validity_ms: u64,
-    ) -> Result<SignedCert, String> {
+    ) -> Result<SignedCert, SignError> {
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
-        let spki = cert::spki_of_public(key).map_err(|e| e.to_string())?;
-        let issued = self
-            .0
-            .issue(
-                &mut OsRng,
-                &Profile::Device { device_id },
-                spki,
-                now,
-                Duration::from_millis(validity_ms),
-            )
-            .map_err(|e| e.to_string())?;
+        let spki = cert::spki_of_public(key)?;
+        let issued = self.0.issue(
+            &mut OsRng,
+            &Profile::Device { device_id },
+            spki,
+            now,
+            Duration::from_millis(validity_ms),
+        )?;
         Ok(SignedCert {
             pem: issued.pem,
-            ca_pem: self.0.cert_pem().map_err(|e| e.to_string())?,
+            ca_pem: self.0.cert_pem()?,
             expires_at_unix_ms: unix_ms(issued.not_after),
         })
     }

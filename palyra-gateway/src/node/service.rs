@@ -208,7 +208,7 @@ fn register_node(
                 Code::InvalidArgument,
                 format!(
                     "capability name {name:?}: {}",
-                    e.replace("event.name", "it")
+                    e.to_string().replace("event.name", "it")
                 ),
             )
         })?;
@@ -257,7 +257,7 @@ impl ExecuteCapability {
         validate_event_name(&request.capability).map_err(|e| {
             Status::new(
                 Code::InvalidArgument,
-                format!("capability: {}", e.replace("event.name", "it")),
+                format!("capability: {}", e.to_string().replace("event.name", "it")),
             )
         })?;
         if request.input_json.len() > MAX_INPUT_BYTES {

@@ -44,50 +44,85 @@ pub struct Invite {
     pub code: String,
 }
 
+/// Why an invite, a CA fingerprint or a pairing's inputs were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InviteError {
+    /// Longer than [`MAX_INVITE`].
+    #[error("an invite is at most {MAX_INVITE} characters")]
+    TooLong,
+    /// Not a `palyra://pair?` URL.
+    #[error("an invite starts with {INVITE_PREFIX}")]
+    NotAnInvite,
+    /// `key` without `=value`.
+    #[error("invite parameter {0:?} has no value")]
+    NoValue(String),
+    /// A parameter other than addr, ca and code.
+    #[error("unknown invite parameter {0:?}")]
+    UnknownParameter(String),
+    /// A parameter given twice.
+    #[error("invite parameter {0:?} appears twice")]
+    Repeated(String),
+    /// A required parameter is missing.
+    #[error("the invite has no {0}")]
+    Missing(&'static str),
+    /// `addr` is not `HOST:PORT`.
+    #[error("invite addr {0:?} is not HOST:PORT")]
+    BadAddr(String),
+    /// The CA fingerprint is not `sha256:` and 64 hex digits.
+    #[error("CA fingerprint must be sha256: and 64 hex digits (got {0:?})")]
+    BadFingerprint(String),
+    /// The device ID is not a canonical ULID.
+    #[error("device ID {0:?} is not a canonical ULID")]
+    BadDeviceId(String),
+    /// The code has the wrong form for its method.
+    #[error(transparent)]
+    BadCode(#[from] super::codes::CodeError),
+}
+
 /// Parses a CA fingerprint given as `sha256:HEX` or bare `HEX` (64 hex digits).
-pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], InviteError> {
     let hex_part = text.strip_prefix("sha256:").unwrap_or(text);
     let mut out = [0u8; 32];
     hex::decode_to_slice(hex_part, &mut out)
-        .map_err(|_| format!("CA fingerprint must be sha256: and 64 hex digits (got {text:?})"))?;
+        .map_err(|_| InviteError::BadFingerprint(text.to_owned()))?;
     Ok(out)
 }
 
 impl Invite {
     /// Parses `palyra://pair?addr=...&ca=sha256:...&code=...` (parameters in any order, each
     /// exactly once).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, InviteError> {
         let text = text.trim();
         if text.len() > MAX_INVITE {
-            return Err(format!("an invite is at most {MAX_INVITE} characters"));
+            return Err(InviteError::TooLong);
         }
         let query = text
             .strip_prefix(INVITE_PREFIX)
-            .ok_or_else(|| format!("an invite starts with {INVITE_PREFIX}"))?;
+            .ok_or(InviteError::NotAnInvite)?;
         let (mut addr, mut ca, mut code) = (None, None, None);
         for pair in query.split('&') {
             let (key, value) = pair
                 .split_once('=')
-                .ok_or_else(|| format!("invite parameter {pair:?} has no value"))?;
+                .ok_or_else(|| InviteError::NoValue(pair.to_owned()))?;
             let slot = match key {
                 "addr" => &mut addr,
                 "ca" => &mut ca,
                 "code" => &mut code,
-                other => return Err(format!("unknown invite parameter {other:?}")),
+                other => return Err(InviteError::UnknownParameter(other.to_owned())),
             };
             if slot.replace(value).is_some() {
-                return Err(format!("invite parameter {key:?} appears twice"));
+                return Err(InviteError::Repeated(key.to_owned()));
             }
         }
-        let addr = addr.ok_or("the invite has no addr")?;
+        let addr = addr.ok_or(InviteError::Missing("addr"))?;
         if addr.is_empty() || addr.len() > 255 || !addr.contains(':') {
-            return Err(format!("invite addr {addr:?} is not HOST:PORT"));
+            return Err(InviteError::BadAddr(addr.to_owned()));
         }
-        let code = code.ok_or("the invite has no code")?;
-        super::codes::validate_form(super::Method::Qr, code).map_err(|e| e.to_string())?;
+        let code = code.ok_or(InviteError::Missing("code"))?;
+        super::codes::validate_form(super::Method::Qr, code)?;
         Ok(Self {
             addr: addr.to_owned(),
-            ca_spki_sha256: parse_fingerprint(ca.ok_or("the invite has no ca")?)?,
+            ca_spki_sha256: parse_fingerprint(ca.ok_or(InviteError::Missing("ca"))?)?,
             code: code.to_owned(),
         })
     }
@@ -192,11 +227,11 @@ impl DevicePairing {
         method: super::Method,
         code: &str,
         ca: CaTrust,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, InviteError> {
         if !crate::identity::is_canonical_device_id(device_id) {
-            return Err(format!("device ID {device_id:?} is not a canonical ULID"));
+            return Err(InviteError::BadDeviceId(device_id.to_owned()));
         }
-        super::codes::validate_form(method, code.trim()).map_err(|e| e.to_string())?;
+        super::codes::validate_form(method, code.trim())?;
         Ok(Self {
             keys,
             device_id: device_id.to_owned(),

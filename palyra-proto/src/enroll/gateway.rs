@@ -96,7 +96,18 @@ pub trait Authority {
         public_key: &[u8; 32],
         now_ms: u64,
         validity_ms: u64,
-    ) -> Result<SignedCert, String>;
+    ) -> Result<SignedCert, SignError>;
+}
+
+/// Why an [`Authority`] did not sign.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The device was revoked meanwhile.
+    #[error("device {0} is revoked")]
+    Revoked(String),
+    /// The certificate could not be built.
+    #[error(transparent)]
+    Cert(#[from] crate::identity::cert::CertError),
 }
 
 /// A trust-file change to apply once the state is durable.
@@ -719,7 +730,7 @@ impl Enrollment {
             .ok_or_else(|| EnrollError::Issue("stored key is corrupt".into()))?;
         let signed = authority
             .sign(&request.device_id, &key, now_ms, validity)
-            .map_err(EnrollError::Issue)?;
+            .map_err(|e| EnrollError::Issue(e.to_string()))?;
         request.replaces_device |= replace;
         request.state = RequestState::Approved;
         request.reason = why;
@@ -887,7 +898,7 @@ impl Enrollment {
         };
         let signed = authority
             .sign(device_id, &key, now_ms, self.config.cert_validity_ms)
-            .map_err(EnrollError::Issue)?;
+            .map_err(|e| EnrollError::Issue(e.to_string()))?;
         recent.push_back(now_ms);
         self.effects.push(Effect::RecordCert {
             device_id: device_id.to_owned(),

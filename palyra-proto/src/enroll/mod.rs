@@ -38,14 +38,19 @@ impl Method {
     }
 }
 
-impl std::str::FromStr for Method {
-    type Err = String;
+/// A pairing method other than `pin` or `qr`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("pairing method {0:?} is not pin or qr")]
+pub struct UnknownMethod(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for Method {
+    type Err = UnknownMethod;
+
+    fn from_str(s: &str) -> Result<Self, UnknownMethod> {
         match s {
             "pin" => Ok(Method::Pin),
             "qr" => Ok(Method::Qr),
-            other => Err(format!("pairing method {other:?} is not pin or qr")),
+            other => Err(UnknownMethod(other.to_owned())),
         }
     }
 }

@@ -245,7 +245,7 @@ fn parse_publish(fields: &mut Map<String, Value>) -> Result<PublishEvent, Reques
         Some(Value::String(name)) => name,
         _ => return Err(RequestError::invalid("event.name must be a string")),
     };
-    validate_event_name(&name).map_err(RequestError::invalid)?;
+    validate_event_name(&name).map_err(|e| RequestError::invalid(e.to_string()))?;
     let payload = event.remove("payload").unwrap_or(Value::Null);
     let to = match event.remove("to") {
         None | Some(Value::Null) => None,
@@ -262,15 +262,24 @@ fn parse_publish(fields: &mut Map<String, Value>) -> Result<PublishEvent, Reques
     Ok(PublishEvent { name, payload, to })
 }
 
+/// Why an event (or capability) name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Empty or longer than [`MAX_EVENT_NAME_BYTES`].
+    #[error("event.name must be 1..={MAX_EVENT_NAME_BYTES} bytes long")]
+    Length,
+    /// Not printable ASCII, or contains a space.
+    #[error("event.name must be printable ASCII without spaces")]
+    Characters,
+}
+
 /// Checks an event name: 1..=128 bytes of printable ASCII without spaces.
-pub fn validate_event_name(name: &str) -> Result<(), String> {
+pub fn validate_event_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() || name.len() > MAX_EVENT_NAME_BYTES {
-        return Err(format!(
-            "event.name must be 1..={MAX_EVENT_NAME_BYTES} bytes long"
-        ));
+        return Err(NameError::Length);
     }
     if !name.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("event.name must be printable ASCII without spaces".into());
+        return Err(NameError::Characters);
     }
     Ok(())
 }

@@ -57,22 +57,19 @@ impl Authority for TestAuthority {
         public_key: &[u8; 32],
         now_ms: u64,
         validity_ms: u64,
-    ) -> Result<SignedCert, String> {
+    ) -> Result<SignedCert, SignError> {
         *self.signed.borrow_mut() += 1;
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(now_ms);
-        let issued = self
-            .ca
-            .issue(
-                &mut rng,
-                &Profile::Device { device_id },
-                cert::spki_of_public(public_key).map_err(|e| e.to_string())?,
-                UNIX_EPOCH + Duration::from_millis(now_ms),
-                Duration::from_millis(validity_ms),
-            )
-            .map_err(|e| e.to_string())?;
+        let issued = self.ca.issue(
+            &mut rng,
+            &Profile::Device { device_id },
+            cert::spki_of_public(public_key)?,
+            UNIX_EPOCH + Duration::from_millis(now_ms),
+            Duration::from_millis(validity_ms),
+        )?;
         Ok(SignedCert {
             pem: issued.pem,
-            ca_pem: self.ca.cert_pem().map_err(|e| e.to_string())?,
+            ca_pem: self.ca.cert_pem()?,
             expires_at_unix_ms: crate::time::unix_ms(issued.not_after),
         })
     }
