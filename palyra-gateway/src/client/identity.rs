@@ -4,7 +4,6 @@
 //! reconnect with backoff). The exchanges themselves are the sans-IO
 //! [`palyra_proto::enroll::device::DevicePairing`] and [`rotation_payload`].
 
-use crate::operator::pairing::ROTATE_EVENT;
 use crate::store::{unix_ms, GatewayRecord, NodeIdentityDir, PendingPairing};
 use anyhow::Context;
 use palyra_proto::enroll::device::{
@@ -13,6 +12,7 @@ use palyra_proto::enroll::device::{
 use palyra_proto::enroll::Method;
 use palyra_proto::grpc::Code;
 use palyra_proto::identity::cert;
+use palyra_proto::node::agent::{Action, CertWindow, NodeAgent, Report};
 use palyra_proto::node::{NodeRequest, ResponseKind};
 use palyra_proto::pb::palyra::common::v1::ReplayProtection;
 use palyra_proto::pb::palyra::node::v1::{
@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::runtime::{self, Rt};
 use crate::serve::grpc_channel::GrpcChannel;
@@ -35,10 +35,6 @@ use crate::serve::node_connection::NodeConnection;
 const SERVICE: &str = "/palyra.node.v1.NodeService/";
 /// Deadline of one pairing call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How often a running node checks in (keeps it `online` in the registry).
-const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Resolves `HOST:PORT` and the TLS server name to verify (the host, unless overridden).
 pub async fn resolve_gateway(
@@ -463,9 +459,12 @@ impl Loaded {
         .with_context(|| format!("cannot connect to {} over QUIC", self.gateway.addr))
     }
 
-    /// When renewal is due: a third of the lifetime left.
-    fn renew_at(&self) -> u64 {
-        self.not_after - (self.not_after.saturating_sub(self.not_before)) / 3
+    /// The certificate's validity, for the policy machine.
+    fn window(&self) -> CertWindow {
+        CertWindow {
+            not_before_ms: self.not_before,
+            not_after_ms: self.not_after,
+        }
     }
 }
 
@@ -495,227 +494,170 @@ pub async fn rotate(rt: &Rt, dir: &NodeIdentityDir) -> anyhow::Result<u64> {
     Ok(answer.cert_expires_at_unix_ms)
 }
 
-/// What ended one wait on a connection.
-enum Next {
-    Rotate(&'static str),
-    Reconnect(anyhow::Error),
-    Stop,
-}
-
-/// A rotation that failed and is due again.
-#[derive(Default)]
-struct Pending {
-    /// Why it was wanted (`renewal` or `operator`).
-    rotation: Option<&'static str>,
-    /// Not before this.
-    retry_at: Option<Instant>,
-}
-
-/// Wait after a failed rotation before trying again.
-const ROTATION_RETRY: Duration = Duration::from_secs(60);
-
-/// Keeps the node connected until `run_for` elapses: reconnects with exponential backoff
-/// (0.5 s doubling to 30 s, jittered), checks in every 10 s, renews the certificate when a
-/// third of its lifetime is left or when the operator asks (event `identity.rotate`), and then
-/// opens a connection with the new certificate before closing the old one. `report` receives
-/// one JSON object per change.
+/// Keeps the node connected until `run_for` elapses, as the policy machine
+/// [`NodeAgent`] decides: reconnects with exponential backoff (0.5 s doubling to 30 s,
+/// jittered), checks in every 10 s, renews the certificate when a third of its lifetime is left
+/// or when the operator asks (event `identity.rotate`), and then opens a connection with the new
+/// certificate before closing the old one. `report` receives one JSON object per change.
 pub async fn run_node(rt: &Rt, options: RunOptions, report: impl Fn(Value)) -> anyhow::Result<()> {
     let dir = NodeIdentityDir::open(&options.identity)?;
-    let stop_at = options.run_for.map(|d| rt.now() + d);
-    let mut backoff = Duration::from_millis(500);
+    let mut loaded = Loaded::load(rt, &dir).await?;
     // Events up to the cursor were acted on already (a rotation request is handled once,
     // even across restarts of the node).
-    let mut last_seq: Option<u64> = dir.event_cursor()?;
-    let mut pending = Pending::default();
+    let mut agent = NodeAgent::new(
+        &loaded.device_id,
+        dir.event_cursor()?,
+        options.run_for,
+        rt.now(),
+        wall_ms(),
+        &mut OsRng,
+    );
+    let mut conn: Option<NodeConnection> = None;
+    let mut events: Option<crate::node_client::Responses> = None;
+    let far = || rt.now() + Duration::from_secs(86_400);
+    let mut timer = rt.new_timer(far());
     loop {
-        if stop_at.is_some_and(|t| rt.now() >= t) {
-            return Ok(());
-        }
-        let mut loaded = Loaded::load(rt, &dir).await?;
-        let mut conn = match loaded.connect(rt).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                report(json!({"event": "disconnected", "error": format!("{e:#}"),
-                              "retry_in_ms": backoff.as_millis() as u64}));
-                sleep_backoff(rt, &mut backoff, stop_at).await;
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(500);
-        report(json!({"event": "connected", "device_id": loaded.device_id,
-                      "gateway": loaded.gateway.addr,
-                      "cert_expires_at_unix_ms": loaded.not_after}));
-        let end = loop {
-            let why = match connected(rt, &conn, &loaded, &mut last_seq, stop_at, &pending).await {
-                Next::Rotate(why) => {
-                    // Acted on once: a restarted node does not rotate again for it.
-                    if let Some(seq) = last_seq {
-                        dir.save_event_cursor(seq)?;
-                    }
-                    why
-                }
-                Next::Reconnect(e) => break Some(e),
-                Next::Stop => break None,
-            };
-            match rotate(rt, &dir).await {
-                Ok(expires) => {
-                    pending = Pending::default();
-                    report(json!({"event": "rotated", "reason": why,
-                                  "cert_expires_at_unix_ms": expires}));
-                    // The new certificate's connection first, then the old one goes.
-                    let fresh = Loaded::load(rt, &dir).await?;
-                    match fresh.connect(rt).await {
-                        Ok(new) => {
-                            std::mem::replace(&mut conn, new).close().await;
-                            loaded = fresh;
-                            report(json!({"event": "connected", "device_id": loaded.device_id,
-                                          "gateway": loaded.gateway.addr,
-                                          "cert_expires_at_unix_ms": loaded.not_after}));
-                        }
-                        Err(e) => break Some(e),
-                    }
-                }
-                Err(e) => {
-                    // Tried again later, an operator's request included.
-                    pending = Pending {
-                        rotation: Some(why),
-                        retry_at: Some(rt.now() + ROTATION_RETRY),
+        while let Some(action) = agent.poll_event() {
+            match action {
+                Action::Connect { .. } => {
+                    // Loaded again: a rotation changed the files.
+                    let attempt = async {
+                        let fresh = Loaded::load(rt, &dir).await?;
+                        let opened = fresh.connect(rt).await?;
+                        anyhow::Ok((fresh, opened))
                     };
-                    report(
-                        json!({"event": "rotation_failed", "error": format!("{e:#}"),
-                                  "retry_in_ms": ROTATION_RETRY.as_millis() as u64}),
-                    );
+                    match attempt.await {
+                        Ok((fresh, opened)) => {
+                            // The new connection is up: the one it replaces goes now.
+                            events = None;
+                            if let Some(old) = conn.replace(opened) {
+                                old.close().await;
+                            }
+                            loaded = fresh;
+                            agent.handle_connected(rt.now(), wall_ms(), loaded.window());
+                        }
+                        Err(e) => agent.handle_connect_failed(rt.now(), format!("{e:#}")),
+                    }
+                }
+                Action::Follow { resume_from } => {
+                    let request = NodeRequest::StreamEvents {
+                        resume_from,
+                        follow: true,
+                    };
+                    let started = match conn.as_ref() {
+                        Some(c) => c.request(&request).await.map_err(|e| e.to_string()),
+                        None => Err("not connected".to_owned()),
+                    };
+                    match started {
+                        Ok(stream) => events = Some(stream),
+                        Err(e) => agent.handle_connection_lost(rt.now(), e),
+                    }
+                }
+                Action::CheckHealth => {
+                    let ok = match conn.as_ref() {
+                        Some(c) => match c.request(&NodeRequest::Health).await {
+                            Ok(r) => r
+                                .collect()
+                                .await
+                                .map(|f| f.first().is_some_and(|f| f.ok))
+                                .unwrap_or(false),
+                            Err(_) => false,
+                        },
+                        None => false,
+                    };
+                    agent.handle_health(rt.now(), ok);
+                }
+                Action::Rotate(_) => match rotate(rt, &dir).await {
+                    Ok(expires) => agent.handle_rotated(rt.now(), wall_ms(), expires),
+                    Err(e) => agent.handle_rotation_failed(rt.now(), format!("{e:#}")),
+                },
+                Action::SaveCursor(seq) => dir.save_event_cursor(seq)?,
+                Action::Report(r) => report(report_json(&r, &loaded)),
+                Action::Stop => {
+                    if let Some(c) = conn.take() {
+                        c.close().await;
+                    }
+                    return Ok(());
                 }
             }
-        };
-        conn.close().await;
-        let Some(e) = end else { return Ok(()) };
-        report(json!({"event": "disconnected", "error": format!("{e:#}"),
-                      "retry_in_ms": backoff.as_millis() as u64}));
-        sleep_backoff(rt, &mut backoff, stop_at).await;
-    }
-}
-
-async fn sleep_backoff(rt: &Rt, backoff: &mut Duration, stop_at: Option<Instant>) {
-    let jitter = Duration::from_millis(OsRng.next_u64() % (backoff.as_millis() as u64 / 4 + 1));
-    let mut wake = rt.now() + *backoff + jitter;
-    if let Some(stop) = stop_at {
-        wake = wake.min(stop);
-    }
-    runtime::sleep_until(rt.as_ref(), wake).await;
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-}
-
-/// What woke a connected node.
-enum Woke {
-    Frame(Box<Result<Option<palyra_proto::node::ResponseFrame>, crate::node_client::ClientError>>),
-    Heartbeat,
-    Renew,
-}
-
-/// One connection's life: follow the event log for rotation requests, check in, watch the
-/// renewal time.
-async fn connected(
-    rt: &Rt,
-    conn: &NodeConnection,
-    loaded: &Loaded,
-    last_seq: &mut Option<u64>,
-    stop_at: Option<Instant>,
-    pending: &Pending,
-) -> Next {
-    let mut events = match conn
-        .request(&NodeRequest::StreamEvents {
-            resume_from: *last_seq,
-            follow: true,
-        })
-        .await
-    {
-        Ok(events) => events,
-        Err(e) => return Next::Reconnect(e.into()),
-    };
-    // The first check-in goes out at once.
-    let mut heartbeat = rt.new_timer(rt.now());
-    let mut renew = rt.new_timer(rt.now());
-    loop {
-        let now_ms = unix_ms(SystemTime::now());
-        let blocked = pending
-            .retry_at
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(rt.now()));
-        let due = pending.rotation.is_some() || now_ms >= loaded.renew_at();
-        if due && blocked.is_zero() {
-            return Next::Rotate(pending.rotation.unwrap_or("renewal"));
         }
-        let renew_in = if pending.rotation.is_some() {
-            blocked
-        } else {
-            Duration::from_millis(loaded.renew_at().saturating_sub(now_ms)).max(blocked)
-        };
-        let stop_in = stop_at.map_or(Duration::MAX, |t| t.saturating_duration_since(rt.now()));
-        renew
+        if !agent.is_connected() {
+            events = None;
+            if let Some(c) = conn.take() {
+                c.close().await;
+            }
+        }
+        timer
             .as_mut()
-            .reset(rt.now() + renew_in.min(stop_in).min(Duration::from_secs(86_400)));
+            .reset(agent.poll_timeout().unwrap_or_else(far));
         let woke = {
-            let mut next = std::pin::pin!(events.next());
+            let next = async {
+                match events.as_mut() {
+                    Some(stream) => stream.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut next = std::pin::pin!(next);
             std::future::poll_fn(|cx| {
                 if let std::task::Poll::Ready(frame) = std::future::Future::poll(next.as_mut(), cx)
                 {
-                    return std::task::Poll::Ready(Woke::Frame(Box::new(frame)));
+                    return std::task::Poll::Ready(Some(frame));
                 }
-                if heartbeat.as_mut().poll(cx).is_ready() {
-                    return std::task::Poll::Ready(Woke::Heartbeat);
-                }
-                renew.as_mut().poll(cx).map(|()| Woke::Renew)
+                timer.as_mut().poll(cx).map(|()| None)
             })
             .await
         };
+        let now = rt.now();
         match woke {
-            Woke::Frame(frame) => match *frame {
-                Ok(Some(frame)) if frame.kind == ResponseKind::Event => {
-                    *last_seq = frame.seq.or(*last_seq);
-                    let Some(event) = frame.event else { continue };
-                    // A request older than the certificate in use is already satisfied.
-                    if event.name == ROTATE_EVENT
-                        && event.to.as_deref() == Some(loaded.device_id.as_str())
-                        && event.occurred_at_unix_ms > loaded.not_before
-                    {
-                        return Next::Rotate("operator");
-                    }
-                }
-                Ok(Some(frame)) if frame.kind == ResponseKind::Error => {
-                    if let Some(first) = frame.first_seq {
-                        // The log moved past our cursor: continue from what it still has.
-                        *last_seq = Some(first.saturating_sub(1));
-                    }
-                    return Next::Reconnect(anyhow::anyhow!(
-                        "event stream ended: {}",
-                        frame.message.unwrap_or_default()
-                    ));
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    return Next::Reconnect(anyhow::anyhow!("the gateway ended the event stream"))
-                }
-                Err(e) => return Next::Reconnect(e.into()),
-            },
-            Woke::Heartbeat => {
-                heartbeat.as_mut().reset(rt.now() + HEARTBEAT);
-                let ok = match conn.request(&NodeRequest::Health).await {
-                    Ok(r) => r
-                        .collect()
-                        .await
-                        .map(|f| f.first().is_some_and(|f| f.ok))
-                        .unwrap_or(false),
-                    Err(_) => false,
-                };
-                if !ok {
-                    return Next::Reconnect(anyhow::anyhow!("health check failed"));
+            None => agent.handle_timeout(now, wall_ms()),
+            Some(Ok(Some(frame))) if frame.kind == ResponseKind::Event => {
+                if let Some(event) = &frame.event {
+                    agent.handle_event(
+                        now,
+                        frame.seq,
+                        &event.name,
+                        event.to.as_deref(),
+                        event.occurred_at_unix_ms,
+                    );
                 }
             }
-            Woke::Renew => {
-                if stop_at.is_some_and(|t| rt.now() >= t) {
-                    return Next::Stop;
-                }
+            Some(Ok(Some(frame))) if frame.kind == ResponseKind::Error => {
+                let why = format!("event stream ended: {}", frame.message.unwrap_or_default());
+                agent.handle_stream_ended(now, frame.first_seq, why);
             }
+            Some(Ok(Some(_))) => {}
+            Some(Ok(None)) => {
+                agent.handle_stream_ended(now, None, "the gateway ended the event stream")
+            }
+            Some(Err(e)) => agent.handle_connection_lost(now, e.to_string()),
+        }
+    }
+}
+
+/// Wall-clock time now (Unix ms).
+fn wall_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+/// One line of `palyra node run`'s output.
+fn report_json(report: &Report, loaded: &Loaded) -> Value {
+    match report {
+        Report::Connected { expires_at_ms } => {
+            json!({"event": "connected", "device_id": loaded.device_id,
+                   "gateway": loaded.gateway.addr, "cert_expires_at_unix_ms": expires_at_ms})
+        }
+        Report::Disconnected { error, retry_in } => {
+            json!({"event": "disconnected", "error": error,
+                   "retry_in_ms": retry_in.as_millis() as u64})
+        }
+        Report::Rotated {
+            reason,
+            expires_at_ms,
+        } => json!({"event": "rotated", "reason": reason.as_str(),
+                    "cert_expires_at_unix_ms": expires_at_ms}),
+        Report::RotationFailed { error, retry_in } => {
+            json!({"event": "rotation_failed", "error": error,
+                   "retry_in_ms": retry_in.as_millis() as u64})
         }
     }
 }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Name of the event that asks a device to rotate its certificate (addressed to it).
-pub const ROTATE_EVENT: &str = "identity.rotate";
+pub use palyra_proto::node::agent::ROTATE_EVENT;
 
 /// What the pairing and device routes work on.
 pub struct PairingAdmin {
