@@ -262,6 +262,39 @@ impl Daemon {
     }
 }
 
+/// A typed answer and the JSON it was read from (printed as is by `--json`).
+#[derive(Debug)]
+pub struct Answer<T> {
+    /// The answer.
+    pub value: T,
+    /// Its JSON, as the daemon sent it.
+    pub raw: Value,
+}
+
+impl Daemon {
+    /// Calls one typed admin endpoint ([`crate::operator::api`]): the request is its body, the
+    /// answer is read as its response type.
+    pub fn send<E: crate::operator::api::Endpoint>(
+        &self,
+        request: &E,
+    ) -> anyhow::Result<Answer<E::Response>> {
+        let path = request.path();
+        let body = if E::HAS_BODY {
+            Some(serde_json::to_value(request)?)
+        } else {
+            None
+        };
+        let raw = self.call(E::METHOD, &path, body.as_ref())?;
+        let value = serde_json::from_value(raw.clone()).with_context(|| {
+            format!(
+                "{} {path}: palyrad's answer is not what this CLI expects",
+                E::METHOD
+            )
+        })?;
+        Ok(Answer { value, raw })
+    }
+}
+
 /// Reads one response: its status and body (bounded).
 fn read_answer(conn: &mut Conn, client: &mut Http1Client) -> anyhow::Result<(StatusCode, Vec<u8>)> {
     let mut status = None;

@@ -14,6 +14,7 @@ use palyra_proto::transport::{Acceptor, StreamMachine};
 use palyra_proto::ws::{accept_upgrade, WsConfig, WsConnection, WsEvent};
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod console;
 pub mod pairing;

@@ -16,7 +16,7 @@
 //! allowed in the current state 409, a limit 429, storage 503.
 
 use super::admin::{presence, store_failed, Answer, BodyFor, Reply};
-use super::OperatorConnection;
+use super::{api, OperatorConnection};
 use crate::enroll::{Enrolled, EnrollmentStore};
 use crate::trust::TrustError;
 use http::StatusCode;
@@ -113,42 +113,43 @@ fn bad(message: impl Into<String>) -> Refusal {
 }
 
 /// A request as listed (the certificate itself is not shown).
-pub fn request_json(r: &RequestRecord) -> Value {
-    json!({
-        "request_id": r.request_id,
-        "device_id": r.device_id,
-        "client_kind": r.client_kind,
-        "method": r.method,
-        "state": r.state.as_str(),
-        "reason": r.reason,
-        "identity_fingerprint": r.identity_fingerprint,
-        "transcript_hash": r.transcript_hash,
-        "replaces_device": r.replaces_device,
-        "requested_at_unix_ms": r.requested_at_unix_ms,
-        "expires_at_unix_ms": r.expires_at_unix_ms,
-        "decided_at_unix_ms": r.decided_at_unix_ms,
-        "delivered_at_unix_ms": r.delivered_at_unix_ms,
-        "cert_expires_at_unix_ms": (r.cert_expires_at_unix_ms > 0).then_some(r.cert_expires_at_unix_ms),
-    })
+pub fn pairing_request(r: &RequestRecord) -> api::PairingRequest {
+    api::PairingRequest {
+        request_id: r.request_id.clone(),
+        device_id: r.device_id.clone(),
+        client_kind: r.client_kind.clone(),
+        method: r.method,
+        state: r.state.as_str().to_owned(),
+        reason: r.reason.clone(),
+        identity_fingerprint: r.identity_fingerprint.clone(),
+        transcript_hash: r.transcript_hash.clone(),
+        replaces_device: r.replaces_device,
+        requested_at_unix_ms: r.requested_at_unix_ms,
+        expires_at_unix_ms: r.expires_at_unix_ms,
+        decided_at_unix_ms: r.decided_at_unix_ms,
+        delivered_at_unix_ms: r.delivered_at_unix_ms,
+        cert_expires_at_unix_ms: (r.cert_expires_at_unix_ms > 0)
+            .then_some(r.cert_expires_at_unix_ms),
+    }
 }
 
 /// Devices of the trust file, each with its certificates, its standing and its presence:
 /// `connected` (QUIC connections open now, from `connections`), else the node registry's
 /// presence from `last_seen` (`online`, `stale`, `offline`), else `not_registered`.
-pub fn devices_json(
+pub fn devices(
     trust: &TrustSnapshot,
     connections: impl Fn(&str) -> usize,
     last_seen: impl Fn(&str) -> Option<u64>,
     now_ms: u64,
-) -> Value {
+) -> api::Devices {
     let mut ids: Vec<&str> = trust.devices.iter().map(|d| d.device_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let devices: Vec<Value> = ids
+    let devices = ids
         .into_iter()
         .map(|id| {
             let revoked = trust.revoked.iter().find(|r| r.device_id == id);
-            let certs: Vec<Value> = trust
+            let certificates = trust
                 .devices
                 .iter()
                 .filter(|d| d.device_id == id)
@@ -162,12 +163,12 @@ pub fn devices_json(
                     } else {
                         "active"
                     };
-                    json!({
-                        "spki_sha256": d.spki_sha256,
-                        "issued_at_unix_ms": d.issued_at_unix_ms,
-                        "expires_at_unix_ms": d.expires_at_unix_ms,
-                        "state": state,
-                    })
+                    api::DeviceCert {
+                        spki_sha256: d.spki_sha256.clone(),
+                        issued_at_unix_ms: d.issued_at_unix_ms,
+                        expires_at_unix_ms: d.expires_at_unix_ms,
+                        state: state.to_owned(),
+                    }
                 })
                 .collect();
             let seen = last_seen(id);
@@ -177,42 +178,37 @@ pub fn devices_json(
             } else {
                 seen.map_or("not_registered", |t| presence(t, now_ms))
             };
-            json!({
-                "device_id": id,
-                "state": if revoked.is_some() { "revoked" } else { "paired" },
-                "revoked_at_unix_ms": revoked.map(|r| r.revoked_at_unix_ms),
-                "revocation_reason": revoked.map(|r| r.reason.clone()),
-                "last_seen_at_unix_ms": seen,
-                "presence": presence,
-                "quic_connections": open,
-                "certificates": certs,
-            })
+            api::Device {
+                device_id: id.to_owned(),
+                state: if revoked.is_some() {
+                    "revoked"
+                } else {
+                    "paired"
+                }
+                .to_owned(),
+                revoked_at_unix_ms: revoked.map(|r| r.revoked_at_unix_ms),
+                revocation_reason: revoked.map(|r| r.reason.clone()),
+                last_seen_at_unix_ms: seen,
+                presence: presence.to_owned(),
+                quic_connections: open,
+                certificates,
+            }
         })
         .collect();
-    json!({ "devices": devices })
+    api::Devices { devices }
 }
 
-/// An optional JSON object body (empty means `{}`).
-fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Refusal> {
+/// A JSON answer written from one of the shared [`api`] types.
+fn typed(status: StatusCode, value: &impl serde::Serialize) -> Reply {
+    Reply::Json(status, serde_json::to_value(value).unwrap_or(Value::Null))
+}
+
+/// A request body of one of the shared [`api`] types (an empty body is the default).
+fn body_of<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Refusal> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Default::default());
+        return Ok(T::default());
     }
-    match serde_json::from_slice(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(bad("body must be a JSON object")),
-        Err(e) => Err(bad(format!("body is not JSON: {e}"))),
-    }
-}
-
-fn optional_str<'a>(
-    map: &'a serde_json::Map<String, Value>,
-    name: &str,
-) -> Result<Option<&'a str>, Refusal> {
-    match map.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(bad(format!("{name} must be a string"))),
-    }
+    serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))
 }
 
 impl OperatorConnection {
@@ -296,13 +292,13 @@ impl OperatorConnection {
                     Ok(machine
                         .requests()
                         .iter()
-                        .map(request_json)
+                        .map(pairing_request)
                         .collect::<Vec<_>>())
                 });
                 self.answer_later(
                     now,
-                    enrolled(listed, |r| {
-                        Reply::Json(StatusCode::OK, json!({ "requests": r }))
+                    enrolled(listed, |requests| {
+                        typed(StatusCode::OK, &api::PairingRequests { requests })
                     }),
                 );
             }
@@ -316,8 +312,12 @@ impl OperatorConnection {
                         .map(|n| n.last_seen_at_unix_ms)
                 };
                 let connections = |id: &str| admin.hub.quic_connections(id);
-                let body = devices_json(&trust, connections, last_seen, now_ms);
-                self.json(now, StatusCode::OK, body)
+                let listed = devices(&trust, connections, last_seen, now_ms);
+                self.json(
+                    now,
+                    StatusCode::OK,
+                    serde_json::to_value(&listed).unwrap_or(Value::Null),
+                )
             }
             (["devices", id, "rotate"], &M::POST) => {
                 let id = (*id).to_owned();
@@ -379,36 +379,31 @@ impl OperatorConnection {
         let store = Arc::clone(&pairing.store);
         let gateway_addr = pairing.gateway_addr.clone();
         let now_ms = (admin.clock)();
-        let map = match object(body) {
-            Ok(map) => map,
-            Err((status, code, message)) => return self.error(now, status, code, &message),
-        };
         let answer: Result<Answer, Refusal> = match what {
-            PairingBody::Mint => mint(&store, &gateway_addr, now_ms, &map),
-            PairingBody::Approve(id) => (|| {
-                let replace = match map.get("replace") {
-                    None | Some(Value::Null) => false,
-                    Some(Value::Bool(b)) => *b,
-                    Some(_) => return Err(bad("replace must be true or false")),
-                };
-                let reason = optional_str(&map, "reason")?.map(str::to_owned);
+            PairingBody::Mint => {
+                body_of(body).and_then(|request| mint(&store, &gateway_addr, now_ms, request))
+            }
+            PairingBody::Approve(id) => body_of::<api::Approve>(body).map(|request| {
                 let approved = store.with(move |machine, authority, _| {
-                    machine.approve(authority, now_ms, &id, replace, reason.as_deref())
+                    let reason = request.reason.as_deref();
+                    machine.approve(authority, now_ms, &id, request.replace, reason)
                 });
-                Ok(enrolled(approved, |r| {
-                    Reply::Json(StatusCode::OK, json!({ "request": request_json(&r) }))
-                }))
-            })(),
-            PairingBody::Reject(id) => (|| {
-                let reason = optional_str(&map, "reason")?.map(str::to_owned);
-                let rejected =
-                    store.with(move |machine, _, _| machine.reject(now_ms, &id, reason.as_deref()));
-                Ok(enrolled(rejected, |r| {
-                    Reply::Json(StatusCode::OK, json!({ "request": request_json(&r) }))
-                }))
-            })(),
-            PairingBody::Revoke(id) => (|| {
-                let reason = optional_str(&map, "reason")?.unwrap_or("revoked_by_operator");
+                enrolled(approved, |r| {
+                    let request = pairing_request(&r);
+                    typed(StatusCode::OK, &api::Decided { request })
+                })
+            }),
+            PairingBody::Reject(id) => body_of::<api::Reject>(body).map(|request| {
+                let rejected = store.with(move |machine, _, _| {
+                    machine.reject(now_ms, &id, request.reason.as_deref())
+                });
+                enrolled(rejected, |r| {
+                    let request = pairing_request(&r);
+                    typed(StatusCode::OK, &api::Decided { request })
+                })
+            }),
+            PairingBody::Revoke(id) => body_of::<api::RevokeDevice>(body).and_then(|request| {
+                let reason = request.reason.as_deref().unwrap_or("revoked_by_operator");
                 if reason.len() > palyra_proto::enroll::gateway::MAX_REASON {
                     return Err(bad("reason is too long"));
                 }
@@ -418,9 +413,13 @@ impl OperatorConnection {
                 let revoked = store.revoke_device(&id, reason);
                 Ok(Box::new(move || {
                     Some(match revoked.take()? {
-                        Ok(newly) => Reply::Json(
+                        Ok(newly_revoked) => typed(
                             StatusCode::OK,
-                            json!({"device_id": id, "revoked": true, "newly_revoked": newly}),
+                            &api::Revoked {
+                                device_id: id.clone(),
+                                revoked: true,
+                                newly_revoked,
+                            },
                         ),
                         Err(TrustError::UnknownDevice(_)) => Reply::Error(
                             StatusCode::NOT_FOUND,
@@ -433,7 +432,7 @@ impl OperatorConnection {
                         }
                     })
                 }) as Answer)
-            })(),
+            }),
         };
         match answer {
             Ok(answer) => self.answer_later(now, answer),
@@ -464,18 +463,16 @@ fn mint(
     store: &EnrollmentStore,
     gateway_addr: &str,
     now_ms: u64,
-    map: &serde_json::Map<String, Value>,
+    request: api::MintCode,
 ) -> Result<Answer, Refusal> {
-    let method: Method = optional_str(map, "method")?
-        .ok_or_else(|| bad("method must be \"pin\" or \"qr\""))?
-        .parse()
-        .map_err(|_| bad("method must be \"pin\" or \"qr\""))?;
-    let ttl_ms = match map.get("ttl_seconds") {
-        None | Some(Value::Null) => DEFAULT_TTL_MS,
-        Some(v) => v
-            .as_u64()
-            .and_then(|s| s.checked_mul(1000))
-            .ok_or_else(|| bad("ttl_seconds must be a positive integer"))?,
+    let method = request
+        .method
+        .ok_or_else(|| bad("method must be \"pin\" or \"qr\""))?;
+    let ttl_ms = match request.ttl_seconds {
+        None => DEFAULT_TTL_MS,
+        Some(seconds) => seconds
+            .checked_mul(1000)
+            .ok_or_else(|| bad("ttl_seconds is out of range"))?,
     };
     let ca = store
         .ca_spki_sha256()
@@ -492,17 +489,17 @@ fn mint(
             }
             .to_string()
         });
-        Reply::Json(
+        typed(
             StatusCode::CREATED,
-            json!({
-                "code_id": record.id,
-                "method": method,
-                "code": code,
-                "invite": invite,
-                "gateway": gateway_addr,
-                "ca_fingerprint": format!("sha256:{}", hex::encode(ca)),
-                "expires_at_unix_ms": record.expires_at_unix_ms,
-            }),
+            &api::MintedCode {
+                code_id: record.id,
+                method,
+                code,
+                invite,
+                gateway: gateway_addr.clone(),
+                ca_fingerprint: format!("sha256:{}", hex::encode(ca)),
+                expires_at_unix_ms: record.expires_at_unix_ms,
+            },
         )
     }))
 }

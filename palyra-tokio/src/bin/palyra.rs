@@ -547,48 +547,49 @@ async fn run(rt: Rt, cli: Cli) -> anyhow::Result<()> {
 
 /// `palyra pairing ...` (blocking: the admin client is synchronous).
 fn pairing(command: PairingCommand) -> anyhow::Result<()> {
-    use http::Method;
-    use serde_json::{json, Value};
+    use palyra_gateway::operator::api::{
+        Approve, CodeMethod as Wire, ListRequests, MintCode, Reject,
+    };
     match command {
         PairingCommand::Code { op, method, ttl } => {
             let method = match method {
-                CodeMethod::Pin => "pin",
-                CodeMethod::Qr => "qr",
+                CodeMethod::Pin => Wire::Pin,
+                CodeMethod::Qr => Wire::Qr,
             };
-            let body = json!({"method": method, "ttl_seconds": ttl.as_secs()});
-            let answer = op.call(Method::POST, "/admin/v1/pairing/codes", Some(&body))?;
+            let answer = op.send(&MintCode {
+                method: Some(method),
+                ttl_seconds: Some(ttl.as_secs()),
+            })?;
             if op.json {
-                println!("{answer}");
+                println!("{}", answer.raw);
                 return Ok(());
             }
-            let expires = answer["expires_at_unix_ms"].as_u64().unwrap_or(0);
-            if let Some(invite) = answer["invite"].as_str() {
+            let minted = answer.value;
+            if let Some(invite) = &minted.invite {
                 println!("{invite}");
                 eprintln!(
                     "palyra: on the node: palyra node enroll --invite '{invite}' --identity DIR"
                 );
             } else {
-                let code = answer["code"].as_str().unwrap_or_default();
-                let gateway = answer["gateway"].as_str().unwrap_or_default();
-                let ca = answer["ca_fingerprint"].as_str().unwrap_or_default();
-                println!("{code}");
+                println!("{}", minted.code);
                 eprintln!(
-                    "palyra: on the node: palyra node enroll --gateway {gateway} --pin {code} --ca-fingerprint {ca} --identity DIR"
+                    "palyra: on the node: palyra node enroll --gateway {} --pin {} --ca-fingerprint {} --identity DIR",
+                    minted.gateway, minted.code, minted.ca_fingerprint
                 );
             }
-            eprintln!("palyra: single use, expires in {} s", ttl_left(expires));
+            eprintln!(
+                "palyra: single use, expires in {} s",
+                ttl_left(minted.expires_at_unix_ms)
+            );
         }
         PairingCommand::List { op } => {
-            let answer = op.call(Method::GET, "/admin/v1/pairing/requests", None)?;
+            let answer = op.send(&ListRequests)?;
             if op.json {
-                println!("{answer}");
+                println!("{}", answer.raw);
                 return Ok(());
             }
-            let mut requests: Vec<&Value> = answer["requests"]
-                .as_array()
-                .map(|a| a.iter().collect())
-                .unwrap_or_default();
-            requests.sort_by_key(|r| r["state"] != "pending_approval");
+            let mut requests = answer.value.requests;
+            requests.sort_by_key(|r| r.state != "pending_approval");
             println!(
                 "{:<26}  {:<26}  {:<16}  {:<7}  REASON",
                 "REQUEST", "DEVICE", "STATE", "KIND"
@@ -596,12 +597,12 @@ fn pairing(command: PairingCommand) -> anyhow::Result<()> {
             for r in requests {
                 println!(
                     "{:<26}  {:<26}  {:<16}  {:<7}  {}{}",
-                    r["request_id"].as_str().unwrap_or_default(),
-                    r["device_id"].as_str().unwrap_or_default(),
-                    r["state"].as_str().unwrap_or_default(),
-                    r["client_kind"].as_str().unwrap_or_default(),
-                    r["reason"].as_str().unwrap_or_default(),
-                    if r["replaces_device"] == true {
+                    r.request_id,
+                    r.device_id,
+                    r.state,
+                    r.client_kind,
+                    r.reason,
+                    if r.replaces_device {
                         " (replaces a paired device)"
                     } else {
                         ""
@@ -615,13 +616,18 @@ fn pairing(command: PairingCommand) -> anyhow::Result<()> {
             replace,
             reason,
         } => {
-            let body = json!({"replace": replace, "reason": reason});
-            let answer = op.post_action("pairing/requests", &id, "approve", Some(&body))?;
+            let answer = op.send(&Approve {
+                request_id: path_segment(&id)?.to_owned(),
+                replace,
+                reason,
+            })?;
             print_request(&answer, op.json);
         }
         PairingCommand::Reject { op, id, reason } => {
-            let body = json!({"reason": reason});
-            let answer = op.post_action("pairing/requests", &id, "reject", Some(&body))?;
+            let answer = op.send(&Reject {
+                request_id: path_segment(&id)?.to_owned(),
+                reason,
+            })?;
             print_request(&answer, op.json);
         }
     }
@@ -629,26 +635,12 @@ fn pairing(command: PairingCommand) -> anyhow::Result<()> {
 }
 
 impl OperatorArgs {
-    /// An admin API call.
-    fn call(
+    /// A typed admin API call.
+    fn send<E: palyra_gateway::operator::api::Endpoint>(
         &self,
-        method: http::Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> anyhow::Result<serde_json::Value> {
-        self.daemon.daemon()?.call(method, path, body)
-    }
-
-    /// `POST /admin/v1/{collection}/{id}/{action}` with an optional JSON body.
-    fn post_action(
-        &self,
-        collection: &str,
-        id: &str,
-        action: &str,
-        body: Option<&serde_json::Value>,
-    ) -> anyhow::Result<serde_json::Value> {
-        let path = format!("/admin/v1/{collection}/{}/{action}", path_segment(id)?);
-        self.call(http::Method::POST, &path, body)
+        request: &E,
+    ) -> anyhow::Result<palyra_gateway::client::operator::Answer<E::Response>> {
+        self.daemon.daemon()?.send(request)
     }
 }
 
@@ -665,72 +657,70 @@ fn ttl_left(expires_at_unix_ms: u64) -> u64 {
     expires_at_unix_ms.saturating_sub(now) / 1000
 }
 
-fn print_request(answer: &serde_json::Value, json: bool) {
+fn print_request(
+    answer: &palyra_gateway::client::operator::Answer<palyra_gateway::operator::api::Decided>,
+    json: bool,
+) {
     if json {
-        println!("{answer}");
+        println!("{}", answer.raw);
         return;
     }
-    let r = &answer["request"];
+    let r = &answer.value.request;
     println!(
         "request {} of device {}: {} ({})",
-        r["request_id"].as_str().unwrap_or_default(),
-        r["device_id"].as_str().unwrap_or_default(),
-        r["state"].as_str().unwrap_or_default(),
-        r["reason"].as_str().unwrap_or_default(),
+        r.request_id, r.device_id, r.state, r.reason
     );
 }
 
 /// `palyra devices ...` (blocking: the admin client is synchronous).
 fn devices(command: DevicesCommand) -> anyhow::Result<()> {
-    use http::Method;
-    use serde_json::json;
+    use palyra_gateway::operator::api::{ListDevices, RevokeDevice, RotateDevice};
     match command {
         DevicesCommand::List { op } => {
-            let answer = op.call(Method::GET, "/admin/v1/devices", None)?;
+            let answer = op.send(&ListDevices)?;
             if op.json {
-                println!("{answer}");
+                println!("{}", answer.raw);
                 return Ok(());
             }
             println!(
                 "{:<26}  {:<8}  {:<10}  {:>5}  CERT EXPIRES IN",
                 "DEVICE", "STATE", "PRESENCE", "CERTS"
             );
-            for d in answer["devices"].as_array().into_iter().flatten() {
-                let certs = d["certificates"].as_array().cloned().unwrap_or_default();
-                let expires = certs
-                    .iter()
-                    .filter(|c| c["state"] == "active")
-                    .filter_map(|c| c["expires_at_unix_ms"].as_u64())
-                    .max();
+            for d in &answer.value.devices {
                 println!(
                     "{:<26}  {:<8}  {:<10}  {:>5}  {}",
-                    d["device_id"].as_str().unwrap_or_default(),
-                    d["state"].as_str().unwrap_or_default(),
-                    d["presence"].as_str().unwrap_or_default(),
-                    certs.len(),
-                    expires.map_or("-".into(), |e| format!("{} d", ttl_left(e) / 86_400)),
+                    d.device_id,
+                    d.state,
+                    d.presence,
+                    d.certificates.len(),
+                    d.active_until()
+                        .map_or("-".into(), |e| format!("{} d", ttl_left(e) / 86_400)),
                 );
             }
         }
         DevicesCommand::Revoke { op, id, reason } => {
-            let body = json!({"reason": reason});
-            let answer = op.post_action("devices", &id, "revoke", Some(&body))?;
+            let answer = op.send(&RevokeDevice {
+                device_id: path_segment(&id)?.to_owned(),
+                reason,
+            })?;
             if op.json {
-                println!("{answer}");
-            } else if answer["newly_revoked"] == true {
+                println!("{}", answer.raw);
+            } else if answer.value.newly_revoked {
                 println!("device {id} revoked; its connections close within a second");
             } else {
                 println!("device {id} was already revoked");
             }
         }
         DevicesCommand::Rotate { op, id } => {
-            let answer = op.post_action("devices", &id, "rotate", None)?;
+            let answer = op.send(&RotateDevice {
+                device_id: path_segment(&id)?.to_owned(),
+            })?;
             if op.json {
-                println!("{answer}");
+                println!("{}", answer.raw);
             } else {
                 println!(
                     "asked device {id} to rotate (event seq {}); a running palyra node run rotates within seconds",
-                    answer["seq"]
+                    answer.value.seq
                 );
             }
         }
