@@ -6,7 +6,12 @@ use super::worker::Worker;
 use super::{Done, EventBatch, LogBounds, NewEvent, StoreError, StoredEvent};
 use crate::notify::Notifier;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+
+/// A reader behind the memory window gets this much read ahead for it at a time, so a stream
+/// through old records is served from memory while the log's thread reads the next stretch.
+pub const READ_AHEAD_BYTES: usize = 4 * 1024 * 1024;
 
 /// An append-only, sequenced, durable log, driven synchronously by one thread.
 pub trait EventStore: Send {
@@ -167,8 +172,58 @@ impl Recent {
     }
 }
 
+/// Records read ahead of a reader behind the memory window: consecutive seqs, at most about
+/// twice [`READ_AHEAD_BYTES`].
+#[derive(Default)]
+struct Ahead {
+    events: VecDeque<StoredEvent>,
+    bytes: usize,
+}
+
+impl Ahead {
+    /// Whether the records after `after` start here.
+    fn covers(&self, after: u64) -> bool {
+        let next = after.saturating_add(1);
+        match (self.events.front(), self.events.back()) {
+            (Some(front), Some(back)) => front.seq <= next && next <= back.seq,
+            _ => false,
+        }
+    }
+
+    /// Adds `events` (read after `after`): appended when they continue what is held, else
+    /// they replace it; the oldest go beyond the bound.
+    fn extend(&mut self, after: u64, events: Vec<StoredEvent>) {
+        if self.events.back().is_none_or(|b| b.seq != after) {
+            self.events.clear();
+            self.bytes = 0;
+        }
+        for event in events {
+            self.bytes += event.size();
+            self.events.push_back(event);
+        }
+        while self.bytes > 2 * READ_AHEAD_BYTES && self.events.len() > 1 {
+            if let Some(old) = self.events.pop_front() {
+                self.bytes -= old.size();
+            }
+        }
+    }
+
+    /// About how many bytes are held after `after` (by the mean record size).
+    fn bytes_after(&self, after: u64) -> usize {
+        let Some(back) = self.events.back() else {
+            return 0;
+        };
+        let left = back.seq.saturating_sub(after) as usize;
+        left.saturating_mul(self.bytes) / self.events.len().max(1)
+    }
+}
+
 enum Job {
     Append(Vec<NewEvent>, Option<u64>, Done<u64>),
+    /// Read the stretch after `after` into the read-ahead buffer.
+    ReadAhead {
+        after: u64,
+    },
     Read {
         after: u64,
         max_events: usize,
@@ -182,6 +237,9 @@ enum Job {
 pub struct LogService {
     worker: Worker<Job>,
     recent: Arc<RwLock<Recent>>,
+    ahead: Arc<RwLock<Ahead>>,
+    /// A read-ahead job is queued or running.
+    reading_ahead: Arc<AtomicBool>,
     notifier: Arc<Notifier>,
 }
 
@@ -214,15 +272,22 @@ impl LogService {
             }
         }
         let recent = Arc::new(RwLock::new(recent));
+        let ahead = Arc::new(RwLock::new(Ahead::default()));
+        let reading_ahead = Arc::new(AtomicBool::new(false));
         let notifier = Arc::new(Notifier::new());
-        let (shared, wake) = (Arc::clone(&recent), Arc::clone(&notifier));
-        let worker = Worker::spawn(name, move |jobs| {
-            run_jobs(store.as_mut(), &shared, &wake, jobs)
-        })
-        .map_err(StoreError::io(format!("starting the {name} thread")))?;
+        let shared = Shared {
+            recent: Arc::clone(&recent),
+            ahead: Arc::clone(&ahead),
+            reading_ahead: Arc::clone(&reading_ahead),
+            wake: Arc::clone(&notifier),
+        };
+        let worker = Worker::spawn(name, move |jobs| run_jobs(store.as_mut(), &shared, jobs))
+            .map_err(StoreError::io(format!("starting the {name} thread")))?;
         Ok(Self {
             worker,
             recent,
+            ahead,
+            reading_ahead,
             notifier,
         })
     }
@@ -232,9 +297,21 @@ impl LogService {
     }
 }
 
-/// Runs one batch of jobs on the log's thread: runs of appends become one store append.
-fn run_jobs(store: &mut dyn EventStore, recent: &RwLock<Recent>, wake: &Notifier, jobs: Vec<Job>) {
+/// What the log's thread shares with readers.
+struct Shared {
+    recent: Arc<RwLock<Recent>>,
+    ahead: Arc<RwLock<Ahead>>,
+    reading_ahead: Arc<AtomicBool>,
+    wake: Arc<Notifier>,
+}
+
+/// Runs one batch of jobs on the log's thread: runs of appends become one store append. A read
+/// behind the memory window is answered first; the stretch after it is read ahead once the
+/// batch's appends are durable.
+fn run_jobs(store: &mut dyn EventStore, shared: &Shared, jobs: Vec<Job>) {
     let mut appends: Vec<Append> = Vec::new();
+    let mut read_ahead: Option<u64> = None;
+    let mut asked_ahead = false;
     for job in jobs {
         match job {
             Job::Append(events, expect, done) => appends.push((events, expect, done)),
@@ -244,18 +321,44 @@ fn run_jobs(store: &mut dyn EventStore, recent: &RwLock<Recent>, wake: &Notifier
                 max_bytes,
                 done,
             } => {
-                commit(store, recent, wake, std::mem::take(&mut appends));
+                commit(store, shared, std::mem::take(&mut appends));
                 let result = store
                     .read_after(after, max_events, max_bytes)
                     .map(|events| EventBatch {
                         events,
                         bounds: store.bounds(),
                     });
+                if let Ok(batch) = &result {
+                    if let Some(last) = batch.events.last() {
+                        read_ahead = Some(last.seq);
+                    }
+                }
                 done(result);
+            }
+            Job::ReadAhead { after } => {
+                read_ahead = Some(after);
+                asked_ahead = true;
             }
         }
     }
-    commit(store, recent, wake, appends);
+    commit(store, shared, appends);
+    if let Some(after) = read_ahead {
+        fill_ahead(store, shared, after);
+    }
+    if asked_ahead {
+        shared.reading_ahead.store(false, Ordering::Release);
+    }
+}
+
+/// Reads about [`READ_AHEAD_BYTES`] after `after` into the read-ahead buffer.
+fn fill_ahead(store: &mut dyn EventStore, shared: &Shared, after: u64) {
+    let Ok(events) = store.read_after(after, usize::MAX, READ_AHEAD_BYTES) else {
+        return;
+    };
+    if !events.is_empty() {
+        let mut ahead = shared.ahead.write().unwrap_or_else(|p| p.into_inner());
+        ahead.extend(after, events);
+    }
 }
 
 /// One caller's append: its events, the first seq it expects, its completion.
@@ -264,12 +367,7 @@ type Append = (Vec<NewEvent>, Option<u64>, Done<u64>);
 /// Appends every caller's events with one store append (one fsync), then tells each caller its
 /// first seq. A caller whose events cannot be stored at all, or would not get the first seq it
 /// expects, is refused alone.
-fn commit(
-    store: &mut dyn EventStore,
-    recent: &RwLock<Recent>,
-    wake: &Notifier,
-    appends: Vec<Append>,
-) {
+fn commit(store: &mut dyn EventStore, shared: &Shared, appends: Vec<Append>) {
     if appends.is_empty() {
         return;
     }
@@ -300,7 +398,7 @@ fn commit(
     match store.append(&batch) {
         Ok(first) => {
             {
-                let mut recent = recent.write().unwrap_or_else(|p| p.into_inner());
+                let mut recent = shared.recent.write().unwrap_or_else(|p| p.into_inner());
                 for (i, event) in batch.into_iter().enumerate() {
                     recent.push(StoredEvent {
                         seq: first + i as u64,
@@ -313,7 +411,7 @@ fn commit(
             for (offset, _, done) in callers {
                 done(Ok(first + offset as u64));
             }
-            wake.notify();
+            shared.wake.notify();
         }
         Err(e) => {
             for (_, _, done) in callers {
@@ -344,10 +442,30 @@ impl LogStore for LogService {
                 .events
                 .front()
                 .is_some_and(|e| e.seq <= after.saturating_add(1).max(bounds.first_seq));
-        covered.then(|| EventBatch {
-            events: take_after(&recent.events, after, max_events, max_bytes),
-            bounds,
-        })
+        if covered {
+            return Some(EventBatch {
+                events: take_after(&recent.events, after, max_events, max_bytes),
+                bounds,
+            });
+        }
+        drop(recent);
+        // Behind the memory window: what was read ahead, asking for the next stretch once less
+        // than half of one is left.
+        let ahead = self.ahead.read().unwrap_or_else(|p| p.into_inner());
+        if !ahead.covers(after) {
+            return None;
+        }
+        let events = take_after(&ahead.events, after, max_events, max_bytes);
+        let served = events.last().map_or(after, |e| e.seq);
+        let low = ahead.bytes_after(served) < READ_AHEAD_BYTES / 2;
+        let last = ahead.events.back().map_or(served, |e| e.seq);
+        drop(ahead);
+        if low && !self.reading_ahead.swap(true, Ordering::AcqRel) {
+            if self.worker.submit(Job::ReadAhead { after: last }).is_err() {
+                self.reading_ahead.store(false, Ordering::Release);
+            }
+        }
+        Some(EventBatch { events, bounds })
     }
 
     fn read(&self, after: u64, max_events: usize, max_bytes: usize, done: Done<EventBatch>) {
@@ -585,5 +703,41 @@ mod tests {
         let batch = rx.recv().unwrap().unwrap();
         assert_eq!(batch.events[0].seq, 1);
         assert_eq!(batch.bounds.last_seq, 100);
+    }
+
+    #[test]
+    fn a_reader_streaming_behind_the_memory_window_is_read_ahead_for() {
+        // 20 000 records of ~1 KiB, 1 KiB of them kept in memory.
+        let mut engine = MemoryEventLog::new(64 << 20);
+        let body = "x".repeat(1000);
+        let events: Vec<NewEvent> = (0..20_000)
+            .map(|n| NewEvent {
+                to: None,
+                body: bytes::Bytes::from(format!("{{\"n\":{n},\"b\":\"{body}\"}}")),
+            })
+            .collect();
+        engine.append(&events).unwrap();
+        let log = LogService::start("test-log", Box::new(engine), 1024).unwrap();
+        let (tx, rx) = mpsc::channel();
+        log.read(0, 256, 256 << 10, Box::new(move |r| tx.send(r).unwrap()));
+        let first = rx.recv().unwrap().unwrap();
+        let mut after = first.events.last().unwrap().seq;
+        // The stretch after it is read ahead: the next reads are answered from memory, and the
+        // log's thread keeps reading ahead while the reader consumes.
+        let mut from_memory = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while after < 20_000 && std::time::Instant::now() < deadline {
+            match log.read_cached(after, 256, 256 << 10) {
+                Some(batch) => {
+                    let seqs: Vec<u64> = batch.events.iter().map(|e| e.seq).collect();
+                    assert_eq!(seqs.first(), Some(&(after + 1)), "gap-free");
+                    after = *seqs.last().unwrap();
+                    from_memory += 1;
+                }
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        assert_eq!(after, 20_000, "read to the end");
+        assert!(from_memory >= 70, "{from_memory} reads from memory");
     }
 }
