@@ -460,10 +460,11 @@ impl LogStore for LogService {
         let low = ahead.bytes_after(served) < READ_AHEAD_BYTES / 2;
         let last = ahead.events.back().map_or(served, |e| e.seq);
         drop(ahead);
-        if low && !self.reading_ahead.swap(true, Ordering::AcqRel) {
-            if self.worker.submit(Job::ReadAhead { after: last }).is_err() {
-                self.reading_ahead.store(false, Ordering::Release);
-            }
+        if low
+            && !self.reading_ahead.swap(true, Ordering::AcqRel)
+            && self.worker.submit(Job::ReadAhead { after: last }).is_err()
+        {
+            self.reading_ahead.store(false, Ordering::Release);
         }
         Some(EventBatch { events, bounds })
     }
