@@ -438,7 +438,9 @@ impl FileEventLog {
                 continue;
             };
             // Records [first, last) fit the event budget; the byte budget is checked below.
-            let last = (first + max_events.saturating_sub(out.len())).min(segment.offsets.len());
+            let last = first
+                .saturating_add(max_events.saturating_sub(out.len()))
+                .min(segment.offsets.len());
             let mut to = segment.offsets.get(last).copied().unwrap_or(segment.len);
             // Keep the read near the byte budget (whole records only, at least one).
             if let Some(cut) = segment.offsets[first + 1..last]
@@ -646,6 +648,23 @@ mod tests {
             out.extend(batch);
         }
         out
+    }
+
+    #[test]
+    fn unbounded_counts_read_from_disk_without_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = FileEventLog::open(dir.path(), small()).unwrap();
+        let events: Vec<NewEvent> = (1..=40).map(event).collect();
+        log.append(&events).unwrap();
+        for (max_events, max_bytes) in [(usize::MAX, usize::MAX), (usize::MAX, 64), (1, usize::MAX)]
+        {
+            let batch = log.read_after(3, max_events, max_bytes).unwrap();
+            assert_eq!(
+                batch.first().map(|e| e.seq),
+                Some(4),
+                "{max_events} {max_bytes}"
+            );
+        }
     }
 
     #[test]

@@ -352,7 +352,7 @@ fn run_jobs(store: &mut dyn EventStore, shared: &Shared, jobs: Vec<Job>) {
 
 /// Reads about [`READ_AHEAD_BYTES`] after `after` into the read-ahead buffer.
 fn fill_ahead(store: &mut dyn EventStore, shared: &Shared, after: u64) {
-    let Ok(events) = store.read_after(after, usize::MAX, READ_AHEAD_BYTES) else {
+    let Ok(events) = store.read_after(after, 1 << 16, READ_AHEAD_BYTES) else {
         return;
     };
     if !events.is_empty() {

@@ -30,10 +30,18 @@ impl<J: Send + 'static> Worker<J> {
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
+                let thread = std::thread::current();
+                let name = thread.name().unwrap_or("store");
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    run(batch);
+                    // A store that panicked cannot answer what it was handed: callers would wait
+                    // forever. Stop the daemon loudly instead (what was acknowledged is durable).
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(batch)));
+                    if ran.is_err() {
+                        eprintln!("palyra: the {name} thread failed; stopping");
+                        std::process::abort();
+                    }
                 }
             })?;
         Ok(Self {
