@@ -1041,15 +1041,12 @@ fn refuse(
     });
 }
 
-/// Writes what a stream has queued. A streaming request asks for more events
-/// ([`ServerEvent::ReadEvents`]) once its queue is down to half of `stream_queue_bytes`, for as
-/// much as fills it again: the next batch is on its way while the last one is still being sent
-/// (or waits for flow control), so a read that takes a while does not leave the stream idle.
+/// Writes what a stream has queued; once it is all written, a streaming request asks for more
+/// events ([`ServerEvent::ReadEvents`]).
 fn pump_stream(conn: &mut Conn, id: StreamId, shared: &mut Shared) {
     let Some(stream) = conn.streams.get_mut(&id) else {
         return;
     };
-    let mut blocked = false;
     while let Some(chunk) = stream.machine.poll_transmit() {
         let mut chunks = [chunk];
         let result = conn.conn.send_stream(id).write_chunks(&mut chunks);
@@ -1059,8 +1056,7 @@ fn pump_stream(conn: &mut Conn, id: StreamId, shared: &mut Shared) {
             Ok(_) | Err(WriteError::Blocked) => {
                 // Flow control: the peer will make room and we get Writable.
                 stream.machine.restore_output(rest);
-                blocked = true;
-                break;
+                return;
             }
             Err(WriteError::Stopped(_)) | Err(WriteError::ClosedStream) => {
                 conn.streams.remove(&id);
@@ -1068,16 +1064,14 @@ fn pump_stream(conn: &mut Conn, id: StreamId, shared: &mut Shared) {
             }
         }
     }
-    if !blocked && stream.machine.should_finish() {
+    if stream.machine.should_finish() {
         let _ = conn.conn.send_stream(id).finish();
         // Nothing more will be written: forget the stream now.
         conn.streams.remove(&id);
         return;
     }
-    let queued = stream.machine.queued_bytes();
-    let limit = shared.limits.stream_queue_bytes;
     if let Serving::Events(state) = &mut stream.serving {
-        if !state.reading && !state.caught_up && queued <= limit / 2 {
+        if !state.reading && !state.caught_up {
             state.reading = true;
             shared.events.push_back(ServerEvent::ReadEvents {
                 stream: StreamKey {
@@ -1086,7 +1080,7 @@ fn pump_stream(conn: &mut Conn, id: StreamId, shared: &mut Shared) {
                 },
                 after: state.after,
                 max_events: shared.limits.read_batch_events,
-                max_bytes: limit - queued,
+                max_bytes: shared.limits.stream_queue_bytes,
             });
         }
     }
