@@ -6,7 +6,17 @@
 use super::message::{parse_request, ErrorCode, NodeRequest, ResponseFrame};
 use crate::frame::{encode_frame, FrameDecoder, FrameError};
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::io::Write as _;
+
+/// Event bodies at least this large are queued as chunks of their own, shared rather than copied
+/// into the frame being built.
+pub const SHARED_BODY_BYTES: usize = 4096;
+
+/// The start of every event frame's JSON, before the seq.
+const EVENT_HEAD: &[u8] = br#"{"protocol_version":1,"kind":"event","ok":true,"seq":"#;
+/// Between the seq and the event body.
+const EVENT_MID: &[u8] = br#","event":"#;
 
 /// What the stream machine asks its owner to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +44,10 @@ pub struct RequestStream {
     max_frame: usize,
     /// Frames being built.
     out: Vec<u8>,
+    /// Bytes ready to be written, in order, before `out`: built frames and shared event bodies.
+    ready: VecDeque<Bytes>,
+    /// Total length of `ready`.
+    ready_bytes: usize,
     /// Bytes handed to the transport that it did not accept yet; they go first.
     unsent: Option<Bytes>,
     finish_when_flushed: bool,
@@ -47,6 +61,8 @@ impl RequestStream {
             phase: Phase::Request(FrameDecoder::new(max_frame)),
             max_frame,
             out: Vec::new(),
+            ready: VecDeque::new(),
+            ready_bytes: 0,
             unsent: None,
             finish_when_flushed: false,
             event: None,
@@ -104,25 +120,36 @@ impl RequestStream {
         encode_frame(&frame.to_json(), self.max_frame, &mut self.out)
     }
 
-    /// Queues an event frame built around an already-serialized event body, without re-encoding it.
-    pub fn send_event_raw(&mut self, seq: u64, body: &[u8]) -> Result<(), FrameError> {
-        let start = self.out.len();
-        self.out.extend_from_slice(&[0; 4]);
-        self.out
-            .extend_from_slice(br#"{"protocol_version":1,"kind":"event","ok":true,"seq":"#);
-        let _ = write!(self.out, "{seq}");
-        self.out.extend_from_slice(br#","event":"#);
-        self.out.extend_from_slice(body);
-        self.out.push(b'}');
-        let len = self.out.len() - start - 4;
+    /// Queues an event frame built around an already-serialized event body, without re-encoding
+    /// it; a body of [`SHARED_BODY_BYTES`] or more is not copied either.
+    pub fn send_event_raw(&mut self, seq: u64, body: &Bytes) -> Result<(), FrameError> {
+        let mut digits = [0u8; 20];
+        let seq_len = {
+            let mut rest = &mut digits[..];
+            let _ = write!(rest, "{seq}");
+            20 - rest.len()
+        };
+        let seq_text = &digits[..seq_len];
+        let len = EVENT_HEAD.len() + seq_text.len() + EVENT_MID.len() + body.len() + 1;
         if len > self.max_frame {
-            self.out.truncate(start);
             return Err(FrameError::TooLarge {
                 len: len as u64,
                 max: self.max_frame,
             });
         }
-        self.out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+        // `len` fits in u32: the frame limit does.
+        self.out.extend_from_slice(&(len as u32).to_be_bytes());
+        self.out.extend_from_slice(EVENT_HEAD);
+        self.out.extend_from_slice(seq_text);
+        self.out.extend_from_slice(EVENT_MID);
+        if body.len() >= SHARED_BODY_BYTES {
+            self.seal_out();
+            self.ready_bytes += body.len();
+            self.ready.push_back(body.clone());
+        } else {
+            self.out.extend_from_slice(body);
+        }
+        self.out.push(b'}');
         Ok(())
     }
 
@@ -149,10 +176,26 @@ impl RequestStream {
         if let Some(unsent) = self.unsent.take() {
             return Some(unsent);
         }
-        if self.out.is_empty() {
-            return None;
+        if let Some(chunk) = self.ready.pop_front() {
+            self.ready_bytes -= chunk.len();
+            return Some(chunk);
         }
-        Some(Bytes::from(std::mem::take(&mut self.out)))
+        self.seal_out();
+        let chunk = self.ready.pop_front()?;
+        self.ready_bytes -= chunk.len();
+        Some(chunk)
+    }
+
+    /// Moves the frames being built to the ready queue; the next frames start in a buffer as
+    /// large as this one was, so a batch does not regrow it from nothing.
+    fn seal_out(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let capacity = self.out.capacity();
+        let built = std::mem::replace(&mut self.out, Vec::with_capacity(capacity));
+        self.ready_bytes += built.len();
+        self.ready.push_back(Bytes::from(built));
     }
 
     /// Returns the unwritten tail of what [`RequestStream::poll_transmit`] gave; it is sent first.
@@ -164,12 +207,12 @@ impl RequestStream {
 
     /// Whether bytes are waiting to be written.
     pub fn has_output(&self) -> bool {
-        self.unsent.is_some() || !self.out.is_empty()
+        self.unsent.is_some() || !self.ready.is_empty() || !self.out.is_empty()
     }
 
     /// Bytes waiting to be written (frames being built plus what the transport has not taken).
     pub fn queued_bytes(&self) -> usize {
-        self.unsent.as_ref().map_or(0, Bytes::len) + self.out.len()
+        self.unsent.as_ref().map_or(0, Bytes::len) + self.ready_bytes + self.out.len()
     }
 
     /// True once everything is written and the response is complete: the owner finishes the stream.
@@ -187,7 +230,7 @@ impl RequestStream {
 mod tests {
     use super::*;
     use crate::frame::DEFAULT_MAX_FRAME_BYTES;
-    use crate::node::message::{RequestFrame, PROTOCOL_VERSION};
+    use crate::node::message::{RequestFrame, ResponseKind, PROTOCOL_VERSION};
     use proptest::prelude::*;
 
     fn request_bytes(req: &NodeRequest) -> Vec<u8> {
@@ -245,13 +288,63 @@ mod tests {
         let mut stream = RequestStream::new(1024);
         stream.handle_input(&request_bytes(&NodeRequest::Health), false);
         let body = br#"{"name":"a","device_id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","occurred_at_unix_ms":5,"payload":{"k":[1]}}"#;
-        stream.send_event_raw(42, body).unwrap();
-        assert!(stream.send_event_raw(1, &[b'x'; 2000]).is_err());
+        stream
+            .send_event_raw(42, &Bytes::from_static(body))
+            .unwrap();
+        assert!(stream
+            .send_event_raw(1, &Bytes::from(vec![b'x'; 2000]))
+            .is_err());
         let frames = output_frames(&mut stream);
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].seq, Some(42));
         assert_eq!(frames[0].protocol_version, PROTOCOL_VERSION);
         assert_eq!(frames[0].event.as_ref().unwrap().payload["k"][0], 1);
+    }
+
+    /// An event body as large as SHARED_BODY_BYTES or larger.
+    fn big_body(fill: usize) -> Bytes {
+        let payload = "y".repeat(fill);
+        Bytes::from(format!(
+            r#"{{"name":"big","device_id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","occurred_at_unix_ms":5,"payload":"{payload}"}}"#
+        ))
+    }
+
+    #[test]
+    fn large_bodies_are_shared_not_copied_and_frames_stay_in_order() {
+        let mut stream = RequestStream::new(1 << 20);
+        stream.handle_input(&request_bytes(&NodeRequest::Health), false);
+        let big = big_body(SHARED_BODY_BYTES);
+        let small = br#"{"name":"s","device_id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","occurred_at_unix_ms":5,"payload":1}"#;
+        stream
+            .send_event_raw(1, &Bytes::from_static(small))
+            .unwrap();
+        stream.send_event_raw(2, &big).unwrap();
+        stream.send_event_raw(3, &big).unwrap();
+        stream.send(&ResponseFrame::ack(4)).unwrap();
+        let expected = stream.queued_bytes();
+        let mut chunks = Vec::new();
+        while let Some(chunk) = stream.poll_transmit() {
+            chunks.push(chunk);
+        }
+        assert_eq!(chunks.iter().map(Bytes::len).sum::<usize>(), expected);
+        assert_eq!(stream.queued_bytes(), 0);
+        // The large bodies went out as the very buffers given, not as copies.
+        let shared: Vec<&Bytes> = chunks
+            .iter()
+            .filter(|c| c.as_ptr() == big.as_ptr())
+            .collect();
+        assert_eq!(shared.len(), 2);
+        let mut decoder = FrameDecoder::new(1 << 20);
+        for chunk in &chunks {
+            decoder.handle_input(chunk).unwrap();
+        }
+        let frames: Vec<ResponseFrame> = std::iter::from_fn(|| decoder.poll_frame())
+            .map(|f| ResponseFrame::parse(&f).unwrap())
+            .collect();
+        let seqs: Vec<Option<u64>> = frames.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, [Some(1), Some(2), Some(3), Some(4)]);
+        assert_eq!(frames[3].kind, ResponseKind::Ack);
+        assert_eq!(frames[1].event.as_ref().unwrap().name, "big");
     }
 
     #[test]
