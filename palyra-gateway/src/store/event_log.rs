@@ -449,13 +449,20 @@ impl FileEventLog {
             {
                 to = segment.offsets[first + 1 + cut];
             }
-            let mut buf = vec![0u8; (to - from) as usize];
+            // Read into spare capacity: zeroing a buffer the read overwrites costs as much as
+            // the read.
+            let want = (to - from) as usize;
+            let mut buf = Vec::with_capacity(want);
             let mut file = File::open(&segment.path).map_err(StoreError::io(format!(
                 "opening {}",
                 segment.path.display()
             )))?;
             file.seek(SeekFrom::Start(from))
-                .and_then(|_| file.read_exact(&mut buf))
+                .and_then(|_| (&mut file).take(want as u64).read_to_end(&mut buf))
+                .and_then(|read| match read == want {
+                    true => Ok(()),
+                    false => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                })
                 .map_err(StoreError::io(format!(
                     "reading {}",
                     segment.path.display()

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 
 /// A reader behind the memory window gets this much read ahead for it at a time, so a stream
 /// through old records is served from memory while the log's thread reads the next stretch.
-pub const READ_AHEAD_BYTES: usize = 4 * 1024 * 1024;
+pub const READ_AHEAD_BYTES: usize = 1024 * 1024;
 
 /// An append-only, sequenced, durable log, driven synchronously by one thread.
 pub trait EventStore: Send {
@@ -208,13 +208,26 @@ impl Ahead {
         }
     }
 
-    /// About how many bytes are held after `after` (by the mean record size).
-    fn bytes_after(&self, after: u64) -> usize {
-        let Some(back) = self.events.back() else {
-            return 0;
-        };
-        let left = back.seq.saturating_sub(after) as usize;
-        left.saturating_mul(self.bytes) / self.events.len().max(1)
+    /// Hands over (moves, not copies) the records after `after`, bounded; what is before them is
+    /// dropped. The buffer serves one reader at a time: the events leave it as they are read,
+    /// so the reader's thread alone touches them from then on.
+    fn take(&mut self, after: u64, max_events: usize, max_bytes: usize) -> Vec<StoredEvent> {
+        while self.events.front().is_some_and(|e| e.seq <= after) {
+            if let Some(old) = self.events.pop_front() {
+                self.bytes -= old.size();
+            }
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while out.len() < max_events && (bytes < max_bytes || out.is_empty()) {
+            let Some(event) = self.events.pop_front() else {
+                break;
+            };
+            bytes += event.size();
+            self.bytes -= event.size();
+            out.push(event);
+        }
+        out
     }
 }
 
@@ -451,14 +464,17 @@ impl LogStore for LogService {
         drop(recent);
         // Behind the memory window: what was read ahead, asking for the next stretch once less
         // than half of one is left.
-        let ahead = self.ahead.read().unwrap_or_else(|p| p.into_inner());
+        let mut ahead = self.ahead.write().unwrap_or_else(|p| p.into_inner());
         if !ahead.covers(after) {
             return None;
         }
-        let events = take_after(&ahead.events, after, max_events, max_bytes);
-        let served = events.last().map_or(after, |e| e.seq);
-        let low = ahead.bytes_after(served) < READ_AHEAD_BYTES / 2;
-        let last = ahead.events.back().map_or(served, |e| e.seq);
+        let events = ahead.take(after, max_events, max_bytes);
+        let low = ahead.bytes < READ_AHEAD_BYTES / 2;
+        let last = ahead
+            .events
+            .back()
+            .or(events.last())
+            .map_or(after, |e| e.seq);
         drop(ahead);
         if low
             && !self.reading_ahead.swap(true, Ordering::AcqRel)
