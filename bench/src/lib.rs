@@ -34,21 +34,26 @@ impl Server {
 
     /// CPU time the process has used (user + system), in clock ticks (1/100 s on Linux).
     pub fn cpu_ticks(&self) -> anyhow::Result<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .ok_or_else(|| anyhow!("bad /proc stat"))?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| -> anyhow::Result<u64> {
-            Ok(fields
-                .get(i)
-                .ok_or_else(|| anyhow!("short /proc stat"))?
-                .parse()?)
-        };
-        Ok(field(11)? + field(12)?)
+        cpu_ticks_of(&self.child.id().to_string())
     }
+}
+
+/// CPU time (user + system) of process `pid` (or `self`), in clock ticks (1/100 s on Linux).
+pub fn cpu_ticks_of(pid: &str) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("bad /proc stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow!("short /proc stat"))?
+            .parse()?)
+    };
+    Ok(field(11)? + field(12)?)
 }
 
 /// The directory of the running benchmark binary (the other release binaries sit next to it).
@@ -76,9 +81,15 @@ pub const ADMIN_TOKEN: &str = "palyra-bench-admin-token";
 /// Starts `palyrad` on `state` with every listener on port 0 and returns the server at the
 /// address `endpoints.json` names `endpoint` (`node_quic`, `grpc` or `http`).
 pub fn start_palyrad(bin: &Path, state: &Path, endpoint: &str) -> anyhow::Result<Server> {
+    start_palyrad_exe(&bin.join("palyrad"), state, endpoint)
+}
+
+/// [`start_palyrad`] with the `palyrad` executable at `exe` (another build, for a before/after
+/// comparison in one run).
+pub fn start_palyrad_exe(exe: &Path, state: &Path, endpoint: &str) -> anyhow::Result<Server> {
     let endpoints = state.join("endpoints.json");
     let _ = std::fs::remove_file(&endpoints);
-    let child = Command::new(bin.join("palyrad"))
+    let child = Command::new(exe)
         .arg("--state-dir")
         .arg(state)
         .args([

@@ -1,18 +1,23 @@
 //! `node-bench`: streams the same pre-filled event log to one node over one connection from
 //! `palyrad` (ours) and from the quinn reference server, with the same quinn-based client, in the
 //! same run. Prints medians and the ratio ours/quinn for events/s (256-byte payloads) and bulk
-//! MB/s (64 KiB payloads), and the memory each server spends per idle connection.
+//! MB/s (64 KiB payloads), and the memory each server spends per idle connection. The servers
+//! take turns run by run, so a slow spell of the machine falls on all of them alike.
+//! `--before PATH` adds another build of `palyrad` as a third server, for before/after figures
+//! from one run.
 //!
 //! Build first: `cargo build --release -p palyra-tokio -p quinn-peer -p palyra-bench`, then
 //! `target/release/node-bench`.
 
 use anyhow::bail;
 use clap::Parser;
-use palyra_bench::{bin_dir, median, require, start_palyrad, start_printing_addr, Server};
+use palyra_bench::{
+    bin_dir, cpu_ticks_of, median, require, start_palyrad_exe, start_printing_addr, Server,
+};
 use palyra_gateway::store::{EventStore, FileEventLog, FileEventLogConfig, NewEvent};
 use quinn_peer::{client_config, read_frame, write_frame, ALPN};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,6 +42,9 @@ struct Args {
     /// Idle connections opened for the memory measurement.
     #[arg(long, default_value_t = 200)]
     idle_connections: usize,
+    /// Another build's `palyrad` executable, measured alongside as "before".
+    #[arg(long)]
+    before: Option<PathBuf>,
 }
 
 const DEVICE: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
@@ -52,8 +60,8 @@ fn event_body(payload: usize) -> Vec<u8> {
 }
 
 /// A gateway state directory with a device identity and `count` events in the log.
-fn prepare_state(bin: &Path, dir: &Path, count: u64, payload: usize) -> anyhow::Result<()> {
-    let status = Command::new(bin.join("palyrad"))
+fn prepare_state(palyrad: &Path, dir: &Path, count: u64, payload: usize) -> anyhow::Result<()> {
+    let status = Command::new(palyrad)
         .args(["cert", "issue-device", "--device-id", DEVICE, "--state-dir"])
         .arg(dir)
         .arg("--out")
@@ -138,29 +146,69 @@ async fn stream_once(conn: &quinn::Connection, expect: u64) -> anyhow::Result<(u
 struct Measured {
     events_per_sec: f64,
     mb_per_sec: f64,
+    /// CPU seconds per run, server and client.
+    server_cpu: f64,
+    client_cpu: f64,
 }
 
+/// One server under test with its state and client connection.
+struct Subject {
+    server: Server,
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    eps: Vec<f64>,
+    mbs: Vec<f64>,
+    /// CPU ticks the server and the client spent in this subject's runs.
+    server_ticks: u64,
+    client_ticks: u64,
+}
+
+impl Subject {
+    async fn connect(server: Server, state: &Path, expect: u64) -> anyhow::Result<Self> {
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        let conn = connect(&endpoint, state, server.addr).await?;
+        stream_once(&conn, expect).await?; // warm-up (page cache, caches)
+        Ok(Self {
+            server,
+            _endpoint: endpoint,
+            conn,
+            eps: Vec::new(),
+            mbs: Vec::new(),
+            server_ticks: 0,
+            client_ticks: 0,
+        })
+    }
+
+    fn finish(self) -> Measured {
+        self.conn.close(0u32.into(), b"done");
+        let runs = self.eps.len().max(1) as f64;
+        Measured {
+            events_per_sec: median(self.eps),
+            mb_per_sec: median(self.mbs),
+            server_cpu: self.server_ticks as f64 / 100.0 / runs,
+            client_cpu: self.client_ticks as f64 / 100.0 / runs,
+        }
+    }
+}
+
+/// Streams the log `runs` times from every subject, taking turns.
 async fn measure(
-    server: &Server,
-    state: &Path,
+    subjects: Vec<Subject>,
     expect: u64,
     runs: usize,
-) -> anyhow::Result<Measured> {
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    let conn = connect(&endpoint, state, server.addr).await?;
-    stream_once(&conn, expect).await?; // warm-up (page cache, caches)
-    let (mut eps, mut mbs) = (Vec::new(), Vec::new());
+) -> anyhow::Result<Vec<Measured>> {
+    let mut subjects = subjects;
     for _ in 0..runs {
-        let (events, bytes, secs) = stream_once(&conn, expect).await?;
-        eps.push(events as f64 / secs);
-        mbs.push(bytes as f64 / secs / 1e6);
+        for subject in &mut subjects {
+            let (server0, client0) = (subject.server.cpu_ticks()?, cpu_ticks_of("self")?);
+            let (events, bytes, secs) = stream_once(&subject.conn, expect).await?;
+            subject.server_ticks += subject.server.cpu_ticks()?.saturating_sub(server0);
+            subject.client_ticks += cpu_ticks_of("self")?.saturating_sub(client0);
+            subject.eps.push(events as f64 / secs);
+            subject.mbs.push(bytes as f64 / secs / 1e6);
+        }
     }
-    conn.close(0u32.into(), b"done");
-    endpoint.wait_idle().await;
-    Ok(Measured {
-        events_per_sec: median(eps),
-        mb_per_sec: median(mbs),
-    })
+    Ok(subjects.into_iter().map(Subject::finish).collect())
 }
 
 async fn idle_memory(server: &Server, state: &Path, count: usize) -> anyhow::Result<f64> {
@@ -191,79 +239,109 @@ async fn main() -> anyhow::Result<()> {
         &["palyrad", "quinn-server"],
         "cargo build --release -p palyra-tokio -p quinn-peer -p palyra-bench",
     )?;
+    let mut builds = vec![("ours", bin.join("palyrad"))];
+    if let Some(before) = &args.before {
+        if !before.is_file() {
+            bail!("--before {}: no such executable", before.display());
+        }
+        builds.push(("before", before.clone()));
+    }
     let work = std::env::temp_dir().join(format!("palyra-bench-{}", std::process::id()));
-    let small = work.join("small");
-    let bulk = work.join("bulk");
     std::fs::create_dir_all(&work)?;
     eprintln!(
         "preparing logs: {} x {} B and {} x {} B ...",
         args.events, args.payload, args.bulk_events, args.bulk_payload
     );
-    prepare_state(&bin, &small, args.events, args.payload)?;
-    prepare_state(&bin, &bulk, args.bulk_events, args.bulk_payload)?;
+    // Each build gets its own copy of both logs (and its own identity).
+    let mut states = Vec::new();
+    for (name, palyrad) in &builds {
+        let small = work.join(name).join("small");
+        let bulk = work.join(name).join("bulk");
+        prepare_state(palyrad, &small, args.events, args.payload)?;
+        prepare_state(palyrad, &bulk, args.bulk_events, args.bulk_payload)?;
+        states.push((small, bulk));
+    }
 
     let mut rows = Vec::new();
-    for (label, state, count, payload) in [
+    for (label, bulk, count, payload) in [
         (
             "events/s (256 B payloads)",
-            &small,
+            false,
             args.events,
             args.payload,
         ),
         (
             "bulk (64 KiB payloads)",
-            &bulk,
+            true,
             args.bulk_events,
             args.bulk_payload,
         ),
     ] {
-        let ours = {
-            let server = start_palyrad(&bin, state, "node_quic")?;
-            measure(&server, state, count, args.runs).await?
-        };
-        let quinn = {
-            let server = start_quinn(&bin, state, count, payload)?;
-            measure(&server, state, count, args.runs).await?
-        };
-        rows.push((label, ours, quinn));
+        let mut subjects = Vec::new();
+        for ((_, palyrad), (small, big)) in builds.iter().zip(&states) {
+            let state = if bulk { big } else { small };
+            let server = start_palyrad_exe(palyrad, state, "node_quic")?;
+            subjects.push(Subject::connect(server, state, count).await?);
+        }
+        let state = if bulk { &states[0].1 } else { &states[0].0 };
+        let quinn = start_quinn(&bin, state, count, payload)?;
+        subjects.push(Subject::connect(quinn, state, count).await?);
+        rows.push((label, measure(subjects, count, args.runs).await?));
     }
-    let ours_mem = {
-        let server = start_palyrad(&bin, &small, "node_quic")?;
-        idle_memory(&server, &small, args.idle_connections).await?
-    };
-    let quinn_mem = {
-        let server = start_quinn(&bin, &small, 0, 0)?;
-        idle_memory(&server, &small, args.idle_connections).await?
-    };
+    let mut memory = Vec::new();
+    for ((_, palyrad), (small, _)) in builds.iter().zip(&states) {
+        let server = start_palyrad_exe(palyrad, small, "node_quic")?;
+        memory.push(idle_memory(&server, small, args.idle_connections).await?);
+    }
+    memory.push({
+        let server = start_quinn(&bin, &states[0].0, 0, 0)?;
+        idle_memory(&server, &states[0].0, args.idle_connections).await?
+    });
     let _ = std::fs::remove_dir_all(&work);
 
-    println!("node plane benchmark: one connection, one stream, medians of {} runs (same client for both)", args.runs);
+    let names: Vec<&str> = builds
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(["quinn"])
+        .collect();
     println!(
-        "{:<28} {:>16} {:>16} {:>10}",
-        "measure", "ours", "quinn", "ours/quinn"
+        "node plane benchmark: one connection, one stream, medians of {} runs taken in turns (same client for all)",
+        args.runs
     );
-    for (label, ours, quinn) in &rows {
-        println!(
-            "{:<28} {:>14.0}/s {:>14.0}/s {:>10.2}",
-            format!("{label} events"),
-            ours.events_per_sec,
-            quinn.events_per_sec,
-            ours.events_per_sec / quinn.events_per_sec
-        );
-        println!(
-            "{:<28} {:>13.1}MB/s {:>13.1}MB/s {:>10.2}",
-            format!("{label} MB"),
-            ours.mb_per_sec,
-            quinn.mb_per_sec,
-            ours.mb_per_sec / quinn.mb_per_sec
-        );
+    let mut header = format!("{:<36}", "measure");
+    for name in &names {
+        header += &format!(" {name:>16}");
     }
-    println!(
-        "{:<28} {:>14.1}KiB {:>14.1}KiB {:>10.2}",
-        "RSS per idle connection",
-        ours_mem,
-        quinn_mem,
-        ours_mem / quinn_mem.max(0.1)
-    );
+    for name in &names[..names.len() - 1] {
+        header += &format!(" {:>12}", format!("{name}/quinn"));
+    }
+    println!("{header}");
+    let row = |label: String, values: &[f64], unit: &str| {
+        let quinn = values[values.len() - 1].max(f64::MIN_POSITIVE);
+        let mut line = format!("{label:<36}");
+        for v in values {
+            let digits = match unit {
+                "/s" => 0,
+                "" => 3,
+                _ => 1,
+            };
+            line += &format!(" {:>16}", format!("{v:.digits$}{unit}"));
+        }
+        for v in &values[..values.len() - 1] {
+            line += &format!(" {:>12.2}", v / quinn);
+        }
+        println!("{line}");
+    };
+    for (label, measured) in &rows {
+        let eps: Vec<f64> = measured.iter().map(|m| m.events_per_sec.round()).collect();
+        let mbs: Vec<f64> = measured.iter().map(|m| m.mb_per_sec).collect();
+        row(format!("{label} events"), &eps, "/s");
+        row(format!("{label} MB"), &mbs, "MB/s");
+        let server: Vec<f64> = measured.iter().map(|m| m.server_cpu).collect();
+        let client: Vec<f64> = measured.iter().map(|m| m.client_cpu).collect();
+        row(format!("{label} server CPU s/run"), &server, "");
+        row(format!("{label} client CPU s/run"), &client, "");
+    }
+    row("RSS per idle connection".into(), &memory, "KiB");
     Ok(())
 }
