@@ -131,13 +131,18 @@ pub async fn sleep(rt: &dyn Runtime, duration: Duration) {
 
 /// `future`'s output, or `None` if `limit` passed first.
 pub async fn timeout<F: Future>(rt: &dyn Runtime, limit: Duration, future: F) -> Option<F::Output> {
-    let mut timer = rt.new_timer(rt.now() + limit);
+    // The timer is made only once the future has to wait: most writes complete at once.
+    let mut timer: Option<Pin<Box<dyn AsyncTimer>>> = None;
     let mut future = std::pin::pin!(future);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = future.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
-        timer.as_mut().poll(cx).map(|()| None)
+        timer
+            .get_or_insert_with(|| rt.new_timer(rt.now() + limit))
+            .as_mut()
+            .poll(cx)
+            .map(|()| None)
     })
     .await
 }

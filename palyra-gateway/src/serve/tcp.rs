@@ -319,6 +319,7 @@ async fn serve_connection<M: StreamMachine>(
     let mut shed = slot.as_ref().map(|s| StopWaiter::new(Arc::clone(&s.shed)));
     let far = || rt.now() + Duration::from_secs(86_400);
     let mut timer = rt.new_timer(far());
+    let mut armed: Option<std::time::Instant> = None;
     let mut seen = notifier.as_ref().map_or(0, |n| n.version());
     loop {
         let mut listener = notifier.as_ref().map(|n| n.listen());
@@ -351,9 +352,12 @@ async fn serve_connection<M: StreamMachine>(
             slot.idle
                 .store(conn.is_idle(), std::sync::atomic::Ordering::Release);
         }
-        timer
-            .as_mut()
-            .reset(conn.poll_timeout().unwrap_or_else(far));
+        // Re-arm only when the deadline moved: most turns of a busy connection leave it alone.
+        let deadline = conn.poll_timeout();
+        if deadline != armed {
+            armed = deadline;
+            timer.as_mut().reset(deadline.unwrap_or_else(far));
+        }
         let reading = conn.wants_input();
         let woke = std::future::poll_fn(|cx| {
             if reading {
