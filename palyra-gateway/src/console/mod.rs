@@ -514,7 +514,7 @@ impl ConsoleHub {
             .durable
             .surfaces
             .get(name)
-            .map(|s| surface_info(name, s))
+            .map(|s| surface_info(name, s, inner.durable_seq))
     }
 
     /// Every surface (durable state).
@@ -524,7 +524,7 @@ impl ConsoleHub {
             .durable
             .surfaces
             .iter()
-            .map(|(name, s)| surface_info(name, s))
+            .map(|(name, s)| surface_info(name, s, inner.durable_seq))
             .collect()
     }
 
@@ -561,8 +561,9 @@ impl ConsoleHub {
     }
 }
 
-fn surface_info(name: &str, s: &state::OwnedSurface) -> SurfaceInfo {
+fn surface_info(name: &str, s: &state::OwnedSurface, seq: u64) -> SurfaceInfo {
     SurfaceInfo {
+        seq,
         surface: name.to_owned(),
         version: s.surface.version(),
         owner: s.owner.clone(),

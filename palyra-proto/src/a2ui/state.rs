@@ -213,6 +213,8 @@ pub struct SurfaceInfo {
     pub owner: String,
     /// Document.
     pub document: Value,
+    /// The last console record the document includes: a record after it is not in it yet.
+    pub seq: u64,
 }
 
 /// The daemon runs that wrote the console log, oldest first: a cursor `{"boot","seq"}` names the

@@ -693,15 +693,18 @@ impl PatchStream {
         surfaces: &dyn Fn(&str) -> Option<SurfaceInfo>,
     ) -> Vec<Bytes> {
         let mut out: Vec<Bytes> = Vec::with_capacity(records.len());
-        let mut changes: HashMap<&str, usize> = HashMap::new();
+        // Per surface: how many of the records change it, and the last of them.
+        let mut changes: HashMap<&str, (usize, u64)> = HashMap::new();
         if coalesce {
             for r in records {
                 if let Some(s) = surface_of(r.to.as_deref()) {
-                    *changes.entry(s).or_insert(0) += 1;
+                    let change = changes.entry(s).or_insert((0, 0));
+                    *change = (change.0 + 1, r.seq);
                 }
             }
         }
         let mut absorbed = HashSet::new();
+        let mut kept = HashSet::new();
         let mut run: Option<DeltaRun> = None;
         for r in records {
             let tag = r.to.as_deref();
@@ -709,17 +712,27 @@ impl PatchStream {
                 continue;
             }
             if let Some(s) = surface_of(tag) {
-                if changes.get(s).copied().unwrap_or(0) > 1 {
-                    self.end_run(&mut run, &mut out);
-                    if absorbed.insert(s) {
-                        if let Some(info) = surfaces(s) {
+                let (count, last) = changes.get(s).copied().unwrap_or((0, 0));
+                if count > 1 && !absorbed.contains(s) && !kept.contains(s) {
+                    // The surface's state may lag the log by a write still being folded in: a
+                    // snapshot that does not include the batch's last change of it would lose
+                    // changes, so then its records are sent as they are.
+                    match surfaces(s).filter(|info| info.seq >= last) {
+                        Some(info) => {
+                            self.end_run(&mut run, &mut out);
+                            absorbed.insert(s);
                             let msg = json!({"type": "a2ui.snapshot", "surface": s,
                                              "version": info.version, "document": info.document,
                                              "owner": info.owner, "coalesced": true,
                                              "cursor": self.boots.cursor(r.seq)});
                             out.push(Bytes::from(msg.to_string()));
+                            continue;
+                        }
+                        None => {
+                            kept.insert(s);
                         }
                     }
+                } else if absorbed.contains(s) {
                     continue;
                 }
             }

@@ -44,6 +44,7 @@ impl Log {
                 version,
                 owner: "agent".into(),
                 document: json!({"v": 1, "surface": surface, "components": [], "n": version}),
+                seq: self.records.len() as u64 + 1,
             },
         );
         self.push(
@@ -431,6 +432,34 @@ fn a_lagging_reader_gets_coalesced_snapshots_and_merged_deltas() {
     s.handle_log_grown();
     let msgs = texts(&app.drive(&mut s, now));
     assert_eq!(kinds(&msgs), ["a2ui.patch", "a2ui.patch"]);
+}
+
+#[test]
+fn a_surface_state_behind_the_log_is_not_coalesced_so_no_change_is_lost() {
+    let now = Instant::now();
+    let mut log = Log::default();
+    for v in 1..=50 {
+        log.patch("board", v);
+    }
+    // The last write is in the log but not folded into the surface's state yet.
+    if let Some(info) = log.surfaces.get_mut("board") {
+        info.version = 49;
+        info.seq = 49;
+    }
+    let mut app = App::new(log);
+    let mut s = PatchStream::new(Role::Console, now);
+    s.handle_text(now, &hello(Some(0)));
+    let msgs = texts(&app.drive(&mut s, now));
+    assert!(
+        msgs.iter().all(|m| m["type"] != "a2ui.snapshot"),
+        "{msgs:?}"
+    );
+    let versions: Vec<u64> = msgs.iter().filter_map(|m| m["version"].as_u64()).collect();
+    assert_eq!(
+        versions,
+        (1..=50).collect::<Vec<u64>>(),
+        "every patch, the last included"
+    );
 }
 
 #[test]
