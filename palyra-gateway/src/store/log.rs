@@ -335,18 +335,34 @@ fn run_jobs(store: &mut dyn EventStore, shared: &Shared, jobs: Vec<Job>) {
                 done,
             } => {
                 commit(store, shared, std::mem::take(&mut appends));
-                let result = store
-                    .read_after(after, max_events, max_bytes)
-                    .map(|events| EventBatch {
-                        events,
-                        bounds: store.bounds(),
-                    });
-                if let Ok(batch) = &result {
-                    if let Some(last) = batch.events.last() {
-                        read_ahead = Some(last.seq);
+                // A reader that ran past the read-ahead buffer while it was being filled waited
+                // for exactly that fill: answer from it rather than reading the disk again.
+                let buffered = {
+                    let mut ahead = shared.ahead.write().unwrap_or_else(|p| p.into_inner());
+                    ahead.covers(after).then(|| {
+                        let events = ahead.take(after, max_events, max_bytes);
+                        let low = ahead.bytes < READ_AHEAD_BYTES / 2;
+                        let back = ahead.events.back().or(events.last()).map(|e| e.seq);
+                        (events, back.filter(|_| low))
+                    })
+                };
+                let result = match buffered {
+                    Some((events, refill)) => {
+                        read_ahead = refill.or(read_ahead);
+                        Ok(events)
                     }
-                }
-                done(result);
+                    None => store
+                        .read_after(after, max_events, max_bytes)
+                        .inspect(|events| {
+                            if let Some(last) = events.last() {
+                                read_ahead = Some(last.seq);
+                            }
+                        }),
+                };
+                done(result.map(|events| EventBatch {
+                    events,
+                    bounds: store.bounds(),
+                }));
             }
             Job::ReadAhead { after } => {
                 read_ahead = Some(after);
