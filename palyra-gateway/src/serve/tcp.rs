@@ -320,6 +320,7 @@ async fn serve_connection<M: StreamMachine>(
     let far = || rt.now() + Duration::from_secs(86_400);
     let mut timer = rt.new_timer(far());
     let mut armed: Option<std::time::Instant> = None;
+    let mut fired = false;
     let mut seen = notifier.as_ref().map_or(0, |n| n.version());
     loop {
         let mut listener = notifier.as_ref().map(|n| n.listen());
@@ -352,10 +353,12 @@ async fn serve_connection<M: StreamMachine>(
             slot.idle
                 .store(conn.is_idle(), std::sync::atomic::Ordering::Release);
         }
-        // Re-arm only when the deadline moved: most turns of a busy connection leave it alone.
+        // Re-arm only when the deadline moved or the timer fired (a fired timer may never fire
+        // again on its own): most turns of a busy connection leave it alone.
         let deadline = conn.poll_timeout();
-        if deadline != armed {
+        if deadline != armed || fired {
             armed = deadline;
+            fired = false;
             timer.as_mut().reset(deadline.unwrap_or_else(far));
         }
         let reading = conn.wants_input();
@@ -399,7 +402,10 @@ async fn serve_connection<M: StreamMachine>(
                     buf.resize(buf.len() * 2, 0);
                 }
             }
-            Wake::Timer => conn.handle_timeout(rt.now()),
+            Wake::Timer => {
+                fired = true;
+                conn.handle_timeout(rt.now());
+            }
             Wake::Notified => {}
             Wake::Stop => {
                 stopping = true;
