@@ -330,6 +330,12 @@ async fn serve_connection<M: StreamMachine>(
         {
             conn.handle_wake(rt.now());
         }
+        // The idle flag is current before anything is written: a peer that has its answer must
+        // not find its connection still marked idle (the accept loop sheds idle ones first).
+        if let Some(slot) = &slot {
+            slot.idle
+                .store(conn.is_idle(), std::sync::atomic::Ordering::Release);
+        }
         while let Some(bytes) = conn.poll_transmit() {
             let written = runtime::timeout(
                 rt.as_ref(),
