@@ -229,6 +229,27 @@ impl Ahead {
         }
         out
     }
+
+    /// The records after `after` if they start here (see [`Ahead::take`]), and, once less than
+    /// half a stretch is left, the seq after which the next stretch is to be read.
+    fn serve(
+        &mut self,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Option<(Vec<StoredEvent>, Option<u64>)> {
+        if !self.covers(after) {
+            return None;
+        }
+        let events = self.take(after, max_events, max_bytes);
+        let last = self
+            .events
+            .back()
+            .or(events.last())
+            .map_or(after, |e| e.seq);
+        let refill = (self.bytes < READ_AHEAD_BYTES / 2).then_some(last);
+        Some((events, refill))
+    }
 }
 
 enum Job {
@@ -337,15 +358,11 @@ fn run_jobs(store: &mut dyn EventStore, shared: &Shared, jobs: Vec<Job>) {
                 commit(store, shared, std::mem::take(&mut appends));
                 // A reader that ran past the read-ahead buffer while it was being filled waited
                 // for exactly that fill: answer from it rather than reading the disk again.
-                let buffered = {
-                    let mut ahead = shared.ahead.write().unwrap_or_else(|p| p.into_inner());
-                    ahead.covers(after).then(|| {
-                        let events = ahead.take(after, max_events, max_bytes);
-                        let low = ahead.bytes < READ_AHEAD_BYTES / 2;
-                        let back = ahead.events.back().or(events.last()).map(|e| e.seq);
-                        (events, back.filter(|_| low))
-                    })
-                };
+                let buffered = shared
+                    .ahead
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .serve(after, max_events, max_bytes);
                 let result = match buffered {
                     Some((events, refill)) => {
                         read_ahead = refill.or(read_ahead);
@@ -479,24 +496,16 @@ impl LogStore for LogService {
         }
         drop(recent);
         // Behind the memory window: what was read ahead, asking for the next stretch once less
-        // than half of one is left.
-        let mut ahead = self.ahead.write().unwrap_or_else(|p| p.into_inner());
-        if !ahead.covers(after) {
-            return None;
-        }
-        let events = ahead.take(after, max_events, max_bytes);
-        let low = ahead.bytes < READ_AHEAD_BYTES / 2;
-        let last = ahead
-            .events
-            .back()
-            .or(events.last())
-            .map_or(after, |e| e.seq);
-        drop(ahead);
-        if low
-            && !self.reading_ahead.swap(true, Ordering::AcqRel)
-            && self.worker.submit(Job::ReadAhead { after: last }).is_err()
-        {
-            self.reading_ahead.store(false, Ordering::Release);
+        // than half of one is left (one read-ahead job at a time).
+        let (events, refill) = self
+            .ahead
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .serve(after, max_events, max_bytes)?;
+        if let Some(last) = refill.filter(|_| !self.reading_ahead.swap(true, Ordering::AcqRel)) {
+            if self.worker.submit(Job::ReadAhead { after: last }).is_err() {
+                self.reading_ahead.store(false, Ordering::Release);
+            }
         }
         Some(EventBatch { events, bounds })
     }
