@@ -56,6 +56,26 @@ pub fn cpu_ticks_of(pid: &str) -> anyhow::Result<u64> {
     Ok(field(11)? + field(12)?)
 }
 
+/// Datagrams the kernel dropped because a UDP socket's receive buffer was full (all sockets on
+/// this machine: measured around one subject's run, with the others idle, it is that run's).
+pub fn udp_receive_drops() -> anyhow::Result<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp")?;
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (lines.next(), lines.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        bail!("no Udp lines in /proc/net/snmp");
+    };
+    let column = names
+        .split_whitespace()
+        .position(|n| n == "RcvbufErrors")
+        .ok_or_else(|| anyhow!("no RcvbufErrors in /proc/net/snmp"))?;
+    let value = values
+        .split_whitespace()
+        .nth(column)
+        .ok_or_else(|| anyhow!("short Udp line in /proc/net/snmp"))?;
+    Ok(value.parse()?)
+}
+
 /// The directory of the running benchmark binary (the other release binaries sit next to it).
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;

@@ -12,7 +12,8 @@
 use anyhow::bail;
 use clap::Parser;
 use palyra_bench::{
-    bin_dir, cpu_ticks_of, median, require, start_palyrad_exe, start_printing_addr, Server,
+    bin_dir, cpu_ticks_of, median, require, start_palyrad_exe, start_printing_addr,
+    udp_receive_drops, Server,
 };
 use palyra_gateway::store::{EventStore, FileEventLog, FileEventLogConfig, NewEvent};
 use quinn_peer::{client_config, read_frame, write_frame, ALPN};
@@ -149,6 +150,9 @@ struct Measured {
     /// CPU seconds per run, server and client.
     server_cpu: f64,
     client_cpu: f64,
+    /// Median datagrams dropped per run by full UDP receive buffers (loss the congestion
+    /// controller reacts to; it makes throughput on loopback vary from run to run).
+    drops: f64,
 }
 
 /// One server under test with its state and client connection.
@@ -161,6 +165,7 @@ struct Subject {
     /// CPU ticks the server and the client spent in this subject's runs.
     server_ticks: u64,
     client_ticks: u64,
+    drops: Vec<f64>,
 }
 
 impl Subject {
@@ -176,6 +181,7 @@ impl Subject {
             mbs: Vec::new(),
             server_ticks: 0,
             client_ticks: 0,
+            drops: Vec::new(),
         })
     }
 
@@ -187,6 +193,7 @@ impl Subject {
             mb_per_sec: median(self.mbs),
             server_cpu: self.server_ticks as f64 / 100.0 / runs,
             client_cpu: self.client_ticks as f64 / 100.0 / runs,
+            drops: median(self.drops),
         }
     }
 }
@@ -201,7 +208,11 @@ async fn measure(
     for _ in 0..runs {
         for subject in &mut subjects {
             let (server0, client0) = (subject.server.cpu_ticks()?, cpu_ticks_of("self")?);
+            let drops0 = udp_receive_drops()?;
             let (events, bytes, secs) = stream_once(&subject.conn, expect).await?;
+            subject
+                .drops
+                .push(udp_receive_drops()?.saturating_sub(drops0) as f64);
             subject.server_ticks += subject.server.cpu_ticks()?.saturating_sub(server0);
             subject.client_ticks += cpu_ticks_of("self")?.saturating_sub(client0);
             subject.eps.push(events as f64 / secs);
@@ -317,18 +328,22 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("{header}");
     let row = |label: String, values: &[f64], unit: &str| {
-        let quinn = values[values.len() - 1].max(f64::MIN_POSITIVE);
+        let quinn = values[values.len() - 1];
         let mut line = format!("{label:<36}");
         for v in values {
             let digits = match unit {
                 "/s" => 0,
                 "" => 3,
+                " drops" => 0,
                 _ => 1,
             };
             line += &format!(" {:>16}", format!("{v:.digits$}{unit}"));
         }
         for v in &values[..values.len() - 1] {
-            line += &format!(" {:>12.2}", v / quinn);
+            match quinn > 0.0 {
+                true => line += &format!(" {:>12.2}", v / quinn),
+                false => line += &format!(" {:>12}", "-"),
+            }
         }
         println!("{line}");
     };
@@ -341,6 +356,8 @@ async fn main() -> anyhow::Result<()> {
         let client: Vec<f64> = measured.iter().map(|m| m.client_cpu).collect();
         row(format!("{label} server CPU s/run"), &server, "");
         row(format!("{label} client CPU s/run"), &client, "");
+        let drops: Vec<f64> = measured.iter().map(|m| m.drops).collect();
+        row(format!("{label} UDP drops/run"), &drops, " drops");
     }
     row("RSS per idle connection".into(), &memory, "KiB");
     Ok(())
