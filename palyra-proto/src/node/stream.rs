@@ -7,7 +7,6 @@ use super::message::{parse_request, ErrorCode, NodeRequest, ResponseFrame};
 use crate::frame::{encode_frame, FrameDecoder, FrameError};
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::io::Write as _;
 
 /// Event bodies at least this large are queued as chunks of their own, shared rather than copied
 /// into the frame being built.
@@ -124,12 +123,7 @@ impl RequestStream {
     /// it; a body of [`SHARED_BODY_BYTES`] or more is not copied either.
     pub fn send_event_raw(&mut self, seq: u64, body: &Bytes) -> Result<(), FrameError> {
         let mut digits = [0u8; 20];
-        let seq_len = {
-            let mut rest = &mut digits[..];
-            let _ = write!(rest, "{seq}");
-            20 - rest.len()
-        };
-        let seq_text = &digits[..seq_len];
+        let seq_text = decimal(seq, &mut digits);
         let len = EVENT_HEAD.len() + seq_text.len() + EVENT_MID.len() + body.len() + 1;
         if len > self.max_frame {
             return Err(FrameError::TooLarge {
@@ -226,12 +220,34 @@ impl RequestStream {
     }
 }
 
+/// `n` in decimal, written at the end of `buf` (a u64 has at most 20 digits); per event frame,
+/// so without the formatting machinery.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[start..];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::frame::DEFAULT_MAX_FRAME_BYTES;
     use crate::node::message::{RequestFrame, ResponseKind, PROTOCOL_VERSION};
     use proptest::prelude::*;
+
+    #[test]
+    fn seqs_are_written_in_decimal() {
+        for n in [0, 7, 10, 99, 100, 123_456_789, u64::MAX] {
+            let mut buf = [0u8; 20];
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
+    }
 
     fn request_bytes(req: &NodeRequest) -> Vec<u8> {
         let mut wire = Vec::new();
