@@ -1,5 +1,6 @@
 //! File-backed event log: segment files of checksummed records, fsync before acknowledging,
-//! torn-tail recovery on open, retention bounded by total size.
+//! torn-tail recovery on open, retention bounded by total size. Other threads read it through a
+//! [`FileLogReader`], which reads only what the page cache holds and so never waits for the disk.
 //!
 //! Layout: `DIR/<first_seq as 20 digits>.seg`. Each segment starts with the 8-byte magic
 //! `PLYLOG01`, followed by records:
@@ -9,16 +10,24 @@
 //! body = to_len: u8 | to (to_len bytes, UTF-8) | event JSON
 //! ```
 
-use super::{fsync_dir, EventStore, LogBounds, NewEvent, StoreError, StoredEvent};
+use super::{fsync_dir, EventStore, LogBounds, NewEvent, QuickReader, StoreError, StoredEvent};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const MAGIC: &[u8; 8] = b"PLYLOG01";
 const HEADER_BYTES: usize = 16;
+
+/// After a read that went to the disk, the kernel is asked to bring this much of what follows
+/// into the page cache, so a reader streaming through old records finds the next ones there.
+pub const READ_AHEAD_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Segments holding a read handle at once: the descriptors a log keeps open besides the one
+/// it appends to. Older segments are opened again when read.
+pub const READ_HANDLES: usize = 8;
 
 /// Sizes and limits of a [`FileEventLog`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,9 +63,12 @@ pub struct Recovery {
 struct Segment {
     first_seq: u64,
     path: PathBuf,
-    /// Byte offset of every record in the file.
+    /// Byte offset of every record in the file; only durable records are listed.
     offsets: Vec<u64>,
     len: u64,
+    /// A read-only handle for positional reads, shared with [`FileLogReader`]s; at most
+    /// [`READ_HANDLES`] segments hold one.
+    reader: Option<Arc<File>>,
 }
 
 impl Segment {
@@ -65,11 +77,247 @@ impl Segment {
     }
 }
 
+/// The segments and their record offsets: changed only by the log's thread, read by
+/// [`FileLogReader`]s too.
+type Index = Arc<RwLock<VecDeque<Segment>>>;
+
+/// Seq bounds of the records `segments` list.
+fn bounds_of(segments: &VecDeque<Segment>) -> LogBounds {
+    let last_seq = segments.back().map_or(0, Segment::last_seq);
+    let first_seq = segments
+        .iter()
+        .find(|s| !s.offsets.is_empty())
+        .map_or(last_seq + 1, |s| s.first_seq);
+    LogBounds {
+        first_seq,
+        last_seq,
+    }
+}
+
+/// The bytes of consecutive records of one segment that one read fetches.
+struct Stretch {
+    /// Position of the segment in the index, and its first seq (its file's name).
+    segment: usize,
+    segment_seq: u64,
+    /// Seq of the first record, and how many records.
+    first_seq: u64,
+    count: usize,
+    /// Byte range in the segment file.
+    from: u64,
+    to: u64,
+    reader: Option<Arc<File>>,
+}
+
+/// Where the records from seq `start` lie, at most `max_events` and about `max_bytes` (whole
+/// records, at least one): one stretch per segment, in order.
+fn plan_read(
+    segments: &VecDeque<Segment>,
+    start: u64,
+    max_events: usize,
+    max_bytes: usize,
+) -> Vec<Stretch> {
+    let mut stretches = Vec::new();
+    let (mut next, mut events, mut bytes) = (start, 0usize, 0u64);
+    let index = segments
+        .partition_point(|s| s.first_seq <= start)
+        .saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate().skip(index) {
+        if events >= max_events || bytes >= max_bytes as u64 {
+            break;
+        }
+        if segment.offsets.is_empty() || next > segment.last_seq() {
+            continue;
+        }
+        let first = (next - segment.first_seq) as usize;
+        let Some(&from) = segment.offsets.get(first) else {
+            continue;
+        };
+        let last = first
+            .saturating_add(max_events - events)
+            .min(segment.offsets.len());
+        let budget = (max_bytes as u64).saturating_sub(bytes);
+        let last = segment.offsets[first + 1..last]
+            .iter()
+            .position(|&off| off - from >= budget)
+            .map_or(last, |cut| first + 1 + cut);
+        let to = segment.offsets.get(last).copied().unwrap_or(segment.len);
+        stretches.push(Stretch {
+            segment: i,
+            segment_seq: segment.first_seq,
+            first_seq: next,
+            count: last - first,
+            from,
+            to,
+            reader: segment.reader.clone(),
+        });
+        events += last - first;
+        bytes += to - from;
+        next = segment.first_seq + last as u64;
+    }
+    stretches
+}
+
+/// Whether a read may wait for the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    /// Only what the page cache holds: anything else is an error (`WouldBlock` where the
+    /// kernel can tell).
+    No,
+}
+
+/// Reads `len` bytes at `offset` into a new buffer, filling its spare capacity (zeroing a
+/// buffer the read overwrites costs as much as the read).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn read_at(file: &File, offset: u64, len: usize, wait: Wait) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let flags = match wait {
+        Wait::Yes => 0,
+        Wait::No => libc::RWF_NOWAIT,
+    };
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = libc::off_t::try_from(offset + buf.len() as u64)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let want = len - buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..want];
+        let iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        };
+        // SAFETY: `iov` describes `spare`, memory `buf` owns and nothing else refers to; the
+        // kernel writes at most `iov_len` bytes there and returns how many it wrote.
+        let read = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, flags) };
+        match read {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n > 0 => {
+                // SAFETY: the kernel initialised the first `n <= iov_len` spare bytes.
+                unsafe { buf.set_len(buf.len() + n as usize) };
+            }
+            _ => {
+                // With `Wait::No`: EAGAIN where the page cache lacks the data, EOPNOTSUPP
+                // from a kernel that cannot promise not to wait.
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+        }
+    }
+    Ok(buf)
+}
+
+/// Reads `len` bytes at `offset` into a new buffer; without a read that can refuse to wait,
+/// `Wait::No` always answers `WouldBlock`.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn read_at(file: &File, offset: u64, len: usize, wait: Wait) -> io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    if wait == Wait::No {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    let mut buf = Vec::with_capacity(len);
+    let mut file = file;
+    file.seek(SeekFrom::Start(offset))?;
+    if file.take(len as u64).read_to_end(&mut buf)? != len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(buf)
+}
+
+/// Asks the kernel to read `len` bytes at `offset` into the page cache, without waiting.
+fn advise_will_need(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        if let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) {
+            // SAFETY: posix_fadvise only reads its integer arguments; a failure is harmless.
+            unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED)
+            };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
+/// Validates the records read for `stretch` and slices them out of `buf` without copying.
+/// `Err((offset, reason))` names the first bad record's file offset.
+fn decode_stretch(
+    buf: Vec<u8>,
+    stretch: &Stretch,
+    max_body: usize,
+    out: &mut Vec<StoredEvent>,
+) -> Result<(), (u64, String)> {
+    let buf = Bytes::from(buf);
+    let (mut pos, mut seq) = (0usize, stretch.first_seq);
+    while pos < buf.len() {
+        let at = stretch.from + pos as u64;
+        if buf.len() - pos < HEADER_BYTES {
+            return Err((at, "record header cut".into()));
+        }
+        let len = body_len(&buf[pos..pos + HEADER_BYTES], max_body).map_err(|r| (at, r))?;
+        let end = pos + HEADER_BYTES + len;
+        if end > buf.len() {
+            return Err((at, "record body cut".into()));
+        }
+        out.push(decode_record(buf.slice(pos..end), seq).map_err(|r| (at, r))?);
+        seq += 1;
+        pos = end;
+    }
+    Ok(())
+}
+
+/// Reads a [`FileEventLog`] from any thread, only where that never waits for the device: what
+/// the page cache holds, from segments the log keeps a read handle for. Everything else is
+/// left to the log's thread.
+pub struct FileLogReader {
+    index: Index,
+    max_body: usize,
+}
+
+impl QuickReader for FileLogReader {
+    fn try_read_after(
+        &self,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Option<Vec<StoredEvent>> {
+        let stretches = {
+            let segments = self.index.read().unwrap_or_else(|p| p.into_inner());
+            let bounds = bounds_of(&segments);
+            let start = after.saturating_add(1).max(bounds.first_seq);
+            if start > bounds.last_seq || max_events == 0 {
+                return Some(Vec::new());
+            }
+            plan_read(&segments, start, max_events, max_bytes)
+        };
+        let mut out = Vec::with_capacity(stretches.iter().map(|s| s.count).sum());
+        for stretch in &stretches {
+            let read = stretch.reader.as_ref().and_then(|file| {
+                let buf = read_at(
+                    file,
+                    stretch.from,
+                    (stretch.to - stretch.from) as usize,
+                    Wait::No,
+                );
+                let buf = buf.ok()?;
+                decode_stretch(buf, stretch, self.max_body, &mut out).ok()
+            });
+            if read.is_none() {
+                break;
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
 /// The default durable [`EventStore`].
 pub struct FileEventLog {
     dir: PathBuf,
     config: FileEventLogConfig,
-    segments: VecDeque<Segment>,
+    index: Index,
+    /// First seqs of the segments holding a read handle, oldest opened first.
+    handles: VecDeque<u64>,
     active: File,
     last_seq: u64,
     total_bytes: u64,
@@ -223,7 +471,8 @@ impl FileEventLog {
         let mut log = Self {
             dir,
             config,
-            segments,
+            index: Arc::new(RwLock::new(segments)),
+            handles: VecDeque::new(),
             active,
             last_seq,
             total_bytes,
@@ -276,6 +525,7 @@ impl FileEventLog {
                     path: path.to_owned(),
                     offsets: Vec::new(),
                     len: MAGIC.len() as u64,
+                    reader: None,
                 };
                 return Ok((segment, file_len));
             }
@@ -321,6 +571,7 @@ impl FileEventLog {
             path: path.to_owned(),
             offsets,
             len: pos,
+            reader: None,
         };
         Ok((segment, torn))
     }
@@ -341,6 +592,7 @@ impl FileEventLog {
             path,
             offsets: Vec::new(),
             len: MAGIC.len() as u64,
+            reader: None,
         })
     }
 
@@ -354,17 +606,15 @@ impl FileEventLog {
                 segment.path.display()
             )))?;
         self.total_bytes += segment.len;
-        self.segments.push_back(segment);
+        self.segments_mut().push_back(segment);
         Ok(())
     }
 
     /// Writes `buf` to the active segment and syncs it; on failure the segment is cut back.
     fn write_active(&mut self, buf: &[u8]) -> Result<(), StoreError> {
-        let Some(segment) = self.segments.back() else {
+        let Some((path, before)) = self.segments().back().map(|s| (s.path.clone(), s.len)) else {
             return Err(StoreError::Corrupt("no active segment".into()));
         };
-        let path = segment.path.clone();
-        let before = segment.len;
         if let Err(source) = self
             .active
             .write_all(buf)
@@ -382,10 +632,11 @@ impl FileEventLog {
 
     fn enforce_retention(&mut self) -> Result<(), StoreError> {
         let mut removed = false;
-        while self.total_bytes > self.config.max_total_bytes && self.segments.len() > 1 {
-            let Some(old) = self.segments.pop_front() else {
+        while self.total_bytes > self.config.max_total_bytes && self.segments().len() > 1 {
+            let Some(old) = self.segments_mut().pop_front() else {
                 break;
             };
+            self.handles.retain(|&first| first != old.first_seq);
             fs::remove_file(&old.path)
                 .map_err(StoreError::io(format!("removing {}", old.path.display())))?;
             self.total_bytes -= old.len;
@@ -413,87 +664,77 @@ impl FileEventLog {
         }
     }
 
+    fn segments(&self) -> RwLockReadGuard<'_, VecDeque<Segment>> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn segments_mut(&self) -> RwLockWriteGuard<'_, VecDeque<Segment>> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The read handle of the `index`th segment, opened if it has none (closing the handle
+    /// opened longest ago beyond [`READ_HANDLES`]).
+    fn reader(&mut self, index: usize) -> Result<Arc<File>, StoreError> {
+        let (first_seq, path) = match self.segments().get(index) {
+            Some(Segment {
+                reader: Some(file), ..
+            }) => return Ok(Arc::clone(file)),
+            Some(segment) => (segment.first_seq, segment.path.clone()),
+            None => return Err(StoreError::Corrupt("read of a removed segment".into())),
+        };
+        let file = Arc::new(
+            File::open(&path).map_err(StoreError::io(format!("opening {}", path.display())))?,
+        );
+        let mut segments = self.index.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(segment) = segments.get_mut(index) {
+            segment.reader = Some(Arc::clone(&file));
+        }
+        self.handles.push_back(first_seq);
+        while self.handles.len() > READ_HANDLES {
+            let Some(oldest) = self.handles.pop_front() else {
+                break;
+            };
+            if let Some(segment) = segments.iter_mut().find(|s| s.first_seq == oldest) {
+                segment.reader = None;
+            }
+        }
+        Ok(file)
+    }
+
     /// Reads events from the segment files: one read per segment for the whole byte range of the
-    /// batch, then records are validated and sliced out of that buffer without copying.
+    /// batch, then records are validated and sliced out of that buffer without copying. The
+    /// kernel is asked to bring what follows into the page cache.
     fn read_from_disk(
-        &self,
+        &mut self,
         start: u64,
         max_events: usize,
         max_bytes: usize,
         out: &mut Vec<StoredEvent>,
     ) -> Result<(), StoreError> {
-        let index = self
-            .segments
-            .partition_point(|s| s.first_seq <= start)
-            .saturating_sub(1);
+        let stretches = plan_read(&self.segments(), start, max_events, max_bytes);
         let max_body = self.config.max_record_bytes + 256;
-        let mut bytes = 0usize;
-        let mut next = start;
-        for segment in self.segments.iter().skip(index) {
-            if segment.offsets.is_empty() || next > segment.last_seq() {
-                continue;
-            }
-            let first = (next - segment.first_seq) as usize;
-            let Some(&from) = segment.offsets.get(first) else {
-                continue;
+        for stretch in &stretches {
+            let file = match &stretch.reader {
+                Some(file) => Arc::clone(file),
+                None => self.reader(stretch.segment)?,
             };
-            // Records [first, last) fit the event budget; the byte budget is checked below.
-            let last = first
-                .saturating_add(max_events.saturating_sub(out.len()))
-                .min(segment.offsets.len());
-            let mut to = segment.offsets.get(last).copied().unwrap_or(segment.len);
-            // Keep the read near the byte budget (whole records only, at least one).
-            if let Some(cut) = segment.offsets[first + 1..last]
-                .iter()
-                .position(|&off| off - from >= (max_bytes.saturating_sub(bytes)) as u64)
-            {
-                to = segment.offsets[first + 1 + cut];
-            }
-            // Read into spare capacity: zeroing a buffer the read overwrites costs as much as
-            // the read.
-            let want = (to - from) as usize;
-            let mut buf = Vec::with_capacity(want);
-            let mut file = File::open(&segment.path).map_err(StoreError::io(format!(
-                "opening {}",
-                segment.path.display()
-            )))?;
-            file.seek(SeekFrom::Start(from))
-                .and_then(|_| (&mut file).take(want as u64).read_to_end(&mut buf))
-                .and_then(|read| match read == want {
-                    true => Ok(()),
-                    false => Err(std::io::ErrorKind::UnexpectedEof.into()),
-                })
-                .map_err(StoreError::io(format!(
-                    "reading {}",
-                    segment.path.display()
-                )))?;
-            let buf = Bytes::from(buf);
-            let mut pos = 0usize;
-            while pos < buf.len() {
-                let corrupt = |reason: String| {
-                    StoreError::Corrupt(format!(
-                        "{} at offset {}: {reason}",
-                        segment.path.display(),
-                        from + pos as u64
-                    ))
-                };
-                if buf.len() - pos < HEADER_BYTES {
-                    return Err(corrupt("record header cut".into()));
-                }
-                let len = body_len(&buf[pos..pos + HEADER_BYTES], max_body).map_err(corrupt)?;
-                let end = pos + HEADER_BYTES + len;
-                if end > buf.len() {
-                    return Err(corrupt("record body cut".into()));
-                }
-                let event = decode_record(buf.slice(pos..end), next).map_err(corrupt)?;
-                bytes += event.size();
-                out.push(event);
-                next += 1;
-                pos = end;
-            }
-            if out.len() >= max_events || bytes >= max_bytes {
-                return Ok(());
-            }
+            let path = || {
+                segment_path(&self.dir, stretch.segment_seq)
+                    .display()
+                    .to_string()
+            };
+            let buf = read_at(
+                &file,
+                stretch.from,
+                (stretch.to - stretch.from) as usize,
+                Wait::Yes,
+            )
+            .map_err(|e| StoreError::io(format!("reading {}", path()))(e))?;
+            out.reserve(stretch.count);
+            decode_stretch(buf, stretch, max_body, out).map_err(|(at, reason)| {
+                StoreError::Corrupt(format!("{} at offset {at}: {reason}", path()))
+            })?;
+            advise_will_need(&file, stretch.to, READ_AHEAD_BYTES);
         }
         Ok(())
     }
@@ -527,9 +768,14 @@ impl EventStore for FileEventLog {
             let record_len = (HEADER_BYTES + 1) as u64
                 + event.to.as_deref().map_or(0, str::len) as u64
                 + event.body.len() as u64;
-            let active_len = self.segments.back().map_or(0, |s| s.len) + buf.len() as u64;
-            let active_has_records =
-                self.segments.back().is_some_and(|s| !s.offsets.is_empty()) || !pending.is_empty();
+            let (active_len, active_has_records) = {
+                let segments = self.segments();
+                let active = segments.back();
+                (
+                    active.map_or(0, |s| s.len) + buf.len() as u64,
+                    active.is_some_and(|s| !s.offsets.is_empty()) || !pending.is_empty(),
+                )
+            };
             if active_has_records && active_len + record_len > self.config.segment_bytes {
                 self.commit(&buf, &pending, events, first)?;
                 buf.clear();
@@ -537,7 +783,7 @@ impl EventStore for FileEventLog {
                 self.roll()?;
             }
             seq += 1;
-            let offset = self.segments.back().map_or(0, |s| s.len) + buf.len() as u64;
+            let offset = self.segments().back().map_or(0, |s| s.len) + buf.len() as u64;
             pending.push((seq, offset));
             encode_record(seq, event, &mut buf);
         }
@@ -576,15 +822,14 @@ impl EventStore for FileEventLog {
     }
 
     fn bounds(&self) -> LogBounds {
-        let first_seq = self
-            .segments
-            .iter()
-            .find(|s| !s.offsets.is_empty())
-            .map_or(self.last_seq + 1, |s| s.first_seq);
-        LogBounds {
-            first_seq,
-            last_seq: self.last_seq,
-        }
+        bounds_of(&self.segments())
+    }
+
+    fn quick_reader(&self) -> Option<Arc<dyn QuickReader>> {
+        Some(Arc::new(FileLogReader {
+            index: Arc::clone(&self.index),
+            max_body: self.config.max_record_bytes + 256,
+        }))
     }
 }
 
@@ -602,7 +847,7 @@ impl FileEventLog {
             return Ok(());
         };
         self.write_active(buf)?;
-        if let Some(segment) = self.segments.back_mut() {
+        if let Some(segment) = self.segments_mut().back_mut() {
             segment
                 .offsets
                 .extend(pending.iter().map(|(_, offset)| *offset));
@@ -774,6 +1019,49 @@ mod tests {
         drop(log);
         let log = FileEventLog::open(dir.path(), config).unwrap();
         assert_eq!(log.bounds(), bounds);
+    }
+
+    #[test]
+    fn quick_reads_agree_with_the_log_and_keep_few_handles_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = FileEventLog::open(dir.path(), small()).unwrap();
+        let batch: Vec<_> = (0..200).map(event).collect();
+        log.append(&batch).unwrap();
+        let reader = log.quick_reader().unwrap();
+        // No segment has a read handle before the log's thread read it.
+        assert!(reader.try_read_after(0, 10, usize::MAX).is_none());
+        let all = read_all(&mut log);
+        assert_eq!(all.len(), 200);
+        let segments = log.segments().len();
+        assert!(segments > READ_HANDLES, "{segments} segments");
+        let open = log.segments().iter().filter(|s| s.reader.is_some()).count();
+        assert_eq!(open, READ_HANDLES, "handles are bounded");
+        // Whatever the reader returns is what the log holds, from where it was asked.
+        for (after, max_events, max_bytes) in [(185, 7, usize::MAX), (199, 5, 1), (188, 100, 64)] {
+            let quick = reader.try_read_after(after, max_events, max_bytes);
+            let quick = quick.expect("newest segments have handles and are in the page cache");
+            let expected: Vec<_> = all[after as usize..].iter().take(quick.len()).collect();
+            assert!(!quick.is_empty() && quick.len() <= max_events);
+            assert_eq!(quick.iter().collect::<Vec<_>>(), expected);
+        }
+        assert_eq!(reader.try_read_after(200, 10, usize::MAX), Some(Vec::new()));
+        // Out of the page cache, a quick read refuses rather than waits (where the kernel
+        // can say so), and is never wrong.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let file = File::open(entry.unwrap().path()).unwrap();
+            #[cfg(target_os = "linux")]
+            // SAFETY: posix_fadvise only reads its integer arguments.
+            unsafe {
+                use std::os::fd::AsRawFd;
+                libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+            }
+        }
+        if let Some(quick) = reader.try_read_after(190, 10, usize::MAX) {
+            assert_eq!(
+                quick.iter().collect::<Vec<_>>(),
+                all[190..].iter().take(quick.len()).collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

@@ -1,17 +1,13 @@
 //! Sequenced logs: the synchronous engine a log's thread drives ([`EventStore`]: the file log,
 //! or [`MemoryEventLog`]), and the interface services use ([`LogStore`]), whose appends complete
-//! later and whose recent records are read from memory without waiting for the disk.
+//! later and whose records are read on the caller's thread where that never waits for the disk
+//! (recent ones from memory, older ones from the page cache).
 
 use super::worker::Worker;
 use super::{Done, EventBatch, LogBounds, NewEvent, StoreError, StoredEvent};
 use crate::notify::Notifier;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-
-/// A reader behind the memory window gets this much read ahead for it at a time, so a stream
-/// through old records is served from memory while the log's thread reads the next stretch.
-pub const READ_AHEAD_BYTES: usize = 1024 * 1024;
 
 /// An append-only, sequenced, durable log, driven synchronously by one thread.
 pub trait EventStore: Send {
@@ -30,6 +26,22 @@ pub trait EventStore: Send {
     fn check(&self, _event: &NewEvent) -> Result<(), StoreError> {
         Ok(())
     }
+    /// A reader other threads may use, if the engine has reads that never wait for a device.
+    fn quick_reader(&self) -> Option<Arc<dyn QuickReader>> {
+        None
+    }
+}
+
+/// Reads of an [`EventStore`] that any thread may make, because they never wait for a device.
+pub trait QuickReader: Send + Sync {
+    /// The records after `after` (as [`EventStore::read_after`], possibly fewer) if they can be
+    /// had without waiting; `None` leaves the read to the log's thread.
+    fn try_read_after(
+        &self,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Option<Vec<StoredEvent>>;
 }
 
 /// A sequenced log as services use it: appends are handed over and complete later (group
@@ -43,8 +55,8 @@ pub trait LogStore: Send + Sync {
     /// exactly that first seq (a writer that numbers its records itself, as JetStream's expected
     /// last sequence).
     fn append(&self, events: Vec<NewEvent>, expect_first: Option<u64>, done: Done<u64>);
-    /// The records after `after` if memory holds them (or there are none): `None` means ask
-    /// [`LogStore::read`].
+    /// The records after `after` if they can be had without waiting for the disk (from memory
+    /// or the page cache; or there are none): `None` means ask [`LogStore::read`].
     fn read_cached(&self, after: u64, max_events: usize, max_bytes: usize) -> Option<EventBatch>;
     /// The records after `after`, from wherever they are; `done` gets them.
     fn read(&self, after: u64, max_events: usize, max_bytes: usize, done: Done<EventBatch>);
@@ -123,12 +135,10 @@ fn take_after(
         return Vec::new();
     };
     let skip = after.saturating_add(1).saturating_sub(first);
-    let mut out = Vec::new();
+    let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+    let mut out = Vec::with_capacity(max_events.min(events.len().saturating_sub(skip)));
     let mut bytes = 0;
-    for event in events
-        .iter()
-        .skip(usize::try_from(skip).unwrap_or(usize::MAX))
-    {
+    for event in events.iter().skip(skip) {
         if out.len() >= max_events || (bytes >= max_bytes && !out.is_empty()) {
             break;
         }
@@ -172,92 +182,8 @@ impl Recent {
     }
 }
 
-/// Records read ahead of a reader behind the memory window: consecutive seqs, at most about
-/// twice [`READ_AHEAD_BYTES`].
-#[derive(Default)]
-struct Ahead {
-    events: VecDeque<StoredEvent>,
-    bytes: usize,
-}
-
-impl Ahead {
-    /// Whether the records after `after` start here.
-    fn covers(&self, after: u64) -> bool {
-        let next = after.saturating_add(1);
-        match (self.events.front(), self.events.back()) {
-            (Some(front), Some(back)) => front.seq <= next && next <= back.seq,
-            _ => false,
-        }
-    }
-
-    /// Adds `events` (read after `after`): appended when they continue what is held, else
-    /// they replace it; the oldest go beyond the bound.
-    fn extend(&mut self, after: u64, events: Vec<StoredEvent>) {
-        if self.events.back().is_none_or(|b| b.seq != after) {
-            self.events.clear();
-            self.bytes = 0;
-        }
-        for event in events {
-            self.bytes += event.size();
-            self.events.push_back(event);
-        }
-        while self.bytes > 2 * READ_AHEAD_BYTES && self.events.len() > 1 {
-            if let Some(old) = self.events.pop_front() {
-                self.bytes -= old.size();
-            }
-        }
-    }
-
-    /// Hands over (moves, not copies) the records after `after`, bounded; what is before them is
-    /// dropped. The buffer serves one reader at a time: the events leave it as they are read,
-    /// so the reader's thread alone touches them from then on.
-    fn take(&mut self, after: u64, max_events: usize, max_bytes: usize) -> Vec<StoredEvent> {
-        while self.events.front().is_some_and(|e| e.seq <= after) {
-            if let Some(old) = self.events.pop_front() {
-                self.bytes -= old.size();
-            }
-        }
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        while out.len() < max_events && (bytes < max_bytes || out.is_empty()) {
-            let Some(event) = self.events.pop_front() else {
-                break;
-            };
-            bytes += event.size();
-            self.bytes -= event.size();
-            out.push(event);
-        }
-        out
-    }
-
-    /// The records after `after` if they start here (see [`Ahead::take`]), and, once less than
-    /// half a stretch is left, the seq after which the next stretch is to be read.
-    fn serve(
-        &mut self,
-        after: u64,
-        max_events: usize,
-        max_bytes: usize,
-    ) -> Option<(Vec<StoredEvent>, Option<u64>)> {
-        if !self.covers(after) {
-            return None;
-        }
-        let events = self.take(after, max_events, max_bytes);
-        let last = self
-            .events
-            .back()
-            .or(events.last())
-            .map_or(after, |e| e.seq);
-        let refill = (self.bytes < READ_AHEAD_BYTES / 2).then_some(last);
-        Some((events, refill))
-    }
-}
-
 enum Job {
     Append(Vec<NewEvent>, Option<u64>, Done<u64>),
-    /// Read the stretch after `after` into the read-ahead buffer.
-    ReadAhead {
-        after: u64,
-    },
     Read {
         after: u64,
         max_events: usize,
@@ -267,13 +193,13 @@ enum Job {
 }
 
 /// A [`LogStore`] over any [`EventStore`], which its own thread drives: consecutive appends
-/// queued while the thread was busy are committed with one write and one fsync.
+/// queued while the thread was busy are committed with one write and one fsync. Readers are
+/// served on their own thread from the memory window or the engine's [`QuickReader`], and by
+/// the log's thread otherwise.
 pub struct LogService {
     worker: Worker<Job>,
     recent: Arc<RwLock<Recent>>,
-    ahead: Arc<RwLock<Ahead>>,
-    /// A read-ahead job is queued or running.
-    reading_ahead: Arc<AtomicBool>,
+    quick: Option<Arc<dyn QuickReader>>,
     notifier: Arc<Notifier>,
 }
 
@@ -306,13 +232,10 @@ impl LogService {
             }
         }
         let recent = Arc::new(RwLock::new(recent));
-        let ahead = Arc::new(RwLock::new(Ahead::default()));
-        let reading_ahead = Arc::new(AtomicBool::new(false));
+        let quick = store.quick_reader();
         let notifier = Arc::new(Notifier::new());
         let shared = Shared {
             recent: Arc::clone(&recent),
-            ahead: Arc::clone(&ahead),
-            reading_ahead: Arc::clone(&reading_ahead),
             wake: Arc::clone(&notifier),
         };
         let worker = Worker::spawn(name, move |jobs| run_jobs(store.as_mut(), &shared, jobs))
@@ -320,8 +243,7 @@ impl LogService {
         Ok(Self {
             worker,
             recent,
-            ahead,
-            reading_ahead,
+            quick,
             notifier,
         })
     }
@@ -334,18 +256,13 @@ impl LogService {
 /// What the log's thread shares with readers.
 struct Shared {
     recent: Arc<RwLock<Recent>>,
-    ahead: Arc<RwLock<Ahead>>,
-    reading_ahead: Arc<AtomicBool>,
     wake: Arc<Notifier>,
 }
 
-/// Runs one batch of jobs on the log's thread: runs of appends become one store append. A read
-/// behind the memory window is answered first; the stretch after it is read ahead once the
-/// batch's appends are durable.
+/// Runs one batch of jobs on the log's thread: runs of appends become one store append; a read
+/// sees every append queued before it.
 fn run_jobs(store: &mut dyn EventStore, shared: &Shared, jobs: Vec<Job>) {
     let mut appends: Vec<Append> = Vec::new();
-    let mut read_ahead: Option<u64> = None;
-    let mut asked_ahead = false;
     for job in jobs {
         match job {
             Job::Append(events, expect, done) => appends.push((events, expect, done)),
@@ -356,55 +273,15 @@ fn run_jobs(store: &mut dyn EventStore, shared: &Shared, jobs: Vec<Job>) {
                 done,
             } => {
                 commit(store, shared, std::mem::take(&mut appends));
-                // A reader that ran past the read-ahead buffer while it was being filled waited
-                // for exactly that fill: answer from it rather than reading the disk again.
-                let buffered = shared
-                    .ahead
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .serve(after, max_events, max_bytes);
-                let result = match buffered {
-                    Some((events, refill)) => {
-                        read_ahead = refill.or(read_ahead);
-                        Ok(events)
-                    }
-                    None => store
-                        .read_after(after, max_events, max_bytes)
-                        .inspect(|events| {
-                            if let Some(last) = events.last() {
-                                read_ahead = Some(last.seq);
-                            }
-                        }),
-                };
-                done(result.map(|events| EventBatch {
+                let events = store.read_after(after, max_events, max_bytes);
+                done(events.map(|events| EventBatch {
                     events,
                     bounds: store.bounds(),
                 }));
             }
-            Job::ReadAhead { after } => {
-                read_ahead = Some(after);
-                asked_ahead = true;
-            }
         }
     }
     commit(store, shared, appends);
-    if let Some(after) = read_ahead {
-        fill_ahead(store, shared, after);
-    }
-    if asked_ahead {
-        shared.reading_ahead.store(false, Ordering::Release);
-    }
-}
-
-/// Reads about [`READ_AHEAD_BYTES`] after `after` into the read-ahead buffer.
-fn fill_ahead(store: &mut dyn EventStore, shared: &Shared, after: u64) {
-    let Ok(events) = store.read_after(after, 1 << 16, READ_AHEAD_BYTES) else {
-        return;
-    };
-    if !events.is_empty() {
-        let mut ahead = shared.ahead.write().unwrap_or_else(|p| p.into_inner());
-        ahead.extend(after, events);
-    }
 }
 
 /// One caller's append: its events, the first seq it expects, its completion.
@@ -495,18 +372,11 @@ impl LogStore for LogService {
             });
         }
         drop(recent);
-        // Behind the memory window: what was read ahead, asking for the next stretch once less
-        // than half of one is left (one read-ahead job at a time).
-        let (events, refill) = self
-            .ahead
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .serve(after, max_events, max_bytes)?;
-        if let Some(last) = refill.filter(|_| !self.reading_ahead.swap(true, Ordering::AcqRel)) {
-            if self.worker.submit(Job::ReadAhead { after: last }).is_err() {
-                self.reading_ahead.store(false, Ordering::Release);
-            }
-        }
+        // Behind the memory window: from the engine, if it can without waiting.
+        let events = self
+            .quick
+            .as_ref()?
+            .try_read_after(after, max_events, max_bytes)?;
         Some(EventBatch { events, bounds })
     }
 
@@ -748,9 +618,16 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_streaming_behind_the_memory_window_is_read_ahead_for() {
-        // 20 000 records of ~1 KiB, 1 KiB of them kept in memory.
-        let mut engine = MemoryEventLog::new(64 << 20);
+    fn a_reader_behind_the_memory_window_reads_the_page_cache_on_its_own_thread() {
+        // 20 000 records of ~1 KiB in small segments, 1 KiB of them kept in memory.
+        let dir = tempfile::tempdir().unwrap();
+        let config = super::super::FileEventLogConfig {
+            segment_bytes: 1 << 20,
+            max_total_bytes: 1 << 30,
+            max_record_bytes: 4096,
+            cache_bytes: 0,
+        };
+        let mut engine = super::super::FileEventLog::open(dir.path(), config).unwrap();
         let body = "x".repeat(1000);
         let events: Vec<NewEvent> = (0..20_000)
             .map(|n| NewEvent {
@@ -760,26 +637,42 @@ mod tests {
             .collect();
         engine.append(&events).unwrap();
         let log = LogService::start("test-log", Box::new(engine), 1024).unwrap();
-        let (tx, rx) = mpsc::channel();
-        log.read(0, 256, 256 << 10, Box::new(move |r| tx.send(r).unwrap()));
-        let first = rx.recv().unwrap().unwrap();
-        let mut after = first.events.last().unwrap().seq;
-        // The stretch after it is read ahead: the next reads are answered from memory, and the
-        // log's thread keeps reading ahead while the reader consumes.
-        let mut from_memory = 0;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while after < 20_000 && std::time::Instant::now() < deadline {
-            match log.read_cached(after, 256, 256 << 10) {
+        // Streaming from the start: a segment the log has no read handle for yet is read by the
+        // log's thread (which opens one), the rest on this thread, from the page cache the
+        // appends just filled.
+        let (mut after, mut quick, mut slow) = (0, 0, 0);
+        while after < 20_000 {
+            let batch = match log.read_cached(after, 256, 256 << 10) {
                 Some(batch) => {
-                    let seqs: Vec<u64> = batch.events.iter().map(|e| e.seq).collect();
-                    assert_eq!(seqs.first(), Some(&(after + 1)), "gap-free");
-                    after = *seqs.last().unwrap();
-                    from_memory += 1;
+                    quick += 1;
+                    batch
                 }
-                None => std::thread::sleep(Duration::from_millis(1)),
-            }
+                None => {
+                    slow += 1;
+                    let (tx, rx) = mpsc::channel();
+                    log.read(
+                        after,
+                        256,
+                        256 << 10,
+                        Box::new(move |r| tx.send(r).unwrap()),
+                    );
+                    rx.recv().unwrap().unwrap()
+                }
+            };
+            let seqs: Vec<u64> = batch.events.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs.first(), Some(&(after + 1)), "gap-free");
+            after = *seqs.last().unwrap();
+            assert!(
+                batch.events.iter().all(|e| e.body.starts_with(b"{\"n\":")),
+                "records intact"
+            );
         }
-        assert_eq!(after, 20_000, "read to the end");
-        assert!(from_memory >= 70, "{from_memory} reads from memory");
+        let segments = std::fs::read_dir(dir.path()).unwrap().count();
+        assert!(segments >= 20, "{segments} segments");
+        assert!(
+            slow <= segments,
+            "{slow} reads went to the log's thread: at most one per segment"
+        );
+        assert!(quick >= 50, "{quick} reads on the reader's thread");
     }
 }

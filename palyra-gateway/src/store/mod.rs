@@ -24,12 +24,12 @@ pub mod worker;
 pub use atomic::{fsync_dir, read_json, read_optional, write_atomic, write_json};
 pub use docs::{Doc, DocStore, FileDocStore, MemoryDocs};
 pub use document::Document;
-pub use event_log::{FileEventLog, FileEventLogConfig, Recovery};
+pub use event_log::{FileEventLog, FileEventLogConfig, FileLogReader, Recovery};
 pub use identity_dir::{
     unix_ms, DeviceBundle, DeviceIdentityFiles, IdentityDir, IdentityError, ServerIdentity,
     CA_VALIDITY,
 };
-pub use log::{EventStore, LogService, LogStore, MemoryEventLog, MemoryLog};
+pub use log::{EventStore, LogService, LogStore, MemoryEventLog, MemoryLog, QuickReader};
 pub use node_identity::{GatewayRecord, NodeIdentityDir, PendingPairing};
 pub use palyra_proto::node::log::{EventBatch, LogBounds, NewEvent, StoredEvent};
 pub use pending::{pending, Completer, Pending};
