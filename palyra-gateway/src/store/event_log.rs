@@ -168,7 +168,7 @@ enum Wait {
 
 /// Reads `len` bytes at `offset` into a new buffer, filling its spare capacity (zeroing a
 /// buffer the read overwrites costs as much as the read).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
 fn read_at(file: &File, offset: u64, len: usize, wait: Wait) -> io::Result<Vec<u8>> {
     use std::os::fd::AsRawFd;
     let flags = match wait {
@@ -209,7 +209,7 @@ fn read_at(file: &File, offset: u64, len: usize, wait: Wait) -> io::Result<Vec<u
 
 /// Reads `len` bytes at `offset` into a new buffer; without a read that can refuse to wait,
 /// `Wait::No` always answers `WouldBlock`.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(not(all(target_os = "linux", any(target_env = "gnu", target_env = "musl"))))]
 fn read_at(file: &File, offset: u64, len: usize, wait: Wait) -> io::Result<Vec<u8>> {
     use std::io::{Seek, SeekFrom};
     if wait == Wait::No {
@@ -1022,6 +1022,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")] // reads that refuse to wait for the disk
     fn quick_reads_agree_with_the_log_and_keep_few_handles_open() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = FileEventLog::open(dir.path(), small()).unwrap();

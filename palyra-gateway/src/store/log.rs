@@ -618,6 +618,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")] // reads that refuse to wait for the disk
     fn a_reader_behind_the_memory_window_reads_the_page_cache_on_its_own_thread() {
         // 20 000 records of ~1 KiB in small segments, 1 KiB of them kept in memory.
         let dir = tempfile::tempdir().unwrap();
