@@ -26,7 +26,9 @@ impl Gateway {
     fn start(state: &Path) -> Self {
         let mut gw = Self {
             state: state.to_owned(),
-            node_addr: "127.0.0.1:0".into(),
+            // Outside the ephemeral range, so no client socket of a test running alongside
+            // takes the port while the daemon is down.
+            node_addr: format!("127.0.0.1:{}", common::fixed_port()),
             daemon: None,
             url: String::new(),
         };

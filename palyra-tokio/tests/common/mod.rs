@@ -51,16 +51,48 @@ pub fn spawn_daemon_with(
             .spawn()
             .expect("spawn palyrad"),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut daemon = daemon;
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(text) = std::fs::read_to_string(&endpoints) {
             let value: serde_json::Value = serde_json::from_str(&text).expect("endpoints json");
             return (daemon, value);
         }
+        if let Ok(Some(status)) = daemon.0.try_wait() {
+            panic!("palyrad exited ({status}) before writing endpoints.json; its stderr is above");
+        }
         assert!(
             Instant::now() < deadline,
-            "palyrad did not write endpoints.json"
+            "palyrad did not write endpoints.json within 30 s"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A loopback port below the kernel's ephemeral range that UDP and TCP can both bind now. A
+/// daemon restarted on it cannot find it taken by another test's client socket, which the
+/// kernel numbers from the ephemeral range only.
+#[allow(dead_code)] // not every test crate that includes this module restarts a daemon
+pub fn fixed_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+        .max(12_000);
+    let mut seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    for _ in 0..1000 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let port = 10_000 + (seed >> 33) as u16 % (ephemeral_low - 10_000);
+        let free = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {ephemeral_low}");
 }
