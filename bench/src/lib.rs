@@ -185,3 +185,69 @@ pub fn peer_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+/// The builds under test: ours (next to the benchmark) and, with `--before PATH`, another
+/// build's `palyrad` (its sibling executables, such as `interop-server`, come from the same
+/// directory). Each is a name and the directory of its executables.
+pub fn builds(bin: &Path, before: Option<&Path>) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
+    let mut builds = vec![("ours", bin.to_path_buf())];
+    if let Some(before) = before {
+        let dir = before
+            .parent()
+            .ok_or_else(|| anyhow!("--before names no directory: {}", before.display()))?;
+        if !before.is_file() {
+            bail!("--before {}: no such executable", before.display());
+        }
+        builds.push(("before", dir.to_path_buf()));
+    }
+    Ok(builds)
+}
+
+/// A results table: one column per subject (the peer last), then each subject's ratio to it.
+pub struct Table {
+    names: Vec<String>,
+    lines: Vec<String>,
+}
+
+impl Table {
+    /// A table of `subjects` (the peer last).
+    pub fn new<S: AsRef<str>>(subjects: &[S]) -> Self {
+        Self {
+            names: subjects.iter().map(|s| s.as_ref().to_owned()).collect(),
+            lines: Vec::new(),
+        }
+    }
+
+    /// Adds a row: one value per subject, written with `digits` decimals and `unit`.
+    pub fn row(&mut self, label: &str, values: &[f64], digits: usize, unit: &str) {
+        let peer = values.last().copied().unwrap_or(0.0);
+        let mut line = format!("{label:<40}");
+        for v in values {
+            line += &format!(" {:>14}", format!("{v:.digits$}{unit}"));
+        }
+        for v in &values[..values.len().saturating_sub(1)] {
+            match peer > 0.0 {
+                true => line += &format!(" {:>13.2}", v / peer),
+                false => line += &format!(" {:>13}", "-"),
+            }
+        }
+        self.lines.push(line);
+    }
+
+    /// Prints the header and the rows.
+    pub fn print(&self) {
+        let mut header = format!("{:<40}", "measure");
+        for name in &self.names {
+            header += &format!(" {name:>14}");
+        }
+        if let Some(peer) = self.names.last() {
+            for name in &self.names[..self.names.len() - 1] {
+                header += &format!(" {:>13}", format!("{name}/{peer}"));
+            }
+        }
+        println!("{header}");
+        for line in &self.lines {
+            println!("{line}");
+        }
+    }
+}

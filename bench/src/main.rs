@@ -13,7 +13,7 @@ use anyhow::bail;
 use clap::Parser;
 use palyra_bench::{
     bin_dir, cpu_ticks_of, median, require, start_palyrad_exe, start_printing_addr,
-    udp_receive_drops, Server,
+    udp_receive_drops, Server, Table,
 };
 use palyra_gateway::store::{EventStore, FileEventLog, FileEventLogConfig, NewEvent};
 use quinn_peer::{client_config, read_frame, write_frame, ALPN};
@@ -319,46 +319,36 @@ async fn main() -> anyhow::Result<()> {
         "node plane benchmark: one connection, one stream, medians of {} runs taken in turns (same client for all)",
         args.runs
     );
-    let mut header = format!("{:<36}", "measure");
-    for name in &names {
-        header += &format!(" {name:>16}");
-    }
-    for name in &names[..names.len() - 1] {
-        header += &format!(" {:>12}", format!("{name}/quinn"));
-    }
-    println!("{header}");
-    let row = |label: String, values: &[f64], unit: &str| {
-        let quinn = values[values.len() - 1];
-        let mut line = format!("{label:<36}");
-        for v in values {
-            let digits = match unit {
-                "/s" => 0,
-                "" => 3,
-                " drops" => 0,
-                _ => 1,
-            };
-            line += &format!(" {:>16}", format!("{v:.digits$}{unit}"));
-        }
-        for v in &values[..values.len() - 1] {
-            match quinn > 0.0 {
-                true => line += &format!(" {:>12.2}", v / quinn),
-                false => line += &format!(" {:>12}", "-"),
-            }
-        }
-        println!("{line}");
-    };
+    let mut table = Table::new(&names);
     for (label, measured) in &rows {
-        let eps: Vec<f64> = measured.iter().map(|m| m.events_per_sec.round()).collect();
-        let mbs: Vec<f64> = measured.iter().map(|m| m.mb_per_sec).collect();
-        row(format!("{label} events"), &eps, "/s");
-        row(format!("{label} MB"), &mbs, "MB/s");
-        let server: Vec<f64> = measured.iter().map(|m| m.server_cpu).collect();
-        let client: Vec<f64> = measured.iter().map(|m| m.client_cpu).collect();
-        row(format!("{label} server CPU s/run"), &server, "");
-        row(format!("{label} client CPU s/run"), &client, "");
-        let drops: Vec<f64> = measured.iter().map(|m| m.drops).collect();
-        row(format!("{label} UDP drops/run"), &drops, " drops");
+        let column = |f: fn(&Measured) -> f64| measured.iter().map(f).collect::<Vec<f64>>();
+        table.row(
+            &format!("{label} events"),
+            &column(|m| m.events_per_sec),
+            0,
+            "/s",
+        );
+        table.row(&format!("{label} MB"), &column(|m| m.mb_per_sec), 1, "MB/s");
+        table.row(
+            &format!("{label} server CPU s/run"),
+            &column(|m| m.server_cpu),
+            3,
+            "",
+        );
+        table.row(
+            &format!("{label} client CPU s/run"),
+            &column(|m| m.client_cpu),
+            3,
+            "",
+        );
+        table.row(
+            &format!("{label} UDP drops/run"),
+            &column(|m| m.drops),
+            0,
+            "",
+        );
     }
-    row("RSS per idle connection".into(), &memory, "KiB");
+    table.row("RSS per idle connection", &memory, 1, "KiB");
+    table.print();
     Ok(())
 }

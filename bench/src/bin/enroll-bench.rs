@@ -10,14 +10,17 @@
 //!    same quinn client; each handshake ends with a `node.health` answer, which proves the
 //!    server accepted the client certificate) and on the node TLS listener (palyrad vs a
 //!    tokio-rustls server with the same certificate and client-certificate policy; each
-//!    handshake ends with the server's first HTTP/2 SETTINGS frame).
+//!    handshake ends with the server's first HTTP/2 SETTINGS frame). With `--before PATH`
+//!    another build's `palyrad` (on a copy of the same state) takes its turns too.
 //!
 //! Build first: `cargo build --release -p palyra-tokio -p quinn-peer -p palyra-bench`, then
 //! `target/release/enroll-bench`.
 
 use anyhow::Context;
 use clap::Parser;
-use palyra_bench::{bin_dir, median, require, start_palyrad, start_printing_addr, Server};
+use palyra_bench::{
+    bin_dir, builds, median, require, start_palyrad_exe, start_printing_addr, Server, Table,
+};
 use palyra_gateway::enroll;
 use palyra_gateway::store::{unix_ms, IdentityDir, CA_VALIDITY};
 use palyra_proto::enroll::device::{CaTrust, DeviceKeys, DevicePairing, Progress};
@@ -32,7 +35,7 @@ use palyra_proto::pb::palyra::node::v1::{
 use palyra_proto::transport::PeerIdentity;
 use prost::Message;
 use rand_core::{OsRng, RngCore};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -53,6 +56,9 @@ struct Args {
     /// Runs per measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Another build's `palyrad` executable, measured alongside as "before" (handshakes).
+    #[arg(long)]
+    before: Option<PathBuf>,
 }
 
 fn ulid() -> String {
@@ -342,13 +348,6 @@ async fn tls_handshakes(
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
-fn ratio_line(what: &str, ours: f64, peer: f64, peer_name: &str, unit: &str) {
-    println!(
-        "{what:<36} ours {ours:>9.3} {unit}   {peer_name} {peer:>9.3} {unit}   ours/{peer_name} {:.2}",
-        ours / peer
-    );
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -379,17 +378,34 @@ async fn main() -> anyhow::Result<()> {
         0.67 / memory
     );
 
-    // 2. Handshakes.
+    // 2. Handshakes: every build's palyrad (each on its own copy of one state, so the same
+    //    device certificates work everywhere), then the peer (last); warm-up, then turns.
     let state = work.path().join("gateway");
     prepare_state(&bin, &state)?;
-    let ours_quic = start_palyrad(&bin, &state, "node_quic")?;
-    let endpoints: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state.join("endpoints.json"))?)?;
-    let ours_tcp: std::net::SocketAddr = endpoints["node_tcp"]
-        .as_str()
-        .context("endpoints.json has no node_tcp")?
-        .parse()?;
-    let id = state.join("identity");
+    let builds = builds(&bin, args.before.as_deref())?;
+    let mut palyrads = Vec::new();
+    let mut node_tcp = Vec::new();
+    for (name, dir) in &builds {
+        let copy = work.path().join(name);
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&state)
+            .arg(&copy)
+            .status()?;
+        anyhow::ensure!(status.success(), "copying the gateway state failed");
+        let server = start_palyrad_exe(&dir.join("palyrad"), &copy, "node_quic")?;
+        let endpoints: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(copy.join("endpoints.json"))?)?;
+        node_tcp.push(
+            endpoints["node_tcp"]
+                .as_str()
+                .context("endpoints.json has no node_tcp")?
+                .parse::<std::net::SocketAddr>()?,
+        );
+        palyrads.push(server);
+    }
+    // The peers serve the certificates our palyrad made at its start (the CA is the same).
+    let id = work.path().join("ours").join("identity");
     let mut quinn = Command::new(bin.join("quinn-server"));
     quinn
         .arg("--ca")
@@ -410,48 +426,70 @@ async fn main() -> anyhow::Result<()> {
         .arg(id.join("server-ecdsa.key.pem"))
         .stdin(std::process::Stdio::piped());
     let tls_peer = start_printing_addr(tls_peer)?;
-    // Warm-up, then alternate.
-    quic_handshakes(&ours_quic, &state, 50, 4).await?;
-    quic_handshakes(&quinn, &state, 50, 4).await?;
-    tls_handshakes(ours_tcp, &state, 50, 4).await?;
-    tls_handshakes(tls_peer.addr, &state, 50, 4).await?;
-    let (mut oq, mut pq, mut ot, mut pt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    // Server CPU spent in the measured runs (clock ticks): QUIC ours, quinn, TLS ours, peer.
-    let mut cpu = [0u64; 4];
+    let quic: Vec<&Server> = palyrads.iter().chain([&quinn]).collect();
+    let tls: Vec<(&Server, std::net::SocketAddr)> = palyrads
+        .iter()
+        .zip(node_tcp)
+        .chain([(&tls_peer, tls_peer.addr)])
+        .collect();
+    for server in &quic {
+        quic_handshakes(server, &state, 50, 4).await?;
+    }
+    for (_, addr) in &tls {
+        tls_handshakes(*addr, &state, 50, 4).await?;
+    }
+    let (mut quic_rates, mut tls_rates) =
+        (vec![Vec::new(); quic.len()], vec![Vec::new(); tls.len()]);
+    // Server CPU ticks spent in the measured runs.
+    let (mut quic_cpu, mut tls_cpu) = (vec![0u64; quic.len()], vec![0u64; tls.len()]);
     let ticks = |s: &Server| s.cpu_ticks().unwrap_or(0);
     for _ in 0..args.runs {
-        let t = ticks(&ours_quic);
-        oq.push(quic_handshakes(&ours_quic, &state, args.handshakes, args.concurrency).await?);
-        cpu[0] += ticks(&ours_quic) - t;
-        let t = ticks(&quinn);
-        pq.push(quic_handshakes(&quinn, &state, args.handshakes, args.concurrency).await?);
-        cpu[1] += ticks(&quinn) - t;
-        let t = ticks(&ours_quic);
-        ot.push(tls_handshakes(ours_tcp, &state, args.handshakes, args.concurrency).await?);
-        cpu[2] += ticks(&ours_quic) - t;
-        let t = ticks(&tls_peer);
-        pt.push(tls_handshakes(tls_peer.addr, &state, args.handshakes, args.concurrency).await?);
-        cpu[3] += ticks(&tls_peer) - t;
+        for (i, server) in quic.iter().enumerate() {
+            let t = ticks(server);
+            quic_rates[i]
+                .push(quic_handshakes(server, &state, args.handshakes, args.concurrency).await?);
+            quic_cpu[i] += ticks(server) - t;
+        }
+        for (i, (server, addr)) in tls.iter().enumerate() {
+            let t = ticks(server);
+            tls_rates[i]
+                .push(tls_handshakes(*addr, &state, args.handshakes, args.concurrency).await?);
+            tls_cpu[i] += ticks(server) - t;
+        }
     }
     // Milliseconds of server CPU per handshake (a tick is 10 ms).
-    let per = |t: u64| t as f64 * 10.0 / (args.runs * args.handshakes) as f64;
-    let quic = "mTLS QUIC handshakes (+node.health)";
-    ratio_line(quic, median(oq), median(pq), "quinn", "/s");
-    ratio_line(
-        "  server CPU per handshake",
-        per(cpu[0]),
-        per(cpu[1]),
-        "quinn",
-        "ms",
+    let per = |ticks: Vec<u64>| -> Vec<f64> {
+        ticks
+            .into_iter()
+            .map(|t| t as f64 * 10.0 / (args.runs * args.handshakes) as f64)
+            .collect()
+    };
+    let medians = |runs: Vec<Vec<f64>>| runs.into_iter().map(median).collect::<Vec<f64>>();
+    println!(
+        "handshakes: medians of {} runs of {} taken in turns, {} in flight; the peer is quinn \
+         for QUIC and tokio-rustls for TLS",
+        args.runs, args.handshakes, args.concurrency
     );
-    let tls = "mTLS TLS handshakes (+h2 SETTINGS)";
-    ratio_line(tls, median(ot), median(pt), "tokio-rustls", "/s");
-    ratio_line(
-        "  server CPU per handshake",
-        per(cpu[2]),
-        per(cpu[3]),
-        "tokio-rustls",
-        "ms",
+    let names: Vec<&str> = builds
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(["peer"])
+        .collect();
+    let mut table = Table::new(&names);
+    table.row(
+        "mTLS QUIC handshakes (+node.health)",
+        &medians(quic_rates),
+        0,
+        "/s",
     );
+    table.row("  server CPU per handshake", &per(quic_cpu), 3, "ms");
+    table.row(
+        "mTLS TLS handshakes (+h2 SETTINGS)",
+        &medians(tls_rates),
+        0,
+        "/s",
+    );
+    table.row("  server CPU per handshake", &per(tls_cpu), 3, "ms");
+    table.print();
     Ok(())
 }

@@ -2,17 +2,20 @@
 //! tonic server serving the same proto, with the same load generator (h2load) in the same run;
 //! streamed messages per second (grpc.testing StreamingOutputCall, our interop server vs tonic's,
 //! the same tonic client for both); medians and the ratio ours/tonic; and RSS per idle HTTP/2
-//! connection.
+//! connection. With `--before PATH` another build's `palyrad` (and the `interop-server` next to
+//! it) is measured in the same run, in turns.
 //!
 //! Build first: `cargo build --release -p palyra-tokio -p palyra-interop -p palyra-bench`; needs
 //! `h2load` (Debian nghttp2-client). Then `target/release/grpc-bench`.
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
-use palyra_bench::{bin_dir, median, require, start_palyrad, start_printing_addr, Server};
+use palyra_bench::{
+    bin_dir, builds, median, require, start_palyrad_exe, start_printing_addr, Server, Table,
+};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -43,6 +46,9 @@ struct Args {
     /// Payload bytes per streamed message.
     #[arg(long, default_value_t = 64)]
     stream_payload: i32,
+    /// Another build's `palyrad` executable, measured alongside as "before".
+    #[arg(long)]
+    before: Option<PathBuf>,
 }
 
 /// Streams `calls` concurrent StreamingOutputCalls of `messages` responses each over one tonic
@@ -168,79 +174,89 @@ fn main() -> anyhow::Result<()> {
         ],
         "cargo build --release -p palyra-tokio -p palyra-interop -p palyra-bench",
     )?;
+    let builds = builds(&bin, args.before.as_deref())?;
     let work = std::env::temp_dir().join(format!("palyra-grpc-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let body = work.join("get_health.bin");
     std::fs::write(&body, [0u8, 0, 0, 0, 2, 0x08, 0x01])?;
-    let ours = start_palyrad(&bin, &work.join("state"), "grpc")?;
-    let tonic = start_printing_addr(Command::new(bin.join("tonic-gateway")))?;
-    // Warm up both, then alternate runs so drift on a shared machine hits both alike.
-    h2load(&args, ours.addr, &body)?;
-    h2load(&args, tonic.addr, &body)?;
-    let (mut ours_rates, mut tonic_rates) = (Vec::new(), Vec::new());
-    for _ in 0..args.runs {
-        ours_rates.push(h2load(&args, ours.addr, &body)?);
-        tonic_rates.push(h2load(&args, tonic.addr, &body)?);
+    // Every build's palyrad, then tonic (the peer, last).
+    let mut servers = Vec::new();
+    for (name, dir) in &builds {
+        servers.push(start_palyrad_exe(
+            &dir.join("palyrad"),
+            &work.join(name),
+            "grpc",
+        )?);
     }
-    // Streaming: the same tonic client against both TestService servers (stdin kept open: they
+    servers.push(start_printing_addr(Command::new(
+        bin.join("tonic-gateway"),
+    ))?);
+    // Warm up all, then take turns so drift on a shared machine hits all alike.
+    let mut unary = vec![Vec::new(); servers.len()];
+    for server in &servers {
+        h2load(&args, server.addr, &body)?;
+    }
+    for _ in 0..args.runs {
+        for (server, rates) in servers.iter().zip(&mut unary) {
+            rates.push(h2load(&args, server.addr, &body)?);
+        }
+    }
+    // Streaming: the same tonic client against every TestService server (stdin kept open: they
     // stop when it closes).
-    let mut ours_stream = Command::new(bin.join("interop-server"));
-    ours_stream.stdin(std::process::Stdio::piped());
-    let mut tonic_stream = Command::new(bin.join("tonic-interop-server"));
-    tonic_stream.stdin(std::process::Stdio::piped());
-    let ours_stream = start_printing_addr(ours_stream)?;
-    let tonic_stream = start_printing_addr(tonic_stream)?;
+    let mut stream_servers = Vec::new();
+    for exe in builds
+        .iter()
+        .map(|(_, dir)| dir.join("interop-server"))
+        .chain([bin.join("tonic-interop-server")])
+    {
+        let mut command = Command::new(exe);
+        command.stdin(std::process::Stdio::piped());
+        stream_servers.push(start_printing_addr(command)?);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (mut ours_streamed, mut tonic_streamed) = (Vec::new(), Vec::new());
+    let mut streamed = vec![Vec::new(); stream_servers.len()];
     runtime.block_on(async {
-        stream_rate(&args, ours_stream.addr).await?;
-        stream_rate(&args, tonic_stream.addr).await?;
+        for server in &stream_servers {
+            stream_rate(&args, server.addr).await?;
+        }
         for _ in 0..args.runs {
-            ours_streamed.push(stream_rate(&args, ours_stream.addr).await?);
-            tonic_streamed.push(stream_rate(&args, tonic_stream.addr).await?);
+            for (server, rates) in stream_servers.iter().zip(&mut streamed) {
+                rates.push(stream_rate(&args, server.addr).await?);
+            }
         }
         anyhow::Ok(())
     })?;
-    drop((ours_stream, tonic_stream));
-    let ours_mem = idle_memory(&ours, args.idle_connections)?;
-    let tonic_mem = idle_memory(&tonic, args.idle_connections)?;
+    drop(stream_servers);
+    let mut memory = Vec::new();
+    for server in &servers {
+        memory.push(idle_memory(server, args.idle_connections)?);
+    }
     let _ = std::fs::remove_dir_all(&work);
-    let (o, t) = (median(ours_rates), median(tonic_rates));
     println!(
-        "gRPC benchmark: GetHealth, h2load -n {} -c {} -m {}, medians of {} alternating runs",
+        "gRPC benchmark: GetHealth, h2load -n {} -c {} -m {}, medians of {} runs taken in turns",
         args.calls, args.connections, args.streams, args.runs
     );
-    println!(
-        "{:<30} {:>14} {:>14} {:>11}",
-        "measure", "ours", "tonic", "ours/tonic"
-    );
-    println!(
-        "{:<30} {:>12.0}/s {:>12.0}/s {:>11.2}",
-        "unary calls",
-        o,
-        t,
-        o / t
-    );
-    let (os, ts) = (median(ours_streamed), median(tonic_streamed));
-    println!(
-        "{:<30} {:>12.0}/s {:>12.0}/s {:>11.2}",
-        format!(
+    let names: Vec<&str> = builds
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(["tonic"])
+        .collect();
+    let mut table = Table::new(&names);
+    let medians = |runs: Vec<Vec<f64>>| runs.into_iter().map(median).collect::<Vec<f64>>();
+    table.row("unary calls", &medians(unary), 0, "/s");
+    table.row(
+        &format!(
             "streamed msgs ({}x{}, {} B)",
             args.stream_calls, args.stream_messages, args.stream_payload
         ),
-        os,
-        ts,
-        os / ts
+        &medians(streamed),
+        0,
+        "/s",
     );
-    println!(
-        "{:<30} {:>11.1}KiB {:>11.1}KiB {:>11.2}",
-        "RSS per idle HTTP/2 connection",
-        ours_mem,
-        tonic_mem,
-        ours_mem / tonic_mem.max(0.1)
-    );
+    table.row("RSS per idle HTTP/2 connection", &memory, 1, "KiB");
+    table.print();
     Ok(())
 }

@@ -10,14 +10,18 @@
 //!    snapshots; that counts as delivering the state). Memory = server RSS growth per connected
 //!    subscriber.
 //!
-//! Runs alternate between the two servers; medians are printed with ratios (ours / peer).
+//! Runs take turns between the servers; medians are printed with ratios (ours / peer). With
+//! `--before PATH` another build's `palyrad` is measured in the same run, as "before".
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use palyra_bench::{bin_dir, median, require, start_palyrad, start_printing_addr, Server};
+use palyra_bench::{
+    bin_dir, builds, median, require, start_palyrad_exe, start_printing_addr, Server, Table,
+};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -43,6 +47,9 @@ struct Args {
     /// Patches published per fan-out run.
     #[arg(long, default_value_t = 200)]
     patches: usize,
+    /// Another build's `palyrad` executable, measured alongside as "before".
+    #[arg(long)]
+    before: Option<PathBuf>,
 }
 
 fn wrk(args: &Args, addr: SocketAddr) -> anyhow::Result<f64> {
@@ -193,7 +200,15 @@ fn main() -> anyhow::Result<()> {
         .prefix("palyra-operator-bench-")
         .tempdir_in("/dev/shm")
         .or_else(|_| tempfile::tempdir())?;
-    let ours = start_palyrad(&bin, &work.path().join("state"), "http")?;
+    let builds = builds(&bin, args.before.as_deref())?;
+    let mut palyrads = Vec::new();
+    for (name, dir) in &builds {
+        palyrads.push(start_palyrad_exe(
+            &dir.join("palyrad"),
+            &work.path().join(name),
+            "http",
+        )?);
+    }
     let mut hyper = Command::new(bin.join("hyper-healthz"));
     hyper.stdin(Stdio::piped());
     let hyper = start_printing_addr(hyper)?;
@@ -201,46 +216,74 @@ fn main() -> anyhow::Result<()> {
     relay.stdin(Stdio::piped());
     let relay = start_printing_addr(relay)?;
 
-    wrk(&args, ours.addr)?;
-    wrk(&args, hyper.addr)?;
-    let (mut ours_rps, mut hyper_rps) = (Vec::new(), Vec::new());
+    // Every palyrad, then the peer (last); warm-up, then turns.
+    let http: Vec<&Server> = palyrads.iter().chain([&hyper]).collect();
+    let mut rps = vec![Vec::new(); http.len()];
+    for server in &http {
+        wrk(&args, server.addr)?;
+    }
     for _ in 0..args.runs {
-        ours_rps.push(wrk(&args, ours.addr)?);
-        hyper_rps.push(wrk(&args, hyper.addr)?);
+        for (server, rates) in http.iter().zip(&mut rps) {
+            rates.push(wrk(&args, server.addr)?);
+        }
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (mut ours_fan, mut relay_fan) = (Vec::new(), Vec::new());
-    let (mut ours_mem, mut relay_mem) = (Vec::new(), Vec::new());
+    let fan: Vec<(&Server, bool)> = palyrads
+        .iter()
+        .map(|p| (p, true))
+        .chain([(&relay, false)])
+        .collect();
+    let mut rates = vec![Vec::new(); fan.len()];
+    let mut memory = vec![Vec::new(); fan.len()];
     runtime.block_on(async {
         for round in 0..args.runs {
-            let (rate, mem) = fanout(&ours, true, args.subscribers, args.patches, round).await?;
-            ours_fan.push(rate);
-            ours_mem.push(mem);
-            let (rate, mem) = fanout(&relay, false, args.subscribers, args.patches, round).await?;
-            relay_fan.push(rate);
-            relay_mem.push(mem);
+            for (i, (server, ours)) in fan.iter().enumerate() {
+                let (rate, mem) =
+                    fanout(server, *ours, args.subscribers, args.patches, round).await?;
+                rates[i].push(rate);
+                memory[i].push(mem);
+            }
         }
         anyhow::Ok(())
     })?;
 
-    let (o, h) = (median(ours_rps), median(hyper_rps));
     println!(
-        "GET /healthz (wrk -t2 -c{} -d{}s, median of {}): ours {:.0} req/s, hyper {:.0} req/s, ratio {:.2}",
-        args.wrk_connections, args.wrk_seconds, args.runs, o, h, o / h
+        "operator plane benchmark: medians of {} runs taken in turns; the peer is hyper for \
+         /healthz and a tokio-tungstenite relay for the fan-out",
+        args.runs
     );
-    let (o, r) = (median(ours_fan), median(relay_fan));
-    println!(
-        "WebSocket fan-out, {} subscribers x {} patches (median of {}): ours {:.0} updates/s, tokio-tungstenite {:.0} updates/s, ratio {:.2}",
-        args.subscribers, args.patches, args.runs, o, r, o / r
+    let names: Vec<&str> = builds
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(["peer"])
+        .collect();
+    let mut table = Table::new(&names);
+    let medians = |runs: Vec<Vec<f64>>| runs.into_iter().map(median).collect::<Vec<f64>>();
+    table.row(
+        &format!(
+            "GET /healthz (wrk -c{} -d{}s)",
+            args.wrk_connections, args.wrk_seconds
+        ),
+        &medians(rps),
+        0,
+        "/s",
     );
-    let (o, r) = (median(ours_mem), median(relay_mem));
-    println!(
-        "Server memory per subscriber: ours {o:.1} KiB, tokio-tungstenite {r:.1} KiB, ratio {:.2} (lower is better)",
-        o / r
+    table.row(
+        &format!("WS fan-out ({}x{} patches)", args.subscribers, args.patches),
+        &medians(rates),
+        0,
+        "/s",
     );
+    table.row(
+        "memory per subscriber (lower is better)",
+        &medians(memory),
+        1,
+        "KiB",
+    );
+    table.print();
     Ok(())
 }
