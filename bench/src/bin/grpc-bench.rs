@@ -218,13 +218,18 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut streamed = vec![Vec::new(); stream_servers.len()];
+    // Server CPU ticks in the measured streaming runs: the client is usually the bottleneck
+    // here, so what each server spends per message says more about it than the rate does.
+    let mut stream_cpu = vec![0u64; stream_servers.len()];
     runtime.block_on(async {
         for server in &stream_servers {
             stream_rate(&args, server.addr).await?;
         }
         for _ in 0..args.runs {
-            for (server, rates) in stream_servers.iter().zip(&mut streamed) {
-                rates.push(stream_rate(&args, server.addr).await?);
+            for (i, server) in stream_servers.iter().enumerate() {
+                let before = server.cpu_ticks()?;
+                streamed[i].push(stream_rate(&args, server.addr).await?);
+                stream_cpu[i] += server.cpu_ticks()?.saturating_sub(before);
             }
         }
         anyhow::Ok(())
@@ -256,6 +261,12 @@ fn main() -> anyhow::Result<()> {
         0,
         "/s",
     );
+    let messages = (args.runs * args.stream_calls * args.stream_messages) as f64;
+    let cpu: Vec<f64> = stream_cpu
+        .iter()
+        .map(|&ticks| ticks as f64 * 10.0 / messages * 1e6) // a tick is 10 ms
+        .collect();
+    table.row("  server CPU per 1M streamed msgs", &cpu, 0, "ms");
     table.row("RSS per idle HTTP/2 connection", &memory, 1, "KiB");
     table.print();
     Ok(())
