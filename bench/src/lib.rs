@@ -173,6 +173,11 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// The median of each subject's runs.
+pub fn medians(runs: Vec<Vec<f64>>) -> Vec<f64> {
+    runs.into_iter().map(median).collect()
+}
+
 /// The runtime of the peer servers (two workers, like palyrad's), which stop when stdin closes.
 pub fn peer_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     std::thread::spawn(|| {
@@ -210,6 +215,12 @@ pub struct Table {
 }
 
 impl Table {
+    /// A table of the `builds` (see [`builds`]) and then `peer`.
+    pub fn for_builds(builds: &[(&str, PathBuf)], peer: &str) -> Self {
+        let names: Vec<&str> = builds.iter().map(|(name, _)| *name).chain([peer]).collect();
+        Self::new(&names)
+    }
+
     /// A table of `subjects` (the peer last).
     pub fn new<S: AsRef<str>>(subjects: &[S]) -> Self {
         Self {

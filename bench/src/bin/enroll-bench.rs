@@ -19,7 +19,8 @@
 use anyhow::Context;
 use clap::Parser;
 use palyra_bench::{
-    bin_dir, builds, median, require, start_palyrad_exe, start_printing_addr, Server, Table,
+    bin_dir, builds, median, medians, require, start_palyrad_exe, start_printing_addr, Server,
+    Table,
 };
 use palyra_gateway::enroll;
 use palyra_gateway::store::{unix_ms, IdentityDir, CA_VALIDITY};
@@ -464,18 +465,12 @@ async fn main() -> anyhow::Result<()> {
             .map(|t| t as f64 * 10.0 / (args.runs * args.handshakes) as f64)
             .collect()
     };
-    let medians = |runs: Vec<Vec<f64>>| runs.into_iter().map(median).collect::<Vec<f64>>();
     println!(
         "handshakes: medians of {} runs of {} taken in turns, {} in flight; the peer is quinn \
          for QUIC and tokio-rustls for TLS",
         args.runs, args.handshakes, args.concurrency
     );
-    let names: Vec<&str> = builds
-        .iter()
-        .map(|(name, _)| *name)
-        .chain(["peer"])
-        .collect();
-    let mut table = Table::new(&names);
+    let mut table = Table::for_builds(&builds, "peer");
     table.row(
         "mTLS QUIC handshakes (+node.health)",
         &medians(quic_rates),

@@ -11,7 +11,7 @@
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use palyra_bench::{
-    bin_dir, builds, median, require, start_palyrad_exe, start_printing_addr, Server, Table,
+    bin_dir, builds, medians, require, start_palyrad_exe, start_printing_addr, Server, Table,
 };
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -244,13 +244,7 @@ fn main() -> anyhow::Result<()> {
         "gRPC benchmark: GetHealth, h2load -n {} -c {} -m {}, medians of {} runs taken in turns",
         args.calls, args.connections, args.streams, args.runs
     );
-    let names: Vec<&str> = builds
-        .iter()
-        .map(|(name, _)| *name)
-        .chain(["tonic"])
-        .collect();
-    let mut table = Table::new(&names);
-    let medians = |runs: Vec<Vec<f64>>| runs.into_iter().map(median).collect::<Vec<f64>>();
+    let mut table = Table::for_builds(&builds, "tonic");
     table.row("unary calls", &medians(unary), 0, "/s");
     table.row(
         &format!(

@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use palyra_bench::{
-    bin_dir, builds, median, require, start_palyrad_exe, start_printing_addr, Server, Table,
+    bin_dir, builds, medians, require, start_palyrad_exe, start_printing_addr, Server, Table,
 };
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -256,13 +256,7 @@ fn main() -> anyhow::Result<()> {
          /healthz and a tokio-tungstenite relay for the fan-out",
         args.runs
     );
-    let names: Vec<&str> = builds
-        .iter()
-        .map(|(name, _)| *name)
-        .chain(["peer"])
-        .collect();
-    let mut table = Table::new(&names);
-    let medians = |runs: Vec<Vec<f64>>| runs.into_iter().map(median).collect::<Vec<f64>>();
+    let mut table = Table::for_builds(&builds, "peer");
     table.row(
         &format!(
             "GET /healthz (wrk -c{} -d{}s)",
