@@ -31,6 +31,7 @@ pub mod identity;
 pub mod node;
 pub mod pb;
 pub mod quic;
+pub mod sse;
 pub mod time;
 pub mod transport;
 pub mod ws;
