@@ -17,6 +17,7 @@ pub mod node_client;
 pub mod notify;
 pub mod operator;
 pub mod palyrad;
+pub mod provider;
 pub mod runtime;
 pub mod serve;
 pub mod signals;

@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
         "runtime",
         "node_client",
         "ws_app",
+        "provider",
     ],
     &["store"],
     &["trust", "grpc"],
