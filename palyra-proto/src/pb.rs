@@ -97,7 +97,10 @@ mod tests {
         }
         set.file.iter().find_map(|f| {
             let m = find(f.package(), &f.message_type, message)?;
-            m.field.iter().find(|x| x.name() == field).map(|x| x.number())
+            m.field
+                .iter()
+                .find(|x| x.name() == field)
+                .map(|x| x.number())
         })
     }
 
@@ -105,25 +108,45 @@ mod tests {
     fn run_contract_numbers_are_the_originals_and_extensions_follow_the_holes() {
         for (message, field, number) in [
             ("palyra.common.v1.RunStreamRequest", "input", 4),
-            ("palyra.common.v1.RunStreamRequest", "tool_approval_response", 10),
+            (
+                "palyra.common.v1.RunStreamRequest",
+                "tool_approval_response",
+                10,
+            ),
             ("palyra.common.v1.RunStreamRequest", "queued_input_id", 14),
             ("palyra.common.v1.RunStreamRequest", "attach", 17),
             ("palyra.common.v1.RunStreamRequest", "attach_after_seq", 18),
             ("palyra.common.v1.RunStreamEvent", "model_token", 3),
             ("palyra.common.v1.RunStreamEvent", "status", 7),
-            ("palyra.common.v1.RunStreamEvent", "tool_approval_response", 12),
+            (
+                "palyra.common.v1.RunStreamEvent",
+                "tool_approval_response",
+                12,
+            ),
             ("palyra.common.v1.RunStreamEvent", "seq", 25),
             ("palyra.common.v1.ToolApprovalRequest", "approval_id", 11),
-            ("palyra.common.v1.ToolApprovalResponse", "decision_scope_ttl_ms", 13),
+            (
+                "palyra.common.v1.ToolApprovalResponse",
+                "decision_scope_ttl_ms",
+                13,
+            ),
             ("palyra.common.v1.ToolAttestation", "executor", 6),
             ("palyra.common.v1.EnvelopeOrigin", "sender_display", 11),
             ("palyra.common.v1.MessageAttachment", "height_px", 14),
             ("palyra.gateway.v1.SessionSummary", "last_run_state", 18),
             ("palyra.gateway.v1.CleanupSessionResponse", "run_count", 6),
-            ("palyra.gateway.v1.ApprovalRecord", "decision_scope_ttl_ms", 18),
+            (
+                "palyra.gateway.v1.ApprovalRecord",
+                "decision_scope_ttl_ms",
+                18,
+            ),
             ("palyra.gateway.v1.ExportApprovalsResponse", "done", 4),
         ] {
-            assert_eq!(field_number(message, field), Some(number), "{message}.{field}");
+            assert_eq!(
+                field_number(message, field),
+                Some(number),
+                "{message}.{field}"
+            );
         }
     }
 

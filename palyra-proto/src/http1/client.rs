@@ -216,7 +216,15 @@ impl Http1Client {
                     Ok(Some(Chunk::End)) => self.end_response(),
                     Err(e) => return Err(e.to_string()),
                 },
-                Reading::UntilClose => return Ok(()),
+                // A body that ends with the connection (an event stream, typically) is handed
+                // on as it arrives, never held until the close.
+                Reading::UntilClose => {
+                    if !self.buf.is_empty() {
+                        let data = self.buf.split().freeze();
+                        self.events.push_back(Event::Body(data));
+                    }
+                    return Ok(());
+                }
             }
         }
     }
@@ -225,5 +233,74 @@ impl Http1Client {
         self.events.push_back(Event::End);
         self.waiting.pop_front();
         self.reading = Reading::Head;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(c: &mut Http1Client) -> Vec<Event> {
+        std::iter::from_fn(|| c.poll_event()).collect()
+    }
+
+    #[test]
+    fn a_close_delimited_body_streams_as_it_arrives() {
+        let mut c = Http1Client::new("model.example");
+        c.send_request(
+            Method::POST,
+            "/v1/chat/completions",
+            &HeaderMap::new(),
+            b"{}",
+        );
+        let request = c.poll_transmit().unwrap();
+        assert!(
+            request.starts_with(b"POST /v1/chat/completions HTTP/1.1\r\nhost: model.example\r\n")
+        );
+        c.handle_input(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: 1\n\n");
+        let first = events(&mut c);
+        assert!(matches!(
+            first[0],
+            Event::Response {
+                status: StatusCode::OK,
+                ..
+            }
+        ));
+        assert_eq!(
+            first[1],
+            Event::Body(Bytes::from_static(b"data: 1\n\n")),
+            "not held back"
+        );
+        c.handle_input(b"data: 2\n\n");
+        assert_eq!(
+            events(&mut c),
+            vec![Event::Body(Bytes::from_static(b"data: 2\n\n"))]
+        );
+        c.handle_eof();
+        assert_eq!(events(&mut c), vec![Event::End]);
+        assert_eq!(c.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_length_delimited_error_answer_and_an_early_close() {
+        let mut c = Http1Client::new("h");
+        c.send_request(Method::POST, "/x", &HeaderMap::new(), b"{}");
+        c.handle_input(
+            b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-length: 2\r\n\r\n{}",
+        );
+        let got = events(&mut c);
+        assert!(matches!(&got[0], Event::Response { status, headers }
+            if *status == StatusCode::TOO_MANY_REQUESTS && headers["retry-after"] == "1"));
+        assert_eq!(
+            got[1..],
+            [Event::Body(Bytes::from_static(b"{}")), Event::End]
+        );
+        c.send_request(Method::POST, "/x", &HeaderMap::new(), b"{}");
+        c.handle_input(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc");
+        c.handle_eof();
+        assert!(
+            matches!(events(&mut c).last(), Some(Event::Failed(_))),
+            "cut body"
+        );
     }
 }
