@@ -12,6 +12,7 @@ pub mod offline;
 pub mod operator;
 pub mod operator_client;
 pub mod pairing;
+pub mod provider;
 pub mod slow_store;
 
 use palyra_gateway::grpc::GrpcListener;
@@ -797,6 +798,10 @@ macro_rules! node_plane_suite {
         #[test]
         fn operator_websocket_echo() {
             $crate::operator::operator_websocket_echo::<$driver>();
+        }
+        #[test]
+        fn provider_against_scripted_upstream() {
+            $crate::provider::provider_against_scripted_upstream::<$driver>();
         }
         #[test]
         fn gateway_listener_over_tls() {
