@@ -2,6 +2,7 @@
 //! variables, then command-line flags (flags win).
 
 use crate::node::NodePlaneOptions;
+use crate::provider::client::Endpoint;
 use crate::store::FileEventLogConfig;
 use palyra_proto::quic::ServerLimits;
 use serde::Deserialize;
@@ -57,6 +58,76 @@ pub struct FileConfig {
     /// Connection limits of the TCP listeners.
     #[serde(default)]
     pub listeners: ListenersSection,
+    /// The model provider agent runs use (absent: no provider).
+    pub model: Option<ModelSection>,
+}
+
+/// `[model]` section: an OpenAI-compatible chat-completions server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Where it listens, up to the path before `/chat/completions`
+    /// (`http://127.0.0.1:8000/v1`, `https://api.openai.com/v1`).
+    pub base_url: Option<String>,
+    /// The model name sent with every request.
+    pub model: Option<String>,
+    /// The environment variable holding the API key (none: no `Authorization` header).
+    pub api_key_env: Option<String>,
+    /// Connecting may take this long, in seconds (default 10).
+    pub connect_timeout_secs: Option<u64>,
+    /// The provider may be silent this long, in seconds (default 120).
+    pub idle_timeout_secs: Option<u64>,
+    /// Refused requests (408, 429, 5xx) are retried this many times before the first token
+    /// (default 3).
+    pub max_retries: Option<u32>,
+}
+
+/// The resolved `[model]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// Where the provider listens.
+    pub endpoint: Endpoint,
+    /// The model name.
+    pub model: String,
+    /// The environment variable holding the API key (read when the provider is used, so the
+    /// key is never part of the configuration).
+    pub api_key_env: Option<String>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Silence timeout.
+    pub idle_timeout: Duration,
+    /// Retries before the first token.
+    pub max_retries: u32,
+}
+
+impl ModelSection {
+    fn resolve(self) -> anyhow::Result<ModelConfig> {
+        let base_url = self
+            .base_url
+            .ok_or_else(|| anyhow::anyhow!("model.base_url is required in a [model] section"))?;
+        let endpoint = Endpoint::parse(&base_url).map_err(anyhow::Error::msg)?;
+        let model = self
+            .model
+            .filter(|m| !m.trim().is_empty())
+            .ok_or_else(|| anyhow::anyhow!("model.model (the model name) is required"))?;
+        if let Some(var) = &self.api_key_env {
+            if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+                anyhow::bail!("model.api_key_env names {var}, which is not set");
+            }
+        }
+        let secs = |value: Option<u64>, default: u64, name: &str| match value {
+            Some(0) => anyhow::bail!("model.{name} must be at least 1"),
+            other => Ok(Duration::from_secs(other.unwrap_or(default))),
+        };
+        Ok(ModelConfig {
+            endpoint,
+            model,
+            api_key_env: self.api_key_env,
+            connect_timeout: secs(self.connect_timeout_secs, 10, "connect_timeout_secs")?,
+            idle_timeout: secs(self.idle_timeout_secs, 120, "idle_timeout_secs")?,
+            max_retries: self.max_retries.unwrap_or(3).min(10),
+        })
+    }
 }
 
 /// `[listeners]` section.
@@ -202,6 +273,8 @@ pub struct Config {
     pub advertise_addr: Option<String>,
     /// Connections each TCP listener serves at once (`None`: derived from the open-file limit).
     pub max_connections_per_listener: Option<usize>,
+    /// The model provider (`[model]`), if one is configured.
+    pub model: Option<ModelConfig>,
 }
 
 /// The per-user default state directory.
@@ -330,6 +403,7 @@ impl Config {
                 Some(0) => anyhow::bail!("listeners.max_connections must be at least 1"),
                 other => other,
             },
+            model: file.model.map(ModelSection::resolve).transpose()?,
         })
     }
 }
@@ -370,6 +444,39 @@ mod tests {
         assert_eq!(config.http_addr, DEFAULT_HTTP_ADDR.parse().unwrap());
         assert_eq!(config.grpc_addr, DEFAULT_GRPC_ADDR.parse().unwrap());
         assert!(!config.grpc_tls);
+    }
+
+    #[test]
+    fn the_model_section_is_checked_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolve = |text: &str| {
+            let path = dir.path().join("model.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::resolve(&Overrides {
+                config: Some(path),
+                ..Overrides::default()
+            })
+        };
+        let config =
+            resolve("[model]\nbase_url = \"http://127.0.0.1:8000/v1\"\nmodel = \"llama\"\n")
+                .unwrap();
+        let model = config.model.unwrap();
+        assert_eq!((model.endpoint.port, model.model.as_str()), (8000, "llama"));
+        assert_eq!(model.idle_timeout, Duration::from_secs(120));
+        assert!(
+            resolve("").unwrap().model.is_none(),
+            "no section, no provider"
+        );
+        let err = |text: &str| resolve(text).unwrap_err().to_string();
+        assert!(err("[model]\nmodel = \"m\"\n").contains("model.base_url is required"));
+        assert!(err("[model]\nbase_url = \"x\"\nmodel = \"m\"\n").contains("http://"));
+        assert!(err("[model]\nbase_url = \"http://h/v1\"\n").contains("model name"));
+        assert!(err("[model]\nbase_url = \"http://h\"\nmodel = \"m\"\napi_key_env = \"PALYRA_TEST_UNSET_KEY_VAR\"\n")
+            .contains("PALYRA_TEST_UNSET_KEY_VAR, which is not set"));
+        assert!(
+            err("[model]\nbase_url = \"http://h\"\nmodel = \"m\"\nidle_timeout_secs = 0\n")
+                .contains("at least 1")
+        );
     }
 
     #[test]
