@@ -178,7 +178,12 @@ async fn attempt_once(
     on_event: &mut dyn FnMut(ChatEvent),
 ) -> Result<(), ProviderError> {
     let endpoint = &settings.endpoint;
-    let target = format!("{}:{}", endpoint.host, endpoint.port);
+    // An IPv6 address is written in brackets, in the socket address and in `Host`.
+    let host = match endpoint.host.contains(':') {
+        true => format!("[{}]", endpoint.host),
+        false => endpoint.host.clone(),
+    };
+    let target = format!("{host}:{}", endpoint.port);
     let unreachable = |reason: String| ProviderError::Unreachable {
         endpoint: target.clone(),
         reason,
@@ -203,9 +208,9 @@ async fn attempt_once(
     let _ = stream.socket().set_tcp_nodelay(true);
     let path = format!("{}/chat/completions", endpoint.prefix);
     let host_header = match endpoint.port {
-        80 if !endpoint.tls => endpoint.host.clone(),
-        443 if endpoint.tls => endpoint.host.clone(),
-        port => format!("{}:{port}", endpoint.host),
+        80 if !endpoint.tls => host,
+        443 if endpoint.tls => host,
+        _ => target.clone(),
     };
     let call = ChatCall::new(
         &host_header,
