@@ -29,6 +29,7 @@ pub mod h2;
 pub mod http1;
 pub mod identity;
 pub mod node;
+pub mod openai;
 pub mod pb;
 pub mod quic;
 pub mod sse;

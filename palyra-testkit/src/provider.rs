@@ -4,9 +4,9 @@
 //! a refusal that is not retried, an error mid-stream, a cut stream, a silent provider.
 
 use crate::Driver;
-use palyra_gateway::provider::call::ChatRequest;
-use palyra_gateway::provider::chat::{ChatEvent, ChatLimits, FinishReason};
 use palyra_gateway::provider::client::{stream_chat, Endpoint, ProviderError, ProviderSettings};
+use palyra_proto::openai::call::ChatRequest;
+use palyra_proto::openai::chat::{ChatEvent, ChatLimits, FinishReason};
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

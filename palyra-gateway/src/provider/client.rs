@@ -2,10 +2,10 @@
 //! answer streamed to the caller as it arrives, refused requests retried before the first token
 //! as [`retry_delay`] says, and timeouts on the connect and on silence.
 
-use super::call::{retry_delay, CallEvent, ChatCall, ChatRequest};
-use super::chat::{ChatEvent, ChatLimits};
 use crate::runtime::{self, Rt, TcpIo};
 use http::StatusCode;
+use palyra_proto::openai::call::{retry_delay, CallEvent, ChatCall, ChatRequest};
+use palyra_proto::openai::chat::{ChatEvent, ChatLimits};
 use palyra_proto::transport::tls::TlsStream;
 use palyra_proto::transport::StreamMachine;
 use std::sync::Arc;

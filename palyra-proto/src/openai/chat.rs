@@ -10,7 +10,7 @@
 //! - With `stream_options.include_usage`, a last chunk has empty `choices` and the `usage`.
 //! - An `{"error": {...}}` object in the stream is the upstream failing mid-way.
 
-use palyra_proto::sse::{SseDecoder, SseError, SseLimits};
+use crate::sse::{SseDecoder, SseError, SseLimits};
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 

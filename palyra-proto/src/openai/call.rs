@@ -3,10 +3,10 @@
 //! TLS wraps it like any other connection. The retry policy for refused requests is here too.
 
 use super::chat::{ChatEvent, ChatLimits, ChatStream};
+use crate::http1::client::{Event as HttpEvent, Http1Client};
+use crate::transport::StreamMachine;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use palyra_proto::http1::client::{Event as HttpEvent, Http1Client};
-use palyra_proto::transport::StreamMachine;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -259,7 +259,7 @@ pub fn retry_delay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::chat::FinishReason;
+    use crate::openai::chat::FinishReason;
 
     fn call() -> ChatCall {
         let request = ChatRequest {
