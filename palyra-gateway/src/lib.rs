@@ -3,6 +3,7 @@
 //! the stores and the daemon assembly. Protocol machines come from `palyra-proto`; runtimes
 //! (`palyra-tokio`, `palyra-smol`) only adapt sockets, timers and tasks.
 
+pub mod access;
 pub mod client;
 pub mod config;
 pub mod console;

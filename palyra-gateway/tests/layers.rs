@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "ws_app",
     ],
     &["store", "provider"],
-    &["trust", "grpc"],
+    &["trust", "grpc", "access"],
     &["enroll"],
     &["node"],
     &["console"],

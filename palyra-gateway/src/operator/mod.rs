@@ -15,7 +15,8 @@ use palyra_proto::ws::{accept_upgrade, WsConfig, WsConnection, WsEvent};
 
 pub mod admin;
 pub mod api;
-pub mod auth;
+/// The admin token (kept in [`crate::access`], re-exported for the operator routes).
+pub use crate::access::admin as auth;
 pub mod console;
 pub mod pairing;
 pub mod webhook;
