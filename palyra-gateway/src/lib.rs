@@ -19,6 +19,7 @@ pub mod notify;
 pub mod operator;
 pub mod palyrad;
 pub mod provider;
+pub mod run;
 pub mod runtime;
 pub mod serve;
 pub mod signals;

@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["trust", "grpc", "access"],
     &["enroll"],
     &["node"],
+    &["run"],
     &["console"],
     &["operator"],
     &["serve"],

@@ -1,0 +1,5 @@
+//! Agent runs: the run machine (IO-free), the durable run tape, sessions, the engine that drives
+//! runs over the model provider and the node hub, and the gRPC services (RunStream, AbortRun,
+//! sessions, approvals).
+
+pub mod machine;
