@@ -201,6 +201,7 @@ impl GrpcNode {
                 .map(|name| DeviceCapability {
                     name: name.clone(),
                     available: true,
+                    ..DeviceCapability::default()
                 })
                 .collect(),
             replay: None,

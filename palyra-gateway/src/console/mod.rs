@@ -17,6 +17,7 @@ pub mod web;
 
 use crate::notify::Notifier;
 use crate::store::{
+    read_blocking,
     DocStore, FileEventLog, FileEventLogConfig, LogService, LogStore, NewEvent, Pending,
     StoreError, StoredEvent,
 };
@@ -144,22 +145,6 @@ fn load_state(docs: &dyn DocStore, log: &dyn LogStore) -> Result<(State, u64), S
 }
 
 /// Reads records from `log`, waiting for the answer (at open only).
-fn read_blocking(
-    log: &dyn LogStore,
-    after: u64,
-    max: usize,
-    max_bytes: usize,
-) -> Result<Vec<StoredEvent>, StoreError> {
-    if let Some(batch) = log.read_cached(after, max, max_bytes) {
-        return Ok(batch.events);
-    }
-    let (answer, done) = crate::store::pending(None);
-    log.read(after, max, max_bytes, Box::new(move |r| done.complete(r)));
-    answer
-        .wait_blocking(std::time::Duration::from_secs(60))
-        .unwrap_or(Err(StoreError::Closed))
-        .map(|batch| batch.events)
-}
 
 /// The console log as files under `state_dir/console/log`, driven by its own thread.
 pub fn open_file_log(state_dir: &std::path::Path) -> Result<Arc<dyn LogStore>, StoreError> {

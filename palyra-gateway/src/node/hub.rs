@@ -35,6 +35,12 @@ pub struct CapabilityRecord {
     pub name: String,
     /// Whether the node can run it now.
     pub available: bool,
+    /// What it does (for a model offered it as a tool).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// The JSON schema of its input, if the node gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<serde_json::Value>,
 }
 
 /// A registered node.
@@ -575,6 +581,8 @@ mod tests {
         let caps = vec![CapabilityRecord {
             name: "echo".into(),
             available: true,
+            description: "echoes".into(),
+            input_schema: None,
         }];
         register(&hub, "dev", caps.clone(), 5);
         hub.touch("dev", "node.heartbeat", 9);

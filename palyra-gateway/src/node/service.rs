@@ -52,6 +52,10 @@ pub const MAX_EVENT_PAYLOAD: usize = 60 * 1024;
 pub const MAX_OUTSTANDING: usize = 256;
 /// Response bytes queued behind flow control before pushes wait.
 const PUSH_HIGH_WATER: usize = 64 * 1024;
+/// Longest capability description.
+pub const MAX_CAPABILITY_DESCRIPTION: usize = 1024;
+/// Longest capability input schema.
+pub const MAX_CAPABILITY_SCHEMA: usize = 16 * 1024;
 /// Longest `platform` string.
 const MAX_PLATFORM: usize = 64;
 
@@ -218,9 +222,35 @@ fn register_node(
                 format!("capability {name:?} is listed twice"),
             ));
         }
+        if capability.description.len() > MAX_CAPABILITY_DESCRIPTION {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                format!("capability {name:?}: description exceeds {MAX_CAPABILITY_DESCRIPTION} bytes"),
+            ));
+        }
+        let input_schema = match capability.input_schema_json.as_slice() {
+            [] => None,
+            json if json.len() > MAX_CAPABILITY_SCHEMA => {
+                return Err(Status::new(
+                    Code::InvalidArgument,
+                    format!("capability {name:?}: input_schema_json exceeds {MAX_CAPABILITY_SCHEMA} bytes"),
+                ))
+            }
+            json => match serde_json::from_slice::<Value>(json) {
+                Ok(schema) if schema.is_object() => Some(schema),
+                _ => {
+                    return Err(Status::new(
+                        Code::InvalidArgument,
+                        format!("capability {name:?}: input_schema_json is not a JSON object"),
+                    ))
+                }
+            },
+        };
         capabilities.push(CapabilityRecord {
             name: name.to_owned(),
             available: capability.available,
+            description: capability.description.clone(),
+            input_schema,
         });
     }
     let registration = hub.register(&device, platform, capabilities, now_ms);

@@ -135,7 +135,7 @@ pub async fn stream_chat(
     rt: &Rt,
     settings: &ProviderSettings,
     request: &ChatRequest,
-    mut on_event: impl FnMut(ChatEvent),
+    mut on_event: impl FnMut(ChatEvent) + Send,
 ) -> Result<(), ProviderError> {
     let mut attempt = 0;
     loop {
@@ -175,7 +175,7 @@ async fn attempt_once(
     rt: &Rt,
     settings: &ProviderSettings,
     request: &ChatRequest,
-    on_event: &mut dyn FnMut(ChatEvent),
+    on_event: &mut (dyn FnMut(ChatEvent) + Send),
 ) -> Result<(), ProviderError> {
     let endpoint = &settings.endpoint;
     // An IPv6 address is written in brackets, in the socket address and in `Host`.

@@ -3,3 +3,6 @@
 //! sessions, approvals).
 
 pub mod machine;
+pub mod engine;
+pub mod sessions;
+pub mod tape;

@@ -66,6 +66,25 @@ pub trait LogStore: Send + Sync {
     fn close(&self);
 }
 
+/// Reads the records of `log` after `after`, waiting for the disk if needed: for opening a
+/// service's state, before anything is served (never on a runtime worker).
+pub fn read_blocking(
+    log: &dyn LogStore,
+    after: u64,
+    max: usize,
+    max_bytes: usize,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    if let Some(batch) = log.read_cached(after, max, max_bytes) {
+        return Ok(batch.events);
+    }
+    let (answer, done) = super::pending(None);
+    log.read(after, max, max_bytes, Box::new(move |r| done.complete(r)));
+    answer
+        .wait_blocking(std::time::Duration::from_secs(60))
+        .unwrap_or(Err(StoreError::Closed))
+        .map(|batch| batch.events)
+}
+
 /// A non-durable [`EventStore`] with retention bounded by total bytes, for simulations and tests.
 pub struct MemoryEventLog {
     events: VecDeque<StoredEvent>,

@@ -29,7 +29,9 @@ pub use identity_dir::{
     unix_ms, DeviceBundle, DeviceIdentityFiles, IdentityDir, IdentityError, ServerIdentity,
     CA_VALIDITY,
 };
-pub use log::{EventStore, LogService, LogStore, MemoryEventLog, MemoryLog, QuickReader};
+pub use log::{
+    read_blocking, EventStore, LogService, LogStore, MemoryEventLog, MemoryLog, QuickReader,
+};
 pub use node_identity::{GatewayRecord, NodeIdentityDir, PendingPairing};
 pub use palyra_proto::node::log::{EventBatch, LogBounds, NewEvent, StoredEvent};
 pub use pending::{pending, Completer, Pending};

@@ -1,0 +1,1006 @@
+//! The run engine: starts runs in sessions, drives each one's [`RunMachine`] on a task of the
+//! runtime (the provider call, node capabilities as tools, approvals, cancellation, time), and
+//! writes every event to the run tape, making it visible to streams only once it is durable.
+//!
+//! ```text
+//! RunStream ─▶ start ─▶ session resolved (durable) ─▶ OPEN + ACCEPTED ─▶ task: machine ⇄ provider, hub
+//!                                                         │ every event ─▶ tape ─(durable)─▶ entry.events ─▶ streams
+//! ```
+
+use super::machine::{Action, Ending, RunMachine, RunSettings, ToolSpec, MAX_TOOL_OUTPUT};
+use super::sessions::{Resolve, SessionRecord, SessionStore};
+use super::tape::{self, LoadedRun, RunMeta, RunState, EVENT, OPEN, TRANSCRIPT};
+use crate::access::Caller;
+use crate::node::hub::{CapabilityResult, NodeHub};
+use crate::notify::Notifier;
+use crate::provider::client::{stream_chat, ProviderError, ProviderSettings};
+use crate::runtime::{self, Rt};
+use crate::store::{pending, LogStore, NewEvent, Pending, StoreError};
+use crate::util::stop::Stop;
+use crate::util::WallClock;
+use bytes::Bytes;
+use palyra_proto::grpc::{Code, Status};
+use palyra_proto::openai::call::ChatRequest;
+use palyra_proto::openai::chat::ChatEvent;
+use palyra_proto::pb::palyra::common::v1::{
+    run_stream_event::Body, stream_status::StatusKind, CanonicalId, RunStreamEvent, StreamStatus,
+    ToolApprovalResponse,
+};
+use prost::Message;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+/// Runs in progress at once.
+pub const MAX_ACTIVE_RUNS: usize = 4096;
+/// Longest input text.
+pub const MAX_INPUT: usize = 256 * 1024;
+/// A node seen this recently is offered as a tool host.
+const NODE_FRESH_MS: u64 = 60_000;
+
+/// Which tools need what.
+#[derive(Debug, Clone)]
+pub struct ToolPolicy {
+    /// Tool names (or `*`) whose calls an operator must approve.
+    pub require_approval: Vec<String>,
+    /// Tool names (or `*`) only runs with `allow_sensitive_tools` may call.
+    pub sensitive: Vec<String>,
+    /// Tool calls per run.
+    pub max_calls_per_run: u32,
+    /// How long an approval request waits.
+    pub approval_timeout: Duration,
+    /// How long a node capability may take.
+    pub capability_timeout: Duration,
+}
+
+impl Default for ToolPolicy {
+    fn default() -> Self {
+        Self {
+            require_approval: vec!["*".into()],
+            sensitive: Vec::new(),
+            max_calls_per_run: super::machine::DEFAULT_MAX_TOOL_CALLS,
+            approval_timeout: super::machine::APPROVAL_TIMEOUT,
+            capability_timeout: crate::node::service::CAPABILITY_TIMEOUT,
+        }
+    }
+}
+
+fn listed(list: &[String], name: &str) -> bool {
+    list.iter().any(|p| p == "*" || p == name)
+}
+
+/// How runs are made.
+#[derive(Clone, Default)]
+pub struct RunsConfig {
+    /// The model provider; without one, runs are refused with FAILED_PRECONDITION.
+    pub provider: Option<ProviderSettings>,
+    /// The model name.
+    pub model: String,
+    /// Tool policy.
+    pub policy: ToolPolicy,
+    /// A run whose client disconnected is cancelled unless a stream attaches within this long.
+    pub detach_grace: Duration,
+}
+
+/// What a caller asks to start.
+#[derive(Debug, Clone, Default)]
+pub struct StartRun {
+    /// The run's ID (the client's ULID).
+    pub run_id: String,
+    /// The session to run in.
+    pub session: Resolve,
+    /// The user's input.
+    pub input: String,
+    /// Sensitive tools may be called.
+    pub allow_sensitive_tools: bool,
+    /// What started it (`manual` when empty).
+    pub origin: String,
+}
+
+/// Something for a run's task.
+#[derive(Debug)]
+pub enum RunInput {
+    /// More user input.
+    Input(String),
+    /// An approval answer.
+    Approval(ToolApprovalResponse),
+    /// The client half-closed its stream.
+    HalfClose,
+    /// Cancel, saying by whom.
+    Cancel(String),
+    /// Part of model turn `turn`'s answer.
+    Model(u32, ChatEvent),
+    /// Model turn `turn`'s call ended.
+    ModelEnded(u32, Result<(), ProviderError>),
+    /// A tool call's outcome.
+    Tool {
+        /// The proposal.
+        proposal_id: String,
+        /// What it produced.
+        result: CapabilityResult,
+        /// Who ran it.
+        executor: String,
+        /// It ran out of time.
+        timed_out: bool,
+    },
+}
+
+/// Where a tool runs.
+#[derive(Debug, Clone)]
+enum Target {
+    /// A node capability.
+    Node { device_id: String, capability: String },
+}
+
+struct Entry {
+    meta: RunMeta,
+    /// Durable events, encoded.
+    events: Vec<Bytes>,
+    state: RunState,
+    transcript: Vec<Value>,
+    inbox: Option<async_channel::Sender<RunInput>>,
+    /// Seq of the last event handed to the tape.
+    next_seq: u64,
+    /// The terminal event is durable.
+    closed: bool,
+    /// The code a failed run's streams end with.
+    failure: Option<Code>,
+    /// Streams following it.
+    attached: u32,
+}
+
+#[derive(Default)]
+struct Runs {
+    map: HashMap<String, Entry>,
+    order: Vec<String>,
+    active: usize,
+}
+
+/// A run as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunSummary {
+    /// Its metadata.
+    #[serde(flatten)]
+    pub meta: RunMeta,
+    /// Its state.
+    pub state: &'static str,
+    /// Events on its tape.
+    pub events: u64,
+}
+
+/// Events of a run for a stream, from a cursor.
+#[derive(Debug, Clone)]
+pub struct Read {
+    /// The events (encoded `RunStreamEvent`s), in order.
+    pub events: Vec<Bytes>,
+    /// The status the stream ends with, once the run's tape is complete and read.
+    pub end: Option<Status>,
+}
+
+/// The run engine of one daemon.
+pub struct RunEngine {
+    tape: Arc<dyn LogStore>,
+    sessions: Arc<SessionStore>,
+    hub: Arc<NodeHub>,
+    wake: Arc<Notifier>,
+    clock: WallClock,
+    config: RunsConfig,
+    rt: OnceLock<Rt>,
+    runs: Mutex<Runs>,
+}
+
+fn canonical(id: &str) -> Option<CanonicalId> {
+    Some(CanonicalId { ulid: id.to_owned() })
+}
+
+fn status_event(run_id: &str, seq: u64, kind: StatusKind, message: String) -> RunStreamEvent {
+    RunStreamEvent {
+        v: 1,
+        run_id: canonical(run_id),
+        body: Some(Body::Status(StreamStatus {
+            kind: kind as i32,
+            message,
+        })),
+        seq,
+    }
+}
+
+/// The gRPC code a provider failure ends a run's stream with.
+fn provider_code(e: &ProviderError) -> Code {
+    match e {
+        ProviderError::Unreachable { .. } => Code::Unavailable,
+        ProviderError::Refused { status, .. } if status.as_u16() == 429 => Code::ResourceExhausted,
+        ProviderError::Refused { status, .. } if status.is_server_error() => Code::Unavailable,
+        ProviderError::Refused { .. } => Code::FailedPrecondition,
+        ProviderError::Silent(_) => Code::DeadlineExceeded,
+        ProviderError::Failed(_) => Code::Aborted,
+    }
+}
+
+/// Waits for `future` unless `stop` is raised first (the future is then dropped, which closes
+/// whatever connection it held).
+async fn until_stopped<F: Future<Output = ()>>(stop: Arc<Stop>, future: F) {
+    let mut future = std::pin::pin!(future);
+    let mut stopped = std::pin::pin!(stop.wait());
+    std::future::poll_fn(|cx| {
+        if stopped.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(());
+        }
+        future.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// A function name a model accepts (`^[A-Za-z0-9_-]{1,64}$`) for a capability name.
+pub fn function_name(capability: &str) -> String {
+    let name: String = capability
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .take(64)
+        .collect();
+    if name.is_empty() { "_".into() } else { name }
+}
+
+impl RunEngine {
+    /// Opens the engine over its `tape` (every run read back; unfinished ones are marked
+    /// interrupted, durably, before this returns) and its `sessions`; `wake` is notified when a
+    /// run's events become durable.
+    pub fn open(
+        tape: Arc<dyn LogStore>,
+        sessions: Arc<SessionStore>,
+        hub: Arc<NodeHub>,
+        wake: Arc<Notifier>,
+        clock: WallClock,
+        config: RunsConfig,
+    ) -> Result<Arc<Self>, StoreError> {
+        let loaded = tape::load(tape.as_ref())?;
+        let mut runs = Runs::default();
+        for LoadedRun {
+            meta,
+            mut events,
+            mut state,
+            transcript,
+        } in loaded
+        {
+            if !state.is_terminal() {
+                let event = status_event(
+                    &meta.run_id,
+                    events.len() as u64 + 1,
+                    StatusKind::Failed,
+                    format!(
+                        "{}: the daemon stopped before the run finished",
+                        tape::INTERRUPTED
+                    ),
+                );
+                let bytes = Bytes::from(event.encode_to_vec());
+                append_blocking(tape.as_ref(), tape::record(&meta.run_id, EVENT, bytes.clone()))?;
+                state = RunState::Interrupted;
+                events.push(bytes);
+                sessions.run_ended(&meta.session_id, &meta.run_id, state.as_str(), clock());
+            }
+            let id = meta.run_id.clone();
+            runs.order.push(id.clone());
+            runs.map.insert(
+                id,
+                Entry {
+                    next_seq: events.len() as u64,
+                    meta,
+                    events,
+                    state,
+                    transcript,
+                    inbox: None,
+                    closed: true,
+                    failure: None,
+                    attached: 0,
+                },
+            );
+        }
+        Ok(Arc::new(Self {
+            tape,
+            sessions,
+            hub,
+            wake,
+            clock,
+            config,
+            rt: OnceLock::new(),
+            runs: Mutex::new(runs),
+        }))
+    }
+
+    /// The runtime runs are driven on (set once, when the daemon is served).
+    pub fn set_runtime(&self, rt: Rt) {
+        let _ = self.rt.set(rt);
+    }
+
+    /// The sessions.
+    pub fn sessions(&self) -> &Arc<SessionStore> {
+        &self.sessions
+    }
+
+    /// Whether a model provider is configured.
+    pub fn has_provider(&self) -> bool {
+        self.config.provider.is_some()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Runs> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a run for `caller`: answered with the run's session once the session is durable
+    /// and the run accepted, or why not.
+    pub fn start(
+        self: &Arc<Self>,
+        caller: &Caller,
+        request: StartRun,
+    ) -> Pending<Result<SessionRecord, Status>> {
+        let (answer, done) = pending(Some(Arc::clone(&self.wake)));
+        if let Err(status) = self.check_start(&request) {
+            done.complete(Err(status));
+            return answer;
+        }
+        let this = Arc::clone(self);
+        let owner = caller.clone();
+        let new_id = ulid::Ulid::new().to_string();
+        self.sessions.resolve(
+            caller,
+            request.session.clone(),
+            (self.clock)(),
+            new_id,
+            move |outcome| {
+                done.complete(match outcome {
+                    Ok(Ok(resolved)) => this.begin(&owner, resolved.session, request),
+                    Ok(Err(status)) => Err(status),
+                    Err(e) => Err(Status::new(
+                        Code::Unavailable,
+                        format!("the session store failed: {e}"),
+                    )),
+                })
+            },
+        );
+        answer
+    }
+
+    fn check_start(&self, request: &StartRun) -> Result<(), Status> {
+        if self.config.provider.is_none() {
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                "no model provider is configured: set [model] base_url and model in palyrad's \
+                 configuration file (see docs/agent-runs.md)",
+            ));
+        }
+        if self.rt.get().is_none() {
+            return Err(Status::new(Code::Unavailable, "the daemon is starting"));
+        }
+        if !palyra_proto::identity::is_canonical_device_id(&request.run_id) {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                "run_id must be a canonical ULID",
+            ));
+        }
+        if request.input.trim().is_empty() {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                "the first message of a run needs input.content.text",
+            ));
+        }
+        if request.input.len() > MAX_INPUT {
+            return Err(Status::new(
+                Code::InvalidArgument,
+                format!("input text exceeds {MAX_INPUT} bytes"),
+            ));
+        }
+        if self.lock().map.contains_key(&request.run_id) {
+            return Err(Status::new(
+                Code::AlreadyExists,
+                format!(
+                    "run {} exists; send attach=true to follow it",
+                    request.run_id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The session's conversation so far: the transcripts of its runs since its last reset.
+    fn history(&self, runs: &Runs, session: &SessionRecord) -> Vec<Value> {
+        runs.order
+            .iter()
+            .filter_map(|id| runs.map.get(id))
+            .filter(|e| {
+                e.meta.session_id == session.session_id
+                    && e.meta.started_at_unix_ms >= session.history_from_unix_ms
+            })
+            .flat_map(|e| e.transcript.iter().cloned())
+            .collect()
+    }
+
+    /// The tools a run may call now: the capabilities of fresh nodes.
+    fn catalog(&self, now_ms: u64) -> (Vec<ToolSpec>, HashMap<String, Target>) {
+        let policy = &self.config.policy;
+        let mut specs = Vec::new();
+        let mut targets = HashMap::new();
+        for node in self.hub.nodes() {
+            if now_ms.saturating_sub(node.last_seen_at_unix_ms) > NODE_FRESH_MS {
+                continue;
+            }
+            for capability in node.capabilities.iter().filter(|c| c.available) {
+                let name = function_name(&capability.name);
+                if targets.contains_key(&name) {
+                    continue;
+                }
+                specs.push(ToolSpec {
+                    name: name.clone(),
+                    description: match capability.description.as_str() {
+                        "" => format!("the node capability {}", capability.name),
+                        text => text.to_owned(),
+                    },
+                    parameters: capability
+                        .input_schema
+                        .clone()
+                        .unwrap_or_else(|| json!({"type": "object"})),
+                    approval_required: listed(&policy.require_approval, &name)
+                        || listed(&policy.require_approval, &capability.name),
+                    sensitive: listed(&policy.sensitive, &name)
+                        || listed(&policy.sensitive, &capability.name),
+                });
+                targets.insert(
+                    name,
+                    Target::Node {
+                        device_id: node.device_id.clone(),
+                        capability: capability.name.clone(),
+                    },
+                );
+            }
+        }
+        (specs, targets)
+    }
+
+    /// Accepts a run in `session` (its session is durable): OPEN and ACCEPTED go to the tape and
+    /// its task starts.
+    fn begin(
+        self: &Arc<Self>,
+        caller: &Caller,
+        session: SessionRecord,
+        request: StartRun,
+    ) -> Result<SessionRecord, Status> {
+        let rt = self
+            .rt
+            .get()
+            .cloned()
+            .ok_or_else(|| Status::new(Code::Unavailable, "the daemon is starting"))?;
+        let now_ms = (self.clock)();
+        let (tx, rx) = async_channel::unbounded();
+        let meta = RunMeta {
+            run_id: request.run_id.clone(),
+            session_id: session.session_id.clone(),
+            principal: caller.principal.clone(),
+            origin: match request.origin.as_str() {
+                "" => "manual".into(),
+                origin => origin.chars().take(32).collect(),
+            },
+            started_at_unix_ms: now_ms,
+            prompt: request.input.chars().take(200).collect(),
+        };
+        let history = {
+            let mut runs = self.lock();
+            if runs.map.contains_key(&request.run_id) {
+                return Err(Status::new(
+                    Code::AlreadyExists,
+                    format!("run {} exists", request.run_id),
+                ));
+            }
+            if runs.active >= MAX_ACTIVE_RUNS {
+                return Err(Status::new(
+                    Code::ResourceExhausted,
+                    format!("{MAX_ACTIVE_RUNS} runs are in progress; retry later"),
+                ));
+            }
+            let history = self.history(&runs, &session);
+            runs.active += 1;
+            runs.order.push(request.run_id.clone());
+            runs.map.insert(
+                request.run_id.clone(),
+                Entry {
+                    meta: meta.clone(),
+                    events: Vec::new(),
+                    state: RunState::Accepted,
+                    transcript: Vec::new(),
+                    inbox: Some(tx.clone()),
+                    next_seq: 0,
+                    closed: false,
+                    failure: None,
+                    attached: 1,
+                },
+            );
+            history
+        };
+        let open = serde_json::to_vec(&meta).unwrap_or_default();
+        self.tape.append(
+            vec![NewEvent {
+                to: None,
+                body: tape::record(&meta.run_id, OPEN, open),
+            }],
+            None,
+            Box::new(|_| {}),
+        );
+        let accepted = format!(
+            "accepted session={} principal={}",
+            session.session_id, caller.principal
+        );
+        self.append_event(
+            &meta.run_id,
+            Body::Status(StreamStatus {
+                kind: StatusKind::Accepted as i32,
+                message: accepted,
+            }),
+        );
+        self.sessions
+            .run_started(&session.session_id, &meta.run_id, &meta.prompt, now_ms);
+        let (tools, targets) = self.catalog(now_ms);
+        let policy = &self.config.policy;
+        let settings = RunSettings {
+            tools,
+            max_tool_calls: policy.max_calls_per_run,
+            allow_sensitive: request.allow_sensitive_tools,
+            approval_timeout: policy.approval_timeout,
+            cached: session.cached.clone(),
+            new_id: Box::new(|| ulid::Ulid::new().to_string()),
+        };
+        let machine = RunMachine::start(settings, history, &request.input);
+        let this = Arc::clone(self);
+        let task_rt = Arc::clone(&rt);
+        rt.spawn(Box::pin(async move {
+            this.drive(task_rt, meta, machine, rx, tx, targets).await
+        }));
+        Ok(session)
+    }
+
+    /// Hands an event to the tape; it reaches the run's entry (and its streams) once durable.
+    fn append_event(self: &Arc<Self>, run_id: &str, body: Body) {
+        let (bytes, state_after) = {
+            let mut runs = self.lock();
+            let Some(entry) = runs.map.get_mut(run_id) else {
+                return;
+            };
+            entry.next_seq += 1;
+            let event = RunStreamEvent {
+                v: 1,
+                run_id: canonical(run_id),
+                body: Some(body),
+                seq: entry.next_seq,
+            };
+            let state_after = entry.state.after(&event);
+            (Bytes::from(event.encode_to_vec()), state_after)
+        };
+        let this = Arc::clone(self);
+        let run = run_id.to_owned();
+        let record = tape::record(run_id, EVENT, bytes.clone());
+        self.tape.append(
+            vec![NewEvent { to: None, body: record }],
+            None,
+            Box::new(move |written| this.appended(&run, bytes, state_after, written)),
+        );
+    }
+
+    /// An event is durable (or could not be made so).
+    fn appended(&self, run_id: &str, bytes: Bytes, state: RunState, written: Result<u64, StoreError>) {
+        let mut runs = self.lock();
+        let Some(entry) = runs.map.get_mut(run_id) else {
+            return;
+        };
+        match written {
+            Ok(_) => {
+                entry.events.push(bytes);
+                entry.state = state;
+                if state.is_terminal() {
+                    entry.closed = true;
+                }
+            }
+            Err(e) => {
+                tracing::error!(run = run_id, error = %e, "the run tape could not be written");
+                // Nothing more of this run can be shown as durable: its streams end.
+                entry.closed = true;
+                entry.failure = Some(Code::Unavailable);
+                if let Some(inbox) = &entry.inbox {
+                    let _ = inbox.try_send(RunInput::Cancel(format!(
+                        "the run tape could not be written: {e}"
+                    )));
+                }
+            }
+        }
+        drop(runs);
+        self.wake.notify();
+    }
+
+    async fn drive(
+        self: Arc<Self>,
+        rt: Rt,
+        meta: RunMeta,
+        mut machine: RunMachine,
+        rx: async_channel::Receiver<RunInput>,
+        tx: async_channel::Sender<RunInput>,
+        targets: HashMap<String, Target>,
+    ) {
+        let stop = Stop::new();
+        let mut turn = 0u32;
+        loop {
+            while let Some(action) = machine.poll_action() {
+                match action {
+                    Action::CallModel { messages, tools } => {
+                        turn += 1;
+                        self.call_model(&rt, turn, messages, tools, &tx, &stop);
+                    }
+                    Action::RunTool {
+                        proposal_id,
+                        name,
+                        input_json,
+                    } => {
+                        let task = run_tool(
+                            Arc::clone(&self.hub),
+                            Arc::clone(&rt),
+                            targets.get(&name).cloned(),
+                            proposal_id,
+                            input_json,
+                            self.config.policy.capability_timeout,
+                            tx.clone(),
+                        );
+                        rt.spawn(Box::pin(until_stopped(Arc::clone(&stop), task)));
+                    }
+                    Action::Remember(decision) => {
+                        self.sessions.remember(&meta.session_id, decision)
+                    }
+                    Action::Stop => stop.raise(),
+                }
+            }
+            if let Some(Ending::Failed(code, _)) = machine.ending() {
+                if let Some(entry) = self.lock().map.get_mut(&meta.run_id) {
+                    entry.failure = Some(*code);
+                }
+            }
+            while let Some(body) = machine.poll_event() {
+                self.append_event(&meta.run_id, body);
+            }
+            if machine.ending().is_some() {
+                break;
+            }
+            let next = match machine.poll_timeout() {
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(rt.now());
+                    runtime::timeout(rt.as_ref(), wait, rx.recv()).await
+                }
+                None => Some(rx.recv().await),
+            };
+            let (now, now_ms) = (rt.now(), (self.clock)());
+            match next {
+                None => machine.handle_timeout(now, now_ms),
+                Some(Err(_)) => machine.cancel("the run's inputs closed"),
+                Some(Ok(input)) => match input {
+                    RunInput::Input(text) => machine.handle_input(&text),
+                    RunInput::Approval(answer) => machine.handle_approval(now, now_ms, &answer),
+                    RunInput::HalfClose => machine.handle_half_close(now, now_ms),
+                    RunInput::Cancel(reason) => machine.cancel(&reason),
+                    RunInput::Model(t, _) | RunInput::ModelEnded(t, _) if t != turn => {}
+                    RunInput::Model(_, ChatEvent::Token(text)) => machine.handle_token(&text),
+                    RunInput::Model(_, ChatEvent::Usage(usage)) => machine.handle_usage(usage),
+                    RunInput::Model(_, ChatEvent::Finished { reason, tool_calls }) => {
+                        machine.handle_model_finished(now, now_ms, &reason, &tool_calls)
+                    }
+                    RunInput::ModelEnded(_, Ok(())) => {}
+                    RunInput::ModelEnded(_, Err(e)) => {
+                        machine.handle_model_failed(provider_code(&e), e.to_string())
+                    }
+                    RunInput::Tool {
+                        proposal_id,
+                        result,
+                        executor,
+                        timed_out,
+                    } => machine.handle_tool_result(
+                        now,
+                        now_ms,
+                        &proposal_id,
+                        result.success,
+                        result.output_json,
+                        result.error,
+                        timed_out,
+                        &executor,
+                    ),
+                },
+            }
+        }
+        stop.raise();
+        let transcript = machine.transcript().to_vec();
+        let body = serde_json::to_vec(&transcript).unwrap_or_default();
+        self.tape.append(
+            vec![NewEvent {
+                to: None,
+                body: tape::record(&meta.run_id, TRANSCRIPT, body),
+            }],
+            None,
+            Box::new(|_| {}),
+        );
+        let state = {
+            let mut runs = self.lock();
+            runs.active = runs.active.saturating_sub(1);
+            match runs.map.get_mut(&meta.run_id) {
+                Some(entry) => {
+                    entry.inbox = None;
+                    entry.transcript = transcript;
+                    match machine.ending() {
+                        Some(Ending::Done) => RunState::Done,
+                        Some(Ending::Cancelled(_)) => RunState::Cancelled,
+                        _ => RunState::Failed,
+                    }
+                }
+                None => RunState::Failed,
+            }
+        };
+        self.sessions
+            .run_ended(&meta.session_id, &meta.run_id, state.as_str(), (self.clock)());
+    }
+
+    fn call_model(
+        &self,
+        rt: &Rt,
+        turn: u32,
+        messages: Vec<Value>,
+        tools: Vec<Value>,
+        tx: &async_channel::Sender<RunInput>,
+        stop: &Arc<Stop>,
+    ) {
+        let Some(settings) = self.config.provider.clone() else {
+            let _ = tx.try_send(RunInput::ModelEnded(
+                turn,
+                Err(ProviderError::Failed("no model provider is configured".into())),
+            ));
+            return;
+        };
+        let request = ChatRequest {
+            model: self.config.model.clone(),
+            messages,
+            tools,
+        };
+        let (tx, call_rt) = (tx.clone(), Arc::clone(rt));
+        let call = async move {
+            let events = tx.clone();
+            let result = stream_chat(&call_rt, &settings, &request, |event| {
+                let _ = events.try_send(RunInput::Model(turn, event));
+            })
+            .await;
+            let _ = tx.try_send(RunInput::ModelEnded(turn, result));
+        };
+        rt.spawn(Box::pin(until_stopped(Arc::clone(stop), call)));
+    }
+
+    fn entry_for<'a>(runs: &'a mut Runs, caller: &Caller, run_id: &str) -> Result<&'a mut Entry, Status> {
+        match runs.map.get_mut(run_id) {
+            Some(entry) if caller.owns(&entry.meta.principal) => Ok(entry),
+            _ => Err(Status::new(Code::NotFound, format!("no run {run_id}"))),
+        }
+    }
+
+    /// Hands `input` to a run of `caller`; FAILED_PRECONDITION once it ended.
+    pub fn send(&self, caller: &Caller, run_id: &str, input: RunInput) -> Result<(), Status> {
+        let mut runs = self.lock();
+        let entry = Self::entry_for(&mut runs, caller, run_id)?;
+        match &entry.inbox {
+            Some(inbox) => {
+                let _ = inbox.try_send(input);
+                Ok(())
+            }
+            None => Err(Status::new(
+                Code::FailedPrecondition,
+                format!("run {run_id} has ended ({})", entry.state.as_str()),
+            )),
+        }
+    }
+
+    /// Cancels a run of `caller`: whether a cancellation was requested (false once it ended).
+    pub fn cancel(&self, caller: &Caller, run_id: &str, reason: &str) -> Result<bool, Status> {
+        let mut runs = self.lock();
+        let entry = Self::entry_for(&mut runs, caller, run_id)?;
+        Ok(match &entry.inbox {
+            Some(inbox) => inbox.try_send(RunInput::Cancel(reason.to_owned())).is_ok(),
+            None => false,
+        })
+    }
+
+    /// A stream follows a run of `caller` (re-attach or replay).
+    pub fn attach(&self, caller: &Caller, run_id: &str) -> Result<(), Status> {
+        let mut runs = self.lock();
+        let entry = Self::entry_for(&mut runs, caller, run_id)?;
+        entry.attached += 1;
+        Ok(())
+    }
+
+    /// A stream stopped following a run. `cancel` (the client reset its stream) cancels the
+    /// run at once; a disconnect cancels it once no stream attached within the grace period.
+    pub fn detach(self: &Arc<Self>, run_id: &str, cancel: Option<&str>) {
+        let mut runs = self.lock();
+        let Some(entry) = runs.map.get_mut(run_id) else {
+            return;
+        };
+        entry.attached = entry.attached.saturating_sub(1);
+        let Some(inbox) = entry.inbox.clone() else {
+            return;
+        };
+        if let Some(reason) = cancel {
+            let _ = inbox.try_send(RunInput::Cancel(reason.to_owned()));
+            return;
+        }
+        if entry.attached > 0 {
+            return;
+        }
+        drop(runs);
+        let Some(rt) = self.rt.get().cloned() else {
+            return;
+        };
+        let this = Arc::clone(self);
+        let run = run_id.to_owned();
+        let grace = self.config.detach_grace;
+        let timer_rt = Arc::clone(&rt);
+        rt.spawn(Box::pin(async move {
+            runtime::sleep(timer_rt.as_ref(), grace).await;
+            let runs = this.lock();
+            if let Some(entry) = runs.map.get(&run).filter(|e| e.attached == 0) {
+                if let Some(inbox) = &entry.inbox {
+                    let _ = inbox.try_send(RunInput::Cancel(format!(
+                        "the client disconnected and no stream re-attached within {} s",
+                        grace.as_secs()
+                    )));
+                }
+            }
+        }));
+    }
+
+    /// Durable events of a run from index `from` (the seq of the last one seen), at most about
+    /// `max_bytes`; `None` if there is no such run.
+    pub fn read(&self, run_id: &str, from: usize, max_bytes: usize) -> Option<Read> {
+        let runs = self.lock();
+        let entry = runs.map.get(run_id)?;
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        for event in entry.events.iter().skip(from) {
+            if bytes > 0 && bytes + event.len() > max_bytes {
+                break;
+            }
+            bytes += event.len();
+            events.push(event.clone());
+        }
+        let complete = entry.closed && from + events.len() >= entry.events.len();
+        let end = complete.then(|| match entry.state {
+            RunState::Done => Status::ok(),
+            RunState::Cancelled => Status::new(Code::Cancelled, "the run was cancelled"),
+            state => Status::new(
+                entry.failure.unwrap_or(Code::Aborted),
+                format!("the run {}", state.as_str()),
+            ),
+        });
+        Some(Read { events, end })
+    }
+
+    /// The runs `caller` may see, newest first, at most `limit`.
+    pub fn list(&self, caller: &Caller, limit: usize) -> Vec<RunSummary> {
+        let runs = self.lock();
+        runs.order
+            .iter()
+            .rev()
+            .filter_map(|id| runs.map.get(id))
+            .filter(|e| caller.owns(&e.meta.principal))
+            .take(limit)
+            .map(|e| RunSummary {
+                meta: e.meta.clone(),
+                state: e.state.as_str(),
+                events: e.events.len() as u64,
+            })
+            .collect()
+    }
+
+    /// A run's summary and durable events, if `caller` may see it.
+    pub fn get(&self, caller: &Caller, run_id: &str) -> Option<(RunSummary, Vec<Bytes>)> {
+        let runs = self.lock();
+        let e = runs.map.get(run_id).filter(|e| caller.owns(&e.meta.principal))?;
+        let summary = RunSummary {
+            meta: e.meta.clone(),
+            state: e.state.as_str(),
+            events: e.events.len() as u64,
+        };
+        Some((summary, e.events.clone()))
+    }
+
+    /// Every run `caller` may see with its events (for the approval records), oldest first.
+    pub fn tapes(&self, caller: &Caller) -> Vec<(RunMeta, Vec<Bytes>)> {
+        let runs = self.lock();
+        runs.order
+            .iter()
+            .filter_map(|id| runs.map.get(id))
+            .filter(|e| caller.owns(&e.meta.principal))
+            .map(|e| (e.meta.clone(), e.events.clone()))
+            .collect()
+    }
+}
+
+/// Appends one record and waits until it is durable (at open, before anything is served).
+fn append_blocking(log: &dyn LogStore, body: Bytes) -> Result<(), StoreError> {
+    let (answer, done) = pending(None);
+    log.append(
+        vec![NewEvent { to: None, body }],
+        None,
+        Box::new(move |r| done.complete(r)),
+    );
+    answer
+        .wait_blocking(Duration::from_secs(60))
+        .unwrap_or(Err(StoreError::Closed))
+        .map(drop)
+}
+
+/// Runs one tool call on its target and reports the outcome to the run.
+async fn run_tool(
+    hub: Arc<NodeHub>,
+    rt: Rt,
+    target: Option<Target>,
+    proposal_id: String,
+    input: Vec<u8>,
+    limit: Duration,
+    tx: async_channel::Sender<RunInput>,
+) {
+    let failed = |executor: String, error: String, timed_out: bool| RunInput::Tool {
+        proposal_id: proposal_id.clone(),
+        result: CapabilityResult {
+            success: false,
+            output_json: Vec::new(),
+            error,
+        },
+        executor,
+        timed_out,
+    };
+    let Some(Target::Node {
+        device_id,
+        capability,
+    }) = target
+    else {
+        let _ = tx.try_send(failed("gateway".into(), "no such tool".into(), false));
+        return;
+    };
+    let executor = format!("node:{device_id}");
+    let request = match hub.enqueue(&device_id, &capability, input, MAX_TOOL_OUTPUT as u64) {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = tx.try_send(failed(executor, format!("cannot dispatch to the node: {e}"), false));
+            return;
+        }
+    };
+    // Abandons the request if the run stops waiting (cancelled: this future is dropped).
+    struct Abandon<'a>(&'a NodeHub, &'a str, bool);
+    impl Drop for Abandon<'_> {
+        fn drop(&mut self) {
+            if self.2 {
+                self.0.abandon(self.1);
+            }
+        }
+    }
+    let mut guard = Abandon(&hub, &request, true);
+    let deadline = rt.now() + limit;
+    let notifier = hub.notifier();
+    loop {
+        let listener = notifier.listen();
+        if let Some(result) = hub.take_result(&request) {
+            guard.2 = false;
+            let _ = tx.try_send(RunInput::Tool {
+                proposal_id,
+                result,
+                executor,
+                timed_out: false,
+            });
+            return;
+        }
+        let now = rt.now();
+        if now >= deadline {
+            let error = format!("the node did not answer within {} s", limit.as_secs());
+            let _ = tx.try_send(failed(executor, error, true));
+            return;
+        }
+        runtime::timeout(rt.as_ref(), deadline - now, listener).await;
+    }
+}
