@@ -2,7 +2,8 @@
 //! variables, then command-line flags (flags win).
 
 use crate::node::NodePlaneOptions;
-use crate::provider::client::Endpoint;
+use crate::provider::client::{Endpoint, ProviderSettings};
+use crate::run::engine::ToolPolicy;
 use crate::store::FileEventLogConfig;
 use palyra_proto::quic::ServerLimits;
 use serde::Deserialize;
@@ -60,6 +61,67 @@ pub struct FileConfig {
     pub listeners: ListenersSection,
     /// The model provider agent runs use (absent: no provider).
     pub model: Option<ModelSection>,
+    /// Tool policy of agent runs.
+    #[serde(default)]
+    pub tools: ToolsSection,
+}
+
+/// `[tools]` section: which tools need what.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsSection {
+    /// Tools (names, or `"*"`) whose calls an operator must approve (default `["*"]`).
+    pub require_approval: Option<Vec<String>>,
+    /// Tools (names, or `"*"`) only runs with `allow_sensitive_tools` may call (default none).
+    pub sensitive: Option<Vec<String>>,
+    /// Tool calls a run may make (default 16).
+    pub max_calls_per_run: Option<u32>,
+    /// How long an approval request waits, in seconds (default 60).
+    pub approval_timeout_secs: Option<u64>,
+    /// How long a node capability may take, in seconds (default 30).
+    pub capability_timeout_secs: Option<u64>,
+    /// A run whose client disconnected is cancelled unless a stream re-attaches within this
+    /// many seconds (default 15).
+    pub detach_grace_secs: Option<u64>,
+}
+
+impl ToolsSection {
+    fn resolve(self) -> anyhow::Result<(ToolPolicy, Duration)> {
+        let defaults = ToolPolicy::default();
+        let secs = |value: Option<u64>, default: Duration, name: &str| match value {
+            Some(0) => anyhow::bail!("tools.{name} must be at least 1"),
+            Some(n) if n > 86_400 => anyhow::bail!("tools.{name} must be at most 86400"),
+            Some(n) => Ok(Duration::from_secs(n)),
+            None => Ok(default),
+        };
+        let policy = ToolPolicy {
+            require_approval: self.require_approval.unwrap_or(defaults.require_approval),
+            sensitive: self.sensitive.unwrap_or(defaults.sensitive),
+            max_calls_per_run: match self.max_calls_per_run {
+                Some(n) if n > 1000 => {
+                    anyhow::bail!("tools.max_calls_per_run must be at most 1000")
+                }
+                Some(n) => n,
+                None => defaults.max_calls_per_run,
+            },
+            approval_timeout: secs(
+                self.approval_timeout_secs,
+                defaults.approval_timeout,
+                "approval_timeout_secs",
+            )?,
+            capability_timeout: secs(
+                self.capability_timeout_secs,
+                defaults.capability_timeout,
+                "capability_timeout_secs",
+            )?,
+        };
+        let grace = secs(
+            self.detach_grace_secs,
+            Duration::from_secs(15),
+            "detach_grace_secs",
+        )?;
+        Ok((policy, grace))
+    }
 }
 
 /// `[model]` section: an OpenAI-compatible chat-completions server.
@@ -98,6 +160,35 @@ pub struct ModelConfig {
     pub idle_timeout: Duration,
     /// Retries before the first token.
     pub max_retries: u32,
+}
+
+impl ModelConfig {
+    /// The provider client's settings (the API key read from its variable now).
+    pub fn provider(&self) -> anyhow::Result<ProviderSettings> {
+        let api_key =
+            match &self.api_key_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| {
+                    anyhow::anyhow!("model.api_key_env names {var}, which is not set")
+                })?),
+                None => None,
+            };
+        let tls = match self.endpoint.tls {
+            true => Some(std::sync::Arc::new(
+                palyra_proto::quic::tls::web_client_config(None)
+                    .map_err(|e| anyhow::anyhow!("TLS for the model provider: {e}"))?,
+            )),
+            false => None,
+        };
+        Ok(ProviderSettings {
+            endpoint: self.endpoint.clone(),
+            api_key,
+            tls,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+            max_retries: self.max_retries,
+            limits: palyra_proto::openai::chat::ChatLimits::default(),
+        })
+    }
 }
 
 impl ModelSection {
@@ -275,6 +366,10 @@ pub struct Config {
     pub max_connections_per_listener: Option<usize>,
     /// The model provider (`[model]`), if one is configured.
     pub model: Option<ModelConfig>,
+    /// Tool policy (`[tools]`).
+    pub tools: ToolPolicy,
+    /// How long a disconnected run waits for a stream to re-attach.
+    pub detach_grace: Duration,
 }
 
 /// The per-user default state directory.
@@ -299,7 +394,7 @@ pub fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
 impl Config {
     /// Resolves defaults < file < environment/flags.
     pub fn resolve(overrides: &Overrides) -> anyhow::Result<Self> {
-        let file = match &overrides.config {
+        let mut file = match &overrides.config {
             Some(path) => read_file_config(path)?,
             None => FileConfig::default(),
         };
@@ -344,6 +439,7 @@ impl Config {
                 "events.segment_bytes must be at least 4096 and at most events.max_total_bytes"
             );
         }
+        let (tools, detach_grace) = std::mem::take(&mut file.tools).resolve()?;
         let mut hosts = file.hosts.unwrap_or_default();
         hosts.extend(overrides.hosts.iter().filter(|h| !h.is_empty()).cloned());
         let node = NodePlaneOptions {
@@ -404,6 +500,8 @@ impl Config {
                 other => other,
             },
             model: file.model.map(ModelSection::resolve).transpose()?,
+            tools,
+            detach_grace,
         })
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::config::{default_state_dir, Config, LogFormat, Overrides};
 use crate::daemon::{Daemon, DaemonSettings, ListenAddrs};
+use crate::run::engine::RunsConfig;
 use crate::runtime::Rt;
 use crate::serve::tcp::ListenerLimits;
 use crate::store::{DeviceIdentityFiles, IdentityDir};
@@ -213,6 +214,16 @@ pub async fn serve(rt: Rt, config: Config) -> anyhow::Result<()> {
         admin_token: std::env::var("PALYRA_ADMIN_TOKEN").ok(),
         version: env!("CARGO_PKG_VERSION").into(),
         git_hash: option_env!("PALYRA_GIT_HASH").unwrap_or("unknown").into(),
+        runs: RunsConfig {
+            provider: config.model.as_ref().map(|m| m.provider()).transpose()?,
+            model: config
+                .model
+                .as_ref()
+                .map(|m| m.model.clone())
+                .unwrap_or_default(),
+            policy: config.tools.clone(),
+            detach_grace: config.detach_grace,
+        },
     };
     let mut daemon = Daemon::open(settings, random, &mut OsRng)?;
     if daemon.first_start {

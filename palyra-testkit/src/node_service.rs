@@ -40,6 +40,7 @@ fn register(device: &str) -> Vec<u8> {
         capabilities: vec![DeviceCapability {
             name: "echo".into(),
             available: true,
+            ..DeviceCapability::default()
         }],
         replay: None,
     }

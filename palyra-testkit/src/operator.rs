@@ -180,7 +180,7 @@ pub fn operator_admin_api<D: Driver>() {
         Admin::open(
             palyra_gateway::console::open_file_log(gw.path()).expect("console log"),
             Arc::clone(&gw.docs),
-            AdminAuth::from_token("suite-token"),
+            Arc::new(AdminAuth::from_token("suite-token")),
             Arc::clone(&hub),
             clock,
             Arc::new(|buf: &mut [u8]| buf.fill(0x5a)),
@@ -338,7 +338,9 @@ fn suite_admin(
     palyra_gateway::operator::Admin::open(
         palyra_gateway::console::open_file_log(gw.path()).expect("console log"),
         Arc::clone(&gw.docs),
-        palyra_gateway::operator::auth::AdminAuth::from_token("suite-token"),
+        Arc::new(palyra_gateway::operator::auth::AdminAuth::from_token(
+            "suite-token",
+        )),
         Arc::clone(hub),
         clock,
         Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, buf)),

@@ -19,7 +19,7 @@ fn serve<D: Driver>(tls: bool) -> (TcpHandle, String, Gateway) {
     let admin = Admin::open(
         palyra_gateway::console::open_file_log(gw.path()).expect("console log"),
         Arc::clone(&gw.docs),
-        AdminAuth::from_token("client-token"),
+        Arc::new(AdminAuth::from_token("client-token")),
         Arc::clone(&plane.hub),
         clock,
         Arc::new(|buf: &mut [u8]| buf.fill(3)),

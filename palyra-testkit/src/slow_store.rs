@@ -164,6 +164,10 @@ fn slow_daemon<D: Driver>(state: &std::path::Path) -> (Running, Arc<Delayer>) {
             inner: files.console,
             delay: Arc::clone(&delay),
         }),
+        runs: Arc::new(SlowLog {
+            inner: files.runs,
+            delay: Arc::clone(&delay),
+        }),
     };
     let settings = DaemonSettings {
         state_dir: state.to_owned(),
@@ -176,6 +180,7 @@ fn slow_daemon<D: Driver>(state: &std::path::Path) -> (Running, Arc<Delayer>) {
         admin_token: Some(TOKEN.into()),
         version: "suite".into(),
         git_hash: "unknown".into(),
+        runs: Default::default(),
     };
     let random = Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
     let daemon = Daemon::open_with(settings, stores, random, &mut OsRng).expect("daemon");

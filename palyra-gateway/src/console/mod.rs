@@ -17,9 +17,8 @@ pub mod web;
 
 use crate::notify::Notifier;
 use crate::store::{
-    read_blocking,
-    DocStore, FileEventLog, FileEventLogConfig, LogService, LogStore, NewEvent, Pending,
-    StoreError, StoredEvent,
+    read_blocking, DocStore, FileEventLog, FileEventLogConfig, LogService, LogStore, NewEvent,
+    Pending, StoreError, StoredEvent,
 };
 use crate::util::WallClock;
 use bytes::Bytes;

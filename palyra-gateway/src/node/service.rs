@@ -225,17 +225,19 @@ fn register_node(
         if capability.description.len() > MAX_CAPABILITY_DESCRIPTION {
             return Err(Status::new(
                 Code::InvalidArgument,
-                format!("capability {name:?}: description exceeds {MAX_CAPABILITY_DESCRIPTION} bytes"),
+                format!(
+                    "capability {name:?}: description exceeds {MAX_CAPABILITY_DESCRIPTION} bytes"
+                ),
             ));
         }
         let input_schema = match capability.input_schema_json.as_slice() {
             [] => None,
-            json if json.len() > MAX_CAPABILITY_SCHEMA => {
-                return Err(Status::new(
-                    Code::InvalidArgument,
-                    format!("capability {name:?}: input_schema_json exceeds {MAX_CAPABILITY_SCHEMA} bytes"),
-                ))
-            }
+            json if json.len() > MAX_CAPABILITY_SCHEMA => return Err(Status::new(
+                Code::InvalidArgument,
+                format!(
+                    "capability {name:?}: input_schema_json exceeds {MAX_CAPABILITY_SCHEMA} bytes"
+                ),
+            )),
             json => match serde_json::from_slice::<Value>(json) {
                 Ok(schema) if schema.is_object() => Some(schema),
                 _ => {

@@ -177,6 +177,8 @@ pub struct Admin {
     pub origins: Vec<String>,
     /// Pairing and device routes, when the daemon enrolls devices.
     pub pairing: Option<pairing::PairingAdmin>,
+    /// API tokens (`/admin/v1/tokens`), when the daemon mints them.
+    pub tokens: Option<Arc<crate::access::tokens::TokenStore>>,
 }
 
 impl Admin {
@@ -185,7 +187,7 @@ impl Admin {
     pub fn open(
         console_log: Arc<dyn crate::store::LogStore>,
         docs: Arc<dyn crate::store::DocStore>,
-        auth: auth::AdminAuth,
+        auth: Arc<auth::AdminAuth>,
         hub: Arc<NodeHub>,
         clock: WallClock,
         random: RandomFill,
@@ -201,7 +203,7 @@ impl Admin {
             Arc::clone(&clock),
         )?;
         Ok(Self {
-            auth: Arc::new(auth),
+            auth,
             webhooks: Arc::new(webhook::WebhookStore::open(
                 Arc::clone(&docs),
                 Some(hub.notifier()),
@@ -216,6 +218,7 @@ impl Admin {
             random,
             origins,
             pairing: None,
+            tokens: None,
         })
     }
 }

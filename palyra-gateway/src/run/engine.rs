@@ -131,7 +131,10 @@ pub enum RunInput {
 #[derive(Debug, Clone)]
 enum Target {
     /// A node capability.
-    Node { device_id: String, capability: String },
+    Node {
+        device_id: String,
+        capability: String,
+    },
 }
 
 struct Entry {
@@ -192,7 +195,9 @@ pub struct RunEngine {
 }
 
 fn canonical(id: &str) -> Option<CanonicalId> {
-    Some(CanonicalId { ulid: id.to_owned() })
+    Some(CanonicalId {
+        ulid: id.to_owned(),
+    })
 }
 
 fn status_event(run_id: &str, seq: u64, kind: StatusKind, message: String) -> RunStreamEvent {
@@ -204,6 +209,7 @@ fn status_event(run_id: &str, seq: u64, kind: StatusKind, message: String) -> Ru
             message,
         })),
         seq,
+        timestamp_unix_ms: 0,
     }
 }
 
@@ -237,10 +243,20 @@ async fn until_stopped<F: Future<Output = ()>>(stop: Arc<Stop>, future: F) {
 pub fn function_name(capability: &str) -> String {
     let name: String = capability
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
-    if name.is_empty() { "_".into() } else { name }
+    if name.is_empty() {
+        "_".into()
+    } else {
+        name
+    }
 }
 
 impl RunEngine {
@@ -265,7 +281,7 @@ impl RunEngine {
         } in loaded
         {
             if !state.is_terminal() {
-                let event = status_event(
+                let mut event = status_event(
                     &meta.run_id,
                     events.len() as u64 + 1,
                     StatusKind::Failed,
@@ -274,8 +290,12 @@ impl RunEngine {
                         tape::INTERRUPTED
                     ),
                 );
+                event.timestamp_unix_ms = clock() as i64;
                 let bytes = Bytes::from(event.encode_to_vec());
-                append_blocking(tape.as_ref(), tape::record(&meta.run_id, EVENT, bytes.clone()))?;
+                append_blocking(
+                    tape.as_ref(),
+                    tape::record(&meta.run_id, EVENT, bytes.clone()),
+                )?;
                 state = RunState::Interrupted;
                 events.push(bytes);
                 sessions.run_ended(&meta.session_id, &meta.run_id, state.as_str(), clock());
@@ -570,6 +590,7 @@ impl RunEngine {
                 run_id: canonical(run_id),
                 body: Some(body),
                 seq: entry.next_seq,
+                timestamp_unix_ms: (self.clock)() as i64,
             };
             let state_after = entry.state.after(&event);
             (Bytes::from(event.encode_to_vec()), state_after)
@@ -578,14 +599,23 @@ impl RunEngine {
         let run = run_id.to_owned();
         let record = tape::record(run_id, EVENT, bytes.clone());
         self.tape.append(
-            vec![NewEvent { to: None, body: record }],
+            vec![NewEvent {
+                to: None,
+                body: record,
+            }],
             None,
             Box::new(move |written| this.appended(&run, bytes, state_after, written)),
         );
     }
 
     /// An event is durable (or could not be made so).
-    fn appended(&self, run_id: &str, bytes: Bytes, state: RunState, written: Result<u64, StoreError>) {
+    fn appended(
+        &self,
+        run_id: &str,
+        bytes: Bytes,
+        state: RunState,
+        written: Result<u64, StoreError>,
+    ) {
         let mut runs = self.lock();
         let Some(entry) = runs.map.get_mut(run_id) else {
             return;
@@ -736,8 +766,12 @@ impl RunEngine {
                 None => RunState::Failed,
             }
         };
-        self.sessions
-            .run_ended(&meta.session_id, &meta.run_id, state.as_str(), (self.clock)());
+        self.sessions.run_ended(
+            &meta.session_id,
+            &meta.run_id,
+            state.as_str(),
+            (self.clock)(),
+        );
     }
 
     fn call_model(
@@ -752,7 +786,9 @@ impl RunEngine {
         let Some(settings) = self.config.provider.clone() else {
             let _ = tx.try_send(RunInput::ModelEnded(
                 turn,
-                Err(ProviderError::Failed("no model provider is configured".into())),
+                Err(ProviderError::Failed(
+                    "no model provider is configured".into(),
+                )),
             ));
             return;
         };
@@ -773,7 +809,11 @@ impl RunEngine {
         rt.spawn(Box::pin(until_stopped(Arc::clone(stop), call)));
     }
 
-    fn entry_for<'a>(runs: &'a mut Runs, caller: &Caller, run_id: &str) -> Result<&'a mut Entry, Status> {
+    fn entry_for<'a>(
+        runs: &'a mut Runs,
+        caller: &Caller,
+        run_id: &str,
+    ) -> Result<&'a mut Entry, Status> {
         match runs.map.get_mut(run_id) {
             Some(entry) if caller.owns(&entry.meta.principal) => Ok(entry),
             _ => Err(Status::new(Code::NotFound, format!("no run {run_id}"))),
@@ -900,7 +940,10 @@ impl RunEngine {
     /// A run's summary and durable events, if `caller` may see it.
     pub fn get(&self, caller: &Caller, run_id: &str) -> Option<(RunSummary, Vec<Bytes>)> {
         let runs = self.lock();
-        let e = runs.map.get(run_id).filter(|e| caller.owns(&e.meta.principal))?;
+        let e = runs
+            .map
+            .get(run_id)
+            .filter(|e| caller.owns(&e.meta.principal))?;
         let summary = RunSummary {
             meta: e.meta.clone(),
             state: e.state.as_str(),
@@ -967,7 +1010,11 @@ async fn run_tool(
     let request = match hub.enqueue(&device_id, &capability, input, MAX_TOOL_OUTPUT as u64) {
         Ok(id) => id,
         Err(e) => {
-            let _ = tx.try_send(failed(executor, format!("cannot dispatch to the node: {e}"), false));
+            let _ = tx.try_send(failed(
+                executor,
+                format!("cannot dispatch to the node: {e}"),
+                false,
+            ));
             return;
         }
     };

@@ -2,7 +2,9 @@
 //! runs over the model provider and the node hub, and the gRPC services (RunStream, AbortRun,
 //! sessions, approvals).
 
-pub mod machine;
+pub mod approvals;
 pub mod engine;
+pub mod machine;
+pub mod service;
 pub mod sessions;
 pub mod tape;

@@ -179,7 +179,8 @@ impl SessionStore {
 
     /// Records that `run_id` started in `session_id` with `preview` as its input.
     pub fn run_started(&self, session_id: &str, run_id: &str, preview: &str, now_ms: u64) {
-        let (session, run, preview) = (session_id.to_owned(), run_id.to_owned(), preview.to_owned());
+        let (session, run, preview) =
+            (session_id.to_owned(), run_id.to_owned(), preview.to_owned());
         drop(self.doc.update(move |map| {
             if let Some(s) = map.get_mut(&session) {
                 s.last_run_id = Some(run);
@@ -231,7 +232,9 @@ impl SessionStore {
         self.doc.update(move |map| {
             let id = find(map, &caller, session_id.as_deref(), &session_key)
                 .ok_or_else(|| Status::new(Code::NotFound, "no such session"))?;
-            let session = map.get_mut(&id).ok_or_else(|| Status::new(Code::NotFound, "no such session"))?;
+            let session = map
+                .get_mut(&id)
+                .ok_or_else(|| Status::new(Code::NotFound, "no such session"))?;
             let newly = session.archived_at_unix_ms.is_none();
             if newly {
                 session.archived_at_unix_ms = Some(now_ms);
@@ -293,7 +296,12 @@ fn resolve_in(
             return Err(Status::new(Code::NotFound, format!("no session {id}")));
         }
     }
-    let found = find(map, caller, request.session_id.as_deref(), &request.session_key);
+    let found = find(
+        map,
+        caller,
+        request.session_id.as_deref(),
+        &request.session_key,
+    );
     let Some(id) = found else {
         if request.require_existing {
             return Err(Status::new(
@@ -374,26 +382,65 @@ mod tests {
             session_key: k.into(),
             ..Resolve::default()
         };
-        let a = resolve_in(&mut map, &alice, key("main"), 1, "01ARZ3NDEKTSV4RRFFQ69G5FA1".into()).unwrap();
+        let a = resolve_in(
+            &mut map,
+            &alice,
+            key("main"),
+            1,
+            "01ARZ3NDEKTSV4RRFFQ69G5FA1".into(),
+        )
+        .unwrap();
         assert!(a.created);
-        let again = resolve_in(&mut map, &alice, key("main"), 2, "01ARZ3NDEKTSV4RRFFQ69G5FA2".into()).unwrap();
-        assert_eq!((again.created, &again.session.session_id), (false, &a.session.session_id));
-        let b = resolve_in(&mut map, &bob, key("main"), 3, "01ARZ3NDEKTSV4RRFFQ69G5FA3".into()).unwrap();
+        let again = resolve_in(
+            &mut map,
+            &alice,
+            key("main"),
+            2,
+            "01ARZ3NDEKTSV4RRFFQ69G5FA2".into(),
+        )
+        .unwrap();
+        assert_eq!(
+            (again.created, &again.session.session_id),
+            (false, &a.session.session_id)
+        );
+        let b = resolve_in(
+            &mut map,
+            &bob,
+            key("main"),
+            3,
+            "01ARZ3NDEKTSV4RRFFQ69G5FA3".into(),
+        )
+        .unwrap();
         assert!(b.created && b.session.session_id != a.session.session_id);
         let by_id = Resolve {
             session_id: Some(a.session.session_id.clone()),
             ..Resolve::default()
         };
-        let stolen = resolve_in(&mut map, &bob, by_id.clone(), 4, "01ARZ3NDEKTSV4RRFFQ69G5FA4".into());
+        let stolen = resolve_in(
+            &mut map,
+            &bob,
+            by_id.clone(),
+            4,
+            "01ARZ3NDEKTSV4RRFFQ69G5FA4".into(),
+        );
         assert_eq!(stolen.unwrap_err().code, Code::NotFound);
         let admin = Caller::admin();
-        assert!(!resolve_in(&mut map, &admin, by_id, 5, "x".into()).unwrap().created);
+        assert!(
+            !resolve_in(&mut map, &admin, by_id, 5, "x".into())
+                .unwrap()
+                .created
+        );
         let missing = Resolve {
             session_key: "other".into(),
             require_existing: true,
             ..Resolve::default()
         };
-        assert_eq!(resolve_in(&mut map, &alice, missing, 6, "y".into()).unwrap_err().code, Code::NotFound);
+        assert_eq!(
+            resolve_in(&mut map, &alice, missing, 6, "y".into())
+                .unwrap_err()
+                .code,
+            Code::NotFound
+        );
         let reset = Resolve {
             session_key: "main".into(),
             reset: true,
@@ -403,7 +450,9 @@ mod tests {
         assert!(r.reset_applied);
         assert_eq!(r.session.history_from_unix_ms, 7);
         assert_eq!(
-            resolve_in(&mut map, &alice, key("bad key"), 8, "w".into()).unwrap_err().code,
+            resolve_in(&mut map, &alice, key("bad key"), 8, "w".into())
+                .unwrap_err()
+                .code,
             Code::InvalidArgument
         );
     }

@@ -4,8 +4,8 @@
 //! conversation. Reading the log back at start rebuilds every run; a run without a terminal
 //! status was cut by a crash and is marked interrupted.
 
-use crate::store::{read_blocking, FileEventLog, FileEventLogConfig, LogService, LogStore};
 use crate::store::StoreError;
+use crate::store::{read_blocking, FileEventLog, FileEventLogConfig, LogService, LogStore};
 use bytes::Bytes;
 use palyra_proto::pb::palyra::common::v1::{
     run_stream_event::Body, stream_status::StatusKind, RunStreamEvent,
@@ -188,7 +188,8 @@ pub fn load(log: &dyn LogStore) -> Result<Vec<LoadedRun>, StoreError> {
                     let Some(run) = index.get(&rec.run_id).map(|i| &mut runs[*i]) else {
                         continue;
                     };
-                    let event = RunStreamEvent::decode(rec.body.as_ref()).map_err(|e| corrupt(&e))?;
+                    let event =
+                        RunStreamEvent::decode(rec.body.as_ref()).map_err(|e| corrupt(&e))?;
                     run.state = run.state.after(&event);
                     run.events.push(rec.body);
                 }

@@ -64,12 +64,24 @@ pub trait CallHandler: Send {
     fn on_message(&mut self, message: Bytes, reply: &mut Reply);
     /// The client sent its last message.
     fn on_half_close(&mut self, reply: &mut Reply);
+    /// The call ended without the handler finishing it: the client reset the stream (or its
+    /// deadline passed), or the connection closed. The handler is dropped after this.
+    fn on_end(&mut self, _why: CallEnd) {}
     /// Shared state changed or [`CallHandler::poll_timeout`] passed: produce what is ready.
     fn poll(&mut self, _cx: &PollContext, _reply: &mut Reply) {}
     /// When this handler next wants [`CallHandler::poll`] without outside news.
     fn poll_timeout(&self) -> Option<Instant> {
         None
     }
+}
+
+/// Why a call ended before its handler finished it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEnd {
+    /// The client reset the stream or the deadline passed (the status says which).
+    Reset(Status),
+    /// The connection closed.
+    Disconnected,
 }
 
 /// A gRPC service.
@@ -251,12 +263,16 @@ impl Router {
                     }
                     call
                 }
-                Event::Cancelled { call, .. } => {
-                    self.calls.remove(&call);
+                Event::Cancelled { call, status } => {
+                    if let Some(mut handler) = self.calls.remove(&call) {
+                        handler.on_end(CallEnd::Reset(status));
+                    }
                     continue;
                 }
                 Event::Closed { .. } => {
-                    self.calls.clear();
+                    for (_, mut handler) in self.calls.drain() {
+                        handler.on_end(CallEnd::Disconnected);
+                    }
                     continue;
                 }
             };
@@ -284,6 +300,15 @@ impl Router {
         if let Some((status, trailers)) = reply.finish {
             let _ = server.finish(call, &status, &trailers);
             self.calls.remove(&call);
+        }
+    }
+}
+
+impl Drop for Router {
+    /// Calls still open when the connection goes away end as disconnected.
+    fn drop(&mut self) {
+        for (_, mut handler) in self.calls.drain() {
+            handler.on_end(CallEnd::Disconnected);
         }
     }
 }

@@ -378,6 +378,23 @@ impl std::fmt::Display for PinMismatch {
 
 impl std::error::Error for PinMismatch {}
 
+/// Client TLS configuration for a public HTTPS server (a hosted model provider): the Mozilla
+/// roots of `webpki-roots`, plus `extra_ca_der` (a private CA) when given; TLS 1.2 or 1.3,
+/// ALPN `http/1.1`.
+pub fn web_client_config(extra_ca_der: Option<&[u8]>) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(der) = extra_ca_der {
+        roots.add(CertificateDer::from(der.to_vec()))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    Ok(config)
+}
+
 /// Client TLS configuration (no client certificate) that trusts only the CA with the pinned
 /// key: for pairing before the device has the CA certificate.
 pub fn pinned_client_config(

@@ -519,6 +519,7 @@ fn operator_for(hub: Arc<ConsoleHub>, origins: Vec<String>) -> Arc<Operator> {
             ),
             origins,
             pairing: None,
+            tokens: None,
         },
         false,
     )
