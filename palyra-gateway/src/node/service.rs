@@ -232,12 +232,14 @@ fn register_node(
         }
         let input_schema = match capability.input_schema_json.as_slice() {
             [] => None,
-            json if json.len() > MAX_CAPABILITY_SCHEMA => return Err(Status::new(
-                Code::InvalidArgument,
-                format!(
+            json if json.len() > MAX_CAPABILITY_SCHEMA => {
+                return Err(Status::new(
+                    Code::InvalidArgument,
+                    format!(
                     "capability {name:?}: input_schema_json exceeds {MAX_CAPABILITY_SCHEMA} bytes"
                 ),
-            )),
+                ))
+            }
             json => match serde_json::from_slice::<Value>(json) {
                 Ok(schema) if schema.is_object() => Some(schema),
                 _ => {

@@ -55,6 +55,8 @@ pub(crate) enum BodyFor {
     SurfacePatch(String),
     /// A pairing or device route.
     Pairing(super::pairing::PairingBody),
+    /// `POST /admin/v1/tokens`.
+    MintToken,
     /// `POST /webhooks/v1/{name}`, with the signature headers.
     Webhook {
         integration: Box<Integration>,
@@ -254,6 +256,12 @@ impl OperatorConnection {
                 self.pairing_route(now, path, &method)
             }
             (path, method)
+                if path == "/admin/v1/tokens" || path.starts_with("/admin/v1/tokens/") =>
+            {
+                let method = method.clone();
+                self.tokens_route(now, path, &method)
+            }
+            (path, method)
                 if path.starts_with("/admin/v1/chat/")
                     || path.starts_with("/admin/v1/surfaces/") =>
             {
@@ -359,6 +367,7 @@ impl OperatorConnection {
             BodyFor::SurfacePut(name) => return self.surface_put(now, name, &buf),
             BodyFor::SurfacePatch(name) => return self.surface_patch(now, name, &buf),
             BodyFor::Pairing(what) => return self.pairing_body(now, what, &buf),
+            BodyFor::MintToken => return self.mint_token(now, &buf),
             BodyFor::Webhook {
                 integration,
                 signature,

@@ -281,6 +281,106 @@ impl Endpoint for RotateDevice {
     }
 }
 
+/// `POST /admin/v1/tokens`: mints an API token (shown once in the answer).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintToken {
+    /// Whom it proves (`kind:name`, e.g. `user:alice`).
+    pub principal: String,
+    /// What it may do (`runs:write`, `sessions:read`, ...).
+    pub scopes: Vec<String>,
+    /// A label for people.
+    #[serde(default)]
+    pub label: String,
+    /// Lifetime in seconds (none: no expiry).
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A token as listed (no secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// Its ID.
+    pub token_id: String,
+    /// Whom it proves.
+    pub principal: String,
+    /// What it may do.
+    pub scopes: Vec<String>,
+    /// Its label.
+    pub label: String,
+    /// `active`, `expired` or `revoked`.
+    pub state: String,
+    /// When it was minted.
+    pub created_at_unix_ms: u64,
+    /// When it expires.
+    pub expires_at_unix_ms: Option<u64>,
+    /// When it was revoked.
+    pub revoked_at_unix_ms: Option<u64>,
+}
+
+/// A minted token: the secret, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MintedToken {
+    /// The bearer token.
+    pub token: String,
+    /// Its record.
+    #[serde(flatten)]
+    pub record: Token,
+}
+
+impl Endpoint for MintToken {
+    type Response = MintedToken;
+    const METHOD: Method = Method::POST;
+    fn path(&self) -> String {
+        "/admin/v1/tokens".into()
+    }
+}
+
+/// `GET /admin/v1/tokens`: every token, without secrets.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListTokens;
+
+/// The tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tokens {
+    /// Oldest first.
+    pub tokens: Vec<Token>,
+}
+
+impl Endpoint for ListTokens {
+    type Response = Tokens;
+    const METHOD: Method = Method::GET;
+    const HAS_BODY: bool = false;
+    fn path(&self) -> String {
+        "/admin/v1/tokens".into()
+    }
+}
+
+/// `POST /admin/v1/tokens/{id}/revoke`: the token stops working at once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RevokeToken {
+    /// The token.
+    #[serde(skip)]
+    pub token_id: String,
+}
+
+/// A token revocation's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokedToken {
+    /// The token.
+    pub token_id: String,
+    /// It was not revoked before.
+    pub newly_revoked: bool,
+}
+
+impl Endpoint for RevokeToken {
+    type Response = RevokedToken;
+    const METHOD: Method = Method::POST;
+    const HAS_BODY: bool = false;
+    fn path(&self) -> String {
+        format!("/admin/v1/tokens/{}/revoke", self.token_id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ pub mod api;
 pub use crate::access::admin as auth;
 pub mod console;
 pub mod pairing;
+pub mod tokens;
 pub mod webhook;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use palyra_gateway::client::commands;
 use palyra_gateway::client::node::{self, NodeTarget};
 use palyra_gateway::runtime::{self, Rt};
 use palyra_proto::node::{NodeRequest, PublishEvent};
@@ -37,6 +38,22 @@ enum Command {
     /// Paired devices: list, revoke, ask to rotate (operator; through palyrad's admin API).
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Agent runs: list, show a run's tape, abort (gateway gRPC listener).
+    #[command(subcommand)]
+    Runs(commands::RunsCommand),
+    /// Sessions of agent runs: list, show, clean up (gateway gRPC listener).
+    #[command(subcommand)]
+    Sessions(commands::SessionsCommand),
+    /// Approval records of agent runs: list, show, export (gateway gRPC listener).
+    #[command(subcommand)]
+    Approvals(commands::ApprovalsCommand),
+    /// API tokens: create, list, revoke (operator; through palyrad's admin API).
+    Tokens {
+        #[command(flatten)]
+        op: OperatorArgs,
+        #[command(subcommand)]
+        command: commands::TokensCommand,
+    },
     /// Checks the gateway over gRPC (GatewayService/GetHealth) and prints the answer as JSON.
     Health {
         /// Gateway gRPC address, HOST:PORT (e.g. 127.0.0.1:7443).
@@ -50,6 +67,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AgentCommand {
+    /// Runs the gateway's agent on PROMPT: the reply streams to stdout, tool calls ask for an
+    /// approval (--approve), --json prints every event as one JSON line.
+    Run(commands::AgentRunArgs),
     /// Runs the demo agent: streamed chat replies, a live status surface and a deploy form whose
     /// submissions it answers. Open http://127.0.0.1:8080/ to watch.
     Demo {
@@ -375,6 +395,18 @@ async fn run(rt: Rt, cli: Cli) -> anyhow::Result<()> {
                 palyra_gateway::client::demo_agent::run_demo(options)
             })
             .await;
+        }
+        Command::Agent(AgentCommand::Run(args)) => {
+            return commands::agent_run_command(&rt, args).await
+        }
+        Command::Runs(command) => return commands::runs_command(&rt, command).await,
+        Command::Sessions(command) => return commands::sessions_command(&rt, command).await,
+        Command::Approvals(command) => return commands::approvals_command(&rt, command).await,
+        Command::Tokens { op, command } => {
+            return runtime::unblock(rt.as_ref(), move || {
+                commands::tokens_command(&op.daemon.daemon()?, op.json, command)
+            })
+            .await
         }
         Command::Pairing(command) => {
             return runtime::unblock(rt.as_ref(), move || pairing(command)).await
