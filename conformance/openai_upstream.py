@@ -52,7 +52,7 @@ def plan(body):
     tool = re.search(r"\[\[tool:(\w+) (\{.*?\})\]\]", text)
     if last.get("role") == "tool":
         name = tool.group(1) if tool else "tool"
-        return (f"Tool {name} said: {last.get('content', '')}".split(" "), None, "stop", None)
+        return (spaced(f"Tool {name} said: {last.get('content', '')}"), None, "stop", None)
     if tool:
         return (["Calling ", tool.group(1), "."], (tool.group(1), tool.group(2)), "tool_calls", None)
     count = re.search(r"\[\[tokens:(\d+)\]\]", text)
@@ -62,8 +62,13 @@ def plan(body):
         return (["This ", "answer ", "is ", "cut"], None, None, "cut")
     if "[[error]]" in text:
         return (["Partial "], None, None, "error")
-    words = f"You said: {text}".split(" ")
-    return ([w + (" " if i + 1 < len(words) else "") for i, w in enumerate(words)], None, "stop", None)
+    return (spaced(f"You said: {text}"), None, "stop", None)
+
+
+def spaced(text):
+    """One token per word, each but the last with its following space."""
+    words = text.split(" ")
+    return [w + (" " if i + 1 < len(words) else "") for i, w in enumerate(words)]
 
 
 def chunk(model, delta, finish=None):

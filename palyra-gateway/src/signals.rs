@@ -17,3 +17,14 @@ pub fn termination() -> std::io::Result<async_channel::Receiver<i32>> {
         })?;
     Ok(rx)
 }
+
+/// Restores the default action of SIGPIPE, so a command whose output is piped into a reader that
+/// goes away (`palyra runs list | head -1`) ends quietly, as other Unix tools do, instead of
+/// failing its next write. Call it first thing in `main`.
+pub fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: sets a signal's disposition to its default; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

@@ -192,18 +192,41 @@ impl GrpcNode {
         platform: &str,
         capabilities: &[String],
     ) -> anyhow::Result<RegisterNodeResponse> {
+        let capabilities = capabilities
+            .iter()
+            .map(|name| DeviceCapability {
+                name: name.clone(),
+                available: true,
+                ..DeviceCapability::default()
+            })
+            .collect();
+        self.register_capabilities(platform, capabilities).await
+    }
+
+    /// Opens StreamNodeEvents (bidi, no deadline): the caller sends events and reads answers,
+    /// with capability dispatches pushed on them.
+    pub async fn open_events(&self) -> anyhow::Result<crate::serve::grpc_channel::StreamingCall> {
+        self.channel
+            .open(
+                "/palyra.node.v1.NodeService/StreamNodeEvents",
+                Vec::new(),
+                None,
+            )
+            .await
+            .map_err(|status| anyhow::anyhow!("cannot open the event stream: {status}"))
+    }
+
+    /// RegisterNode with these capability descriptions.
+    pub async fn register_capabilities(
+        &self,
+        platform: &str,
+        capabilities: Vec<DeviceCapability>,
+    ) -> anyhow::Result<RegisterNodeResponse> {
         let request = RegisterNodeRequest {
             v: 1,
             device_id: canonical(&self.device_id),
             platform: platform.to_owned(),
-            capabilities: capabilities
-                .iter()
-                .map(|name| DeviceCapability {
-                    name: name.clone(),
-                    available: true,
-                    ..DeviceCapability::default()
-                })
-                .collect(),
+            capabilities,
             replay: None,
         };
         let response = self

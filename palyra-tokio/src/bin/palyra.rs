@@ -295,6 +295,14 @@ enum NodeCommand {
         /// Stop after this many seconds (default: run until interrupted).
         #[arg(long)]
         run_for_secs: Option<u64>,
+        /// Serve a capability to the gateway's runs: NAME=COMMAND runs COMMAND (sh -c) with
+        /// the call's input JSON on stdin and returns its stdout (JSON, or text). Repeatable.
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        /// JSON file describing the capabilities for the model:
+        /// {"NAME": {"description": "...", "input_schema": {...}, "timeout_secs": 25}}.
+        #[arg(long)]
+        capability_spec: Option<PathBuf>,
     },
     /// Checks the gateway and prints the health answer as JSON.
     Health {
@@ -340,6 +348,7 @@ enum NodeCommand {
 }
 
 fn main() -> ExitCode {
+    palyra_gateway::signals::default_sigpipe();
     let cli = Cli::parse();
     let runtime = match palyra_tokio::build_runtime(1) {
         Ok(rt) => rt,
@@ -451,8 +460,27 @@ async fn run(rt: Rt, cli: Cli) -> anyhow::Result<()> {
         NodeCommand::Run {
             identity,
             run_for_secs,
+            capabilities,
+            capability_spec,
         } => {
+            use palyra_gateway::client::capabilities;
             use palyra_gateway::client::identity::{run_node, RunOptions};
+            let served = capabilities::parse(&capabilities, capability_spec.as_deref())?;
+            if !served.is_empty() {
+                let target = NodeTarget {
+                    gateway: None,
+                    identity: identity.clone(),
+                    server_name: None,
+                    timeout: Duration::from_secs(10),
+                };
+                let report = std::sync::Arc::new(|line: serde_json::Value| println!("{line}"));
+                rt.spawn(Box::pin(capabilities::serve(
+                    rt.clone(),
+                    target,
+                    served,
+                    report,
+                )));
+            }
             let options = RunOptions {
                 identity,
                 run_for: run_for_secs.map(Duration::from_secs),
