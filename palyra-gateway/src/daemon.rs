@@ -355,6 +355,11 @@ impl Daemon {
         }))
     }
 
+    /// The node hub (registry, capability dispatch).
+    pub fn hub(&self) -> &Arc<crate::node::hub::NodeHub> {
+        &self.hub
+    }
+
     /// The notifier that wakes operator connections (console stream) and node connections.
     pub fn notifier(&self) -> Arc<crate::notify::Notifier> {
         self.hub.notifier()

@@ -13,6 +13,7 @@ pub mod operator;
 pub mod operator_client;
 pub mod pairing;
 pub mod provider;
+pub mod runs;
 pub mod slow_store;
 
 use palyra_gateway::grpc::GrpcListener;
@@ -762,6 +763,26 @@ macro_rules! node_plane_suite {
         #[test]
         fn shutdown_closes_connections() {
             $crate::shutdown_closes_connections::<$driver>();
+        }
+        #[test]
+        fn run_streams_and_replays() {
+            $crate::runs::run_streams_and_replays::<$driver>();
+        }
+        #[test]
+        fn approvals_decide_tool_calls() {
+            $crate::runs::approvals_decide_tool_calls::<$driver>();
+        }
+        #[test]
+        fn every_cancellation_path() {
+            $crate::runs::every_cancellation_path::<$driver>();
+        }
+        #[test]
+        fn principals_and_scopes() {
+            $crate::runs::principals_and_scopes::<$driver>();
+        }
+        #[test]
+        fn run_failures_are_reported() {
+            $crate::runs::failures_are_reported::<$driver>();
         }
         #[test]
         fn grpc_gateway_services() {

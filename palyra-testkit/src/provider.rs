@@ -12,13 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The scripted upstream, stopped when dropped (its stdin closes).
-struct Upstream {
+pub(crate) struct Upstream {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Upstream {
-    fn start(api_key: &str) -> Self {
+    pub(crate) fn start(api_key: &str) -> Self {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../conformance/openai_upstream.py"

@@ -391,6 +391,8 @@ struct RunStreamCall {
     ended: Option<CallEnd>,
     /// Poll again at this time (flow control is holding events back).
     retry_at: Option<Instant>,
+    /// The client half-closed before its run was accepted (told to the run once it is).
+    half_closed: bool,
 }
 
 impl RunStreamCall {
@@ -407,6 +409,7 @@ impl RunStreamCall {
             done: false,
             ended: None,
             retry_at: None,
+            half_closed: false,
         }
     }
 
@@ -546,7 +549,8 @@ impl CallHandler for RunStreamCall {
                     "the stream ended before its first message",
                 ),
             ),
-            Some(run_id) if self.owner || self.starting.is_some() => {
+            Some(_) if self.starting.is_some() => self.half_closed = true,
+            Some(run_id) if self.owner => {
                 let _ = self.engine.send(&self.caller, run_id, RunInput::HalfClose);
             }
             _ => {}
@@ -569,6 +573,11 @@ impl CallHandler for RunStreamCall {
                     self.session_id = session.session_id;
                     self.owner = true;
                     self.following = true;
+                    if self.half_closed {
+                        if let Some(run_id) = &self.run_id {
+                            let _ = self.engine.send(&self.caller, run_id, RunInput::HalfClose);
+                        }
+                    }
                 }
             }
         }

@@ -193,6 +193,16 @@ enum Waiter {
     Stream(async_channel::Sender<CallEvent>),
 }
 
+impl Waiter {
+    /// Nobody can receive this call's answer any more.
+    fn is_abandoned(&self) -> bool {
+        match self {
+            Waiter::Unary(reply, _) => reply.is_closed(),
+            Waiter::Stream(events) => events.is_closed(),
+        }
+    }
+}
+
 enum Wake {
     Read(io::Result<usize>),
     Timer,
@@ -265,7 +275,11 @@ async fn run_channel<M: ClientMachine>(
                 run_command(machine.client(), &mut waiting, command, rt.now())
             }
             Wake::Command(None) => {
-                // Every handle is gone: finish what is open, then close.
+                // Every handle is gone: finish what is open, then close; when nobody waits for
+                // any open call's answer either, the connection closes now.
+                if waiting.values().all(Waiter::is_abandoned) {
+                    return;
+                }
                 commands_open = false;
                 machine.go_away();
             }

@@ -1,0 +1,825 @@
+//! Agent runs through a whole daemon (file stores, the gateway gRPC listener) with the scripted
+//! OpenAI-compatible upstream as its model: RunStream's event order, replay by cursor, tools
+//! on a node after each approval outcome, every cancellation path, principals and scopes, a
+//! provider that breaks off, no provider at all, and the RPCs this gateway does not serve.
+//!
+//! The node here is played at the hub (its registration and its results), because the node
+//! transports are tested on their own; `conformance/` drives a real `palyra node run`.
+
+use crate::provider::Upstream;
+use crate::Driver;
+use palyra_gateway::access::tokens::Mint;
+use palyra_gateway::client::runs::{canonical, RunsClient};
+use palyra_gateway::daemon::{Daemon, DaemonSettings, ListenAddrs, Running};
+use palyra_gateway::node::hub::{CapabilityRecord, CapabilityResult};
+use palyra_gateway::provider::client::{Endpoint, ProviderSettings};
+use palyra_gateway::run::engine::{RunsConfig, ToolPolicy};
+use palyra_gateway::serve::grpc_channel::{CallEvent, StreamingCall};
+use palyra_gateway::serve::tcp::ListenerLimits;
+use palyra_proto::grpc::{Code, Status};
+use palyra_proto::openai::chat::ChatLimits;
+use palyra_proto::pb::palyra::common::v1::{
+    run_stream_event::Body, stream_status::StatusKind, ApprovalDecisionScope, MessageContent,
+    MessageEnvelope, RunStreamEvent, RunStreamRequest, ToolApprovalResponse,
+};
+use palyra_proto::pb::palyra::gateway::v1::{
+    AbortRunRequest, AbortRunResponse, ExportApprovalsRequest, ListApprovalsRequest,
+    ListApprovalsResponse, ListRunsRequest, ListRunsResponse, ListSessionsRequest,
+    ListSessionsResponse,
+};
+use prost::Message;
+use rand_core::OsRng;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const ADMIN: &str = "runs-suite-admin";
+const NODE: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+struct Gateway {
+    running: Running,
+    grpc: String,
+    _dir: tempfile::TempDir,
+    _upstream: Option<Upstream>,
+}
+
+fn gateway<D: Driver>(with_provider: bool, approval_timeout: Duration) -> Gateway {
+    let dir = tempfile::tempdir().expect("dir");
+    let upstream = with_provider.then(|| Upstream::start("suite-key"));
+    let provider = upstream.as_ref().map(|u| ProviderSettings {
+        endpoint: Endpoint::parse(&format!("http://{}/v1", u.addr)).expect("base_url"),
+        api_key: Some("suite-key".into()),
+        tls: None,
+        connect_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(5),
+        max_retries: 2,
+        limits: ChatLimits::default(),
+    });
+    let settings = DaemonSettings {
+        state_dir: dir.path().join("state"),
+        node: Default::default(),
+        grpc_tls: false,
+        http_tls: false,
+        enrollment: Default::default(),
+        advertise_addr: None,
+        console_origins: Vec::new(),
+        admin_token: Some(ADMIN.into()),
+        version: "suite".into(),
+        git_hash: "unknown".into(),
+        runs: RunsConfig {
+            provider,
+            model: "scripted".into(),
+            policy: ToolPolicy {
+                require_approval: vec!["echo".into()],
+                sensitive: vec!["secret".into()],
+                approval_timeout,
+                ..ToolPolicy::default()
+            },
+            detach_grace: Duration::from_millis(500),
+        },
+    };
+    let random = Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
+    let daemon = Daemon::open(settings, random, &mut OsRng).expect("daemon");
+    let any = crate::loopback();
+    let addrs = ListenAddrs {
+        node: any,
+        grpc: any,
+        http: any,
+    };
+    let running = daemon
+        .serve(&D::runtime(), &addrs, ListenerLimits::default())
+        .expect("serve");
+    let grpc = running.endpoints.grpc.to_string();
+    Gateway {
+        running,
+        grpc,
+        _dir: dir,
+        _upstream: upstream,
+    }
+}
+
+/// A node at the hub serving `echo` (approval needed), `free` (none) and `secret`
+/// (sensitive): results echo the input. Stops when the flag is lowered.
+fn node(g: &Gateway) -> Arc<AtomicBool> {
+    let hub = Arc::clone(g.running.daemon().hub());
+    let now = palyra_gateway::store::unix_ms(std::time::SystemTime::now());
+    let caps = ["echo", "free", "secret"]
+        .iter()
+        .map(|name| CapabilityRecord {
+            name: (*name).into(),
+            available: true,
+            description: format!("{name} echoes its input"),
+            input_schema: None,
+        })
+        .collect();
+    hub.register(NODE, "linux-x86_64", caps, now)
+        .wait_blocking(Duration::from_secs(5))
+        .expect("registered")
+        .expect("registration");
+    let live = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&live);
+    std::thread::spawn(move || {
+        while flag.load(Ordering::Acquire) {
+            match hub.take_dispatch(NODE) {
+                Some(d) => {
+                    let result = CapabilityResult {
+                        success: true,
+                        output_json: d.input_json.clone(),
+                        error: String::new(),
+                    };
+                    hub.complete(NODE, &d.request_id, result).expect("complete");
+                }
+                None => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    live
+}
+
+fn client<D: Driver>(g: &Gateway, token: &str, principal: Option<&str>) -> RunsClient {
+    D::block_on(RunsClient::connect(
+        &D::runtime(),
+        &g.grpc,
+        token,
+        principal,
+    ))
+    .expect("connect")
+}
+
+fn token(g: &Gateway, principal: &str, scopes: &[&str]) -> String {
+    let mint = Mint {
+        principal: principal.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        label: "suite".into(),
+        ttl_seconds: None,
+    };
+    g.running
+        .daemon()
+        .tokens
+        .mint(mint, ulid::Ulid::new().to_string(), [9; 32], 1)
+        .wait_blocking(Duration::from_secs(5))
+        .expect("durable")
+        .expect("store")
+        .expect("minted")
+        .0
+}
+
+fn first(run_id: &str, session_key: &str, text: &str) -> RunStreamRequest {
+    RunStreamRequest {
+        v: 1,
+        run_id: canonical(run_id),
+        session_key: session_key.into(),
+        input: Some(MessageEnvelope {
+            v: 1,
+            content: Some(MessageContent {
+                text: text.into(),
+                attachments: Vec::new(),
+            }),
+            ..MessageEnvelope::default()
+        }),
+        ..RunStreamRequest::default()
+    }
+}
+
+fn open<D: Driver>(c: &RunsClient) -> StreamingCall {
+    D::block_on(c.open("GatewayService", "RunStream")).expect("open RunStream")
+}
+
+fn send<D: Driver>(call: &StreamingCall, request: &RunStreamRequest) {
+    D::block_on(call.send(request.encode_to_vec())).expect("send");
+}
+
+/// Reads events until the call ends; `on` may answer each one on the call.
+fn collect<D: Driver>(
+    call: &mut StreamingCall,
+    mut on: impl FnMut(&RunStreamEvent, &StreamingCall),
+) -> (Vec<RunStreamEvent>, Status) {
+    let rt = D::runtime();
+    let mut events = Vec::new();
+    loop {
+        let next = D::block_on(palyra_gateway::runtime::timeout(
+            rt.as_ref(),
+            Duration::from_secs(20),
+            call.next(),
+        ));
+        match next
+            .expect("an event within 20 s")
+            .expect("the call ends with a status")
+        {
+            CallEvent::Message(bytes) => {
+                let event = RunStreamEvent::decode(bytes.as_ref()).expect("RunStreamEvent");
+                on(&event, call);
+                events.push(event);
+            }
+            CallEvent::Finished(status, _) => return (events, status),
+            CallEvent::Headers(_) => {}
+        }
+    }
+}
+
+fn kind(event: &RunStreamEvent) -> String {
+    match &event.body {
+        Some(Body::Status(s)) => StatusKind::try_from(s.kind)
+            .unwrap()
+            .as_str_name()
+            .trim_start_matches("STATUS_KIND_")
+            .to_owned(),
+        Some(Body::ModelToken(t)) if t.is_final => "final".into(),
+        Some(Body::ModelToken(_)) => "token".into(),
+        Some(Body::ToolProposal(_)) => "proposal".into(),
+        Some(Body::ToolApprovalRequest(_)) => "approval_request".into(),
+        Some(Body::ToolApprovalResponse(_)) => "approval_response".into(),
+        Some(Body::ToolDecision(_)) => "decision".into(),
+        Some(Body::ToolResult(_)) => "result".into(),
+        Some(Body::ToolAttestation(_)) => "attestation".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn kinds(events: &[RunStreamEvent]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for k in events.iter().map(kind) {
+        if k == "token" && out.last().is_some_and(|l| l == "token") {
+            continue;
+        }
+        out.push(k);
+    }
+    out
+}
+
+fn text(events: &[RunStreamEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::ModelToken(t)) => Some(t.token.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn last_status(events: &[RunStreamEvent]) -> String {
+    events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.body {
+            Some(Body::Status(s)) => Some(s.message.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn answer(
+    event: &RunStreamEvent,
+    approved: bool,
+    scope: ApprovalDecisionScope,
+) -> Option<RunStreamRequest> {
+    let Some(Body::ToolApprovalRequest(r)) = &event.body else {
+        return None;
+    };
+    Some(RunStreamRequest {
+        v: 1,
+        run_id: event.run_id.clone(),
+        tool_approval_response: Some(ToolApprovalResponse {
+            proposal_id: r.proposal_id.clone(),
+            approved,
+            reason: String::new(),
+            approval_id: r.approval_id.clone(),
+            decision_scope: scope as i32,
+            decision_scope_ttl_ms: 0,
+        }),
+        ..RunStreamRequest::default()
+    })
+}
+
+fn new_id() -> String {
+    ulid::Ulid::new().to_string()
+}
+
+/// A reply streams in the contract's order, the call ends OK after DONE, the tape replays from
+/// any cursor, and the run is listed.
+pub fn run_streams_and_replays<D: Driver>() {
+    let g = gateway::<D>(true, Duration::from_secs(60));
+    let c = client::<D>(&g, ADMIN, None);
+    let run = new_id();
+    let mut call = open::<D>(&c);
+    send::<D>(&call, &first(&run, "main", "hello there"));
+    let (events, status) = collect::<D>(&mut call, |_, _| {});
+    assert_eq!(status.code, Code::Ok, "{status:?}");
+    assert_eq!(
+        kinds(&events),
+        ["ACCEPTED", "IN_PROGRESS", "token", "final", "DONE"]
+    );
+    assert_eq!(text(&events), "You said: hello there");
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "gap-free seqs"
+    );
+    assert!(events
+        .iter()
+        .all(|e| e.run_id.as_ref().unwrap().ulid == run));
+    // Replay from the start and from a cursor.
+    for after in [0u64, 3] {
+        let mut call = open::<D>(&c);
+        let attach = RunStreamRequest {
+            v: 1,
+            run_id: canonical(&run),
+            attach: true,
+            attach_after_seq: after,
+            ..RunStreamRequest::default()
+        };
+        send::<D>(&call, &attach);
+        let (replayed, status) = collect::<D>(&mut call, |_, _| {});
+        assert_eq!(status.code, Code::Ok);
+        assert_eq!(
+            replayed,
+            events[after as usize..].to_vec(),
+            "replay after {after}"
+        );
+    }
+    let listed: ListRunsResponse = D::block_on(c.unary(
+        "GatewayService",
+        "ListRuns",
+        &ListRunsRequest {
+            v: 1,
+            ..Default::default()
+        },
+    ))
+    .expect("ListRuns");
+    assert_eq!(listed.runs[0].state, "done");
+    assert_eq!(listed.runs[0].event_count, events.len() as u64);
+    // The same session continues the conversation; a run ID cannot be reused.
+    let mut again = open::<D>(&c);
+    send::<D>(&again, &first(&run, "main", "again"));
+    let (_, status) = collect::<D>(&mut again, |_, _| {});
+    assert_eq!(status.code, Code::AlreadyExists, "{status:?}");
+    let sessions: ListSessionsResponse = D::block_on(c.unary(
+        "GatewayService",
+        "ListSessions",
+        &ListSessionsRequest {
+            v: 1,
+            ..Default::default()
+        },
+    ))
+    .expect("ListSessions");
+    assert_eq!(sessions.sessions.len(), 1);
+    assert_eq!(sessions.sessions[0].session_key, "main");
+    assert_eq!(sessions.sessions[0].last_run_state, "done");
+}
+
+/// Every approval outcome: allow once, allow for the session (the next call is not asked),
+/// deny, timeout, a mismatched answer and a half-close; a sensitive tool is refused by policy.
+pub fn approvals_decide_tool_calls<D: Driver>() {
+    let g = gateway::<D>(true, Duration::from_secs(1));
+    let live = node(&g);
+    let c = client::<D>(&g, ADMIN, None);
+    let tool = r#"run it [[tool:echo {"x":1}]]"#;
+    let run_with = |key: &str, prompt: &str, approved: bool, scope| {
+        let mut call = open::<D>(&c);
+        send::<D>(&call, &first(&new_id(), key, prompt));
+        collect::<D>(&mut call, |event, call| {
+            if let Some(a) = answer(event, approved, scope) {
+                send::<D>(call, &a);
+            }
+        })
+    };
+    // Allow once.
+    let (events, status) = run_with("once", tool, true, ApprovalDecisionScope::Once);
+    assert_eq!(status.code, Code::Ok);
+    assert_eq!(
+        kinds(&events),
+        [
+            "ACCEPTED",
+            "IN_PROGRESS",
+            "token",
+            "final",
+            "proposal",
+            "approval_request",
+            "approval_response",
+            "decision",
+            "result",
+            "attestation",
+            "token",
+            "final",
+            "DONE"
+        ]
+    );
+    assert_eq!(text(&events), r#"Calling echo.Tool echo said: {"x":1}"#);
+    let attestation = events.iter().find_map(|e| match &e.body {
+        Some(Body::ToolAttestation(a)) => Some(a.clone()),
+        _ => None,
+    });
+    let attestation = attestation.expect("an attestation");
+    assert_eq!(attestation.executor, format!("node:{NODE}"));
+    assert_eq!(
+        attestation.execution_sha256,
+        palyra_gateway::run::machine::execution_sha256("echo", br#"{"x":1}"#, br#"{"x":1}"#)
+    );
+    // Allow for the session: the next run of the session is not asked.
+    run_with("sess", tool, true, ApprovalDecisionScope::Session);
+    let (events, _) = run_with("sess", tool, false, ApprovalDecisionScope::Once);
+    assert!(
+        !kinds(&events).contains(&"approval_request".to_owned()),
+        "{:?}",
+        kinds(&events)
+    );
+    assert!(text(&events).contains("said"));
+    // Deny.
+    let (events, status) = run_with("deny", tool, false, ApprovalDecisionScope::Once);
+    assert_eq!(status.code, Code::Ok);
+    let result = events.iter().find_map(|e| match &e.body {
+        Some(Body::ToolResult(r)) => Some(r.clone()),
+        _ => None,
+    });
+    assert!(result.unwrap().error.contains("denied"));
+    assert!(!kinds(&events).contains(&"attestation".to_owned()));
+    // Timeout (1 s): nobody answers.
+    let mut call = open::<D>(&c);
+    send::<D>(&call, &first(&new_id(), "timeout", tool));
+    let (events, _) = collect::<D>(&mut call, |_, _| {});
+    let decision = events.iter().find_map(|e| match &e.body {
+        Some(Body::ToolDecision(d)) => Some(d.reason.clone()),
+        _ => None,
+    });
+    assert!(decision.unwrap().contains("timed out"));
+    // A mismatched answer is an error decision; the run goes on.
+    let mut call = open::<D>(&c);
+    send::<D>(&call, &first(&new_id(), "mismatch", tool));
+    let (events, status) = collect::<D>(&mut call, |event, call| {
+        if let Some(mut a) = answer(event, true, ApprovalDecisionScope::Once) {
+            a.tool_approval_response.as_mut().unwrap().proposal_id = canonical(&new_id());
+            send::<D>(call, &a);
+        }
+    });
+    assert_eq!(status.code, Code::Ok);
+    let decision = events.iter().find_map(|e| match &e.body {
+        Some(Body::ToolDecision(d)) => Some(d.reason.clone()),
+        _ => None,
+    });
+    assert!(decision.unwrap().contains("does not match"));
+    // A half-close denies: there is nobody left to ask.
+    let mut call = open::<D>(&c);
+    send::<D>(&call, &first(&new_id(), "halfclose", tool));
+    D::block_on(call.close_send()).expect("half-close");
+    let (events, status) = collect::<D>(&mut call, |_, _| {});
+    assert_eq!(status.code, Code::Ok);
+    let decision = events.iter().find_map(|e| match &e.body {
+        Some(Body::ToolDecision(d)) => Some(d.reason.clone()),
+        _ => None,
+    });
+    assert!(decision.unwrap().contains("half-closed"));
+    // A sensitive tool without allow_sensitive_tools is refused by policy.
+    let (events, _) = run_with(
+        "sensitive",
+        r#"x [[tool:secret {}]]"#,
+        true,
+        ApprovalDecisionScope::Once,
+    );
+    let decision = events.iter().find_map(|e| match &e.body {
+        Some(Body::ToolDecision(d)) => Some((d.reason.clone(), d.policy_enforced)),
+        _ => None,
+    });
+    let (reason, enforced) = decision.unwrap();
+    assert!(reason.contains("sensitive") && enforced, "{reason}");
+    // The approval records.
+    let approvals: ListApprovalsResponse = D::block_on(c.unary(
+        "ApprovalsService",
+        "ListApprovals",
+        &ListApprovalsRequest {
+            v: 1,
+            ..Default::default()
+        },
+    ))
+    .expect("ListApprovals");
+    let decisions: Vec<i32> = approvals.approvals.iter().map(|a| a.decision).collect();
+    // The half-closed run was never asked: nobody was left to ask.
+    assert_eq!(
+        decisions,
+        [1, 1, 2, 3, 4],
+        "allow, allow, deny, timeout, error"
+    );
+    let mut export = D::block_on(c.open("ApprovalsService", "ExportApprovals")).expect("export");
+    D::block_on(
+        export.send(
+            ExportApprovalsRequest {
+                v: 1,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+    )
+    .expect("send");
+    D::block_on(export.close_send()).expect("close");
+    let mut body = Vec::new();
+    while let Some(event) = D::block_on(export.next()) {
+        match event {
+            CallEvent::Message(m) => body.extend(
+                palyra_proto::pb::palyra::gateway::v1::ExportApprovalsResponse::decode(m.as_ref())
+                    .unwrap()
+                    .chunk,
+            ),
+            CallEvent::Finished(s, _) => {
+                assert_eq!(s.code, Code::Ok);
+                break;
+            }
+            CallEvent::Headers(_) => {}
+        }
+    }
+    let lines: Vec<serde_json::Value> = String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines[5]["record_type"], "export_trailer");
+    assert_eq!(lines[0]["prev_hash"], "0".repeat(64));
+    assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
+    live.store(false, Ordering::Release);
+}
+
+/// `/cancel`, AbortRun, a stream reset and a disconnect (after the grace period) each cancel a
+/// run and stop its provider call; a disconnect followed by a re-attach does not.
+pub fn every_cancellation_path<D: Driver>() {
+    let g = gateway::<D>(true, Duration::from_secs(60));
+    let c = client::<D>(&g, ADMIN, None);
+    let slow = "slow [[slow:300]] one two three four five six seven eight nine ten";
+    let tokens_then = |call: &mut StreamingCall, act: &mut dyn FnMut(&StreamingCall, &str)| {
+        collect::<D>(call, |event, call| {
+            if kind(event) == "token" && event.seq == 4 {
+                act(call, &event.run_id.as_ref().unwrap().ulid);
+            }
+        })
+    };
+    // `/cancel` on the stream.
+    let mut call = open::<D>(&c);
+    let run = new_id();
+    send::<D>(&call, &first(&run, "c1", slow));
+    let (events, status) = tokens_then(&mut call, &mut |call, run| {
+        let mut cancel = first(run, "c1", "/cancel");
+        cancel.session_key.clear();
+        send::<D>(call, &cancel);
+    });
+    assert_eq!(status.code, Code::Cancelled, "{status:?}");
+    assert!(last_status(&events).contains("/cancel"));
+    // AbortRun from another connection.
+    let other = client::<D>(&g, ADMIN, None);
+    let mut call = open::<D>(&c);
+    send::<D>(&call, &first(&new_id(), "c2", slow));
+    let (events, _) = tokens_then(&mut call, &mut |_, run| {
+        let r: AbortRunResponse = D::block_on(other.unary(
+            "GatewayService",
+            "AbortRun",
+            &AbortRunRequest {
+                v: 1,
+                run_id: canonical(run),
+                reason: "suite".into(),
+            },
+        ))
+        .expect("AbortRun");
+        assert!(r.cancel_requested);
+    });
+    assert!(
+        last_status(&events).contains("AbortRun: suite"),
+        "{}",
+        last_status(&events)
+    );
+    // A stream reset cancels at once.
+    let mut call = open::<D>(&c);
+    let run = new_id();
+    send::<D>(&call, &first(&run, "c3", slow));
+    let rt = D::runtime();
+    loop {
+        match D::block_on(call.next()).expect("event") {
+            CallEvent::Message(m) if RunStreamEvent::decode(m.as_ref()).unwrap().seq >= 4 => break,
+            _ => {}
+        }
+    }
+    D::block_on(call.cancel());
+    let state = wait_state::<D>(&other, &run, "cancelled");
+    assert_eq!(state, "cancelled");
+    // A disconnect cancels after the grace period (500 ms)...
+    let lost = client::<D>(&g, ADMIN, None);
+    let mut call = open::<D>(&lost);
+    let run = new_id();
+    send::<D>(&call, &first(&run, "c4", slow));
+    D::block_on(call.next());
+    drop(call);
+    drop(lost);
+    assert_eq!(wait_state::<D>(&other, &run, "cancelled"), "cancelled");
+    let tape = replay::<D>(&other, &run);
+    assert!(
+        last_status(&tape).contains("disconnected"),
+        "{}",
+        last_status(&tape)
+    );
+    // ...unless a stream re-attaches within it.
+    let lost = client::<D>(&g, ADMIN, None);
+    let mut call = open::<D>(&lost);
+    let run = new_id();
+    send::<D>(&call, &first(&run, "c5", slow));
+    D::block_on(call.next());
+    drop(call);
+    drop(lost);
+    let mut attach = open::<D>(&other);
+    send::<D>(
+        &attach,
+        &RunStreamRequest {
+            v: 1,
+            run_id: canonical(&run),
+            attach: true,
+            ..Default::default()
+        },
+    );
+    let (events, status) = collect::<D>(&mut attach, |_, _| {});
+    assert_eq!(status.code, Code::Ok, "{status:?}");
+    assert_eq!(kinds(&events).last().unwrap(), "DONE");
+    let _ = rt;
+}
+
+fn wait_state<D: Driver>(c: &RunsClient, run: &str, want: &str) -> String {
+    let mut state = String::new();
+    for _ in 0..200 {
+        let listed: ListRunsResponse = D::block_on(c.unary(
+            "GatewayService",
+            "ListRuns",
+            &ListRunsRequest {
+                v: 1,
+                limit: 500,
+                ..Default::default()
+            },
+        ))
+        .expect("ListRuns");
+        state = listed
+            .runs
+            .iter()
+            .find(|r| r.run_id.as_ref().unwrap().ulid == run)
+            .map(|r| r.state.clone())
+            .unwrap_or_default();
+        if state == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    state
+}
+
+fn replay<D: Driver>(c: &RunsClient, run: &str) -> Vec<RunStreamEvent> {
+    let mut call = open::<D>(c);
+    send::<D>(
+        &call,
+        &RunStreamRequest {
+            v: 1,
+            run_id: canonical(run),
+            attach: true,
+            ..Default::default()
+        },
+    );
+    collect::<D>(&mut call, |_, _| {}).0
+}
+
+/// Missing and bad credentials are UNAUTHENTICATED; a token without the scope is
+/// PERMISSION_DENIED; another principal's runs are NOT_FOUND; narrowing works and widening is
+/// refused.
+pub fn principals_and_scopes<D: Driver>() {
+    let g = gateway::<D>(true, Duration::from_secs(60));
+    let alice = token(&g, "user:alice", &["runs:write", "runs:read"]);
+    let bob = token(&g, "user:bob", &["runs:write", "runs:read"]);
+    let reader = token(&g, "user:carol", &["runs:read"]);
+    let status_of = |token: &str, principal: Option<&str>, request: RunStreamRequest| {
+        let c = client::<D>(&g, token, principal);
+        let mut call = open::<D>(&c);
+        send::<D>(&call, &request);
+        collect::<D>(&mut call, |_, _| {})
+    };
+    let (_, s) = status_of("palyra_tok_bogus_x", None, first(&new_id(), "k", "hi"));
+    assert_eq!(s.code, Code::Unauthenticated, "{s:?}");
+    let (_, s) = status_of("not-a-token", None, first(&new_id(), "k", "hi"));
+    assert_eq!(s.code, Code::Unauthenticated);
+    let (_, s) = status_of(&reader, None, first(&new_id(), "k", "hi"));
+    assert_eq!(s.code, Code::PermissionDenied);
+    assert!(s.message.contains("runs:write"), "{}", s.message);
+    let run = new_id();
+    let (events, s) = status_of(&alice, None, first(&run, "k", "hi"));
+    assert_eq!(s.code, Code::Ok);
+    assert!(last_status(&events).contains("completed"));
+    assert!(
+        matches!(&events[0].body, Some(Body::Status(st)) if st.message.contains("principal=user:alice"))
+    );
+    let attach = RunStreamRequest {
+        v: 1,
+        run_id: canonical(&run),
+        attach: true,
+        ..Default::default()
+    };
+    let (_, s) = status_of(&bob, None, attach.clone());
+    assert_eq!(s.code, Code::NotFound, "bob cannot see alice's run");
+    let (replayed, s) = status_of(&alice, None, attach.clone());
+    assert_eq!((s.code, replayed.len()), (Code::Ok, events.len()));
+    let (_, s) = status_of(ADMIN, None, attach.clone());
+    assert_eq!(s.code, Code::Ok, "the admin sees every run");
+    let (_, s) = status_of(ADMIN, Some("user:bob"), attach.clone());
+    assert_eq!(
+        s.code,
+        Code::NotFound,
+        "the admin narrowed to bob sees bob's runs only"
+    );
+    let (_, s) = status_of(&alice, Some("admin:local"), attach.clone());
+    assert_eq!(s.code, Code::PermissionDenied, "narrowing never widens");
+    let (_, s) = status_of(
+        &alice,
+        Some("user:alice/editor"),
+        first(&new_id(), "k", "hi"),
+    );
+    assert_eq!(s.code, Code::Ok);
+    let (_, s) = status_of(&alice, Some("user:alice/editor"), attach);
+    assert_eq!(
+        s.code,
+        Code::NotFound,
+        "a sub-principal sees only its own runs"
+    );
+    let c = client::<D>(&g, &bob, None);
+    let abort: Result<AbortRunResponse, Status> = D::block_on(c.unary(
+        "GatewayService",
+        "AbortRun",
+        &AbortRunRequest {
+            v: 1,
+            run_id: canonical(&run),
+            reason: String::new(),
+        },
+    ));
+    assert_eq!(abort.unwrap_err().code, Code::NotFound);
+    let c = client::<D>(&g, &alice, None);
+    let sessions: Result<ListSessionsResponse, Status> = D::block_on(c.unary(
+        "GatewayService",
+        "ListSessions",
+        &ListSessionsRequest {
+            v: 1,
+            ..Default::default()
+        },
+    ));
+    assert_eq!(sessions.unwrap_err().code, Code::PermissionDenied);
+    // Revoked at once.
+    let id = g
+        .running
+        .daemon()
+        .tokens
+        .list()
+        .iter()
+        .find(|t| t.principal == "user:bob")
+        .unwrap()
+        .token_id
+        .clone();
+    g.running
+        .daemon()
+        .tokens
+        .revoke(&id, 5)
+        .wait_blocking(Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    let (_, s) = status_of(&bob, None, first(&new_id(), "k", "hi"));
+    assert_eq!(s.code, Code::Unauthenticated);
+    assert!(s.message.contains("revoked"));
+}
+
+/// A provider that breaks off mid-stream fails the run with the reason (never DONE); without a
+/// provider RunStream is FAILED_PRECONDITION naming the setting; the original's other RPCs are
+/// UNIMPLEMENTED saying so.
+pub fn failures_are_reported<D: Driver>() {
+    let g = gateway::<D>(true, Duration::from_secs(60));
+    let c = client::<D>(&g, ADMIN, None);
+    let mut call = open::<D>(&c);
+    send::<D>(&call, &first(&new_id(), "f", "please [[cut]]"));
+    let (events, status) = collect::<D>(&mut call, |_, _| {});
+    assert_eq!(kinds(&events).last().unwrap(), "FAILED");
+    assert_ne!(status.code, Code::Ok);
+    assert!(!kinds(&events).contains(&"DONE".to_owned()));
+    let unimplemented: Result<AbortRunResponse, Status> = D::block_on(c.unary(
+        "GatewayService",
+        "RouteMessage",
+        &AbortRunRequest::default(),
+    ));
+    let s = unimplemented.unwrap_err();
+    assert_eq!(s.code, Code::Unimplemented);
+    assert!(
+        s.message.contains("not served by this gateway"),
+        "{}",
+        s.message
+    );
+    let vault: Result<AbortRunResponse, Status> =
+        D::block_on(c.unary("VaultService", "GetSecret", &AbortRunRequest::default()));
+    assert_eq!(vault.unwrap_err().code, Code::Unimplemented);
+    drop(c);
+    drop(g);
+    let g = gateway::<D>(false, Duration::from_secs(60));
+    let c = client::<D>(&g, ADMIN, None);
+    let mut call = open::<D>(&c);
+    send::<D>(&call, &first(&new_id(), "f", "hi"));
+    let (_, status) = collect::<D>(&mut call, |_, _| {});
+    assert_eq!(status.code, Code::FailedPrecondition);
+    assert!(
+        status.message.contains("[model] base_url"),
+        "{}",
+        status.message
+    );
+}
