@@ -81,6 +81,14 @@ def chunk(model, delta, finish=None):
     }
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A client that goes away mid-answer (a cancelled run) is normal here, not an error."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     api_key = None
@@ -174,7 +182,7 @@ def main():
     args = parser.parse_args()
     host, port = args.addr.rsplit(":", 1)
     Handler.api_key = args.api_key
-    server = ThreadingHTTPServer((host, int(port)), Handler)
+    server = QuietServer((host, int(port)), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"listening on {server.server_address[0]}:{server.server_address[1]}", flush=True)

@@ -24,9 +24,20 @@ impl Drop for Daemon {
 
 /// Starts `palyrad` on loopback ports chosen by the OS (the node port given, if any) with
 /// `state` and `envs`; returns it once `endpoints.json` is written, with that file's content.
+#[allow(dead_code)] // not every test crate that includes this module uses every helper
 pub fn spawn_daemon_with(
     state: &Path,
     node_addr: &str,
+    envs: &[(&str, &str)],
+) -> (Daemon, serde_json::Value) {
+    spawn_daemon_args(state, node_addr, &[], envs)
+}
+
+/// [`spawn_daemon_with`] with more command-line arguments (`--config FILE`, ...).
+pub fn spawn_daemon_args(
+    state: &Path,
+    node_addr: &str,
+    extra: &[&str],
     envs: &[(&str, &str)],
 ) -> (Daemon, serde_json::Value) {
     let endpoints = state.join("endpoints.json");
@@ -45,6 +56,7 @@ pub fn spawn_daemon_with(
                 "--log-level",
                 "warn",
             ])
+            .args(extra)
             .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
