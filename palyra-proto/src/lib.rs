@@ -28,6 +28,7 @@ pub mod grpc;
 pub mod h2;
 pub mod http1;
 pub mod identity;
+pub mod jsonrpc;
 pub mod node;
 pub mod openai;
 pub mod pb;
