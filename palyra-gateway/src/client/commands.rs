@@ -694,3 +694,13 @@ pub fn tokens_command(daemon: &Daemon, json: bool, command: TokensCommand) -> an
     }
     Ok(())
 }
+
+/// `palyra acp`: an ACP agent on stdio until stdin closes.
+pub async fn acp_command(rt: &Rt, grpc: GrpcArgs) -> anyhow::Result<()> {
+    let options = super::acp::AcpOptions {
+        grpc: grpc.grpc.clone(),
+        token: grpc.token()?,
+        principal: grpc.principal.clone(),
+    };
+    super::acp::serve_stdio(rt.clone(), options).await
+}

@@ -47,6 +47,9 @@ enum Command {
     /// Approval records of agent runs: list, show, export (gateway gRPC listener).
     #[command(subcommand)]
     Approvals(commands::ApprovalsCommand),
+    /// An Agent Client Protocol agent on stdio for editors (newline-delimited JSON-RPC; stdout
+    /// carries only ACP messages): sessions and prompts become the gateway's runs.
+    Acp(commands::GrpcArgs),
     /// API tokens: create, list, revoke (operator; through palyrad's admin API).
     Tokens {
         #[command(flatten)]
@@ -409,6 +412,7 @@ async fn run(rt: Rt, cli: Cli) -> anyhow::Result<()> {
             return commands::agent_run_command(&rt, args).await
         }
         Command::Runs(command) => return commands::runs_command(&rt, command).await,
+        Command::Acp(grpc) => return commands::acp_command(&rt, grpc).await,
         Command::Sessions(command) => return commands::sessions_command(&rt, command).await,
         Command::Approvals(command) => return commands::approvals_command(&rt, command).await,
         Command::Tokens { op, command } => {
