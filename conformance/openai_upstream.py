@@ -82,7 +82,11 @@ def chunk(model, delta, finish=None):
 
 
 class QuietServer(ThreadingHTTPServer):
-    """A client that goes away mid-answer (a cancelled run) is normal here, not an error."""
+    """A client that goes away mid-answer (a cancelled run) is normal here, not an error; many
+    clients may connect at once (a benchmark's open runs)."""
+
+    request_queue_size = 1024
+    daemon_threads = True
 
     def handle_error(self, request, client_address):
         if not isinstance(sys.exc_info()[1], ConnectionError):

@@ -1,0 +1,357 @@
+//! `run-bench`: agent runs through palyrad against the model provider read directly.
+//!
+//! 1. Tokens per second: the scripted OpenAI-compatible upstream (`conformance/
+//!    openai_upstream.py`) streams 1,000 tokens at once (`[[tokens:1000]]`). "direct" is our
+//!    provider client reading that answer from the upstream; "palyrad" is a RunStream client
+//!    reading the same answer through palyrad (the provider client, the run machine, every
+//!    event made durable on the run tape before it is sent, gRPC). Ratio palyrad / direct.
+//! 2. Time to first token, both ways; the difference is what palyrad adds.
+//! 3. Memory per open run: 1,000 runs held open at once (each waiting on a slow upstream answer,
+//!    20 connections of 50 streams), palyrad's resident memory before and with them, per run.
+//!
+//! Build first: `cargo build --release -p palyra-tokio -p palyra-bench`, then
+//! `target/release/run-bench`. Needs `python3`.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use palyra_bench::{bin_dir, median, require, Table, ADMIN_TOKEN};
+use palyra_gateway::client::runs::{canonical, RunsClient};
+use palyra_gateway::provider::client::{stream_chat, Endpoint, ProviderSettings};
+use palyra_gateway::runtime::Rt;
+use palyra_gateway::serve::grpc_channel::CallEvent;
+use palyra_proto::openai::call::ChatRequest;
+use palyra_proto::openai::chat::{ChatEvent, ChatLimits};
+use palyra_proto::pb::palyra::common::v1::{
+    run_stream_event::Body, MessageContent, MessageEnvelope, RunStreamEvent, RunStreamRequest,
+};
+use prost::Message;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Agent-run benchmark.
+#[derive(Parser)]
+struct Args {
+    /// Tokens the upstream streams per answer.
+    #[arg(long, default_value_t = 1000)]
+    tokens: usize,
+    /// Answers read per run of the throughput measurement.
+    #[arg(long, default_value_t = 10)]
+    answers: usize,
+    /// Runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Runs held open at once for the memory figure.
+    #[arg(long, default_value_t = 1000)]
+    open_runs: usize,
+}
+
+struct Upstream(Child, String);
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn upstream(root: &Path) -> anyhow::Result<Upstream> {
+    let mut child = Command::new("python3")
+        .arg(root.join("conformance/openai_upstream.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("python3 runs the scripted upstream")?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let addr = line
+        .split_whitespace()
+        .last()
+        .context("an address")?
+        .to_owned();
+    Ok(Upstream(child, addr))
+}
+
+struct Daemon {
+    child: Child,
+    grpc: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS")
+    }
+}
+
+fn palyrad(bin: &Path, state: &Path, upstream: &Upstream) -> anyhow::Result<Daemon> {
+    std::fs::create_dir_all(state)?;
+    let config = state.join("palyrad.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\nbase_url = \"http://{}/v1\"\nmodel = \"scripted\"\nidle_timeout_secs = 600\n",
+            upstream.1
+        ),
+    )?;
+    let endpoints = state.join("endpoints.json");
+    let child = Command::new(bin.join("palyrad"))
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--node-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+        ])
+        .env("PALYRA_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("spawn palyrad")?;
+    let mut daemon = Daemon {
+        child,
+        grpc: String::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(&endpoints) {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            daemon.grpc = v["grpc"].as_str().context("grpc")?.to_owned();
+            return Ok(daemon);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("palyrad did not start")
+}
+
+/// One answer read directly: (tokens, seconds to the first token, seconds in all).
+async fn direct(
+    rt: &Rt,
+    settings: &ProviderSettings,
+    prompt: &str,
+) -> anyhow::Result<(usize, f64, f64)> {
+    let request = ChatRequest {
+        model: "scripted".into(),
+        messages: vec![serde_json::json!({"role": "user", "content": prompt})],
+        tools: Vec::new(),
+    };
+    let started = Instant::now();
+    let mut first = None;
+    let mut tokens = 0;
+    stream_chat(rt, settings, &request, |event| {
+        if let ChatEvent::Token(_) = event {
+            first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+            tokens += 1;
+        }
+    })
+    .await?;
+    Ok((
+        tokens,
+        first.unwrap_or(0.0),
+        started.elapsed().as_secs_f64(),
+    ))
+}
+
+fn start(run_id: &str, prompt: &str, key: &str) -> Vec<u8> {
+    RunStreamRequest {
+        v: 1,
+        run_id: canonical(run_id),
+        session_key: key.into(),
+        reset_session: true,
+        input: Some(MessageEnvelope {
+            v: 1,
+            content: Some(MessageContent {
+                text: prompt.into(),
+                attachments: Vec::new(),
+            }),
+            ..MessageEnvelope::default()
+        }),
+        ..RunStreamRequest::default()
+    }
+    .encode_to_vec()
+}
+
+/// One answer read through palyrad: (tokens, seconds to the first token, seconds in all).
+async fn through(client: &RunsClient, prompt: &str) -> anyhow::Result<(usize, f64, f64)> {
+    let started = Instant::now();
+    let mut call = client
+        .open("GatewayService", "RunStream")
+        .await
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    call.send(start(&ulid::Ulid::new().to_string(), prompt, "bench"))
+        .await
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    let mut first = None;
+    let mut tokens = 0;
+    while let Some(event) = call.next().await {
+        match event {
+            CallEvent::Message(bytes) => {
+                let event = RunStreamEvent::decode(bytes.as_ref())?;
+                if matches!(&event.body, Some(Body::ModelToken(t)) if !t.token.is_empty()) {
+                    first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+                    tokens += 1;
+                }
+            }
+            CallEvent::Finished(status, _) if status.code != palyra_proto::grpc::Code::Ok => {
+                bail!("run failed: {status}")
+            }
+            CallEvent::Finished(..) => break,
+            CallEvent::Headers(_) => {}
+        }
+    }
+    Ok((
+        tokens,
+        first.unwrap_or(0.0),
+        started.elapsed().as_secs_f64(),
+    ))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin = bin_dir()?;
+    require(
+        &bin,
+        &["palyrad"],
+        "cargo build --release -p palyra-tokio -p palyra-bench",
+    )?;
+    let root = bin.join("../..").canonicalize()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let rt: Rt = palyra_tokio::Tokio::new(runtime.handle().clone());
+    let up = upstream(&root)?;
+    let dir = tempfile::tempdir()?;
+    let daemon = palyrad(&bin, &dir.path().join("state"), &up)?;
+    let settings = ProviderSettings {
+        endpoint: Endpoint::parse(&format!("http://{}/v1", up.1)).map_err(anyhow::Error::msg)?,
+        api_key: None,
+        tls: None,
+        connect_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(600),
+        max_retries: 0,
+        limits: ChatLimits::default(),
+    };
+    let prompt = format!("[[tokens:{}]]", args.tokens);
+    let (mut rate, mut ttft) = (vec![Vec::new(), Vec::new()], vec![Vec::new(), Vec::new()]);
+    runtime.block_on(async {
+        let client = RunsClient::connect(&rt, &daemon.grpc, ADMIN_TOKEN, None).await?;
+        // Warm both paths once.
+        through(&client, &prompt).await?;
+        direct(&rt, &settings, &prompt).await?;
+        for _ in 0..args.runs {
+            // In turns, so both see the same machine state.
+            for (i, subject) in ["palyrad", "direct"].iter().enumerate() {
+                let (mut tokens, mut secs, mut firsts) = (0usize, 0.0, Vec::new());
+                for _ in 0..args.answers {
+                    let (n, first, all) = match *subject {
+                        "palyrad" => through(&client, &prompt).await?,
+                        _ => direct(&rt, &settings, &prompt).await?,
+                    };
+                    anyhow::ensure!(
+                        n == args.tokens,
+                        "{subject} read {n} tokens, not {}",
+                        args.tokens
+                    );
+                    tokens += n;
+                    secs += all;
+                    firsts.push(first * 1000.0);
+                }
+                rate[i].push(tokens as f64 / secs);
+                ttft[i].push(median(firsts));
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    // Memory per open run.
+    let before = daemon.rss_kib()?;
+    let open = runtime.block_on(async {
+        let mut calls = Vec::new();
+        let mut clients = Vec::new();
+        for c in 0..args.open_runs.div_ceil(50) {
+            let client = RunsClient::connect(&rt, &daemon.grpc, ADMIN_TOKEN, None).await?;
+            for s in 0..50.min(args.open_runs - c * 50) {
+                let call = client
+                    .open("GatewayService", "RunStream")
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{s}"))?;
+                let key = format!("open-{c}-{s}");
+                call.send(start(
+                    &ulid::Ulid::new().to_string(),
+                    "held [[slow:120000]] a b",
+                    &key,
+                ))
+                .await
+                .map_err(|s| anyhow::anyhow!("{s}"))?;
+                calls.push(call);
+            }
+            clients.push(client);
+        }
+        // Every run is accepted and streaming: its first token arrived.
+        for call in &mut calls {
+            loop {
+                match call.next().await.context("stream ended")? {
+                    CallEvent::Message(bytes) => {
+                        let e = RunStreamEvent::decode(bytes.as_ref())?;
+                        match e.body {
+                            Some(Body::ModelToken(_)) => break,
+                            Some(Body::Status(s)) if s.kind == 4 => {
+                                bail!("a run failed: {}", s.message)
+                            }
+                            _ => {}
+                        }
+                    }
+                    CallEvent::Finished(status, _) => bail!("run ended: {status}"),
+                    CallEvent::Headers(_) => {}
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let with = daemon.rss_kib()?;
+        anyhow::Ok((with, calls, clients))
+    })?;
+    let (with, calls, clients) = open;
+    let per_run = (with.saturating_sub(before)) as f64 / args.open_runs as f64;
+    drop(calls);
+    drop(clients);
+
+    let rates: Vec<f64> = rate.into_iter().map(median).collect();
+    let firsts: Vec<f64> = ttft.into_iter().map(median).collect();
+    println!(
+        "run-bench: {} tokens per answer, {} answers per run, median of {} runs; upstream: conformance/openai_upstream.py",
+        args.tokens, args.answers, args.runs
+    );
+    let mut table = Table::new(&["palyrad", "direct"]);
+    table.row("tokens/s received", &rates, 0, "");
+    table.row("time to first token", &firsts, 2, " ms");
+    table.print();
+    println!(
+        "time to first token added by palyrad: {:.2} ms",
+        firsts[0] - firsts[1]
+    );
+    println!(
+        "memory with {} runs open: {} KiB before, {} KiB with them: {:.1} KiB per run",
+        args.open_runs, before, with, per_run
+    );
+    Ok(())
+}
