@@ -82,6 +82,9 @@ pub struct Mint {
     pub ttl_seconds: Option<u64>,
 }
 
+/// A mint's outcome once durable: the token and its record, or why it was refused.
+pub type Minting = Pending<Result<Result<(String, TokenRecord), String>, StoreError>>;
+
 /// The API tokens of the gateway.
 pub struct TokenStore {
     doc: Arc<Document<BTreeMap<String, TokenRecord>>>,
@@ -119,7 +122,7 @@ impl TokenStore {
         token_id: String,
         secret: [u8; 32],
         now_ms: u64,
-    ) -> Pending<Result<Result<(String, TokenRecord), String>, StoreError>> {
+    ) -> Minting {
         use base64::Engine as _;
         let token = format!(
             "{TOKEN_PREFIX}{token_id}_{}",

@@ -143,8 +143,6 @@ fn load_state(docs: &dyn DocStore, log: &dyn LogStore) -> Result<(State, u64), S
     Ok((state, replayed))
 }
 
-/// Reads records from `log`, waiting for the answer (at open only).
-
 /// The console log as files under `state_dir/console/log`, driven by its own thread.
 pub fn open_file_log(state_dir: &std::path::Path) -> Result<Arc<dyn LogStore>, StoreError> {
     let config = log_config();
