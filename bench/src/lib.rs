@@ -107,6 +107,16 @@ pub fn start_palyrad(bin: &Path, state: &Path, endpoint: &str) -> anyhow::Result
 /// [`start_palyrad`] with the `palyrad` executable at `exe` (another build, for a before/after
 /// comparison in one run).
 pub fn start_palyrad_exe(exe: &Path, state: &Path, endpoint: &str) -> anyhow::Result<Server> {
+    start_palyrad_args(exe, state, endpoint, &[])
+}
+
+/// [`start_palyrad_exe`] with more arguments (`--config FILE`, ...).
+pub fn start_palyrad_args(
+    exe: &Path,
+    state: &Path,
+    endpoint: &str,
+    extra: &[&std::ffi::OsStr],
+) -> anyhow::Result<Server> {
     let endpoints = state.join("endpoints.json");
     let _ = std::fs::remove_file(&endpoints);
     let child = Command::new(exe)
@@ -122,6 +132,7 @@ pub fn start_palyrad_exe(exe: &Path, state: &Path, endpoint: &str) -> anyhow::Re
             "--log-level",
             "warn",
         ])
+        .args(extra)
         .env("PALYRA_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::null())
         .spawn()

@@ -278,14 +278,17 @@ async fn sigkill_mid_run_leaves_every_seen_event_and_an_interrupted_run() {
     let upstream = Upstream::start();
     let config = config(dir.path(), &upstream);
     let state = dir.path().join("state");
-    for round in 0..3 {
+    let spawn = || {
         let (daemon, endpoints) = common::spawn_daemon_args(
             &state,
             "127.0.0.1:0",
             &["--config", &config],
             &[("PALYRA_ADMIN_TOKEN", ADMIN)],
         );
-        let grpc = endpoints["grpc"].as_str().unwrap().to_owned();
+        (daemon, endpoints["grpc"].as_str().unwrap().to_owned())
+    };
+    for round in 0..3 {
+        let (daemon, grpc) = spawn();
         let client = RunsClient::connect(&rt(), &grpc, ADMIN, None)
             .await
             .unwrap();

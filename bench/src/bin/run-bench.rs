@@ -14,7 +14,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use palyra_bench::{bin_dir, median, require, Table, ADMIN_TOKEN};
+use palyra_bench::{bin_dir, median, require, start_palyrad_args, Server, Table, ADMIN_TOKEN};
 use palyra_gateway::client::runs::{canonical, RunsClient};
 use palyra_gateway::provider::client::{stream_chat, Endpoint, ProviderSettings};
 use palyra_gateway::runtime::Rt;
@@ -74,31 +74,7 @@ fn upstream(root: &Path) -> anyhow::Result<Upstream> {
     Ok(Upstream(child, addr))
 }
 
-struct Daemon {
-    child: Child,
-    grpc: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmRSS")
-    }
-}
-
-fn palyrad(bin: &Path, state: &Path, upstream: &Upstream) -> anyhow::Result<Daemon> {
+fn palyrad(bin: &Path, state: &Path, upstream: &Upstream) -> anyhow::Result<Server> {
     std::fs::create_dir_all(state)?;
     let config = state.join("palyrad.toml");
     std::fs::write(
@@ -108,40 +84,8 @@ fn palyrad(bin: &Path, state: &Path, upstream: &Upstream) -> anyhow::Result<Daem
             upstream.1
         ),
     )?;
-    let endpoints = state.join("endpoints.json");
-    let child = Command::new(bin.join("palyrad"))
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "--node-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-        ])
-        .env("PALYRA_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::null())
-        .spawn()
-        .context("spawn palyrad")?;
-    let mut daemon = Daemon {
-        child,
-        grpc: String::new(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(text) = std::fs::read_to_string(&endpoints) {
-            let v: serde_json::Value = serde_json::from_str(&text)?;
-            daemon.grpc = v["grpc"].as_str().context("grpc")?.to_owned();
-            return Ok(daemon);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("palyrad did not start")
+    let extra = [std::ffi::OsStr::new("--config"), config.as_os_str()];
+    start_palyrad_args(&bin.join("palyrad"), state, "grpc", &extra)
 }
 
 /// One answer read directly: (tokens, seconds to the first token, seconds in all).
@@ -255,7 +199,7 @@ fn main() -> anyhow::Result<()> {
     let prompt = format!("[[tokens:{}]]", args.tokens);
     let (mut rate, mut ttft) = (vec![Vec::new(), Vec::new()], vec![Vec::new(), Vec::new()]);
     runtime.block_on(async {
-        let client = RunsClient::connect(&rt, &daemon.grpc, ADMIN_TOKEN, None).await?;
+        let client = RunsClient::connect(&rt, &daemon.addr.to_string(), ADMIN_TOKEN, None).await?;
         // Warm both paths once.
         through(&client, &prompt).await?;
         direct(&rt, &settings, &prompt).await?;
@@ -289,7 +233,8 @@ fn main() -> anyhow::Result<()> {
         let mut calls = Vec::new();
         let mut clients = Vec::new();
         for c in 0..args.open_runs.div_ceil(50) {
-            let client = RunsClient::connect(&rt, &daemon.grpc, ADMIN_TOKEN, None).await?;
+            let client =
+                RunsClient::connect(&rt, &daemon.addr.to_string(), ADMIN_TOKEN, None).await?;
             for s in 0..50.min(args.open_runs - c * 50) {
                 let call = client
                     .open("GatewayService", "RunStream")

@@ -116,13 +116,7 @@ impl TokenStore {
 
     /// Mints a token from 32 random `secret` bytes and the ULID `token_id`: answered with the
     /// token (show it once) and its record once durable, or why it cannot be minted.
-    pub fn mint(
-        &self,
-        request: Mint,
-        token_id: String,
-        secret: [u8; 32],
-        now_ms: u64,
-    ) -> Minting {
+    pub fn mint(&self, request: Mint, token_id: String, secret: [u8; 32], now_ms: u64) -> Minting {
         use base64::Engine as _;
         let token = format!(
             "{TOKEN_PREFIX}{token_id}_{}",

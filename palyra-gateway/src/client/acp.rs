@@ -277,24 +277,28 @@ async fn authenticate(shared: &Shared, params: &Value) -> Result<Value, RpcError
             format!("unknown auth method {method}; use {AUTH_METHOD}"),
         ));
     }
-    let probe: Result<ListRunsResponse, Status> = shared
-        .client
-        .unary(
-            "GatewayService",
-            "ListRuns",
-            &ListRunsRequest {
-                v: 1,
-                limit: 1,
-                ..Default::default()
-            },
-        )
-        .await;
-    match probe {
+    match list_runs(shared, 1, String::new()).await {
         Ok(_) => Ok(json!({})),
         // A valid credential without runs:read still authenticates.
         Err(s) if s.code == Code::PermissionDenied => Ok(json!({})),
         Err(s) => Err(rpc_status(s)),
     }
+}
+
+async fn list_runs(
+    shared: &Shared,
+    limit: u32,
+    session_id: String,
+) -> Result<ListRunsResponse, Status> {
+    let request = ListRunsRequest {
+        v: 1,
+        limit,
+        session_id,
+    };
+    shared
+        .client
+        .unary("GatewayService", "ListRuns", &request)
+        .await
 }
 
 async fn resolve(
@@ -341,17 +345,7 @@ async fn load_session(shared: &Shared, params: &Value) -> Result<Value, RpcError
         },
     )
     .await?;
-    let runs: ListRunsResponse = shared
-        .client
-        .unary(
-            "GatewayService",
-            "ListRuns",
-            &ListRunsRequest {
-                v: 1,
-                limit: 500,
-                session_id: session.clone(),
-            },
-        )
+    let runs = list_runs(shared, 500, session.clone())
         .await
         .map_err(rpc_status)?;
     // Oldest first: the conversation as it happened.

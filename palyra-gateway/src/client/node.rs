@@ -262,6 +262,19 @@ pub fn check(frame: &ResponseFrame) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A cleartext HTTP/2 channel to the gateway gRPC listener at `grpc` (`HOST:PORT`).
+pub async fn h2c_channel(rt: &Rt, grpc: &str) -> anyhow::Result<GrpcChannel> {
+    let addr: SocketAddr = crate::runtime::lookup_host(rt.as_ref(), grpc)
+        .await
+        .with_context(|| format!("cannot resolve {grpc}"))?
+        .into_iter()
+        .next()
+        .with_context(|| format!("{grpc} resolves to no address"))?;
+    GrpcChannel::connect(rt, addr)
+        .await
+        .with_context(|| format!("cannot connect to the gateway at {addr}"))
+}
+
 /// `GatewayService/GetHealth` on the gateway gRPC listener at `grpc` (cleartext), as JSON.
 pub async fn gateway_health(
     rt: &Rt,
@@ -269,15 +282,7 @@ pub async fn gateway_health(
     timeout: Duration,
 ) -> anyhow::Result<serde_json::Value> {
     use palyra_proto::pb::palyra::gateway::v1::{HealthRequest, HealthResponse};
-    let addr: SocketAddr = crate::runtime::lookup_host(rt.as_ref(), grpc)
-        .await
-        .with_context(|| format!("cannot resolve {grpc}"))?
-        .into_iter()
-        .next()
-        .with_context(|| format!("{grpc} resolves to no address"))?;
-    let channel = GrpcChannel::connect(rt, addr)
-        .await
-        .with_context(|| format!("cannot connect to {addr}"))?;
+    let channel = h2c_channel(rt, grpc).await?;
     let response = channel
         .unary(
             "/palyra.gateway.v1.GatewayService/GetHealth",

@@ -17,7 +17,6 @@ use palyra_proto::pb::palyra::common::v1::{
 use prost::Message;
 use serde_json::{json, Value};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Deadline of unary calls.
@@ -57,15 +56,7 @@ impl RunsClient {
         token: &str,
         principal: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let addr: SocketAddr = runtime::lookup_host(rt.as_ref(), grpc)
-            .await
-            .with_context(|| format!("cannot resolve {grpc}"))?
-            .into_iter()
-            .next()
-            .with_context(|| format!("{grpc} resolves to no address"))?;
-        let channel = GrpcChannel::connect(rt, addr)
-            .await
-            .with_context(|| format!("cannot connect to the gateway at {addr}"))?;
+        let channel = super::node::h2c_channel(rt, grpc).await?;
         let mut metadata = vec![field("authorization", &format!("Bearer {}", token.trim()))];
         if let Some(principal) = principal {
             metadata.push(field(crate::access::PRINCIPAL_HEADER, principal));

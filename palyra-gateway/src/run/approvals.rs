@@ -115,6 +115,20 @@ struct Filter {
     subject_type: i32,
 }
 
+/// The filter of a ListApprovals or ExportApprovals request (the same fields in both).
+macro_rules! filter {
+    ($request:expr) => {
+        Filter {
+            since: $request.since_unix_ms,
+            until: $request.until_unix_ms,
+            subject_id: $request.subject_id,
+            principal: $request.principal,
+            decision: $request.decision,
+            subject_type: $request.subject_type,
+        }
+    };
+}
+
 impl Filter {
     fn keeps(&self, r: &ApprovalRecord) -> bool {
         (self.since == 0 || r.requested_at_unix_ms >= self.since)
@@ -130,14 +144,7 @@ impl Filter {
 pub fn list(engine: &RunEngine, caller: &Caller, bytes: &[u8]) -> Result<Vec<u8>, Status> {
     let request: ListApprovalsRequest = decode(bytes)?;
     check_version(request.v)?;
-    let filter = Filter {
-        since: request.since_unix_ms,
-        until: request.until_unix_ms,
-        subject_id: request.subject_id,
-        principal: request.principal,
-        decision: request.decision,
-        subject_type: request.subject_type,
-    };
+    let filter = filter!(request);
     let limit = match request.limit as usize {
         0 => 100,
         n => n.min(MAX_PAGE),
@@ -279,14 +286,7 @@ impl CallHandler for Export {
             self.done = true;
             return reply.finish(status);
         }
-        let filter = Filter {
-            since: request.since_unix_ms,
-            until: request.until_unix_ms,
-            subject_id: request.subject_id,
-            principal: request.principal,
-            decision: request.decision,
-            subject_type: request.subject_type,
-        };
+        let filter = filter!(request);
         let limit = match request.limit as usize {
             0 => EXPORT_DEFAULT,
             n => n.min(EXPORT_MAX),

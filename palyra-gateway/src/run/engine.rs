@@ -536,14 +536,10 @@ impl RunEngine {
             );
             history
         };
-        let open = serde_json::to_vec(&meta).unwrap_or_default();
-        self.tape.append(
-            vec![NewEvent {
-                to: None,
-                body: tape::record(&meta.run_id, OPEN, open),
-            }],
-            None,
-            Box::new(|_| {}),
+        self.append_record(
+            &meta.run_id,
+            OPEN,
+            serde_json::to_vec(&meta).unwrap_or_default(),
         );
         let accepted = format!(
             "accepted session={} principal={}",
@@ -575,6 +571,16 @@ impl RunEngine {
             this.drive(task_rt, meta, machine, rx, tx, targets).await
         }));
         Ok(session)
+    }
+
+    /// Hands a run's opening or closing record to the tape (nobody waits for it: the events
+    /// between them are what streams wait for).
+    fn append_record(&self, run_id: &str, kind: u32, body: Vec<u8>) {
+        let record = NewEvent {
+            to: None,
+            body: tape::record(run_id, kind, body),
+        };
+        self.tape.append(vec![record], None, Box::new(|_| {}));
     }
 
     /// Hands an event to the tape; it reaches the run's entry (and its streams) once durable.
@@ -742,14 +748,7 @@ impl RunEngine {
         stop.raise();
         let transcript = machine.transcript().to_vec();
         let body = serde_json::to_vec(&transcript).unwrap_or_default();
-        self.tape.append(
-            vec![NewEvent {
-                to: None,
-                body: tape::record(&meta.run_id, TRANSCRIPT, body),
-            }],
-            None,
-            Box::new(|_| {}),
-        );
+        self.append_record(&meta.run_id, TRANSCRIPT, body);
         let state = {
             let mut runs = self.lock();
             runs.active = runs.active.saturating_sub(1);

@@ -344,38 +344,16 @@ fn policy_refuses_unknown_sensitive_over_budget_and_malformed_calls() {
     assert!(reasons[1].contains("sensitive"));
     assert!(reasons[2].contains("not valid JSON"));
     // The budget (2 calls) is spent by two allowed calls; the third is refused.
-    actions(&mut m);
-    finish(&mut m, now, &[call("d", "echo", "{}")]);
-    names(&mut m);
-    let Some(Action::RunTool { proposal_id, .. }) = m.poll_action() else {
-        panic!()
-    };
-    m.handle_tool_result(
-        now,
-        1,
-        &proposal_id,
-        true,
-        b"1".to_vec(),
-        String::new(),
-        false,
-        "x",
-    );
-    actions(&mut m);
-    finish(&mut m, now, &[call("e", "echo", "{}")]);
-    names(&mut m);
-    let Some(Action::RunTool { proposal_id, .. }) = m.poll_action() else {
-        panic!()
-    };
-    m.handle_tool_result(
-        now,
-        1,
-        &proposal_id,
-        true,
-        b"1".to_vec(),
-        String::new(),
-        false,
-        "x",
-    );
+    for id in ["d", "e"] {
+        actions(&mut m);
+        finish(&mut m, now, &[call(id, "echo", "{}")]);
+        names(&mut m);
+        let Some(Action::RunTool { proposal_id, .. }) = m.poll_action() else {
+            panic!()
+        };
+        let ok = b"1".to_vec();
+        m.handle_tool_result(now, 1, &proposal_id, true, ok, String::new(), false, "x");
+    }
     actions(&mut m);
     finish(&mut m, now, &[call("f", "echo", "{}")]);
     let decision = std::iter::from_fn(|| m.poll_event())
