@@ -342,6 +342,10 @@ impl Daemon {
             node_tcp,
         ));
         admin.tokens = Some(Arc::clone(&self.tokens));
+        self.runs
+            .set_surfaces(Arc::new(crate::console::RunSurfaces(Arc::clone(
+                &admin.console,
+            ))));
         let operator = Operator::daemon(
             self.settings.version.clone(),
             self.started,

@@ -781,6 +781,10 @@ macro_rules! node_plane_suite {
             $crate::runs::principals_and_scopes::<$driver>();
         }
         #[test]
+        fn gateway_tools_reach_the_other_planes() {
+            $crate::runs::gateway_tools_reach_the_other_planes::<$driver>();
+        }
+        #[test]
         fn run_failures_are_reported() {
             $crate::runs::failures_are_reported::<$driver>();
         }

@@ -823,3 +823,87 @@ pub fn failures_are_reported<D: Driver>() {
         status.message
     );
 }
+
+/// One admin API request on a fresh connection: (status, body).
+fn admin_http(g: &Gateway, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(g.running.endpoints.http).expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The gateway's own tools: an event published by a run reaches the node-plane log; a surface
+/// patched by a run changes on the console.
+pub fn gateway_tools_reach_the_other_planes<D: Driver>() {
+    let g = gateway::<D>(true, Duration::from_secs(60));
+    let c = client::<D>(&g, ADMIN, None);
+    let run_with = |prompt: &str| {
+        let mut call = open::<D>(&c);
+        send::<D>(&call, &first(&new_id(), &new_id(), prompt));
+        collect::<D>(&mut call, |event, call| {
+            if let Some(a) = answer(event, true, ApprovalDecisionScope::Once) {
+                send::<D>(call, &a);
+            }
+        })
+    };
+    let result = |events: &[RunStreamEvent]| {
+        events
+            .iter()
+            .find_map(|e| match &e.body {
+                Some(Body::ToolResult(r)) => Some(r.clone()),
+                _ => None,
+            })
+            .expect("a tool result")
+    };
+    let (events, status) = run_with(
+        r#"x [[tool:palyra_publish_event {"name":"deploy.requested","payload":{"v":2}}]]"#,
+    );
+    assert_eq!(status.code, Code::Ok);
+    let published = result(&events);
+    assert!(published.success, "{}", published.error);
+    let seq = serde_json::from_slice::<serde_json::Value>(&published.output_json).unwrap()["seq"]
+        .as_u64()
+        .expect("seq");
+    let log = g.running.daemon().hub().log();
+    let stored =
+        palyra_gateway::store::read_blocking(log.as_ref(), seq - 1, 1, 1 << 20).expect("read");
+    let body: serde_json::Value = serde_json::from_slice(&stored[0].body).unwrap();
+    assert_eq!(
+        (body["name"].as_str(), body["device_id"].as_str()),
+        (Some("deploy.requested"), Some("gateway"))
+    );
+    assert_eq!(body["payload"]["v"], 2);
+    // A surface the admin made, patched by a run.
+    let doc =
+        r#"{"v":1,"surface":"ops","components":[{"id":"t","type":"text","props":{"value":"v1"}}]}"#;
+    assert_eq!(admin_http(&g, "PUT", "/admin/v1/surfaces/ops", doc).0, 200);
+    let (events, _) = run_with(
+        r#"x [[tool:palyra_patch_surface {"surface":"ops","ops":[{"op":"replace","path":"/components/0/props/value","value":"v2"}]}]]"#,
+    );
+    let patched = result(&events);
+    assert!(patched.success, "{}", patched.error);
+    let (status, listed) = admin_http(&g, "GET", "/admin/v1/surfaces", "");
+    assert_eq!(status, 200);
+    assert!(listed.contains(r#""version":2"#), "{listed}");
+    // A bad patch fails the tool, not the run.
+    let (events, status) =
+        run_with(r#"x [[tool:palyra_patch_surface {"surface":"nope","ops":[]}]]"#);
+    assert_eq!(status.code, Code::Ok);
+    assert!(
+        result(&events).error.contains("not_found"),
+        "{}",
+        result(&events).error
+    );
+}

@@ -163,6 +163,15 @@ pub fn decode_record(body: &[u8]) -> Result<Entry, String> {
     serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
+/// The console's surfaces as the runs' `palyra_patch_surface` tool changes them.
+pub struct RunSurfaces(pub Arc<ConsoleHub>);
+
+impl crate::run::gateway_tools::Surfaces for RunSurfaces {
+    fn publish(&self, command: Command) -> Publishing {
+        self.0.publish(vec![command])
+    }
+}
+
 /// Results of one publish, once its records are durable (or known not to be).
 pub type Publishing = Pending<Vec<Result<Published, ConsoleError>>>;
 

@@ -7,6 +7,7 @@
 //!                                                         │ every event ─▶ tape ─(durable)─▶ entry.events ─▶ streams
 //! ```
 
+use super::gateway_tools::{self, Surfaces};
 use super::machine::{Action, Ending, RunMachine, RunSettings, ToolSpec, MAX_TOOL_OUTPUT};
 use super::sessions::{Resolve, SessionRecord, SessionStore};
 use super::tape::{self, LoadedRun, RunMeta, RunState, EVENT, OPEN, TRANSCRIPT};
@@ -135,6 +136,8 @@ enum Target {
         device_id: String,
         capability: String,
     },
+    /// A tool of the gateway itself ([`gateway_tools`]).
+    Gateway(String),
 }
 
 struct Entry {
@@ -191,6 +194,7 @@ pub struct RunEngine {
     clock: WallClock,
     config: RunsConfig,
     rt: OnceLock<Rt>,
+    surfaces: OnceLock<Arc<dyn Surfaces>>,
     runs: Mutex<Runs>,
 }
 
@@ -325,6 +329,7 @@ impl RunEngine {
             clock,
             config,
             rt: OnceLock::new(),
+            surfaces: OnceLock::new(),
             runs: Mutex::new(runs),
         }))
     }
@@ -332,6 +337,11 @@ impl RunEngine {
     /// The runtime runs are driven on (set once, when the daemon is served).
     pub fn set_runtime(&self, rt: Rt) {
         let _ = self.rt.set(rt);
+    }
+
+    /// The console's surfaces, which the `palyra_patch_surface` tool changes (set once).
+    pub fn set_surfaces(&self, surfaces: Arc<dyn Surfaces>) {
+        let _ = self.surfaces.set(surfaces);
     }
 
     /// The sessions.
@@ -436,11 +446,17 @@ impl RunEngine {
             .collect()
     }
 
-    /// The tools a run may call now: the capabilities of fresh nodes.
+    /// The tools a run may call now: the gateway's own and the capabilities of fresh nodes.
     fn catalog(&self, now_ms: u64) -> (Vec<ToolSpec>, HashMap<String, Target>) {
         let policy = &self.config.policy;
         let mut specs = Vec::new();
         let mut targets = HashMap::new();
+        for mut spec in gateway_tools::specs(self.surfaces.get().is_some()) {
+            spec.approval_required = listed(&policy.require_approval, &spec.name);
+            spec.sensitive = listed(&policy.sensitive, &spec.name);
+            targets.insert(spec.name.clone(), Target::Gateway(spec.name.clone()));
+            specs.push(spec);
+        }
         for node in self.hub.nodes() {
             if now_ms.saturating_sub(node.last_seen_at_unix_ms) > NODE_FRESH_MS {
                 continue;
@@ -674,12 +690,11 @@ impl RunEngine {
                         input_json,
                     } => {
                         let task = run_tool(
-                            Arc::clone(&self.hub),
+                            Arc::clone(&self),
                             Arc::clone(&rt),
                             targets.get(&name).cloned(),
                             proposal_id,
                             input_json,
-                            self.config.policy.capability_timeout,
                             tx.clone(),
                         );
                         rt.spawn(Box::pin(until_stopped(Arc::clone(&stop), task)));
@@ -979,14 +994,15 @@ fn append_blocking(log: &dyn LogStore, body: Bytes) -> Result<(), StoreError> {
 
 /// Runs one tool call on its target and reports the outcome to the run.
 async fn run_tool(
-    hub: Arc<NodeHub>,
+    engine: Arc<RunEngine>,
     rt: Rt,
     target: Option<Target>,
     proposal_id: String,
     input: Vec<u8>,
-    limit: Duration,
     tx: async_channel::Sender<RunInput>,
 ) {
+    let hub = Arc::clone(&engine.hub);
+    let limit = engine.config.policy.capability_timeout;
     let failed = |executor: String, error: String, timed_out: bool| RunInput::Tool {
         proposal_id: proposal_id.clone(),
         result: CapabilityResult {
@@ -997,13 +1013,26 @@ async fn run_tool(
         executor,
         timed_out,
     };
-    let Some(Target::Node {
-        device_id,
-        capability,
-    }) = target
-    else {
-        let _ = tx.try_send(failed("gateway".into(), "no such tool".into(), false));
-        return;
+    let (device_id, capability) = match target {
+        Some(Target::Node {
+            device_id,
+            capability,
+        }) => (device_id, capability),
+        Some(Target::Gateway(name)) => {
+            let surfaces = engine.surfaces.get();
+            let result = gateway_tools::run(&hub, surfaces, &engine.clock, &name, &input).await;
+            let _ = tx.try_send(RunInput::Tool {
+                proposal_id,
+                result,
+                executor: "gateway".into(),
+                timed_out: false,
+            });
+            return;
+        }
+        None => {
+            let _ = tx.try_send(failed("gateway".into(), "no such tool".into(), false));
+            return;
+        }
     };
     let executor = format!("node:{device_id}");
     let request = match hub.enqueue(&device_id, &capability, input, MAX_TOOL_OUTPUT as u64) {

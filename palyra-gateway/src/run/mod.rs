@@ -4,6 +4,7 @@
 
 pub mod approvals;
 pub mod engine;
+pub mod gateway_tools;
 pub mod machine;
 pub mod service;
 pub mod sessions;
