@@ -11,20 +11,29 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The scripted upstream, stopped when dropped (its stdin closes).
-pub(crate) struct Upstream {
+/// The scripted upstream (`conformance/openai_upstream.py`), stopped when dropped (its stdin
+/// closes).
+pub struct Upstream {
     child: Child,
-    pub(crate) addr: String,
+    /// Where it listens, `HOST:PORT`.
+    pub addr: String,
 }
 
 impl Upstream {
-    pub(crate) fn start(api_key: &str) -> Self {
+    /// Starts it, wanting `api_key` as the bearer token (none when empty).
+    pub fn start(api_key: &str) -> Self {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../conformance/openai_upstream.py"
         );
+        let key = if api_key.is_empty() {
+            Vec::new()
+        } else {
+            vec!["--api-key", api_key]
+        };
         let mut child = Command::new("python3")
-            .args([script, "--api-key", api_key])
+            .arg(script)
+            .args(key)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

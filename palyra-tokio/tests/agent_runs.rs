@@ -10,6 +10,7 @@ use palyra_proto::pb::palyra::common::v1::{
     run_stream_event::Body, MessageContent, MessageEnvelope, RunStreamEvent, RunStreamRequest,
 };
 use palyra_proto::pb::palyra::gateway::v1::{ListRunsRequest, ListRunsResponse};
+use palyra_testkit::provider::Upstream;
 use prost::Message;
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -19,37 +20,6 @@ use std::time::{Duration, Instant};
 mod common;
 
 const ADMIN: &str = "agent-runs-admin";
-
-/// The scripted upstream (conformance/openai_upstream.py); stops when its stdin closes.
-struct Upstream(Child, String);
-
-impl Upstream {
-    fn start() -> Self {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../conformance/openai_upstream.py"
-        );
-        let mut child = Command::new("python3")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs the scripted upstream");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line.split_whitespace().last().unwrap().to_owned();
-        Self(child, addr)
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.wait();
-    }
-}
 
 struct Killed(Child);
 
@@ -66,7 +36,7 @@ fn config(dir: &Path, upstream: &Upstream) -> String {
         &path,
         format!(
             "[model]\nbase_url = \"http://{}/v1\"\nmodel = \"scripted\"\n",
-            upstream.1
+            upstream.addr
         ),
     )
     .unwrap();
@@ -99,7 +69,7 @@ fn palyra(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> (bool, String, S
 #[test]
 fn a_new_user_runs_the_agent_with_a_node_tool_approved_on_the_terminal() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start();
+    let upstream = Upstream::start("");
     let config = config(dir.path(), &upstream);
     let state = dir.path().join("state");
     let (_daemon, endpoints) = common::spawn_daemon_args(
@@ -275,7 +245,7 @@ fn rt() -> palyra_gateway::runtime::Rt {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_run_leaves_every_seen_event_and_an_interrupted_run() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start();
+    let upstream = Upstream::start("");
     let config = config(dir.path(), &upstream);
     let state = dir.path().join("state");
     let spawn = || {
