@@ -23,6 +23,7 @@ use crate::serve::tcp::{ListenerLimits, TcpHandle};
 use crate::store::unix_ms;
 use crate::store::{DocStore, FileDocStore, LogStore};
 use crate::trust::TrustService;
+use crate::util::stop::Stop;
 use palyra_proto::enroll::gateway::GatewayConfig;
 use palyra_proto::identity::cert;
 use palyra_proto::quic::tls;
@@ -342,6 +343,7 @@ impl Daemon {
             node_tcp,
         ));
         admin.tokens = Some(Arc::clone(&self.tokens));
+        admin.runs = Some(Arc::clone(&self.runs));
         self.runs
             .set_surfaces(Arc::new(crate::console::RunSurfaces(Arc::clone(
                 &admin.console,
@@ -426,6 +428,15 @@ impl Daemon {
             .admin
             .as_ref()
             .map(|admin| Arc::clone(&admin.console));
+        let console_runs = Stop::new();
+        if let (Some(hub), true) = (&console, self.runs.has_provider()) {
+            crate::console::runs::serve(
+                rt,
+                Arc::clone(hub),
+                Arc::clone(&self.runs),
+                Arc::clone(&console_runs),
+            );
+        }
         let http = TcpHandle::serve_with(rt, addrs.http, operator, Some(self.notifier()), limits)
             .map_err(bind("the operator listener (HTTP)", addrs.http))?;
         let endpoints = Endpoints {
@@ -444,6 +455,7 @@ impl Daemon {
             node_tcp,
             http,
             console,
+            console_runs,
         })
     }
 
@@ -476,6 +488,8 @@ pub struct Running {
     node_tcp: TcpHandle,
     http: TcpHandle,
     console: Option<Arc<crate::console::ConsoleHub>>,
+    /// Stops the task that runs the console's chat messages.
+    console_runs: Arc<Stop>,
 }
 
 impl Running {
@@ -488,6 +502,7 @@ impl Running {
     /// then the gRPC listeners (GOAWAY), the node plane (application close), and finally the
     /// stores, once everything handed to them is durable.
     pub async fn shutdown(self, rt: &Rt) -> std::io::Result<()> {
+        self.console_runs.raise();
         self.http.shutdown(rt).await;
         if let Some(console) = &self.console {
             console.save();

@@ -784,6 +784,11 @@ macro_rules! node_plane_suite {
         fn gateway_tools_reach_the_other_planes() {
             $crate::runs::gateway_tools_reach_the_other_planes::<$driver>();
         }
+
+        #[test]
+        fn console_chat_is_a_run() {
+            $crate::runs::console_chat_is_a_run::<$driver>();
+        }
         #[test]
         fn run_failures_are_reported() {
             $crate::runs::failures_are_reported::<$driver>();

@@ -350,10 +350,11 @@ fn suite_admin(
 }
 
 /// A blocking console-stream client (tungstenite) with a read timeout.
-struct StreamClient<S: Read + Write = TcpStream>(tungstenite::WebSocket<S>);
+pub(crate) struct StreamClient<S: Read + Write = TcpStream>(tungstenite::WebSocket<S>);
 
 impl StreamClient {
-    fn connect(addr: SocketAddr, headers: &[(&'static str, String)]) -> Self {
+    /// Connects to the console stream at `addr` with `headers`.
+    pub(crate) fn connect(addr: SocketAddr, headers: &[(&'static str, String)]) -> Self {
         let stream = TcpStream::connect(addr).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -393,14 +394,26 @@ impl<S: Read + Write> StreamClient<S> {
         }
     }
 
-    fn send(&mut self, msg: serde_json::Value) {
+    /// Sends one message.
+    pub(crate) fn send(&mut self, msg: serde_json::Value) {
         self.0
             .send(tungstenite::Message::text(msg.to_string()))
             .expect("send");
     }
 
+    /// The next text message.
+    pub(crate) fn next(&mut self) -> serde_json::Value {
+        loop {
+            match self.0.read().expect("read") {
+                tungstenite::Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
+                tungstenite::Message::Close(f) => panic!("closed: {f:?}"),
+                _ => {}
+            }
+        }
+    }
+
     /// Messages until one of type `kind` (included).
-    fn until(&mut self, kind: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn until(&mut self, kind: &str) -> Vec<serde_json::Value> {
         let mut got = Vec::new();
         loop {
             match self.0.read().expect("read") {
@@ -417,6 +430,25 @@ impl<S: Read + Write> StreamClient<S> {
             }
         }
     }
+}
+
+/// Logs in to the console at `addr` with the admin token: the headers of a console stream
+/// (session cookie, the console's Origin).
+pub(crate) fn console_login(addr: SocketAddr, token: &str) -> [(&'static str, String); 2] {
+    let body = format!("{{\"admin_token\":\"{token}\"}}");
+    let out = exchange(
+        addr,
+        format!("POST /console/v1/auth/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+        1,
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let cookie = out
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("cookie")
+        .to_owned();
+    [("cookie", cookie), ("origin", format!("http://{addr}"))]
 }
 
 /// The console over real sockets: login (cookie, CSRF), the stream with the session cookie and
@@ -437,23 +469,7 @@ pub fn operator_console_stream<D: Driver>() {
         }),
         Some(hub.notifier()),
     );
-    let body = "{\"admin_token\":\"suite-token\"}";
-    let out = exchange(
-        addr,
-        format!("POST /console/v1/auth/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
-        1,
-    );
-    assert!(out.starts_with("HTTP/1.1 200"), "[{}] {out}", D::NAME);
-    let cookie = out
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .and_then(|c| c.split(';').next())
-        .expect("cookie")
-        .to_owned();
-    let console_headers = [
-        ("cookie", cookie.clone()),
-        ("origin", format!("http://{addr}")),
-    ];
+    let console_headers = console_login(addr, "suite-token");
     let mut person = StreamClient::connect(addr, &console_headers);
     let mut agent = StreamClient::connect(addr, &[("authorization", "Bearer suite-token".into())]);
     person.send(json!({"type":"hello","resume":null}));

@@ -907,3 +907,156 @@ pub fn gateway_tools_reach_the_other_planes<D: Driver>() {
         result(&events).error
     );
 }
+
+/// Console stream messages until one satisfies `stop` (included).
+fn console_until(
+    person: &mut crate::operator::StreamClient,
+    mut stop: impl FnMut(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let msg = person.next();
+        let done = stop(&msg);
+        got.push(msg);
+        if done {
+            return got;
+        }
+    }
+    panic!("not seen within 20 s; got {got:?}");
+}
+
+/// The text the agent's chat messages of a run add up to, by message id.
+fn agent_texts(messages: &[serde_json::Value]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for m in messages {
+        let id = m["message_id"].as_str().unwrap_or_default().to_owned();
+        match m["type"].as_str() {
+            Some("chat.message") if m["role"] == "agent" => {
+                out.push((id, m["text"].as_str().unwrap_or_default().to_owned()))
+            }
+            Some("chat.delta") => {
+                if let Some(entry) = out.iter_mut().find(|(i, _)| *i == id) {
+                    entry.1.push_str(m["text"].as_str().unwrap_or_default());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A chat message in a console session is a run when a provider is configured: the reply
+/// streams into the chat, an approval request is a card the operator decides on the stream,
+/// the next message continues the session, `/cancel` cancels, and the admin API lists the runs
+/// with their tapes.
+pub fn console_chat_is_a_run<D: Driver>() {
+    use serde_json::json;
+    let g = gateway::<D>(true, Duration::from_secs(60));
+    let live = node(&g);
+    let http = g.running.endpoints.http;
+    let mut person =
+        crate::operator::StreamClient::connect(http, &crate::operator::console_login(http, ADMIN));
+    person.send(json!({"type":"hello","resume":null}));
+    person.until("snapshot.done");
+    let say = |person: &mut crate::operator::StreamClient, id: &str, text: &str| {
+        person.send(json!({"type":"chat.send","session_id":"main","client_msg_id":id,"text":text}))
+    };
+
+    say(&mut person, "c1", "hello run [[slow:40]]");
+    let got = console_until(&mut person, |m| m["type"] == "chat.done");
+    let texts = agent_texts(&got);
+    assert_eq!(texts.len(), 1, "[{}] {got:?}", D::NAME);
+    assert_eq!(texts[0].1, "You said: hello run [[slow:40]]");
+    assert!(
+        got.iter().filter(|m| m["type"] == "chat.delta").count() >= 2,
+        "[{}] the reply streamed",
+        D::NAME
+    );
+
+    say(&mut person, "c2", r#"now [[tool:echo {"x":1}]]"#);
+    let got = console_until(&mut person, |m| {
+        m["type"] == "a2ui.snapshot" && m["owner"] == "palyrad.runs"
+    });
+    let card = got.last().unwrap();
+    let surface = card["surface"].as_str().unwrap().to_owned();
+    assert!(surface.starts_with("approval-"), "{surface}");
+    assert!(
+        card["document"].to_string().contains("allow_once"),
+        "{card}"
+    );
+    person.send(
+        json!({"type":"a2ui.action","surface":surface,"component":"decide",
+                       "action":"allow_once","value":{}}),
+    );
+    let mut ran = false;
+    let got = console_until(&mut person, |m| {
+        ran |= m["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Tool echo ran"));
+        ran && m["type"] == "chat.done"
+    });
+    let texts: Vec<String> = agent_texts(&got).into_iter().map(|t| t.1).collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("Tool echo ran: {\"x\":1}")),
+        "[{}] {texts:?}",
+        D::NAME
+    );
+    assert!(
+        texts.iter().any(|t| t.starts_with("Tool echo said:")),
+        "[{}] {texts:?}",
+        D::NAME
+    );
+    assert!(
+        got.iter().any(|m| m["type"] == "a2ui.snapshot"
+            && m["surface"] == surface.as_str()
+            && m["document"].to_string().contains("Allowed")),
+        "[{}] the card shows the decision",
+        D::NAME
+    );
+
+    say(&mut person, "c3", "[[slow:100]] [[tokens:200]]");
+    console_until(&mut person, |m| {
+        m["type"] == "chat.message" && m["role"] == "agent"
+    });
+    say(&mut person, "c4", "/cancel");
+    console_until(&mut person, |m| {
+        m["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("The run was cancelled: cancelled in the console"))
+    });
+
+    let (status, body) = admin_http(&g, "GET", "/admin/v1/runs", "");
+    assert_eq!(status, 200, "{body}");
+    let runs: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let runs = runs["runs"].as_array().unwrap();
+    let states: Vec<&str> = runs.iter().map(|r| r["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["cancelled", "done", "done"], "[{}]", D::NAME);
+    assert!(runs.iter().all(|r| r["origin"] == "console"));
+    let session = runs[0]["session_id"].as_str().unwrap();
+    assert!(
+        runs.iter().all(|r| r["session_id"] == session),
+        "one session"
+    );
+    let tool_run = runs[1]["run_id"].as_str().unwrap();
+    let (status, body) = admin_http(&g, "GET", &format!("/admin/v1/runs/{tool_run}"), "");
+    assert_eq!(status, 200, "{body}");
+    let tape: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        tape["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "tool_approval_response"
+                && e["approved"] == true
+                && e["reason"] == "approved in the console"),
+        "{body}"
+    );
+    assert_eq!(
+        admin_http(&g, "GET", "/admin/v1/runs/01ARZ3NDEKTSV4RRFFQ69G5FAZ", "").0,
+        404
+    );
+    live.store(false, Ordering::Release);
+}

@@ -3,6 +3,7 @@
 //! `palyra sessions` and `palyra approvals`. Every call carries the caller's bearer token (an API
 //! token, or the admin token) and, when given, an `x-palyra-principal` narrowing it.
 
+pub use crate::run::tape::event_json;
 use crate::runtime::{self, Rt};
 use crate::serve::grpc_channel::{CallEvent, GrpcChannel};
 use anyhow::Context;
@@ -15,7 +16,6 @@ use palyra_proto::pb::palyra::common::v1::{
     RunStreamRequest, ToolApprovalRequest, ToolApprovalResponse,
 };
 use prost::Message;
-use serde_json::{json, Value};
 use std::io::Write;
 use std::time::Duration;
 
@@ -140,57 +140,6 @@ pub struct Outcome {
     pub state: String,
     /// The status message.
     pub message: String,
-}
-
-/// One event as JSON (what `--json` prints, one per line).
-pub fn event_json(event: &RunStreamEvent) -> Value {
-    let id = |i: &Option<CanonicalId>| i.as_ref().map(|i| i.ulid.clone()).unwrap_or_default();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let mut out = json!({"seq": event.seq, "run_id": id(&event.run_id),
-                         "timestamp_unix_ms": event.timestamp_unix_ms});
-    let body = match &event.body {
-        Some(Body::ModelToken(t)) => {
-            json!({"type": "model_token", "token": t.token, "is_final": t.is_final})
-        }
-        Some(Body::Status(s)) => json!({"type": "status",
-            "kind": StatusKind::try_from(s.kind).map(|k| k.as_str_name()).unwrap_or("STATUS_KIND_UNSPECIFIED"),
-            "message": s.message}),
-        Some(Body::ToolProposal(p)) => {
-            json!({"type": "tool_proposal", "proposal_id": id(&p.proposal_id),
-            "tool_name": p.tool_name, "input_json": text(&p.input_json), "approval_required": p.approval_required})
-        }
-        Some(Body::ToolApprovalRequest(r)) => json!({"type": "tool_approval_request",
-            "proposal_id": id(&r.proposal_id), "approval_id": id(&r.approval_id), "tool_name": r.tool_name,
-            "input_json": text(&r.input_json), "summary": r.request_summary,
-            "timeout_seconds": r.prompt.as_ref().map(|p| p.timeout_seconds).unwrap_or(0)}),
-        Some(Body::ToolApprovalResponse(r)) => json!({"type": "tool_approval_response",
-            "proposal_id": id(&r.proposal_id), "approval_id": id(&r.approval_id), "approved": r.approved,
-            "reason": r.reason,
-            "decision_scope": ApprovalDecisionScope::try_from(r.decision_scope).map(|s| s.as_str_name()).unwrap_or("")}),
-        Some(Body::ToolDecision(d)) => {
-            json!({"type": "tool_decision", "proposal_id": id(&d.proposal_id),
-            "kind": DecisionKind::try_from(d.kind).map(|k| k.as_str_name()).unwrap_or(""), "reason": d.reason,
-            "approval_required": d.approval_required, "policy_enforced": d.policy_enforced})
-        }
-        Some(Body::ToolResult(r)) => {
-            json!({"type": "tool_result", "proposal_id": id(&r.proposal_id),
-            "success": r.success, "output_json": text(&r.output_json), "error": r.error})
-        }
-        Some(Body::ToolAttestation(a)) => {
-            json!({"type": "tool_attestation", "proposal_id": id(&a.proposal_id),
-            "attestation_id": id(&a.attestation_id), "execution_sha256": a.execution_sha256,
-            "executed_at_unix_ms": a.executed_at_unix_ms, "timed_out": a.timed_out, "executor": a.executor})
-        }
-        Some(Body::A2uiUpdate(u)) => {
-            json!({"type": "a2ui_update", "surface": u.surface, "patch_json": text(&u.patch_json)})
-        }
-        Some(Body::JournalEvent(_)) => json!({"type": "journal_event"}),
-        None => json!({"type": "unknown"}),
-    };
-    if let (Some(out), Value::Object(body)) = (out.as_object_mut(), body) {
-        out.extend(body);
-    }
-    out
 }
 
 /// A person's answer to an approval request.

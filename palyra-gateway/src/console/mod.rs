@@ -11,6 +11,7 @@
 //! `STATE/console/` holds `log/` (segments), `state.json` (the state at some seq, written every
 //! [`SAVE_EVERY`] records so retention can drop old segments) and `boots.json`.
 
+pub mod runs;
 pub mod sessions;
 pub mod stream;
 pub mod web;

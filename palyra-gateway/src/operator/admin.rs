@@ -261,6 +261,10 @@ impl OperatorConnection {
                 let method = method.clone();
                 self.tokens_route(now, path, &method)
             }
+            (path, method) if path == "/admin/v1/runs" || path.starts_with("/admin/v1/runs/") => {
+                let method = method.clone();
+                self.runs_route(now, path, &method)
+            }
             (path, method)
                 if path.starts_with("/admin/v1/chat/")
                     || path.starts_with("/admin/v1/surfaces/") =>

@@ -19,6 +19,7 @@ pub mod api;
 pub use crate::access::admin as auth;
 pub mod console;
 pub mod pairing;
+pub mod runs;
 pub mod tokens;
 pub mod webhook;
 use bytes::Bytes;
@@ -180,6 +181,8 @@ pub struct Admin {
     pub pairing: Option<pairing::PairingAdmin>,
     /// API tokens (`/admin/v1/tokens`), when the daemon mints them.
     pub tokens: Option<Arc<crate::access::tokens::TokenStore>>,
+    /// Agent runs (`/admin/v1/runs`, the console's Runs view), when the daemon runs agents.
+    pub runs: Option<Arc<crate::run::engine::RunEngine>>,
 }
 
 impl Admin {
@@ -220,6 +223,7 @@ impl Admin {
             origins,
             pairing: None,
             tokens: None,
+            runs: None,
         })
     }
 }

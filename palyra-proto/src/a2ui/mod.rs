@@ -24,8 +24,10 @@ pub const MAX_DEPTH: usize = 32;
 pub const MAX_COMPONENTS: usize = 1024;
 /// Longest surface name and component id.
 pub const MAX_NAME: usize = 128;
-/// Component types.
-pub const COMPONENT_TYPES: [&str; 6] = ["text", "markdown", "list", "table", "form", "chart"];
+/// Component types (`buttons`: a row of buttons, each sending `a2ui.action` with its `action`).
+pub const COMPONENT_TYPES: [&str; 7] = [
+    "text", "markdown", "list", "table", "form", "chart", "buttons",
+];
 /// Keys refused anywhere (prototype pollution in JavaScript renderers).
 pub const FORBIDDEN_KEYS: [&str; 3] = ["__proto__", "prototype", "constructor"];
 

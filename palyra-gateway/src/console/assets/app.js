@@ -66,6 +66,7 @@ function showApp() {
   $("logout").hidden = false;
   connect();
   refreshDevices();
+  refreshRuns();
 }
 
 $("login-form").addEventListener("submit", async (e) => {
@@ -352,6 +353,11 @@ function renderComponent(surface, c) {
       return wrap(renderForm(surface, c.id, p));
     case "chart":
       return wrap(el("div", { class: "chart-title", text: str(p.title) }), renderChart((Array.isArray(p.series) ? p.series : []).slice(0, 64)));
+    case "buttons":
+      return wrap(...(Array.isArray(p.buttons) ? p.buttons : []).slice(0, 8).map((b) =>
+        el("button", { type: "button", class: b.tone === "critical" ? "danger" : "", "data-action": str(b.action, 64),
+                       text: str(b.label || b.action, 64),
+                       onclick: () => { if (!send({ type: "a2ui.action", surface, component: c.id, action: str(b.action, 64), value: {} })) status("not connected; try again"); } })));
     default:
       return null;
   }
@@ -566,3 +572,62 @@ function renderDevices(requests, devices) {
 }
 
 setInterval(refreshDevices, 3000);
+
+// ---- runs: agent runs and their tapes, through the admin API ------------------------------
+
+state.selectedRun = null;
+
+async function refreshRuns() {
+  if ($("app-view").hidden || !state.csrf) return;
+  let list;
+  try {
+    list = await admin("GET", "/admin/v1/runs");
+  } catch (e) {
+    if (e.status === 404) $("runs-card").hidden = true;
+    return;
+  }
+  $("runs-card").hidden = false;
+  const runs = list.runs || [];
+  const items = runs.slice(0, 50).map((r) => el("li", {
+      class: r.run_id === state.selectedRun ? "active" : "", "data-run": r.run_id, "data-state": r.state,
+      onclick: () => { state.selectedRun = r.run_id; refreshRuns(); } },
+    el("span", { class: `run-state ${r.state}`, text: r.state }),
+    el("span", { class: "mono", text: r.run_id.slice(-8) }),
+    el("span", { class: "hint", text: `${r.origin} · ${r.principal} · ${r.events} events` }),
+    el("span", { class: "prompt", text: str(r.prompt, 80) }),
+    r.state === "in_progress" || r.state === "accepted"
+      ? el("button", { class: "danger", text: "Abort", onclick: (e) => { e.stopPropagation();
+          admin("POST", `/admin/v1/runs/${encodeURIComponent(r.run_id)}/abort`).then(refreshRuns, (err) => status(err.message)); } })
+      : null));
+  $("run-list").replaceChildren(...(items.length ? items : [el("li", { class: "hint", text:
+    list.provider_configured ? "no runs yet: a chat message starts one"
+                             : "no model provider configured ([model] base_url): chat goes to agents only" })]));
+  if (state.selectedRun) await showTape(state.selectedRun);
+}
+
+async function showTape(id) {
+  let run;
+  try {
+    run = await admin("GET", `/admin/v1/runs/${encodeURIComponent(id)}`);
+  } catch (e) {
+    status(e.message);
+    return;
+  }
+  $("run-tape").hidden = false;
+  $("run-tape-title").textContent = `Run ${id} · ${run.run.state} · session ${run.run.session_id}`;
+  // Consecutive model tokens read as one line of text.
+  const lines = [];
+  for (const e of run.events || []) {
+    const last = lines[lines.length - 1];
+    if (e.type === "model_token" && last && last.type === "model_token") { last.text += e.token; last.to = e.seq; continue; }
+    if (e.type === "model_token") { lines.push({ type: e.type, seq: e.seq, to: e.seq, text: e.token }); continue; }
+    const detail = { ...e };
+    for (const k of ["seq", "run_id", "timestamp_unix_ms", "type"]) delete detail[k];
+    lines.push({ type: e.type, seq: e.seq, to: e.seq, text: JSON.stringify(detail) });
+  }
+  $("run-events").replaceChildren(...lines.map((l) => el("li", { "data-type": l.type },
+    el("span", { class: "mono", text: l.seq === l.to ? `#${l.seq}` : `#${l.seq}-${l.to}` }),
+    el("span", { class: "author", text: l.type }), str(l.text, 2000))));
+}
+
+setInterval(refreshRuns, 2000);

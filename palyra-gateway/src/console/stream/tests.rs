@@ -520,6 +520,7 @@ fn operator_for(hub: Arc<ConsoleHub>, origins: Vec<String>) -> Arc<Operator> {
             origins,
             pairing: None,
             tokens: None,
+            runs: None,
         },
         false,
     )
