@@ -94,6 +94,37 @@ def start_daemon(binary, state, http_addr, log):
     raise RuntimeError("palyrad did not come up")
 
 
+def start_chromium(chromium, profile):
+    """Headless Chromium with its own profile: the process and a new page's DevTools URL."""
+    chrome = subprocess.Popen(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         "--window-size=1400,900", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    port_file = os.path.join(profile, "DevToolsActivePort")
+    deadline = time.monotonic() + 30
+    while not (os.path.exists(port_file) and open(port_file).read().count("\n") >= 1):
+        if time.monotonic() > deadline:
+            chrome.kill()
+            raise RuntimeError("chromium did not start")
+        time.sleep(0.05)
+    port = int(open(port_file).read().splitlines()[0])
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return chrome, json.loads(r.read())["webSocketDebuggerUrl"]
+
+
+async def log_in(page, token):
+    """Logs in on the console's form; returns once the connection indicator is live."""
+    await page.wait("!document.getElementById('login-view').hidden", what="login form")
+    await page.eval(f"document.getElementById('token').value = {json.dumps(token)}")
+    await page.eval("document.getElementById('login-btn').click()")
+    await page.wait("document.getElementById('conn-state').textContent === 'live'",
+                    what="live indicator")
+
+
 def admin(http_addr, method, path, body):
     req = urllib.request.Request(
         f"http://{http_addr}{path}", method=method,
@@ -114,25 +145,8 @@ async def run(args):
     agent = None
     chrome = None
     try:
-        profile = os.path.join(work, "chrome")
-        chrome = subprocess.Popen(
-            [args.chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             "--window-size=1400,900", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        port_file = os.path.join(profile, "DevToolsActivePort")
-        deadline = time.monotonic() + 30
-        while not (os.path.exists(port_file) and open(port_file).read().count("\n") >= 1):
-            if time.monotonic() > deadline:
-                raise RuntimeError("chromium did not start")
-            time.sleep(0.05)
-        port = int(open(port_file).read().splitlines()[0])
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
-        with urllib.request.urlopen(req, timeout=5) as r:
-            target = json.loads(r.read())
-        async with websockets.connect(target["webSocketDebuggerUrl"], max_size=64 << 20) as ws:
+        chrome, page_url = start_chromium(args.chromium, os.path.join(work, "chrome"))
+        async with websockets.connect(page_url, max_size=64 << 20) as ws:
             page = Page(ws)
             await page.call("Page.enable")
             await page.call("Page.navigate", url=f"http://{http_addr}/")
@@ -154,11 +168,7 @@ async def run(args):
                     return False
 
             async def login():
-                await page.wait("!document.getElementById('login-view').hidden", what="login form")
-                await page.eval(f"document.getElementById('token').value = {json.dumps(TOKEN)}")
-                await page.eval("document.getElementById('login-btn').click()")
-                await page.wait("document.getElementById('conn-state').textContent === 'live'",
-                                what="live indicator")
+                await log_in(page, TOKEN)
                 return "logged in; indicator live"
 
             if not await case("login", login()):

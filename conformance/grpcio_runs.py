@@ -57,7 +57,7 @@ def wait_for(path, seconds=30):
 class Stack:
     """The upstream, palyrad and a paired node serving system.echo."""
 
-    def __init__(self, palyrad, palyra, work):
+    def __init__(self, palyrad, palyra, work, approval_timeout=2):
         self.procs = []
         up = subprocess.Popen([sys.executable, f"{HERE}/openai_upstream.py"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -66,7 +66,7 @@ class Stack:
         config = os.path.join(work, "palyrad.toml")
         with open(config, "w") as f:
             f.write(f'[model]\nbase_url = "http://{upstream}/v1"\nmodel = "scripted"\n'
-                    '[tools]\napproval_timeout_secs = 2\n')
+                    f'[tools]\napproval_timeout_secs = {approval_timeout}\n')
         state = os.path.join(work, "state")
         env = dict(os.environ, PALYRA_ADMIN_TOKEN=ADMIN)
         self.procs.append(subprocess.Popen(
@@ -74,6 +74,7 @@ class Stack:
              "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-level", "warn"], env=env))
         endpoints = wait_for(os.path.join(state, "endpoints.json"))
         self.grpc = endpoints["grpc"]
+        self.http = endpoints["http"]
         env = dict(env, PALYRA_DAEMON_URL=f"http://{endpoints['http']}")
 
         def cli(*args):

@@ -86,6 +86,8 @@ struct Follow {
     parts: u32,
     /// Tool names by proposal.
     tools: HashMap<String, String>,
+    /// Proposals refused (their failed result says nothing new).
+    denied: Vec<String>,
 }
 
 /// An approval card waiting for the operator.
@@ -240,6 +242,7 @@ impl Mirror {
                 message: None,
                 parts: 0,
                 tools: HashMap::new(),
+                denied: Vec::new(),
             },
         );
         self.steps.push(Step::Start {
@@ -388,6 +391,7 @@ impl Mirror {
                 let surface = card_surface(&proposal);
                 if d.kind == DecisionKind::Deny as i32 {
                     let tool = follow.tools.get(&proposal).cloned().unwrap_or_default();
+                    follow.denied.push(proposal);
                     if self.cards.contains_key(&surface) {
                         self.resolve_card(&surface, &format!("Denied: {}", d.reason), "critical");
                     }
@@ -395,6 +399,7 @@ impl Mirror {
                     self.note(session, format!("Tool {tool} was not run: {}", d.reason));
                 }
             }
+            Some(Body::ToolResult(r)) if follow.denied.contains(&ulid_of(&r.proposal_id)) => {}
             Some(Body::ToolResult(r)) => {
                 let tool = follow
                     .tools

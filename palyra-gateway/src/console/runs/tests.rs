@@ -283,12 +283,20 @@ fn a_denial_and_a_run_ending_resolve_their_cards() {
     assert!(matches!(&steps[..], [Step::Approve { response, .. }] if !response.approved));
     m.run_events(
         "main",
-        &[event(Body::ToolDecision(ToolDecision {
-            proposal_id: id(PROPOSAL),
-            kind: DecisionKind::Deny as i32,
-            reason: "denied in the console".into(),
-            ..Default::default()
-        }))],
+        &[
+            event(Body::ToolDecision(ToolDecision {
+                proposal_id: id(PROPOSAL),
+                kind: DecisionKind::Deny as i32,
+                reason: "denied in the console".into(),
+                ..Default::default()
+            })),
+            event(Body::ToolResult(ToolResult {
+                proposal_id: id(PROPOSAL),
+                success: false,
+                output_json: Vec::new(),
+                error: "denied: denied in the console".into(),
+            })),
+        ],
         false,
         || unreachable!(),
     );
@@ -297,7 +305,9 @@ fn a_denial_and_a_run_ending_resolve_their_cards() {
         .as_str()
         .unwrap()
         .contains("Denied"));
-    assert!(texts(&commands)[0].1.contains("Tool echo was not run"));
+    let chat = texts(&commands);
+    assert_eq!(chat.len(), 1, "one note for a denial: {chat:?}");
+    assert!(chat[0].1.contains("Tool echo was not run"));
 
     // A card still open when the run ends is closed.
     let mut m = started();
