@@ -11,7 +11,7 @@ use crate::access::{tokens::TokenStore, Authenticator};
 use crate::enroll::EnrollmentStore;
 use crate::grpc::DaemonInfo;
 use crate::grpc::GrpcListener;
-use crate::node::service::{node_router, WallClock};
+use crate::node::service::{node_router, MoreServices, WallClock};
 use crate::node::{open_node_plane, GatewayError, NodePlane, NodePlaneOptions};
 use crate::operator::pairing::PairingAdmin;
 use crate::operator::{auth::AdminAuth, Admin, Operator, OperatorAcceptor, RandomFill};
@@ -247,18 +247,6 @@ impl Daemon {
             Arc::clone(&random),
         )
         .map_err(part("enrollment state"))?;
-        let node = GrpcListener {
-            tls: Some(Arc::clone(&plane.tcp_tls)),
-            notifier: Some(hub.notifier()),
-            ..GrpcListener::h2c(
-                node_router(
-                    Arc::clone(&hub),
-                    Arc::clone(&clock),
-                    Some(Arc::clone(&enrollment)),
-                )
-                .map_err(part("node services"))?,
-            )
-        };
         let (admin_auth, new_admin_token) =
             AdminAuth::load_or_create(&dir, settings.admin_token.as_deref(), rng)
                 .map_err(part("admin token"))?;
@@ -285,6 +273,31 @@ impl Daemon {
             settings.runs.clone(),
         )
         .map_err(part("run tape"))?;
+        // Paired devices call the run services on the node TLS listener as node:<device_id>.
+        let device_hub = Arc::clone(&hub);
+        let node_auth = Arc::new(auth.with_devices(Arc::new(move |peer| {
+            crate::node::service::authenticate(&device_hub, peer)
+        })));
+        let run_services = {
+            let (info, runs) = (Arc::clone(&info), Arc::clone(&runs));
+            MoreServices {
+                names: vec![crate::run::service::GATEWAY, crate::run::service::APPROVALS],
+                make: Arc::new(move || crate::run::service::run_services(&info, &runs, &node_auth)),
+            }
+        };
+        let node = GrpcListener {
+            tls: Some(Arc::clone(&plane.tcp_tls)),
+            notifier: Some(hub.notifier()),
+            ..GrpcListener::h2c(
+                node_router(
+                    Arc::clone(&hub),
+                    Arc::clone(&clock),
+                    Some(Arc::clone(&enrollment)),
+                    Some(run_services),
+                )
+                .map_err(part("node services"))?,
+            )
+        };
         let gateway = GrpcListener {
             tls: gateway_tls,
             notifier: Some(hub.notifier()),

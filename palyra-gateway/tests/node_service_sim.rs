@@ -96,7 +96,7 @@ impl Sim {
     fn new(pki: &Pki, with_cert: bool) -> Self {
         let now = Instant::now();
         let clock: WallClock = Arc::new(|| 1_700_000_000_000);
-        let routers = node_router(Arc::clone(&pki.hub), clock, None).unwrap();
+        let routers = node_router(Arc::clone(&pki.hub), clock, None, None).unwrap();
         let server = TlsStream::server(Arc::clone(&pki.server_tls), now, move |peer, now| {
             ServerConnection::with_peer(Default::default(), routers(), peer, now)
         })

@@ -790,6 +790,10 @@ macro_rules! node_plane_suite {
             $crate::runs::console_chat_is_a_run::<$driver>();
         }
         #[test]
+        fn devices_are_node_principals() {
+            $crate::runs::devices_are_node_principals::<$driver>();
+        }
+        #[test]
         fn run_failures_are_reported() {
             $crate::runs::failures_are_reported::<$driver>();
         }

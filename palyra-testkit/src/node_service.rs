@@ -80,7 +80,7 @@ fn start<D: Driver>(gw: &Gateway) -> Node<D> {
     let tls = Arc::clone(&plane.tcp_tls);
     let (quic, quic_addr) = D::start(plane);
     let clock: WallClock = Arc::new(|| unix_ms(SystemTime::now()));
-    let routers = node_router(Arc::clone(&hub), clock, None).expect("descriptors");
+    let routers = node_router(Arc::clone(&hub), clock, None, None).expect("descriptors");
     let (tcp, tcp_addr) = D::start_grpc(routers, Some(tls), Some(hub.notifier()));
     Node {
         driver: std::marker::PhantomData,

@@ -91,7 +91,7 @@ impl<D: Driver> Rig<D> {
         .expect("enrollment store");
         let clock: WallClock = Arc::new(|| unix_ms(SystemTime::now()));
         let routers =
-            node_router(Arc::clone(&hub), clock, Some(Arc::clone(&store))).expect("router");
+            node_router(Arc::clone(&hub), clock, Some(Arc::clone(&store)), None).expect("router");
         let (tcp, tcp_addr) = D::start_grpc(routers, Some(tls), Some(hub.notifier()));
         Self {
             driver: std::marker::PhantomData,

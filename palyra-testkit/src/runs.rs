@@ -44,7 +44,19 @@ struct Gateway {
 }
 
 fn gateway<D: Driver>(with_provider: bool, approval_timeout: Duration) -> Gateway {
-    let dir = tempfile::tempdir().expect("dir");
+    gateway_in::<D>(
+        tempfile::tempdir().expect("dir"),
+        with_provider,
+        approval_timeout,
+    )
+}
+
+/// A gateway whose state is `dir/state` (which may hold an identity already).
+fn gateway_in<D: Driver>(
+    dir: tempfile::TempDir,
+    with_provider: bool,
+    approval_timeout: Duration,
+) -> Gateway {
     let upstream = with_provider.then(|| Upstream::start("suite-key"));
     let provider = upstream.as_ref().map(|u| ProviderSettings {
         endpoint: Endpoint::parse(&format!("http://{}/v1", u.addr)).expect("base_url"),
@@ -759,6 +771,30 @@ pub fn principals_and_scopes<D: Driver>() {
         },
     ));
     assert_eq!(sessions.unwrap_err().code, Code::PermissionDenied);
+    // Without approvals:write a run's calls that need an approval are denied at once; a token
+    // with it gets the request and answers it.
+    let live = node(&g);
+    let tool = r#"x [[tool:echo {"a":1}]]"#;
+    let (events, s) = status_of(&alice, None, first(&new_id(), "k", tool));
+    assert_eq!(s.code, Code::Ok);
+    assert!(!kinds(&events).contains(&"approval_request".to_owned()));
+    assert!(events.iter().any(|e| matches!(&e.body,
+        Some(Body::ToolDecision(d)) if d.reason.contains("lacks the scope approvals:write"))));
+    let approver = token(&g, "user:dana", &["runs:write", "approvals:write"]);
+    let c = client::<D>(&g, &approver, None);
+    let mut call = open::<D>(&c);
+    send::<D>(&call, &first(&new_id(), "k", tool));
+    let (events, s) = collect::<D>(&mut call, |event, call| {
+        if let Some(a) = answer(event, true, ApprovalDecisionScope::Once) {
+            send::<D>(call, &a);
+        }
+    });
+    assert_eq!(s.code, Code::Ok);
+    assert!(kinds(&events).contains(&"result".to_owned()));
+    assert!(events
+        .iter()
+        .any(|e| matches!(&e.body, Some(Body::ToolResult(r)) if r.success)));
+    live.store(false, Ordering::Release);
     // Revoked at once.
     let id = g
         .running
@@ -1058,5 +1094,130 @@ pub fn console_chat_is_a_run<D: Driver>() {
         admin_http(&g, "GET", "/admin/v1/runs/01ARZ3NDEKTSV4RRFFQ69G5FAZ", "").0,
         404
     );
+    live.store(false, Ordering::Release);
+}
+
+/// A paired device's certificate on the node TLS listener is the principal `node:<device_id>`:
+/// it runs agents in its own sessions (tools needing an approval are denied, since it cannot
+/// give one), sees only its own runs, and is refused once revoked; the admin sees its runs.
+pub fn devices_are_node_principals<D: Driver>() {
+    use palyra_gateway::store::IdentityDir;
+    const DEVICE: &str = "01ARZ3NDEKTSV4RRFFQ69G5FB1";
+    let dir = tempfile::tempdir().expect("dir");
+    let ids = IdentityDir::open(dir.path().join("state").join("identity")).expect("identity");
+    let bundle = ids
+        .issue_device(
+            &mut OsRng,
+            std::time::SystemTime::now(),
+            DEVICE,
+            Duration::from_secs(3600),
+        )
+        .expect("device certificate");
+    let g = gateway_in::<D>(dir, true, Duration::from_secs(60));
+    let live = node(&g);
+    let node_tcp = g.running.endpoints.node_tcp;
+    let connect = |token: Option<&str>, with_cert: bool| {
+        let tls = crate::client_tls(
+            with_cert.then_some(&bundle),
+            &bundle.ca_pem,
+            palyra_proto::quic::tls::ALPN_H2,
+        );
+        let channel = D::block_on(
+            palyra_gateway::serve::grpc_channel::GrpcChannel::connect_tls(
+                &D::runtime(),
+                node_tcp,
+                "localhost",
+                tls,
+            ),
+        )
+        .expect("node TLS");
+        RunsClient::over(channel, token, None)
+    };
+    let device = connect(None, true);
+    let mut call = open::<D>(&device);
+    send::<D>(
+        &call,
+        &first(&new_id(), "edge", r#"from the node [[tool:echo {"a":1}]]"#),
+    );
+    let (events, status) = collect::<D>(&mut call, |_, _| {});
+    assert_eq!(status.code, Code::Ok, "[{}] {status:?}", D::NAME);
+    assert!(
+        matches!(&events[0].body, Some(Body::Status(s)) if s.message.contains(&format!("principal=node:{DEVICE}"))),
+        "{:?}",
+        events[0]
+    );
+    assert!(
+        !kinds(&events).contains(&"approval_request".to_owned()),
+        "no approval request for a caller that cannot answer: {:?}",
+        kinds(&events)
+    );
+    let denied = events.iter().find_map(|e| match &e.body {
+        Some(Body::ToolDecision(d)) => Some(d.reason.clone()),
+        _ => None,
+    });
+    assert!(
+        denied
+            .as_deref()
+            .is_some_and(|r| r.contains("approvals:write")),
+        "{denied:?}"
+    );
+    // Its runs are its own: the admin sees them, a token's principal does not.
+    let listed: ListRunsResponse = D::block_on(device.unary(
+        "GatewayService",
+        "ListRuns",
+        &ListRunsRequest {
+            v: 1,
+            ..Default::default()
+        },
+    ))
+    .expect("ListRuns as the device");
+    assert_eq!(listed.runs.len(), 1);
+    let admin = client::<D>(&g, ADMIN, None);
+    let all: ListRunsResponse = D::block_on(admin.unary(
+        "GatewayService",
+        "ListRuns",
+        &ListRunsRequest {
+            v: 1,
+            ..Default::default()
+        },
+    ))
+    .expect("ListRuns as the admin");
+    assert!(all
+        .runs
+        .iter()
+        .any(|r| r.principal == format!("node:{DEVICE}")));
+    // Without a certificate or token: UNAUTHENTICATED. A device may narrow, never widen.
+    let anonymous = connect(None, false);
+    let mut call = open::<D>(&anonymous);
+    send::<D>(&call, &first(&new_id(), "edge", "hi"));
+    assert_eq!(
+        collect::<D>(&mut call, |_, _| {}).1.code,
+        Code::Unauthenticated
+    );
+    let channel = D::block_on(
+        palyra_gateway::serve::grpc_channel::GrpcChannel::connect_tls(
+            &D::runtime(),
+            node_tcp,
+            "localhost",
+            crate::client_tls(
+                Some(&bundle),
+                &bundle.ca_pem,
+                palyra_proto::quic::tls::ALPN_H2,
+            ),
+        ),
+    )
+    .expect("node TLS");
+    let widened = RunsClient::over(channel, None, Some("admin:local"));
+    let mut call = open::<D>(&widened);
+    send::<D>(&call, &first(&new_id(), "edge", "hi"));
+    assert_eq!(
+        collect::<D>(&mut call, |_, _| {}).1.code,
+        Code::PermissionDenied
+    );
+    // The admin token works on this listener too.
+    let as_admin = connect(Some(ADMIN), false);
+    let mut call = open::<D>(&as_admin);
+    send::<D>(&call, &first(&new_id(), "edge", "hi"));
+    assert_eq!(collect::<D>(&mut call, |_, _| {}).1.code, Code::Ok);
     live.store(false, Ordering::Release);
 }

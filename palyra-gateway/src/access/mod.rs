@@ -24,11 +24,20 @@ pub const ADMIN_PRINCIPAL: &str = "admin:local";
 pub const PRINCIPAL_HEADER: &str = "x-palyra-principal";
 /// Longest principal.
 pub const MAX_PRINCIPAL: usize = 128;
+/// What a paired device's certificate may do on the node TLS listener (as `node:<device_id>`):
+/// run agents in its own sessions and read its approvals, never answer an approval.
+pub const NODE_SCOPES: [Scope; 5] = [
+    Scope::RunsWrite,
+    Scope::RunsRead,
+    Scope::SessionsRead,
+    Scope::SessionsWrite,
+    Scope::ApprovalsRead,
+];
 
 /// What a credential may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
-    /// Start, continue, attach to and abort runs.
+    /// Start, continue and abort runs.
     RunsWrite,
     /// List runs and read their tapes.
     RunsRead,
@@ -38,7 +47,7 @@ pub enum Scope {
     SessionsWrite,
     /// List, read and export approval records.
     ApprovalsRead,
-    /// Answer approval requests of other principals' runs (the operator's decision).
+    /// Answer approval requests (without it, a run's calls that need an approval are denied).
     ApprovalsWrite,
     /// The OpenAI-compatible API.
     OpenaiUse,
@@ -180,6 +189,15 @@ impl Caller {
         }
     }
 
+    /// The caller a paired device's certificate proves: `node:<device_id>` with [`NODE_SCOPES`].
+    pub fn node(device_id: &str) -> Self {
+        Self {
+            principal: format!("node:{device_id}"),
+            scopes: NODE_SCOPES.into_iter().collect(),
+            sees_all: false,
+        }
+    }
+
     /// PERMISSION_DENIED unless the caller has `scope`.
     pub fn require(&self, scope: Scope) -> Result<(), Status> {
         if self.scopes.contains(scope) {
@@ -229,11 +247,19 @@ impl Caller {
     }
 }
 
-/// Proves callers: the admin token and the API tokens.
+/// The device a TLS peer's certificate belongs to, if it is paired and not revoked
+/// (UNAUTHENTICATED or PERMISSION_DENIED otherwise).
+pub type DeviceCheck =
+    Arc<dyn Fn(&palyra_proto::transport::PeerIdentity) -> Result<Arc<str>, Status> + Send + Sync>;
+
+/// Proves callers: the admin token, the API tokens and, on the node TLS listener, the
+/// certificates of paired devices.
+#[derive(Clone)]
 pub struct Authenticator {
     admin: Arc<AdminAuth>,
     tokens: Arc<TokenStore>,
     clock: crate::util::WallClock,
+    devices: Option<DeviceCheck>,
 }
 
 impl Authenticator {
@@ -247,6 +273,16 @@ impl Authenticator {
             admin,
             tokens,
             clock,
+            devices: None,
+        }
+    }
+
+    /// The same, also taking a call without a bearer credential from a peer whose certificate
+    /// `devices` maps to a paired device as that device (`node:<device_id>`).
+    pub fn with_devices(&self, devices: DeviceCheck) -> Self {
+        Self {
+            devices: Some(devices),
+            ..self.clone()
         }
     }
 
@@ -298,6 +334,26 @@ impl Authenticator {
         }
     }
 
+    /// Who is making a gRPC call: its `authorization`, or else (where devices are checked) its
+    /// TLS peer's device certificate, then any `x-palyra-principal` narrowing.
+    pub fn call(&self, call: &palyra_proto::grpc::service::CallInfo) -> Result<Caller, Status> {
+        let has_bearer = call
+            .metadata
+            .iter()
+            .any(|f| f.name.as_ref() == b"authorization");
+        match &self.devices {
+            Some(check) if !has_bearer && call.peer.spki_sha256.is_some() => {
+                let device = check(&call.peer)?;
+                narrow_by(&call.metadata, Caller::node(&device))
+            }
+            _ => self.grpc(
+                &call.metadata,
+                call.peer.remote.map(|a| a.ip()),
+                call.started,
+            ),
+        }
+    }
+
     /// Who is calling a gRPC method with `metadata` from `ip` (`authorization`, then any
     /// `x-palyra-principal` narrowing).
     pub fn grpc(
@@ -306,26 +362,29 @@ impl Authenticator {
         ip: Option<IpAddr>,
         now: Instant,
     ) -> Result<Caller, Status> {
-        let get = |name: &str| {
-            metadata
-                .iter()
-                .find(|f| f.name.as_ref() == name.as_bytes())
-                .map(|f| f.value.as_ref())
-        };
-        let caller = self.bearer(get("authorization"), ip, now)?;
-        match get(PRINCIPAL_HEADER) {
-            None => Ok(caller),
-            Some(value) => {
-                let value = std::str::from_utf8(value).map_err(|_| {
-                    Status::new(
-                        Code::InvalidArgument,
-                        format!("{PRINCIPAL_HEADER} is not UTF-8"),
-                    )
-                })?;
-                caller.narrow(value)
-            }
-        }
+        let authorization = metadata
+            .iter()
+            .find(|f| f.name.as_ref() == b"authorization")
+            .map(|f| f.value.as_ref());
+        narrow_by(metadata, self.bearer(authorization, ip, now)?)
     }
+}
+
+/// `caller` narrowed by the call's `x-palyra-principal`, if it has one.
+fn narrow_by(metadata: &[Field], caller: Caller) -> Result<Caller, Status> {
+    let Some(field) = metadata
+        .iter()
+        .find(|f| f.name.as_ref() == PRINCIPAL_HEADER.as_bytes())
+    else {
+        return Ok(caller);
+    };
+    let value = std::str::from_utf8(&field.value).map_err(|_| {
+        Status::new(
+            Code::InvalidArgument,
+            format!("{PRINCIPAL_HEADER} is not UTF-8"),
+        )
+    })?;
+    caller.narrow(value)
 }
 
 #[cfg(test)]

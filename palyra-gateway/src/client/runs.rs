@@ -57,11 +57,20 @@ impl RunsClient {
         principal: Option<&str>,
     ) -> anyhow::Result<Self> {
         let channel = super::node::h2c_channel(rt, grpc).await?;
-        let mut metadata = vec![field("authorization", &format!("Bearer {}", token.trim()))];
+        Ok(Self::over(channel, Some(token), principal))
+    }
+
+    /// Calls over `channel` with `token` (`None`: the channel's TLS client certificate is the
+    /// credential, as for a paired device on the node TLS listener), narrowed to `principal`.
+    pub fn over(channel: GrpcChannel, token: Option<&str>, principal: Option<&str>) -> Self {
+        let mut metadata = Vec::new();
+        if let Some(token) = token {
+            metadata.push(field("authorization", &format!("Bearer {}", token.trim())));
+        }
         if let Some(principal) = principal {
             metadata.push(field(crate::access::PRINCIPAL_HEADER, principal));
         }
-        Ok(Self { channel, metadata })
+        Self { channel, metadata }
     }
 
     /// A unary call of `palyra.gateway.v1.{service}/{method}` with the credential.

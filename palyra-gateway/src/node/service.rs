@@ -706,30 +706,43 @@ impl CallHandler for EventStream {
     }
 }
 
-/// The services of the node TLS listener: NodeService, health and reflection.
+/// More services a listener serves beside its own: their names (for health and reflection)
+/// and a maker of one set per connection.
+#[derive(Clone)]
+pub struct MoreServices {
+    /// Fully qualified service names.
+    pub names: Vec<&'static str>,
+    /// Makes the services for one connection.
+    pub make: Arc<dyn Fn() -> Vec<Box<dyn palyra_proto::grpc::service::Service>> + Send + Sync>,
+}
+
+/// The services of the node TLS listener: NodeService, `more` (the run services, for devices
+/// calling as `node:<device_id>`), health and reflection.
 pub fn node_router(
     hub: Arc<NodeHub>,
     clock: WallClock,
     enrollment: Option<Arc<EnrollmentStore>>,
+    more: Option<MoreServices>,
 ) -> Result<palyra_proto::grpc::service::RouterFactory, prost::DecodeError> {
     use palyra_proto::grpc::services::{HealthService, ReflectionService};
-    const NAMES: [&str; 4] = [
-        SERVICE,
+    let mut names = vec![SERVICE];
+    names.extend(more.iter().flat_map(|m| m.names.iter().copied()));
+    names.extend([
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
-    ];
-    let reflection = ReflectionService::new(palyra_proto::pb::DESCRIPTOR_SET, &NAMES)?;
+    ]);
+    let reflection = ReflectionService::new(palyra_proto::pb::DESCRIPTOR_SET, &names)?;
     Ok(Arc::new(move || {
-        palyra_proto::grpc::service::Router::new(vec![
-            Box::new(NodeService::new(
-                Arc::clone(&hub),
-                Arc::clone(&clock),
-                enrollment.clone(),
-            )),
-            Box::new(HealthService::new(&NAMES)),
-            Box::new(reflection.clone()),
-            Box::new(reflection.v1alpha()),
-        ])
+        let mut services: Vec<Box<dyn palyra_proto::grpc::service::Service>> = vec![Box::new(
+            NodeService::new(Arc::clone(&hub), Arc::clone(&clock), enrollment.clone()),
+        )];
+        if let Some(more) = &more {
+            services.extend((more.make)());
+        }
+        services.push(Box::new(HealthService::new(&names)));
+        services.push(Box::new(reflection.clone()));
+        services.push(Box::new(reflection.v1alpha()));
+        palyra_proto::grpc::service::Router::new(services)
     }))
 }

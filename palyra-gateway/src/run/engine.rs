@@ -577,6 +577,7 @@ impl RunEngine {
             max_tool_calls: policy.max_calls_per_run,
             allow_sensitive: request.allow_sensitive_tools,
             approval_timeout: policy.approval_timeout,
+            can_approve: caller.scopes.contains(crate::access::Scope::ApprovalsWrite),
             cached: session.cached.clone(),
             new_id: Box::new(|| ulid::Ulid::new().to_string()),
         };

@@ -119,6 +119,10 @@ pub struct RunSettings {
     pub allow_sensitive: bool,
     /// How long an approval request waits.
     pub approval_timeout: Duration,
+    /// The run's caller may answer approval requests (`approvals:write`); without it, calls
+    /// that need an approval are denied at once instead of waiting for an answer that cannot
+    /// come.
+    pub can_approve: bool,
     /// Decisions cached in the session when the run started.
     pub cached: Vec<CachedDecision>,
     /// Makes IDs (ULIDs) for proposals, approvals and attestations.
@@ -429,6 +433,15 @@ impl RunMachine {
                     true,
                     false,
                 );
+                continue;
+            }
+            if !self.settings.can_approve {
+                let reason = format!(
+                    "{} needs an approval and the run's caller cannot give one (its credential \
+                     lacks the scope approvals:write)",
+                    call.name
+                );
+                self.decide(call, false, reason, true, false);
                 continue;
             }
             let approval_id = (self.settings.new_id)();

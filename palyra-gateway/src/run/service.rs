@@ -168,11 +168,7 @@ impl Service for GatewayRuns {
         if !SERVED_METHODS.contains(&method) {
             return None;
         }
-        let caller = self.auth.grpc(
-            &call.metadata,
-            call.peer.remote.map(|a| a.ip()),
-            call.started,
-        );
+        let caller = self.auth.call(call);
         let caller = match caller {
             Ok(caller) => caller,
             Err(status) => return Some(refuse(status)),
@@ -671,11 +667,7 @@ impl Service for Approvals {
         if !["ListApprovals", "GetApproval", "ExportApprovals"].contains(&call.method.as_str()) {
             return None;
         }
-        let caller = self.auth.grpc(
-            &call.metadata,
-            call.peer.remote.map(|a| a.ip()),
-            call.started,
-        );
+        let caller = self.auth.call(call);
         let caller = match caller.and_then(|c| c.require(Scope::ApprovalsRead).map(|()| c)) {
             Ok(caller) => caller,
             Err(status) => return Some(refuse(status)),
@@ -694,6 +686,25 @@ impl Service for Approvals {
     }
 }
 
+/// GatewayService with the run RPCs (and GetHealth) and ApprovalsService, for one connection.
+pub fn run_services(
+    info: &Arc<DaemonInfo>,
+    engine: &Arc<RunEngine>,
+    auth: &Arc<Authenticator>,
+) -> Vec<Box<dyn Service>> {
+    vec![
+        Box::new(GatewayRuns {
+            health: Health::new(Arc::clone(info)),
+            engine: Arc::clone(engine),
+            auth: Arc::clone(auth),
+        }),
+        Box::new(Approvals {
+            engine: Arc::clone(engine),
+            auth: Arc::clone(auth),
+        }),
+    ]
+}
+
 /// The services of the gateway listener: GatewayService with the run RPCs, ApprovalsService,
 /// the original's other services answering UNIMPLEMENTED, health and reflection.
 pub fn gateway_router(
@@ -710,20 +721,10 @@ pub fn gateway_router(
     ];
     let reflection = ReflectionService::new(palyra_proto::pb::DESCRIPTOR_SET, &NAMES)?;
     Ok(Arc::new(move || {
-        let mut services: Vec<Box<dyn Service>> = vec![
-            Box::new(GatewayRuns {
-                health: Health::new(Arc::clone(&info)),
-                engine: Arc::clone(&engine),
-                auth: Arc::clone(&auth),
-            }),
-            Box::new(Approvals {
-                engine: Arc::clone(&engine),
-                auth: Arc::clone(&auth),
-            }),
-            Box::new(HealthService::new(&NAMES)),
-            Box::new(reflection.clone()),
-            Box::new(reflection.v1alpha()),
-        ];
+        let mut services = run_services(&info, &engine, &auth);
+        services.push(Box::new(HealthService::new(&NAMES)));
+        services.push(Box::new(reflection.clone()));
+        services.push(Box::new(reflection.v1alpha()));
         for name in UNSERVED_SERVICES {
             services.push(Box::new(Unserved(name)));
         }

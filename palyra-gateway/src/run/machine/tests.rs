@@ -18,6 +18,7 @@ fn settings(tools: Vec<ToolSpec>) -> RunSettings {
         max_tool_calls: 2,
         allow_sensitive: false,
         approval_timeout: Duration::from_secs(60),
+        can_approve: true,
         cached: Vec::new(),
         new_id: Box::new(move || {
             n += 1;
@@ -317,6 +318,38 @@ fn a_half_close_denies_pending_and_later_approvals() {
             "result:false"
         ]
     );
+}
+
+#[test]
+fn a_caller_that_cannot_approve_is_denied_at_once() {
+    let now = Instant::now();
+    let s = RunSettings {
+        can_approve: false,
+        ..settings(vec![tool("shell", true, false), tool("free", false, false)])
+    };
+    let mut m = RunMachine::start(s, vec![], "go");
+    actions(&mut m);
+    finish(&mut m, now, &[call("a", "shell", "{}")]);
+    let events: Vec<Body> = std::iter::from_fn(|| m.poll_event()).collect();
+    assert!(
+        !events
+            .iter()
+            .any(|b| matches!(b, Body::ToolApprovalRequest(_))),
+        "no request that nobody can answer"
+    );
+    let reason = events
+        .iter()
+        .find_map(|b| match b {
+            Body::ToolDecision(d) => Some(d.reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(reason.contains("approvals:write"), "{reason}");
+    // A tool that needs no approval still runs.
+    actions(&mut m);
+    finish(&mut m, now, &[call("b", "free", "{}")]);
+    names(&mut m);
+    assert!(matches!(m.poll_action(), Some(Action::RunTool { .. })));
 }
 
 #[test]
