@@ -790,6 +790,10 @@ macro_rules! node_plane_suite {
             $crate::runs::console_chat_is_a_run::<$driver>();
         }
         #[test]
+        fn a_connection_serves_any_number_of_runs() {
+            $crate::runs::a_connection_serves_any_number_of_runs::<$driver>();
+        }
+        #[test]
         fn devices_are_node_principals() {
             $crate::runs::devices_are_node_principals::<$driver>();
         }

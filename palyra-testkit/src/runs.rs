@@ -1221,3 +1221,17 @@ pub fn devices_are_node_principals<D: Driver>() {
     assert_eq!(collect::<D>(&mut call, |_, _| {}).1.code, Code::Ok);
     live.store(false, Ordering::Release);
 }
+
+/// One connection serves any number of runs one after the other, the client never
+/// half-closing (a finished RunStream frees its HTTP/2 stream: 150 runs, past the limit of
+/// 100 streams at once).
+pub fn a_connection_serves_any_number_of_runs<D: Driver>() {
+    let g = gateway::<D>(true, Duration::from_secs(60));
+    let c = client::<D>(&g, ADMIN, None);
+    for i in 0..150 {
+        let mut call = open::<D>(&c);
+        send::<D>(&call, &first(&new_id(), "many", "hi"));
+        let (_, status) = collect::<D>(&mut call, |_, _| {});
+        assert_eq!(status.code, Code::Ok, "[{}] run {i}: {status:?}", D::NAME);
+    }
+}

@@ -906,10 +906,21 @@ impl Connection {
     }
 
     fn maybe_remove(&mut self, stream: StreamId) {
-        if self.streams.get(&stream).is_some_and(|s| {
-            s.recv_closed && s.send_closed && s.queued.is_empty() && s.pending_end.is_none()
-        }) {
+        let Some(s) = self.streams.get(&stream) else {
+            return;
+        };
+        let sent_all = s.send_closed && s.queued.is_empty() && s.pending_end.is_none();
+        if sent_all && s.recv_closed {
             self.streams.remove(&stream);
+            self.maybe_finish_draining();
+        } else if sent_all && self.role == Role::Server {
+            // The response is complete before the request (a gRPC call that ended while its
+            // client still streams): RST_STREAM NO_ERROR asks the client to stop sending
+            // without error (RFC 9113 section 8.1) and frees the stream on both sides, so
+            // finished calls never count against the concurrency limit.
+            frame::encode_rst_stream(&mut self.out, stream, ErrorCode::NoError);
+            self.streams.remove(&stream);
+            self.remember_reset(stream);
             self.maybe_finish_draining();
         }
     }

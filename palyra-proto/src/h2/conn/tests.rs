@@ -284,6 +284,58 @@ fn ping_and_settings_floods_are_stopped() {
 }
 
 #[test]
+fn a_response_that_ends_before_its_request_frees_the_stream() {
+    // A gRPC call that ended while its client still streams: the server's END_STREAM is
+    // followed by RST_STREAM NO_ERROR, so finished calls never fill the concurrency limit.
+    let now = Instant::now();
+    let config = Config {
+        max_concurrent_streams: 2,
+        ..Config::default()
+    };
+    let mut client = Connection::new(Role::Client, Config::default(), now);
+    let mut server = Connection::new(Role::Server, config, now);
+    pump(now, &mut client, &mut server);
+    for _ in 0..5 {
+        let id = client
+            .open_stream(&request(), false)
+            .expect("a free stream");
+        client
+            .send_data(id, Bytes::from_static(b"msg"), false)
+            .unwrap();
+        pump(now, &mut client, &mut server);
+        events(&mut server);
+        server
+            .send_headers(id, &[field(":status", "200")], false)
+            .unwrap();
+        server
+            .send_trailers(id, &[field("grpc-status", "0")])
+            .unwrap();
+        pump(now, &mut client, &mut server);
+        let got = events(&mut client);
+        assert!(
+            matches!(
+                &got[1],
+                Event::Headers {
+                    end_stream: true,
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+        assert!(
+            matches!(&got[2], Event::Reset { stream, code: ErrorCode::NoError, .. } if *stream == id),
+            "{got:?}"
+        );
+        assert_eq!((client.open_streams(), server.open_streams()), (0, 0));
+        // A late message from the client is ignored, not an error.
+        assert!(client
+            .send_data(id, Bytes::from_static(b"late"), true)
+            .is_err());
+    }
+    assert!(!server.is_closed() && !client.is_closed());
+}
+
+#[test]
 fn streams_beyond_the_limit_are_refused() {
     let now = Instant::now();
     let config = Config {
