@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Runs in progress at once.
 pub const MAX_ACTIVE_RUNS: usize = 4096;
@@ -561,12 +561,12 @@ impl RunEngine {
             "accepted session={} principal={}",
             session.session_id, caller.principal
         );
-        self.append_event(
+        self.append_events(
             &meta.run_id,
-            Body::Status(StreamStatus {
+            vec![Body::Status(StreamStatus {
                 kind: StatusKind::Accepted as i32,
                 message: accepted,
-            }),
+            })],
         );
         self.sessions
             .run_started(&session.session_id, &meta.run_id, &meta.prompt, now_ms);
@@ -600,42 +600,57 @@ impl RunEngine {
         self.tape.append(vec![record], None, Box::new(|_| {}));
     }
 
-    /// Hands an event to the tape; it reaches the run's entry (and its streams) once durable.
-    fn append_event(self: &Arc<Self>, run_id: &str, body: Body) {
-        let (bytes, state_after) = {
+    /// Hands a run's new events to the tape in one write; they reach the run's entry (and its
+    /// streams) together, once durable.
+    fn append_events(self: &Arc<Self>, run_id: &str, bodies: Vec<Body>) {
+        if bodies.is_empty() {
+            return;
+        }
+        let (encoded, state_after) = {
             let mut runs = self.lock();
             let Some(entry) = runs.map.get_mut(run_id) else {
                 return;
             };
-            entry.next_seq += 1;
-            let event = RunStreamEvent {
-                v: 1,
-                run_id: canonical(run_id),
-                body: Some(body),
-                seq: entry.next_seq,
-                timestamp_unix_ms: (self.clock)() as i64,
-            };
-            let state_after = entry.state.after(&event);
-            (Bytes::from(event.encode_to_vec()), state_after)
+            let now_ms = (self.clock)() as i64;
+            let mut state = entry.state;
+            let encoded: Vec<Bytes> = bodies
+                .into_iter()
+                .map(|body| {
+                    entry.next_seq += 1;
+                    let event = RunStreamEvent {
+                        v: 1,
+                        run_id: canonical(run_id),
+                        body: Some(body),
+                        seq: entry.next_seq,
+                        timestamp_unix_ms: now_ms,
+                    };
+                    state = state.after(&event);
+                    Bytes::from(event.encode_to_vec())
+                })
+                .collect();
+            (encoded, state)
         };
+        let records = encoded
+            .iter()
+            .map(|bytes| NewEvent {
+                to: None,
+                body: tape::record(run_id, EVENT, bytes.clone()),
+            })
+            .collect();
         let this = Arc::clone(self);
         let run = run_id.to_owned();
-        let record = tape::record(run_id, EVENT, bytes.clone());
         self.tape.append(
-            vec![NewEvent {
-                to: None,
-                body: record,
-            }],
+            records,
             None,
-            Box::new(move |written| this.appended(&run, bytes, state_after, written)),
+            Box::new(move |written| this.appended(&run, encoded, state_after, written)),
         );
     }
 
-    /// An event is durable (or could not be made so).
+    /// Events are durable (or could not be made so).
     fn appended(
         &self,
         run_id: &str,
-        bytes: Bytes,
+        events: Vec<Bytes>,
         state: RunState,
         written: Result<u64, StoreError>,
     ) {
@@ -645,7 +660,7 @@ impl RunEngine {
         };
         match written {
             Ok(_) => {
-                entry.events.push(bytes);
+                entry.events.extend(events);
                 entry.state = state;
                 if state.is_terminal() {
                     entry.closed = true;
@@ -711,9 +726,8 @@ impl RunEngine {
                     entry.failure = Some(*code);
                 }
             }
-            while let Some(body) = machine.poll_event() {
-                self.append_event(&meta.run_id, body);
-            }
+            let events: Vec<Body> = std::iter::from_fn(|| machine.poll_event()).collect();
+            self.append_events(&meta.run_id, events);
             if machine.ending().is_some() {
                 break;
             }
@@ -728,37 +742,20 @@ impl RunEngine {
             match next {
                 None => machine.handle_timeout(now, now_ms),
                 Some(Err(_)) => machine.cancel("the run's inputs closed"),
-                Some(Ok(input)) => match input {
-                    RunInput::Input(text) => machine.handle_input(&text),
-                    RunInput::Approval(answer) => machine.handle_approval(now, now_ms, &answer),
-                    RunInput::HalfClose => machine.handle_half_close(now, now_ms),
-                    RunInput::Cancel(reason) => machine.cancel(&reason),
-                    RunInput::Model(t, _) | RunInput::ModelEnded(t, _) if t != turn => {}
-                    RunInput::Model(_, ChatEvent::Token(text)) => machine.handle_token(&text),
-                    RunInput::Model(_, ChatEvent::Usage(usage)) => machine.handle_usage(usage),
-                    RunInput::Model(_, ChatEvent::Finished { reason, tool_calls }) => {
-                        machine.handle_model_finished(now, now_ms, &reason, &tool_calls)
+                Some(Ok(input)) => {
+                    apply(&mut machine, turn, input, now, now_ms);
+                    // What else has arrived (a burst of tokens) is handled before the events
+                    // go out, so they reach the tape in one write.
+                    for _ in 1..MAX_INPUTS_PER_WRITE {
+                        if machine.ending().is_some() || machine.has_actions() {
+                            break;
+                        }
+                        match rx.try_recv() {
+                            Ok(input) => apply(&mut machine, turn, input, now, now_ms),
+                            Err(_) => break,
+                        }
                     }
-                    RunInput::ModelEnded(_, Ok(())) => {}
-                    RunInput::ModelEnded(_, Err(e)) => {
-                        machine.handle_model_failed(provider_code(&e), e.to_string())
-                    }
-                    RunInput::Tool {
-                        proposal_id,
-                        result,
-                        executor,
-                        timed_out,
-                    } => machine.handle_tool_result(
-                        now,
-                        now_ms,
-                        &proposal_id,
-                        result.success,
-                        result.output_json,
-                        result.error,
-                        timed_out,
-                        &executor,
-                    ),
-                },
+                }
             }
         }
         stop.raise();
@@ -976,6 +973,44 @@ impl RunEngine {
             .filter(|e| caller.owns(&e.meta.principal))
             .map(|e| (e.meta.clone(), e.events.clone()))
             .collect()
+    }
+}
+
+/// Inputs a run handles at most before its events go to the tape.
+const MAX_INPUTS_PER_WRITE: usize = 256;
+
+/// Hands one input of model turn `turn` (the current one) to the machine.
+fn apply(machine: &mut RunMachine, turn: u32, input: RunInput, now: Instant, now_ms: u64) {
+    match input {
+        RunInput::Input(text) => machine.handle_input(&text),
+        RunInput::Approval(answer) => machine.handle_approval(now, now_ms, &answer),
+        RunInput::HalfClose => machine.handle_half_close(now, now_ms),
+        RunInput::Cancel(reason) => machine.cancel(&reason),
+        RunInput::Model(t, _) | RunInput::ModelEnded(t, _) if t != turn => {}
+        RunInput::Model(_, ChatEvent::Token(text)) => machine.handle_token(&text),
+        RunInput::Model(_, ChatEvent::Usage(usage)) => machine.handle_usage(usage),
+        RunInput::Model(_, ChatEvent::Finished { reason, tool_calls }) => {
+            machine.handle_model_finished(now, now_ms, &reason, &tool_calls)
+        }
+        RunInput::ModelEnded(_, Ok(())) => {}
+        RunInput::ModelEnded(_, Err(e)) => {
+            machine.handle_model_failed(provider_code(&e), e.to_string())
+        }
+        RunInput::Tool {
+            proposal_id,
+            result,
+            executor,
+            timed_out,
+        } => machine.handle_tool_result(
+            now,
+            now_ms,
+            &proposal_id,
+            result.success,
+            result.output_json,
+            result.error,
+            timed_out,
+            &executor,
+        ),
     }
 }
 

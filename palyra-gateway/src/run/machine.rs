@@ -246,6 +246,11 @@ impl RunMachine {
         self.actions.pop_front()
     }
 
+    /// Whether an action waits to be polled.
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     /// When [`RunMachine::handle_timeout`] is due (an approval's deadline).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.waiting.as_ref().map(|w| w.deadline)
