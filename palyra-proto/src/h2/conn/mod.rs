@@ -614,9 +614,15 @@ impl Connection {
                 if stream > self.max_seen_stream() {
                     return self.fail(ErrorCode::ProtocolError, "RST_STREAM on an idle stream");
                 }
-                if self
-                    .resets
-                    .hit(now, self.config.flood_window, self.config.max_resets)
+                // Only a client's resets of open streams count toward the flood limit: rapid
+                // reset costs a server work for streams being served; a reset of a finished
+                // one costs nothing, and a server ends every call it answers before the
+                // request ended with one (RST_STREAM NO_ERROR).
+                if self.role == Role::Server
+                    && self.streams.contains_key(&stream)
+                    && self
+                        .resets
+                        .hit(now, self.config.flood_window, self.config.max_resets)
                 {
                     return self.fail(
                         ErrorCode::EnhanceYourCalm,
@@ -1023,9 +1029,9 @@ impl Connection {
         self.streams.get(&stream).map_or(0, |s| s.queued_len)
     }
 
-    /// Resets a stream.
+    /// Resets a stream (nothing is sent for one that is already closed).
     pub fn reset(&mut self, stream: StreamId, code: ErrorCode) {
-        if self.state == State::Closed {
+        if self.state == State::Closed || !self.streams.contains_key(&stream) {
             return;
         }
         frame::encode_rst_stream(&mut self.out, stream, code);
