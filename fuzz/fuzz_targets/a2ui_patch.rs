@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use palyra_proto::a2ui::{validate_document, Surface};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(patch) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let Ok(patch) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
     let doc = serde_json::json!({"v":1,"surface":"fuzz","components":[
         {"id":"t","type":"text","props":{"value":"x","list":[1,2,3]}},
         {"id":"f","type":"form","props":{"fields":[{"id":"a"}]}}

@@ -33,7 +33,9 @@ fuzz_target!(|data: &[u8]| {
             log.push(StoredEvent {
                 seq,
                 to: (!tag.is_empty()).then(|| Arc::from(tag.as_str())),
-                body: Bytes::from(format!("{{\"type\":\"chat.delta\",\"message_id\":\"m\",\"text\":\"{seq}\"}}")),
+                body: Bytes::from(format!(
+                    "{{\"type\":\"chat.delta\",\"message_id\":\"m\",\"text\":\"{seq}\"}}"
+                )),
             });
             s.handle_log_grown();
         } else if let Ok(text) = std::str::from_utf8(line) {
@@ -64,7 +66,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             if let Some(c) = s.cursor() {
-                assert!(c >= last_cursor, "cursor went back from {last_cursor} to {c}");
+                assert!(
+                    c >= last_cursor,
+                    "cursor went back from {last_cursor} to {c}"
+                );
                 last_cursor = c;
             }
             if sent {
@@ -97,7 +102,9 @@ fuzz_target!(|data: &[u8]| {
                         .collect();
                     s.handle_published(ticket, results);
                 }
-                Some(StreamEvent::Read { after, max_records, .. }) => {
+                Some(StreamEvent::Read {
+                    after, max_records, ..
+                }) => {
                     let from = (after as usize).min(log.len());
                     let to = from.saturating_add(max_records).min(log.len());
                     s.handle_records(now, &log[from..to], log.len() as u64, &|_| None);
@@ -105,5 +112,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    assert!(answers <= requests, "{answers} answers to {requests} requests");
+    assert!(
+        answers <= requests,
+        "{answers} answers to {requests} requests"
+    );
 });

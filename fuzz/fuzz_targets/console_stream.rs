@@ -5,8 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 use palyra_gateway::console::stream::{ConsoleStream, Role};
 use palyra_gateway::console::{decode_record, ConsoleHub};
-use palyra_gateway::ws_app::WsApp;
 use palyra_gateway::notify::Notifier;
+use palyra_gateway::ws_app::WsApp;
 use palyra_proto::ws::{WsConfig, WsConnection};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -42,6 +42,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let after = hub.head();
     let lines = data.split(|b| *b == b'\n').count() as u64;
-    assert!(after - before <= lines, "{} records from {lines} lines", after - before);
+    assert!(
+        after - before <= lines,
+        "{} records from {lines} lines",
+        after - before
+    );
     let _ = out;
 });

@@ -5,9 +5,7 @@
 //! operator actions on arbitrary request IDs; replay protection.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use palyra_proto::enroll::device::{
-    parse_fingerprint, CaTrust, DeviceKeys, DevicePairing, Invite,
-};
+use palyra_proto::enroll::device::{parse_fingerprint, CaTrust, DeviceKeys, DevicePairing, Invite};
 use palyra_proto::enroll::gateway::{
     Authority, Begin, EnrollState, Enrollment, GatewayConfig, SignedCert, Standing,
 };
@@ -32,7 +30,13 @@ impl Authority for Fake {
         Standing::Unknown
     }
 
-    fn sign(&self, _: &str, _: &[u8; 32], now_ms: u64, validity_ms: u64) -> Result<SignedCert, palyra_proto::enroll::gateway::SignError> {
+    fn sign(
+        &self,
+        _: &str,
+        _: &[u8; 32],
+        now_ms: u64,
+        validity_ms: u64,
+    ) -> Result<SignedCert, palyra_proto::enroll::gateway::SignError> {
         Ok(SignedCert {
             pem: "cert".into(),
             ca_pem: "ca".into(),
@@ -89,7 +93,8 @@ fuzz_target!(|data: &[u8]| {
         }
         3 => {
             if let Ok(answer) = GetPairingRequestStatusResponse::decode(rest) {
-                let ca = CaTrust::Certificate(answer.gateway_ca_certificate_pem.as_bytes().to_vec());
+                let ca =
+                    CaTrust::Certificate(answer.gateway_ca_certificate_pem.as_bytes().to_vec());
                 let _ = device(ca).on_status(&answer);
                 let _ = device(CaTrust::Pinned([0; 32])).on_status(&answer);
             }
@@ -107,7 +112,9 @@ fuzz_target!(|data: &[u8]| {
                 code: &code,
                 replay: None,
             };
-            let begun = machine.begin(NOW, None, &begin, &mut random).expect("begin");
+            let begun = machine
+                .begin(NOW, None, &begin, &mut random)
+                .expect("begin");
             let hello = Hello {
                 version: u32::from(take::<1>(rest, 0)[0] % 3),
                 session_id: begun.offer.session_id.clone(),
@@ -135,7 +142,10 @@ fuzz_target!(|data: &[u8]| {
             let nonce = String::from_utf8_lossy(rest.get(8..).unwrap_or_default()).into_owned();
             let first = store.check(NOW, &nonce, ts);
             if first.is_ok() {
-                assert!(store.check(NOW, &nonce, ts).is_err(), "a nonce was accepted twice");
+                assert!(
+                    store.check(NOW, &nonce, ts).is_err(),
+                    "a nonce was accepted twice"
+                );
             }
         }
     }

@@ -7,7 +7,9 @@ use palyra_proto::frame::FrameDecoder;
 const MAX: usize = 4096;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, input)) = data.split_first() else { return };
+    let Some((&chunk, input)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(chunk).max(1);
     let mut whole = FrameDecoder::new(MAX);
     let whole_result = whole.handle_input(input);

@@ -24,8 +24,13 @@ fn run(input: &[u8], chunk: usize) -> (Vec<Vec<u8>>, Option<palyra_proto::grpc::
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, input)) = data.split_first() else { return };
-    assert_eq!(run(input, input.len().max(1)), run(input, usize::from(chunk).max(1)));
+    let Some((&chunk, input)) = data.split_first() else {
+        return;
+    };
+    assert_eq!(
+        run(input, input.len().max(1)),
+        run(input, usize::from(chunk).max(1))
+    );
     let _ = palyra_proto::grpc::codec::percent_decode(input);
     let _ = palyra_proto::grpc::codec::parse_timeout(input);
     let _ = palyra_proto::grpc::codec::base64_decode(input);

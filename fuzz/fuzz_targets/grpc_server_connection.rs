@@ -3,9 +3,9 @@
 //! RST_STREAM rather than growing.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use palyra_gateway::grpc::{gateway_router, DaemonInfo};
 use palyra_proto::grpc::server::ServerConfig;
 use palyra_proto::grpc::service::{RouterFactory, ServerConnection};
-use palyra_gateway::grpc::{gateway_router, DaemonInfo};
 use palyra_proto::h2::frame::PREFACE;
 use palyra_proto::transport::StreamMachine;
 use std::sync::{Arc, OnceLock};
@@ -14,7 +14,12 @@ use std::time::{Duration, Instant};
 fn routers() -> &'static RouterFactory {
     static ROUTERS: OnceLock<RouterFactory> = OnceLock::new();
     ROUTERS.get_or_init(|| {
-        let info = Arc::new(DaemonInfo { version: "f".into(), git_hash: "f".into(), build_profile: "f".into(), started: Instant::now() });
+        let info = Arc::new(DaemonInfo {
+            version: "f".into(),
+            git_hash: "f".into(),
+            build_profile: "f".into(),
+            started: Instant::now(),
+        });
         gateway_router(info).expect("descriptors")
     })
 }
@@ -41,5 +46,9 @@ fuzz_target!(|data: &[u8]| {
         out += bytes.len();
     }
     // Output stays proportional to input (no amplification beyond fixed per-frame answers).
-    assert!(out <= 64 * 1024 + data.len() * 64, "{out} bytes out for {} in", data.len());
+    assert!(
+        out <= 64 * 1024 + data.len() * 64,
+        "{out} bytes out for {} in",
+        data.len()
+    );
 });

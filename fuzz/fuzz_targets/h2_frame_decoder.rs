@@ -22,7 +22,9 @@ fn run(input: &[u8], chunk: usize) -> (Vec<Frame>, Option<FrameError>) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, input)) = data.split_first() else { return };
+    let Some((&chunk, input)) = data.split_first() else {
+        return;
+    };
     let whole = run(input, input.len().max(1));
     let split = run(input, usize::from(chunk).max(1));
     assert_eq!(whole, split);

@@ -6,7 +6,9 @@ use palyra_proto::h2::hpack::{Decoder, Encoder};
 
 fuzz_target!(|data: &[u8]| {
     // The first byte splits the input into two blocks decoded with shared state.
-    let Some((&split, rest)) = data.split_first() else { return };
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
     let cut = usize::from(split).min(rest.len());
     let mut decoder = Decoder::new(4096);
     for block in [&rest[..cut], &rest[cut..]] {
@@ -15,7 +17,9 @@ fuzz_target!(|data: &[u8]| {
                 let mut encoder = Encoder::new(4096);
                 let mut out = Vec::new();
                 encoder.encode(&fields, &mut out);
-                let again = Decoder::new(4096).decode(&out, usize::MAX).expect("own encoding decodes");
+                let again = Decoder::new(4096)
+                    .decode(&out, usize::MAX)
+                    .expect("own encoding decodes");
                 assert_eq!(again.len(), fields.len());
                 for (a, b) in again.iter().zip(&fields) {
                     assert_eq!((&a.name, &a.value), (&b.name, &b.value));

@@ -27,7 +27,12 @@ fuzz_target!(|data: &[u8]| {
                     let _ = server.read_body(now, 4096);
                 }
                 Event::BodyEnd => {
-                    let _ = server.respond(now, StatusCode::OK, &HeaderMap::new(), ResponseBody::Full(Bytes::from_static(b"ok")));
+                    let _ = server.respond(
+                        now,
+                        StatusCode::OK,
+                        &HeaderMap::new(),
+                        ResponseBody::Full(Bytes::from_static(b"ok")),
+                    );
                 }
                 Event::Body(b) => assert!(b.len() <= data.len()),
                 Event::Rejected(_) => rejected = true,
@@ -45,5 +50,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(server.is_closed());
     }
     // At most one small answer per request, and a request takes at least 16 bytes.
-    assert!(out <= 512 + data.len() * 16, "{out} bytes out for {} in", data.len());
+    assert!(
+        out <= 512 + data.len() * 16,
+        "{out} bytes out for {} in",
+        data.len()
+    );
 });

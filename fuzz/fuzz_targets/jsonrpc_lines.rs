@@ -21,7 +21,9 @@ fn read(input: &[u8], chunk: usize) -> Vec<Message> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, input)) = data.split_first() else { return };
+    let Some((&chunk, input)) = data.split_first() else {
+        return;
+    };
     let whole = read(input, input.len().max(1));
     let split = read(input, usize::from(chunk).max(1));
     assert_eq!(whole, split);

@@ -16,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
     let mut at = Duration::ZERO;
     let wall = |at: Duration| 1_700_000_000_000 + at.as_millis() as u64;
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(data.len() as u64);
-    let run_for = data.first().map(|b| Duration::from_secs(u64::from(*b) * 60));
+    let run_for = data
+        .first()
+        .map(|b| Duration::from_secs(u64::from(*b) * 60));
     let mut agent = NodeAgent::new(DEVICE, None, run_for, origin, wall(at), &mut rng);
     let mut stopped = false;
     for pair in data.chunks(2) {
@@ -34,7 +36,13 @@ fuzz_target!(|data: &[u8]| {
             ),
             1 => agent.handle_connect_failed(now, "refused"),
             2 => agent.handle_health(now, arg % 2 == 0),
-            3 => agent.handle_event(now, Some(u64::from(arg)), ROTATE_EVENT, Some(DEVICE), u64::MAX),
+            3 => agent.handle_event(
+                now,
+                Some(u64::from(arg)),
+                ROTATE_EVENT,
+                Some(DEVICE),
+                u64::MAX,
+            ),
             4 => agent.handle_rotated(now, wall(at), wall(at) + 3_600_000),
             5 => agent.handle_rotation_failed(now, "no"),
             6 => agent.handle_connection_lost(now, "lost"),

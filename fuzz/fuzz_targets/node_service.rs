@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
     let registered = hub.register(DEVICE, "fuzz", Vec::new(), 1).take();
     assert!(matches!(registered, Some(Ok(()))), "in memory, at once");
     let clock: WallClock = Arc::new(|| 1);
-    let routers = node_router(Arc::clone(&hub), clock, None).expect("descriptors");
+    let routers = node_router(Arc::clone(&hub), clock, None, None).expect("descriptors");
     let now = Instant::now();
     let peer = PeerIdentity {
         leaf_der: None,
@@ -60,7 +60,9 @@ fuzz_target!(|data: &[u8]| {
     pump(&mut client, &mut server, now);
     // Messages are the input split at 0xFF bytes; the first byte of each picks the method.
     for message in data.split(|b| *b == 0xFF).take(32) {
-        let Some((&which, body)) = message.split_first() else { continue };
+        let Some((&which, body)) = message.split_first() else {
+            continue;
+        };
         let method = match which % 3 {
             0 => "RegisterNode",
             1 => "StreamNodeEvents",

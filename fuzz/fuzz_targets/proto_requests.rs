@@ -16,7 +16,9 @@ fn round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(data: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, data)) = data.split_first() else { return };
+    let Some((&which, data)) = data.split_first() else {
+        return;
+    };
     match which % 14 {
         0 => round_trip::<HealthRequest>(data),
         1 => round_trip::<HealthCheckRequest>(data),

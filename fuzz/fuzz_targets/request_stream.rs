@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use palyra_proto::node::{RequestStream, StreamEvent};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, input)) = data.split_first() else { return };
+    let Some((&chunk, input)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(chunk).max(1);
     let mut stream = RequestStream::new(1024);
     let pieces: Vec<&[u8]> = input.chunks(chunk).collect();

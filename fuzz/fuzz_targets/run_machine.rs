@@ -5,7 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 use palyra_gateway::run::machine::{RunMachine, RunSettings, ToolSpec};
 use palyra_proto::openai::chat::{FinishReason, ToolCall};
-use palyra_proto::pb::palyra::common::v1::{run_stream_event::Body, CanonicalId, ToolApprovalResponse};
+use palyra_proto::pb::palyra::common::v1::{
+    run_stream_event::Body, CanonicalId, ToolApprovalResponse,
+};
 use std::time::{Duration, Instant};
 
 fuzz_target!(|data: &[u8]| {
@@ -26,6 +28,8 @@ fuzz_target!(|data: &[u8]| {
         max_tool_calls: 3,
         allow_sensitive: false,
         approval_timeout: Duration::from_secs(60),
+        // Both kinds of caller: the input's length picks one.
+        can_approve: data.len() % 2 == 0,
         cached: Vec::new(),
         new_id: Box::new(move || {
             n += 1;
@@ -39,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
     for (step, pair) in data.chunks(2).take(96).enumerate() {
         let (op, arg) = (pair[0], pair.get(1).copied().unwrap_or(0));
         let now = start + Duration::from_secs(u64::from(arg));
-        let pending = machine.pending_approval().map(|(p, a)| (p.to_owned(), a.to_owned()));
+        let pending = machine
+            .pending_approval()
+            .map(|(p, a)| (p.to_owned(), a.to_owned()));
         match op % 8 {
             0 => machine.handle_token(&"x".repeat(usize::from(arg % 4))),
             1 => {
@@ -50,15 +56,23 @@ fuzz_target!(|data: &[u8]| {
                         arguments: if arg & 8 == 0 { "{}" } else { "{" }.into(),
                     })
                     .collect();
-                let reason = if calls.is_empty() { FinishReason::Stop } else { FinishReason::ToolCalls };
+                let reason = if calls.is_empty() {
+                    FinishReason::Stop
+                } else {
+                    FinishReason::ToolCalls
+                };
                 machine.handle_model_finished(now, 1, &reason, &calls);
             }
             2 => {
                 let answer = ToolApprovalResponse {
-                    proposal_id: pending.as_ref().map(|(p, _)| CanonicalId { ulid: p.clone() }),
+                    proposal_id: pending
+                        .as_ref()
+                        .map(|(p, _)| CanonicalId { ulid: p.clone() }),
                     approved: arg & 1 == 0,
                     reason: String::new(),
-                    approval_id: pending.as_ref().map(|(_, a)| CanonicalId { ulid: a.clone() }),
+                    approval_id: pending
+                        .as_ref()
+                        .map(|(_, a)| CanonicalId { ulid: a.clone() }),
                     decision_scope: i32::from(arg % 4),
                     decision_scope_ttl_ms: i64::from(arg) * 1000,
                 };
@@ -66,8 +80,19 @@ fuzz_target!(|data: &[u8]| {
             }
             3 => {
                 let action = machine.poll_action();
-                if let Some(palyra_gateway::run::machine::Action::RunTool { proposal_id, .. }) = action {
-                    machine.handle_tool_result(now, 1, &proposal_id, arg & 1 == 0, b"{}".to_vec(), String::new(), false, "x");
+                if let Some(palyra_gateway::run::machine::Action::RunTool { proposal_id, .. }) =
+                    action
+                {
+                    machine.handle_tool_result(
+                        now,
+                        1,
+                        &proposal_id,
+                        arg & 1 == 0,
+                        b"{}".to_vec(),
+                        String::new(),
+                        false,
+                        "x",
+                    );
                 }
             }
             4 => machine.handle_half_close(now, 1),
@@ -86,7 +111,10 @@ fuzz_target!(|data: &[u8]| {
         }
         if machine.ending().is_some() {
             assert!(machine.poll_timeout().is_none());
-            assert!(ended_at.is_some(), "the run ended without its terminal status");
+            assert!(
+                ended_at.is_some(),
+                "the run ended without its terminal status"
+            );
         }
     }
 });

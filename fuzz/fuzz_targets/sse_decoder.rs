@@ -5,8 +5,11 @@ use libfuzzer_sys::fuzz_target;
 use palyra_proto::sse::{SseDecoder, SseEvent, SseLimits};
 
 // The queue limit is unit-tested; here both decoders may queue all they decode.
-const LIMITS: SseLimits =
-    SseLimits { max_line_bytes: 512, max_event_bytes: 2048, max_queued_events: usize::MAX };
+const LIMITS: SseLimits = SseLimits {
+    max_line_bytes: 512,
+    max_event_bytes: 2048,
+    max_queued_events: usize::MAX,
+};
 
 fn drain(decoder: &mut SseDecoder, out: &mut Vec<SseEvent>) {
     while let Some(event) = decoder.poll_event() {
@@ -16,7 +19,9 @@ fn drain(decoder: &mut SseDecoder, out: &mut Vec<SseEvent>) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, input)) = data.split_first() else { return };
+    let Some((&chunk, input)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(chunk).max(1);
     let (mut whole, mut whole_events) = (SseDecoder::new(LIMITS), Vec::new());
     let whole_result = whole.handle_input(input);

@@ -2,10 +2,10 @@
 //! builds the inner connection without a handshake, ends closed with bounded output.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use palyra_gateway::store::IdentityDir;
 use palyra_proto::grpc::service::{Router, ServerConnection};
 use palyra_proto::identity::cert::ServerKeyKind;
 use palyra_proto::quic::tls::{self, ServerCertSlot};
-use palyra_gateway::store::IdentityDir;
 use palyra_proto::transport::tls::{TlsStream, HANDSHAKE_TIMEOUT};
 use palyra_proto::transport::StreamMachine;
 use rand_chacha::ChaCha20Rng;
@@ -32,9 +32,13 @@ fn config() -> Arc<rustls::ServerConfig> {
                     Duration::from_secs(3600),
                 )
                 .expect("server cert");
-            let key = tls::certified_key(vec![server.cert.der], server.key.pkcs8_der().expect("key"))
-                .expect("certified key");
-            Arc::new(tls::node_tcp_server_config(ca.cert_der(), ServerCertSlot::new(key)).expect("config"))
+            let key =
+                tls::certified_key(vec![server.cert.der], server.key.pkcs8_der().expect("key"))
+                    .expect("certified key");
+            Arc::new(
+                tls::node_tcp_server_config(ca.cert_der(), ServerCertSlot::new(key))
+                    .expect("config"),
+            )
         })
         .clone()
 }
@@ -52,7 +56,10 @@ fuzz_target!(|data: &[u8]| {
             out += bytes.len();
         }
     }
-    assert!(conn.inner().is_none(), "no handshake can complete from one side's bytes");
+    assert!(
+        conn.inner().is_none(),
+        "no handshake can complete from one side's bytes"
+    );
     conn.handle_timeout(now + HANDSHAKE_TIMEOUT);
     while let Some(bytes) = conn.poll_transmit() {
         out += bytes.len();

@@ -26,10 +26,18 @@ fuzz_target!(|data: &[u8]| {
     let nonce = parts.next();
     let body = parts.next().unwrap_or_default();
     let now = 1_800_000_000;
-    if store.verify(&hook, signature, timestamp, nonce, body, now).is_ok() {
+    if store
+        .verify(&hook, signature, timestamp, nonce, body, now)
+        .is_ok()
+    {
         // Only a genuine signature can pass.
         let (ts, n) = (timestamp.unwrap_or_default(), nonce.unwrap_or_default());
-        let genuine = sign(&[3; 32], std::str::from_utf8(ts).unwrap_or(""), std::str::from_utf8(n).unwrap_or(""), body);
+        let genuine = sign(
+            &[3; 32],
+            std::str::from_utf8(ts).unwrap_or(""),
+            std::str::from_utf8(n).unwrap_or(""),
+            body,
+        );
         assert_eq!(signature.unwrap_or_default(), genuine.as_bytes());
     }
 });

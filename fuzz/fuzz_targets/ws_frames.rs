@@ -39,5 +39,9 @@ fuzz_target!(|data: &[u8]| {
         out += bytes.len();
     }
     // Echoes plus control answers: never more than a small multiple of the input.
-    assert!(out <= 256 + data.len() * 2, "{out} out for {} in", data.len());
+    assert!(
+        out <= 256 + data.len() * 2,
+        "{out} out for {} in",
+        data.len()
+    );
 });
