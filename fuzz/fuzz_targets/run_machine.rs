@@ -24,17 +24,17 @@ fuzz_target!(|data: &[u8]| {
         })
         .collect();
     let settings = RunSettings {
-        tools,
         max_tool_calls: 3,
-        allow_sensitive: false,
         approval_timeout: Duration::from_secs(60),
         // Both kinds of caller: the input's length picks one.
         can_approve: data.len() % 2 == 0,
-        cached: Vec::new(),
-        new_id: Box::new(move || {
-            n += 1;
-            format!("{n:026}")
-        }),
+        ..RunSettings::new(
+            tools,
+            Box::new(move || {
+                n += 1;
+                format!("{n:026}")
+            }),
+        )
     };
     let start = Instant::now();
     let mut machine = RunMachine::start(settings, Vec::new(), "go");

@@ -78,6 +78,7 @@ fn ask<D: Driver>(
         model: "scripted".into(),
         messages: vec![serde_json::json!({"role": "user", "content": prompt})],
         tools: vec![],
+        options: Default::default(),
     };
     let rt = D::runtime();
     let mut events = Vec::new();

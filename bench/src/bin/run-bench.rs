@@ -98,6 +98,7 @@ async fn direct(
         model: "scripted".into(),
         messages: vec![serde_json::json!({"role": "user", "content": prompt})],
         tools: Vec::new(),
+        options: Default::default(),
     };
     let started = Instant::now();
     let mut first = None;

@@ -669,6 +669,7 @@ impl Bridge {
                         input: text,
                         allow_sensitive_tools: false,
                         origin: "console".into(),
+                        ..StartRun::default()
                     };
                     let answer = self.engine.start(&self.caller, request);
                     self.starting.push((session, run_id, answer));

@@ -98,6 +98,21 @@ pub struct StartRun {
     pub allow_sensitive_tools: bool,
     /// What started it (`manual` when empty).
     pub origin: String,
+    /// The whole conversation to answer (OpenAI chat messages, the last a user message or a
+    /// tool result), instead of the session's history followed by `input`; `input` is then
+    /// only the run's prompt as listed.
+    pub conversation: Option<Vec<Value>>,
+    /// Functions of the caller the model may call; such a call ends the run with the calls.
+    pub client_tools: Vec<ToolSpec>,
+    /// Offer the model none of the gateway's own tools (node capabilities, gateway tools).
+    pub without_gateway_tools: bool,
+    /// An answer cut at the token limit is done, not failed (the caller set the limit).
+    pub length_is_done: bool,
+    /// Further parameters of every model request (`max_tokens`, `temperature`, ...).
+    pub options: serde_json::Map<String, Value>,
+    /// Whether an approval can come for this run's calls; by default, whether the caller has
+    /// `approvals:write`.
+    pub can_approve: Option<bool>,
 }
 
 /// Something for a run's task.
@@ -409,7 +424,14 @@ impl RunEngine {
                 "run_id must be a canonical ULID",
             ));
         }
-        if request.input.trim().is_empty() {
+        if let Some(conversation) = &request.conversation {
+            if conversation.is_empty() {
+                return Err(Status::new(
+                    Code::InvalidArgument,
+                    "the conversation has no message",
+                ));
+            }
+        } else if request.input.trim().is_empty() {
             return Err(Status::new(
                 Code::InvalidArgument,
                 "the first message of a run needs input.content.text",
@@ -447,13 +469,23 @@ impl RunEngine {
     }
 
     /// The tools a run may call now: the gateway's own and the capabilities of fresh nodes.
-    fn catalog(&self, now_ms: u64) -> (Vec<ToolSpec>, HashMap<String, Target>) {
+    fn catalog(&self, now_ms: u64, request: &StartRun) -> (Vec<ToolSpec>, HashMap<String, Target>) {
         let policy = &self.config.policy;
         let mut specs = Vec::new();
         let mut targets = HashMap::new();
+        if request.without_gateway_tools {
+            return (specs, targets);
+        }
+        // A caller's function of the same name hides a tool of ours.
+        for tool in &request.client_tools {
+            targets.insert(tool.name.clone(), Target::Gateway(String::new()));
+        }
         for mut spec in gateway_tools::specs(self.surfaces.get().is_some()) {
             spec.approval_required = listed(&policy.require_approval, &spec.name);
             spec.sensitive = listed(&policy.sensitive, &spec.name);
+            if targets.contains_key(&spec.name) {
+                continue;
+            }
             targets.insert(spec.name.clone(), Target::Gateway(spec.name.clone()));
             specs.push(spec);
         }
@@ -489,6 +521,9 @@ impl RunEngine {
                     },
                 );
             }
+        }
+        for tool in &request.client_tools {
+            targets.remove(&tool.name);
         }
         (specs, targets)
     }
@@ -570,18 +605,26 @@ impl RunEngine {
         );
         self.sessions
             .run_started(&session.session_id, &meta.run_id, &meta.prompt, now_ms);
-        let (tools, targets) = self.catalog(now_ms);
+        let (tools, targets) = self.catalog(now_ms, &request);
         let policy = &self.config.policy;
         let settings = RunSettings {
             tools,
             max_tool_calls: policy.max_calls_per_run,
             allow_sensitive: request.allow_sensitive_tools,
             approval_timeout: policy.approval_timeout,
-            can_approve: caller.scopes.contains(crate::access::Scope::ApprovalsWrite),
+            can_approve: request
+                .can_approve
+                .unwrap_or_else(|| caller.scopes.contains(crate::access::Scope::ApprovalsWrite)),
             cached: session.cached.clone(),
             new_id: Box::new(|| ulid::Ulid::new().to_string()),
+            client_tools: request.client_tools,
+            length_is_done: request.length_is_done,
+            options: request.options,
         };
-        let machine = RunMachine::start(settings, history, &request.input);
+        let machine = match request.conversation {
+            Some(conversation) => RunMachine::resume(settings, conversation, 0),
+            None => RunMachine::start(settings, history, &request.input),
+        };
         let this = Arc::clone(self);
         let task_rt = Arc::clone(&rt);
         rt.spawn(Box::pin(async move {
@@ -696,9 +739,19 @@ impl RunEngine {
         loop {
             while let Some(action) = machine.poll_action() {
                 match action {
-                    Action::CallModel { messages, tools } => {
+                    Action::CallModel {
+                        messages,
+                        tools,
+                        options,
+                    } => {
                         turn += 1;
-                        self.call_model(&rt, turn, messages, tools, &tx, &stop);
+                        let request = ChatRequest {
+                            model: self.config.model.clone(),
+                            messages,
+                            tools,
+                            options,
+                        };
+                        self.call_model(&rt, turn, request, &tx, &stop);
                     }
                     Action::RunTool {
                         proposal_id,
@@ -790,8 +843,7 @@ impl RunEngine {
         &self,
         rt: &Rt,
         turn: u32,
-        messages: Vec<Value>,
-        tools: Vec<Value>,
+        request: ChatRequest,
         tx: &async_channel::Sender<RunInput>,
         stop: &Arc<Stop>,
     ) {
@@ -803,11 +855,6 @@ impl RunEngine {
                 )),
             ));
             return;
-        };
-        let request = ChatRequest {
-            model: self.config.model.clone(),
-            messages,
-            tools,
         };
         let (tx, call_rt) = (tx.clone(), Arc::clone(rt));
         let call = async move {

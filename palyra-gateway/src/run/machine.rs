@@ -11,10 +11,13 @@
 use palyra_proto::grpc::Code;
 use palyra_proto::openai::chat::{FinishReason, ToolCall, Usage};
 use palyra_proto::pb::palyra::common::v1::{
-    run_stream_event::Body, stream_status::StatusKind, tool_decision::DecisionKind,
+    journal_event::{EventActor, EventKind},
+    run_stream_event::Body,
+    stream_status::StatusKind,
+    tool_decision::DecisionKind,
     ApprovalDecisionScope, ApprovalOption, ApprovalPrompt, ApprovalRiskLevel, CanonicalId,
-    ModelToken, StreamStatus, ToolApprovalRequest, ToolApprovalResponse, ToolAttestation,
-    ToolDecision, ToolProposal, ToolResult,
+    JournalEvent, ModelToken, StreamStatus, ToolApprovalRequest, ToolApprovalResponse,
+    ToolAttestation, ToolDecision, ToolProposal, ToolResult,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -82,6 +85,8 @@ pub enum Action {
         messages: Vec<Value>,
         /// OpenAI function tools.
         tools: Vec<Value>,
+        /// Further request parameters (`max_tokens`, `temperature`, `tool_choice`, ...).
+        options: serde_json::Map<String, Value>,
     },
     /// Run an approved tool call.
     RunTool {
@@ -127,6 +132,76 @@ pub struct RunSettings {
     pub cached: Vec<CachedDecision>,
     /// Makes IDs (ULIDs) for proposals, approvals and attestations.
     pub new_id: Box<dyn FnMut() -> String + Send>,
+    /// Functions of the caller (the OpenAI-compatible API's `tools`): the model may call them,
+    /// and such a call ends the run with the calls for the caller to run.
+    pub client_tools: Vec<ToolSpec>,
+    /// An answer cut at the token limit ends the run as done (`finish_reason: length`) rather
+    /// than failed: the caller set the limit.
+    pub length_is_done: bool,
+    /// Further parameters of every model request.
+    pub options: serde_json::Map<String, Value>,
+}
+
+impl RunSettings {
+    /// Settings with these tools and IDs, and the defaults for the rest.
+    pub fn new(tools: Vec<ToolSpec>, new_id: Box<dyn FnMut() -> String + Send>) -> Self {
+        Self {
+            tools,
+            max_tool_calls: DEFAULT_MAX_TOOL_CALLS,
+            allow_sensitive: false,
+            approval_timeout: APPROVAL_TIMEOUT,
+            can_approve: true,
+            cached: Vec::new(),
+            new_id,
+            client_tools: Vec::new(),
+            length_is_done: false,
+            options: serde_json::Map::new(),
+        }
+    }
+}
+
+/// How a finished run's answer ended, and what it cost: the payload of its closing journal
+/// event (`EVENT_KIND_RUN_COMPLETED`, or `EVENT_KIND_RUN_FAILED` for a run that did not finish).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Outcome {
+    /// `stop`, `length` or `tool_calls`; empty for a run that did not finish.
+    #[serde(default)]
+    pub finish_reason: String,
+    /// Prompt tokens of all its model calls.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Completion tokens of all its model calls.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Calls of the caller's functions it ends with (`id` as the model gave it).
+    #[serde(default)]
+    pub tool_calls: Vec<OutcomeCall>,
+}
+
+/// A call of a caller's function, as a run's outcome records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutcomeCall {
+    /// The model's call id.
+    pub id: String,
+    /// The function.
+    pub name: String,
+    /// Its arguments (JSON text).
+    pub arguments: String,
+}
+
+impl Outcome {
+    /// The outcome a journal event carries, if it is a run's closing one.
+    pub fn from_event(body: &Body) -> Option<Outcome> {
+        match body {
+            Body::JournalEvent(j)
+                if j.kind == EventKind::RunCompleted as i32
+                    || j.kind == EventKind::RunFailed as i32 =>
+            {
+                serde_json::from_slice(&j.payload_json).ok()
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A tool call waiting for its approval answer.
@@ -163,6 +238,9 @@ pub struct RunMachine {
     turns: u32,
     half_closed: bool,
     usage: Usage,
+    /// Calls of the caller's functions in the current turn.
+    returned: Vec<OutcomeCall>,
+    finish: &'static str,
     ending: Option<Ending>,
 }
 
@@ -192,11 +270,19 @@ pub fn execution_sha256(name: &str, input: &[u8], output: &[u8]) -> String {
 impl RunMachine {
     /// A run continuing the session's `history` with the user's `input`: emits IN_PROGRESS
     /// and asks for the first model turn.
-    pub fn start(settings: RunSettings, history: Vec<Value>, input: &str) -> Self {
+    pub fn start(settings: RunSettings, mut history: Vec<Value>, input: &str) -> Self {
+        history.push(json!({"role": "user", "content": input}));
+        let added = history.len() - 1;
+        Self::resume(settings, history, added)
+    }
+
+    /// A run answering `conversation` as it is (its last message a user's or a tool result);
+    /// the first `added` messages are the session's, the rest this run's.
+    pub fn resume(settings: RunSettings, conversation: Vec<Value>, added: usize) -> Self {
         let mut machine = Self {
             settings,
-            added: history.len(),
-            messages: history,
+            added,
+            messages: conversation,
             events: VecDeque::new(),
             actions: VecDeque::new(),
             queue: VecDeque::new(),
@@ -208,14 +294,13 @@ impl RunMachine {
             turns: 0,
             half_closed: false,
             usage: Usage::default(),
+            returned: Vec::new(),
+            finish: "stop",
             ending: None,
         };
         machine
             .events
             .push_back(status(StatusKind::InProgress, "streaming"));
-        machine
-            .messages
-            .push(json!({"role": "user", "content": input}));
         machine.call_model();
         machine
     }
@@ -229,10 +314,17 @@ impl RunMachine {
             ));
         }
         self.text.clear();
-        let tools = self.settings.tools.iter().map(ToolSpec::openai).collect();
+        let tools = self
+            .settings
+            .tools
+            .iter()
+            .chain(&self.settings.client_tools)
+            .map(ToolSpec::openai)
+            .collect();
         self.actions.push_back(Action::CallModel {
             messages: self.messages.clone(),
             tools,
+            options: self.settings.options.clone(),
         });
     }
 
@@ -282,6 +374,33 @@ impl RunMachine {
         if self.ending.is_some() {
             return;
         }
+        let done = ending == Ending::Done;
+        let outcome = Outcome {
+            finish_reason: if done {
+                self.finish.to_owned()
+            } else {
+                String::new()
+            },
+            prompt_tokens: self.usage.prompt_tokens,
+            completion_tokens: self.usage.completion_tokens,
+            tool_calls: if done {
+                std::mem::take(&mut self.returned)
+            } else {
+                Vec::new()
+            },
+        };
+        self.events.push_back(Body::JournalEvent(JournalEvent {
+            v: 1,
+            event_id: id(&(self.settings.new_id)()),
+            kind: if done {
+                EventKind::RunCompleted
+            } else {
+                EventKind::RunFailed
+            } as i32,
+            actor: EventActor::System as i32,
+            payload_json: serde_json::to_vec(&outcome).unwrap_or_default(),
+            ..JournalEvent::default()
+        }));
         let body = match &ending {
             Ending::Done => status(StatusKind::Done, "completed"),
             Ending::Failed(_, message) => status(StatusKind::Failed, message.clone()),
@@ -341,6 +460,10 @@ impl RunMachine {
             is_final: true,
         }));
         match reason {
+            FinishReason::Length if tool_calls.is_empty() && self.settings.length_is_done => {
+                self.finish = "length";
+                return self.end(Ending::Done);
+            }
             FinishReason::Length if tool_calls.is_empty() => {
                 return self.end(Ending::Failed(
                     Code::ResourceExhausted,
@@ -384,8 +507,21 @@ impl RunMachine {
     fn advance(&mut self, now: Instant, now_ms: u64) {
         while self.waiting.is_none() && self.running.is_none() && self.ending.is_none() {
             let Some(call) = self.queue.pop_front() else {
+                if !self.returned.is_empty() {
+                    self.finish = "tool_calls";
+                    return self.end(Ending::Done);
+                }
                 return self.call_model();
             };
+            if self
+                .settings
+                .client_tools
+                .iter()
+                .any(|t| t.name == call.name)
+            {
+                self.return_call(call);
+                continue;
+            }
             let spec = self
                 .settings
                 .tools
@@ -459,6 +595,29 @@ impl RunMachine {
                 deadline: now + self.settings.approval_timeout,
             });
         }
+    }
+
+    /// A call of the caller's function: proposed, decided as the caller's to run, and kept for
+    /// the run's outcome.
+    fn return_call(&mut self, call: Proposed) {
+        self.events.push_back(Body::ToolProposal(ToolProposal {
+            proposal_id: id(&call.proposal_id),
+            tool_name: call.name.clone(),
+            input_json: call.input.clone(),
+            approval_required: false,
+        }));
+        self.events.push_back(Body::ToolDecision(ToolDecision {
+            proposal_id: id(&call.proposal_id),
+            kind: DecisionKind::Allow as i32,
+            reason: "a function of the caller: returned to the caller to run".into(),
+            approval_required: false,
+            policy_enforced: false,
+        }));
+        self.returned.push(OutcomeCall {
+            id: call.call_id,
+            name: call.name,
+            arguments: String::from_utf8_lossy(&call.input).into_owned(),
+        });
     }
 
     fn approval_request(&self, call: &Proposed, approval_id: &str) -> ToolApprovalRequest {

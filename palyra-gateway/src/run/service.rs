@@ -474,6 +474,7 @@ impl RunStreamCall {
             input: text,
             allow_sensitive_tools: request.allow_sensitive_tools,
             origin: request.origin_kind,
+            ..StartRun::default()
         };
         self.starting = Some(self.engine.start(&self.caller, start));
         self.run_id = Some(run_id);

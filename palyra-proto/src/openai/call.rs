@@ -23,6 +23,9 @@ pub struct ChatRequest {
     pub messages: Vec<Value>,
     /// The tools offered, as OpenAI function tools (`{"type":"function","function":{...}}`).
     pub tools: Vec<Value>,
+    /// Further parameters (`max_tokens`, `temperature`, `stop`, `tool_choice`, ...), sent as
+    /// they are; they cannot replace the model, the messages or the streaming parameters.
+    pub options: serde_json::Map<String, Value>,
 }
 
 impl ChatRequest {
@@ -36,6 +39,16 @@ impl ChatRequest {
         });
         if !self.tools.is_empty() {
             body["tools"] = Value::Array(self.tools.clone());
+        }
+        if let Value::Object(fields) = &mut body {
+            for (name, value) in &self.options {
+                let ours = ["model", "messages", "stream", "stream_options", "tools"];
+                if !ours.contains(&name.as_str())
+                    && !(name == "tool_choice" && self.tools.is_empty())
+                {
+                    fields.insert(name.clone(), value.clone());
+                }
+            }
         }
         body.to_string().into_bytes()
     }
@@ -266,6 +279,7 @@ mod tests {
             model: "m".into(),
             messages: vec![json!({"role": "user", "content": "hi"})],
             tools: vec![],
+            options: Default::default(),
         };
         ChatCall::new(
             "up",

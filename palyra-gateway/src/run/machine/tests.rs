@@ -14,16 +14,15 @@ fn tool(name: &str, approval: bool, sensitive: bool) -> ToolSpec {
 fn settings(tools: Vec<ToolSpec>) -> RunSettings {
     let mut n = 0u32;
     RunSettings {
-        tools,
         max_tool_calls: 2,
-        allow_sensitive: false,
         approval_timeout: Duration::from_secs(60),
-        can_approve: true,
-        cached: Vec::new(),
-        new_id: Box::new(move || {
-            n += 1;
-            format!("ID{n:024}")
-        }),
+        ..RunSettings::new(
+            tools,
+            Box::new(move || {
+                n += 1;
+                format!("ID{n:024}")
+            }),
+        )
     }
 }
 
@@ -54,6 +53,8 @@ fn names(m: &mut RunMachine) -> Vec<String> {
             ),
             Body::ToolResult(r) => format!("result:{}", r.success),
             Body::ToolAttestation(_) => "attestation".into(),
+            Body::JournalEvent(j) if j.kind == EventKind::RunCompleted as i32 => "completed".into(),
+            Body::JournalEvent(_) => "not_completed".into(),
             other => format!("{other:?}"),
         })
         .collect()
@@ -89,6 +90,7 @@ fn a_text_answer_streams_and_is_done() {
             "token:Hel",
             "token:lo",
             "final",
+            "completed",
             "status:STATUS_KIND_DONE"
         ]
     );
@@ -402,7 +404,10 @@ fn policy_refuses_unknown_sensitive_over_budget_and_malformed_calls() {
 fn cancel_ends_the_run_and_stops_its_work() {
     let (mut m, now) = waiting_for_approval(settings(vec![tool("shell", true, false)]));
     m.cancel("cancelled by AbortRun");
-    assert_eq!(names(&mut m), ["status:STATUS_KIND_CANCELLED"]);
+    assert_eq!(
+        names(&mut m),
+        ["not_completed", "status:STATUS_KIND_CANCELLED"]
+    );
     assert_eq!(actions(&mut m), [Action::Stop]);
     assert_eq!(m.poll_timeout(), None);
     m.handle_token("late");
@@ -473,4 +478,68 @@ proptest! {
         prop_assert_eq!(&streamed, &text);
         prop_assert_eq!(&m.transcript()[1]["content"], &json!(text));
     }
+}
+
+fn outcome(events: &[Body]) -> Outcome {
+    events.iter().find_map(Outcome::from_event).expect("a closing journal event")
+}
+
+#[test]
+fn a_call_of_the_callers_function_ends_the_run_with_it() {
+    let now = Instant::now();
+    let mut s = settings(vec![tool("shell", true, false)]);
+    s.client_tools = vec![tool("get_weather", false, false)];
+    s.options.insert("temperature".into(), json!(0.5));
+    let conversation = vec![
+        json!({"role": "system", "content": "be brief"}),
+        json!({"role": "user", "content": "weather?"}),
+    ];
+    let mut m = RunMachine::resume(s, conversation.clone(), 0);
+    match &actions(&mut m)[..] {
+        [Action::CallModel { messages, tools, options }] => {
+            assert_eq!(messages, &conversation);
+            let names: Vec<&str> = tools.iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+            assert_eq!(names, ["shell", "get_weather"]);
+            assert_eq!(options["temperature"], 0.5);
+        }
+        other => panic!("{other:?}"),
+    }
+    m.handle_usage(Usage { prompt_tokens: 7, completion_tokens: 2, total_tokens: 9 });
+    finish(&mut m, now, &[call("call_9", "get_weather", "{\"city\":\"Oslo\"}")]);
+    let events: Vec<Body> = std::iter::from_fn(|| m.poll_event()).collect();
+    assert_eq!(m.ending(), Some(&Ending::Done));
+    assert_eq!(
+        outcome(&events),
+        Outcome {
+            finish_reason: "tool_calls".into(),
+            prompt_tokens: 7,
+            completion_tokens: 2,
+            tool_calls: vec![OutcomeCall { id: "call_9".into(), name: "get_weather".into(), arguments: "{\"city\":\"Oslo\"}".into() }],
+        }
+    );
+    // Proposed and decided as the caller's, never run here.
+    assert!(!actions(&mut m).iter().any(|a| matches!(a, Action::RunTool { .. })));
+    let decision = events.iter().find_map(|b| match b { Body::ToolDecision(d) => Some(d.reason.clone()), _ => None }).unwrap();
+    assert!(decision.contains("returned to the caller"), "{decision}");
+}
+
+#[test]
+fn a_cut_answer_is_done_when_the_caller_set_the_limit() {
+    let now = Instant::now();
+    let mut s = settings(vec![]);
+    s.length_is_done = true;
+    let mut m = RunMachine::start(s, vec![], "write a poem");
+    actions(&mut m);
+    m.handle_token("Roses");
+    m.handle_model_finished(now, 1, &FinishReason::Length, &[]);
+    let events: Vec<Body> = std::iter::from_fn(|| m.poll_event()).collect();
+    assert_eq!(m.ending(), Some(&Ending::Done));
+    assert_eq!(outcome(&events).finish_reason, "length");
+    // Without it, a cut answer is a failure, and the outcome says it did not finish.
+    let mut m = RunMachine::start(settings(vec![]), vec![], "write a poem");
+    actions(&mut m);
+    m.handle_model_finished(now, 1, &FinishReason::Length, &[]);
+    let events: Vec<Body> = std::iter::from_fn(|| m.poll_event()).collect();
+    assert!(matches!(m.ending(), Some(Ending::Failed(..))));
+    assert_eq!(outcome(&events).finish_reason, "");
 }
