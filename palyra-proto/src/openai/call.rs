@@ -43,9 +43,9 @@ impl ChatRequest {
         if let Value::Object(fields) = &mut body {
             for (name, value) in &self.options {
                 let ours = ["model", "messages", "stream", "stream_options", "tools"];
-                if !ours.contains(&name.as_str())
-                    && !(name == "tool_choice" && self.tools.is_empty())
-                {
+                let dropped = ours.contains(&name.as_str())
+                    || (name == "tool_choice" && self.tools.is_empty());
+                if !dropped {
                     fields.insert(name.clone(), value.clone());
                 }
             }

@@ -481,7 +481,10 @@ proptest! {
 }
 
 fn outcome(events: &[Body]) -> Outcome {
-    events.iter().find_map(Outcome::from_event).expect("a closing journal event")
+    events
+        .iter()
+        .find_map(Outcome::from_event)
+        .expect("a closing journal event")
 }
 
 #[test]
@@ -496,16 +499,31 @@ fn a_call_of_the_callers_function_ends_the_run_with_it() {
     ];
     let mut m = RunMachine::resume(s, conversation.clone(), 0);
     match &actions(&mut m)[..] {
-        [Action::CallModel { messages, tools, options }] => {
+        [Action::CallModel {
+            messages,
+            tools,
+            options,
+        }] => {
             assert_eq!(messages, &conversation);
-            let names: Vec<&str> = tools.iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+            let names: Vec<&str> = tools
+                .iter()
+                .map(|t| t["function"]["name"].as_str().unwrap())
+                .collect();
             assert_eq!(names, ["shell", "get_weather"]);
             assert_eq!(options["temperature"], 0.5);
         }
         other => panic!("{other:?}"),
     }
-    m.handle_usage(Usage { prompt_tokens: 7, completion_tokens: 2, total_tokens: 9 });
-    finish(&mut m, now, &[call("call_9", "get_weather", "{\"city\":\"Oslo\"}")]);
+    m.handle_usage(Usage {
+        prompt_tokens: 7,
+        completion_tokens: 2,
+        total_tokens: 9,
+    });
+    finish(
+        &mut m,
+        now,
+        &[call("call_9", "get_weather", "{\"city\":\"Oslo\"}")],
+    );
     let events: Vec<Body> = std::iter::from_fn(|| m.poll_event()).collect();
     assert_eq!(m.ending(), Some(&Ending::Done));
     assert_eq!(
@@ -514,12 +532,24 @@ fn a_call_of_the_callers_function_ends_the_run_with_it() {
             finish_reason: "tool_calls".into(),
             prompt_tokens: 7,
             completion_tokens: 2,
-            tool_calls: vec![OutcomeCall { id: "call_9".into(), name: "get_weather".into(), arguments: "{\"city\":\"Oslo\"}".into() }],
+            tool_calls: vec![OutcomeCall {
+                id: "call_9".into(),
+                name: "get_weather".into(),
+                arguments: "{\"city\":\"Oslo\"}".into()
+            }],
         }
     );
     // Proposed and decided as the caller's, never run here.
-    assert!(!actions(&mut m).iter().any(|a| matches!(a, Action::RunTool { .. })));
-    let decision = events.iter().find_map(|b| match b { Body::ToolDecision(d) => Some(d.reason.clone()), _ => None }).unwrap();
+    assert!(!actions(&mut m)
+        .iter()
+        .any(|a| matches!(a, Action::RunTool { .. })));
+    let decision = events
+        .iter()
+        .find_map(|b| match b {
+            Body::ToolDecision(d) => Some(d.reason.clone()),
+            _ => None,
+        })
+        .unwrap();
     assert!(decision.contains("returned to the caller"), "{decision}");
 }
 
