@@ -62,6 +62,9 @@ fuzz_target!(|data: &[u8]| {
                     FinishReason::ToolCalls
                 };
                 machine.handle_model_finished(now, 1, &reason, &calls);
+                if arg & 16 == 0 {
+                    machine.handle_model_ended();
+                }
             }
             2 => {
                 let answer = ToolApprovalResponse {

@@ -2,6 +2,7 @@
 //! variables, then command-line flags (flags win).
 
 use crate::node::NodePlaneOptions;
+use crate::operator::openai::{ApprovalMode, OpenAiConfig};
 use crate::provider::client::{Endpoint, ProviderSettings};
 use crate::run::engine::ToolPolicy;
 use crate::store::FileEventLogConfig;
@@ -64,6 +65,80 @@ pub struct FileConfig {
     /// Tool policy of agent runs.
     #[serde(default)]
     pub tools: ToolsSection,
+    /// The OpenAI-compatible API's limits and policy.
+    #[serde(default)]
+    pub openai: OpenAiSection,
+}
+
+/// `[openai]` section: limits and policy of the OpenAI-compatible API (`/v1/...`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiSection {
+    /// Requests per minute per API key (default 600).
+    pub requests_per_minute: Option<u32>,
+    /// Provider tokens per minute per API key (default 1000000).
+    pub tokens_per_minute: Option<u64>,
+    /// Completions in progress at once per API key (default 16).
+    pub concurrency: Option<u32>,
+    /// Largest request body in bytes (default 4194304).
+    pub max_body_bytes: Option<u64>,
+    /// `wait` (an operator decides while the answer waits) or `deny` (calls that need an
+    /// approval are denied at once); default `wait`.
+    pub approvals: Option<String>,
+    /// Seconds between keep-alive comments of a quiet stream (default 15).
+    pub keepalive_secs: Option<u64>,
+}
+
+impl OpenAiSection {
+    fn resolve(self) -> anyhow::Result<OpenAiConfig> {
+        let d = OpenAiConfig::default();
+        let within = |value: Option<u64>, default: u64, name: &str, max: u64| match value {
+            Some(0) => anyhow::bail!("openai.{name} must be at least 1"),
+            Some(n) if n > max => anyhow::bail!("openai.{name} must be at most {max}"),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        Ok(OpenAiConfig {
+            requests_per_minute: within(
+                self.requests_per_minute.map(u64::from),
+                u64::from(d.requests_per_minute),
+                "requests_per_minute",
+                1_000_000,
+            )? as u32,
+            tokens_per_minute: within(
+                self.tokens_per_minute,
+                d.tokens_per_minute,
+                "tokens_per_minute",
+                u64::MAX / 2,
+            )?,
+            concurrency: within(
+                self.concurrency.map(u64::from),
+                u64::from(d.concurrency),
+                "concurrency",
+                4096,
+            )? as u32,
+            body_limit: within(
+                self.max_body_bytes,
+                d.body_limit,
+                "max_body_bytes",
+                64 * 1024 * 1024,
+            )?,
+            approvals: match self.approvals.as_deref() {
+                None | Some("wait") => ApprovalMode::Wait,
+                Some("deny") => ApprovalMode::Deny,
+                Some(other) => {
+                    anyhow::bail!("openai.approvals must be \"wait\" or \"deny\", not {other:?}")
+                }
+            },
+            keepalive: Duration::from_secs(within(
+                self.keepalive_secs,
+                d.keepalive.as_secs(),
+                "keepalive_secs",
+                3600,
+            )?),
+            limits: d.limits,
+        })
+    }
 }
 
 /// `[tools]` section: which tools need what.
@@ -370,6 +445,8 @@ pub struct Config {
     pub tools: ToolPolicy,
     /// How long a disconnected run waits for a stream to re-attach.
     pub detach_grace: Duration,
+    /// The OpenAI-compatible API (`[openai]`).
+    pub openai: OpenAiConfig,
 }
 
 /// The per-user default state directory.
@@ -502,6 +579,7 @@ impl Config {
             model: file.model.map(ModelSection::resolve).transpose()?,
             tools,
             detach_grace,
+            openai: file.openai.resolve()?,
         })
     }
 }

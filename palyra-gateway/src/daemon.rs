@@ -58,6 +58,8 @@ pub struct DaemonSettings {
     pub git_hash: String,
     /// Agent runs: the model provider and tool policy.
     pub runs: RunsConfig,
+    /// The OpenAI-compatible API's limits and policy.
+    pub openai: crate::operator::openai::OpenAiConfig,
 }
 
 impl std::fmt::Debug for DaemonSettings {
@@ -357,6 +359,12 @@ impl Daemon {
         ));
         admin.tokens = Some(Arc::clone(&self.tokens));
         admin.runs = Some(Arc::clone(&self.runs));
+        admin.openai = Some(crate::operator::openai::OpenAi::new(
+            self.settings.openai.clone(),
+            Arc::clone(&self.runs),
+            Arc::clone(&self.tokens),
+            Arc::clone(&self.clock),
+        ));
         self.runs
             .set_surfaces(Arc::new(crate::console::RunSurfaces(Arc::clone(
                 &admin.console,

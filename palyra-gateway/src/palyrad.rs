@@ -224,6 +224,7 @@ pub async fn serve(rt: Rt, config: Config) -> anyhow::Result<()> {
             policy: config.tools.clone(),
             detach_grace: config.detach_grace,
         },
+        openai: config.openai.clone(),
     };
     let mut daemon = Daemon::open(settings, random, &mut OsRng)?;
     if daemon.first_start {

@@ -51,11 +51,14 @@ pub enum Scope {
     ApprovalsWrite,
     /// The OpenAI-compatible API.
     OpenaiUse,
+    /// The OpenAI-compatible API's `palyra-agent` model may call the gateway's own tools (node
+    /// capabilities, gateway tools), each call under the tool policy and its approvals.
+    OpenaiTools,
 }
 
 impl Scope {
     /// Every scope, in a stable order.
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::RunsWrite,
         Scope::RunsRead,
         Scope::SessionsRead,
@@ -63,6 +66,7 @@ impl Scope {
         Scope::ApprovalsRead,
         Scope::ApprovalsWrite,
         Scope::OpenaiUse,
+        Scope::OpenaiTools,
     ];
 
     /// Its name on the wire and in the CLI (`runs:write`).
@@ -75,6 +79,7 @@ impl Scope {
             Scope::ApprovalsRead => "approvals:read",
             Scope::ApprovalsWrite => "approvals:write",
             Scope::OpenaiUse => "openai:use",
+            Scope::OpenaiTools => "openai:tools",
         }
     }
 

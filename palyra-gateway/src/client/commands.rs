@@ -194,7 +194,7 @@ pub enum TokensCommand {
         #[arg(long)]
         principal: String,
         /// A scope it grants; repeat for more (runs:write, runs:read, sessions:read,
-        /// sessions:write, approvals:read, approvals:write, openai:use).
+        /// sessions:write, approvals:read, approvals:write, openai:use, openai:tools).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         /// A label for people.

@@ -57,6 +57,8 @@ pub(crate) enum BodyFor {
     Pairing(super::pairing::PairingBody),
     /// `POST /admin/v1/tokens`.
     MintToken,
+    /// `POST /v1/chat/completions` or `POST /v1/responses`.
+    OpenAi(Box<super::openai::Reading>),
     /// `POST /webhooks/v1/{name}`, with the signature headers.
     Webhook {
         integration: Box<Integration>,
@@ -83,6 +85,8 @@ pub(crate) enum InFlight {
     Nonce(Change<Result<(), WebhookError>>, String, Value),
     /// Waiting for a store change; the closure gives the answer once it arrived.
     Answer(Answer),
+    /// An OpenAI-compatible completion being answered from its run's tape.
+    OpenAi(Box<super::openai::Running>),
 }
 
 /// Polled when the connection is woken: the answer once the change it waits for is durable.
@@ -372,6 +376,7 @@ impl OperatorConnection {
             BodyFor::SurfacePatch(name) => return self.surface_patch(now, name, &buf),
             BodyFor::Pairing(what) => return self.pairing_body(now, what, &buf),
             BodyFor::MintToken => return self.mint_token(now, &buf),
+            BodyFor::OpenAi(reading) => return self.openai_body(now, *reading, &buf),
             BodyFor::Webhook {
                 integration,
                 signature,
@@ -565,6 +570,7 @@ impl OperatorConnection {
     pub(crate) fn on_wake(&mut self, now: Instant) {
         match &mut self.pending {
             Some(InFlight::Console(..)) => return self.answer_console(now),
+            Some(InFlight::OpenAi(..)) => return self.openai_pump(now),
             Some(InFlight::Answer(answer)) => {
                 if let Some(reply) = answer() {
                     self.pending = None;

@@ -18,6 +18,7 @@ pub mod api;
 /// The admin token (kept in [`crate::access`], re-exported for the operator routes).
 pub use crate::access::admin as auth;
 pub mod console;
+pub mod openai;
 pub mod pairing;
 pub mod runs;
 pub mod tokens;
@@ -183,6 +184,8 @@ pub struct Admin {
     pub tokens: Option<Arc<crate::access::tokens::TokenStore>>,
     /// Agent runs (`/admin/v1/runs`, the console's Runs view), when the daemon runs agents.
     pub runs: Option<Arc<crate::run::engine::RunEngine>>,
+    /// The OpenAI-compatible API (`/v1/...`), when the daemon serves it.
+    pub openai: Option<Arc<openai::OpenAi>>,
 }
 
 impl Admin {
@@ -224,6 +227,7 @@ impl Admin {
             pairing: None,
             tokens: None,
             runs: None,
+            openai: None,
         })
     }
 }
@@ -338,6 +342,8 @@ pub struct OperatorConnection {
     pending: Option<admin::InFlight>,
     /// Time of the latest event (for pumping the WebSocket app from `poll_transmit`).
     now: Instant,
+    /// The `x-request-id` of the OpenAI-compatible request being answered.
+    openai_request_id: String,
 }
 
 impl OperatorConnection {
@@ -356,6 +362,7 @@ impl OperatorConnection {
             peer: None,
             pending: None,
             now,
+            openai_request_id: String::new(),
         }
     }
 
@@ -432,6 +439,15 @@ impl OperatorConnection {
             }
             path if path.starts_with("/console/v1/") && self.operator.admin.is_some() => {
                 self.console_route(now, head)
+            }
+            path if (path == "/v1" || path.starts_with("/v1/"))
+                && self
+                    .operator
+                    .admin
+                    .as_ref()
+                    .is_some_and(|a| a.openai.is_some()) =>
+            {
+                self.openai_route(now, head)
             }
             path if self.operator.admin.is_some() && crate::console::web::find(path).is_some() => {
                 if let Some(asset) = crate::console::web::find(path) {
@@ -526,6 +542,7 @@ impl StreamMachine for OperatorConnection {
         match &mut self.phase {
             Phase::Http => {
                 self.http.handle_timeout(now);
+                self.openai_timeout(now);
                 self.drive(now);
             }
             Phase::Ws(ws, _) => {
@@ -547,7 +564,10 @@ impl StreamMachine for OperatorConnection {
 
     fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Http => self.http.poll_timeout(),
+            Phase::Http => [self.http.poll_timeout(), self.openai_deadline()]
+                .into_iter()
+                .flatten()
+                .min(),
             Phase::Ws(ws, app) => [ws.poll_timeout(), app.timeout()]
                 .into_iter()
                 .flatten()
@@ -561,7 +581,14 @@ impl StreamMachine for OperatorConnection {
             return Some(bytes);
         }
         match &mut self.phase {
-            Phase::Http => None,
+            Phase::Http => {
+                // Drained: a completion's stream may send what its run has for it since.
+                if matches!(self.pending, Some(admin::InFlight::OpenAi(_))) {
+                    self.openai_pump(self.now);
+                    return self.http.poll_transmit();
+                }
+                None
+            }
             Phase::Ws(ws, app) => {
                 if let Some(bytes) = ws.poll_transmit() {
                     return Some(bytes);

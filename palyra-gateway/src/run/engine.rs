@@ -364,6 +364,11 @@ impl RunEngine {
         &self.sessions
     }
 
+    /// The model runs ask the provider for.
+    pub fn model(&self) -> &str {
+        &self.config.model
+    }
+
     /// Whether a model provider is configured.
     pub fn has_provider(&self) -> bool {
         self.config.provider.is_some()
@@ -549,7 +554,7 @@ impl RunEngine {
             principal: caller.principal.clone(),
             origin: match request.origin.as_str() {
                 "" => "manual".into(),
-                origin => origin.chars().take(32).collect(),
+                origin => origin.chars().take(64).collect(),
             },
             started_at_unix_ms: now_ms,
             prompt: request.input.chars().take(200).collect(),
@@ -1011,6 +1016,26 @@ impl RunEngine {
         Some((summary, e.events.clone()))
     }
 
+    /// The outcome of each finished run whose origin starts with `prefix`, with that origin,
+    /// oldest first (token usage by API key).
+    pub fn outcomes(&self, prefix: &str) -> Vec<(String, super::machine::Outcome)> {
+        use prost::Message as _;
+        let runs = self.lock();
+        runs.order
+            .iter()
+            .filter_map(|id| runs.map.get(id))
+            .filter(|e| e.meta.origin.starts_with(prefix))
+            .filter_map(|e| {
+                // The outcome is the event before the last one.
+                let outcome = e.events.iter().rev().take(3).find_map(|bytes| {
+                    let event = RunStreamEvent::decode(bytes.as_ref()).ok()?;
+                    super::machine::Outcome::from_event(event.body.as_ref()?)
+                })?;
+                Some((e.meta.origin.clone(), outcome))
+            })
+            .collect()
+    }
+
     /// Every run `caller` may see with its events (for the approval records), oldest first.
     pub fn tapes(&self, caller: &Caller) -> Vec<(RunMeta, Vec<Bytes>)> {
         let runs = self.lock();
@@ -1033,13 +1058,14 @@ fn apply(machine: &mut RunMachine, turn: u32, input: RunInput, now: Instant, now
         RunInput::Approval(answer) => machine.handle_approval(now, now_ms, &answer),
         RunInput::HalfClose => machine.handle_half_close(now, now_ms),
         RunInput::Cancel(reason) => machine.cancel(&reason),
+        // Usage counts whichever turn it came from.
+        RunInput::Model(_, ChatEvent::Usage(usage)) => machine.handle_usage(usage),
         RunInput::Model(t, _) | RunInput::ModelEnded(t, _) if t != turn => {}
         RunInput::Model(_, ChatEvent::Token(text)) => machine.handle_token(&text),
-        RunInput::Model(_, ChatEvent::Usage(usage)) => machine.handle_usage(usage),
         RunInput::Model(_, ChatEvent::Finished { reason, tool_calls }) => {
             machine.handle_model_finished(now, now_ms, &reason, &tool_calls)
         }
-        RunInput::ModelEnded(_, Ok(())) => {}
+        RunInput::ModelEnded(_, Ok(())) => machine.handle_model_ended(),
         RunInput::ModelEnded(_, Err(e)) => {
             machine.handle_model_failed(provider_code(&e), e.to_string())
         }

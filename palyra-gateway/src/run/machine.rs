@@ -241,6 +241,10 @@ pub struct RunMachine {
     /// Calls of the caller's functions in the current turn.
     returned: Vec<OutcomeCall>,
     finish: &'static str,
+    /// A model call is open (its usage may still come).
+    model_open: bool,
+    /// The run is done once the open model call ends (its usage counted).
+    done_when_model_ends: bool,
     ending: Option<Ending>,
 }
 
@@ -296,6 +300,8 @@ impl RunMachine {
             usage: Usage::default(),
             returned: Vec::new(),
             finish: "stop",
+            model_open: false,
+            done_when_model_ends: false,
             ending: None,
         };
         machine
@@ -314,6 +320,7 @@ impl RunMachine {
             ));
         }
         self.text.clear();
+        self.model_open = true;
         let tools = self
             .settings
             .tools
@@ -375,6 +382,11 @@ impl RunMachine {
             return;
         }
         let done = ending == Ending::Done;
+        if done && self.model_open {
+            // The usage arrives after the finish: done once the call ends.
+            self.done_when_model_ends = true;
+            return;
+        }
         let outcome = Outcome {
             finish_reason: if done {
                 self.finish.to_owned()
@@ -871,8 +883,21 @@ impl RunMachine {
         }
     }
 
+    /// The model call ended (after its finish and usage).
+    pub fn handle_model_ended(&mut self) {
+        self.model_open = false;
+        if self.done_when_model_ends {
+            self.end(Ending::Done);
+        }
+    }
+
     /// The model call failed.
     pub fn handle_model_failed(&mut self, code: Code, message: String) {
+        self.model_open = false;
+        if self.done_when_model_ends {
+            // The answer was whole; only what followed it broke.
+            return self.end(Ending::Done);
+        }
         self.end(Ending::Failed(code, message));
     }
 

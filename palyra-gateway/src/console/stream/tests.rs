@@ -521,6 +521,7 @@ fn operator_for(hub: Arc<ConsoleHub>, origins: Vec<String>) -> Arc<Operator> {
             pairing: None,
             tokens: None,
             runs: None,
+            openai: None,
         },
         false,
     )

@@ -71,6 +71,9 @@ fn finish(m: &mut RunMachine, now: Instant, calls: &[ToolCall]) {
         FinishReason::ToolCalls
     };
     m.handle_model_finished(now, 1_000, &reason, calls);
+    if calls.is_empty() {
+        m.handle_model_ended();
+    }
 }
 
 #[test]
@@ -524,14 +527,25 @@ fn a_call_of_the_callers_function_ends_the_run_with_it() {
         now,
         &[call("call_9", "get_weather", "{\"city\":\"Oslo\"}")],
     );
+    m.handle_usage(Usage {
+        prompt_tokens: 1,
+        completion_tokens: 1,
+        total_tokens: 2,
+    });
+    assert_eq!(
+        m.ending(),
+        None,
+        "done once the call ends, its usage counted"
+    );
+    m.handle_model_ended();
     let events: Vec<Body> = std::iter::from_fn(|| m.poll_event()).collect();
     assert_eq!(m.ending(), Some(&Ending::Done));
     assert_eq!(
         outcome(&events),
         Outcome {
             finish_reason: "tool_calls".into(),
-            prompt_tokens: 7,
-            completion_tokens: 2,
+            prompt_tokens: 8,
+            completion_tokens: 3,
             tool_calls: vec![OutcomeCall {
                 id: "call_9".into(),
                 name: "get_weather".into(),
@@ -562,6 +576,7 @@ fn a_cut_answer_is_done_when_the_caller_set_the_limit() {
     actions(&mut m);
     m.handle_token("Roses");
     m.handle_model_finished(now, 1, &FinishReason::Length, &[]);
+    m.handle_model_ended();
     let events: Vec<Body> = std::iter::from_fn(|| m.poll_event()).collect();
     assert_eq!(m.ending(), Some(&Ending::Done));
     assert_eq!(outcome(&events).finish_reason, "length");
@@ -569,6 +584,7 @@ fn a_cut_answer_is_done_when_the_caller_set_the_limit() {
     let mut m = RunMachine::start(settings(vec![]), vec![], "write a poem");
     actions(&mut m);
     m.handle_model_finished(now, 1, &FinishReason::Length, &[]);
+    m.handle_model_ended();
     let events: Vec<Body> = std::iter::from_fn(|| m.poll_event()).collect();
     assert!(matches!(m.ending(), Some(Ending::Failed(..))));
     assert_eq!(outcome(&events).finish_reason, "");
