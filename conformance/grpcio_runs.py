@@ -57,16 +57,17 @@ def wait_for(path, seconds=30):
 class Stack:
     """The upstream, palyrad and a paired node serving system.echo."""
 
-    def __init__(self, palyrad, palyra, work, approval_timeout=2):
+    def __init__(self, palyrad, palyra, work, approval_timeout=2, extra_config=""):
         self.procs = []
         up = subprocess.Popen([sys.executable, f"{HERE}/openai_upstream.py"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
         self.procs.append(up)
         upstream = up.stdout.readline().split()[-1]
+        self.upstream = upstream
         config = os.path.join(work, "palyrad.toml")
         with open(config, "w") as f:
             f.write(f'[model]\nbase_url = "http://{upstream}/v1"\nmodel = "scripted"\n'
-                    f'[tools]\napproval_timeout_secs = {approval_timeout}\n')
+                    f'[tools]\napproval_timeout_secs = {approval_timeout}\n{extra_config}')
         state = os.path.join(work, "state")
         env = dict(os.environ, PALYRA_ADMIN_TOKEN=ADMIN)
         self.procs.append(subprocess.Popen(

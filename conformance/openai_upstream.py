@@ -17,7 +17,10 @@ The script is chosen by markers in the last user message:
 - `[[slow:MS]]` waits MS milliseconds between chunks.
 - otherwise the answer is `You said: <message>`, one word per chunk.
 
-Usage on the last chunk when `stream_options.include_usage` is set. With `--api-key KEY`, requests
+Usage on the last chunk when `stream_options.include_usage` is set. A client that closes a stream
+before its end is noticed at once (the pause between chunks watches the socket) and recorded:
+`GET /scripted/closed` lists those streams as `{"prompt", "chunks", "closed_at"}`, `closed_at` on
+the system's monotonic clock (Python's `time.monotonic()`, in seconds). With `--api-key KEY`, requests
 without `Authorization: Bearer KEY` get 401. Prints `listening on HOST:PORT` once ready; stops when
 stdin closes.
 """
@@ -25,6 +28,8 @@ stdin closes.
 import argparse
 import json
 import re
+import select
+import socket
 import sys
 import threading
 import time
@@ -32,6 +37,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAILURES: dict = {}
 FAILURES_LOCK = threading.Lock()
+CLOSED: list = []
+
+
+class ClientGone(Exception):
+    """The client closed the stream before its end."""
 
 
 def last_user_text(messages):
@@ -110,6 +120,22 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def do_GET(self):
+        if self.path == "/scripted/closed":
+            with FAILURES_LOCK:
+                return self.reply_json(200, list(CLOSED))
+        return self.reply_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+
+    def gone(self, timeout):
+        """Whether the client closed its connection, waiting up to `timeout` seconds."""
+        readable, _, _ = select.select([self.connection], [], [], timeout)
+        if not readable:
+            return False
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
     def do_POST(self):
         if self.path not in ("/v1/chat/completions", "/chat/completions"):
             return self.reply_json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
@@ -150,13 +176,27 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
 
+        sent = [0]
+
         def send(value):
             data = value if isinstance(value, str) else json.dumps(value)
-            self.wfile.write(f"data: {data}\n\n".encode())
-            self.wfile.flush()
-            if pause:
-                time.sleep(pause)
+            try:
+                self.wfile.write(f"data: {data}\n\n".encode())
+                self.wfile.flush()
+            except OSError:
+                raise ClientGone()
+            sent[0] += 1
+            if pause and self.gone(pause):
+                raise ClientGone()
 
+        try:
+            self.stream(send, model, tokens, tool, trouble, finish, body, text)
+        except ClientGone:
+            with FAILURES_LOCK:
+                CLOSED.append({"prompt": text, "chunks": sent[0], "closed_at": time.monotonic()})
+            self.close_connection = True
+
+    def stream(self, send, model, tokens, tool, trouble, finish, body, text):
         send(chunk(model, {"role": "assistant", "content": ""}))
         for token in tokens:
             send(chunk(model, {"content": token}))
