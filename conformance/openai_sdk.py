@@ -19,7 +19,8 @@ paired node, unused here), mints API keys with `palyra tokens create`, then:
                   own retry honours before it succeeds
   disconnect      a stream closed mid-way cancels its run, and the upstream call closes within
                   100 ms (timed by the upstream)
-  runs_listed     the completions are runs of the key's principal in `palyra runs list`
+  runs_listed     the completions are runs of the key's principal in `palyra runs list`, and
+                  `palyra tokens usage` shows the key's provider tokens
 Prints one line per case: LABEL CASE PASS|FAIL DETAIL.
 """
 
@@ -239,7 +240,12 @@ def cases(stack, palyra):
     def runs_listed():
         runs = wait_runs(lambda rs: [r for r in rs if r["origin"].startswith("openai:")])
         assert all(r["principal"] == "user:sdk" for r in runs), runs
-        return f"{len(runs)} runs of user:sdk with origin openai:<key>"
+        usage = json.loads(cli("tokens", "--json", "usage"))["usage"]
+        ours = [u for u in usage if key.startswith(f"palyra_tok_{u['token_id']}_")]
+        assert ours and ours[0]["runs"] >= 8 and ours[0]["prompt_tokens"] > 0, usage
+        u = ours[0]
+        return (f"{len(runs)} runs of user:sdk; tokens usage: {u['runs']} runs, "
+                f"{u['prompt_tokens']}+{u['completion_tokens']} tokens")
 
     return [("models", models), ("completion", completion), ("stream_usage", stream_usage),
             ("tool_stream", tool_stream), ("responses", responses), ("responses_sse", responses_sse),

@@ -206,6 +206,9 @@ pub enum TokensCommand {
     },
     /// Lists tokens (never their secrets).
     List,
+    /// Provider tokens each API key used through the OpenAI-compatible API (from the tapes of
+    /// its completions).
+    Usage,
     /// Revokes a token: it stops working at once.
     Revoke {
         /// The token ID.
@@ -627,7 +630,7 @@ pub async fn approvals_command(rt: &Rt, command: ApprovalsCommand) -> anyhow::Re
 
 /// `palyra tokens ...` (blocking: the admin client is synchronous).
 pub fn tokens_command(daemon: &Daemon, json: bool, command: TokensCommand) -> anyhow::Result<()> {
-    use crate::operator::api::{ListTokens, MintToken, RevokeToken};
+    use crate::operator::api::{ListTokens, MintToken, RevokeToken, TokenUsage};
     match command {
         TokensCommand::Create {
             principal,
@@ -676,6 +679,23 @@ pub fn tokens_command(daemon: &Daemon, json: bool, command: TokensCommand) -> an
                     t.principal,
                     t.scopes.join(","),
                     t.label
+                );
+            }
+        }
+        TokensCommand::Usage => {
+            let answer = daemon.send(&TokenUsage)?;
+            if json {
+                println!("{}", answer.raw);
+                return Ok(());
+            }
+            println!(
+                "{:<26}  {:<24}  {:>6}  {:>12}  {:>12}  LABEL",
+                "TOKEN", "PRINCIPAL", "RUNS", "PROMPT", "COMPLETION"
+            );
+            for u in &answer.value.usage {
+                println!(
+                    "{:<26}  {:<24}  {:>6}  {:>12}  {:>12}  {}",
+                    u.token_id, u.principal, u.runs, u.prompt_tokens, u.completion_tokens, u.label
                 );
             }
         }

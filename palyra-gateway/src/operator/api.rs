@@ -355,6 +355,44 @@ impl Endpoint for ListTokens {
     }
 }
 
+/// `GET /admin/v1/tokens/usage`: provider tokens used through the OpenAI-compatible API, per
+/// API key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TokenUsage;
+
+/// One key's usage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyUsage {
+    /// The API token.
+    pub token_id: String,
+    /// Whom it proves (empty for a token since removed).
+    pub principal: String,
+    /// Its label.
+    pub label: String,
+    /// Completions that ended.
+    pub runs: u64,
+    /// Prompt tokens, as the provider counted them.
+    pub prompt_tokens: u64,
+    /// Completion tokens, as the provider counted them.
+    pub completion_tokens: u64,
+}
+
+/// Usage per key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Usage {
+    /// Keys with any use, by token ID.
+    pub usage: Vec<KeyUsage>,
+}
+
+impl Endpoint for TokenUsage {
+    type Response = Usage;
+    const METHOD: Method = Method::GET;
+    const HAS_BODY: bool = false;
+    fn path(&self) -> String {
+        "/admin/v1/tokens/usage".into()
+    }
+}
+
 /// `POST /admin/v1/tokens/{id}/revoke`: the token stops working at once.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RevokeToken {

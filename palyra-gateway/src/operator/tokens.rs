@@ -49,6 +49,26 @@ impl OperatorConnection {
                 super::admin::BodyFor::MintToken,
                 super::DEFAULT_BODY_LIMIT,
             ),
+            (["tokens", "usage"], &M::GET) => {
+                let records = tokens.list();
+                let used = admin.openai.as_ref().map(|o| o.usage()).unwrap_or_default();
+                let usage = used
+                    .into_iter()
+                    .map(|u| {
+                        let record = records.iter().find(|r| r.token_id == u.token_id);
+                        api::KeyUsage {
+                            principal: record.map(|r| r.principal.clone()).unwrap_or_default(),
+                            label: record.map(|r| r.label.clone()).unwrap_or_default(),
+                            token_id: u.token_id,
+                            runs: u.runs,
+                            prompt_tokens: u.prompt_tokens,
+                            completion_tokens: u.completion_tokens,
+                        }
+                    })
+                    .collect();
+                let body = serde_json::to_value(api::Usage { usage }).unwrap_or_default();
+                self.json(now, StatusCode::OK, body)
+            }
             (["tokens"], &M::GET) => {
                 let list: Vec<api::Token> =
                     tokens.list().iter().map(|t| token(t, now_ms)).collect();
@@ -81,6 +101,7 @@ impl OperatorConnection {
             }
             (["tokens"], _) => self.not_allowed(now, "GET, POST"),
             (["tokens", _, "revoke"], _) => self.not_allowed(now, "POST"),
+            (["tokens", "usage"], _) => self.not_allowed(now, "GET"),
             _ => self.error(
                 now,
                 StatusCode::NOT_FOUND,
