@@ -794,6 +794,10 @@ macro_rules! node_plane_suite {
             $crate::runs::a_connection_serves_any_number_of_runs::<$driver>();
         }
         #[test]
+        fn openai_api_is_a_run() {
+            $crate::runs::openai_api_is_a_run::<$driver>();
+        }
+        #[test]
         fn devices_are_node_principals() {
             $crate::runs::devices_are_node_principals::<$driver>();
         }

@@ -1236,3 +1236,237 @@ pub fn a_connection_serves_any_number_of_runs<D: Driver>() {
         assert_eq!(status.code, Code::Ok, "[{}] run {i}: {status:?}", D::NAME);
     }
 }
+
+/// One HTTP/1.1 request on a fresh connection (closed after it): the status, the head's
+/// lower-case text and the body (de-chunked).
+fn http_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let auth = key.map_or(String::new(), |k| format!("authorization: Bearer {k}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a head");
+    let head = head.to_ascii_lowercase();
+    let status = head[9..12].parse().expect("status");
+    let body = if head.contains("transfer-encoding: chunked") {
+        let mut body = String::new();
+        let mut rest = rest;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            if size == 0 {
+                break;
+            }
+            body.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+        body
+    } else {
+        rest.to_owned()
+    };
+    (status, head, body)
+}
+
+/// The OpenAI-compatible API: keys, errors in OpenAI's envelope with an `x-request-id`,
+/// completions as JSON and as a stream of chunks, responses, and runs of the key's principal;
+/// a caller that disconnects cancels its run.
+pub fn openai_api_is_a_run<D: Driver>() {
+    use serde_json::Value;
+    let g = gateway::<D>(true, Duration::from_secs(60));
+    let http = g.running.endpoints.http;
+    let key = token(&g, "user:oa", &["openai:use"]);
+    let json = |s: &str| serde_json::from_str::<Value>(s).expect("JSON");
+
+    let (status, head, body) = http_call(http, "GET", "/v1/models", None, "");
+    assert_eq!(status, 401, "[{}] {body}", D::NAME);
+    assert!(head.contains("x-request-id: req_") && head.contains("www-authenticate: bearer"));
+    assert_eq!(json(&body)["error"]["code"], "invalid_api_key");
+    let (status, _, body) = http_call(http, "GET", "/v1/models", Some(ADMIN), "");
+    assert_eq!(status, 401, "the admin token is not an API key: {body}");
+    let narrow = token(&g, "user:oa", &["runs:read"]);
+    assert_eq!(
+        http_call(http, "GET", "/v1/models", Some(&narrow), "").0,
+        403
+    );
+    let (status, head, body) = http_call(http, "GET", "/v1/nope", Some(&key), "");
+    assert_eq!(
+        (status, json(&body)["error"]["code"].clone()),
+        (404, "unknown_url".into())
+    );
+    assert!(head.contains("x-request-id: req_"));
+    let (status, head, _) = http_call(http, "GET", "/v1/chat/completions", Some(&key), "");
+    assert!(status == 405 && head.contains("allow: post"), "{head}");
+    let (status, _, body) = http_call(http, "GET", "/v1/models", Some(&key), "");
+    let ids: Vec<Value> = json(&body)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(
+        (status, ids),
+        (200, vec!["palyra-agent".into(), "scripted".into()])
+    );
+
+    let ask = |model: &str, text: &str, extra: &str| {
+        format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"{text}"}}]{extra}}}"#)
+    };
+    let (status, _, body) = http_call(
+        http,
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        &ask("scripted", "hi there", ""),
+    );
+    let answer = json(&body);
+    assert_eq!(status, 200, "[{}] {body}", D::NAME);
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "You said: hi there"
+    );
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    assert_eq!(answer["usage"]["total_tokens"], 2 + 4);
+    let (status, _, body) = http_call(
+        http,
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        &ask("scripted", "x", r#","n":3"#),
+    );
+    assert_eq!(
+        (status, json(&body)["error"]["param"].clone()),
+        (400, "n".into())
+    );
+    let (status, _, body) = http_call(
+        http,
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        &ask("gpt-x", "x", ""),
+    );
+    assert_eq!(
+        (status, json(&body)["error"]["code"].clone()),
+        (404, "model_not_found".into())
+    );
+
+    let (status, head, body) = http_call(
+        http,
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        &ask(
+            "palyra-agent",
+            "stream me",
+            r#","stream":true,"stream_options":{"include_usage":true}"#,
+        ),
+    );
+    assert!(
+        status == 200 && head.contains("content-type: text/event-stream"),
+        "{head}"
+    );
+    let events: Vec<&str> = body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{body}");
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| json(e)).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "You said: stream me");
+    let finishes: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finishes, [&Value::from("stop")]);
+    let last = chunks.last().unwrap();
+    assert!(
+        last["choices"].as_array().unwrap().is_empty() && last["usage"]["total_tokens"] == 2 + 4,
+        "{last}"
+    );
+
+    let (status, _, body) = http_call(
+        http,
+        "POST",
+        "/v1/responses",
+        Some(&key),
+        r#"{"model":"scripted","input":"hello"}"#,
+    );
+    let response = json(&body);
+    assert_eq!(
+        (status, response["status"].clone()),
+        (200, "completed".into()),
+        "{body}"
+    );
+    assert_eq!(
+        response["output"][0]["content"][0]["text"],
+        "You said: hello"
+    );
+
+    // A caller that goes away mid-stream cancels its run.
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(http).expect("connect");
+        let body = ask(
+            "scripted",
+            "[[tokens:2000]] [[slow:10]] gone",
+            r#","stream":true"#,
+        );
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("t3 ") {
+            let n = stream.read(&mut buf).expect("read");
+            assert!(n > 0, "the stream ended early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    let engine = &g.running.daemon().runs;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let runs = engine.list(&palyra_gateway::access::Caller::admin(), 100);
+        let gone = runs.iter().find(|r| r.meta.prompt.ends_with("gone"));
+        if gone.is_some_and(|r| r.state == "cancelled") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "[{}] {gone:?}",
+            D::NAME
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let runs = engine.list(&palyra_gateway::access::Caller::admin(), 100);
+    assert!(runs
+        .iter()
+        .filter(|r| r.meta.origin.starts_with("openai:"))
+        .all(|r| r.meta.principal == "user:oa"));
+    assert!(
+        runs.iter()
+            .filter(|r| r.meta.origin.starts_with("openai:"))
+            .count()
+            >= 4
+    );
+    drop(g);
+}
