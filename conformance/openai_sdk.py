@@ -21,6 +21,8 @@ paired node, unused here), mints API keys with `palyra tokens create`, then:
                   100 ms (timed by the upstream)
   runs_listed     the completions are runs of the key's principal in `palyra runs list`, and
                   `palyra tokens usage` shows the key's provider tokens
+With --sdk js, the same stack runs the official `openai` npm package instead
+(conformance/openai-js/openai_cases.mjs, installed there with `npm install`).
 Prints one line per case: LABEL CASE PASS|FAIL DETAIL.
 """
 
@@ -254,15 +256,37 @@ def cases(stack, palyra):
             ("runs_listed", runs_listed)]
 
 
+def js_cases(stack, palyra, label):
+    """Runs the npm SDK's cases against the stack; its exit status."""
+    env = dict(os.environ, PALYRA_ADMIN_TOKEN=ADMIN, PALYRA_DAEMON_URL=f"http://{stack.http}")
+
+    def mint():
+        out = subprocess.run([palyra, "tokens", "create", "--principal", "user:sdk-js", "--scope", "openai:use"],
+                             env=env, check=True, capture_output=True, text=True).stdout
+        return out.strip().splitlines()[-1]
+
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openai-js")
+    env = dict(env, BASE_URL=f"http://{stack.http}/v1", KEY=mint(), RATE_KEY=mint(), RPM=str(RPM),
+               HTTP=stack.http, UPSTREAM=stack.upstream, LABEL=label)
+    return subprocess.run(["node", os.path.join(here, "openai_cases.mjs")], env=env, timeout=240).returncode
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--palyrad", required=True)
     p.add_argument("--palyra", required=True)
-    p.add_argument("--label", default="openai-py")
+    p.add_argument("--label")
+    p.add_argument("--sdk", choices=["py", "js"], default="py")
     args = p.parse_args()
+    args.label = args.label or f"openai-{args.sdk}"
     failed = 0
     with tempfile.TemporaryDirectory() as work:
         stack = Stack(args.palyrad, args.palyra, work, extra_config=f"[openai]\nrequests_per_minute = {RPM}\n")
+        if args.sdk == "js":
+            try:
+                sys.exit(js_cases(stack, args.palyra, args.label))
+            finally:
+                stack.close()
         try:
             for name, case in cases(stack, args.palyra):
                 try:
