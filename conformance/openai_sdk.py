@@ -19,6 +19,9 @@ paired node, unused here), mints API keys with `palyra tokens create`, then:
                   own retry honours before it succeeds
   disconnect      a stream closed mid-way cancels its run, and the upstream call closes within
                   100 ms (timed by the upstream)
+  operator_approves  palyra-agent with a key holding openai:tools calls the node's system.echo:
+                  the stream waits while an operator approves over the admin API, then the
+                  model's answer quotes the node's output
   runs_listed     the completions are runs of the key's principal in `palyra runs list`, and
                   `palyra tokens usage` shows the key's provider tokens
 With --sdk js, the same stack runs the official `openai` npm package instead
@@ -33,7 +36,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
 
 import openai
@@ -230,6 +235,38 @@ def cases(stack, palyra):
                                      and r["state"] == "cancelled"])
         return f"upstream closed {lag_ms:.0f} ms after the client; run {runs[0]['run_id']} cancelled"
 
+    def operator_approves():
+        agent = openai.OpenAI(base_url=base_url, api_key=mint("openai:use", "openai:tools"))
+        prompt = 'echo please [[tool:system_echo {"text": "from the sdk"}]]'
+        decided = []
+
+        def operator():
+            admin = {"authorization": f"Bearer {ADMIN}"}
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not decided:
+                req = urllib.request.Request(f"http://{stack.http}/admin/v1/runs", headers=admin)
+                with urllib.request.urlopen(req) as r:
+                    runs = [x for x in json.load(r)["runs"] if x["prompt"] == prompt and x["state"] == "in_progress"]
+                for run in runs:
+                    req = urllib.request.Request(f"http://{stack.http}/admin/v1/runs/{run['run_id']}/approve",
+                                                 method="POST", headers=admin, data=b"")
+                    try:
+                        with urllib.request.urlopen(req) as r:
+                            decided.append(json.load(r))
+                    except urllib.error.HTTPError as e:
+                        if e.code != 409:  # 409: not waiting for an approval yet
+                            raise
+                time.sleep(0.1)
+
+        thread = threading.Thread(target=operator)
+        thread.start()
+        stream = agent.chat.completions.create(model="palyra-agent", messages=user(prompt), stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        thread.join()
+        assert decided and decided[0]["tool"] == "system_echo", decided
+        assert "Tool system_echo said:" in text and "from the sdk" in text, text
+        return f"approved by the operator; {text[:60]!r}"
+
     def wait_runs(pick):
         deadline = time.monotonic() + 5
         while True:
@@ -253,7 +290,7 @@ def cases(stack, palyra):
             ("tool_stream", tool_stream), ("responses", responses), ("responses_sse", responses_sse),
             ("responses_tool", responses_tool), ("invalid", invalid), ("bad_key", bad_key),
             ("not_found", not_found), ("rate_limited", rate_limited), ("disconnect", disconnect),
-            ("runs_listed", runs_listed)]
+            ("operator_approves", operator_approves), ("runs_listed", runs_listed)]
 
 
 def js_cases(stack, palyra, label):

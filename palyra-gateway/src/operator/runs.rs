@@ -1,11 +1,17 @@
 //! `/admin/v1/runs`: the agent runs for the admin (already authenticated) and the console's
-//! Runs view: the list with states, one run with its tape, and abort.
+//! Runs view: the list with states, one run with its tape, abort, and an operator's answer to
+//! the approval a run waits for (`POST /admin/v1/runs/{id}/approve` or `/deny`): how the
+//! operator decides for runs whose caller cannot, such as the OpenAI-compatible API's.
 
 use super::OperatorConnection;
 use crate::access::Caller;
+use crate::run::engine::RunInput;
 use crate::run::tape::event_json;
 use http::StatusCode;
-use palyra_proto::pb::palyra::common::v1::RunStreamEvent;
+use palyra_proto::pb::palyra::common::v1::{
+    run_stream_event::Body, ApprovalDecisionScope, CanonicalId, RunStreamEvent,
+    ToolApprovalResponse,
+};
 use prost::Message;
 use serde_json::{json, Value};
 use std::time::Instant;
@@ -69,9 +75,70 @@ impl OperatorConnection {
                     }
                 }
             }
+            (["runs", id, verb @ ("approve" | "deny")], &M::POST) => {
+                let approved = *verb == "approve";
+                let pending = engine
+                    .get(&caller, id)
+                    .and_then(|(_, tape)| pending_approval(&tape));
+                let Some((proposal, approval, tool)) = pending else {
+                    return self.error(
+                        now,
+                        StatusCode::CONFLICT,
+                        "no_pending_approval",
+                        &format!("run {id} waits for no approval"),
+                    );
+                };
+                let answer = ToolApprovalResponse {
+                    proposal_id: Some(CanonicalId {
+                        ulid: proposal.clone(),
+                    }),
+                    approved,
+                    reason: format!(
+                        "{} by the operator",
+                        if approved { "approved" } else { "denied" }
+                    ),
+                    approval_id: Some(CanonicalId { ulid: approval }),
+                    decision_scope: ApprovalDecisionScope::Once as i32,
+                    decision_scope_ttl_ms: 0,
+                };
+                match engine.send(&caller, id, RunInput::Approval(answer)) {
+                    Ok(()) => self.json(
+                        now,
+                        StatusCode::OK,
+                        json!({"run_id": id, "proposal_id": proposal, "tool": tool, "approved": approved}),
+                    ),
+                    Err(status) => self.error(now, StatusCode::CONFLICT, "run_ended", &status.message),
+                }
+            }
             (["runs"] | ["runs", _], _) => self.not_allowed(now, "GET"),
+            (["runs", _, "approve" | "deny"], _) => self.not_allowed(now, "POST"),
             (["runs", _, "abort"], _) => self.not_allowed(now, "POST"),
             _ => self.error(now, StatusCode::NOT_FOUND, "not_found", "no such run route"),
         }
     }
+}
+
+/// The approval request a run's tape leaves unanswered: (proposal ID, approval ID, tool).
+pub fn pending_approval(tape: &[bytes::Bytes]) -> Option<(String, String, String)> {
+    let id = |i: &Option<CanonicalId>| i.as_ref().map(|i| i.ulid.clone()).unwrap_or_default();
+    let mut pending = None;
+    for bytes in tape {
+        match RunStreamEvent::decode(bytes.as_ref())
+            .ok()
+            .and_then(|e| e.body)
+        {
+            Some(Body::ToolApprovalRequest(r)) => {
+                pending = Some((id(&r.proposal_id), id(&r.approval_id), r.tool_name))
+            }
+            Some(Body::ToolDecision(d))
+                if pending.as_ref().is_some_and(|p| p.0 == id(&d.proposal_id)) =>
+            {
+                pending = None
+            }
+            // DONE, FAILED and CANCELLED end whatever was waiting.
+            Some(Body::Status(s)) if (3..=5).contains(&s.kind) => pending = None,
+            _ => {}
+        }
+    }
+    pending
 }
