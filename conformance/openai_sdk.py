@@ -20,7 +20,7 @@ paired node, unused here), mints API keys with `palyra tokens create`, then:
   disconnect      a stream closed mid-way cancels its run, and the upstream call closes within
                   100 ms (timed by the upstream)
   operator_approves  palyra-agent with a key holding openai:tools calls the node's system.echo:
-                  the stream waits while an operator approves over the admin API, then the
+                  the stream waits while an operator runs `palyra approve RUN_ID`, then the
                   model's answer quotes the node's output
   runs_listed     the completions are runs of the key's principal in `palyra runs list`, and
                   `palyra tokens usage` shows the key's provider tokens
@@ -38,7 +38,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import openai
@@ -248,13 +247,10 @@ def cases(stack, palyra):
                 with urllib.request.urlopen(req) as r:
                     runs = [x for x in json.load(r)["runs"] if x["prompt"] == prompt and x["state"] == "in_progress"]
                 for run in runs:
-                    req = urllib.request.Request(f"http://{stack.http}/admin/v1/runs/{run['run_id']}/approve",
-                                                 method="POST", headers=admin, data=b"")
                     try:
-                        with urllib.request.urlopen(req) as r:
-                            decided.append(json.load(r))
-                    except urllib.error.HTTPError as e:
-                        if e.code != 409:  # 409: not waiting for an approval yet
+                        decided.append(json.loads(cli("approve", "--json", run["run_id"])))
+                    except subprocess.CalledProcessError as e:
+                        if "waits for no approval" not in e.stderr:  # not yet
                             raise
                 time.sleep(0.1)
 

@@ -724,3 +724,34 @@ pub async fn acp_command(rt: &Rt, grpc: GrpcArgs) -> anyhow::Result<()> {
     };
     super::acp::serve_stdio(rt.clone(), options).await
 }
+
+/// `palyra approve RUN_ID` / `palyra deny RUN_ID`: the operator answers the approval a run
+/// waits for (through the admin API; for runs whose caller cannot answer, such as the
+/// OpenAI-compatible API's).
+pub fn decide_command(
+    daemon: &Daemon,
+    json: bool,
+    run_id: &str,
+    approve: bool,
+) -> anyhow::Result<()> {
+    use crate::operator::api::DecideApproval;
+    anyhow::ensure!(
+        palyra_proto::identity::is_canonical_device_id(run_id),
+        "{run_id:?} is not a run ID (a ULID; `palyra runs list` shows them)"
+    );
+    let answer = daemon.send(&DecideApproval {
+        run_id: run_id.to_owned(),
+        approve,
+    })?;
+    if json {
+        println!("{}", answer.raw);
+    } else {
+        let d = &answer.value;
+        let verb = if d.approved { "approved" } else { "denied" };
+        println!(
+            "run {}: {} {verb} (proposal {})",
+            d.run_id, d.tool, d.proposal_id
+        );
+    }
+    Ok(())
+}

@@ -444,3 +444,38 @@ mod tests {
         assert!(serde_json::from_str::<MintCode>(r#"{"ttl":5}"#).is_err());
     }
 }
+
+/// `POST /admin/v1/runs/{id}/approve` or `/deny`: the operator's answer to the approval a run
+/// waits for (409 when it waits for none).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DecideApproval {
+    /// The run.
+    #[serde(skip)]
+    pub run_id: String,
+    /// Approve (or deny).
+    #[serde(skip)]
+    pub approve: bool,
+}
+
+/// The answer given.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalDecided {
+    /// The run.
+    pub run_id: String,
+    /// The tool call's proposal.
+    pub proposal_id: String,
+    /// The tool.
+    pub tool: String,
+    /// Whether it was approved.
+    pub approved: bool,
+}
+
+impl Endpoint for DecideApproval {
+    type Response = ApprovalDecided;
+    const METHOD: Method = Method::POST;
+    const HAS_BODY: bool = false;
+    fn path(&self) -> String {
+        let verb = if self.approve { "approve" } else { "deny" };
+        format!("/admin/v1/runs/{}/{verb}", self.run_id)
+    }
+}

@@ -57,6 +57,21 @@ enum Command {
         #[command(subcommand)]
         command: commands::TokensCommand,
     },
+    /// Approves the tool call a run waits for (operator; through palyrad's admin API): how
+    /// an operator decides for runs whose caller cannot, such as the OpenAI-compatible API's.
+    Approve {
+        #[command(flatten)]
+        op: OperatorArgs,
+        /// The run ID (`palyra runs list`).
+        run_id: String,
+    },
+    /// Denies the tool call a run waits for (operator; through palyrad's admin API).
+    Deny {
+        #[command(flatten)]
+        op: OperatorArgs,
+        /// The run ID (`palyra runs list`).
+        run_id: String,
+    },
     /// Checks the gateway over gRPC (GatewayService/GetHealth) and prints the answer as JSON.
     Health {
         /// Gateway gRPC address, HOST:PORT (e.g. 127.0.0.1:7443).
@@ -423,6 +438,18 @@ async fn run(rt: Rt, cli: Cli) -> anyhow::Result<()> {
         }
         Command::Pairing(command) => {
             return runtime::unblock(rt.as_ref(), move || pairing(command)).await
+        }
+        Command::Approve { op, run_id } => {
+            return runtime::unblock(rt.as_ref(), move || {
+                commands::decide_command(&op.daemon.daemon()?, op.json, &run_id, true)
+            })
+            .await;
+        }
+        Command::Deny { op, run_id } => {
+            return runtime::unblock(rt.as_ref(), move || {
+                commands::decide_command(&op.daemon.daemon()?, op.json, &run_id, false)
+            })
+            .await;
         }
         Command::Devices(command) => {
             return runtime::unblock(rt.as_ref(), move || devices(command)).await
