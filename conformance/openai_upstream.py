@@ -15,6 +15,7 @@ The script is chosen by markers in the last user message:
 - `[[429:N]]` the first N requests with this prompt get 429 with `Retry-After: 1`.
 - `[[500:N]]` likewise with 500.
 - `[[slow:MS]]` waits MS milliseconds between chunks.
+- `[[hold:MS]]` waits MS milliseconds after the first token (a stream held open).
 - otherwise the answer is `You said: <message>`, one word per chunk.
 
 Usage on the last chunk when `stream_options.include_usage` is set. A client that closes a stream
@@ -198,8 +199,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def stream(self, send, model, tokens, tool, trouble, finish, body, text):
         send(chunk(model, {"role": "assistant", "content": ""}))
-        for token in tokens:
+        hold = re.search(r"\[\[hold:(\d+)\]\]", text)
+        for i, token in enumerate(tokens):
             send(chunk(model, {"content": token}))
+            if i == 0 and hold and self.gone(int(hold.group(1)) / 1000):
+                raise ClientGone()
         if trouble == "cut":
             return
         if trouble == "error":

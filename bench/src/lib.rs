@@ -273,3 +273,38 @@ impl Table {
         }
     }
 }
+
+/// The scripted OpenAI-compatible upstream (`conformance/openai_upstream.py`), stopped when
+/// dropped.
+pub struct Upstream {
+    child: Child,
+    /// Where it listens (`HOST:PORT`).
+    pub addr: String,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the scripted upstream of the repository at `root` (needs `python3`).
+pub fn scripted_upstream(root: &Path) -> anyhow::Result<Upstream> {
+    use std::io::BufRead;
+    let mut child = Command::new("python3")
+        .arg(root.join("conformance/openai_upstream.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("python3 runs the scripted upstream")?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let addr = line
+        .split_whitespace()
+        .last()
+        .context("an address")?
+        .to_owned();
+    Ok(Upstream { child, addr })
+}

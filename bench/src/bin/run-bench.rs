@@ -14,7 +14,10 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use palyra_bench::{bin_dir, median, require, start_palyrad_args, Server, Table, ADMIN_TOKEN};
+use palyra_bench::{
+    bin_dir, median, require, scripted_upstream as upstream, start_palyrad_args, Server, Table,
+    Upstream, ADMIN_TOKEN,
+};
 use palyra_gateway::client::runs::{canonical, RunsClient};
 use palyra_gateway::provider::client::{stream_chat, Endpoint, ProviderSettings};
 use palyra_gateway::runtime::Rt;
@@ -25,9 +28,7 @@ use palyra_proto::pb::palyra::common::v1::{
     run_stream_event::Body, MessageContent, MessageEnvelope, RunStreamEvent, RunStreamRequest,
 };
 use prost::Message;
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Agent-run benchmark.
@@ -47,33 +48,6 @@ struct Args {
     open_runs: usize,
 }
 
-struct Upstream(Child, String);
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn upstream(root: &Path) -> anyhow::Result<Upstream> {
-    let mut child = Command::new("python3")
-        .arg(root.join("conformance/openai_upstream.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("python3 runs the scripted upstream")?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let addr = line
-        .split_whitespace()
-        .last()
-        .context("an address")?
-        .to_owned();
-    Ok(Upstream(child, addr))
-}
-
 fn palyrad(bin: &Path, state: &Path, upstream: &Upstream) -> anyhow::Result<Server> {
     std::fs::create_dir_all(state)?;
     let config = state.join("palyrad.toml");
@@ -81,7 +55,7 @@ fn palyrad(bin: &Path, state: &Path, upstream: &Upstream) -> anyhow::Result<Serv
         &config,
         format!(
             "[model]\nbase_url = \"http://{}/v1\"\nmodel = \"scripted\"\nidle_timeout_secs = 600\n",
-            upstream.1
+            upstream.addr
         ),
     )?;
     let extra = [std::ffi::OsStr::new("--config"), config.as_os_str()];
@@ -189,7 +163,7 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let daemon = palyrad(&bin, &dir.path().join("state"), &up)?;
     let settings = ProviderSettings {
-        endpoint: Endpoint::parse(&format!("http://{}/v1", up.1)).map_err(anyhow::Error::msg)?,
+        endpoint: Endpoint::parse(&format!("http://{}/v1", up.addr)).map_err(anyhow::Error::msg)?,
         api_key: None,
         tls: None,
         connect_timeout: Duration::from_secs(5),
