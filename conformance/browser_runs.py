@@ -10,6 +10,9 @@ paired with the CLI serving `system.echo` through `palyra node run`, and Chromiu
   deny_card      the same prompt, "Deny" clicked: the tool is not run and the card says so
   cancel         /cancel typed in the chat cancels a run that is streaming
   runs_view      the Runs view lists the runs with their states; clicking one shows its tape
+  openai_approval  an OpenAI SDK stream (palyra-agent, a key with openai:tools) calls
+                 system.echo; the operator clicks Approve on the run in the Runs view, and the
+                 stream's answer quotes the node's output
 Saves a screenshot (--screenshot). Prints one line per case: LABEL CASE PASS|FAIL DETAIL.
 """
 
@@ -18,10 +21,12 @@ import asyncio
 import base64
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 
+import openai
 import websockets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +38,7 @@ AGENT_TEXTS = ("[...document.querySelectorAll('#messages li.agent')]"
 CARD = ".surface[data-surface^='approval-']"
 
 
-async def cases(page, label):
+async def cases(page, label, stack, palyra):
     results = []
 
     async def case(name, coro):
@@ -128,9 +133,35 @@ async def cases(page, label):
         count = await page.eval("document.querySelectorAll('#run-events li').length")
         return f"runs {states[:4]}; tape of the approved run shows {count} lines"
 
+    async def openai_approval():
+        env = dict(os.environ, PALYRA_ADMIN_TOKEN=ADMIN, PALYRA_DAEMON_URL=f"http://{stack.http}")
+        key = subprocess.run([palyra, "tokens", "create", "--principal", "user:api", "--scope", "openai:use",
+                              "--scope", "openai:tools"], env=env, check=True, capture_output=True,
+                             text=True).stdout.strip().splitlines()[-1]
+        client = openai.OpenAI(base_url=f"http://{stack.http}/v1", api_key=key)
+        prompt = 'from the API [[tool:system_echo {"text": "via the console"}]]'
+
+        def ask():
+            stream = client.chat.completions.create(
+                model="palyra-agent", messages=[{"role": "user", "content": prompt}], stream=True)
+            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+        answer = asyncio.get_running_loop().run_in_executor(None, ask)
+        row = ("[...document.querySelectorAll('#run-list li[data-run]')]"
+               ".find(li => li.textContent.includes('from the API'))")
+        await page.wait(f"!!{row}", timeout=20, what="the API's run listed")
+        await page.eval(f"{row}.click()")
+        await page.wait("!!document.querySelector('#run-approval button.approve')", timeout=20,
+                        what="the Approve button")
+        waiting = await page.eval("document.getElementById('run-approval').textContent")
+        await page.eval("document.querySelector('#run-approval button.approve').click()")
+        text = await asyncio.wait_for(answer, 30)
+        assert "Tool system_echo said:" in text and "via the console" in text, text
+        return f"{waiting!r}; approved; the stream says {text[-50:]!r}"
+
     await case("login", login())
     for name, coro in [("reply", reply), ("approve_card", approve_card), ("deny_card", deny_card),
-                       ("cancel", cancel), ("runs_view", runs_view)]:
+                       ("cancel", cancel), ("runs_view", runs_view), ("openai_approval", openai_approval)]:
         await case(name, coro())
     return results
 
@@ -144,7 +175,7 @@ async def run(args, work):
             page = Page(ws)
             await page.call("Page.enable")
             await page.call("Page.navigate", url=f"http://{stack.http}/")
-            results = await cases(page, args.label)
+            results = await cases(page, args.label, stack, args.palyra)
             shot = await page.call("Page.captureScreenshot", format="png")
             with open(args.screenshot, "wb") as f:
                 f.write(base64.b64decode(shot["data"]))

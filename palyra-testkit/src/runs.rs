@@ -1402,6 +1402,42 @@ pub fn openai_api_is_a_run<D: Driver>() {
         "{last}"
     );
 
+    // A run that breaks off after the stream started: an error event, never a finish.
+    let (status, _, body) = http_call(
+        http,
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        &ask("scripted", "[[error]]", r#","stream":true"#),
+    );
+    assert_eq!(status, 200);
+    let error = body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .find(|e| e.starts_with("{\"error\""))
+        .unwrap_or_else(|| panic!("[{}] no error event in {body}", D::NAME));
+    assert!(
+        json(error)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mid-stream"),
+        "{error}"
+    );
+    assert!(!body.contains("\"finish_reason\":\"stop\""), "{body}");
+    // Before it started: an error status.
+    let (status, _, body) = http_call(
+        http,
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        &ask("scripted", "[[cut]]", ""),
+    );
+    assert_eq!(
+        (status, json(&body)["error"]["type"].clone()),
+        (502, "server_error".into()),
+        "{body}"
+    );
+
     let (status, _, body) = http_call(
         http,
         "POST",

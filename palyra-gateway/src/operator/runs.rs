@@ -52,8 +52,12 @@ impl OperatorConnection {
                         .filter_map(|b| RunStreamEvent::decode(b.as_ref()).ok())
                         .map(|e| event_json(&e))
                         .collect();
+                    let pending = pending_approval(&tape).map(|(proposal, approval, tool)| {
+                        json!({"proposal_id": proposal, "approval_id": approval, "tool": tool})
+                    });
                     let body = json!({"run": summary, "events": events,
-                                      "truncated": tape.len() > MAX_EVENTS});
+                                      "truncated": tape.len() > MAX_EVENTS,
+                                      "pending_approval": pending});
                     self.json(now, StatusCode::OK, body)
                 }
                 None => self.error(

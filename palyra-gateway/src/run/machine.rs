@@ -30,6 +30,9 @@ pub const APPROVAL_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_TOOL_CALLS: u32 = 16;
 /// Model turns a run may take (each tool round trip is one).
 pub const MAX_TURNS: u32 = 64;
+/// Longest text of one model turn: a provider that streams on without end fails the run here
+/// instead of growing its tape without bound.
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 /// Largest tool output fed back to the model and kept on the tape.
 pub const MAX_TOOL_OUTPUT: usize = 256 * 1024;
 
@@ -430,6 +433,13 @@ impl RunMachine {
     pub fn handle_token(&mut self, token: &str) {
         if self.ending.is_some() || token.is_empty() {
             return;
+        }
+        if self.text.len() + token.len() > MAX_ANSWER_BYTES {
+            self.model_open = false;
+            return self.end(Ending::Failed(
+                Code::ResourceExhausted,
+                format!("the model's answer exceeds {MAX_ANSWER_BYTES} bytes"),
+            ));
         }
         self.text.push_str(token);
         self.events.push_back(Body::ModelToken(ModelToken {

@@ -625,6 +625,15 @@ async function showTape(id) {
     for (const k of ["seq", "run_id", "timestamp_unix_ms", "type"]) delete detail[k];
     lines.push({ type: e.type, seq: e.seq, to: e.seq, text: JSON.stringify(detail) });
   }
+  // A run that waits for an operator (an OpenAI API completion calling a gateway tool).
+  const pending = run.pending_approval;
+  const decide = (verb) => admin("POST", `/admin/v1/runs/${encodeURIComponent(id)}/${verb}`)
+    .then(() => showTape(id), (err) => status(err.message));
+  $("run-approval").replaceChildren(...(pending && run.run.state === "in_progress" ? [
+    el("span", { text: `Waiting for an approval of ${pending.tool}` }),
+    el("button", { type: "button", class: "approve", text: "Approve", onclick: () => decide("approve") }),
+    el("button", { type: "button", class: "deny", text: "Deny", onclick: () => decide("deny") }),
+  ] : []));
   $("run-events").replaceChildren(...lines.map((l) => el("li", { "data-type": l.type },
     el("span", { class: "mono", text: l.seq === l.to ? `#${l.seq}` : `#${l.seq}-${l.to}` }),
     el("span", { class: "author", text: l.type }), str(l.text, 2000))));

@@ -589,3 +589,20 @@ fn a_cut_answer_is_done_when_the_caller_set_the_limit() {
     assert!(matches!(m.ending(), Some(Ending::Failed(..))));
     assert_eq!(outcome(&events).finish_reason, "");
 }
+
+#[test]
+fn an_answer_without_end_fails_the_run_at_its_limit() {
+    let mut m = RunMachine::start(settings(vec![]), vec![], "go on forever");
+    actions(&mut m);
+    let chunk = "x".repeat(64 * 1024);
+    for _ in 0..(MAX_ANSWER_BYTES / chunk.len()) {
+        m.handle_token(&chunk);
+    }
+    assert_eq!(m.ending(), None);
+    m.handle_token("one more");
+    assert!(matches!(
+        m.ending(),
+        Some(Ending::Failed(Code::ResourceExhausted, _))
+    ));
+    assert_eq!(actions(&mut m), [Action::Stop]);
+}
