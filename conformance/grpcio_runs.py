@@ -255,24 +255,30 @@ def cases(stack, common_pb2, gateway_pb2):
             ("unauthenticated", unauthenticated)]
 
 
+def run_cases(label, named_cases):
+    """Runs each (name, case) and prints its row (LABEL CASE PASS|FAIL DETAIL); how many failed."""
+    failed = 0
+    for name, case in named_cases:
+        try:
+            detail, status = case(), "PASS"
+        except Exception as e:  # noqa: BLE001 - every failure is a row
+            detail, status = f"{type(e).__name__}: {e}", "FAIL"
+            failed += 1
+        print(f"{label:<10} {name:<18} {status:<5} {str(detail)[:90]}", flush=True)
+    return failed
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--palyrad", required=True)
     p.add_argument("--palyra", required=True)
     p.add_argument("--label", default="grpcio")
     args = p.parse_args()
-    failed = 0
     with tempfile.TemporaryDirectory() as work:
         common_pb2, gateway_pb2 = compile_protos(os.path.join(work, "gen"))
         stack = Stack(args.palyrad, args.palyra, work)
         try:
-            for name, case in cases(stack, common_pb2, gateway_pb2):
-                try:
-                    detail, status = case(), "PASS"
-                except Exception as e:  # noqa: BLE001 - every failure is a row
-                    detail, status = f"{type(e).__name__}: {e}", "FAIL"
-                    failed += 1
-                print(f"{args.label:<10} {name:<18} {status:<5} {str(detail)[:90]}", flush=True)
+            failed = run_cases(args.label, cases(stack, common_pb2, gateway_pb2))
         finally:
             stack.close()
     sys.exit(1 if failed else 0)

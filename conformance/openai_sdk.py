@@ -43,7 +43,7 @@ import urllib.request
 import openai
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from grpcio_runs import ADMIN, Stack  # noqa: E402
+from grpcio_runs import ADMIN, Stack, run_cases  # noqa: E402
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "the weather in a city",
@@ -312,7 +312,6 @@ def main():
     p.add_argument("--sdk", choices=["py", "js"], default="py")
     args = p.parse_args()
     args.label = args.label or f"openai-{args.sdk}"
-    failed = 0
     with tempfile.TemporaryDirectory() as work:
         stack = Stack(args.palyrad, args.palyra, work, extra_config=f"[openai]\nrequests_per_minute = {RPM}\n")
         if args.sdk == "js":
@@ -321,13 +320,7 @@ def main():
             finally:
                 stack.close()
         try:
-            for name, case in cases(stack, args.palyra):
-                try:
-                    detail, status = case(), "PASS"
-                except Exception as e:  # noqa: BLE001 - every failure is a row
-                    detail, status = f"{type(e).__name__}: {e}", "FAIL"
-                    failed += 1
-                print(f"{args.label:<10} {name:<18} {status:<5} {str(detail)[:90]}", flush=True)
+            failed = run_cases(args.label, cases(stack, args.palyra))
         finally:
             stack.close()
     sys.exit(1 if failed else 0)

@@ -308,3 +308,41 @@ pub fn scripted_upstream(root: &Path) -> anyhow::Result<Upstream> {
         .to_owned();
     Ok(Upstream { child, addr })
 }
+
+/// What the model-provider benchmarks share: palyrad built, a two-worker tokio runtime (the
+/// clients), and the scripted upstream.
+pub struct ModelBench {
+    /// Where the release binaries are.
+    pub bin: PathBuf,
+    /// The clients' runtime.
+    pub runtime: tokio::runtime::Runtime,
+    /// The same runtime for palyra's clients.
+    pub rt: palyra_gateway::runtime::Rt,
+    /// The scripted OpenAI-compatible upstream.
+    pub upstream: Upstream,
+}
+
+impl ModelBench {
+    /// Checks the build and starts the runtime and the upstream.
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = bin_dir()?;
+        require(
+            &bin,
+            &["palyrad"],
+            "cargo build --release -p palyra-tokio -p palyra-bench",
+        )?;
+        let root = bin.join("../..").canonicalize()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let rt: palyra_gateway::runtime::Rt = palyra_tokio::Tokio::new(runtime.handle().clone());
+        let upstream = scripted_upstream(&root)?;
+        Ok(Self {
+            bin,
+            runtime,
+            rt,
+            upstream,
+        })
+    }
+}

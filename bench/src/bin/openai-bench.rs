@@ -15,9 +15,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use palyra_bench::{
-    bin_dir, median, require, scripted_upstream, start_palyrad_args, Server, Table, ADMIN_TOKEN,
-};
+use palyra_bench::{median, start_palyrad_args, ModelBench, Server, Table, ADMIN_TOKEN};
 use palyra_gateway::client::operator::Daemon;
 use palyra_gateway::operator::api::MintToken;
 use palyra_gateway::provider::client::{stream_chat, Endpoint, ProviderSettings};
@@ -120,19 +118,12 @@ async fn round(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = bin_dir()?;
-    require(
-        &bin,
-        &["palyrad"],
-        "cargo build --release -p palyra-tokio -p palyra-bench",
-    )?;
-    let root = bin.join("../..").canonicalize()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let rt: Rt = palyra_tokio::Tokio::new(runtime.handle().clone());
-    let up = scripted_upstream(&root)?;
+    let ModelBench {
+        bin,
+        runtime,
+        rt,
+        upstream: up,
+    } = ModelBench::start()?;
     let dir = tempfile::tempdir()?;
     let daemon = palyrad(&bin, &dir.path().join("state"), &up.addr)?;
     let admin = Daemon::new(&format!("http://{}", daemon.addr), None, ADMIN_TOKEN.into())?;

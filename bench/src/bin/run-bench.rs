@@ -14,10 +14,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use palyra_bench::{
-    bin_dir, median, require, scripted_upstream as upstream, start_palyrad_args, Server, Table,
-    Upstream, ADMIN_TOKEN,
-};
+use palyra_bench::{median, start_palyrad_args, ModelBench, Server, Table, Upstream, ADMIN_TOKEN};
 use palyra_gateway::client::runs::{canonical, RunsClient};
 use palyra_gateway::provider::client::{stream_chat, Endpoint, ProviderSettings};
 use palyra_gateway::runtime::Rt;
@@ -147,19 +144,12 @@ async fn through(client: &RunsClient, prompt: &str) -> anyhow::Result<(usize, f6
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = bin_dir()?;
-    require(
-        &bin,
-        &["palyrad"],
-        "cargo build --release -p palyra-tokio -p palyra-bench",
-    )?;
-    let root = bin.join("../..").canonicalize()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let rt: Rt = palyra_tokio::Tokio::new(runtime.handle().clone());
-    let up = upstream(&root)?;
+    let ModelBench {
+        bin,
+        runtime,
+        rt,
+        upstream: up,
+    } = ModelBench::start()?;
     let dir = tempfile::tempdir()?;
     let daemon = palyrad(&bin, &dir.path().join("state"), &up)?;
     let settings = ProviderSettings {
