@@ -798,6 +798,10 @@ macro_rules! node_plane_suite {
             $crate::runs::openai_api_is_a_run::<$driver>();
         }
         #[test]
+        fn a_slow_openai_reader_holds_the_provider_back() {
+            $crate::runs::a_slow_openai_reader_holds_the_provider_back::<$driver>();
+        }
+        #[test]
         fn devices_are_node_principals() {
             $crate::runs::devices_are_node_principals::<$driver>();
         }

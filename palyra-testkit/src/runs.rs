@@ -1506,3 +1506,94 @@ pub fn openai_api_is_a_run<D: Driver>() {
     );
     drop(g);
 }
+
+/// A caller that stops reading an OpenAI-compatible stream holds the run's provider call back:
+/// the run's tape stops growing (it runs at most a window ahead of what the caller took), and
+/// once the caller reads again the whole answer arrives.
+pub fn a_slow_openai_reader_holds_the_provider_back<D: Driver>() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let g = gateway::<D>(true, Duration::from_secs(60));
+    let http = g.running.endpoints.http;
+    let key = token(&g, "user:slow", &["openai:use"]);
+    let total = 100_000;
+    let mut stream = std::net::TcpStream::connect(http).expect("connect");
+    // A small receive buffer, so that the kernel holds little of the answer for us.
+    let size: libc::c_int = 16 * 1024;
+    // SAFETY: setsockopt on an open socket with a pointer to a c_int of the given size.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_RCVBUF");
+    let body = format!(
+        r#"{{"model":"scripted","stream":true,"messages":[{{"role":"user","content":"[[tokens:{total}]] slow reader"}}]}}"#
+    );
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("t10 ") {
+        let n = stream.read(&mut buf).expect("read");
+        assert!(n > 0, "the stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // The caller stops reading.
+    let engine = &g.running.daemon().runs;
+    let admin = palyra_gateway::access::Caller::admin();
+    let tape = || {
+        let runs = engine.list(&admin, 10);
+        let run = runs
+            .iter()
+            .find(|r| r.meta.prompt.ends_with("slow reader"))
+            .expect("the run");
+        (run.events as usize, run.state)
+    };
+    // Its tape stops growing: two looks half a second apart agree, well before the end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut last = tape();
+    let held = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = tape();
+        assert_eq!(
+            now.1,
+            "in_progress",
+            "[{}] the run went on: {now:?}",
+            D::NAME
+        );
+        if now == last {
+            break now.0;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "[{}] the tape kept growing while the caller did not read: {now:?}",
+            D::NAME
+        );
+        last = now;
+    };
+    assert!(
+        held < total / 2,
+        "[{}] the tape held at {held} of {total} events, not near what the caller took",
+        D::NAME
+    );
+    // Reading again, the whole answer arrives.
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("read");
+    seen.extend_from_slice(&rest);
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains(&format!("t{} ", total - 1)),
+        "[{}] the answer's end is missing",
+        D::NAME
+    );
+    assert!(text.contains("\"finish_reason\":\"stop\"") && text.contains("data: [DONE]"));
+    assert_eq!(tape().1, "done");
+}

@@ -10,7 +10,9 @@
 //! Keys are API tokens with the scope `openai:use` (never the admin token). Each completion is
 //! an agent run of the key's principal, with a tape like any other (origin `openai:<token>`):
 //! what the caller is sent is read from that tape, once durable, at the pace the caller reads.
-//! A caller that disconnects cancels its run (and so the provider call). Errors are always
+//! A caller that disconnects cancels its run (and so the provider call); a caller that reads
+//! slowly holds the provider call back (the run's tape runs at most
+//! [`crate::run::engine::PACE_WINDOW`] events ahead of it). Errors are always
 //! `{"error":{"message","type","param","code"}}`, and every answer has an `x-request-id`.
 
 use super::admin::BodyFor;
@@ -515,6 +517,8 @@ pub(crate) struct Running {
     finished: bool,
     /// When the next keep-alive comment is due (a stream).
     keepalive_at: Option<Instant>,
+    /// A stream holds its run's provider call back while its caller lags.
+    paced: Option<crate::run::engine::PacedReader>,
     _slot: Slot,
 }
 
@@ -561,6 +565,7 @@ impl Running {
                 return Step::Failed(start_error(&status));
             }
             if self.answer.stream {
+                self.paced = self.api.engine.paced_reader(&self.run_id);
                 let mut out = BytesMut::new();
                 self.answer.start(&mut out);
                 self.keepalive_at = Some(now + self.api.config.keepalive);
@@ -580,6 +585,9 @@ impl Running {
             ));
         };
         self.cursor += read.events.len();
+        if let Some(paced) = &self.paced {
+            paced.read_to(self.cursor);
+        }
         let mut out = BytesMut::new();
         for bytes in &read.events {
             if let Some(body) = RunStreamEvent::decode(bytes.as_ref())
@@ -877,6 +885,7 @@ impl OperatorConnection {
             cursor: 0,
             finished: false,
             keepalive_at: None,
+            paced: None,
             _slot: slot,
         };
         self.pending = Some(super::admin::InFlight::OpenAi(Box::new(running)));

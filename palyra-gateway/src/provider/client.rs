@@ -129,18 +129,39 @@ impl Machine {
     }
 }
 
+/// Tells a provider call when it may read on: whoever consumes the answer keeps up. While it
+/// says no, the call reads nothing from the provider's connection (TCP then holds the provider
+/// back), so a slow consumer grows no buffer.
+pub trait Pace: Send + Sync {
+    /// Whether the call may read more now.
+    fn may_read(&self) -> bool;
+    /// Completes when [`Pace::may_read`] may have changed.
+    fn listen(&self) -> event_listener::EventListener;
+}
+
 /// Streams the answer to `request`: `on_event` gets every part as it arrives. A refusal is
 /// retried (with its wait) while no part has been given out; after that an error is final.
 pub async fn stream_chat(
     rt: &Rt,
     settings: &ProviderSettings,
     request: &ChatRequest,
+    on_event: impl FnMut(ChatEvent) + Send,
+) -> Result<(), ProviderError> {
+    stream_chat_paced(rt, settings, request, None, on_event).await
+}
+
+/// [`stream_chat`] reading the provider only while `pace` allows.
+pub async fn stream_chat_paced(
+    rt: &Rt,
+    settings: &ProviderSettings,
+    request: &ChatRequest,
+    pace: Option<&dyn Pace>,
     mut on_event: impl FnMut(ChatEvent) + Send,
 ) -> Result<(), ProviderError> {
     let mut attempt = 0;
     loop {
         let mut answered = false;
-        let outcome = attempt_once(rt, settings, request, &mut |event| {
+        let outcome = attempt_once(rt, settings, request, pace, &mut |event| {
             answered = true;
             on_event(event);
         })
@@ -175,6 +196,7 @@ async fn attempt_once(
     rt: &Rt,
     settings: &ProviderSettings,
     request: &ChatRequest,
+    pace: Option<&dyn Pace>,
     on_event: &mut (dyn FnMut(ChatEvent) + Send),
 ) -> Result<(), ProviderError> {
     let endpoint = &settings.endpoint;
@@ -262,6 +284,16 @@ async fn attempt_once(
             return Err(ProviderError::Failed(failure.unwrap_or_else(|| {
                 "the model provider connection closed without an answer".into()
             })));
+        }
+        if let Some(pace) = pace {
+            loop {
+                // Listen before looking, so a change in between is not missed.
+                let listener = pace.listen();
+                if pace.may_read() {
+                    break;
+                }
+                listener.await;
+            }
         }
         let read = runtime::timeout(
             rt.as_ref(),

@@ -14,7 +14,7 @@ use super::tape::{self, LoadedRun, RunMeta, RunState, EVENT, OPEN, TRANSCRIPT};
 use crate::access::Caller;
 use crate::node::hub::{CapabilityResult, NodeHub};
 use crate::notify::Notifier;
-use crate::provider::client::{stream_chat, ProviderError, ProviderSettings};
+use crate::provider::client::{stream_chat_paced, ProviderError, ProviderSettings};
 use crate::runtime::{self, Rt};
 use crate::store::{pending, LogStore, NewEvent, Pending, StoreError};
 use crate::util::stop::Stop;
@@ -40,6 +40,69 @@ pub const MAX_ACTIVE_RUNS: usize = 4096;
 pub const MAX_INPUT: usize = 256 * 1024;
 /// A node seen this recently is offered as a tool host.
 const NODE_FRESH_MS: u64 = 60_000;
+/// Parts of the provider's answer a run may hold beyond what its slowest paced reader has
+/// read of its tape before the provider call stops reading.
+pub const PACE_WINDOW: usize = 2048;
+
+/// How far a run's paced readers have read its tape: the provider call reads on only while it
+/// has received at most [`PACE_WINDOW`] parts more than the slowest reader has read events (a
+/// run without paced readers is not held back). What the call received counts, not what is
+/// durable: the queue to the tape is held to the window too.
+#[derive(Default)]
+pub struct RunPace {
+    readers: Mutex<HashMap<u64, usize>>,
+    next_reader: std::sync::atomic::AtomicU64,
+    received: std::sync::atomic::AtomicUsize,
+    wake: Notifier,
+}
+
+impl RunPace {
+    /// The provider call received one more part of the answer.
+    fn received_one(&self) {
+        self.received
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, usize>> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl crate::provider::client::Pace for RunPace {
+    fn may_read(&self) -> bool {
+        let received = self.received.load(std::sync::atomic::Ordering::Acquire);
+        match self.lock().values().min() {
+            None => true,
+            Some(&slowest) => received <= slowest + PACE_WINDOW,
+        }
+    }
+
+    fn listen(&self) -> event_listener::EventListener {
+        self.wake.listen()
+    }
+}
+
+/// A reader of a run's tape that holds the run's provider call back while it lags (see
+/// [`RunPace`]); it stops holding anything back when dropped.
+pub struct PacedReader {
+    pace: Arc<RunPace>,
+    id: u64,
+}
+
+impl PacedReader {
+    /// The reader has taken the tape's events before `cursor`.
+    pub fn read_to(&self, cursor: usize) {
+        self.pace.lock().insert(self.id, cursor);
+        self.pace.wake.notify();
+    }
+}
+
+impl Drop for PacedReader {
+    fn drop(&mut self) {
+        self.pace.lock().remove(&self.id);
+        self.pace.wake.notify();
+    }
+}
 
 /// Which tools need what.
 #[derive(Debug, Clone)]
@@ -170,6 +233,8 @@ struct Entry {
     failure: Option<Code>,
     /// Streams following it.
     attached: u32,
+    /// Its paced readers.
+    pace: Arc<RunPace>,
 }
 
 #[derive(Default)]
@@ -333,6 +398,7 @@ impl RunEngine {
                     closed: true,
                     failure: None,
                     attached: 0,
+                    pace: Arc::default(),
                 },
             );
         }
@@ -548,6 +614,7 @@ impl RunEngine {
             .ok_or_else(|| Status::new(Code::Unavailable, "the daemon is starting"))?;
         let now_ms = (self.clock)();
         let (tx, rx) = async_channel::unbounded();
+        let pace = Arc::new(RunPace::default());
         let meta = RunMeta {
             run_id: request.run_id.clone(),
             session_id: session.session_id.clone(),
@@ -588,6 +655,7 @@ impl RunEngine {
                     closed: false,
                     failure: None,
                     attached: 1,
+                    pace: Arc::clone(&pace),
                 },
             );
             history
@@ -633,7 +701,8 @@ impl RunEngine {
         let this = Arc::clone(self);
         let task_rt = Arc::clone(&rt);
         rt.spawn(Box::pin(async move {
-            this.drive(task_rt, meta, machine, rx, tx, targets).await
+            this.drive(task_rt, meta, machine, (rx, tx), targets, pace)
+                .await
         }));
         Ok(session)
     }
@@ -735,9 +804,12 @@ impl RunEngine {
         rt: Rt,
         meta: RunMeta,
         mut machine: RunMachine,
-        rx: async_channel::Receiver<RunInput>,
-        tx: async_channel::Sender<RunInput>,
+        (rx, tx): (
+            async_channel::Receiver<RunInput>,
+            async_channel::Sender<RunInput>,
+        ),
         targets: HashMap<String, Target>,
+        pace: Arc<RunPace>,
     ) {
         let stop = Stop::new();
         let mut turn = 0u32;
@@ -756,7 +828,7 @@ impl RunEngine {
                             tools,
                             options,
                         };
-                        self.call_model(&rt, turn, request, &tx, &stop);
+                        self.call_model(&rt, turn, request, &tx, &stop, &pace);
                     }
                     Action::RunTool {
                         proposal_id,
@@ -851,6 +923,7 @@ impl RunEngine {
         request: ChatRequest,
         tx: &async_channel::Sender<RunInput>,
         stop: &Arc<Stop>,
+        pace: &Arc<RunPace>,
     ) {
         let Some(settings) = self.config.provider.clone() else {
             let _ = tx.try_send(RunInput::ModelEnded(
@@ -861,12 +934,19 @@ impl RunEngine {
             ));
             return;
         };
-        let (tx, call_rt) = (tx.clone(), Arc::clone(rt));
+        let (tx, call_rt, pace) = (tx.clone(), Arc::clone(rt), Arc::clone(pace));
         let call = async move {
             let events = tx.clone();
-            let result = stream_chat(&call_rt, &settings, &request, |event| {
-                let _ = events.try_send(RunInput::Model(turn, event));
-            })
+            let result = stream_chat_paced(
+                &call_rt,
+                &settings,
+                &request,
+                Some(pace.as_ref()),
+                |event| {
+                    pace.received_one();
+                    let _ = events.try_send(RunInput::Model(turn, event));
+                },
+            )
             .await;
             let _ = tx.try_send(RunInput::ModelEnded(turn, result));
         };
@@ -956,6 +1036,18 @@ impl RunEngine {
                 }
             }
         }));
+    }
+
+    /// A reader of run `run_id` that holds its provider call back while it lags, if the run
+    /// exists.
+    pub fn paced_reader(&self, run_id: &str) -> Option<PacedReader> {
+        let runs = self.lock();
+        let pace = Arc::clone(&runs.map.get(run_id)?.pace);
+        let id = pace
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        pace.lock().insert(id, 0);
+        Some(PacedReader { pace, id })
     }
 
     /// Durable events of a run from index `from` (the seq of the last one seen), at most about
