@@ -195,7 +195,7 @@ def cases(stack, common_pb2, gateway_pb2):
         assert code == grpc.StatusCode.OK, code
         order = [k for k in kinds(events) if k != "model_token"]
         want = ["status", "status", "tool_proposal", "tool_approval_request", "tool_approval_response",
-                "tool_decision", "tool_result", "tool_attestation", "status"]
+                "tool_decision", "tool_result", "tool_attestation", "journal_event", "status"]
         assert order == want, order
         result = next(e.tool_result for e in events if e.WhichOneof("body") == "tool_result")
         assert result.success and json.loads(result.output_json) == {"text": "hi"}, result

@@ -245,6 +245,7 @@ fn kind(event: &RunStreamEvent) -> String {
         Some(Body::ToolDecision(_)) => "decision".into(),
         Some(Body::ToolResult(_)) => "result".into(),
         Some(Body::ToolAttestation(_)) => "attestation".into(),
+        Some(Body::JournalEvent(_)) => "outcome".into(),
         other => format!("{other:?}"),
     }
 }
@@ -320,7 +321,14 @@ pub fn run_streams_and_replays<D: Driver>() {
     assert_eq!(status.code, Code::Ok, "{status:?}");
     assert_eq!(
         kinds(&events),
-        ["ACCEPTED", "IN_PROGRESS", "token", "final", "DONE"]
+        [
+            "ACCEPTED",
+            "IN_PROGRESS",
+            "token",
+            "final",
+            "outcome",
+            "DONE"
+        ]
     );
     assert_eq!(text(&events), "You said: hello there");
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
@@ -415,6 +423,7 @@ pub fn approvals_decide_tool_calls<D: Driver>() {
             "attestation",
             "token",
             "final",
+            "outcome",
             "DONE"
         ]
     );

@@ -8,8 +8,8 @@ use crate::store::StoreError;
 use crate::store::{read_blocking, FileEventLog, FileEventLogConfig, LogService, LogStore};
 use bytes::Bytes;
 use palyra_proto::pb::palyra::common::v1::{
-    run_stream_event::Body, stream_status::StatusKind, tool_decision::DecisionKind,
-    ApprovalDecisionScope, CanonicalId, RunStreamEvent,
+    journal_event::EventKind, run_stream_event::Body, stream_status::StatusKind,
+    tool_decision::DecisionKind, ApprovalDecisionScope, CanonicalId, RunStreamEvent,
 };
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -250,7 +250,9 @@ pub fn event_json(event: &RunStreamEvent) -> Value {
         Some(Body::A2uiUpdate(u)) => {
             json!({"type": "a2ui_update", "surface": u.surface, "patch_json": text(&u.patch_json)})
         }
-        Some(Body::JournalEvent(_)) => json!({"type": "journal_event"}),
+        Some(Body::JournalEvent(j)) => json!({"type": "journal_event",
+            "kind": EventKind::try_from(j.kind).map(|k| k.as_str_name()).unwrap_or(""),
+            "payload": serde_json::from_slice::<Value>(&j.payload_json).unwrap_or(Value::Null)}),
         None => json!({"type": "unknown"}),
     };
     if let (Some(out), Value::Object(body)) = (out.as_object_mut(), body) {
