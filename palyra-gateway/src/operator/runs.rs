@@ -5,12 +5,12 @@
 
 use super::OperatorConnection;
 use crate::access::Caller;
+use crate::run::approvals::pending_approval;
 use crate::run::engine::RunInput;
 use crate::run::tape::event_json;
 use http::StatusCode;
 use palyra_proto::pb::palyra::common::v1::{
-    run_stream_event::Body, ApprovalDecisionScope, CanonicalId, RunStreamEvent,
-    ToolApprovalResponse,
+    ApprovalDecisionScope, CanonicalId, RunStreamEvent, ToolApprovalResponse,
 };
 use prost::Message;
 use serde_json::{json, Value};
@@ -120,29 +120,4 @@ impl OperatorConnection {
             _ => self.error(now, StatusCode::NOT_FOUND, "not_found", "no such run route"),
         }
     }
-}
-
-/// The approval request a run's tape leaves unanswered: (proposal ID, approval ID, tool).
-pub fn pending_approval(tape: &[bytes::Bytes]) -> Option<(String, String, String)> {
-    let id = |i: &Option<CanonicalId>| i.as_ref().map(|i| i.ulid.clone()).unwrap_or_default();
-    let mut pending = None;
-    for bytes in tape {
-        match RunStreamEvent::decode(bytes.as_ref())
-            .ok()
-            .and_then(|e| e.body)
-        {
-            Some(Body::ToolApprovalRequest(r)) => {
-                pending = Some((id(&r.proposal_id), id(&r.approval_id), r.tool_name))
-            }
-            Some(Body::ToolDecision(d))
-                if pending.as_ref().is_some_and(|p| p.0 == id(&d.proposal_id)) =>
-            {
-                pending = None
-            }
-            // DONE, FAILED and CANCELLED end whatever was waiting.
-            Some(Body::Status(s)) if (3..=5).contains(&s.kind) => pending = None,
-            _ => {}
-        }
-    }
-    pending
 }

@@ -355,6 +355,31 @@ impl CallHandler for Export {
     }
 }
 
+/// The approval request a run's tape leaves unanswered: (proposal ID, approval ID, tool).
+pub fn pending_approval(tape: &[Bytes]) -> Option<(String, String, String)> {
+    let id = |i: &Option<CanonicalId>| i.as_ref().map(|i| i.ulid.clone()).unwrap_or_default();
+    let mut pending = None;
+    for bytes in tape {
+        match RunStreamEvent::decode(bytes.as_ref())
+            .ok()
+            .and_then(|e| e.body)
+        {
+            Some(Body::ToolApprovalRequest(r)) => {
+                pending = Some((id(&r.proposal_id), id(&r.approval_id), r.tool_name))
+            }
+            Some(Body::ToolDecision(d))
+                if pending.as_ref().is_some_and(|p| p.0 == id(&d.proposal_id)) =>
+            {
+                pending = None
+            }
+            // DONE, FAILED and CANCELLED end whatever was waiting.
+            Some(Body::Status(s)) if (3..=5).contains(&s.kind) => pending = None,
+            _ => {}
+        }
+    }
+    pending
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
