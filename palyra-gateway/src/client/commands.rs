@@ -7,7 +7,9 @@ use super::runs::{agent_run, canonical, event_json, replay, AgentRun, Approve, R
 use crate::runtime::{self, Rt};
 use anyhow::Context;
 use palyra_proto::grpc::Code;
-use palyra_proto::pb::palyra::common::v1::{run_stream_event::Body, stream_status::StatusKind};
+use palyra_proto::pb::palyra::common::v1::{
+    journal_event::EventKind, run_stream_event::Body, stream_status::StatusKind,
+};
 use palyra_proto::pb::palyra::gateway::v1::{
     AbortRunRequest, AbortRunResponse, ApprovalExportFormat, CleanupSessionRequest,
     CleanupSessionResponse, ExportApprovalsRequest, ExportApprovalsResponse, GetApprovalRequest,
@@ -390,7 +392,15 @@ pub fn tape_line(event: &palyra_proto::pb::palyra::common::v1::RunStreamEvent) -
             "tool_attestation sha256={} by {}",
             a.execution_sha256, a.executor
         ),
-        other => format!("{other:?}"),
+        Some(Body::A2uiUpdate(u)) => format!("a2ui_update {} {}", u.surface, text(&u.patch_json)),
+        Some(Body::JournalEvent(j)) => format!(
+            "journal_event {} {}",
+            EventKind::try_from(j.kind)
+                .map(|k| k.as_str_name().trim_start_matches("EVENT_KIND_"))
+                .unwrap_or("?"),
+            text(&j.payload_json)
+        ),
+        None => "unknown".into(),
     };
     format!("{:>5}  {detail}", event.seq)
 }
@@ -754,4 +764,27 @@ pub fn decide_command(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palyra_proto::pb::palyra::common::v1::{JournalEvent, RunStreamEvent};
+
+    #[test]
+    fn a_run_outcome_reads_as_its_kind_and_payload() {
+        let event = RunStreamEvent {
+            seq: 7,
+            body: Some(Body::JournalEvent(JournalEvent {
+                kind: EventKind::RunCompleted as i32,
+                payload_json: br#"{"finish_reason":"stop"}"#.to_vec(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            tape_line(&event),
+            r#"    7  journal_event RUN_COMPLETED {"finish_reason":"stop"}"#
+        );
+    }
 }
