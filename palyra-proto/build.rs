@@ -10,6 +10,7 @@ const FILES: &[&str] = &[
     "palyra/v1/common.proto",
     "palyra/v1/gateway.proto",
     "palyra/v1/node.proto",
+    "palyra/v1/browser.proto",
     "grpc/health/v1/health.proto",
     "grpc/reflection/v1/reflection.proto",
     "grpc/reflection/v1alpha/reflection.proto",

@@ -4,6 +4,8 @@
 //! (`palyra-tokio`, `palyra-smol`) only adapt sockets, timers and tasks.
 
 pub mod access;
+#[cfg(unix)]
+pub mod browser;
 pub mod client;
 pub mod config;
 pub mod console;

@@ -41,6 +41,12 @@ pub trait Runtime: Send + Sync + Debug + 'static {
     fn wrap_tcp_stream(&self, stream: std::net::TcpStream) -> io::Result<Box<dyn TcpIo>>;
     /// Opens a TCP connection to `addr`.
     fn connect_tcp(&self, addr: SocketAddr) -> BoxFuture<io::Result<Box<dyn TcpIo>>>;
+    /// Wraps a connected, non-blocking Unix stream (a child process's pipe, e.g. Chromium's
+    /// DevTools pipe); it reads and writes like a TCP stream.
+    fn wrap_unix_stream(
+        &self,
+        stream: std::os::unix::net::UnixStream,
+    ) -> io::Result<Box<dyn TcpIo>>;
     /// The current time (monotonic).
     fn now(&self) -> Instant {
         Instant::now()
@@ -78,7 +84,8 @@ pub trait TcpListenerIo: Send + Sync + Debug {
     fn local_addr(&self) -> io::Result<SocketAddr>;
 }
 
-/// A connected TCP stream; reads and writes may be polled from one task at once.
+/// A connected byte stream (TCP, or a Unix stream); reads and writes may be polled from one task
+/// at once.
 pub trait TcpIo: Send + Sync + Debug {
     /// Reads into `buf`; `Ok(0)` at end of stream.
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;

@@ -22,6 +22,7 @@
 #![cfg_attr(test, allow(clippy::disallowed_methods, clippy::disallowed_types))]
 
 pub mod a2ui;
+pub mod cdp;
 pub mod enroll;
 pub mod frame;
 pub mod grpc;

@@ -25,6 +25,13 @@ pub mod palyra {
             include!(concat!(env!("OUT_DIR"), "/palyra.node.v1.rs"));
         }
     }
+    /// palyra.browser.v1
+    pub mod browser {
+        /// v1
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/palyra.browser.v1.rs"));
+        }
+    }
 }
 
 /// Standard gRPC services.

@@ -6,6 +6,7 @@ use palyra_gateway::runtime::{AsyncTimer, BoxFuture, Runtime, TcpIo, TcpListener
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -52,6 +53,10 @@ impl Runtime for Smol {
             let stream = Async::<TcpStream>::connect(addr).await?;
             Ok(Box::new(Stream(stream)) as Box<dyn TcpIo>)
         })
+    }
+
+    fn wrap_unix_stream(&self, stream: UnixStream) -> io::Result<Box<dyn TcpIo>> {
+        Ok(Box::new(Stream(Async::new(stream)?)))
     }
 }
 
@@ -126,16 +131,21 @@ impl TcpListenerIo for Listener {
     }
 }
 
+/// A TCP or Unix stream.
 #[derive(Debug)]
-struct Stream(Async<TcpStream>);
+struct Stream<S>(Async<S>);
 
-impl TcpIo for Stream {
+impl<S> TcpIo for Stream<S>
+where
+    S: std::os::fd::AsFd + std::fmt::Debug + Send + Sync,
+    for<'a> &'a S: Read + Write,
+{
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         poll_io(
             cx,
             |cx| self.0.poll_readable(cx),
             || {
-                let mut stream: &TcpStream = self.0.get_ref();
+                let mut stream: &S = self.0.get_ref();
                 stream.read(buf)
             },
         )
@@ -146,7 +156,7 @@ impl TcpIo for Stream {
             cx,
             |cx| self.0.poll_writable(cx),
             || {
-                let mut stream: &TcpStream = self.0.get_ref();
+                let mut stream: &S = self.0.get_ref();
                 stream.write(buf)
             },
         )

@@ -4,6 +4,7 @@
 //! instantiates the suite with [`node_plane_suite!`]. Every test starts a real server on a
 //! loopback UDP port and talks to it with the driver's own client over real sockets.
 
+pub mod browser;
 pub mod flood;
 pub mod grpc;
 pub mod limits;
@@ -792,6 +793,10 @@ macro_rules! node_plane_suite {
         #[test]
         fn a_connection_serves_any_number_of_runs() {
             $crate::runs::a_connection_serves_any_number_of_runs::<$driver>();
+        }
+        #[test]
+        fn chromium_over_the_devtools_pipe() {
+            $crate::browser::chromium_over_the_devtools_pipe::<$driver>();
         }
         #[test]
         fn openai_api_is_a_run() {

@@ -68,6 +68,14 @@ impl Runtime for Tokio {
             Ok(Box::new(Stream(stream)) as Box<dyn TcpIo>)
         })
     }
+
+    fn wrap_unix_stream(
+        &self,
+        stream: std::os::unix::net::UnixStream,
+    ) -> io::Result<Box<dyn TcpIo>> {
+        let _entered = self.handle.enter();
+        Ok(Box::new(Unix(tokio::net::UnixStream::from_std(stream)?)))
+    }
 }
 
 #[derive(Debug)]
@@ -131,6 +139,38 @@ impl TcpListenerIo for Listener {
 struct Stream(tokio::net::TcpStream);
 
 impl TcpIo for Stream {
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        loop {
+            match self.0.try_read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.0.poll_read_ready(cx))?
+                }
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.0.poll_write_ready(cx))?
+                }
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn socket(&self) -> socket2::SockRef<'_> {
+        socket2::SockRef::from(&self.0)
+    }
+}
+
+/// A Unix stream (a child process's pipe).
+#[derive(Debug)]
+struct Unix(tokio::net::UnixStream);
+
+impl TcpIo for Unix {
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         loop {
             match self.0.try_read(buf) {
