@@ -120,3 +120,131 @@ pub fn chromium_over_the_devtools_pipe<D: Driver>() {
     });
     let _ = launched.child.wait();
 }
+
+/// A page with a button that appears after 500 ms, a button under a veil, and nothing else.
+const WAITING_PAGE: &str = r#"<!doctype html><title>waits</title>
+<p id="out">nothing clicked</p>
+<div style="position:relative;width:120px"><button id="under" onclick="out.textContent='under clicked'">under</button>
+<div id="veil" style="position:absolute;inset:0;background:rgba(0,0,0,.2)"></div></div>
+<script>setTimeout(() => { const b = document.createElement('button'); b.id = 'late'; b.textContent = 'late';
+b.onclick = () => { out.textContent = 'late clicked'; }; document.body.appendChild(b); }, 500);</script>"#;
+
+/// Actions wait like Playwright's: an element that appears after 500 ms is clicked (with real
+/// mouse events), a covered element is reported with what covers it and not clicked, a missing
+/// or ambiguous selector is named; the SSRF guard refuses loopback for navigations and for the
+/// page's own requests.
+pub fn tabs_wait_for_actionable_elements<D: Driver>() {
+    use base64::Engine as _;
+    use palyra_gateway::browser::actions::{self, Need};
+    use palyra_gateway::browser::tab::{LogLimits, Tab, TabPolicy};
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = D::runtime();
+    let mut launched = chromium::launch(&*rt, &chromium_options(dir.path())).expect("launch");
+    let (cdp, _closed) = Cdp::spawn(&rt, launched.pipe, CdpConfig::default());
+    D::block_on(async {
+        let target: CreateTarget = types::decode(
+            &cdp.call(
+                None,
+                "Target.createTarget",
+                json!({"url": "about:blank"}),
+                T,
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        let policy = TabPolicy {
+            allow_private: Default::default(),
+            limits: LogLimits {
+                network_entries: 16,
+                console_entries: 16,
+            },
+        };
+        let tab = Tab::attach(&rt, &cdp, &target.target_id, policy, || 0)
+            .await
+            .expect("attach");
+        let page = format!(
+            "data:text/html;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(WAITING_PAGE)
+        );
+        tab.navigate(&rt, &page, Instant::now() + T)
+            .await
+            .expect("navigate");
+
+        let started = Instant::now();
+        let point = actions::wait_actionable(&rt, &tab, "#late", Need::Click, started + T, 0)
+            .await
+            .expect("the late button becomes actionable");
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "it waited for the button"
+        );
+        actions::click_at(&tab, point).await.unwrap();
+        let out = || tab.evaluate("document.getElementById('out').textContent");
+        assert_eq!(out().await.unwrap(), json!("late clicked"));
+
+        let covered = actions::wait_actionable(
+            &rt,
+            &tab,
+            "#under",
+            Need::Click,
+            Instant::now() + Duration::from_millis(700),
+            0,
+        )
+        .await
+        .expect_err("a covered button is not actionable");
+        assert_eq!(covered.outcome, "element_covered");
+        assert!(covered.error.contains(r#"id="veil""#), "{}", covered.error);
+        assert!(covered.attempts > 1, "it retried until the deadline");
+        assert_eq!(
+            out().await.unwrap(),
+            json!("late clicked"),
+            "nothing else was clicked"
+        );
+
+        let soon = || Instant::now() + Duration::from_millis(300);
+        let missing = actions::wait_actionable(&rt, &tab, "#nope", Need::Click, soon(), 0)
+            .await
+            .unwrap_err();
+        assert_eq!(missing.outcome, "selector_not_found");
+        let ambiguous = actions::wait_actionable(&rt, &tab, "button", Need::Click, soon(), 0)
+            .await
+            .unwrap_err();
+        assert_eq!(ambiguous.outcome, "selector_ambiguous");
+        assert!(
+            ambiguous.error.contains("2 elements"),
+            "{}",
+            ambiguous.error
+        );
+        let invalid = actions::wait_actionable(&rt, &tab, "#[", Need::Click, soon(), 0)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (invalid.outcome.as_str(), invalid.attempts),
+            ("invalid_selector", 1)
+        );
+
+        let blocked = tab
+            .navigate(&rt, "http://127.0.0.1:9/secret", Instant::now() + T)
+            .await
+            .expect_err("loopback is refused");
+        assert!(blocked.contains("loopback"), "{blocked}");
+        let fetched = tab
+            .evaluate("fetch('http://169.254.169.254/latest/meta-data/').then(() => 'loaded', () => 'refused')")
+            .await
+            .unwrap();
+        assert_eq!(fetched, json!("refused"));
+        let reasons = tab.state.read(|v| v.blocked.clone());
+        assert!(
+            reasons
+                .iter()
+                .any(|(url, why)| url.starts_with("http://169.254.169.254/")
+                    && why.contains("link-local")),
+            "{reasons:?}"
+        );
+        chromium::kill_group(&launched.child);
+    });
+    let _ = launched.child.wait();
+}

@@ -799,6 +799,10 @@ macro_rules! node_plane_suite {
             $crate::browser::chromium_over_the_devtools_pipe::<$driver>();
         }
         #[test]
+        fn tabs_wait_for_actionable_elements() {
+            $crate::browser::tabs_wait_for_actionable_elements::<$driver>();
+        }
+        #[test]
         fn openai_api_is_a_run() {
             $crate::runs::openai_api_is_a_run::<$driver>();
         }

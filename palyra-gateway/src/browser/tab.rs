@@ -258,6 +258,58 @@ impl Tab {
             .await
     }
 
+    /// Loads `url` in the main frame and waits for its `load` event until `deadline`; returns
+    /// the document's HTTP status (0 for `about:` and `data:` pages) and body size.
+    pub async fn navigate(
+        &self,
+        rt: &Rt,
+        url: &str,
+        deadline: std::time::Instant,
+    ) -> Result<(u32, u64), String> {
+        let answer = self
+            .call("Page.navigate", json!({"url": url}))
+            .await
+            .map_err(|e| e.to_string())?;
+        let navigated: types::Navigate = types::decode(&answer).map_err(|e| e.to_string())?;
+        if let Some(error) = navigated.error_text.filter(|e| !e.is_empty()) {
+            let blocked = self.state.read(|v| {
+                v.blocked
+                    .iter()
+                    .rev()
+                    .find(|(u, _)| u == url || url.starts_with(u.as_str()))
+                    .map(|(_, why)| why.clone())
+            });
+            return Err(match blocked {
+                Some(why) => format!("navigation blocked: {why}"),
+                None => format!("navigation failed: {error}"),
+            });
+        }
+        let Some(loader) = navigated.loader_id else {
+            // Same-document navigation (a fragment): nothing loads.
+            return Ok((0, 0));
+        };
+        let loaded = crate::runtime::timeout(
+            &**rt,
+            deadline.saturating_duration_since(rt.now()),
+            self.state
+                .wait_for(|v| (v.loader == loader && v.loaded) || v.detached || v.crashed),
+        )
+        .await;
+        let (detached, crashed, document) = self
+            .state
+            .read(|v| (v.detached, v.crashed, v.documents.get(&loader).copied()));
+        if crashed {
+            return Err("the page crashed while loading".into());
+        }
+        if detached {
+            return Err("the tab closed while loading".into());
+        }
+        if loaded.is_none() {
+            return Err(format!("{url}: not loaded before the navigation timeout"));
+        }
+        Ok(document.unwrap_or((0, 0)))
+    }
+
     /// Evaluates `expression` (awaiting a promise) and returns its JSON value, or the page's
     /// exception text.
     pub async fn evaluate(&self, expression: &str) -> Result<Value, String> {
