@@ -248,3 +248,154 @@ pub fn tabs_wait_for_actionable_elements<D: Driver>() {
     });
     let _ = launched.child.wait();
 }
+
+/// A pipe that adds invented fields to every object of every message Chromium sends and an
+/// invented event after each message (in the same session): what a future Chromium might send.
+#[derive(Debug)]
+struct Embellished {
+    inner: Box<dyn palyra_gateway::runtime::TcpIo>,
+    state: std::sync::Mutex<(Vec<u8>, std::collections::VecDeque<u8>)>,
+}
+
+fn embellish(value: &mut Value, depth: usize) {
+    match value {
+        Value::Object(map) => {
+            for v in map.values_mut() {
+                embellish(v, depth + 1);
+            }
+            map.insert(
+                format!("inventedAtDepth{depth}"),
+                json!({"nested": [1, "two", {"three": null}], "flag": true}),
+            );
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| embellish(v, depth + 1)),
+        _ => {}
+    }
+}
+
+impl palyra_gateway::runtime::TcpIo for Embellished {
+    fn poll_read(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        loop {
+            let mut state = self.state.lock().unwrap();
+            if !state.1.is_empty() {
+                let n = buf.len().min(state.1.len());
+                for (slot, byte) in buf.iter_mut().zip(state.1.drain(..n)) {
+                    *slot = byte;
+                }
+                return Poll::Ready(Ok(n));
+            }
+            let mut raw = vec![0u8; 64 * 1024];
+            let n = match self.inner.poll_read(cx, &mut raw) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            };
+            let (partial, out) = &mut *state;
+            for byte in &raw[..n] {
+                if *byte != 0 {
+                    partial.push(*byte);
+                    continue;
+                }
+                let mut message: Value =
+                    serde_json::from_slice(partial).expect("Chromium sends JSON");
+                partial.clear();
+                let session = message.get("sessionId").cloned();
+                embellish(&mut message, 0);
+                out.extend(serde_json::to_vec(&message).unwrap());
+                out.push_back(0);
+                let mut invented =
+                    json!({"method": "Palyra.inventedEvent", "params": {"at": 2031}});
+                if let Some(session) = session {
+                    invented["sessionId"] = session;
+                }
+                out.extend(serde_json::to_vec(&invented).unwrap());
+                out.push_back(0);
+            }
+        }
+    }
+
+    fn poll_write(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.inner.poll_write(cx, buf)
+    }
+
+    fn socket(&self) -> socket2::SockRef<'_> {
+        self.inner.socket()
+    }
+}
+
+/// Unknown CDP fields and events never break a session: every message of a real Chromium gets
+/// invented fields in every object plus an invented event after it, and a whole session (attach,
+/// navigate, wait for an element, click, read the page, console and network logs) still works.
+pub fn invented_cdp_fields_and_events_never_break_a_session<D: Driver>() {
+    use base64::Engine as _;
+    use palyra_gateway::browser::actions::{self, Need};
+    use palyra_gateway::browser::tab::{LogLimits, Tab, TabPolicy};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = D::runtime();
+    let mut launched = chromium::launch(&*rt, &chromium_options(dir.path())).expect("launch");
+    let pipe = Box::new(Embellished {
+        inner: launched.pipe,
+        state: Default::default(),
+    });
+    let (cdp, _closed) = Cdp::spawn(&rt, pipe, CdpConfig::default());
+    D::block_on(async {
+        let target: CreateTarget = types::decode(
+            &cdp.call(
+                None,
+                "Target.createTarget",
+                json!({"url": "about:blank"}),
+                T,
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        let policy = TabPolicy {
+            allow_private: Arc::new(AtomicBool::new(false)),
+            limits: LogLimits {
+                network_entries: 16,
+                console_entries: 16,
+            },
+        };
+        let tab = Tab::attach(&rt, &cdp, &target.target_id, policy, || 0)
+            .await
+            .expect("attach through an embellished pipe");
+        let page = format!(
+            "data:text/html;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(
+                "<title>future</title><button id=b onclick=\"console.warn('pressed', 42)\">b</button>"
+            )
+        );
+        tab.navigate(&rt, &page, Instant::now() + T)
+            .await
+            .expect("navigate");
+        let point = actions::wait_actionable(&rt, &tab, "#b", Need::Click, Instant::now() + T, 0)
+            .await
+            .expect("actionable");
+        actions::click_at(&tab, point).await.unwrap();
+        assert_eq!(
+            tab.evaluate("document.title").await.unwrap(),
+            json!("future")
+        );
+        tab.state
+            .wait_for(|v| v.console.iter().any(|c| c.message == "pressed 42"))
+            .await;
+        let warns = tab.state.read(|v| v.console_counts.1);
+        assert_eq!(warns, 1);
+        chromium::kill_group(&launched.child);
+    });
+    let _ = launched.child.wait();
+}

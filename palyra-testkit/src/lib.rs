@@ -803,6 +803,10 @@ macro_rules! node_plane_suite {
             $crate::browser::tabs_wait_for_actionable_elements::<$driver>();
         }
         #[test]
+        fn invented_cdp_fields_and_events_never_break_a_session() {
+            $crate::browser::invented_cdp_fields_and_events_never_break_a_session::<$driver>();
+        }
+        #[test]
         fn openai_api_is_a_run() {
             $crate::runs::openai_api_is_a_run::<$driver>();
         }

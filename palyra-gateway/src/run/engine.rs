@@ -222,7 +222,11 @@ struct Entry {
     meta: RunMeta,
     /// Durable events, encoded.
     events: Vec<Bytes>,
+    /// The state after the durable events.
     state: RunState,
+    /// The state after every event handed to the tape (ahead of `state` while appends are
+    /// in flight; each append's completion brings `state` to what it was when it was handed).
+    emitted_state: RunState,
     transcript: Vec<Value>,
     inbox: Option<async_channel::Sender<RunInput>>,
     /// Seq of the last event handed to the tape.
@@ -393,6 +397,7 @@ impl RunEngine {
                     meta,
                     events,
                     state,
+                    emitted_state: state,
                     transcript,
                     inbox: None,
                     closed: true,
@@ -649,6 +654,7 @@ impl RunEngine {
                     meta: meta.clone(),
                     events: Vec::new(),
                     state: RunState::Accepted,
+                    emitted_state: RunState::Accepted,
                     transcript: Vec::new(),
                     inbox: Some(tx.clone()),
                     next_seq: 0,
@@ -729,7 +735,9 @@ impl RunEngine {
                 return;
             };
             let now_ms = (self.clock)() as i64;
-            let mut state = entry.state;
+            // From what was emitted before, not what is durable yet: two batches in flight
+            // must not leave the run in the first one's state.
+            let mut state = entry.emitted_state;
             let encoded: Vec<Bytes> = bodies
                 .into_iter()
                 .map(|body| {
@@ -745,6 +753,7 @@ impl RunEngine {
                     Bytes::from(event.encode_to_vec())
                 })
                 .collect();
+            entry.emitted_state = state;
             (encoded, state)
         };
         let records = encoded

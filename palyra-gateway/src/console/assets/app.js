@@ -629,7 +629,7 @@ async function showTape(id) {
   const pending = run.pending_approval;
   const decide = (verb) => admin("POST", `/admin/v1/runs/${encodeURIComponent(id)}/${verb}`)
     .then(() => showTape(id), (err) => status(err.message));
-  $("run-approval").replaceChildren(...(pending && run.run.state === "in_progress" ? [
+  $("run-approval").replaceChildren(...(pending && ["accepted", "in_progress"].includes(run.run.state) ? [
     el("span", { text: `Waiting for an approval of ${pending.tool}` }),
     el("button", { type: "button", class: "approve", text: "Approve", onclick: () => decide("approve") }),
     el("button", { type: "button", class: "deny", text: "Deny", onclick: () => decide("deny") }),
