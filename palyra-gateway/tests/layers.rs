@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["store", "provider"],
     &["trust", "grpc", "access"],
     &["enroll"],
-    &["node"],
+    &["node", "browser"],
     &["run"],
     &["console"],
     &["operator"],
