@@ -4,6 +4,7 @@
 use crate::Driver;
 use palyra_gateway::browser::cdp::Cdp;
 use palyra_gateway::browser::chromium::{self, LaunchOptions};
+use palyra_gateway::browser::tab::{LogLimits, Tab, TabPolicy};
 use palyra_proto::cdp::types::{
     self, AttachToTarget, CreateBrowserContext, CreateTarget, Evaluate,
 };
@@ -136,7 +137,6 @@ b.onclick = () => { out.textContent = 'late clicked'; }; document.body.appendChi
 pub fn tabs_wait_for_actionable_elements<D: Driver>() {
     use base64::Engine as _;
     use palyra_gateway::browser::actions::{self, Need};
-    use palyra_gateway::browser::tab::{LogLimits, Tab, TabPolicy};
     use std::time::Instant;
 
     let dir = tempfile::tempdir().unwrap();
@@ -144,27 +144,7 @@ pub fn tabs_wait_for_actionable_elements<D: Driver>() {
     let mut launched = chromium::launch(&*rt, &chromium_options(dir.path())).expect("launch");
     let (cdp, _closed) = Cdp::spawn(&rt, launched.pipe, CdpConfig::default());
     D::block_on(async {
-        let target: CreateTarget = types::decode(
-            &cdp.call(
-                None,
-                "Target.createTarget",
-                json!({"url": "about:blank"}),
-                T,
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap();
-        let policy = TabPolicy {
-            allow_private: Default::default(),
-            limits: LogLimits {
-                network_entries: 16,
-                console_entries: 16,
-            },
-        };
-        let tab = Tab::attach(&rt, &cdp, &target.target_id, policy, || 0)
-            .await
-            .expect("attach");
+        let tab = blank_tab(&rt, &cdp).await.expect("attach");
         let page = format!(
             "data:text/html;base64,{}",
             base64::engine::general_purpose::STANDARD.encode(WAITING_PAGE)
@@ -338,9 +318,6 @@ impl palyra_gateway::runtime::TcpIo for Embellished {
 pub fn invented_cdp_fields_and_events_never_break_a_session<D: Driver>() {
     use base64::Engine as _;
     use palyra_gateway::browser::actions::{self, Need};
-    use palyra_gateway::browser::tab::{LogLimits, Tab, TabPolicy};
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
     use std::time::Instant;
 
     let dir = tempfile::tempdir().unwrap();
@@ -352,25 +329,7 @@ pub fn invented_cdp_fields_and_events_never_break_a_session<D: Driver>() {
     });
     let (cdp, _closed) = Cdp::spawn(&rt, pipe, CdpConfig::default());
     D::block_on(async {
-        let target: CreateTarget = types::decode(
-            &cdp.call(
-                None,
-                "Target.createTarget",
-                json!({"url": "about:blank"}),
-                T,
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap();
-        let policy = TabPolicy {
-            allow_private: Arc::new(AtomicBool::new(false)),
-            limits: LogLimits {
-                network_entries: 16,
-                console_entries: 16,
-            },
-        };
-        let tab = Tab::attach(&rt, &cdp, &target.target_id, policy, || 0)
+        let tab = blank_tab(&rt, &cdp)
             .await
             .expect("attach through an embellished pipe");
         let page = format!(
@@ -398,4 +357,25 @@ pub fn invented_cdp_fields_and_events_never_break_a_session<D: Driver>() {
         chromium::kill_group(&launched.child);
     });
     let _ = launched.child.wait();
+}
+
+/// A new tab on `about:blank` with private targets refused and small logs.
+async fn blank_tab(rt: &palyra_gateway::runtime::Rt, cdp: &Cdp) -> Result<Tab, CdpError> {
+    let target: CreateTarget = types::decode(
+        &cdp.call(
+            None,
+            "Target.createTarget",
+            json!({"url": "about:blank"}),
+            T,
+        )
+        .await?,
+    )?;
+    let policy = TabPolicy {
+        allow_private: Default::default(),
+        limits: LogLimits {
+            network_entries: 16,
+            console_entries: 16,
+        },
+    };
+    Tab::attach(rt, cdp, &target.target_id, policy, || 0).await
 }
