@@ -135,65 +135,51 @@ impl TcpListenerIo for Listener {
     }
 }
 
-#[derive(Debug)]
-struct Stream(tokio::net::TcpStream);
+/// A tokio byte stream as [`TcpIo`]: tokio's TCP and Unix streams have the same readiness
+/// methods but no common trait.
+macro_rules! byte_stream {
+    ($(#[$doc:meta])* $name:ident, $inner:ty) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        struct $name($inner);
 
-impl TcpIo for Stream {
-    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        loop {
-            match self.0.try_read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.0.poll_read_ready(cx))?
+        impl TcpIo for $name {
+            fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+                loop {
+                    match self.0.try_read(buf) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            ready!(self.0.poll_read_ready(cx))?
+                        }
+                        other => return Poll::Ready(other),
+                    }
                 }
-                other => return Poll::Ready(other),
+            }
+
+            fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+                loop {
+                    match self.0.try_write(buf) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            ready!(self.0.poll_write_ready(cx))?
+                        }
+                        other => return Poll::Ready(other),
+                    }
+                }
+            }
+
+            fn socket(&self) -> socket2::SockRef<'_> {
+                socket2::SockRef::from(&self.0)
             }
         }
-    }
-
-    fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.0.poll_write_ready(cx))?
-                }
-                other => return Poll::Ready(other),
-            }
-        }
-    }
-
-    fn socket(&self) -> socket2::SockRef<'_> {
-        socket2::SockRef::from(&self.0)
-    }
+    };
 }
 
-/// A Unix stream (a child process's pipe).
-#[derive(Debug)]
-struct Unix(tokio::net::UnixStream);
-
-impl TcpIo for Unix {
-    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        loop {
-            match self.0.try_read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.0.poll_read_ready(cx))?
-                }
-                other => return Poll::Ready(other),
-            }
-        }
-    }
-
-    fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.0.poll_write_ready(cx))?
-                }
-                other => return Poll::Ready(other),
-            }
-        }
-    }
-
-    fn socket(&self) -> socket2::SockRef<'_> {
-        socket2::SockRef::from(&self.0)
-    }
-}
+byte_stream!(
+    /// A TCP stream.
+    Stream,
+    tokio::net::TcpStream
+);
+byte_stream!(
+    /// A Unix stream (a child process's pipe).
+    Unix,
+    tokio::net::UnixStream
+);
