@@ -14,7 +14,7 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
 
-/// Chromium for a test, or `None` (with a note) when the machine has none.
+/// Launch options for a test's Chromium in `dir`; panics with the install hint when none is on PATH.
 pub fn chromium_options(dir: &std::path::Path) -> LaunchOptions {
     let executable = chromium::find_executable()
         .expect("Chromium is needed for browser tests (Debian: apt-get install chromium)");
