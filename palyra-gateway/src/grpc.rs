@@ -124,6 +124,24 @@ pub fn gateway_router(info: Arc<DaemonInfo>) -> Result<RouterFactory, prost::Dec
     }))
 }
 
+/// A call refused at once with a status.
+struct Refuse(Option<Status>);
+
+impl CallHandler for Refuse {
+    fn on_message(&mut self, _: Bytes, _: &mut Reply) {}
+    fn on_half_close(&mut self, _: &mut Reply) {}
+    fn poll(&mut self, _: &PollContext, reply: &mut Reply) {
+        if let Some(status) = self.0.take() {
+            reply.finish(status);
+        }
+    }
+}
+
+/// A handler that ends its call with `status` (an authentication failure, say).
+pub fn refuse(status: Status) -> Box<dyn CallHandler> {
+    Box::new(Refuse(Some(status)))
+}
+
 /// Polls for the answer of a call waiting on a store: `None` while waiting.
 pub type Answer = Box<dyn FnMut() -> Option<Result<Vec<u8>, Status>> + Send>;
 

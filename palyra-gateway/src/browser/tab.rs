@@ -102,6 +102,8 @@ pub struct TabView {
     pub loaded: bool,
     /// The main document's HTTP status and body size, by loader.
     pub documents: HashMap<String, (u32, u64)>,
+    /// Redirects the main document followed, by loader.
+    pub redirects: HashMap<String, u32>,
     /// Recent requests.
     pub network: VecDeque<NetworkEntry>,
     /// Recent console messages.
@@ -156,6 +158,17 @@ impl TabState {
             v.blocked.clear();
         });
     }
+}
+
+/// What a navigation loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// The document's HTTP status (0 for `about:`, `data:` and same-document navigations).
+    pub status: u32,
+    /// Its body size.
+    pub body_bytes: u64,
+    /// Redirects followed on the way.
+    pub redirects: u32,
 }
 
 /// A page target and its session.
@@ -259,13 +272,13 @@ impl Tab {
     }
 
     /// Loads `url` in the main frame and waits for its `load` event until `deadline`; returns
-    /// the document's HTTP status (0 for `about:` and `data:` pages) and body size.
+    /// the document's HTTP status (0 for `about:` and `data:` pages), body size and redirects.
     pub async fn navigate(
         &self,
         rt: &Rt,
         url: &str,
         deadline: std::time::Instant,
-    ) -> Result<(u32, u64), String> {
+    ) -> Result<Loaded, String> {
         let answer = self
             .call("Page.navigate", json!({"url": url}))
             .await
@@ -286,7 +299,7 @@ impl Tab {
         }
         let Some(loader) = navigated.loader_id else {
             // Same-document navigation (a fragment): nothing loads.
-            return Ok((0, 0));
+            return Ok(Loaded::default());
         };
         let loaded = crate::runtime::timeout(
             &**rt,
@@ -295,9 +308,14 @@ impl Tab {
                 .wait_for(|v| (v.loader == loader && v.loaded) || v.detached || v.crashed),
         )
         .await;
-        let (detached, crashed, document) = self
-            .state
-            .read(|v| (v.detached, v.crashed, v.documents.get(&loader).copied()));
+        let (detached, crashed, document, redirects) = self.state.read(|v| {
+            (
+                v.detached,
+                v.crashed,
+                v.documents.get(&loader).copied(),
+                v.redirects.get(&loader).copied().unwrap_or(0),
+            )
+        });
         if crashed {
             return Err("the page crashed while loading".into());
         }
@@ -307,7 +325,12 @@ impl Tab {
         if loaded.is_none() {
             return Err(format!("{url}: not loaded before the navigation timeout"));
         }
-        Ok(document.unwrap_or((0, 0)))
+        let (status, body_bytes) = document.unwrap_or((0, 0));
+        Ok(Loaded {
+            status,
+            body_bytes,
+            redirects,
+        })
     }
 
     /// Evaluates `expression` (awaiting a promise) and returns its JSON value, or the page's
@@ -460,6 +483,12 @@ fn handle(rt: &Rt, tab: &Tab, policy: &TabPolicy, wall_ms: fn() -> u64, event: E
             let loader = p.get("loaderId").and_then(Value::as_str).unwrap_or("");
             let is_document = e.kind.as_deref() == Some("Document") && e.request_id == loader;
             tab.state.update(|v| {
+                if is_document && e.redirect_response.is_some() {
+                    if v.redirects.len() >= MAX_IN_FLIGHT {
+                        v.redirects.clear();
+                    }
+                    *v.redirects.entry(loader.to_owned()).or_default() += 1;
+                }
                 if let Some(redirect) = &e.redirect_response {
                     // The hop that redirected is finished.
                     if let Some(hop) = v.in_flight.remove(&e.request_id) {

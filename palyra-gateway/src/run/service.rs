@@ -12,7 +12,7 @@ use super::approvals;
 use super::engine::{RunEngine, RunInput, StartRun};
 use super::sessions::{Resolve, SessionRecord};
 use crate::access::{Authenticator, Caller, Scope};
-use crate::grpc::{check_version, Answer, DaemonInfo, Deferred, GatewayService as Health};
+use crate::grpc::{check_version, refuse, Answer, DaemonInfo, Deferred, GatewayService as Health};
 use crate::store::Pending;
 use bytes::Bytes;
 use palyra_proto::grpc::service::{
@@ -66,23 +66,6 @@ const UNSERVED_SERVICES: [&str; 5] = [
     "palyra.memory.v1.MemoryService",
     "palyra.auth.v1.AuthService",
 ];
-
-/// A call refused at once with a status.
-struct Refuse(Option<Status>);
-
-impl CallHandler for Refuse {
-    fn on_message(&mut self, _: Bytes, _: &mut Reply) {}
-    fn on_half_close(&mut self, _: &mut Reply) {}
-    fn poll(&mut self, _: &PollContext, reply: &mut Reply) {
-        if let Some(status) = self.0.take() {
-            reply.finish(status);
-        }
-    }
-}
-
-fn refuse(status: Status) -> Box<dyn CallHandler> {
-    Box::new(Refuse(Some(status)))
-}
 
 /// A service of the original contract that this gateway does not serve.
 struct Unserved(&'static str);
