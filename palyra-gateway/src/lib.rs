@@ -6,6 +6,8 @@
 pub mod access;
 #[cfg(unix)]
 pub mod browser;
+#[cfg(unix)]
+pub mod browserd;
 pub mod client;
 pub mod config;
 pub mod console;

@@ -53,6 +53,22 @@ enum CertCommand {
         #[arg(long, default_value_t = 30)]
         validity_days: u64,
     },
+    /// Issues a TLS server certificate for palyra-browserd, signed by the gateway CA, and writes
+    /// browserd.crt.pem, browserd.key.pem and ca.crt.pem to OUT (browserd's --tls-dir).
+    IssueBrowserd {
+        /// State directory of the gateway.
+        #[arg(long, env = "PALYRA_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Output directory (created, mode 0700).
+        #[arg(long)]
+        out: PathBuf,
+        /// Host names or IP addresses browserd is reached at (repeatable).
+        #[arg(long = "host", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
+        hosts: Vec<String>,
+        /// Certificate lifetime in days.
+        #[arg(long, default_value_t = 90)]
+        validity_days: u64,
+    },
     /// Revokes every certificate of a device; a running daemon notices within a second.
     Revoke {
         /// State directory of the gateway.
@@ -128,6 +144,40 @@ fn run_cert(command: CertCommand) -> anyhow::Result<()> {
                     "expires_at_unix_ms": palyra_proto::time::unix_ms(bundle.issued.not_after),
                     "identity_dir": out,
                     "daemon": daemon,
+                })
+            );
+            Ok(())
+        }
+        CertCommand::IssueBrowserd {
+            state_dir,
+            out,
+            hosts,
+            validity_days,
+        } => {
+            let state_dir = state_dir.unwrap_or_else(default_state_dir);
+            if validity_days == 0 {
+                anyhow::bail!("--validity-days must be at least 1");
+            }
+            let ids = IdentityDir::open(state_dir.join("identity"))?;
+            let issued = ids.issue_service_cert(
+                &mut OsRng,
+                SystemTime::now(),
+                &hosts,
+                Duration::from_secs(validity_days * 86_400),
+            )?;
+            let ca = ids
+                .load_ca()?
+                .ok_or_else(|| anyhow::anyhow!("the gateway CA is missing"))?;
+            crate::store::create_private_dir(&out)?;
+            crate::store::write_atomic(&out.join("browserd.key.pem"), issued.key.to_pem()?.as_bytes())?;
+            crate::store::write_atomic(&out.join("browserd.crt.pem"), issued.cert.pem.as_bytes())?;
+            crate::store::write_atomic(&out.join("ca.crt.pem"), ca.cert_pem()?.as_bytes())?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "tls_dir": out,
+                    "hosts": hosts,
+                    "expires_at_unix_ms": palyra_proto::time::unix_ms(issued.cert.not_after),
                 })
             );
             Ok(())

@@ -760,8 +760,8 @@ impl BrowserEngine {
     pub async fn apply_permissions(&self, session: &Session) -> Result<(), String> {
         let permissions = session.with(|m| m.permissions);
         for (name, setting) in [
-            ("videoCapture", permissions.camera),
-            ("audioCapture", permissions.microphone),
+            ("camera", permissions.camera),
+            ("microphone", permissions.microphone),
             ("geolocation", permissions.location),
         ] {
             let setting = if setting == PermissionSetting::Allow as i32 {

@@ -439,6 +439,22 @@ impl IdentityDir {
         Ok(ServerIdentity { cert: issued, key })
     }
 
+    /// Issues an ECDSA P-256 server certificate for another service of the deployment
+    /// (`palyra-browserd`) naming `hosts`, signed by the gateway CA. Nothing is stored here.
+    pub fn issue_service_cert(
+        &self,
+        rng: &mut impl CryptoRngCore,
+        now: SystemTime,
+        hosts: &[String],
+        validity: Duration,
+    ) -> Result<ServerIdentity, IdentityError> {
+        let _lock = self.lock()?;
+        let ca = self.load_or_create_ca_locked(rng, now)?;
+        let key = ServerKey::generate(ServerKeyKind::EcdsaP256, rng);
+        let cert = ca.issue(rng, &Profile::Server { hosts }, key.spki()?, now, validity)?;
+        Ok(ServerIdentity { cert, key })
+    }
+
     fn verify_issued_by(&self, ca: &CertAuthority, cert_der: &[u8]) -> bool {
         cert::verify_signed_by(cert_der, ca.cert_der()).unwrap_or(false)
     }

@@ -26,7 +26,8 @@ pub use docs::{Doc, DocStore, FileDocStore, MemoryDocs};
 pub use document::Document;
 pub use event_log::{FileEventLog, FileEventLogConfig, FileLogReader, Recovery};
 pub use identity_dir::{
-    unix_ms, DeviceBundle, DeviceIdentityFiles, IdentityDir, IdentityError, ServerIdentity,
+    create_private_dir, unix_ms, DeviceBundle, DeviceIdentityFiles, IdentityDir, IdentityError,
+    ServerIdentity,
     CA_VALIDITY,
 };
 pub use log::{
