@@ -345,7 +345,7 @@ def run(args, b, base, state):
         d = cl.page_diagnostics
         assert d.error_count >= 1 and d.warning_count >= 1, d
         return f"{len(n.entries)} requests, {len(cl.entries)} console entries, {d.error_count} error(s)"
-    case("network/console log", logs)
+    case("network+console", logs)
 
     def inspect():
         r = c("InspectSession", include_cookies=True, include_storage=True, include_action_log=True,
