@@ -45,10 +45,18 @@ enum Command {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Address of the gRPC listener (BrowserService).
-    #[arg(long, env = "PALYRA_BROWSERD_GRPC_BIND", default_value = "127.0.0.1:7543")]
+    #[arg(
+        long,
+        env = "PALYRA_BROWSERD_GRPC_BIND",
+        default_value = "127.0.0.1:7543"
+    )]
     pub grpc_bind: SocketAddr,
     /// Address of the HTTP listener (/healthz).
-    #[arg(long, env = "PALYRA_BROWSERD_HTTP_BIND", default_value = "127.0.0.1:7143")]
+    #[arg(
+        long,
+        env = "PALYRA_BROWSERD_HTTP_BIND",
+        default_value = "127.0.0.1:7143"
+    )]
     pub http_bind: SocketAddr,
     /// State directory: profiles, Chromium profiles, downloads, the tokens file, chromium.log.
     #[arg(long, env = "PALYRA_BROWSERD_STATE_DIR")]
@@ -70,7 +78,11 @@ pub struct Args {
     #[arg(skip = std::env::var("PALYRA_BROWSERD_AUTH_TOKEN").ok())]
     pub auth_token: Option<String>,
     /// The principal PALYRA_BROWSERD_AUTH_TOKEN proves.
-    #[arg(long, env = "PALYRA_BROWSERD_TOKEN_PRINCIPAL", default_value = "service:palyrad")]
+    #[arg(
+        long,
+        env = "PALYRA_BROWSERD_TOKEN_PRINCIPAL",
+        default_value = "service:palyrad"
+    )]
     pub token_principal: String,
     /// The Chromium executable (default: chromium, chromium-browser or google-chrome on PATH).
     #[arg(long, env = "PALYRA_CHROMIUM")]
@@ -112,7 +124,11 @@ pub struct Args {
     #[arg(long, default_value_t = 32)]
     pub max_tabs: u64,
     /// File extensions kept as download artifacts (others are quarantined).
-    #[arg(long, value_delimiter = ',', default_value = "txt,csv,json,pdf,png,jpg,jpeg,gif,zip")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "txt,csv,json,pdf,png,jpg,jpeg,gif,zip"
+    )]
     pub download_extensions: Vec<String>,
     /// Largest download, bytes.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
@@ -148,7 +164,14 @@ impl Args {
 
     /// Defaults with `state_dir`, ephemeral ports and cleartext (for tests).
     pub fn for_tests(state_dir: PathBuf) -> Self {
-        let cli = Cli::parse_from(["palyra-browserd", "--grpc-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0", "--insecure-h2c"]);
+        let cli = Cli::parse_from([
+            "palyra-browserd",
+            "--grpc-bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+            "--insecure-h2c",
+        ]);
         Self {
             state_dir: Some(state_dir),
             auth_token: None,
@@ -221,7 +244,8 @@ impl Args {
         let leaf = cert::cert_pem_to_der(&read("browserd.crt.pem")?)?;
         let ca = cert::cert_pem_to_der(&read("ca.crt.pem")?)?;
         let key = ServerKey::from_pem(ServerKeyKind::EcdsaP256, &read("browserd.key.pem")?)?;
-        let certified = palyra_proto::quic::tls::certified_key(vec![leaf, ca.clone()], key.pkcs8_der()?)?;
+        let certified =
+            palyra_proto::quic::tls::certified_key(vec![leaf, ca.clone()], key.pkcs8_der()?)?;
         let slot = palyra_proto::quic::tls::ServerCertSlot::new(certified);
         let config = palyra_proto::quic::tls::node_tcp_server_config(&ca, slot)?;
         Ok(Some(Arc::new(config)))
@@ -302,8 +326,13 @@ pub fn start(rt: &Rt, args: &Args) -> anyhow::Result<Running> {
         });
         (true, format!("{body}\n"))
     });
-    let http_handle = TcpHandle::serve(rt, args.http_bind, Arc::new(HealthzAcceptor { report }), None)
-        .with_context(|| format!("binding the HTTP listener on {}", args.http_bind))?;
+    let http_handle = TcpHandle::serve(
+        rt,
+        args.http_bind,
+        Arc::new(HealthzAcceptor { report }),
+        None,
+    )
+    .with_context(|| format!("binding the HTTP listener on {}", args.http_bind))?;
     let endpoints = serde_json::json!({
         "grpc": grpc_handle.local_addr.to_string(),
         "http": http_handle.local_addr.to_string(),

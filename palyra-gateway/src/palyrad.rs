@@ -169,7 +169,10 @@ fn run_cert(command: CertCommand) -> anyhow::Result<()> {
                 .load_ca()?
                 .ok_or_else(|| anyhow::anyhow!("the gateway CA is missing"))?;
             crate::store::create_private_dir(&out)?;
-            crate::store::write_atomic(&out.join("browserd.key.pem"), issued.key.to_pem()?.as_bytes())?;
+            crate::store::write_atomic(
+                &out.join("browserd.key.pem"),
+                issued.key.to_pem()?.as_bytes(),
+            )?;
             crate::store::write_atomic(&out.join("browserd.crt.pem"), issued.cert.pem.as_bytes())?;
             crate::store::write_atomic(&out.join("ca.crt.pem"), ca.cert_pem()?.as_bytes())?;
             println!(

@@ -10,7 +10,7 @@ use palyra_proto::cdp::types::{
 };
 use palyra_proto::cdp::{CdpConfig, CdpError};
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -137,7 +137,6 @@ b.onclick = () => { out.textContent = 'late clicked'; }; document.body.appendChi
 pub fn tabs_wait_for_actionable_elements<D: Driver>() {
     use base64::Engine as _;
     use palyra_gateway::browser::actions::{self, Need};
-    use std::time::Instant;
 
     let dir = tempfile::tempdir().unwrap();
     let rt = D::runtime();
@@ -318,7 +317,6 @@ impl palyra_gateway::runtime::TcpIo for Embellished {
 pub fn invented_cdp_fields_and_events_never_break_a_session<D: Driver>() {
     use base64::Engine as _;
     use palyra_gateway::browser::actions::{self, Need};
-    use std::time::Instant;
 
     let dir = tempfile::tempdir().unwrap();
     let rt = D::runtime();
@@ -378,4 +376,160 @@ async fn blank_tab(rt: &palyra_gateway::runtime::Rt, cdp: &Cdp) -> Result<Tab, C
         },
     };
     Tab::attach(rt, cdp, &target.target_id, policy, || 0).await
+}
+
+/// The browserd engine on this driver: a session belongs to its principal (another principal's
+/// id is not found), an action on a page works, and when Chromium is killed the session fails at
+/// once with `browser_unavailable` while the next session starts a new Chromium.
+pub fn browserd_sessions_survive_a_chromium_kill<D: Driver>() {
+    use base64::Engine as _;
+    use palyra_gateway::browser::engine::{BrowserEngine, DownloadPolicy, EngineConfig};
+    use palyra_gateway::browser::{budget::Budget, ops, sessions};
+    use palyra_proto::pb::palyra::browser::v1 as pb;
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = D::runtime();
+    let engine = BrowserEngine::open(
+        &rt,
+        EngineConfig {
+            executable: chromium_options(dir.path()).executable,
+            state_dir: dir.path().join("browserd"),
+            limits: Budget::default(),
+            max_sessions: 4,
+            max_profiles: 4,
+            downloads: DownloadPolicy::default(),
+            extra_args: Vec::new(),
+        },
+    )
+    .unwrap();
+    let page = format!(
+        "data:text/html;base64,{}",
+        base64::engine::general_purpose::STANDARD
+            .encode("<title>t</title><button id=b onclick=\"document.title='done'\">b</button>")
+    );
+    let alice = || "user:alice".to_owned();
+    D::block_on(async {
+        let created = sessions::create_session(
+            engine.clone(),
+            alice(),
+            pb::CreateSessionRequest {
+                v: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+        let sid = created.session_id.clone();
+        let nav = ops::navigate(
+            engine.clone(),
+            alice(),
+            pb::NavigateRequest {
+                v: 1,
+                session_id: sid.clone(),
+                url: page.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(nav.success, "{nav:?}");
+        let click = ops::click(
+            engine.clone(),
+            alice(),
+            pb::ClickRequest {
+                v: 1,
+                session_id: sid.clone(),
+                selector: "#b".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(click.success, "{click:?}");
+        let title = ops::get_title(
+            engine.clone(),
+            alice(),
+            pb::GetTitleRequest {
+                v: 1,
+                session_id: sid.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(title.title, "done");
+
+        let theirs = ops::get_title(
+            engine.clone(),
+            "user:mallory".into(),
+            pb::GetTitleRequest {
+                v: 1,
+                session_id: sid.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(theirs.error, ops::SESSION_NOT_FOUND);
+
+        let browser = engine.browsers().pop().expect("a running Chromium");
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(browser.pid() as i32, libc::SIGKILL) };
+        let started = Instant::now();
+        let failed = loop {
+            let r = ops::get_title(
+                engine.clone(),
+                alice(),
+                pb::GetTitleRequest {
+                    v: 1,
+                    session_id: sid.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            if !r.success {
+                break r;
+            }
+            assert!(
+                started.elapsed() < T,
+                "the session kept working after Chromium was killed"
+            );
+            palyra_gateway::runtime::sleep(&*rt, Duration::from_millis(50)).await;
+        };
+        assert!(
+            failed.error.starts_with("browser_unavailable"),
+            "{failed:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+
+        let again = sessions::create_session(
+            engine.clone(),
+            alice(),
+            pb::CreateSessionRequest {
+                v: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a new session after the kill");
+        let nav = ops::navigate(
+            engine.clone(),
+            alice(),
+            pb::NavigateRequest {
+                v: 1,
+                session_id: again.session_id,
+                url: page,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(nav.success, "{nav:?}");
+        engine.shutdown().await;
+    });
 }

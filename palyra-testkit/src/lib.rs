@@ -807,6 +807,10 @@ macro_rules! node_plane_suite {
             $crate::browser::invented_cdp_fields_and_events_never_break_a_session::<$driver>();
         }
         #[test]
+        fn browserd_sessions_survive_a_chromium_kill() {
+            $crate::browser::browserd_sessions_survive_a_chromium_kill::<$driver>();
+        }
+        #[test]
         fn openai_api_is_a_run() {
             $crate::runs::openai_api_is_a_run::<$driver>();
         }

@@ -27,8 +27,7 @@ pub use document::Document;
 pub use event_log::{FileEventLog, FileEventLogConfig, FileLogReader, Recovery};
 pub use identity_dir::{
     create_private_dir, unix_ms, DeviceBundle, DeviceIdentityFiles, IdentityDir, IdentityError,
-    ServerIdentity,
-    CA_VALIDITY,
+    ServerIdentity, CA_VALIDITY,
 };
 pub use log::{
     read_blocking, EventStore, LogService, LogStore, MemoryEventLog, MemoryLog, QuickReader,
