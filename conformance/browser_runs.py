@@ -13,17 +13,22 @@ paired with the CLI serving `system.echo` through `palyra node run`, and Chromiu
   openai_approval  an OpenAI SDK stream (palyra-agent, a key with openai:tools) calls
                  system.echo; the operator clicks Approve on the run in the Runs view, and the
                  stream's answer quotes the node's output
+  browse         (with --browserd) a run browses a local page through palyra-browserd: its
+                 navigate and screenshot tools are approved on their cards, and the Runs view
+                 shows the screenshot the run took
 Saves a screenshot (--screenshot). Prints one line per case: LABEL CASE PASS|FAIL DETAIL.
 """
 
 import argparse
 import asyncio
 import base64
+import http.server
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import openai
@@ -159,15 +164,90 @@ async def cases(page, label, stack, palyra):
         assert "Tool system_echo said:" in text and "via the console" in text, text
         return f"{waiting!r}; approved; the stream says {text[-50:]!r}"
 
+    async def allow(tool):
+        card = f"{CARD}:has(button[data-action=allow_once])"
+        sel = await page.wait(
+            f"(() => {{ const c = [...document.querySelectorAll(\"{card}\")]"
+            f".find(c => c.textContent.includes('Approval needed: {tool}')); return c ? c.dataset.surface : null }})()",
+            timeout=30, what=f"the approval card of {tool}")
+        await page.eval(f"document.querySelector(\".surface[data-surface='{sel}'] button[data-action=allow_once]\").click()")
+
+    async def browse():
+        url = f"{stack.pages}/hello"
+        await say(f'browse it [[tool:palyra_browser_navigate {{"url":"{url}"}}]] '
+                  '[[tool:palyra_browser_screenshot {}]]')
+        await allow("palyra_browser_navigate")
+        await allow("palyra_browser_screenshot")
+        said = await agent_text("x.includes('Tool palyra_browser_screenshot said:')", "the model's answer")
+        assert ".png" in said, said
+        row = ("[...document.querySelectorAll('#run-list li[data-run]')]"
+               ".find(li => li.textContent.includes('browse it'))")
+        await page.wait(f"!!{row}", timeout=20, what="the browsing run listed")
+        await page.eval(f"{row}.click()")
+        width = await page.wait(
+            "(() => { const i = document.querySelector('#run-events img.shot');"
+            " return i && i.complete && i.naturalWidth > 0 ? i.naturalWidth : null })()",
+            timeout=20, what="the run's screenshot in the Runs view")
+        tape = await page.eval("document.getElementById('run-events').textContent")
+        assert "Hello from the test page" in tape, tape[:300]
+        return f"navigated and screenshot approved; the Runs view shows a {width} px wide screenshot"
+
     await case("login", login())
-    for name, coro in [("reply", reply), ("approve_card", approve_card), ("deny_card", deny_card),
-                       ("cancel", cancel), ("runs_view", runs_view), ("openai_approval", openai_approval)]:
+    steps = [("reply", reply), ("approve_card", approve_card), ("deny_card", deny_card),
+             ("cancel", cancel), ("runs_view", runs_view), ("openai_approval", openai_approval)]
+    if getattr(stack, "pages", None):
+        steps.append(("browse", browse))
+    for name, coro in steps:
         await case(name, coro())
     return results
 
 
+class Hello(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = b"<!doctype html><title>Hello from the test page</title><h1>Hello, browser</h1>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def start_browserd(args, work):
+    """palyra-browserd with a certificate from the gateway CA of the state directory the Stack's
+    palyrad will use, and a token for it; returns (process, [browser] config text)."""
+    state = os.path.join(work, "state")
+    tls = os.path.join(work, "browserd-tls")
+    subprocess.run([args.palyrad, "cert", "issue-browserd", "--state-dir", state, "--out", tls],
+                   check=True, stdout=subprocess.DEVNULL)
+    token = "browser-runs-token-0123456789"
+    os.environ["PALYRA_BROWSER_TOKEN"] = token
+    bstate = os.path.join(work, "browserd")
+    proc = subprocess.Popen([args.browserd, "--state-dir", bstate, "--tls-dir", tls,
+                             "--grpc-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"],
+                            env=dict(os.environ, PALYRA_BROWSERD_AUTH_TOKEN=token),
+                            stderr=open(os.path.join(work, "browserd.log"), "w"))
+    deadline = time.time() + 30
+    path = os.path.join(bstate, "endpoints.json")
+    while not (os.path.exists(path) and os.path.getsize(path) > 0):
+        if time.time() > deadline or proc.poll() is not None:
+            raise RuntimeError("palyra-browserd did not start")
+        time.sleep(0.05)
+    grpc_addr = json.load(open(path))["grpc"]
+    return proc, f'[browser]\nendpoint = "{grpc_addr}"\nallow_private_targets = true\n'
+
+
 async def run(args, work):
-    stack = Stack(args.palyrad, args.palyra, work, approval_timeout=60)
+    browserd, extra, pages = None, "", None
+    if args.browserd:
+        browserd, extra = start_browserd(args, work)
+        pages = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+        threading.Thread(target=pages.serve_forever, daemon=True).start()
+    stack = Stack(args.palyrad, args.palyra, work, approval_timeout=60, extra_config=extra)
+    if pages:
+        stack.pages = f"http://127.0.0.1:{pages.server_address[1]}"
     chrome = None
     try:
         chrome, page_url = start_chromium(args.chromium, os.path.join(work, "chrome"))
@@ -185,6 +265,11 @@ async def run(args, work):
             chrome.kill()
             chrome.wait()
         stack.close()
+        if browserd:
+            browserd.terminate()
+            browserd.wait(15)
+        if pages:
+            pages.shutdown()
 
 
 def main():
@@ -192,6 +277,7 @@ def main():
     p.add_argument("--palyrad", required=True)
     p.add_argument("--palyra", required=True)
     p.add_argument("--chromium", default="/usr/bin/chromium")
+    p.add_argument("--browserd", help="palyra-browserd: also run the browsing case")
     p.add_argument("--screenshot", default="console-runs.png")
     p.add_argument("--label", default="chromium")
     args = p.parse_args()

@@ -8,7 +8,8 @@ The script is chosen by markers in the last user message:
 
 - `[[tool:NAME {json}]]` the first turn streams a call of tool NAME with those arguments (split
   across chunks, the id and name only in the first piece); the turn after the tool result answers
-  `Tool NAME said: <result>`.
+  `Tool NAME said: <result>`. Several markers are called in turn, one per turn, and the answer
+  quotes the last result.
 - `[[tokens:N]]` N one-word tokens (a benchmark's stream).
 - `[[cut]]` a few tokens, then the connection closes without a finish or `[DONE]`.
 - `[[error]]` a token, then an `{"error": ...}` object in the stream.
@@ -60,12 +61,19 @@ def plan(body):
     messages = body.get("messages") or []
     text = last_user_text(messages)
     last = messages[-1] if messages else {}
-    tool = re.search(r"\[\[tool:(\w+) (\{.*?\})\]\]", text)
+    tools = re.findall(r"\[\[tool:(\w+) (\{.*?\})\]\]", text)
+    # Tool results since the last user message: the script's next step.
+    done = 0
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            break
+        done += message.get("role") == "tool"
+    if done < len(tools):
+        name, args = tools[done]
+        return (["Calling ", name, "."], (name, args), "tool_calls", None)
     if last.get("role") == "tool":
-        name = tool.group(1) if tool else "tool"
+        name = tools[-1][0] if tools else "tool"
         return (spaced(f"Tool {name} said: {last.get('content', '')}"), None, "stop", None)
-    if tool:
-        return (["Calling ", tool.group(1), "."], (tool.group(1), tool.group(2)), "tool_calls", None)
     count = re.search(r"\[\[tokens:(\d+)\]\]", text)
     if count:
         return ([f"t{i} " for i in range(int(count.group(1)))], None, "stop", None)

@@ -68,6 +68,89 @@ pub struct FileConfig {
     /// The OpenAI-compatible API's limits and policy.
     #[serde(default)]
     pub openai: OpenAiSection,
+    /// The browser daemon runs' browser tools use (absent: runs have no browser).
+    pub browser: Option<BrowserSection>,
+}
+
+/// `[browser]` section: where palyra-browserd is and how to reach it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserSection {
+    /// browserd's gRPC address, `host:port` (required).
+    pub endpoint: Option<String>,
+    /// The name browserd's certificate is checked against (default: the endpoint's host).
+    pub server_name: Option<String>,
+    /// CA certificate (PEM) browserd's certificate chains to (default: this gateway's CA).
+    pub ca_file: Option<PathBuf>,
+    /// File holding the bearer token (default: the PALYRA_BROWSER_TOKEN environment variable).
+    pub token_file: Option<PathBuf>,
+    /// Cleartext HTTP/2 to a loopback browserd (default false).
+    pub insecure_h2c: Option<bool>,
+    /// Runs' browser sessions may load private and loopback pages (default false).
+    pub allow_private_targets: Option<bool>,
+}
+
+/// The resolved `[browser]` section.
+#[derive(Debug, Clone)]
+pub struct BrowserConfig {
+    /// browserd's gRPC address.
+    pub addr: SocketAddr,
+    /// The TLS server name.
+    pub server_name: String,
+    /// The CA file, if not the gateway's own.
+    pub ca_file: Option<PathBuf>,
+    /// The bearer token.
+    pub token: String,
+    /// Cleartext HTTP/2.
+    pub h2c: bool,
+    /// Private targets allowed for runs.
+    pub allow_private: bool,
+}
+
+impl BrowserSection {
+    fn resolve(self) -> anyhow::Result<BrowserConfig> {
+        let endpoint = self.endpoint.ok_or_else(|| {
+            anyhow::anyhow!("browser.endpoint (host:port of palyra-browserd) is required")
+        })?;
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(endpoint.as_str())
+            .map_err(|e| anyhow::anyhow!("browser.endpoint {endpoint:?}: {e}"))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("browser.endpoint {endpoint:?} resolves to nothing"))?;
+        let host = endpoint
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .unwrap_or_default();
+        let h2c = self.insecure_h2c.unwrap_or(false);
+        if h2c && !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "browser.insecure_h2c is only allowed for a loopback endpoint, not {addr}"
+            );
+        }
+        let token = match &self.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("browser.token_file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            None => std::env::var("PALYRA_BROWSER_TOKEN")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        };
+        if token.is_empty() {
+            anyhow::bail!(
+                "[browser] needs a token: set PALYRA_BROWSER_TOKEN or browser.token_file (mint one \
+                 with `palyra-browserd token --principal service:palyrad`)"
+            );
+        }
+        Ok(BrowserConfig {
+            addr,
+            server_name: self.server_name.unwrap_or(host),
+            ca_file: self.ca_file,
+            token,
+            h2c,
+            allow_private: self.allow_private_targets.unwrap_or(false),
+        })
+    }
 }
 
 /// `[openai]` section: limits and policy of the OpenAI-compatible API (`/v1/...`).
@@ -447,6 +530,8 @@ pub struct Config {
     pub detach_grace: Duration,
     /// The OpenAI-compatible API (`[openai]`).
     pub openai: OpenAiConfig,
+    /// The browser daemon (`[browser]`), if one is configured.
+    pub browser: Option<BrowserConfig>,
 }
 
 /// The per-user default state directory.
@@ -580,6 +665,7 @@ impl Config {
             tools,
             detach_grace,
             openai: file.openai.resolve()?,
+            browser: file.browser.map(BrowserSection::resolve).transpose()?,
         })
     }
 }

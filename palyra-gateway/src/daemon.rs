@@ -60,6 +60,8 @@ pub struct DaemonSettings {
     pub runs: RunsConfig,
     /// The OpenAI-compatible API's limits and policy.
     pub openai: crate::operator::openai::OpenAiConfig,
+    /// The browser daemon runs' browser tools use.
+    pub browser: Option<crate::config::BrowserConfig>,
 }
 
 impl std::fmt::Debug for DaemonSettings {
@@ -430,6 +432,11 @@ impl Daemon {
             reason: "already served".into(),
         })?;
         self.runs.set_runtime(Arc::clone(rt));
+        #[cfg(unix)]
+        if let Some(browser) = self.settings.browser.clone() {
+            self.runs
+                .set_browser(Arc::new(self.run_browser(rt, browser)?));
+        }
         let node = NodePlaneHandle::start(rt, addrs.node, plane)
             .map_err(bind("the node plane (UDP)", addrs.node))?;
         let grpc = TcpHandle::start_with(rt, addrs.grpc, self.gateway.clone(), limits)
@@ -478,6 +485,56 @@ impl Daemon {
             console,
             console_runs,
         })
+    }
+
+    #[cfg(unix)]
+    fn run_browser(
+        &self,
+        rt: &Rt,
+        browser: crate::config::BrowserConfig,
+    ) -> Result<crate::browser_link::RunBrowser, DaemonError> {
+        let part = |reason: String| DaemonError::Part {
+            what: "the browser link ([browser])",
+            reason,
+        };
+        let ca_der = match (&browser.ca_file, browser.h2c) {
+            (_, true) => None,
+            (Some(path), false) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| part(format!("{}: {e}", path.display())))?;
+                Some(
+                    palyra_proto::identity::cert::cert_pem_to_der(&pem)
+                        .map_err(|e| part(format!("{}: {e}", path.display())))?,
+                )
+            }
+            (None, false) => {
+                let ids = crate::store::IdentityDir::open(self.settings.state_dir.join("identity"))
+                    .map_err(|e| part(e.to_string()))?;
+                let ca = ids
+                    .load_ca()
+                    .map_err(|e| part(e.to_string()))?
+                    .ok_or_else(|| part("the gateway CA is missing".into()))?;
+                Some(ca.cert_der().to_vec())
+            }
+        };
+        let rpc = crate::browser_link::BrowserRpc::new(
+            rt,
+            crate::browser_link::BrowserEndpoint {
+                addr: browser.addr,
+                server_name: browser.server_name,
+                ca_der,
+                h2c: browser.h2c,
+                token: browser.token,
+                principal: None,
+            },
+        );
+        tracing::info!(endpoint = %browser.addr, "runs get browser tools from palyra-browserd");
+        Ok(crate::browser_link::RunBrowser::new(
+            rt,
+            rpc,
+            self.settings.state_dir.join("screenshots"),
+            browser.allow_private,
+        ))
     }
 
     /// The state directory.

@@ -7,6 +7,8 @@ pub mod access;
 #[cfg(unix)]
 pub mod browser;
 #[cfg(unix)]
+pub mod browser_link;
+#[cfg(unix)]
 pub mod browserd;
 pub mod client;
 pub mod config;

@@ -278,6 +278,7 @@ pub async fn serve(rt: Rt, config: Config) -> anyhow::Result<()> {
             detach_grace: config.detach_grace,
         },
         openai: config.openai.clone(),
+        browser: config.browser.clone(),
     };
     let mut daemon = Daemon::open(settings, random, &mut OsRng)?;
     if daemon.first_start {

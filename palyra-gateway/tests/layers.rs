@@ -24,9 +24,9 @@ const LAYERS: &[&[&str]] = &[
     &["console"],
     &["operator"],
     &["serve"],
-    &["config"],
+    &["config", "browser_link"],
     &["client", "daemon"],
-    &["palyrad"],
+    &["palyrad", "browserd"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -90,6 +90,7 @@ fn gateway_in<D: Driver>(
             detach_grace: Duration::from_millis(500),
         },
         openai: Default::default(),
+        browser: None,
     };
     let random = Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
     let daemon = Daemon::open(settings, random, &mut OsRng).expect("daemon");

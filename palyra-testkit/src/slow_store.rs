@@ -182,6 +182,7 @@ fn slow_daemon<D: Driver>(state: &std::path::Path) -> (Running, Arc<Delayer>) {
         git_hash: "unknown".into(),
         runs: Default::default(),
         openai: Default::default(),
+        browser: None,
     };
     let random = Arc::new(|buf: &mut [u8]| rand_core::RngCore::fill_bytes(&mut OsRng, buf));
     let daemon = Daemon::open_with(settings, stores, random, &mut OsRng).expect("daemon");

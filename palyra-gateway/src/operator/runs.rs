@@ -67,6 +67,25 @@ impl OperatorConnection {
                     &format!("no run {id}"),
                 ),
             },
+            (["runs", id, "screenshots", name], &M::GET) => {
+                match engine.screenshot(&caller, id, name) {
+                    Some(png) => {
+                        let mut headers = super::security_headers();
+                        headers.insert("content-type", http::HeaderValue::from_static("image/png"));
+                        headers.insert(
+                            "cache-control",
+                            http::HeaderValue::from_static("private, max-age=3600"),
+                        );
+                        self.respond(now, StatusCode::OK, &headers, bytes::Bytes::from(png))
+                    }
+                    None => self.error(
+                        now,
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        &format!("run {id} has no screenshot {name}"),
+                    ),
+                }
+            }
             (["runs", id, "abort"], &M::POST) => {
                 match engine.cancel(&caller, id, "aborted through the admin API") {
                     Ok(requested) => self.json(

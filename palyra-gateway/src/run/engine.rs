@@ -7,6 +7,7 @@
 //!                                                         │ every event ─▶ tape ─(durable)─▶ entry.events ─▶ streams
 //! ```
 
+use super::browser_tools::{self, BrowserTools};
 use super::gateway_tools::{self, Surfaces};
 use super::machine::{Action, Ending, RunMachine, RunSettings, ToolSpec, MAX_TOOL_OUTPUT};
 use super::sessions::{Resolve, SessionRecord, SessionStore};
@@ -216,6 +217,8 @@ enum Target {
     },
     /// A tool of the gateway itself ([`gateway_tools`]).
     Gateway(String),
+    /// A browser tool ([`browser_tools`]), served by browserd.
+    Browser(String),
 }
 
 struct Entry {
@@ -279,6 +282,7 @@ pub struct RunEngine {
     config: RunsConfig,
     rt: OnceLock<Rt>,
     surfaces: OnceLock<Arc<dyn Surfaces>>,
+    browser: OnceLock<Arc<dyn BrowserTools>>,
     runs: Mutex<Runs>,
 }
 
@@ -416,6 +420,7 @@ impl RunEngine {
             config,
             rt: OnceLock::new(),
             surfaces: OnceLock::new(),
+            browser: OnceLock::new(),
             runs: Mutex::new(runs),
         }))
     }
@@ -423,6 +428,17 @@ impl RunEngine {
     /// The runtime runs are driven on (set once, when the daemon is served).
     pub fn set_runtime(&self, rt: Rt) {
         let _ = self.rt.set(rt);
+    }
+
+    /// The browser that serves the runs' browser tools (set once; without it runs have none).
+    pub fn set_browser(&self, browser: Arc<dyn BrowserTools>) {
+        let _ = self.browser.set(browser);
+    }
+
+    /// A screenshot run `run_id` took with its browser tool, if the caller sees the run.
+    pub fn screenshot(&self, caller: &Caller, run_id: &str, name: &str) -> Option<Vec<u8>> {
+        self.get(caller, run_id)?;
+        self.browser.get()?.screenshot(run_id, name)
     }
 
     /// The console's surfaces, which the `palyra_patch_surface` tool changes (set once).
@@ -564,6 +580,17 @@ impl RunEngine {
             }
             targets.insert(spec.name.clone(), Target::Gateway(spec.name.clone()));
             specs.push(spec);
+        }
+        if self.browser.get().is_some() {
+            for mut spec in browser_tools::specs() {
+                spec.approval_required = listed(&policy.require_approval, &spec.name);
+                spec.sensitive = listed(&policy.sensitive, &spec.name);
+                if targets.contains_key(&spec.name) {
+                    continue;
+                }
+                targets.insert(spec.name.clone(), Target::Browser(spec.name.clone()));
+                specs.push(spec);
+            }
         }
         for node in self.hub.nodes() {
             if now_ms.saturating_sub(node.last_seen_at_unix_ms) > NODE_FRESH_MS {
@@ -847,6 +874,7 @@ impl RunEngine {
                         let task = run_tool(
                             Arc::clone(&self),
                             Arc::clone(&rt),
+                            meta.run_id.clone(),
                             targets.get(&name).cloned(),
                             proposal_id,
                             input_json,
@@ -898,6 +926,9 @@ impl RunEngine {
             }
         }
         stop.raise();
+        if let Some(browser) = self.browser.get() {
+            browser.release(&meta.run_id);
+        }
         let transcript = machine.transcript().to_vec();
         let body = serde_json::to_vec(&transcript).unwrap_or_default();
         self.append_record(&meta.run_id, TRANSCRIPT, body);
@@ -1206,6 +1237,7 @@ fn append_blocking(log: &dyn LogStore, body: Bytes) -> Result<(), StoreError> {
 async fn run_tool(
     engine: Arc<RunEngine>,
     rt: Rt,
+    run_id: String,
     target: Option<Target>,
     proposal_id: String,
     input: Vec<u8>,
@@ -1228,6 +1260,35 @@ async fn run_tool(
             device_id,
             capability,
         }) => (device_id, capability),
+        Some(Target::Browser(name)) => {
+            let result = match engine.browser.get() {
+                Some(browser) => {
+                    let input = serde_json::from_slice(&input).unwrap_or(Value::Null);
+                    runtime::timeout(rt.as_ref(), limit, browser.call(&run_id, &name, input))
+                        .await
+                        .unwrap_or_else(|| CapabilityResult {
+                            success: false,
+                            output_json: Vec::new(),
+                            error: format!(
+                                "the browser did not answer within {} s",
+                                limit.as_secs()
+                            ),
+                        })
+                }
+                None => CapabilityResult {
+                    success: false,
+                    output_json: Vec::new(),
+                    error: "this gateway has no browser ([browser] endpoint)".into(),
+                },
+            };
+            let _ = tx.try_send(RunInput::Tool {
+                proposal_id,
+                result,
+                executor: "browser".into(),
+                timed_out: false,
+            });
+            return;
+        }
         Some(Target::Gateway(name)) => {
             let surfaces = engine.surfaces.get();
             let result = gateway_tools::run(&hub, surfaces, &engine.clock, &name, &input).await;

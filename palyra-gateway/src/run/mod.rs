@@ -3,6 +3,7 @@
 //! sessions, approvals).
 
 pub mod approvals;
+pub mod browser_tools;
 pub mod engine;
 pub mod gateway_tools;
 pub mod machine;

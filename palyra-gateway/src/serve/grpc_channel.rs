@@ -39,6 +39,7 @@ type UnaryReply = async_channel::Sender<Result<bytes::Bytes, Status>>;
 enum Command {
     Unary {
         path: String,
+        metadata: Vec<Field>,
         request: Vec<u8>,
         timeout: Duration,
         reply: UnaryReply,
@@ -106,10 +107,22 @@ impl GrpcChannel {
         request: Vec<u8>,
         timeout: Duration,
     ) -> Result<bytes::Bytes, Status> {
+        self.unary_with(path, Vec::new(), request, timeout).await
+    }
+
+    /// [`GrpcChannel::unary`] with request metadata (credentials, say).
+    pub async fn unary_with(
+        &self,
+        path: &str,
+        metadata: Vec<Field>,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, Status> {
         let (reply, rx) = async_channel::bounded(1);
         self.commands
             .send(Command::Unary {
                 path: path.to_owned(),
+                metadata,
                 request,
                 timeout,
                 reply,
@@ -348,10 +361,11 @@ fn run_command(
     match command {
         Command::Unary {
             path,
+            metadata,
             request,
             timeout,
             reply,
-        } => match client.start_call(now, &path, &[], Some(timeout)) {
+        } => match client.start_call(now, &path, &metadata, Some(timeout)) {
             Ok(call) => {
                 let sent = client
                     .send_message(call, &request)

@@ -624,6 +624,14 @@ async function showTape(id) {
     const detail = { ...e };
     for (const k of ["seq", "run_id", "timestamp_unix_ms", "type"]) delete detail[k];
     lines.push({ type: e.type, seq: e.seq, to: e.seq, text: JSON.stringify(detail) });
+    // A browser screenshot the run took: shown under its result.
+    if (e.type === "tool_result" && e.success) {
+      let out = null;
+      try { out = JSON.parse(e.output_json || "null"); } catch (_) { out = null; }
+      if (out && typeof out.screenshot === "string" && /^[0-9]{1,6}\.png$/.test(out.screenshot)) {
+        lines.push({ type: "screenshot", seq: e.seq, to: e.seq, shot: out.screenshot });
+      }
+    }
   }
   // A run that waits for an operator (an OpenAI API completion calling a gateway tool).
   const pending = run.pending_approval;
@@ -636,7 +644,23 @@ async function showTape(id) {
   ] : []));
   $("run-events").replaceChildren(...lines.map((l) => el("li", { "data-type": l.type },
     el("span", { class: "mono", text: l.seq === l.to ? `#${l.seq}` : `#${l.seq}-${l.to}` }),
-    el("span", { class: "author", text: l.type }), str(l.text, 2000))));
+    el("span", { class: "author", text: l.type }),
+    l.shot ? screenshot(id, l.shot) : str(l.text, 2000))));
+}
+
+// A run's screenshot, fetched with the console's credentials (an <img src> would lack the CSRF
+// header) and shown from a blob URL.
+const shots = new Map();
+function screenshot(runId, name) {
+  const img = el("img", { class: "shot", alt: `screenshot ${name} of run ${runId}` });
+  const key = `${runId}/${name}`;
+  if (shots.has(key)) { img.src = shots.get(key); return img; }
+  fetch(`/admin/v1/runs/${encodeURIComponent(runId)}/screenshots/${encodeURIComponent(name)}`,
+        { credentials: "same-origin", headers: { "x-palyra-csrf-token": state.csrf || "" } })
+    .then((r) => { if (!r.ok) throw new Error("HTTP " + r.status); return r.blob(); })
+    .then((blob) => { const url = URL.createObjectURL(blob); shots.set(key, url); img.src = url; },
+          (err) => { img.alt = `screenshot ${name}: ${err.message}`; });
+  return img;
 }
 
 setInterval(refreshRuns, 2000);
