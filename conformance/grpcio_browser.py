@@ -526,6 +526,34 @@ def run(args, b, base, state):
         return f"old session: {r.error[:70]}; a new session works"
     case("chromium_killed", chromium_killed)
 
+    def cli():
+        if not args.palyra:
+            return "skipped (no --palyra)"
+        env = dict(os.environ, PALYRA_BROWSER_TOKEN=TOKEN)
+        base_cmd = [args.palyra, "browser", "--endpoint", args.addr, "--ca-file", args.ca]
+
+        def run_cli(*a):
+            out = subprocess.run([*base_cmd, *a], env=env, capture_output=True, text=True, timeout=60)
+            if out.returncode != 0:
+                raise AssertionError(f"palyra browser {' '.join(a)}: {out.stderr.strip()}")
+            return json.loads(out.stdout)
+        opened = run_cli("open", "--allow-private-targets")
+        cs = opened["session_id"]
+        nav = run_cli("navigate", cs, f"{base}/form")
+        assert nav["title"] == "Form page", nav
+        run_cli("type", cs, "#name", "Cli")
+        run_cli("click", cs, "#send")
+        shot = os.path.join(tempfile.mkdtemp(), "s.png")
+        run_cli("screenshot", cs, "--out", shot)
+        assert open(shot, "rb").read(4) == b"\x89PNG"
+        obs = run_cli("observe", cs)
+        assert "sent Cli red" in obs["text"], obs
+        run_cli("close", cs)
+        gone = subprocess.run([*base_cmd, "title", cs], env=env, capture_output=True, text=True)
+        assert gone.returncode != 0 and "session_not_found" in gone.stderr, gone.stderr
+        return "palyra browser open/navigate/type/click/screenshot/observe/close"
+    case("cli", cli)
+
     def close():
         r = c("CloseSession", **s)
         assert r.closed
@@ -540,6 +568,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--browserd", required=True)
     ap.add_argument("--palyrad", required=True)
+    ap.add_argument("--palyra", help="the palyra CLI: also drive browserd with `palyra browser`")
     ap.add_argument("--label", default="grpcio")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="browserd-conf-")

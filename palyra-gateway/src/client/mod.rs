@@ -2,6 +2,8 @@
 //! rotate), the operator client of the admin API, and the demo agent on the console stream.
 
 pub mod acp;
+#[cfg(unix)]
+pub mod browser;
 pub mod capabilities;
 pub mod commands;
 pub mod demo_agent;

@@ -47,6 +47,8 @@ enum Command {
     /// Approval records of agent runs: list, show, export (gateway gRPC listener).
     #[command(subcommand)]
     Approvals(commands::ApprovalsCommand),
+    /// Browser sessions and actions on a palyra-browserd (BrowserService over TLS).
+    Browser(palyra_gateway::client::browser::BrowserArgs),
     /// An Agent Client Protocol agent on stdio for editors (newline-delimited JSON-RPC; stdout
     /// carries only ACP messages): sessions and prompts become the gateway's runs.
     Acp(commands::GrpcArgs),
@@ -428,6 +430,9 @@ async fn run(rt: Rt, cli: Cli) -> anyhow::Result<()> {
         }
         Command::Runs(command) => return commands::runs_command(&rt, command).await,
         Command::Acp(grpc) => return commands::acp_command(&rt, grpc).await,
+        Command::Browser(args) => {
+            return palyra_gateway::client::browser::browser_command(&rt, args).await
+        }
         Command::Sessions(command) => return commands::sessions_command(&rt, command).await,
         Command::Approvals(command) => return commands::approvals_command(&rt, command).await,
         Command::Tokens { op, command } => {
