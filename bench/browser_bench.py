@@ -7,7 +7,7 @@ Playwright driver, and their Chromium) per open session with --sessions sessions
 
 Usage (after `cargo build --release -p palyra-tokio`; needs conformance/.venv with playwright):
   conformance/.venv/bin/python bench/browser_bench.py --browserd target/release/palyra-browserd \\
-      --palyrad target/release/palyrad [--runs 5] [--iterations 10] [--sessions 10]
+      --palyrad target/release/palyrad [--runs 5] [--iterations 10] [--sessions 10] [--before PATH]
 """
 
 import argparse
@@ -111,6 +111,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=10, help="scenarios per run")
     ap.add_argument("--sessions", type=int, default=10, help="sessions open for the memory figure")
+    ap.add_argument("--before", help="another build's palyra-browserd, measured in the same turns")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="browser-bench-")
     pb = compile_protos(os.path.join(work, "gen"))
@@ -120,25 +121,37 @@ def main():
     tls = os.path.join(work, "tls")
     subprocess.run([args.palyrad, "cert", "issue-browserd", "--state-dir", os.path.join(work, "gw"), "--out", tls],
                    check=True, stdout=subprocess.DEVNULL)
-    state = os.path.join(work, "state")
-    os.makedirs(state)
-    with open(os.path.join(state, "tokens"), "w") as f:
-        f.write(f"service:bench {hashlib.sha256(TOKEN.encode()).hexdigest()}\n")
-    proc = subprocess.Popen([args.browserd, "--state-dir", state, "--tls-dir", tls, "--grpc-bind", "127.0.0.1:0",
-                             "--http-bind", "127.0.0.1:0", "--chromium", args.chromium,
-                             "--max-actions-per-second", "1000", "--max-actions-per-session", "100000"],
-                            stderr=open(os.path.join(work, "browserd.log"), "w"))
+    def start(binary, name):
+        st = os.path.join(work, name)
+        os.makedirs(st)
+        with open(os.path.join(st, "tokens"), "w") as f:
+            f.write(f"service:bench {hashlib.sha256(TOKEN.encode()).hexdigest()}\n")
+        proc = subprocess.Popen([binary, "--state-dir", st, "--tls-dir", tls, "--grpc-bind", "127.0.0.1:0",
+                                 "--http-bind", "127.0.0.1:0", "--chromium", args.chromium,
+                                 "--max-actions-per-second", "1000", "--max-actions-per-session", "100000"],
+                                stderr=open(os.path.join(work, f"{name}.log"), "w"))
+        ep = wait_for(os.path.join(st, "endpoints.json"))
+        return proc, Client(pb, ep["grpc"], open(os.path.join(tls, "ca.crt.pem"), "rb").read(), TOKEN)
+
+    proc, c = start(args.browserd, "ours")
+    procs = [proc]
+    before_client = None
+    if args.before:
+        before_proc, before_client = start(args.before, "before")
+        procs.append(before_proc)
     try:
-        ep = wait_for(os.path.join(state, "endpoints.json"))
-        c = Client(pb, ep["grpc"], open(os.path.join(tls, "ca.crt.pem"), "rb").read(), TOKEN)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
             # Warm both (Chromium start, first page).
             ours_scenario(c, base)
             playwright_scenario(browser, base)
-            ours, theirs = [], []
+            ours, theirs, earlier = [], [], []
+            if before_client:
+                ours_scenario(before_client, base)
             for run in range(args.runs):
                 ours.append(timed(lambda: ours_scenario(c, base), args.iterations))
+                if before_client:
+                    earlier.append(timed(lambda: ours_scenario(before_client, base), args.iterations))
                 theirs.append(timed(lambda: playwright_scenario(browser, base), args.iterations))
                 print(f"run {run + 1}/{args.runs}: browserd {ours[-1]:.1f} ms, playwright {theirs[-1]:.1f} ms",
                       file=sys.stderr)
@@ -166,14 +179,17 @@ def main():
                 ctx.close()
             browser.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+        for each in procs:
+            each.send_signal(signal.SIGTERM)
+            each.wait(15)
         server.shutdown()
     mo, mt = statistics.median(ours), statistics.median(theirs)
     print(f"scenario (new session, navigate, type, click, observe, screenshot, close), median of {args.runs} "
           f"runs x {args.iterations}:")
     print(f"  browserd   {mo:8.1f} ms")
     print(f"  playwright {mt:8.1f} ms")
+    if earlier:
+        print(f"  before     {statistics.median(earlier):8.1f} ms (--before)")
     print(f"  ratio ours/playwright {mo / mt:.2f} (lower is faster)")
     print(f"memory per open session ({args.sessions} open, PSS of the process tree):")
     print(f"  browserd   {ours_mem / 1024:8.1f} MiB")
