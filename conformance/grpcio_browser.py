@@ -62,12 +62,16 @@ fetch('/api/ping').then(r => r.text()).then(t => { document.title = 'Logs ' + t;
 }
 
 
+HITS = []
+
+
 class Pages(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
     def do_GET(self):
         path = self.path.split("?")[0]
+        HITS.append(path)
         if path == "/redirect":
             self.send_response(302)
             self.send_header("Location", "/form")
@@ -390,6 +394,41 @@ def run(args, b, base, state):
         return "open, list, switch, close; the last tab stays"
     case("tabs", tabs)
 
+    def popups():
+        # A link opening a new window: the popup becomes a tab of the session, guarded like it.
+        c("Navigate", url=f"{base}/download", **s)
+        before = len(c("ListTabs", **s).tabs)
+        page = ('data:text/html,<title>opener</title><a id=open target=_blank href="'
+                f'{base}/form">open</a>')
+        c("Navigate", url=page, **s)
+        c("Click", selector="#open", **s)
+        deadline = time.time() + 10
+        while True:
+            tabs = c("ListTabs", **s).tabs
+            popup = [t for t in tabs if t.url.endswith("/form") and t.title == "Form page"]
+            if popup:
+                break
+            assert time.time() < deadline, tabs
+            time.sleep(0.1)
+        assert len(tabs) == before + 1, tabs
+        c("CloseTab", tab_id=popup[0].tab_id.ulid, **s)
+        # In a session without private targets, a popup to a loopback address is refused: the
+        # server never sees the request.
+        plain, _ = new_session(allow_private_targets=False)
+        evil = ('data:text/html,<title>evil</title><button id=go onclick="window.open(\''
+                f'{base}/popup-target\')">go</button>')
+        assert c("Navigate", url=evil, session_id=plain).success
+        c("Click", selector="#go", session_id=plain)
+        deadline = time.time() + 5
+        while len(c("ListTabs", session_id=plain).tabs) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        assert "/popup-target" not in HITS, HITS[-5:]
+        n = len(c("ListTabs", session_id=plain).tabs)
+        c("CloseSession", session_id=plain)
+        return f"target=_blank popup became a tab; a loopback popup was never fetched ({n} tabs)"
+    case("popups", popups)
+
     def permissions():
         g = c("GetPermissions", **s)
         assert g.permissions.camera == pb.PERMISSION_SETTING_DENY, g
@@ -449,15 +488,17 @@ def run(args, b, base, state):
         assert code_of(lambda: other("RenameProfile", profile_id=pid, name="mine")) == grpc.StatusCode.NOT_FOUND
         assert code_of(lambda: c("ListProfiles", principal="user:other")) == grpc.StatusCode.PERMISSION_DENIED
         # A persistent profile keeps cookies across sessions.
-        one, _ = new_session(profile_id=pid)
-        c("Navigate", url=f"{base}/logs", session_id=one)
-        time.sleep(0.3)
+        one, first = new_session(profile_id=pid)
+        assert first.persistence_enabled and first.profile_id.ulid == pid, first
+        nav = c("Navigate", url=f"{base}/logs", session_id=one)
+        assert nav.success, nav
+        before = [k.name for d in c("InspectSession", include_cookies=True, session_id=one).cookies for k in d.cookies]
         c("CloseSession", session_id=one)
         two, _ = new_session(profile_id=pid)
         r = c("InspectSession", include_cookies=True, session_id=two)
         names = [k.name for d in r.cookies for k in d.cookies]
         c("CloseSession", session_id=two)
-        assert "c1" in names, names
+        assert "c1" in names, (before, names, r.error)
         d = c("DeleteProfile", profile_id=pid)
         assert d.deleted
         return "create, rename, set active, list, delete; cookies persisted in the persistent profile"

@@ -71,7 +71,8 @@ fn mime_of(ext: &str) -> &'static str {
     }
 }
 
-/// Watches one browser's download events until its connection closes.
+/// Watches one browser's browser-level events until its connection closes: downloads, and the
+/// targets Chromium attaches (handed to the engine).
 pub async fn watch(
     engine: Weak<BrowserEngine>,
     proc: Arc<BrowserProc>,
@@ -93,6 +94,11 @@ pub async fn watch(
                 let name = safe_name(p["suggestedFilename"].as_str().unwrap_or_default());
                 s.with(|m| m.pending_downloads.insert(guid, (url, name)));
                 s.downloads_changed.notify(usize::MAX);
+            }
+            "Target.attachedToTarget" => {
+                if let Ok(attached) = palyra_proto::cdp::types::decode(p) {
+                    engine.target_attached(&proc, attached);
+                }
             }
             "Browser.downloadProgress" => {
                 let Some(s) = engine

@@ -11,9 +11,9 @@ use super::budget::Budget;
 use super::cdp::Cdp;
 use super::chromium::{self, LaunchOptions};
 use super::profiles::Profiles;
-use super::tab::{LogLimits, Tab, TabPolicy};
+use super::tab::{Kind, LogLimits, Tab, TabPolicy};
 use crate::runtime::{self, Rt};
-use palyra_proto::cdp::types::{self, CreateBrowserContext, CreateTarget};
+use palyra_proto::cdp::types::{self, AttachedToTarget, CreateBrowserContext, CreateTarget};
 use palyra_proto::cdp::CdpConfig;
 use palyra_proto::pb::palyra::browser::v1::{
     BrowserActionLogEntry, DownloadArtifact, PermissionSetting, SessionPermissions,
@@ -192,6 +192,8 @@ pub struct Session {
     pub busy: async_lock::Mutex<()>,
     /// Fires when a download starts or ends.
     pub downloads_changed: event_listener::Event,
+    /// Fires when a tab is added.
+    pub tabs_changed: event_listener::Event,
     /// Shared state.
     pub meta: Mutex<SessionMeta>,
 }
@@ -474,6 +476,23 @@ impl BrowserEngine {
             Arc::clone(&proc),
             events,
         )));
+        // Every new target (our tabs, popups, shared and service workers) is attached paused,
+        // so its requests are guarded before it runs.
+        let auto = proc
+            .cdp
+            .call(
+                None,
+                "Target.setAutoAttach",
+                json!({"autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true}),
+                SETUP_TIMEOUT,
+            )
+            .await;
+        if let Err(e) = auto {
+            chromium::kill_group(&proc.child.lock().unwrap_or_else(|p| p.into_inner()));
+            return Err(format!(
+                "browser_unavailable: Chromium refused auto-attach: {e}"
+            ));
+        }
         let weak = Arc::downgrade(self);
         let watched = Arc::clone(&proc);
         let rt2 = Rt::clone(&self.rt);
@@ -642,6 +661,7 @@ impl BrowserEngine {
             download_dir,
             busy: async_lock::Mutex::new(()),
             downloads_changed: event_listener::Event::new(),
+            tabs_changed: event_listener::Event::new(),
             meta: Mutex::new(SessionMeta {
                 last_active_unix_ms: wall_ms(),
                 last_active: now,
@@ -657,6 +677,11 @@ impl BrowserEngine {
                 dead: None,
             }),
         });
+        // Registered first: its tabs are adopted by context as Chromium attaches them.
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Arc::clone(&session));
         let setup = async {
             self.apply_downloads(&session).await?;
             self.apply_permissions(&session).await?;
@@ -665,16 +690,16 @@ impl BrowserEngine {
             Ok::<_, String>(())
         };
         if let Err(e) = setup.await {
+            self.sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             self.dispose(&session).await;
             return Err(unavailable(e));
         }
         if let Some(p) = &profile {
             self.profiles.touch(&p.principal, &p.profile_id, wall_ms());
         }
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Arc::clone(&session));
         tracing::info!(session = %session.id, principal = %session.principal, "browser session created");
         Ok(session)
     }
@@ -700,25 +725,116 @@ impl BrowserEngine {
                 .map_err(|e| e.to_string())?,
         )
         .map_err(|e| e.to_string())?;
-        let policy = TabPolicy {
+        // Chromium attaches it (browser-level auto-attach); the watcher adopts it as a tab.
+        let find = || {
+            session.with(|m| {
+                m.tabs
+                    .iter()
+                    .find(|t| t.tab.target_id == created.target_id)
+                    .cloned()
+            })
+        };
+        let waited = runtime::timeout(&*self.rt, SETUP_TIMEOUT, async {
+            loop {
+                let listener = session.tabs_changed.listen();
+                if let Some(entry) = find() {
+                    return entry;
+                }
+                listener.await;
+            }
+        })
+        .await;
+        waited.ok_or_else(|| "the new tab was not attached in time".to_owned())
+    }
+
+    fn tab_policy(session: &Session) -> TabPolicy {
+        TabPolicy {
             allow_private: Arc::clone(&session.allow_private),
             limits: session.log_limits(),
-        };
-        let tab = Tab::attach(
-            &self.rt,
-            &session.browser.cdp,
-            &created.target_id,
-            policy,
-            wall_ms,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let entry = TabEntry {
-            id: ulid::Ulid::new().to_string(),
-            tab,
-        };
-        session.with(|m| m.tabs.push(entry.clone()));
-        Ok(entry)
+        }
+    }
+
+    /// The session a page target of `proc` in browser context `context` belongs to.
+    fn owner_of(&self, proc: &Arc<BrowserProc>, context: Option<&str>) -> Option<Arc<Session>> {
+        self.all_sessions().into_iter().find(|s| {
+            Arc::ptr_eq(&s.browser, proc)
+                && (s.context_id.is_empty() || Some(s.context_id.as_str()) == context)
+        })
+    }
+
+    /// Chromium attached a new target (browser-level auto-attach, paused): a page becomes a tab
+    /// of the session whose context it is in (a tab we opened or a popup the page opened),
+    /// once its requests are guarded; anything else (and a page of no session) is guarded with
+    /// no private targets. A page over its session's tab limit is closed.
+    pub fn target_attached(self: &Arc<Self>, proc: &Arc<BrowserProc>, attached: AttachedToTarget) {
+        let (engine, proc) = (Arc::clone(self), Arc::clone(proc));
+        self.rt.spawn(Box::pin(async move {
+            let info = attached.target_info;
+            let page = info.kind == "page";
+            // Targets that existed when auto-attach was turned on (Chromium's first tab) come
+            // unpaused and belong to no session; new ones come paused.
+            let owner = match attached.waiting_for_debugger {
+                true => engine.owner_of(&proc, info.browser_context_id.as_deref()),
+                false => None,
+            };
+            let policy = match &owner {
+                Some(s) => Self::tab_policy(s),
+                None => TabPolicy {
+                    allow_private: Arc::new(AtomicBool::new(false)),
+                    limits: LogLimits {
+                        network_entries: 16,
+                        console_entries: 16,
+                    },
+                },
+            };
+            let kind = if page { Kind::Page } else { Kind::Guarded };
+            let adopted = Tab::adopt(
+                &engine.rt,
+                &proc.cdp,
+                &info.target_id,
+                attached.session_id,
+                kind,
+                attached.waiting_for_debugger,
+                policy,
+                wall_ms,
+            )
+            .await;
+            let keep = match (adopted, owner) {
+                (Ok(_), _) if !page => true,
+                (Ok(tab), Some(s)) => {
+                    let added = s.with(|m| {
+                        let room = (m.tabs.len() as u64) < s.budget.tabs && m.dead.is_none();
+                        if room {
+                            m.tabs.push(TabEntry {
+                                id: ulid::Ulid::new().to_string(),
+                                tab,
+                            });
+                        }
+                        room
+                    });
+                    s.tabs_changed.notify(usize::MAX);
+                    added
+                }
+                // Chromium's own first tab (attached when auto-attach is turned on): kept, guarded
+                // with no private targets, so the browser does not exit with the last session tab.
+                (Ok(_), None) => true,
+                (Err(e), _) => {
+                    tracing::warn!(error = %e, target = %info.target_id, "could not guard a new target");
+                    false
+                }
+            };
+            if !keep {
+                let _ = proc
+                    .cdp
+                    .call(
+                        None,
+                        "Target.closeTarget",
+                        json!({"targetId": info.target_id}),
+                        SETUP_TIMEOUT,
+                    )
+                    .await;
+            }
+        }));
     }
 
     /// Closes one tab's target.
@@ -742,7 +858,8 @@ impl BrowserEngine {
             json!({"behavior": "allowAndName", "downloadPath": session.download_dir,
                    "eventsEnabled": true})
         } else {
-            json!({"behavior": "deny"})
+            // eventsEnabled is the browser's, not the context's: never turn it off.
+            json!({"behavior": "deny", "eventsEnabled": true})
         };
         if !session.context_id.is_empty() {
             params["browserContextId"] = json!(session.context_id);
@@ -802,6 +919,18 @@ impl BrowserEngine {
             return;
         }
         if session.context_id.is_empty() {
+            // A persistent profile's browser keeps a blank page, or it would exit with the
+            // session's last tab (and lose the profile's session cookies).
+            let _ = session
+                .browser
+                .cdp
+                .call(
+                    None,
+                    "Target.createTarget",
+                    json!({"url": "about:blank"}),
+                    SETUP_TIMEOUT,
+                )
+                .await;
             let tabs = session.with(|m| std::mem::take(&mut m.tabs));
             for t in tabs {
                 self.close_target(session, &t.tab).await;

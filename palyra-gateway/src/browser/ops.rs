@@ -107,6 +107,7 @@ where
             Err(why) => Err((failed(&why, why.clone()), None)),
             Ok(tab) => {
                 log.page_url = tab.tab.state.read(|v| v.url.clone());
+                front(&tab).await;
                 match act(tab.clone()).await {
                     Ok(ok) => Ok(ok),
                     Err(f) => Err((f, Some(tab))),
@@ -147,6 +148,14 @@ where
     };
     session.log_action(done.log.clone());
     done
+}
+
+/// Brings a tab to the front of its window: a background tab gets no animation frames, so
+/// the stability check (and smooth scrolling) would wait forever after a popup opened.
+pub async fn front(tab: &TabEntry) {
+    if let Err(e) = tab.tab.call("Page.bringToFront", Value::Null).await {
+        tracing::debug!(error = %e, "bringing a tab to the front");
+    }
 }
 
 fn split_shot(shot: Option<(Vec<u8>, String)>) -> (Vec<u8>, String) {
@@ -744,7 +753,10 @@ pub async fn screenshot(
         page::parse_format(&r.format).map_err(|e| Status::new(Code::InvalidArgument, e))?;
     let max = per_call(r.max_bytes, s.budget.screenshot_bytes);
     let result = match s.active_tab() {
-        Ok(tab) => page::screenshot(&tab.tab, format, full, max).await,
+        Ok(tab) => {
+            front(&tab).await;
+            page::screenshot(&tab.tab, format, full, max).await
+        }
         Err(e) => Err(e),
     };
     Ok(match result {

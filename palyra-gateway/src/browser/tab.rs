@@ -193,6 +193,15 @@ pub struct TabPolicy {
     pub limits: LogLimits,
 }
 
+/// What a session Chromium attached is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A page: every domain we use.
+    Page,
+    /// A worker or out-of-process frame: only the request guard.
+    Guarded,
+}
+
 impl Tab {
     /// Attaches to `target_id`, enables the domains we use, and starts its event consumer.
     pub async fn attach(
@@ -211,7 +220,36 @@ impl Tab {
             )
             .await?,
         )?;
-        let session = attached.session_id;
+        Self::adopt(
+            rt,
+            cdp,
+            target_id,
+            attached.session_id,
+            Kind::Page,
+            false,
+            policy,
+            wall_ms,
+        )
+        .await
+    }
+
+    /// Takes over an attached session: starts its event consumer, puts every request behind the
+    /// SSRF guard, and has Chromium attach (paused) to whatever the target opens (popups,
+    /// workers, out-of-process frames) so those are guarded before they run. A `paused` target
+    /// (auto-attached) is resumed right after the guard commands, in the same batch: Chromium
+    /// applies a session's commands in order, and the opener may share its event loop, so
+    /// nothing may wait for the paused target before it runs.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn adopt(
+        rt: &Rt,
+        cdp: &Cdp,
+        target_id: &str,
+        session: String,
+        kind: Kind,
+        paused: bool,
+        policy: TabPolicy,
+        wall_ms: fn() -> u64,
+    ) -> Result<Self, CdpError> {
         let events = cdp.subscribe(Some(&session)).await;
         let state = Arc::new(TabState {
             view: Mutex::new(TabView::default()),
@@ -231,11 +269,32 @@ impl Tab {
             wall_ms,
         )));
         // Requests pause until the guard answers; everything else only reports.
-        tab.call(
-            "Fetch.enable",
-            json!({"patterns": [{"urlPattern": "*", "requestStage": "Request"}]}),
-        )
-        .await?;
+        let guard = futures_lite::future::zip(
+            tab.call(
+                "Fetch.enable",
+                json!({"patterns": [{"urlPattern": "*", "requestStage": "Request"}]}),
+            ),
+            tab.call(
+                "Target.setAutoAttach",
+                json!({"autoAttach": true, "waitForDebuggerOnStart": true, "flatten": true}),
+            ),
+        );
+        let resume = async {
+            if paused {
+                tab.call("Runtime.runIfWaitingForDebugger", Value::Null)
+                    .await
+                    .map(drop)
+            } else {
+                Ok(())
+            }
+        };
+        let ((fetch, auto), resumed) = futures_lite::future::zip(guard, resume).await;
+        fetch?;
+        auto?;
+        resumed?;
+        if kind == Kind::Guarded {
+            return Ok(tab);
+        }
         for domain in [
             "Page.enable",
             "Runtime.enable",
@@ -437,6 +496,28 @@ fn handle(rt: &Rt, tab: &Tab, policy: &TabPolicy, wall_ms: fn() -> u64, event: E
                 };
                 if let Err(e) = answer {
                     tracing::debug!(error = %e, "answering a paused request");
+                }
+            }));
+        }
+        "Target.attachedToTarget" => {
+            // What this page runs beside it (out-of-process frames, workers) is guarded like
+            // it; pages it opens reach the engine through the browser-level auto-attach.
+            let Ok(attached) = types::decode::<types::AttachedToTarget>(p) else {
+                return;
+            };
+            let (rt2, cdp, policy) = (Rt::clone(rt), tab.cdp.clone(), policy.clone());
+            rt.spawn(Box::pin(async move {
+                let target = attached.target_info.target_id.clone();
+                let paused = attached.waiting_for_debugger;
+                let session = attached.session_id;
+                let guarded =
+                    Tab::adopt(&rt2, &cdp, &target, session, Kind::Guarded, paused, policy, wall_ms)
+                        .await;
+                if let Err(e) = guarded {
+                    tracing::warn!(error = %e, %target, "could not guard an attached target; closing it");
+                    let _ = cdp
+                        .call(None, "Target.closeTarget", json!({"targetId": target}), COMMAND_TIMEOUT)
+                        .await;
                 }
             }));
         }
