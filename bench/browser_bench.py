@@ -11,20 +11,15 @@ Usage (after `cargo build --release -p palyra-tokio`; needs conformance/.venv wi
 """
 
 import argparse
-import hashlib
-import http.server
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "conformance"))
-from grpcio_browser import TOKEN, Client, Pages, compile_protos, wait_for  # noqa: E402
+from grpcio_browser import TOKEN, Browserd, compile_protos, page_server  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 
@@ -115,30 +110,15 @@ def main():
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="browser-bench-")
     pb = compile_protos(os.path.join(work, "gen"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pages)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    tls = os.path.join(work, "tls")
-    subprocess.run([args.palyrad, "cert", "issue-browserd", "--state-dir", os.path.join(work, "gw"), "--out", tls],
-                   check=True, stdout=subprocess.DEVNULL)
-    def start(binary, name):
-        st = os.path.join(work, name)
-        os.makedirs(st)
-        with open(os.path.join(st, "tokens"), "w") as f:
-            f.write(f"service:bench {hashlib.sha256(TOKEN.encode()).hexdigest()}\n")
-        proc = subprocess.Popen([binary, "--state-dir", st, "--tls-dir", tls, "--grpc-bind", "127.0.0.1:0",
-                                 "--http-bind", "127.0.0.1:0", "--chromium", args.chromium,
-                                 "--max-actions-per-second", "1000", "--max-actions-per-session", "100000"],
-                                stderr=open(os.path.join(work, f"{name}.log"), "w"))
-        ep = wait_for(os.path.join(st, "endpoints.json"))
-        return proc, Client(pb, ep["grpc"], open(os.path.join(tls, "ca.crt.pem"), "rb").read(), TOKEN)
-
-    proc, c = start(args.browserd, "ours")
-    procs = [proc]
-    before_client = None
+    server, base = page_server()
+    flags = ["--chromium", args.chromium, "--max-actions-per-second", "1000",
+             "--max-actions-per-session", "100000"]
+    daemons = [Browserd(args.browserd, args.palyrad, work, {"service:bench": TOKEN}, "ours", flags)]
     if args.before:
-        before_proc, before_client = start(args.before, "before")
-        procs.append(before_proc)
+        daemons.append(Browserd(args.before, args.palyrad, work, {"service:bench": TOKEN}, "before", flags))
+    c = daemons[0].client(pb, TOKEN)
+    before_client = daemons[1].client(pb, TOKEN) if args.before else None
+    proc = daemons[0].proc
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
@@ -179,9 +159,8 @@ def main():
                 ctx.close()
             browser.close()
     finally:
-        for each in procs:
-            each.send_signal(signal.SIGTERM)
-            each.wait(15)
+        for daemon in daemons:
+            daemon.stop()
         server.shutdown()
     mo, mt = statistics.median(ours), statistics.median(theirs)
     print(f"scenario (new session, navigate, type, click, observe, screenshot, close), median of {args.runs} "

@@ -11,6 +11,7 @@ It starts what it needs: the page server, `palyrad cert issue-browserd` for the 
 `palyra-browserd`. Prints one row per case; exit status 1 if any case fails."""
 
 import argparse
+import hashlib
 import http.server
 import json
 import os
@@ -119,6 +120,46 @@ def wait_for(path, seconds=30):
             return json.load(open(path))
         time.sleep(0.05)
     raise RuntimeError(f"{path} did not appear")
+
+
+def page_server():
+    """The test pages on a loopback port, in a thread; returns (server, base URL)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+class Browserd:
+    """A palyra-browserd under `work`: TLS material from `palyrad cert issue-browserd`, a tokens
+    file naming `tokens` ({principal: token}), extra flags; `addr`, `http`, `ca`, `state`."""
+
+    def __init__(self, browserd, palyrad, work, tokens, name="browserd", extra=()):
+        self.tls = os.path.join(work, "tls")
+        if not os.path.exists(self.tls):
+            subprocess.run([palyrad, "cert", "issue-browserd", "--state-dir", os.path.join(work, "gw"),
+                            "--out", self.tls], check=True, stdout=subprocess.DEVNULL)
+        self.state = os.path.join(work, name)
+        os.makedirs(self.state)
+        with open(os.path.join(self.state, "tokens"), "w") as f:
+            for principal, token in tokens.items():
+                f.write(f"{principal} {hashlib.sha256(token.encode()).hexdigest()}\n")
+        self.log = os.path.join(work, f"{name}.log")
+        self.proc = subprocess.Popen([browserd, "--state-dir", self.state, "--tls-dir", self.tls,
+                                      "--grpc-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0", *extra],
+                                     stderr=open(self.log, "w"))
+        ep = wait_for(os.path.join(self.state, "endpoints.json"))
+        self.addr, self.http = ep["grpc"], ep["http"]
+        self.ca = os.path.join(self.tls, "ca.crt.pem")
+
+    def client(self, pb, token):
+        return Client(pb, self.addr, open(self.ca, "rb").read(), token)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 def chromium_pid(state):
@@ -614,43 +655,24 @@ def main():
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="browserd-conf-")
     pb = compile_protos(os.path.join(work, "gen"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pages)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    tls = os.path.join(work, "tls")
-    subprocess.run([args.palyrad, "cert", "issue-browserd", "--state-dir", os.path.join(work, "gw"),
-                    "--out", tls], check=True, stdout=subprocess.DEVNULL)
-    state = os.path.join(work, "state")
-    os.makedirs(state)
-    import hashlib
-    with open(os.path.join(state, "tokens"), "w") as f:
-        f.write(f"service:conformance {hashlib.sha256(TOKEN.encode()).hexdigest()}\n")
-        f.write(f"user:other {hashlib.sha256(OTHER.encode()).hexdigest()}\n")
-    log = open(os.path.join(work, "browserd.log"), "w")
-    proc = subprocess.Popen([args.browserd, "--state-dir", state, "--tls-dir", tls, "--grpc-bind", "127.0.0.1:0",
-                             "--http-bind", "127.0.0.1:0"], stderr=log)
+    server, base = page_server()
+    daemon = Browserd(args.browserd, args.palyrad, work, {"service:conformance": TOKEN, "user:other": OTHER})
     failed = 0
     try:
-        ep = wait_for(os.path.join(state, "endpoints.json"))
-        args.addr = ep["grpc"]
-        args.ca = os.path.join(tls, "ca.crt.pem")
-        results = run(args, pb, base, state)
+        args.addr, args.ca = daemon.addr, daemon.ca
+        results = run(args, pb, base, daemon.state)
         import urllib.request
-        health = json.load(urllib.request.urlopen(f"http://{ep['http']}/healthz", timeout=5))
+        health = json.load(urllib.request.urlopen(f"http://{daemon.http}/healthz", timeout=5))
         results.append(("healthz", "PASS" if health["service"] == "palyra-browserd" and health["chromium"]["exits"] >= 1 else "FAIL",
                         json.dumps(health)[:90]))
         for name, status, detail in results:
             failed += status != "PASS"
             print(f"{args.label:<10} {name:<18} {status:<5} {str(detail)[:90]}", flush=True)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        daemon.stop()
         server.shutdown()
     if failed:
-        print(open(os.path.join(work, "browserd.log")).read()[-3000:], file=sys.stderr)
+        print(open(daemon.log).read()[-3000:], file=sys.stderr)
     sys.exit(1 if failed else 0)
 
 

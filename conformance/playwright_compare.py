@@ -6,20 +6,15 @@ covered by another (neither clicks it). Pages come from the local server of grpc
 Prints one row per scenario; exit status 1 if any differs."""
 
 import argparse
-import hashlib
-import http.server
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from grpcio_browser import OTHER, TOKEN, Client, Pages, compile_protos, wait_for  # noqa: E402,F401
+from grpcio_browser import TOKEN, Browserd, compile_protos, page_server  # noqa: E402
 
 READ = ("(() => ({title: document.title, out: (document.getElementById('out') || {}).textContent || null,"
         " name: (document.getElementById('name') || {}).value || null,"
@@ -142,24 +137,12 @@ def main():
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="browser-compare-")
     pb = compile_protos(os.path.join(work, "gen"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pages)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    tls = os.path.join(work, "tls")
-    subprocess.run([args.palyrad, "cert", "issue-browserd", "--state-dir", os.path.join(work, "gw"), "--out", tls],
-                   check=True, stdout=subprocess.DEVNULL)
-    state = os.path.join(work, "state")
-    os.makedirs(state)
-    with open(os.path.join(state, "tokens"), "w") as f:
-        f.write(f"service:conformance {hashlib.sha256(TOKEN.encode()).hexdigest()}\n")
-    proc = subprocess.Popen([args.browserd, "--state-dir", state, "--tls-dir", tls, "--grpc-bind", "127.0.0.1:0",
-                             "--http-bind", "127.0.0.1:0", "--chromium", args.chromium],
-                            stderr=open(os.path.join(work, "browserd.log"), "w"))
+    server, base = page_server()
+    daemon = Browserd(args.browserd, args.palyrad, work, {"service:conformance": TOKEN},
+                      extra=["--chromium", args.chromium])
     failed = 0
     try:
-        ep = wait_for(os.path.join(state, "endpoints.json"))
-        c = Client(pb, ep["grpc"], open(os.path.join(tls, "ca.crt.pem"), "rb").read(), TOKEN)
-        a = ours(c, base)
+        a = ours(daemon.client(pb, TOKEN), base)
         b = theirs(base, args.chromium)
         for name in b:
             same = a.get(name) == b[name]
@@ -167,8 +150,7 @@ def main():
             detail = json.dumps(b[name]) if same else f"browserd {json.dumps(a.get(name))} vs playwright {json.dumps(b[name])}"
             print(f"{args.label:<10} {name:<18} {'PASS' if same else 'FAIL':<5} {detail[:200]}", flush=True)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+        daemon.stop()
         server.shutdown()
     sys.exit(1 if failed else 0)
 
