@@ -175,7 +175,47 @@ impl RunBrowser {
     }
 }
 
+/// A BrowserService answer that reports success in-band.
+trait InBand {
+    fn outcome(&self) -> (bool, &str);
+}
+
+macro_rules! in_band {
+    ($($t:ident),*) => {
+        $(impl InBand for pb::$t {
+            fn outcome(&self) -> (bool, &str) {
+                (self.success, &self.error)
+            }
+        })*
+    };
+}
+
+in_band!(
+    NavigateResponse,
+    ClickResponse,
+    TypeResponse,
+    ObserveResponse,
+    ScreenshotResponse
+);
+
 impl Inner {
+    /// Calls `method`; a status or an in-band failure becomes the tool's failed result.
+    async fn ask<Req: Message, Resp: Message + Default + InBand>(
+        &self,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp, CapabilityResult> {
+        let answer: Resp = self
+            .rpc
+            .call(method, request)
+            .await
+            .map_err(|s| failed(format!("browserd: {}", s.message)))?;
+        match answer.outcome() {
+            (true, _) => Ok(answer),
+            (false, error) => Err(failed(error)),
+        }
+    }
+
     async fn session(&self, run_id: &str) -> Result<String, String> {
         if let Some(s) = self
             .sessions
@@ -220,12 +260,10 @@ impl Inner {
                 .to_owned()
         };
         let session_id = id(&sid);
-        let rpc = &self.rpc;
-        let status = |s: Status| failed(format!("browserd: {}", s.message));
         match tool.as_str() {
             browser_tools::NAVIGATE => {
-                let r: pb::NavigateResponse = match rpc
-                    .call(
+                let r: pb::NavigateResponse = match self
+                    .ask(
                         "Navigate",
                         &pb::NavigateRequest {
                             v: 1,
@@ -238,16 +276,13 @@ impl Inner {
                     .await
                 {
                     Ok(r) => r,
-                    Err(s) => return status(s),
+                    Err(failure) => return failure,
                 };
-                if !r.success {
-                    return failed(r.error);
-                }
                 ok(json!({"url": r.final_url, "status": r.status_code, "title": r.title}))
             }
             browser_tools::CLICK => {
-                let r: pb::ClickResponse = match rpc
-                    .call(
+                let _clicked: pb::ClickResponse = match self
+                    .ask(
                         "Click",
                         &pb::ClickRequest {
                             v: 1,
@@ -259,17 +294,14 @@ impl Inner {
                     .await
                 {
                     Ok(r) => r,
-                    Err(s) => return status(s),
+                    Err(failure) => return failure,
                 };
-                if !r.success {
-                    return failed(r.error);
-                }
                 ok(json!({"clicked": text("selector")}))
             }
             browser_tools::TYPE => {
                 let clear = input.get("clear").and_then(Value::as_bool).unwrap_or(false);
-                let r: pb::TypeResponse = match rpc
-                    .call(
+                let r: pb::TypeResponse = match self
+                    .ask(
                         "Type",
                         &pb::TypeRequest {
                             v: 1,
@@ -283,16 +315,13 @@ impl Inner {
                     .await
                 {
                     Ok(r) => r,
-                    Err(s) => return status(s),
+                    Err(failure) => return failure,
                 };
-                if !r.success {
-                    return failed(r.error);
-                }
                 ok(json!({"typed_bytes": r.typed_bytes}))
             }
             browser_tools::OBSERVE => {
-                let r: pb::ObserveResponse = match rpc
-                    .call(
+                let r: pb::ObserveResponse = match self
+                    .ask(
                         "Observe",
                         &pb::ObserveRequest {
                             v: 1,
@@ -307,11 +336,8 @@ impl Inner {
                     .await
                 {
                     Ok(r) => r,
-                    Err(s) => return status(s),
+                    Err(failure) => return failure,
                 };
-                if !r.success {
-                    return failed(r.error);
-                }
                 ok(
                     json!({"url": r.page_url, "elements": r.dom_snapshot, "text": r.visible_text,
                           "truncated": r.dom_truncated || r.visible_text_truncated}),
@@ -322,8 +348,8 @@ impl Inner {
                     .get("full_page")
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
-                let r: pb::ScreenshotResponse = match rpc
-                    .call(
+                let r: pb::ScreenshotResponse = match self
+                    .ask(
                         "Screenshot",
                         &pb::ScreenshotRequest {
                             v: 1,
@@ -335,11 +361,8 @@ impl Inner {
                     .await
                 {
                     Ok(r) => r,
-                    Err(s) => return status(s),
+                    Err(failure) => return failure,
                 };
-                if !r.success {
-                    return failed(r.error);
-                }
                 match self.keep_screenshot(&run_id, &r.image_bytes) {
                     Ok(name) => ok(json!({
                         "screenshot": name,

@@ -158,12 +158,42 @@ pub async fn front(tab: &TabEntry) {
     }
 }
 
-fn split_shot(shot: Option<(Vec<u8>, String)>) -> (Vec<u8>, String) {
-    shot.unwrap_or_default()
-}
-
 fn deadline(session: &Session, timeout_ms: u64) -> Instant {
     Instant::now() + session.budget.action_timeout(timeout_ms)
+}
+
+/// Waits until `selector` is actionable for `need` within the call's timeout (0: the budget's).
+async fn ready(
+    engine: &BrowserEngine,
+    s: &Session,
+    tab: &TabEntry,
+    selector: &str,
+    need: Need,
+    timeout_ms: u64,
+    retries: u32,
+) -> Result<actions::Point, Failed> {
+    let until = deadline(s, timeout_ms);
+    actions::wait_actionable(&engine.rt, &tab.tab, selector, need, until, retries)
+        .await
+        .map_err(Failed::from)
+}
+
+/// The response `pb::$t` of an action: success, error, log entry and failure screenshot from
+/// `$done`, and the fields after `|value|` computed from what the action returned.
+macro_rules! answer {
+    ($t:ident, $done:expr, |$value:ident| { $($field:ident : $e:expr),* $(,)? }) => {{
+        let Done { value: $value, error, log, shot } = $done;
+        let (failure_screenshot_bytes, failure_screenshot_mime_type) = shot.unwrap_or_default();
+        Ok(pb::$t {
+            v: 1,
+            success: error.is_empty(),
+            $($field: $e,)*
+            error,
+            action_log: Some(log),
+            failure_screenshot_bytes,
+            failure_screenshot_mime_type,
+        })
+    }};
 }
 
 /// The host of an http(s) URL.
@@ -355,16 +385,16 @@ pub async fn click(
             domain_allowed(s, &tab.tab.state.read(|v| v.url.clone()))
                 .map_err(|e| failed("domain_not_allowed", e))?;
             let before = s.with(|m| m.downloads.len());
-            let point = actions::wait_actionable(
-                &engine.rt,
-                &tab.tab,
+            let point = ready(
+                engine,
+                s,
+                &tab,
                 &r.selector,
                 Need::Click,
-                deadline(s, r.timeout_ms),
+                r.timeout_ms,
                 retries,
             )
-            .await
-            .map_err(Failed::from)?;
+            .await?;
             actions::click_at(&tab.tab, point)
                 .await
                 .map_err(|e| failed("page_error", e))?;
@@ -373,16 +403,7 @@ pub async fn click(
         }
     })
     .await;
-    let (shot, mime) = split_shot(done.shot);
-    Ok(pb::ClickResponse {
-        v: 1,
-        success: done.error.is_empty(),
-        error: done.error,
-        action_log: Some(done.log),
-        failure_screenshot_bytes: shot,
-        failure_screenshot_mime_type: mime,
-        artifact: done.value.flatten(),
-    })
+    answer!(ClickResponse, done, |value| { artifact: value.flatten() })
 }
 
 /// Type: focuses the field (clearing it if asked) and inserts the text.
@@ -406,16 +427,7 @@ pub async fn type_text(
                 ),
             ));
         }
-        actions::wait_actionable(
-            &engine.rt,
-            &tab.tab,
-            &r.selector,
-            Need::Type,
-            deadline(s, r.timeout_ms),
-            0,
-        )
-        .await
-        .map_err(Failed::from)?;
+        ready(engine, s, &tab, &r.selector, Need::Type, r.timeout_ms, 0).await?;
         let focus = format!(
             "((el, clear) => {{ el.focus(); if (clear) {{ if ('value' in el) {{ el.value = ''; \
              el.dispatchEvent(new Event('input', {{bubbles: true}})); }} else el.textContent = ''; }} \
@@ -439,16 +451,7 @@ pub async fn type_text(
         Ok((r.text.len() as u64, 1))
     }})
     .await;
-    let (shot, mime) = split_shot(done.shot);
-    Ok(pb::TypeResponse {
-        v: 1,
-        success: done.error.is_empty(),
-        typed_bytes: done.value.unwrap_or(0),
-        error: done.error,
-        action_log: Some(done.log),
-        failure_screenshot_bytes: shot,
-        failure_screenshot_mime_type: mime,
-    })
+    answer!(TypeResponse, done, |value| { typed_bytes: value.unwrap_or(0) })
 }
 
 /// Press: a key (or combination) in the focused element.
@@ -477,16 +480,7 @@ pub async fn press(
         }
     })
     .await;
-    let (shot, mime) = split_shot(done.shot);
-    Ok(pb::PressResponse {
-        v: 1,
-        success: done.error.is_empty(),
-        key: r.key,
-        error: done.error,
-        action_log: Some(done.log),
-        failure_screenshot_bytes: shot,
-        failure_screenshot_mime_type: mime,
-    })
+    answer!(PressResponse, done, |_value| { key: r.key })
 }
 
 /// Select: picks the option whose value (or, failing that, label) is `value`.
@@ -500,16 +494,7 @@ pub async fn select(
     let done = action(&s, "select", &r.selector, on_failure, |tab| {
         let (s, r, engine) = (&s, &r, &engine);
         async move {
-        actions::wait_actionable(
-            &engine.rt,
-            &tab.tab,
-            &r.selector,
-            Need::Select,
-            deadline(s, r.timeout_ms),
-            0,
-        )
-        .await
-        .map_err(Failed::from)?;
+        ready(engine, s, &tab, &r.selector, Need::Select, r.timeout_ms, 0).await?;
         let js = format!(
             "((el, want) => {{ const opts = Array.from(el.options); \
              const o = opts.find(o => o.value === want) || opts.find(o => o.label.trim() === want); \
@@ -533,16 +518,7 @@ pub async fn select(
         Ok((v["value"].as_str().unwrap_or_default().to_owned(), 1))
     }})
     .await;
-    let (shot, mime) = split_shot(done.shot);
-    Ok(pb::SelectResponse {
-        v: 1,
-        success: done.error.is_empty(),
-        selected_value: done.value.unwrap_or_default(),
-        error: done.error,
-        action_log: Some(done.log),
-        failure_screenshot_bytes: shot,
-        failure_screenshot_mime_type: mime,
-    })
+    answer!(SelectResponse, done, |value| { selected_value: value.unwrap_or_default() })
 }
 
 /// Highlight: outlines the element for `duration_ms` (0: 1 s; at most 10 s).
@@ -564,16 +540,7 @@ pub async fn highlight(
     let done = action(&s, "highlight", &r.selector, on_failure, |tab| {
         let (s, r, engine) = (&s, &r, &engine);
         async move {
-        actions::wait_actionable(
-            &engine.rt,
-            &tab.tab,
-            &r.selector,
-            Need::Visible,
-            deadline(s, r.timeout_ms),
-            0,
-        )
-        .await
-        .map_err(Failed::from)?;
+        ready(engine, s, &tab, &r.selector, Need::Visible, r.timeout_ms, 0).await?;
         let js = format!(
             "((el, ms) => {{ const old = el.style.outline; el.style.outline = '3px solid #ff00ff'; \
              setTimeout(() => {{ el.style.outline = old; }}, ms); return true; }})({RESOLVE}({}), {duration})",
@@ -583,16 +550,7 @@ pub async fn highlight(
         Ok(((), 1))
     }})
     .await;
-    let (shot, mime) = split_shot(done.shot);
-    Ok(pb::HighlightResponse {
-        v: 1,
-        success: done.error.is_empty(),
-        selector: r.selector,
-        error: done.error,
-        action_log: Some(done.log),
-        failure_screenshot_bytes: shot,
-        failure_screenshot_mime_type: mime,
-    })
+    answer!(HighlightResponse, done, |_value| { selector: r.selector })
 }
 
 /// Scroll: by (delta_x, delta_y) CSS pixels; answers the new scroll position.
@@ -621,17 +579,9 @@ pub async fn scroll(
     })
     .await;
     let _ = &engine;
-    let (shot, mime) = split_shot(done.shot);
-    let (x, y) = done.value.unwrap_or_default();
-    Ok(pb::ScrollResponse {
-        v: 1,
-        success: done.error.is_empty(),
-        scroll_x: x,
-        scroll_y: y,
-        error: done.error,
-        action_log: Some(done.log),
-        failure_screenshot_bytes: shot,
-        failure_screenshot_mime_type: mime,
+    answer!(ScrollResponse, done, |value| {
+        scroll_x: value.unwrap_or_default().0,
+        scroll_y: value.unwrap_or_default().1,
     })
 }
 
@@ -696,18 +646,10 @@ pub async fn wait_for(
         }
     }})
     .await;
-    let (shot, mime) = split_shot(done.shot);
-    let ok = done.error.is_empty();
-    Ok(pb::WaitForResponse {
-        v: 1,
-        success: ok,
+    answer!(WaitForResponse, done, |value| {
         waited_ms: started.elapsed().as_millis() as u64,
-        error: done.error,
-        action_log: Some(done.log),
-        failure_screenshot_bytes: shot,
-        failure_screenshot_mime_type: mime,
-        matched_selector: if ok { r.selector } else { String::new() },
-        matched_text: if ok { r.text } else { String::new() },
+        matched_selector: if value.is_some() { r.selector } else { String::new() },
+        matched_text: if value.is_some() { r.text } else { String::new() },
     })
 }
 
