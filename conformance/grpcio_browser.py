@@ -530,12 +530,13 @@ def run(args, b, base, state):
         assert code_of(lambda: c("ListProfiles", principal="user:other")) == grpc.StatusCode.PERMISSION_DENIED
         # A persistent profile keeps cookies across sessions.
         one, first = new_session(profile_id=pid)
-        assert first.persistence_enabled and first.profile_id.ulid == pid, first
+        assert first.persistence_enabled and first.profile_id.ulid == pid and not first.state_restored, first
         nav = c("Navigate", url=f"{base}/logs", session_id=one)
         assert nav.success, nav
         before = [k.name for d in c("InspectSession", include_cookies=True, session_id=one).cookies for k in d.cookies]
         c("CloseSession", session_id=one)
-        two, _ = new_session(profile_id=pid)
+        two, second = new_session(profile_id=pid)
+        assert second.state_restored, second
         r = c("InspectSession", include_cookies=True, session_id=two)
         names = [k.name for d in r.cookies for k in d.cookies]
         c("CloseSession", session_id=two)

@@ -186,6 +186,8 @@ pub struct Session {
     pub persistence_enabled: bool,
     /// The persistence id asked for.
     pub persistence_id: String,
+    /// A persistent profile's earlier state (cookies, storage) was there to restore.
+    pub state_restored: bool,
     /// Where its downloads go.
     pub download_dir: PathBuf,
     /// Serialises the session's actions.
@@ -493,6 +495,20 @@ impl BrowserEngine {
                 "browser_unavailable: Chromium refused auto-attach: {e}"
             ));
         }
+        // Chromium's helpers (renderers, zygote) may keep the pipe open after the browser process
+        // died; once it has, its whole process group goes, which closes the pipe at once.
+        let polled = Arc::clone(&proc);
+        let rt3 = Rt::clone(&self.rt);
+        self.rt.spawn(Box::pin(async move {
+            while polled.alive() {
+                runtime::sleep(&*rt3, Duration::from_millis(250)).await;
+                let mut child = polled.child.lock().unwrap_or_else(|p| p.into_inner());
+                if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+                    chromium::kill_group(&child);
+                    return;
+                }
+            }
+        }));
         let weak = Arc::downgrade(self);
         let watched = Arc::clone(&proc);
         let rt2 = Rt::clone(&self.rt);
@@ -658,6 +674,7 @@ impl BrowserEngine {
             private_profile: profile.as_ref().is_none_or(|p| p.private_profile),
             persistence_enabled: persistent,
             persistence_id: new.persistence_id.clone(),
+            state_restored: persistent && profile.as_ref().is_some_and(|p| p.last_used_unix_ms > 0),
             download_dir,
             busy: async_lock::Mutex::new(()),
             downloads_changed: event_listener::Event::new(),

@@ -124,7 +124,7 @@ pub async fn create_session(
         action_allowed_domains: s.allowed_domains.clone(),
         persistence_enabled: s.persistence_enabled,
         persistence_id: s.persistence_id.clone(),
-        state_restored: s.persistence_enabled,
+        state_restored: s.state_restored,
         profile_id: id(&s.profile_id),
         private_profile: s.private_profile,
     })
@@ -241,7 +241,7 @@ async fn summary(s: &Session) -> (pb::BrowserSessionSummary, Vec<pb::BrowserTab>
         downloads_enabled: s.downloads_enabled,
         persistence_enabled: s.persistence_enabled,
         persistence_id: s.persistence_id.clone(),
-        state_restored: s.persistence_enabled,
+        state_restored: s.state_restored,
         profile_id: id(&s.profile_id),
         private_profile: s.private_profile,
         action_allowed_domains: s.allowed_domains.clone(),
