@@ -417,39 +417,40 @@ pub async fn type_text(
     let done = action(&s, "type", &r.selector, on_failure, |tab| {
         let (s, r, engine) = (&s, &r, &engine);
         async move {
-        if r.text.len() as u64 > s.budget.type_input_bytes {
-            return Err(failed(
-                "input_too_large",
-                format!(
-                    "the text is {} bytes, over the session's max_type_input_bytes of {}",
-                    r.text.len(),
-                    s.budget.type_input_bytes
-                ),
-            ));
+            if r.text.len() as u64 > s.budget.type_input_bytes {
+                return Err(failed(
+                    "input_too_large",
+                    format!(
+                        "the text is {} bytes, over the session's max_type_input_bytes of {}",
+                        r.text.len(),
+                        s.budget.type_input_bytes
+                    ),
+                ));
+            }
+            ready(engine, s, &tab, &r.selector, Need::Type, r.timeout_ms, 0).await?;
+            let focus = format!(
+                "((el, clear) => {{ el.focus(); if (clear) {{ if ('value' in el) {{ el.value = ''; \
+                 el.dispatchEvent(new Event('input', {{bubbles: true}})); }} else el.textContent = ''; }} \
+                 const a = el.ownerDocument.activeElement; return a === el || el.contains(a); }})({RESOLVE}({}), {})",
+                Value::from(r.selector.as_str()),
+                r.clear_existing
+            );
+            let focused = tab.tab.evaluate(&focus).await.map_err(|e| failed("page_error", e))?;
+            if focused != Value::Bool(true) {
+                return Err(failed(
+                    "element_not_focusable",
+                    format!("{}: the element did not take the focus", r.selector),
+                ));
+            }
+            if !r.text.is_empty() {
+                tab.tab
+                    .call("Input.insertText", json!({"text": r.text}))
+                    .await
+                    .map_err(|e| failed("page_error", e.to_string()))?;
+            }
+            Ok((r.text.len() as u64, 1))
         }
-        ready(engine, s, &tab, &r.selector, Need::Type, r.timeout_ms, 0).await?;
-        let focus = format!(
-            "((el, clear) => {{ el.focus(); if (clear) {{ if ('value' in el) {{ el.value = ''; \
-             el.dispatchEvent(new Event('input', {{bubbles: true}})); }} else el.textContent = ''; }} \
-             const a = el.ownerDocument.activeElement; return a === el || el.contains(a); }})({RESOLVE}({}), {})",
-            Value::from(r.selector.as_str()),
-            r.clear_existing
-        );
-        let focused = tab.tab.evaluate(&focus).await.map_err(|e| failed("page_error", e))?;
-        if focused != Value::Bool(true) {
-            return Err(failed(
-                "element_not_focusable",
-                format!("{}: the element did not take the focus", r.selector),
-            ));
-        }
-        if !r.text.is_empty() {
-            tab.tab
-                .call("Input.insertText", json!({"text": r.text}))
-                .await
-                .map_err(|e| failed("page_error", e.to_string()))?;
-        }
-        Ok((r.text.len() as u64, 1))
-    }})
+    })
     .await;
     answer!(TypeResponse, done, |value| { typed_bytes: value.unwrap_or(0) })
 }
@@ -494,29 +495,30 @@ pub async fn select(
     let done = action(&s, "select", &r.selector, on_failure, |tab| {
         let (s, r, engine) = (&s, &r, &engine);
         async move {
-        ready(engine, s, &tab, &r.selector, Need::Select, r.timeout_ms, 0).await?;
-        let js = format!(
-            "((el, want) => {{ const opts = Array.from(el.options); \
-             const o = opts.find(o => o.value === want) || opts.find(o => o.label.trim() === want); \
-             if (!o) return {{ok: false, values: opts.slice(0, 20).map(o => o.value)}}; \
-             el.value = o.value; el.dispatchEvent(new Event('input', {{bubbles: true}})); \
-             el.dispatchEvent(new Event('change', {{bubbles: true}})); return {{ok: true, value: el.value}}; }})\
-             ({RESOLVE}({}), {})",
-            Value::from(r.selector.as_str()),
-            Value::from(r.value.as_str())
-        );
-        let v = tab.tab.evaluate(&js).await.map_err(|e| failed("page_error", e))?;
-        if v["ok"] != Value::Bool(true) {
-            return Err(failed(
-                "option_not_found",
-                format!(
-                    "{}: no option has the value or label {:?} (values: {})",
-                    r.selector, r.value, v["values"]
-                ),
-            ));
+            ready(engine, s, &tab, &r.selector, Need::Select, r.timeout_ms, 0).await?;
+            let js = format!(
+                "((el, want) => {{ const opts = Array.from(el.options); \
+                 const o = opts.find(o => o.value === want) || opts.find(o => o.label.trim() === want); \
+                 if (!o) return {{ok: false, values: opts.slice(0, 20).map(o => o.value)}}; \
+                 el.value = o.value; el.dispatchEvent(new Event('input', {{bubbles: true}})); \
+                 el.dispatchEvent(new Event('change', {{bubbles: true}})); return {{ok: true, value: el.value}}; }})\
+                 ({RESOLVE}({}), {})",
+                Value::from(r.selector.as_str()),
+                Value::from(r.value.as_str())
+            );
+            let v = tab.tab.evaluate(&js).await.map_err(|e| failed("page_error", e))?;
+            if v["ok"] != Value::Bool(true) {
+                return Err(failed(
+                    "option_not_found",
+                    format!(
+                        "{}: no option has the value or label {:?} (values: {})",
+                        r.selector, r.value, v["values"]
+                    ),
+                ));
+            }
+            Ok((v["value"].as_str().unwrap_or_default().to_owned(), 1))
         }
-        Ok((v["value"].as_str().unwrap_or_default().to_owned(), 1))
-    }})
+    })
     .await;
     answer!(SelectResponse, done, |value| { selected_value: value.unwrap_or_default() })
 }
@@ -540,15 +542,16 @@ pub async fn highlight(
     let done = action(&s, "highlight", &r.selector, on_failure, |tab| {
         let (s, r, engine) = (&s, &r, &engine);
         async move {
-        ready(engine, s, &tab, &r.selector, Need::Visible, r.timeout_ms, 0).await?;
-        let js = format!(
-            "((el, ms) => {{ const old = el.style.outline; el.style.outline = '3px solid #ff00ff'; \
-             setTimeout(() => {{ el.style.outline = old; }}, ms); return true; }})({RESOLVE}({}), {duration})",
-            Value::from(r.selector.as_str())
-        );
-        tab.tab.evaluate(&js).await.map_err(|e| failed("page_error", e))?;
-        Ok(((), 1))
-    }})
+            ready(engine, s, &tab, &r.selector, Need::Visible, r.timeout_ms, 0).await?;
+            let js = format!(
+                "((el, ms) => {{ const old = el.style.outline; el.style.outline = '3px solid #ff00ff'; \
+                 setTimeout(() => {{ el.style.outline = old; }}, ms); return true; }})({RESOLVE}({}), {duration})",
+                Value::from(r.selector.as_str())
+            );
+            tab.tab.evaluate(&js).await.map_err(|e| failed("page_error", e))?;
+            Ok(((), 1))
+        }
+    })
     .await;
     answer!(HighlightResponse, done, |_value| { selector: r.selector })
 }
@@ -608,43 +611,44 @@ pub async fn wait_for(
     let done = action(&s, "wait_for", &r.selector, on_failure, |tab| {
         let (s, r, engine) = (&s, &r, &engine);
         async move {
-        let until = deadline(s, r.timeout_ms);
-        let js = format!(
-            "((sel, text) => {{ let ok = true; if (sel) {{ let el = null; try {{ el = {RESOLVE}(sel); }} \
-             catch (e) {{ return 'invalid'; }} if (!el) ok = false; else {{ const r = el.getBoundingClientRect(); \
-             const st = getComputedStyle(el); ok = r.width > 0 && r.height > 0 && st.visibility === 'visible'; }} }} \
-             if (ok && text) ok = !!document.body && document.body.innerText.includes(text); return ok; }})({}, {})",
-            Value::from(r.selector.as_str()),
-            Value::from(r.text.as_str())
-        );
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match tab.tab.evaluate(&js).await {
-                Ok(Value::Bool(true)) => return Ok(((), attempts)),
-                Ok(Value::String(s)) if s == "invalid" => {
-                    return Err(failed(
-                        "invalid_selector",
-                        format!("{}: not a valid CSS selector", r.selector),
-                    ))
+            let until = deadline(s, r.timeout_ms);
+            let js = format!(
+                "((sel, text) => {{ let ok = true; if (sel) {{ let el = null; try {{ el = {RESOLVE}(sel); }} \
+                 catch (e) {{ return 'invalid'; }} if (!el) ok = false; else {{ const r = el.getBoundingClientRect(); \
+                 const st = getComputedStyle(el); ok = r.width > 0 && r.height > 0 && st.visibility === 'visible'; }} }} \
+                 if (ok && text) ok = !!document.body && document.body.innerText.includes(text); return ok; }})({}, {})",
+                Value::from(r.selector.as_str()),
+                Value::from(r.text.as_str())
+            );
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                match tab.tab.evaluate(&js).await {
+                    Ok(Value::Bool(true)) => return Ok(((), attempts)),
+                    Ok(Value::String(s)) if s == "invalid" => {
+                        return Err(failed(
+                            "invalid_selector",
+                            format!("{}: not a valid CSS selector", r.selector),
+                        ))
+                    }
+                    _ => {}
                 }
-                _ => {}
+                if Instant::now() + poll > until {
+                    let what = match (r.selector.is_empty(), r.text.is_empty()) {
+                        (false, true) => format!("{} did not become visible", r.selector),
+                        (true, false) => format!("the text {:?} did not appear", r.text),
+                        _ => format!("{} with the text {:?} did not appear", r.selector, r.text),
+                    };
+                    return Err(Failed {
+                        outcome: "timeout".into(),
+                        error: format!("{what} within {} ms", s.budget.action_timeout(r.timeout_ms).as_millis()),
+                        attempts,
+                    });
+                }
+                runtime::sleep(&*engine.rt, poll).await;
             }
-            if Instant::now() + poll > until {
-                let what = match (r.selector.is_empty(), r.text.is_empty()) {
-                    (false, true) => format!("{} did not become visible", r.selector),
-                    (true, false) => format!("the text {:?} did not appear", r.text),
-                    _ => format!("{} with the text {:?} did not appear", r.selector, r.text),
-                };
-                return Err(Failed {
-                    outcome: "timeout".into(),
-                    error: format!("{what} within {} ms", s.budget.action_timeout(r.timeout_ms).as_millis()),
-                    attempts,
-                });
-            }
-            runtime::sleep(&*engine.rt, poll).await;
         }
-    }})
+    })
     .await;
     answer!(WaitForResponse, done, |value| {
         waited_ms: started.elapsed().as_millis() as u64,
