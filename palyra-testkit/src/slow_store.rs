@@ -122,7 +122,7 @@ impl LogStore for SlowLog {
         self.inner.bounds()
     }
 
-    fn append(&self, events: Vec<NewEvent>, expect_first: Option<u64>, done: Done<u64>) {
+    fn append(&self, events: Vec<NewEvent>, expect_first: Option<u64>, done: Done<Vec<u64>>) {
         let inner = Arc::clone(&self.inner);
         self.delay
             .later(move || inner.append(events, expect_first, done));

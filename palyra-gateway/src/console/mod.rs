@@ -333,7 +333,7 @@ impl ConsoleHub {
         first: u64,
         entries: Vec<Entry>,
         bytes: usize,
-        stored: Result<u64, StoreError>,
+        stored: Result<Vec<u64>, StoreError>,
         mut results: Vec<Result<Published, ConsoleError>>,
         done: crate::store::Completer<Vec<Result<Published, ConsoleError>>>,
     ) {

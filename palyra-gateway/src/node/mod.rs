@@ -400,10 +400,13 @@ impl NodePlane {
                 Box::new(move |result| {
                     let mut inbox = inbox.lock().unwrap_or_else(|p| p.into_inner());
                     for (i, key) in keys.into_iter().enumerate() {
-                        let seq = result
-                            .as_ref()
-                            .map(|first| first + i as u64)
-                            .map_err(|e| unavailable(e.clone()));
+                        let seq = match &result {
+                            Ok(seqs) => seqs
+                                .get(i)
+                                .copied()
+                                .ok_or_else(|| LogUnavailable("the log lost an event".into())),
+                            Err(e) => Err(unavailable(e.clone())),
+                        };
                         inbox.push(LogOutcome::Appended(key, seq));
                     }
                     drop(inbox);

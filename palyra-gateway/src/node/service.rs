@@ -528,7 +528,7 @@ impl EventStream {
                 self.hub.log().append(
                     vec![event],
                     None,
-                    Box::new(move |result| done.complete(result)),
+                    Box::new(move |result| done.complete(crate::store::only_seq(result))),
                 );
                 Ok(Owed::Stored { stored, event_id })
             }

@@ -561,7 +561,7 @@ impl OperatorConnection {
                 body: encoded.into(),
             }],
             None,
-            Box::new(move |result| done.complete(result)),
+            Box::new(move |result| done.complete(crate::store::only_seq(result))),
         );
         Ok((stored, shown))
     }

@@ -805,7 +805,7 @@ impl RunEngine {
         run_id: &str,
         events: Vec<Bytes>,
         state: RunState,
-        written: Result<u64, StoreError>,
+        written: Result<Vec<u64>, StoreError>,
     ) {
         let mut runs = self.lock();
         let Some(entry) = runs.map.get_mut(run_id) else {

@@ -131,7 +131,7 @@ async fn publish(hub: &NodeHub, clock: &WallClock, input: &Value) -> CapabilityR
             body: encoded.into(),
         }],
         None,
-        Box::new(move |result| done.complete(result)),
+        Box::new(move |result| done.complete(crate::store::only_seq(result))),
     );
     match stored.wait().await {
         Some(Ok(seq)) => ok(json!({"seq": seq})),

@@ -50,11 +50,12 @@ pub trait QuickReader: Send + Sync {
 pub trait LogStore: Send + Sync {
     /// Bounds of the durable log.
     fn bounds(&self) -> LogBounds;
-    /// Appends `events` in order, as one unit; `done` gets the first seq once they are durable.
+    /// Appends `events` in order; `done` gets each one's seq once they are durable (consecutive
+    /// on a log only this gateway writes; a shared log may interleave other gateways' records).
     /// With `expect_first`, the append is refused (`Conflict`) unless the events would get
-    /// exactly that first seq (a writer that numbers its records itself, as JetStream's expected
-    /// last sequence).
-    fn append(&self, events: Vec<NewEvent>, expect_first: Option<u64>, done: Done<u64>);
+    /// exactly the seqs from that one on (a writer that numbers its records itself, as
+    /// JetStream's expected last sequence).
+    fn append(&self, events: Vec<NewEvent>, expect_first: Option<u64>, done: Done<Vec<u64>>);
     /// The records after `after` if they can be had without waiting for the disk (from memory
     /// or the page cache; or there are none): `None` means ask [`LogStore::read`].
     fn read_cached(&self, after: u64, max_events: usize, max_bytes: usize) -> Option<EventBatch>;
@@ -202,7 +203,7 @@ impl Recent {
 }
 
 enum Job {
-    Append(Vec<NewEvent>, Option<u64>, Done<u64>),
+    Append(Vec<NewEvent>, Option<u64>, Done<Vec<u64>>),
     Read {
         after: u64,
         max_events: usize,
@@ -304,7 +305,7 @@ fn run_jobs(store: &mut dyn EventStore, shared: &Shared, jobs: Vec<Job>) {
 }
 
 /// One caller's append: its events, the first seq it expects, its completion.
-type Append = (Vec<NewEvent>, Option<u64>, Done<u64>);
+type Append = (Vec<NewEvent>, Option<u64>, Done<Vec<u64>>);
 
 /// Appends every caller's events with one store append (one fsync), then tells each caller its
 /// first seq. A caller whose events cannot be stored at all, or would not get the first seq it
@@ -350,8 +351,9 @@ fn commit(store: &mut dyn EventStore, shared: &Shared, appends: Vec<Append>) {
                 }
                 recent.set_bounds(store.bounds());
             }
-            for (offset, _, done) in callers {
-                done(Ok(first + offset as u64));
+            for (offset, count, done) in callers {
+                let start = first + offset as u64;
+                done(Ok((start..start + count as u64).collect()));
             }
             shared.wake.notify();
         }
@@ -368,7 +370,7 @@ impl LogStore for LogService {
         self.recent().bounds
     }
 
-    fn append(&self, events: Vec<NewEvent>, expect_first: Option<u64>, done: Done<u64>) {
+    fn append(&self, events: Vec<NewEvent>, expect_first: Option<u64>, done: Done<Vec<u64>>) {
         if let Err(Job::Append(_, _, done)) =
             self.worker.submit(Job::Append(events, expect_first, done))
         {
@@ -446,7 +448,7 @@ impl LogStore for MemoryLog {
         self.log().bounds()
     }
 
-    fn append(&self, events: Vec<NewEvent>, expect_first: Option<u64>, done: Done<u64>) {
+    fn append(&self, events: Vec<NewEvent>, expect_first: Option<u64>, done: Done<Vec<u64>>) {
         let mut log = self.log();
         let first = log.bounds().last_seq + 1;
         let result = match expect_first.filter(|e| *e != first) {
@@ -455,7 +457,9 @@ impl LogStore for MemoryLog {
                 expected,
                 actual: first,
             }),
-            None => log.append(&events),
+            None => log
+                .append(&events)
+                .map(|first| (first..first + events.len() as u64).collect()),
         };
         drop(log);
         done(result);
@@ -565,11 +569,11 @@ mod tests {
             None,
             Box::new(move |r| tx2.send((99, r)).unwrap()),
         );
-        let mut results: Vec<(u32, Result<u64, StoreError>)> =
+        let mut results: Vec<(u32, Result<Vec<u64>, StoreError>)> =
             (0..11).map(|_| rx.recv().unwrap()).collect();
         results.sort_by_key(|(n, _)| *n);
         for (n, result) in &results[..10] {
-            assert_eq!(result.as_ref().unwrap(), &(u64::from(*n) + 1), "in order");
+            assert_eq!(result.as_ref().unwrap(), &[u64::from(*n) + 1], "in order");
         }
         assert!(
             matches!(results[10].1, Err(StoreError::RecordTooLarge { .. })),
@@ -607,7 +611,7 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(rx.recv().unwrap().unwrap(), 11);
+        assert_eq!(rx.recv().unwrap().unwrap(), [11]);
         log.close();
         let (tx, rx) = mpsc::channel();
         log.append(

@@ -87,6 +87,15 @@ impl StoreError {
     }
 }
 
+/// The seq of a one-event append (see [`LogStore::append`]).
+pub fn only_seq(appended: Result<Vec<u64>, StoreError>) -> Result<u64, StoreError> {
+    appended.and_then(|seqs| {
+        seqs.first()
+            .copied()
+            .ok_or_else(|| StoreError::Corrupt("an append returned no seq".into()))
+    })
+}
+
 /// Receives the outcome of a store operation, on the store's thread: keep it short (hand the
 /// result over and wake whoever waits).
 pub type Done<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
