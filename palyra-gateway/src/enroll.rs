@@ -120,7 +120,7 @@ impl EnrollmentStore {
         let doc = Document::open(
             docs,
             STATE_KEY,
-            |bytes| {
+            move |bytes| {
                 let state: EnrollState = match bytes {
                     Some(bytes) => serde_json::from_slice(bytes)
                         .map_err(|e| StoreError::Corrupt(format!("{STATE_KEY}: {e}")))?,

@@ -28,6 +28,12 @@ pub trait DocStore: Send + Sync {
     /// (compare-and-set; `Conflict` otherwise); `done` gets the new revision once it is durable.
     /// Writes to one key complete in the order they were made.
     fn put(&self, key: &str, value: Bytes, expect: Option<u64>, done: Done<u64>);
+    /// The newest revision of `key` known here, on a store other gateways write too (kept
+    /// current by a watch): a [`super::Document`] reloads when it is newer than its own. `None`
+    /// (the default) on a store only this gateway writes.
+    fn revision(&self, _key: &str) -> Option<u64> {
+        None
+    }
     /// Stops taking writes and waits until every write handed over is durable.
     fn close(&self);
 }
