@@ -21,7 +21,7 @@ use crate::runtime::Rt;
 use crate::serve::node_plane::NodePlaneHandle;
 use crate::serve::tcp::{ListenerLimits, TcpHandle};
 use crate::store::unix_ms;
-use crate::store::{DocStore, FileDocStore, LogStore};
+use crate::store::{DocStore, FileDocStore, LogStore, TrustRecords};
 use crate::trust::TrustService;
 use crate::util::stop::Stop;
 use palyra_proto::enroll::gateway::GatewayConfig;
@@ -121,6 +121,8 @@ pub struct Stores {
     pub console: Arc<dyn LogStore>,
     /// The run tape.
     pub runs: Arc<dyn LogStore>,
+    /// The trust records, when they are not the identity directory's trust file.
+    pub trust: Option<Arc<dyn TrustRecords>>,
 }
 
 impl Stores {
@@ -135,6 +137,7 @@ impl Stores {
             events: crate::node::open_file_log(state_dir, options).map_err(plane)?,
             console: crate::console::open_file_log(state_dir).map_err(plane)?,
             runs: crate::run::tape::open_file_log(state_dir).map_err(plane)?,
+            trust: None,
         })
     }
 
@@ -207,6 +210,7 @@ impl Daemon {
             &settings.node,
             Arc::clone(&docs),
             Arc::clone(&stores.events),
+            stores.trust.clone(),
             rng,
             SystemTime::now(),
         )
@@ -245,6 +249,7 @@ impl Daemon {
         let clock: WallClock = Arc::new(|| unix_ms(SystemTime::now()));
         let (enrollment, trust) = crate::node::open_enrollment(
             &dir,
+            Some(plane.identity.records()),
             Arc::clone(&docs),
             settings.enrollment,
             &hub,

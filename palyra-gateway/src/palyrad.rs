@@ -192,7 +192,12 @@ fn run_cert(command: CertCommand) -> anyhow::Result<()> {
         } => {
             let state_dir = state_dir.unwrap_or_else(default_state_dir);
             let ids = IdentityDir::open(state_dir.join("identity"))?;
-            let newly = ids.revoke_device(SystemTime::now(), &device_id, &reason)?;
+            let newly = crate::store::TrustRecords::revoke_device(
+                &ids,
+                SystemTime::now(),
+                &device_id,
+                &reason,
+            )?;
             let daemon = tell_daemon(&state_dir);
             println!(
                 "{}",

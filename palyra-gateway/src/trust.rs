@@ -6,7 +6,7 @@
 //! off at once.
 
 use crate::store::worker::Worker;
-use crate::store::{Done, IdentityDir, IdentityError, StoreError};
+use crate::store::{Done, IdentityError, StoreError, TrustRecords};
 use palyra_proto::identity::cert;
 use palyra_proto::identity::trust::{TrustIndex, TrustSnapshot};
 use std::sync::Arc;
@@ -78,10 +78,10 @@ pub struct TrustService {
 }
 
 impl TrustService {
-    /// Starts the service over `ids`; after every change the index `live` is reloaded and
-    /// `changed` is called (it wakes the listeners that re-check their peers).
+    /// Starts the service over the records `ids`; after every change the index `live` is
+    /// reloaded and `changed` is called (it wakes the listeners that re-check their peers).
     pub fn start(
-        ids: IdentityDir,
+        ids: Arc<dyn TrustRecords>,
         live: Arc<TrustIndex>,
         changed: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<Self, StoreError> {
@@ -91,7 +91,7 @@ impl TrustService {
             let mut any = false;
             for (changes, done) in jobs {
                 let results: Vec<Result<Applied, TrustError>> =
-                    changes.iter().map(|c| apply(&ids, c)).collect();
+                    changes.iter().map(|c| apply(ids.as_ref(), c)).collect();
                 any |= results.iter().any(|r| matches!(r, Ok(Applied::Changed)));
                 answers.push((done, results));
             }
@@ -134,8 +134,8 @@ impl TrustService {
     }
 }
 
-/// One change against the trust file (which the directory's lock guards).
-fn apply(ids: &IdentityDir, change: &TrustChange) -> Result<Applied, TrustError> {
+/// One change against the trust records.
+fn apply(ids: &dyn TrustRecords, change: &TrustChange) -> Result<Applied, TrustError> {
     let now = SystemTime::now();
     let refused = |e: IdentityError| match e {
         IdentityError::Store(e) => TrustError::Store(e),

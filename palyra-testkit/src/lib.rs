@@ -26,7 +26,7 @@ use palyra_gateway::runtime::{self, Rt};
 use palyra_gateway::serve::node_connection::NodeConnection;
 use palyra_gateway::serve::node_plane::NodePlaneHandle;
 use palyra_gateway::serve::tcp::TcpHandle;
-use palyra_gateway::store::{DeviceBundle, IdentityDir};
+use palyra_gateway::store::{DeviceBundle, IdentityDir, TrustRecords};
 use palyra_gateway::store::{DocStore, FileDocStore};
 use palyra_proto::grpc::service::RouterFactory;
 use palyra_proto::identity::cert::{key_to_der, CertAuthority};
@@ -268,6 +268,7 @@ impl Gateway {
             options,
             docs,
             log,
+            None,
             &mut OsRng,
             SystemTime::now(),
         )

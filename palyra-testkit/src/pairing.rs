@@ -83,6 +83,7 @@ impl<D: Driver> Rig<D> {
             Arc::new(|b: &mut [u8]| rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, b));
         let (store, _trust) = palyra_gateway::node::open_enrollment(
             gw.path(),
+            None,
             Arc::clone(&gw.docs),
             config,
             &hub,

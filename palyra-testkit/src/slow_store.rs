@@ -168,6 +168,7 @@ fn slow_daemon<D: Driver>(state: &std::path::Path) -> (Running, Arc<Delayer>) {
             inner: files.runs,
             delay: Arc::clone(&delay),
         }),
+        trust: None,
     };
     let settings = DaemonSettings {
         state_dir: state.to_owned(),

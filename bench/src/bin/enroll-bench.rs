@@ -105,8 +105,14 @@ fn durable_rounds(dir: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
     let hub = Arc::new(palyra_gateway::node::hub::NodeHub::in_memory(Arc::new(
         palyra_proto::identity::trust::TrustIndex::new(&trust),
     )));
-    let (store, _trust) =
-        palyra_gateway::node::open_enrollment(dir, docs, GatewayConfig::default(), &hub, random)?;
+    let (store, _trust) = palyra_gateway::node::open_enrollment(
+        dir,
+        None,
+        docs,
+        GatewayConfig::default(),
+        &hub,
+        random,
+    )?;
     let peer = PeerIdentity::default();
     let mut times = Vec::with_capacity(rounds);
     for _ in 0..rounds {

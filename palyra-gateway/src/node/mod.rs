@@ -15,7 +15,7 @@ use crate::enroll::EnrollmentStore;
 use crate::notify::Notifier;
 use crate::store::{
     DocStore, EventBatch, FileEventLog, FileEventLogConfig, IdentityDir, IdentityError, LogService,
-    LogStore, NewEvent, StoreError,
+    LogStore, NewEvent, StoreError, TrustRecords,
 };
 use palyra_proto::identity::cert::ServerKeyKind;
 use palyra_proto::identity::trust::TrustIndex;
@@ -85,6 +85,7 @@ struct ServedCert {
 /// maintenance thread renews and reloads while listeners read the slots and the index.
 pub struct GatewayIdentity {
     ids: IdentityDir,
+    records: Arc<dyn TrustRecords>,
     trust: Arc<TrustIndex>,
     slots: [Arc<ServerCertSlot>; 2],
     ca_der: Vec<u8>,
@@ -120,7 +121,8 @@ fn load_server_cert(
 }
 
 impl GatewayIdentity {
-    /// Loads (creating on first start) the CA, the server certificates and the trust index.
+    /// Loads (creating on first start) the CA, the server certificates and the trust index
+    /// (from the directory's trust file).
     pub fn open(
         dir: &Path,
         hosts: &[String],
@@ -128,7 +130,21 @@ impl GatewayIdentity {
         rng: &mut impl CryptoRngCore,
         now: SystemTime,
     ) -> Result<Self, GatewayError> {
+        Self::open_with(dir, None, hosts, server_cert_validity, rng, now)
+    }
+
+    /// As [`GatewayIdentity::open`], with the trust records in `records` (`None`: the
+    /// directory's trust file).
+    pub fn open_with(
+        dir: &Path,
+        records: Option<Arc<dyn TrustRecords>>,
+        hosts: &[String],
+        server_cert_validity: Duration,
+        rng: &mut impl CryptoRngCore,
+        now: SystemTime,
+    ) -> Result<Self, GatewayError> {
         let ids = IdentityDir::open(dir)?;
+        let records = records.unwrap_or_else(|| Arc::new(ids.clone()));
         let ca = ids.load_or_create_ca(rng, now)?;
         let mut load = |kind| -> Result<ServedCert, GatewayError> {
             let (key, not_after) = load_server_cert(
@@ -150,8 +166,8 @@ impl GatewayIdentity {
             load(ServerKeyKind::Ed25519)?,
             load(ServerKeyKind::EcdsaP256)?,
         ];
-        let trust_stamp = ids.trust_stamp();
-        let trust = Arc::new(TrustIndex::new(&ids.load_trust()?));
+        let trust_stamp = records.trust_stamp();
+        let trust = Arc::new(TrustIndex::new(&records.load_trust()?));
         Ok(Self {
             ca_der: ca.cert_der().to_vec(),
             slots: [Arc::clone(&served[0].slot), Arc::clone(&served[1].slot)],
@@ -163,6 +179,7 @@ impl GatewayIdentity {
             hosts: hosts.to_vec(),
             server_cert_validity,
             ids,
+            records,
         })
     }
 
@@ -173,6 +190,11 @@ impl GatewayIdentity {
     /// The gateway CA certificate (DER).
     pub fn ca_der(&self) -> &[u8] {
         &self.ca_der
+    }
+
+    /// Where the trust records live.
+    pub fn records(&self) -> Arc<dyn TrustRecords> {
+        Arc::clone(&self.records)
     }
 
     /// The live trust index.
@@ -202,15 +224,15 @@ impl GatewayIdentity {
         if seen.is_empty() {
             return Ok(false);
         }
-        Ok(self.ids.confirm_certs(now, &seen)?)
+        Ok(self.records.confirm_certs(now, &seen)?)
     }
 
     /// Reloads `trust.json` now (an offline command changed it); returns the index's new
     /// generation.
     pub fn reload_trust(&self) -> Result<u64, GatewayError> {
         let mut state = self.state();
-        state.trust_stamp = self.ids.trust_stamp();
-        let snapshot = self.ids.load_trust()?;
+        state.trust_stamp = self.records.trust_stamp();
+        let snapshot = self.records.load_trust()?;
         self.trust.replace(&snapshot);
         Ok(self.trust.generation())
     }
@@ -218,11 +240,11 @@ impl GatewayIdentity {
     /// Reloads `trust.json` if it changed since the last look. Returns true if the index changed.
     pub fn refresh_trust(&self) -> Result<bool, GatewayError> {
         let mut state = self.state();
-        let stamp = self.ids.trust_stamp();
+        let stamp = self.records.trust_stamp();
         if stamp == state.trust_stamp {
             return Ok(false);
         }
-        let snapshot = self.ids.load_trust()?;
+        let snapshot = self.records.load_trust()?;
         state.trust_stamp = stamp;
         self.trust.replace(&snapshot);
         Ok(true)
@@ -528,21 +550,23 @@ pub fn open_file_log(
     )?))
 }
 
-/// Opens the identity under `state_dir` and assembles the node plane over the event log `log`
-/// and the documents `docs`: the hub (registry), the QUIC machine, the maintenance thread and
-/// the control socket.
+/// Opens the identity under `state_dir` and assembles the node plane over the event log `log`,
+/// the documents `docs` and the trust records `records` (`None`: the identity directory's trust
+/// file): the hub (registry), the QUIC machine, the maintenance thread and the control socket.
 pub fn open_node_plane(
     state_dir: &Path,
     options: &NodePlaneOptions,
     docs: Arc<dyn DocStore>,
     log: Arc<dyn LogStore>,
+    records: Option<Arc<dyn TrustRecords>>,
     rng: &mut impl CryptoRngCore,
     now: SystemTime,
 ) -> Result<NodePlane, GatewayError> {
     std::fs::create_dir_all(state_dir)
         .map_err(StoreError::io(format!("creating {}", state_dir.display())))?;
-    let identity = Arc::new(GatewayIdentity::open(
+    let identity = Arc::new(GatewayIdentity::open_with(
         &state_dir.join("identity"),
+        records,
         &options.hosts,
         options.server_cert_validity,
         rng,
@@ -621,11 +645,13 @@ pub fn open_node_plane_with(
     })
 }
 
-/// The daemon's enrollment: the gateway identity under `state_dir/identity` (its CA and trust
-/// file, the trust records' own thread keeping `hub`'s live index current and waking its
-/// listeners), and the state in `docs`. Returns the store and its trust service.
+/// The daemon's enrollment: the gateway CA under `state_dir/identity`, the trust records
+/// `records` (`None`: that directory's trust file) with their own thread keeping `hub`'s live
+/// index current and waking its listeners, and the state in `docs`. Returns the store and its
+/// trust service.
 pub fn open_enrollment(
     state_dir: &Path,
+    records: Option<Arc<dyn TrustRecords>>,
     docs: Arc<dyn DocStore>,
     config: palyra_proto::enroll::gateway::GatewayConfig,
     hub: &Arc<hub::NodeHub>,
@@ -636,8 +662,9 @@ pub fn open_enrollment(
         .load_ca()?
         .ok_or_else(|| StoreError::Corrupt("the gateway has no CA".into()))?;
     let changed = Arc::clone(hub);
+    let records = records.unwrap_or_else(|| Arc::new(ids));
     let trust = Arc::new(crate::trust::TrustService::start(
-        ids,
+        records,
         hub.trust_index(),
         Arc::new(move || changed.trust_changed()),
     )?);

@@ -77,6 +77,170 @@ fn supersede(trust: &mut TrustSnapshot, now: SystemTime, device_id: &str, keep: 
     changed
 }
 
+/// Makes each pending (rotated) certificate in `spki_sha256` that is still live its device's
+/// current one, revoking the device's others. Returns whether anything changed.
+fn confirm(trust: &mut TrustSnapshot, now: SystemTime, spki_sha256: &[[u8; 32]]) -> bool {
+    let mut changed = false;
+    for fp in spki_sha256 {
+        let fp = hex::encode(fp);
+        let Some(device) = trust
+            .devices
+            .iter_mut()
+            .find(|d| d.spki_sha256 == fp && d.pending && d.revoked_at_unix_ms.is_none())
+            .map(|d| {
+                d.pending = false;
+                d.device_id.clone()
+            })
+        else {
+            continue;
+        };
+        supersede(trust, now, &device, &fp);
+        changed = true;
+    }
+    changed
+}
+
+/// Revokes `device_id` (which must have a certificate). Returns false if it was already revoked.
+fn revoke(
+    trust: &mut TrustSnapshot,
+    now: SystemTime,
+    device_id: &str,
+    reason: &str,
+) -> Result<bool, IdentityError> {
+    if !trust.devices.iter().any(|d| d.device_id == device_id) {
+        return Err(IdentityError::UnknownDevice(device_id.to_owned()));
+    }
+    if trust.revoked.iter().any(|r| r.device_id == device_id) {
+        return Ok(false);
+    }
+    trust.revoked.push(RevokedDevice {
+        device_id: device_id.to_owned(),
+        revoked_at_unix_ms: unix_ms(now),
+        reason: reason.to_owned(),
+    });
+    Ok(true)
+}
+
+/// Where a gateway's trust records live (issued device certificates, superseded ones,
+/// revocations): the identity directory's trust file ([`IdentityDir`], shared with the offline
+/// `palyrad cert` commands), or a document of a store several gateways share.
+pub trait TrustRecords: Send + Sync {
+    /// The records as they are now.
+    fn load_trust(&self) -> Result<TrustSnapshot, IdentityError>;
+    /// Applies `change` to the current records and saves them if it says they changed (it may
+    /// run again on newer records if another writer got there first). Returns what it said.
+    /// Blocks until saved: call it on a store or maintenance thread.
+    fn modify(
+        &self,
+        change: &mut dyn FnMut(&mut TrustSnapshot) -> Result<bool, IdentityError>,
+    ) -> Result<bool, IdentityError>;
+    /// A stamp that differs once the records changed, cheap enough to poll.
+    fn trust_stamp(&self) -> Option<(SystemTime, u64)>;
+
+    /// Records an issued device certificate in the trust file (idempotent: a certificate for
+    /// the same key is recorded once, its validity extended). `pending`: issued by a rotation,
+    /// confirmed once presented. A revoked device is refused.
+    fn record_device_cert(
+        &self,
+        now: SystemTime,
+        device_id: &str,
+        cert_der: &[u8],
+        pending: bool,
+    ) -> Result<(), IdentityError> {
+        if cert::device_id_from_cert(cert_der)?.as_deref() != Some(device_id) {
+            return Err(IdentityError::BadDeviceId(device_id.to_owned()));
+        }
+        let spki_sha256 = hex::encode(cert::cert_spki_fingerprint(cert_der)?);
+        let expires_at_unix_ms = unix_ms(cert::cert_not_after(cert_der)?);
+        self.modify(&mut |trust| {
+            if trust.revoked.iter().any(|r| r.device_id == device_id) {
+                return Err(IdentityError::Revoked(device_id.to_owned()));
+            }
+            match trust
+                .devices
+                .iter_mut()
+                .find(|d| d.spki_sha256 == spki_sha256 && d.device_id == device_id)
+            {
+                Some(existing) if existing.expires_at_unix_ms >= expires_at_unix_ms => {
+                    return Ok(false)
+                }
+                Some(existing) => existing.expires_at_unix_ms = expires_at_unix_ms,
+                None => trust.devices.push(DeviceCertRecord {
+                    device_id: device_id.to_owned(),
+                    spki_sha256: spki_sha256.clone(),
+                    issued_at_unix_ms: unix_ms(now),
+                    expires_at_unix_ms,
+                    pending,
+                    revoked_at_unix_ms: None,
+                }),
+            }
+            Ok(true)
+        })
+        .map(drop)
+    }
+
+    /// Confirms pending (rotated) certificates seen in use: each becomes the device's current
+    /// certificate and the device's other certificates are revoked. Returns whether anything
+    /// changed.
+    fn confirm_certs(
+        &self,
+        now: SystemTime,
+        spki_sha256: &[[u8; 32]],
+    ) -> Result<bool, IdentityError> {
+        self.modify(&mut |trust| Ok(confirm(trust, now, spki_sha256)))
+    }
+
+    /// Revokes every certificate of `device_id` but the one for `keep_spki_sha256` (a pairing
+    /// that replaces the device).
+    fn supersede_device_certs(
+        &self,
+        now: SystemTime,
+        device_id: &str,
+        keep_spki_sha256: &[u8; 32],
+    ) -> Result<(), IdentityError> {
+        let keep = hex::encode(keep_spki_sha256);
+        self.modify(&mut |trust| Ok(supersede(trust, now, device_id, &keep)))
+            .map(drop)
+    }
+
+    /// Revokes every certificate of `device_id`. Returns false if it was already revoked.
+    fn revoke_device(
+        &self,
+        now: SystemTime,
+        device_id: &str,
+        reason: &str,
+    ) -> Result<bool, IdentityError> {
+        if !is_canonical_device_id(device_id) {
+            return Err(IdentityError::BadDeviceId(device_id.to_owned()));
+        }
+        self.modify(&mut |trust| revoke(trust, now, device_id, reason))
+    }
+}
+
+impl TrustRecords for IdentityDir {
+    fn load_trust(&self) -> Result<TrustSnapshot, IdentityError> {
+        IdentityDir::load_trust(self)
+    }
+
+    /// Under the directory's lock (the offline commands take it too).
+    fn modify(
+        &self,
+        change: &mut dyn FnMut(&mut TrustSnapshot) -> Result<bool, IdentityError>,
+    ) -> Result<bool, IdentityError> {
+        let _lock = self.lock()?;
+        let mut trust = IdentityDir::load_trust(self)?;
+        let changed = change(&mut trust)?;
+        if changed {
+            self.save_trust(&trust)?;
+        }
+        Ok(changed)
+    }
+
+    fn trust_stamp(&self) -> Option<(SystemTime, u64)> {
+        IdentityDir::trust_stamp(self)
+    }
+}
+
 /// The server certificate and its key.
 pub struct ServerIdentity {
     /// The certificate.
@@ -224,7 +388,7 @@ impl IdentityDir {
             key.verifying_key().as_bytes(),
             validity,
         )?;
-        self.record_device_cert(now, device_id, &issued.der, false)?;
+        TrustRecords::record_device_cert(self, now, device_id, &issued.der, false)?;
         Ok(DeviceBundle {
             cert_pem: issued.pem.clone(),
             key_pem: cert::key_to_pem(&key)?,
@@ -265,121 +429,6 @@ impl IdentityDir {
             validity,
         )?;
         Ok((issued, ca.cert_pem()?))
-    }
-
-    /// Records an issued device certificate in the trust file (idempotent: a certificate for
-    /// the same key is recorded once, its validity extended). `pending`: issued by a rotation,
-    /// confirmed once presented. A revoked device is refused.
-    pub fn record_device_cert(
-        &self,
-        now: SystemTime,
-        device_id: &str,
-        cert_der: &[u8],
-        pending: bool,
-    ) -> Result<(), IdentityError> {
-        if cert::device_id_from_cert(cert_der)?.as_deref() != Some(device_id) {
-            return Err(IdentityError::BadDeviceId(device_id.to_owned()));
-        }
-        let spki_sha256 = hex::encode(cert::cert_spki_fingerprint(cert_der)?);
-        let expires_at_unix_ms = unix_ms(cert::cert_not_after(cert_der)?);
-        let _lock = self.lock()?;
-        let mut trust = self.load_trust()?;
-        if trust.revoked.iter().any(|r| r.device_id == device_id) {
-            return Err(IdentityError::Revoked(device_id.to_owned()));
-        }
-        match trust
-            .devices
-            .iter_mut()
-            .find(|d| d.spki_sha256 == spki_sha256 && d.device_id == device_id)
-        {
-            Some(existing) if existing.expires_at_unix_ms >= expires_at_unix_ms => return Ok(()),
-            Some(existing) => existing.expires_at_unix_ms = expires_at_unix_ms,
-            None => trust.devices.push(DeviceCertRecord {
-                device_id: device_id.to_owned(),
-                spki_sha256,
-                issued_at_unix_ms: unix_ms(now),
-                expires_at_unix_ms,
-                pending,
-                revoked_at_unix_ms: None,
-            }),
-        }
-        self.save_trust(&trust)
-    }
-
-    /// Confirms pending (rotated) certificates seen in use: each becomes the device's current
-    /// certificate and the device's other certificates are revoked. Returns whether anything
-    /// changed.
-    pub fn confirm_certs(
-        &self,
-        now: SystemTime,
-        spki_sha256: &[[u8; 32]],
-    ) -> Result<bool, IdentityError> {
-        let _lock = self.lock()?;
-        let mut trust = self.load_trust()?;
-        let mut changed = false;
-        for fp in spki_sha256 {
-            let fp = hex::encode(fp);
-            let Some(device) = trust
-                .devices
-                .iter_mut()
-                .find(|d| d.spki_sha256 == fp && d.pending && d.revoked_at_unix_ms.is_none())
-                .map(|d| {
-                    d.pending = false;
-                    d.device_id.clone()
-                })
-            else {
-                continue;
-            };
-            supersede(&mut trust, now, &device, &fp);
-            changed = true;
-        }
-        if changed {
-            self.save_trust(&trust)?;
-        }
-        Ok(changed)
-    }
-
-    /// Revokes every certificate of `device_id` but the one for `keep_spki_sha256` (a pairing
-    /// that replaces the device).
-    pub fn supersede_device_certs(
-        &self,
-        now: SystemTime,
-        device_id: &str,
-        keep_spki_sha256: &[u8; 32],
-    ) -> Result<(), IdentityError> {
-        let _lock = self.lock()?;
-        let mut trust = self.load_trust()?;
-        if supersede(&mut trust, now, device_id, &hex::encode(keep_spki_sha256)) {
-            self.save_trust(&trust)?;
-        }
-        Ok(())
-    }
-
-    /// Revokes every certificate of `device_id`. Returns false if it was already revoked.
-    pub fn revoke_device(
-        &self,
-        now: SystemTime,
-        device_id: &str,
-        reason: &str,
-    ) -> Result<bool, IdentityError> {
-        if !is_canonical_device_id(device_id) {
-            return Err(IdentityError::BadDeviceId(device_id.to_owned()));
-        }
-        let _lock = self.lock()?;
-        let mut trust = self.load_trust()?;
-        if !trust.devices.iter().any(|d| d.device_id == device_id) {
-            return Err(IdentityError::UnknownDevice(device_id.to_owned()));
-        }
-        if trust.revoked.iter().any(|r| r.device_id == device_id) {
-            return Ok(false);
-        }
-        trust.revoked.push(RevokedDevice {
-            device_id: device_id.to_owned(),
-            revoked_at_unix_ms: unix_ms(now),
-            reason: reason.to_owned(),
-        });
-        self.save_trust(&trust)?;
-        Ok(true)
     }
 
     /// Returns the stored server certificate of `kind` if it is still valid for more than

@@ -19,6 +19,7 @@ mod identity_dir;
 pub mod log;
 mod node_identity;
 pub mod pending;
+mod shared_trust;
 pub mod worker;
 
 pub use atomic::{fsync_dir, read_json, read_optional, write_atomic, write_json};
@@ -27,7 +28,7 @@ pub use document::Document;
 pub use event_log::{FileEventLog, FileEventLogConfig, FileLogReader, Recovery};
 pub use identity_dir::{
     create_private_dir, unix_ms, DeviceBundle, DeviceIdentityFiles, IdentityDir, IdentityError,
-    ServerIdentity, CA_VALIDITY,
+    ServerIdentity, TrustRecords, CA_VALIDITY,
 };
 pub use log::{
     read_blocking, EventStore, LogService, LogStore, MemoryEventLog, MemoryLog, QuickReader,
@@ -35,6 +36,7 @@ pub use log::{
 pub use node_identity::{GatewayRecord, NodeIdentityDir, PendingPairing};
 pub use palyra_proto::node::log::{EventBatch, LogBounds, NewEvent, StoredEvent};
 pub use pending::{pending, Completer, Pending};
+pub use shared_trust::{DocTrust, TRUST_KEY};
 
 use std::sync::Arc;
 
@@ -71,6 +73,10 @@ pub enum StoreError {
         /// The revision found.
         actual: u64,
     },
+    /// The store cannot be reached or cannot commit now (a networked store without its quorum):
+    /// retry later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     /// The store is shut down.
     #[error("the store is shut down")]
     Closed,
