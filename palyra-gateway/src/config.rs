@@ -70,6 +70,184 @@ pub struct FileConfig {
     pub openai: OpenAiSection,
     /// The browser daemon runs' browser tools use (absent: runs have no browser).
     pub browser: Option<BrowserSection>,
+    /// Where the gateway's state lives (absent: files under the state directory).
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// `[store]` section: the state's backend.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `file` (default: the state directory) or `nats` (a JetStream cluster several gateways
+    /// share).
+    pub backend: Option<StoreBackend>,
+    /// NATS server URLs (`nats://host:4222`; required for `nats`).
+    pub servers: Option<Vec<String>>,
+    /// Prefix of the streams and buckets (default `palyra`): one per deployment.
+    pub prefix: Option<String>,
+    /// Replicas of every stream and bucket (default 3; 1 for a single server).
+    pub replicas: Option<usize>,
+    /// This gateway's name in the cluster (default: the host name and node port).
+    pub gateway_name: Option<String>,
+    /// NATS credentials file (`.creds`: JWT and NKey seed).
+    pub creds_file: Option<PathBuf>,
+    /// NATS user (with `password` or the PALYRA_NATS_PASSWORD environment variable).
+    pub user: Option<String>,
+    /// NATS password.
+    pub password: Option<String>,
+    /// NATS token (or the PALYRA_NATS_TOKEN environment variable).
+    pub token: Option<String>,
+    /// CA certificate (PEM) the NATS servers' certificates chain to; implies TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for NATS servers that verify clients.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// How long a store request may take before it fails as unavailable, in milliseconds
+    /// (default 5000).
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// A state backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Files under the state directory (one gateway).
+    #[default]
+    File,
+    /// A NATS JetStream cluster (several gateways).
+    Nats,
+}
+
+/// The resolved `[store]` section.
+#[derive(Debug, Clone, Default)]
+pub enum StoreConfig {
+    /// Files under the state directory.
+    #[default]
+    File,
+    /// A NATS JetStream cluster.
+    Nats(NatsConfig),
+}
+
+/// How to reach the NATS JetStream cluster and lay the state out in it.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// Server URLs.
+    pub servers: Vec<String>,
+    /// Stream and bucket prefix.
+    pub prefix: String,
+    /// Replicas per stream and bucket.
+    pub replicas: usize,
+    /// This gateway's name.
+    pub gateway_name: String,
+    /// Credentials file.
+    pub creds_file: Option<PathBuf>,
+    /// User and password.
+    pub user_password: Option<(String, String)>,
+    /// Token.
+    pub token: Option<String>,
+    /// CA certificate for TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key for TLS.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    /// Retention of the node-plane event stream, in bytes (`[events] max_total_bytes`).
+    pub max_event_bytes: u64,
+}
+
+/// A name usable in stream, bucket and subject names: 1 to `max` letters, digits, `_`, `-`.
+fn valid_name(name: &str, max: usize) -> bool {
+    (1..=max).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl StoreSection {
+    fn resolve(
+        self,
+        overrides: &Overrides,
+        node_port: u16,
+        max_event_bytes: u64,
+    ) -> anyhow::Result<StoreConfig> {
+        let backend = overrides.store_backend.or(self.backend).unwrap_or_default();
+        if backend == StoreBackend::File {
+            return Ok(StoreConfig::File);
+        }
+        let servers = if overrides.nats_servers.is_empty() {
+            self.servers.unwrap_or_default()
+        } else {
+            overrides.nats_servers.clone()
+        };
+        if servers.is_empty() {
+            anyhow::bail!(
+                "store.backend = \"nats\" needs store.servers (e.g. [\"nats://127.0.0.1:4222\"]) or --nats-server"
+            );
+        }
+        let prefix = self.prefix.unwrap_or_else(|| "palyra".into());
+        if !valid_name(&prefix, 32) {
+            anyhow::bail!("store.prefix {prefix:?} must be 1 to 32 letters, digits, '_' or '-'");
+        }
+        let replicas = self.replicas.unwrap_or(3);
+        if !(1..=5).contains(&replicas) {
+            anyhow::bail!("store.replicas must be between 1 and 5 (JetStream's limit), not {replicas}");
+        }
+        let gateway_name = match overrides.gateway_name.clone().or(self.gateway_name) {
+            Some(name) => name,
+            None => {
+                let host = std::env::var("HOSTNAME")
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "gateway".into());
+                format!("{}-{node_port}", host.replace('.', "-"))
+            }
+        };
+        if !valid_name(&gateway_name, 64) {
+            anyhow::bail!(
+                "store.gateway_name {gateway_name:?} must be 1 to 64 letters, digits, '_' or '-'"
+            );
+        }
+        let password = self
+            .password
+            .or_else(|| std::env::var("PALYRA_NATS_PASSWORD").ok());
+        let user_password = match (self.user, password) {
+            (Some(user), Some(password)) => Some((user, password)),
+            (Some(_), None) => anyhow::bail!(
+                "store.user needs store.password or the PALYRA_NATS_PASSWORD environment variable"
+            ),
+            (None, _) => None,
+        };
+        let tls_client = match (self.tls_cert_file, self.tls_key_file) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => anyhow::bail!("store.tls_cert_file and store.tls_key_file go together"),
+        };
+        Ok(StoreConfig::Nats(NatsConfig {
+            servers,
+            prefix,
+            replicas,
+            gateway_name,
+            creds_file: self.creds_file,
+            user_password,
+            token: self
+                .token
+                .or_else(|| std::env::var("PALYRA_NATS_TOKEN").ok())
+                .filter(|t| !t.is_empty()),
+            tls_ca_file: self.tls_ca_file,
+            tls_client,
+            request_timeout: Duration::from_millis(match self.request_timeout_ms {
+                Some(0) => anyhow::bail!("store.request_timeout_ms must be at least 1"),
+                Some(ms) => ms,
+                None => 5000,
+            }),
+            max_event_bytes,
+        }))
+    }
 }
 
 /// `[browser]` section: where palyra-browserd is and how to reach it.
@@ -491,6 +669,17 @@ pub struct Overrides {
     /// Log filter (tracing syntax), e.g. info or debug.
     #[arg(long, env = "PALYRA_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// State backend: file (the state directory) or nats (a JetStream cluster several gateways
+    /// share; see docs/cluster.md).
+    #[arg(long, env = "PALYRA_STORE_BACKEND", value_enum)]
+    pub store_backend: Option<StoreBackend>,
+    /// NATS server URL for the nats backend, e.g. nats://127.0.0.1:4222 (repeatable; env:
+    /// comma-separated).
+    #[arg(long = "nats-server", env = "PALYRA_NATS_SERVERS", value_delimiter = ',')]
+    pub nats_servers: Vec<String>,
+    /// This gateway's name in a cluster (default: host name and node port).
+    #[arg(long, env = "PALYRA_GATEWAY_NAME")]
+    pub gateway_name: Option<String>,
 }
 
 /// The resolved configuration.
@@ -532,6 +721,8 @@ pub struct Config {
     pub openai: OpenAiConfig,
     /// The browser daemon (`[browser]`), if one is configured.
     pub browser: Option<BrowserConfig>,
+    /// Where the state lives (`[store]`).
+    pub store: StoreConfig,
 }
 
 /// The per-user default state directory.
@@ -602,6 +793,15 @@ impl Config {
             );
         }
         let (tools, detach_grace) = std::mem::take(&mut file.tools).resolve()?;
+        let node_port = overrides
+            .node_addr
+            .or(file.node_addr)
+            .map_or(7444, |a| a.port());
+        let store = std::mem::take(&mut file.store).resolve(
+            overrides,
+            node_port,
+            log.max_total_bytes,
+        )?;
         let mut hosts = file.hosts.unwrap_or_default();
         hosts.extend(overrides.hosts.iter().filter(|h| !h.is_empty()).cloned());
         let node = NodePlaneOptions {
@@ -666,6 +866,7 @@ impl Config {
             detach_grace,
             openai: file.openai.resolve()?,
             browser: file.browser.map(BrowserSection::resolve).transpose()?,
+            store,
         })
     }
 }

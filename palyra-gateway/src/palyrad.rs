@@ -4,8 +4,8 @@
 //!
 //! A runtime adapter's binary is `palyrad::main(|config| block_on(palyrad::serve(rt, config)))`.
 
-use crate::config::{default_state_dir, Config, LogFormat, Overrides};
-use crate::daemon::{Daemon, DaemonSettings, ListenAddrs};
+use crate::config::{default_state_dir, Config, LogFormat, Overrides, StoreConfig};
+use crate::daemon::{Daemon, DaemonSettings, ListenAddrs, Stores};
 use crate::run::engine::RunsConfig;
 use crate::runtime::Rt;
 use crate::serve::tcp::ListenerLimits;
@@ -244,8 +244,22 @@ fn init_logging(config: &Config) {
 }
 
 /// Opens the daemon and serves every listener on `rt` until SIGINT or SIGTERM, then shuts down
-/// gracefully (connections get an application close or GOAWAY; state is saved).
+/// gracefully (connections get an application close or GOAWAY; state is saved). The state is
+/// in files; a configuration asking for another backend is refused (see [`serve_with`]).
 pub async fn serve(rt: Rt, config: Config) -> anyhow::Result<()> {
+    serve_with(rt, config, None).await
+}
+
+/// As [`serve`], over `stores` the adapter opened for the configured backend (`None`: the
+/// state directory's files, which is all a `[store] backend = "nats"` configuration may not
+/// use: the JetStream client runs on tokio, so only `palyrad` has it).
+pub async fn serve_with(rt: Rt, config: Config, stores: Option<Stores>) -> anyhow::Result<()> {
+    if matches!(config.store, StoreConfig::Nats(_)) && stores.is_none() {
+        anyhow::bail!(
+            "store.backend = \"nats\" needs the JetStream client, which runs on tokio: run palyrad \
+             (this daemon has no NATS client), or use backend = \"file\""
+        );
+    }
     let signals = crate::signals::termination()?;
     let nofile = crate::limits::raise_nofile_limit();
     let listener_limits = ListenerLimits {
@@ -285,7 +299,10 @@ pub async fn serve(rt: Rt, config: Config) -> anyhow::Result<()> {
         openai: config.openai.clone(),
         browser: config.browser.clone(),
     };
-    let mut daemon = Daemon::open(settings, random, &mut OsRng)?;
+    let mut daemon = match stores {
+        Some(stores) => Daemon::open_with(settings, stores, random, &mut OsRng)?,
+        None => Daemon::open(settings, random, &mut OsRng)?,
+    };
     if daemon.first_start {
         tracing::info!(state_dir = %config.state_dir.display(), ca_spki_sha256 = %daemon.ca_fingerprint, "first start: created the gateway CA and server certificate");
     }

@@ -168,9 +168,9 @@ fn take_after(
     out
 }
 
-/// Recent records in memory, shared by the log's thread (which adds what it made durable) and
-/// readers (who copy out under a short read lock).
-struct Recent {
+/// Recent records in memory, shared by the log's writer (which adds what it made durable) and
+/// readers (who copy out under a short read lock). Seqs are consecutive.
+pub struct Recent {
     events: VecDeque<StoredEvent>,
     bytes: usize,
     max_bytes: usize,
@@ -178,7 +178,37 @@ struct Recent {
 }
 
 impl Recent {
-    fn push(&mut self, event: StoredEvent) {
+    /// An empty window of about `max_bytes` over a log with `bounds`.
+    pub fn new(max_bytes: usize, bounds: LogBounds) -> Self {
+        Self {
+            events: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            bounds,
+        }
+    }
+
+    /// The bounds of the log (not of the window).
+    pub fn bounds(&self) -> LogBounds {
+        self.bounds
+    }
+
+    /// The records after `after` if the window holds them (or there are none yet).
+    pub fn read(&self, after: u64, max_events: usize, max_bytes: usize) -> Option<EventBatch> {
+        let bounds = self.bounds;
+        let covered = after >= bounds.last_seq
+            || self
+                .events
+                .front()
+                .is_some_and(|e| e.seq <= after.saturating_add(1).max(bounds.first_seq));
+        covered.then(|| EventBatch {
+            events: take_after(&self.events, after, max_events, max_bytes),
+            bounds,
+        })
+    }
+
+    /// Adds the next record (its seq follows the last one's), dropping the oldest over the size.
+    pub fn push(&mut self, event: StoredEvent) {
         self.bytes += event.size();
         self.events.push_back(event);
         while self.bytes > self.max_bytes && self.events.len() > 1 {
@@ -188,7 +218,14 @@ impl Recent {
         }
     }
 
-    fn set_bounds(&mut self, bounds: LogBounds) {
+    /// Drops every record of the window (the bounds stay).
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.bytes = 0;
+    }
+
+    /// Takes the log's new bounds, dropping records before its first.
+    pub fn set_bounds(&mut self, bounds: LogBounds) {
         self.bounds = bounds;
         while self
             .events
@@ -232,12 +269,7 @@ impl LogService {
         cache_bytes: usize,
     ) -> Result<Self, StoreError> {
         let bounds = store.bounds();
-        let mut recent = Recent {
-            events: VecDeque::new(),
-            bytes: 0,
-            max_bytes: cache_bytes,
-            bounds,
-        };
+        let mut recent = Recent::new(cache_bytes, bounds);
         // Warm the cache with the newest records, so readers resuming near the head never wait.
         let mut after = bounds
             .last_seq
@@ -381,16 +413,8 @@ impl LogStore for LogService {
     fn read_cached(&self, after: u64, max_events: usize, max_bytes: usize) -> Option<EventBatch> {
         let recent = self.recent();
         let bounds = recent.bounds;
-        let covered = after >= bounds.last_seq
-            || recent
-                .events
-                .front()
-                .is_some_and(|e| e.seq <= after.saturating_add(1).max(bounds.first_seq));
-        if covered {
-            return Some(EventBatch {
-                events: take_after(&recent.events, after, max_events, max_bytes),
-                bounds,
-            });
+        if let Some(batch) = recent.read(after, max_events, max_bytes) {
+            return Some(batch);
         }
         drop(recent);
         // Behind the memory window: from the engine, if it can without waiting.

@@ -31,7 +31,7 @@ pub use identity_dir::{
     ServerIdentity, TrustRecords, CA_VALIDITY,
 };
 pub use log::{
-    read_blocking, EventStore, LogService, LogStore, MemoryEventLog, MemoryLog, QuickReader,
+    read_blocking, EventStore, LogService, LogStore, MemoryEventLog, MemoryLog, QuickReader, Recent,
 };
 pub use node_identity::{GatewayRecord, NodeIdentityDir, PendingPairing};
 pub use palyra_proto::node::log::{EventBatch, LogBounds, NewEvent, StoredEvent};
