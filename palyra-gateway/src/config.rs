@@ -127,7 +127,7 @@ pub enum StoreConfig {
     #[default]
     File,
     /// A NATS JetStream cluster.
-    Nats(NatsConfig),
+    Nats(Box<NatsConfig>),
 }
 
 /// How to reach the NATS JetStream cluster and lay the state out in it.
@@ -192,7 +192,9 @@ impl StoreSection {
         }
         let replicas = self.replicas.unwrap_or(3);
         if !(1..=5).contains(&replicas) {
-            anyhow::bail!("store.replicas must be between 1 and 5 (JetStream's limit), not {replicas}");
+            anyhow::bail!(
+                "store.replicas must be between 1 and 5 (JetStream's limit), not {replicas}"
+            );
         }
         let gateway_name = match overrides.gateway_name.clone().or(self.gateway_name) {
             Some(name) => name,
@@ -227,7 +229,7 @@ impl StoreSection {
             (None, None) => None,
             _ => anyhow::bail!("store.tls_cert_file and store.tls_key_file go together"),
         };
-        Ok(StoreConfig::Nats(NatsConfig {
+        Ok(StoreConfig::Nats(Box::new(NatsConfig {
             servers,
             prefix,
             replicas,
@@ -246,7 +248,7 @@ impl StoreSection {
                 None => 5000,
             }),
             max_event_bytes,
-        }))
+        })))
     }
 }
 
@@ -675,7 +677,11 @@ pub struct Overrides {
     pub store_backend: Option<StoreBackend>,
     /// NATS server URL for the nats backend, e.g. nats://127.0.0.1:4222 (repeatable; env:
     /// comma-separated).
-    #[arg(long = "nats-server", env = "PALYRA_NATS_SERVERS", value_delimiter = ',')]
+    #[arg(
+        long = "nats-server",
+        env = "PALYRA_NATS_SERVERS",
+        value_delimiter = ','
+    )]
     pub nats_servers: Vec<String>,
     /// This gateway's name in a cluster (default: host name and node port).
     #[arg(long, env = "PALYRA_GATEWAY_NAME")]
@@ -797,11 +803,8 @@ impl Config {
             .node_addr
             .or(file.node_addr)
             .map_or(7444, |a| a.port());
-        let store = std::mem::take(&mut file.store).resolve(
-            overrides,
-            node_port,
-            log.max_total_bytes,
-        )?;
+        let store =
+            std::mem::take(&mut file.store).resolve(overrides, node_port, log.max_total_bytes)?;
         let mut hosts = file.hosts.unwrap_or_default();
         hosts.extend(overrides.hosts.iter().filter(|h| !h.is_empty()).cloned());
         let node = NodePlaneOptions {

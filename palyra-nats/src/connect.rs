@@ -84,9 +84,10 @@ pub async fn connect(config: &NatsConfig) -> Result<Cluster, NatsError> {
             }
         });
     if let Some(path) = &config.creds_file {
-        options = options.credentials_file(path).await.map_err(|e| {
-            NatsError::Config(format!("store.creds_file {}: {e}", path.display()))
-        })?;
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| NatsError::Config(format!("store.creds_file {}: {e}", path.display())))?;
     }
     if let Some((user, password)) = &config.user_password {
         options = options.user_and_password(user.clone(), password.clone());

@@ -5,19 +5,19 @@
 //! - [`JsLog`]: a sequenced log as a stream (`PREFIX_EVENTS`): every gateway sees the same
 //!   gap-free seqs; publishes carry a `Nats-Msg-Id`, so a retry is stored once, and are answered
 //!   only once JetStream acknowledged them;
-//! - [`KvDocs`]: documents in a key-value bucket (`PREFIX_STATE`), every write a compare-and-set
-//!   on the key's revision, kept current on each gateway by a watch (trust records included:
-//!   [`palyra_gateway::store::DocTrust`]).
+//! - [`JsDocs`]: documents, each a stream of its own (`PREFIX_DOC_<key>`), every write a
+//!   compare-and-set on its revision, kept current on each gateway by a consumer (trust records
+//!   included: [`palyra_gateway::store::DocTrust`]).
 //!
 //! The client is async-nats on tokio; the store calls are synchronous and complete later, so
 //! they hand their work to the runtime and answer from its tasks.
 
 mod connect;
-mod kv;
+mod docs;
 mod log;
 
 pub use connect::{connect, Cluster, NatsError};
-pub use kv::KvDocs;
+pub use docs::JsDocs;
 pub use log::JsLog;
 
 use palyra_gateway::config::NatsConfig;
@@ -34,8 +34,9 @@ pub async fn open_stores(
     cache_bytes: usize,
 ) -> Result<Stores, NatsError> {
     tracing::info!(servers = ?config.servers, prefix = %config.prefix, replicas = config.replicas, gateway = %config.gateway_name, "state on NATS JetStream");
-    let events = JsLog::open(cluster, "EVENTS", config.max_event_bytes, cache_bytes).await?;
-    let docs = std::sync::Arc::new(KvDocs::open(cluster, "STATE").await?);
+    let events =
+        ready(|| JsLog::open(cluster, "EVENTS", config.max_event_bytes, cache_bytes)).await?;
+    let docs = std::sync::Arc::new(ready(|| JsDocs::open(cluster)).await?);
     let files = |e: palyra_gateway::store::StoreError| NatsError::Local(e.to_string());
     Ok(Stores {
         trust: Some(std::sync::Arc::new(palyra_gateway::store::DocTrust::new(
@@ -46,4 +47,25 @@ pub async fn open_stores(
         console: palyra_gateway::console::open_file_log(state_dir).map_err(files)?,
         runs: palyra_gateway::run::tape::open_file_log(state_dir).map_err(files)?,
     })
+}
+
+/// How long a starting gateway waits for JetStream (a cluster starting with it elects its
+/// leaders meanwhile).
+const SETUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs a setup step until it succeeds, JetStream's refusals being retried for
+/// [`SETUP_PATIENCE`].
+async fn ready<T, F: std::future::Future<Output = Result<T, NatsError>>>(
+    mut step: impl FnMut() -> F,
+) -> Result<T, NatsError> {
+    let deadline = std::time::Instant::now() + SETUP_PATIENCE;
+    loop {
+        match step().await {
+            Err(NatsError::JetStream(reason)) if std::time::Instant::now() < deadline => {
+                tracing::warn!(%reason, "JetStream is not ready; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
 }

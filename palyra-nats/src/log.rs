@@ -456,7 +456,11 @@ impl LogStore for JsLog {
 
     fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        let mut n = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let deadline = Instant::now() + self.inner.cluster.timeout * 3;
         while *n > 0 {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -629,6 +629,32 @@ pub fn open_node_plane_with(
         identity.ca_der(),
         identity.tcp_cert_slot(),
     )?);
+    // Another gateway's trust change (a revocation, a pairing) takes effect here at once.
+    let (watched, watched_hub, watched_wake) = (
+        Arc::downgrade(&identity),
+        Arc::downgrade(&hub),
+        Arc::downgrade(&wake),
+    );
+    identity.records().watch(Arc::new(move || {
+        let (Some(identity), Some(hub), Some(wake)) = (
+            watched.upgrade(),
+            watched_hub.upgrade(),
+            watched_wake.upgrade(),
+        ) else {
+            return;
+        };
+        match identity.refresh_trust() {
+            Ok(true) => {
+                tracing::info!(
+                    "trust records changed on another gateway; re-checking open connections"
+                );
+                hub.trust_changed();
+                wake.notify();
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot reload the trust records"),
+        }
+    }));
     let maintenance =
         Maintenance::start(Arc::clone(&identity), Arc::clone(&hub), Arc::clone(&wake))
             .map_err(StoreError::io("starting the maintenance thread"))?;

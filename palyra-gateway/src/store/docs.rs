@@ -34,6 +34,9 @@ pub trait DocStore: Send + Sync {
     fn revision(&self, _key: &str) -> Option<u64> {
         None
     }
+    /// Calls `changed` whenever another gateway's write of `key` arrives (on the store's
+    /// thread: keep it short). A store only this gateway writes never calls it (the default).
+    fn watch(&self, _key: &str, _changed: Arc<dyn Fn() + Send + Sync>) {}
     /// Stops taking writes and waits until every write handed over is durable.
     fn close(&self);
 }

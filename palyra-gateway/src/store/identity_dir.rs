@@ -136,6 +136,9 @@ pub trait TrustRecords: Send + Sync {
     ) -> Result<bool, IdentityError>;
     /// A stamp that differs once the records changed, cheap enough to poll.
     fn trust_stamp(&self) -> Option<(SystemTime, u64)>;
+    /// Calls `changed` as soon as another writer changed the records (where the backend can
+    /// tell; the trust file is polled instead).
+    fn watch(&self, _changed: std::sync::Arc<dyn Fn() + Send + Sync>) {}
 
     /// Records an issued device certificate in the trust file (idempotent: a certificate for
     /// the same key is recorded once, its validity extended). `pending`: issued by a rotation,

@@ -84,6 +84,10 @@ impl TrustRecords for DocTrust {
         Err(last.unwrap_or(StoreError::Closed).into())
     }
 
+    fn watch(&self, changed: Arc<dyn Fn() + Send + Sync>) {
+        self.docs.watch(TRUST_KEY, changed);
+    }
+
     fn trust_stamp(&self) -> Option<(SystemTime, u64)> {
         let revision = match self.docs.revision(TRUST_KEY) {
             Some(revision) => revision,

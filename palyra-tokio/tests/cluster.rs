@@ -1,0 +1,615 @@
+//! Several gateways, one fleet: three real `palyrad` processes sharing their state on a real
+//! three-server NATS JetStream cluster (Debian's nats-server) on loopback. Nodes pair, publish,
+//! stream, fail over and are revoked across gateways, through the same node plane and CLI a
+//! user has.
+
+use palyra_gateway::serve::node_connection::NodeConnection;
+use palyra_proto::node::{NodeRequest, PublishEvent, ResponseKind};
+use palyra_proto::quic::ClientLimits;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{fixed_port, Daemon};
+
+const ADMIN_TOKEN: &str = "cluster-suite-admin-token-0123456789abcdef";
+
+fn rt() -> palyra_gateway::runtime::Rt {
+    palyra_tokio::Tokio::current()
+}
+
+/// A NATS JetStream cluster of three servers on loopback, each killable and restartable.
+struct Nats {
+    dir: tempfile::TempDir,
+    servers: Vec<Option<Child>>,
+    client: Vec<u16>,
+    monitor: Vec<u16>,
+}
+
+fn nats_server() -> &'static str {
+    let found = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "nats-server is not installed: apt-get install nats-server (.ci/run does)"
+    );
+    "nats-server"
+}
+
+impl Nats {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let client: Vec<u16> = (0..3).map(|_| fixed_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| fixed_port()).collect();
+        let monitor: Vec<u16> = (0..3).map(|_| fixed_port()).collect();
+        let route_urls = routes
+            .iter()
+            .map(|p| format!("\"nats://127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for i in 0..3 {
+            let config = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                 jetstream {{ store_dir: \"{}\" }}\n\
+                 cluster {{ name: palyra-suite, listen: 127.0.0.1:{}, routes: [{route_urls}] }}\n",
+                client[i],
+                monitor[i],
+                dir.path().join(format!("js{i}")).display(),
+                routes[i],
+            );
+            std::fs::write(dir.path().join(format!("n{i}.conf")), config).expect("nats config");
+        }
+        let mut nats = Self {
+            dir,
+            servers: (0..3).map(|_| None).collect(),
+            client,
+            monitor,
+        };
+        for i in 0..3 {
+            nats.spawn(i);
+        }
+        for i in 0..3 {
+            nats.wait_ready(i);
+        }
+        nats
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let child = Command::new(nats_server())
+            .arg("-c")
+            .arg(self.dir.path().join(format!("n{i}.conf")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.servers[i] = Some(child);
+    }
+
+    /// Waits until server `i` says JetStream is healthy (its meta leader is known).
+    fn wait_ready(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(body) = http_get(self.monitor[i], "/healthz") {
+                if body.contains("\"ok\"") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server n{i} not healthy in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn urls(&self) -> String {
+        self.client
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback; the body, or `None` if nothing answered.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// One gateway of the fleet.
+struct Gateway {
+    name: String,
+    state: PathBuf,
+    daemon: Option<Daemon>,
+    node: SocketAddr,
+    http: String,
+}
+
+impl Gateway {
+    fn start(name: &str, state: &Path, nats: &Nats) -> Self {
+        let urls = nats.urls();
+        let (daemon, endpoints) = common::spawn_daemon_args(
+            state,
+            "127.0.0.1:0",
+            &[
+                "--store-backend",
+                "nats",
+                "--nats-server",
+                &urls,
+                "--gateway-name",
+                name,
+            ],
+            &[("PALYRA_ADMIN_TOKEN", ADMIN_TOKEN)],
+        );
+        let endpoint = |key: &str| endpoints[key].as_str().expect("endpoint").to_owned();
+        Self {
+            name: name.to_owned(),
+            state: state.to_owned(),
+            daemon: Some(daemon),
+            node: endpoint("node_quic").parse().expect("node addr"),
+            http: format!("http://{}", endpoint("http")),
+        }
+    }
+
+    fn sigkill(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.sigkill();
+        }
+    }
+}
+
+/// Three gateways on `nats` sharing one CA (the first one's, copied before the others start).
+fn fleet(nats: &Nats, dir: &Path) -> Vec<Gateway> {
+    let first = Gateway::start("gw-a", &dir.join("a"), nats);
+    let mut fleet = vec![first];
+    for name in ["b", "c"] {
+        let identity = dir.join(name).join("identity");
+        std::fs::create_dir_all(&identity).expect("identity dir");
+        for file in ["ca.crt.pem", "ca.key.pem"] {
+            std::fs::copy(
+                fleet[0].state.join("identity").join(file),
+                identity.join(file),
+            )
+            .expect("copy the CA");
+        }
+        fleet.push(Gateway::start(&format!("gw-{name}"), &dir.join(name), nats));
+    }
+    fleet
+}
+
+/// Runs the `palyra` CLI; its stdout, or a panic with its stderr.
+fn palyra(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_palyra"))
+        .args(args)
+        .env("PALYRA_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("run palyra");
+    assert!(
+        out.status.success(),
+        "palyra {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Starts `palyra node enroll` with the invite of a code minted on `mint`, through `via`.
+fn begin_enroll(mint: &Gateway, via: &Gateway, identity: &Path) -> Child {
+    let code = json(&palyra(&[
+        "pairing", "code", "--daemon", &mint.http, "--method", "qr", "--json",
+    ]));
+    let invite = code["invite"].as_str().expect("invite").to_owned();
+    Command::new(env!("CARGO_BIN_EXE_palyra"))
+        .args(["node", "enroll", "--invite", &invite, "--gateway"])
+        .arg(via.node.to_string())
+        .arg("--identity")
+        .arg(identity)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("palyra node enroll")
+}
+
+/// The pending pairing request of `device`-less enrollment, as `on` lists it.
+fn pending_request(on: &Gateway) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = json(&palyra(&[
+            "pairing", "list", "--daemon", &on.http, "--json",
+        ]));
+        if let Some(request) = list["requests"]
+            .as_array()
+            .expect("requests")
+            .iter()
+            .find(|r| r["state"] == "pending_approval")
+        {
+            return request["request_id"].as_str().expect("id").to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending request on {}",
+            on.name
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn finish_enroll(mut child: Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("enroll") {
+            assert!(status.success(), "palyra node enroll failed: {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "enrollment did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Pairs a node: code minted on `mint`, enrolled through `via`, approved on `approve`.
+fn pair(mint: &Gateway, via: &Gateway, approve: &Gateway, identity: &Path) -> String {
+    let child = begin_enroll(mint, via, identity);
+    let request = pending_request(approve);
+    palyra(&["pairing", "approve", &request, "--daemon", &approve.http]);
+    finish_enroll(child);
+    palyra_gateway::store::DeviceIdentityFiles::load(identity)
+        .expect("identity")
+        .device_id
+        .expect("device id")
+}
+
+async fn connect(identity: &Path, gateway: SocketAddr) -> NodeConnection {
+    let files = palyra_gateway::store::DeviceIdentityFiles::load(identity).expect("identity");
+    let tls = palyra_proto::quic::tls::client_config(
+        &files.ca_der,
+        Some((vec![files.cert_der.clone()], files.key_der.clone())),
+        palyra_proto::quic::ALPN,
+    )
+    .expect("client tls");
+    NodeConnection::connect(
+        &rt(),
+        gateway,
+        "localhost",
+        Arc::new(tls),
+        ClientLimits::default(),
+    )
+    .await
+    .expect("connect")
+}
+
+fn publish(name: &str, payload: serde_json::Value) -> NodeRequest {
+    NodeRequest::PublishEvent(PublishEvent {
+        name: name.into(),
+        payload,
+        to: None,
+    })
+}
+
+/// Publishes and returns the acknowledged seq.
+async fn publish_acked(conn: &NodeConnection, payload: serde_json::Value) -> Result<u64, String> {
+    let frames = conn
+        .request(&publish("cluster.test", payload))
+        .await
+        .map_err(|e| e.to_string())?
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let frame = frames.first().ok_or("no answer")?;
+    match frame.kind {
+        ResponseKind::Ack => frame.seq.ok_or_else(|| "ack without seq".into()),
+        _ => Err(format!("{frame:?}")),
+    }
+}
+
+/// Every stored event from the start, as `conn`'s gateway serves them: seq -> payload.
+async fn all_events(conn: &NodeConnection) -> BTreeMap<u64, serde_json::Value> {
+    let frames = conn
+        .request(&NodeRequest::StreamEvents {
+            resume_from: None,
+            follow: false,
+        })
+        .await
+        .expect("stream")
+        .collect()
+        .await
+        .expect("events");
+    let mut out = BTreeMap::new();
+    for frame in frames {
+        let seq = frame.seq.expect("seq");
+        let previous = out.insert(seq, frame.event.expect("event").payload);
+        assert!(previous.is_none(), "seq {seq} delivered twice");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_three_gateways_acts_as_one() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gws = fleet(&nats, dir.path());
+    let (a, b, c) = (&gws[0], &gws[1], &gws[2]);
+
+    // A code minted on A is used through B; the request is approved on C.
+    let alice = dir.path().join("alice");
+    let alice_id = pair(a, b, c, &alice);
+    let bob = dir.path().join("bob");
+    pair(b, c, a, &bob);
+
+    // Alice publishes through A while Bob follows through B: every event once, in order.
+    let follower = connect(&bob, b.node).await;
+    let mut follow = follower
+        .request(&NodeRequest::StreamEvents {
+            resume_from: Some(0),
+            follow: true,
+        })
+        .await
+        .expect("follow");
+    let publisher = connect(&alice, a.node).await;
+    let mut acked = Vec::new();
+    for k in 0..40 {
+        acked.push(
+            publish_acked(&publisher, serde_json::json!({ "k": k }))
+                .await
+                .expect("published"),
+        );
+    }
+    assert_eq!(acked, (1..=40).collect::<Vec<u64>>(), "gap-free seqs");
+    let mut seen = Vec::new();
+    while seen.len() < 40 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), follow.next())
+            .await
+            .expect("live events within 10 s")
+            .expect("stream open")
+            .expect("a frame");
+        let payload = frame.event.expect("event").payload;
+        seen.push((frame.seq.expect("seq"), payload["k"].as_u64().expect("k")));
+    }
+    let expected: Vec<(u64, u64)> = (0..40).map(|k| (k + 1, k)).collect();
+    assert_eq!(seen, expected, "B delivered A's events once each, in order");
+    // The same log from C.
+    let reader = connect(&bob, c.node).await;
+    assert_eq!(all_events(&reader).await.len(), 40);
+    reader.close().await;
+
+    // Revocation on C closes Alice's connection on A within a second.
+    let revoked_at = Instant::now();
+    palyra(&["devices", "revoke", &alice_id, "--daemon", &c.http]);
+    let mut closed = None;
+    while revoked_at.elapsed() < Duration::from_secs(3) {
+        if publish_acked(&publisher, serde_json::json!({ "after": "revoke" }))
+            .await
+            .is_err()
+        {
+            closed = Some(revoked_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let closed = closed.expect("A still served the revoked device 3 s later");
+    assert!(
+        closed < Duration::from_secs(1),
+        "closed after {closed:?} (more than a second)"
+    );
+    follower.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_approving_one_request_issue_one_certificate() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gws = fleet(&nats, dir.path());
+    let identity = dir.path().join("node");
+    let child = begin_enroll(&gws[0], &gws[1], &identity);
+    let request = pending_request(&gws[2]);
+    // B and C approve at once.
+    let approvals: Vec<_> = [&gws[1], &gws[2]]
+        .into_iter()
+        .map(|gw| {
+            Command::new(env!("CARGO_BIN_EXE_palyra"))
+                .args(["pairing", "approve", &request, "--daemon", &gw.http])
+                .env("PALYRA_ADMIN_TOKEN", ADMIN_TOKEN)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("approve")
+        })
+        .collect();
+    let outcomes: Vec<_> = approvals
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("approve"))
+        .collect();
+    let won = outcomes.iter().filter(|o| o.status.success()).count();
+    assert!(won >= 1, "no approval succeeded: {outcomes:?}");
+    finish_enroll(child);
+    // Exactly one certificate is recorded for the device, whichever approval won.
+    let devices = json(&palyra(&[
+        "devices",
+        "list",
+        "--daemon",
+        &gws[0].http,
+        "--json",
+    ]));
+    let listed = devices.to_string();
+    let device = palyra_gateway::store::DeviceIdentityFiles::load(&identity)
+        .expect("identity")
+        .device_id
+        .expect("device id");
+    let entry = devices["devices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("devices: {listed}"))
+        .iter()
+        .find(|d| d["device_id"] == device.as_str())
+        .unwrap_or_else(|| panic!("{device} not listed: {listed}"))
+        .clone();
+    let certs = entry["certificates"].as_array().map_or(0, Vec::len);
+    assert_eq!(certs, 1, "one certificate for {device}: {listed}");
+    assert_eq!(won, 1, "exactly one approval won: {outcomes:?}");
+}
+
+type Acked = Arc<Mutex<BTreeMap<u64, serde_json::Value>>>;
+
+/// Publishes until told to stop or the connection dies, recording every acknowledged event.
+async fn keep_publishing(conn: NodeConnection, node: u32, acked: Acked, from: u64) -> u64 {
+    let mut k = from;
+    loop {
+        k += 1;
+        let payload = serde_json::json!({ "node": node, "k": k });
+        match publish_acked(&conn, payload.clone()).await {
+            Ok(seq) => {
+                let previous = acked.lock().unwrap().insert(seq, payload);
+                assert!(previous.is_none(), "seq {seq} acknowledged twice");
+            }
+            Err(_) => return k,
+        }
+    }
+}
+
+/// Checks that every acknowledged event is stored under its seq and seqs are gap-free.
+fn assert_nothing_lost(stored: &BTreeMap<u64, serde_json::Value>, acked: &Acked) {
+    let expected: Vec<u64> = (1..=stored.len() as u64).collect();
+    assert_eq!(
+        stored.keys().copied().collect::<Vec<_>>(),
+        expected,
+        "gap-free"
+    );
+    for (seq, payload) in acked.lock().unwrap().iter() {
+        assert_eq!(
+            stored.get(seq),
+            Some(payload),
+            "acknowledged seq {seq} lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_publish_loses_nothing_acknowledged() {
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut gws = fleet(&nats, dir.path());
+    let node = dir.path().join("node");
+    pair(&gws[0], &gws[0], &gws[0], &node);
+    let acked: Acked = Arc::default();
+
+    // A subscriber on B follows from the start; the publisher is on A.
+    let subscriber = connect(&node, gws[1].node).await;
+    let publisher = connect(&node, gws[0].node).await;
+    let task = tokio::spawn(keep_publishing(publisher, 1, acked.clone(), 0));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    gws[0].sigkill();
+    let last_k = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the publisher noticed")
+        .expect("publisher");
+    assert!(
+        acked.lock().unwrap().len() > 5,
+        "too few events acknowledged before the kill to mean anything"
+    );
+    // It reconnects to C and carries on.
+    let again = connect(&node, gws[2].node).await;
+    for k in 0..10 {
+        let payload = serde_json::json!({ "node": 1, "k": last_k + 1 + k });
+        let seq = publish_acked(&again, payload.clone())
+            .await
+            .expect("published through C");
+        acked.lock().unwrap().insert(seq, payload);
+    }
+    // A subscriber resuming on B from a cursor in the middle gets every later event once.
+    let middle = acked.lock().unwrap().len() as u64 / 2;
+    let frames = subscriber
+        .request(&NodeRequest::StreamEvents {
+            resume_from: Some(middle),
+            follow: false,
+        })
+        .await
+        .expect("resume")
+        .collect()
+        .await
+        .expect("events");
+    let seqs: Vec<u64> = frames.iter().map(|f| f.seq.expect("seq")).collect();
+    let total = all_events(&subscriber).await;
+    let expected: Vec<u64> = (middle + 1..=total.len() as u64).collect();
+    assert_eq!(
+        seqs, expected,
+        "resumed once each, in order, from the cursor"
+    );
+    assert_nothing_lost(&total, &acked);
+    again.close().await;
+    subscriber.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_killed_and_restarted_mid_publish_loses_nothing_acknowledged() {
+    let mut nats = Nats::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gws = fleet(&nats, dir.path());
+    let node = dir.path().join("node");
+    pair(&gws[0], &gws[1], &gws[2], &node);
+    let acked: Acked = Arc::default();
+    let publishers = [0usize, 1]
+        .into_iter()
+        .map(|i| {
+            let acked = acked.clone();
+            let addr = gws[i].node;
+            let node = node.clone();
+            tokio::spawn(async move {
+                let conn = connect(&node, addr).await;
+                tokio::time::timeout(
+                    Duration::from_secs(6),
+                    keep_publishing(conn, i as u32, acked, 0),
+                )
+                .await
+            })
+        })
+        .collect::<Vec<_>>();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    nats.kill(0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nats.spawn(0);
+    nats.wait_ready(0);
+    for publisher in publishers {
+        // They publish through the whole outage: a timeout (still publishing) is the success.
+        assert!(
+            publisher.await.expect("publisher").is_err(),
+            "a publisher stopped: its gateway refused while two of three servers were up"
+        );
+    }
+    let reader = connect(&node, gws[2].node).await;
+    let total = all_events(&reader).await;
+    assert!(acked.lock().unwrap().len() > 20);
+    assert_nothing_lost(&total, &acked);
+    reader.close().await;
+}
