@@ -816,6 +816,11 @@ impl Config {
                 NodePlaneOptions::default().server_cert_validity,
                 Duration::from_secs,
             ),
+            registry_key: match &store {
+                // Each gateway of a cluster keeps the registry of the nodes it served.
+                StoreConfig::Nats(nats) => format!("nodes/{}.json", nats.gateway_name),
+                StoreConfig::File => NodePlaneOptions::default().registry_key,
+            },
         };
         let enrollment = palyra_proto::enroll::gateway::GatewayConfig {
             cert_validity_ms: match file.certs.device_validity_secs {

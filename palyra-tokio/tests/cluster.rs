@@ -613,3 +613,66 @@ async fn a_nats_server_killed_and_restarted_mid_publish_loses_nothing_acknowledg
     assert_nothing_lost(&total, &acked);
     reader.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_publishes_fail_retryably_and_nothing_acknowledged_is_lost() {
+    let mut nats = Nats::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gws = fleet(&nats, dir.path());
+    let node = dir.path().join("node");
+    pair(&gws[0], &gws[0], &gws[0], &node);
+    let conn = connect(&node, gws[1].node).await;
+    let acked: Acked = Arc::default();
+    for k in 0..5 {
+        let payload = serde_json::json!({ "k": k });
+        let seq = publish_acked(&conn, payload.clone())
+            .await
+            .expect("published");
+        acked.lock().unwrap().insert(seq, payload);
+    }
+    // Two of three servers gone: no stream has a quorum.
+    nats.kill(1);
+    nats.kill(2);
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        publish_acked(&conn, serde_json::json!({ "k": "lost quorum" })),
+    )
+    .await
+    .expect("answered within 30 s");
+    let error = refused.expect_err("a publish without a quorum is refused");
+    assert!(error.contains("Unavailable"), "{error}");
+    assert!(error.contains("retry"), "says to retry: {error}");
+    // What the gateway holds can still be read.
+    assert_eq!(all_events(&conn).await.len(), 5, "reads are still served");
+    // The quorum returns: publishing works again and nothing acknowledged is lost.
+    nats.spawn(1);
+    nats.spawn(2);
+    nats.wait_ready(1);
+    nats.wait_ready(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let payload = serde_json::json!({ "k": "back" });
+        match publish_acked(&conn, payload.clone()).await {
+            Ok(seq) => {
+                acked.lock().unwrap().insert(seq, payload);
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "still refused: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every gateway catches up (their consumers resubscribe after the outage).
+    for gw in &gws {
+        let reader = connect(&node, gw.node).await;
+        let want = acked.lock().unwrap().len();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut events = all_events(&reader).await;
+        while events.len() < want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            events = all_events(&reader).await;
+        }
+        assert_nothing_lost(&events, &acked);
+        reader.close().await;
+    }
+    conn.close().await;
+}

@@ -142,6 +142,8 @@ pub struct NodeHub {
     trust: Arc<TrustIndex>,
     log: Arc<dyn LogStore>,
     registry: Option<Arc<dyn DocStore>>,
+    /// The registry's document.
+    registry_key: String,
     /// Wakes the node plane's serve loop when trust changes.
     plane_wake: Arc<Notifier>,
 }
@@ -156,15 +158,26 @@ impl NodeHub {
         registry: Option<Arc<dyn DocStore>>,
         plane_wake: Arc<Notifier>,
     ) -> Result<Self, StoreError> {
+        Self::open_keyed(trust, log, registry, REGISTRY_KEY, plane_wake)
+    }
+
+    /// As [`NodeHub::open`], the registry under `registry_key`.
+    pub fn open_keyed(
+        trust: Arc<TrustIndex>,
+        log: Arc<dyn LogStore>,
+        registry: Option<Arc<dyn DocStore>>,
+        registry_key: &str,
+        plane_wake: Arc<Notifier>,
+    ) -> Result<Self, StoreError> {
         let mut state = HubState::default();
         if let Some(doc) = registry
             .as_ref()
-            .map(|docs| docs.get(REGISTRY_KEY))
+            .map(|docs| docs.get(registry_key))
             .transpose()?
             .flatten()
         {
             let nodes: Vec<NodeRecord> = serde_json::from_slice(&doc.value)
-                .map_err(|e| StoreError::Corrupt(format!("{REGISTRY_KEY}: {e}")))?;
+                .map_err(|e| StoreError::Corrupt(format!("{registry_key}: {e}")))?;
             state.nodes = nodes
                 .into_iter()
                 .map(|n| (n.device_id.clone(), n))
@@ -176,6 +189,7 @@ impl NodeHub {
             trust,
             log,
             registry,
+            registry_key: registry_key.to_owned(),
             plane_wake,
         })
     }
@@ -188,6 +202,7 @@ impl NodeHub {
             trust,
             log: Arc::new(crate::store::log::MemoryLog::new(64 * 1024 * 1024)),
             registry: None,
+            registry_key: REGISTRY_KEY.into(),
             plane_wake: Arc::new(Notifier::new()),
         }
     }
@@ -283,7 +298,7 @@ impl NodeHub {
         self.notifier.notify();
         match &self.registry {
             Some(docs) => docs.put(
-                REGISTRY_KEY,
+                &self.registry_key,
                 snapshot.into(),
                 None,
                 Box::new(move |result| {
@@ -330,7 +345,7 @@ impl NodeHub {
         };
         let hub = Arc::clone(self);
         docs.put(
-            REGISTRY_KEY,
+            &self.registry_key,
             snapshot.into(),
             None,
             Box::new(move |result| {

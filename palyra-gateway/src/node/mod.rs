@@ -59,6 +59,8 @@ pub struct NodePlaneOptions {
     pub log: FileEventLogConfig,
     /// Lifetime of the server certificate; it is renewed when a third of it is left.
     pub server_cert_validity: Duration,
+    /// The document the node registry is kept in (one per gateway when gateways share a store).
+    pub registry_key: String,
 }
 
 impl Default for NodePlaneOptions {
@@ -69,6 +71,7 @@ impl Default for NodePlaneOptions {
             limits: ServerLimits::default(),
             log: FileEventLogConfig::default(),
             server_cert_validity: Duration::from_secs(30 * 24 * 3600),
+            registry_key: hub::REGISTRY_KEY.into(),
         }
     }
 }
@@ -619,10 +622,11 @@ pub fn open_node_plane_with(
         rng,
     )?;
     let wake = Arc::new(Notifier::new());
-    let hub = Arc::new(hub::NodeHub::open(
+    let hub = Arc::new(hub::NodeHub::open_keyed(
         identity.trust(),
         log,
         Some(docs),
+        &options.registry_key,
         Arc::clone(&wake),
     )?);
     let tcp_tls = Arc::new(tls::node_tcp_server_config(

@@ -43,6 +43,9 @@ pub enum ErrorCode {
     ResumeGap,
     /// The server is at a limit and refused the work.
     Overloaded,
+    /// The event log cannot store or serve events now (a shared store without its quorum, a
+    /// failing disk); nothing was stored: retry.
+    Unavailable,
     /// Any error string this version does not know (from a newer peer).
     #[serde(other)]
     Unknown,
@@ -60,6 +63,7 @@ impl ErrorCode {
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::ResumeGap => "resume_gap",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -564,9 +564,9 @@ impl NodeServer {
                 let _ = stream.machine.send(&ResponseFrame::ack(seq));
                 stream.machine.finish();
             }
-            Err(_) => stream.machine.refuse(
-                ErrorCode::StreamFailure,
-                "event log write failed; event not stored",
+            Err(e) => stream.machine.refuse(
+                ErrorCode::Unavailable,
+                format!("event not stored, retry: {e}"),
             ),
         }
         stream.serving = Serving::Idle;
@@ -595,11 +595,12 @@ impl NodeServer {
         state.reading = false;
         let batch = match result {
             Ok(batch) => batch,
-            Err(_) => {
+            Err(e) => {
                 stream.serving = Serving::Idle;
-                stream
-                    .machine
-                    .refuse(ErrorCode::StreamFailure, "event log read failed");
+                stream.machine.refuse(
+                    ErrorCode::Unavailable,
+                    format!("events not read, retry: {e}"),
+                );
                 let _ = stream.machine.poll_event();
                 pump_stream(conn, key.stream, &mut self.shared);
                 self.drive(key.conn, now);
