@@ -123,6 +123,8 @@ pub struct Stores {
     pub runs: Arc<dyn LogStore>,
     /// The trust records, when they are not the identity directory's trust file.
     pub trust: Option<Arc<dyn TrustRecords>>,
+    /// The other gateways sharing these stores, if any.
+    pub peers: Option<Arc<dyn crate::node::peers::Peers>>,
 }
 
 impl Stores {
@@ -138,6 +140,7 @@ impl Stores {
             console: crate::console::open_file_log(state_dir).map_err(plane)?,
             runs: crate::run::tape::open_file_log(state_dir).map_err(plane)?,
             trust: None,
+            peers: None,
         })
     }
 
@@ -222,6 +225,9 @@ impl Daemon {
             &cert::cert_spki_fingerprint(plane.identity.ca_der()).map_err(part("gateway CA"))?,
         );
         let hub = Arc::clone(&plane.hub);
+        if let Some(peers) = &stores.peers {
+            hub.join(Arc::clone(peers));
+        }
         let tcp_config = |alpn: &[u8]| {
             tls::tcp_server_config(plane.identity.tcp_cert_slot(), alpn)
                 .map(Arc::new)

@@ -9,16 +9,21 @@
 //!   compare-and-set on its revision, kept current on each gateway by a consumer (trust records
 //!   included: [`palyra_gateway::store::DocTrust`]).
 //!
+//! - [`NatsPeers`]: which gateway holds which node (a presence stream whose entries expire), and
+//!   capability calls carried over NATS request/reply to the gateway holding the node.
+//!
 //! The client is async-nats on tokio; the store calls are synchronous and complete later, so
 //! they hand their work to the runtime and answer from its tasks.
 
 mod connect;
 mod docs;
 mod log;
+mod peers;
 
 pub use connect::{connect, Cluster, NatsError};
 pub use docs::JsDocs;
 pub use log::JsLog;
+pub use peers::NatsPeers;
 
 use palyra_gateway::config::NatsConfig;
 use palyra_gateway::daemon::Stores;
@@ -37,6 +42,7 @@ pub async fn open_stores(
     let events =
         ready(|| JsLog::open(cluster, "EVENTS", config.max_event_bytes, cache_bytes)).await?;
     let docs = std::sync::Arc::new(ready(|| JsDocs::open(cluster)).await?);
+    let peers = ready(|| NatsPeers::open(cluster)).await?;
     let files = |e: palyra_gateway::store::StoreError| NatsError::Local(e.to_string());
     Ok(Stores {
         trust: Some(std::sync::Arc::new(palyra_gateway::store::DocTrust::new(
@@ -44,6 +50,7 @@ pub async fn open_stores(
         ))),
         docs,
         events: std::sync::Arc::new(events),
+        peers: Some(std::sync::Arc::new(peers)),
         console: palyra_gateway::console::open_file_log(state_dir).map_err(files)?,
         runs: palyra_gateway::run::tape::open_file_log(state_dir).map_err(files)?,
     })

@@ -169,6 +169,7 @@ fn slow_daemon<D: Driver>(state: &std::path::Path) -> (Running, Arc<Delayer>) {
             delay: Arc::clone(&delay),
         }),
         trust: None,
+        peers: None,
     };
     let settings = DaemonSettings {
         state_dir: state.to_owned(),

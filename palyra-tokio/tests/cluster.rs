@@ -18,6 +18,13 @@ use common::{fixed_port, Daemon};
 
 const ADMIN_TOKEN: &str = "cluster-suite-admin-token-0123456789abcdef";
 
+/// The suite's tests run one at a time: each runs three NATS servers and three gateways, and two
+/// cores shared by several such fleets would measure the machine, not the cluster.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE.lock().await
+}
+
 fn rt() -> palyra_gateway::runtime::Rt {
     palyra_tokio::Tokio::current()
 }
@@ -154,22 +161,25 @@ struct Gateway {
     daemon: Option<Daemon>,
     node: SocketAddr,
     http: String,
+    grpc: String,
 }
 
 impl Gateway {
-    fn start(name: &str, state: &Path, nats: &Nats) -> Self {
+    fn start(name: &str, state: &Path, nats: &Nats, extra: &[&str]) -> Self {
         let urls = nats.urls();
+        let mut args = vec![
+            "--store-backend",
+            "nats",
+            "--nats-server",
+            &urls,
+            "--gateway-name",
+            name,
+        ];
+        args.extend_from_slice(extra);
         let (daemon, endpoints) = common::spawn_daemon_args(
             state,
             "127.0.0.1:0",
-            &[
-                "--store-backend",
-                "nats",
-                "--nats-server",
-                &urls,
-                "--gateway-name",
-                name,
-            ],
+            &args,
             &[("PALYRA_ADMIN_TOKEN", ADMIN_TOKEN)],
         );
         let endpoint = |key: &str| endpoints[key].as_str().expect("endpoint").to_owned();
@@ -179,6 +189,7 @@ impl Gateway {
             daemon: Some(daemon),
             node: endpoint("node_quic").parse().expect("node addr"),
             http: format!("http://{}", endpoint("http")),
+            grpc: endpoint("grpc"),
         }
     }
 
@@ -191,7 +202,12 @@ impl Gateway {
 
 /// Three gateways on `nats` sharing one CA (the first one's, copied before the others start).
 fn fleet(nats: &Nats, dir: &Path) -> Vec<Gateway> {
-    let first = Gateway::start("gw-a", &dir.join("a"), nats);
+    fleet_with(nats, dir, &[])
+}
+
+/// [`fleet`] with more `palyrad` arguments for every gateway.
+fn fleet_with(nats: &Nats, dir: &Path, extra: &[&str]) -> Vec<Gateway> {
+    let first = Gateway::start("gw-a", &dir.join("a"), nats, extra);
     let mut fleet = vec![first];
     for name in ["b", "c"] {
         let identity = dir.join(name).join("identity");
@@ -203,7 +219,12 @@ fn fleet(nats: &Nats, dir: &Path) -> Vec<Gateway> {
             )
             .expect("copy the CA");
         }
-        fleet.push(Gateway::start(&format!("gw-{name}"), &dir.join(name), nats));
+        fleet.push(Gateway::start(
+            &format!("gw-{name}"),
+            &dir.join(name),
+            nats,
+            extra,
+        ));
     }
     fleet
 }
@@ -239,13 +260,18 @@ fn begin_enroll(mint: &Gateway, via: &Gateway, identity: &Path) -> Child {
         .arg("--identity")
         .arg(identity)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(enroll_log(identity)).expect("enroll log"))
         .spawn()
         .expect("palyra node enroll")
 }
 
-/// The pending pairing request of `device`-less enrollment, as `on` lists it.
-fn pending_request(on: &Gateway) -> String {
+/// Where `palyra node enroll` for `identity` writes its stderr.
+fn enroll_log(identity: &Path) -> PathBuf {
+    identity.with_extension("enroll.log")
+}
+
+/// The pending pairing request, as `on` lists it.
+fn pending_request(on: &Gateway, identity: &Path) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let list = json(&palyra(&[
@@ -261,8 +287,9 @@ fn pending_request(on: &Gateway) -> String {
         }
         assert!(
             Instant::now() < deadline,
-            "no pending request on {}",
-            on.name
+            "no pending request on {}; palyra node enroll said: {}",
+            on.name,
+            std::fs::read_to_string(enroll_log(identity)).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -283,7 +310,7 @@ fn finish_enroll(mut child: Child) {
 /// Pairs a node: code minted on `mint`, enrolled through `via`, approved on `approve`.
 fn pair(mint: &Gateway, via: &Gateway, approve: &Gateway, identity: &Path) -> String {
     let child = begin_enroll(mint, via, identity);
-    let request = pending_request(approve);
+    let request = pending_request(approve, identity);
     palyra(&["pairing", "approve", &request, "--daemon", &approve.http]);
     finish_enroll(child);
     palyra_gateway::store::DeviceIdentityFiles::load(identity)
@@ -358,6 +385,7 @@ async fn all_events(conn: &NodeConnection) -> BTreeMap<u64, serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_of_three_gateways_acts_as_one() {
+    let _one = one_at_a_time().await;
     let nats = Nats::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let gws = fleet(&nats, dir.path());
@@ -429,12 +457,13 @@ async fn a_fleet_of_three_gateways_acts_as_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_approving_one_request_issue_one_certificate() {
+    let _one = one_at_a_time().await;
     let nats = Nats::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let gws = fleet(&nats, dir.path());
     let identity = dir.path().join("node");
     let child = begin_enroll(&gws[0], &gws[1], &identity);
-    let request = pending_request(&gws[2]);
+    let request = pending_request(&gws[2], &identity);
     // B and C approve at once.
     let approvals: Vec<_> = [&gws[1], &gws[2]]
         .into_iter()
@@ -517,6 +546,7 @@ fn assert_nothing_lost(stored: &BTreeMap<u64, serde_json::Value>, acked: &Acked)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_mid_publish_loses_nothing_acknowledged() {
+    let _one = one_at_a_time().await;
     let nats = Nats::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut gws = fleet(&nats, dir.path());
@@ -573,6 +603,7 @@ async fn a_gateway_killed_mid_publish_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_server_killed_and_restarted_mid_publish_loses_nothing_acknowledged() {
+    let _one = one_at_a_time().await;
     let mut nats = Nats::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let gws = fleet(&nats, dir.path());
@@ -616,6 +647,7 @@ async fn a_nats_server_killed_and_restarted_mid_publish_loses_nothing_acknowledg
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_quorum_publishes_fail_retryably_and_nothing_acknowledged_is_lost() {
+    let _one = one_at_a_time().await;
     let mut nats = Nats::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let gws = fleet(&nats, dir.path());
@@ -675,4 +707,102 @@ async fn without_a_quorum_publishes_fail_retryably_and_nothing_acknowledged_is_l
         reader.close().await;
     }
     conn.close().await;
+}
+
+/// A child process killed and reaped when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_one_gateway_calls_a_node_connected_to_another() {
+    use std::io::{BufRead, Write};
+    let _one = one_at_a_time().await;
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let upstream = palyra_testkit::provider::Upstream::start("");
+    let config = dir.path().join("palyrad.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\nbase_url = \"http://{}/v1\"\nmodel = \"scripted\"\n",
+            upstream.addr
+        ),
+    )
+    .expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let gws = fleet_with(&nats, dir.path(), &["--config", &config]);
+    let (a, b) = (&gws[0], &gws[1]);
+    // The node pairs through B and serves a capability there.
+    let identity = dir.path().join("node");
+    pair(b, b, b, &identity);
+    let spec = dir.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"system.echo": {"description": "Echoes its input", "input_schema": {"type": "object"}}}"#,
+    )
+    .expect("spec");
+    let mut node = Killed(
+        Command::new(env!("CARGO_BIN_EXE_palyra"))
+            .args(["node", "run", "--identity"])
+            .arg(&identity)
+            .args(["--capability", "system.echo=cat", "--capability-spec"])
+            .arg(&spec)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("palyra node run"),
+    );
+    let mut lines = std::io::BufReader::new(node.0.stdout.take().expect("stdout")).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("capabilities_registered")),
+        "the node registered its capability on B"
+    );
+    // A run started on A calls it (approved on the terminal).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (out, err) = loop {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_palyra"))
+            .args([
+                "agent",
+                "run",
+                "--session",
+                "cluster",
+                r#"check [[tool:system_echo {"text":"hi"}]]"#,
+            ])
+            .env("PALYRA_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("PALYRA_DAEMON_URL", &a.http)
+            .env("PALYRA_GRPC", &a.grpc)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("palyra agent run");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"y\n")
+            .expect("approve");
+        let output = child.wait_with_output().expect("agent run");
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        let err = String::from_utf8_lossy(&output.stderr).into_owned();
+        // Until A has heard B's presence for the node, the model is offered no such tool.
+        if out.contains(r#"Tool system_echo said: {"text":"hi"}"#) || Instant::now() > deadline {
+            break (out, err);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        out.contains(r#"Tool system_echo said: {"text":"hi"}"#),
+        "stdout: {out}\nstderr: {err}"
+    );
+    assert!(err.contains("[tool] result"), "{err}");
 }

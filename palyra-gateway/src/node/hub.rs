@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// How recently a node must have been seen here to count as connected here (heartbeats come
+/// every 10 s).
+pub const PRESENCE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The registry's document.
 pub const REGISTRY_KEY: &str = "nodes.json";
 
@@ -144,6 +148,8 @@ pub struct NodeHub {
     registry: Option<Arc<dyn DocStore>>,
     /// The registry's document.
     registry_key: String,
+    /// The other gateways of a cluster, once attached.
+    peers: std::sync::OnceLock<Arc<dyn super::peers::Peers>>,
     /// Wakes the node plane's serve loop when trust changes.
     plane_wake: Arc<Notifier>,
 }
@@ -190,6 +196,7 @@ impl NodeHub {
             log,
             registry,
             registry_key: registry_key.to_owned(),
+            peers: std::sync::OnceLock::new(),
             plane_wake,
         })
     }
@@ -203,6 +210,7 @@ impl NodeHub {
             log: Arc::new(crate::store::log::MemoryLog::new(64 * 1024 * 1024)),
             registry: None,
             registry_key: REGISTRY_KEY.into(),
+            peers: std::sync::OnceLock::new(),
             plane_wake: Arc::new(Notifier::new()),
         }
     }
@@ -355,6 +363,44 @@ impl NodeHub {
                 }
             }),
         );
+    }
+
+    /// Joins the hub to the other gateways of a cluster (once).
+    pub fn join(self: &Arc<Self>, peers: Arc<dyn super::peers::Peers>) {
+        if self.peers.set(Arc::clone(&peers)).is_ok() {
+            peers.attach(Arc::clone(self));
+        }
+    }
+
+    /// The other gateway holding `device_id` when this one does not: its name and the way to
+    /// reach it.
+    pub fn remote(&self, device_id: &str) -> Option<(Arc<dyn super::peers::Peers>, String)> {
+        let now_ms = crate::store::unix_ms(std::time::SystemTime::now());
+        let here = self.lock().nodes.get(device_id).is_some_and(|n| {
+            now_ms.saturating_sub(n.last_seen_at_unix_ms) < PRESENCE_WINDOW.as_millis() as u64
+        });
+        if here {
+            return None;
+        }
+        let peers = self.peers.get()?;
+        let gateway = peers.holder(device_id)?;
+        Some((Arc::clone(peers), gateway))
+    }
+
+    /// Every node of the fleet: those registered here, and those other gateways of a cluster
+    /// hold now (which this gateway reaches through them).
+    pub fn fleet_nodes(&self) -> Vec<NodeRecord> {
+        let mut nodes = self.nodes();
+        if let Some(peers) = self.peers.get() {
+            for remote in peers.nodes() {
+                match nodes.iter_mut().find(|n| n.device_id == remote.device_id) {
+                    Some(local) if local.last_seen_at_unix_ms >= remote.last_seen_at_unix_ms => {}
+                    Some(local) => *local = remote,
+                    None => nodes.push(remote),
+                }
+            }
+        }
+        nodes
     }
 
     /// Queues capability work for a registered device; returns the request ID.

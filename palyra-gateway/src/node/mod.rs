@@ -9,6 +9,7 @@
 //! ```
 
 pub mod hub;
+pub mod peers;
 pub mod service;
 
 use crate::enroll::EnrollmentStore;

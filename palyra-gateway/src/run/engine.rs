@@ -592,7 +592,7 @@ impl RunEngine {
                 specs.push(spec);
             }
         }
-        for node in self.hub.nodes() {
+        for node in self.hub.fleet_nodes() {
             if now_ms.saturating_sub(node.last_seen_at_unix_ms) > NODE_FRESH_MS {
                 continue;
             }
@@ -1233,6 +1233,10 @@ fn append_blocking(log: &dyn LogStore, body: Bytes) -> Result<(), StoreError> {
         .map(drop)
 }
 
+/// How much longer than the node's own limit a call through another gateway may take (the two
+/// hops).
+const REMOTE_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs one tool call on its target and reports the outcome to the run.
 async fn run_tool(
     engine: Arc<RunEngine>,
@@ -1305,6 +1309,36 @@ async fn run_tool(
             return;
         }
     };
+    if let Some((peers, gateway)) = hub.remote(&device_id) {
+        // The node is connected to another gateway of the cluster: the call travels there.
+        let executor = format!("node:{device_id}@{gateway}");
+        let (answer, done) = crate::store::pending(None);
+        let call = crate::node::peers::RemoteCall {
+            device_id,
+            capability,
+            input_json: input,
+            max_payload_bytes: MAX_TOOL_OUTPUT as u64,
+            timeout: limit,
+        };
+        peers.call(&gateway, call, Box::new(move |r| done.complete(r)));
+        let outcome = runtime::timeout(rt.as_ref(), limit + REMOTE_GRACE, answer.wait()).await;
+        let input = match outcome {
+            Some(Some(Ok(result))) => RunInput::Tool {
+                proposal_id,
+                result,
+                executor,
+                timed_out: false,
+            },
+            Some(Some(Err(e))) => failed(executor, format!("cannot reach the node: {e}"), false),
+            Some(None) => failed(executor, "the cluster connection closed".into(), false),
+            None => {
+                let error = format!("the node did not answer within {} s", limit.as_secs());
+                failed(executor, error, true)
+            }
+        };
+        let _ = tx.try_send(input);
+        return;
+    }
     let executor = format!("node:{device_id}");
     let request = match hub.enqueue(&device_id, &capability, input, MAX_TOOL_OUTPUT as u64) {
         Ok(id) => id,
