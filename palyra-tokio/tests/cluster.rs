@@ -160,6 +160,7 @@ struct Gateway {
     state: PathBuf,
     daemon: Option<Daemon>,
     node: SocketAddr,
+    node_tcp: SocketAddr,
     http: String,
     grpc: String,
 }
@@ -188,6 +189,7 @@ impl Gateway {
             state: state.to_owned(),
             daemon: Some(daemon),
             node: endpoint("node_quic").parse().expect("node addr"),
+            node_tcp: endpoint("node_tcp").parse().expect("node TLS addr"),
             http: format!("http://{}", endpoint("http")),
             grpc: endpoint("grpc"),
         }
@@ -805,4 +807,38 @@ async fn a_run_on_one_gateway_calls_a_node_connected_to_another() {
         "stdout: {out}\nstderr: {err}"
     );
     assert!(err.contains("[tool] result"), "{err}");
+    // The node's own ExecuteCapability through A reaches its host on B too.
+    let files = palyra_gateway::store::DeviceIdentityFiles::load(&identity).expect("identity");
+    let device = files.device_id.clone().expect("device id");
+    let tls = palyra_proto::quic::tls::client_config(
+        &files.ca_der,
+        Some((vec![files.cert_der.clone()], files.key_der.clone())),
+        palyra_proto::quic::tls::ALPN_H2,
+    )
+    .expect("client tls");
+    let node_tcp = a.node_tcp;
+    let answer = tokio::task::spawn_blocking(move || {
+        use prost::Message;
+        let mut client =
+            palyra_testkit::grpc::Client::tls(node_tcp, Arc::new(tls)).expect("TLS connect");
+        let request = palyra_proto::pb::palyra::node::v1::ExecuteCapabilityRequest {
+            v: 1,
+            device_id: Some(palyra_proto::pb::palyra::common::v1::CanonicalId { ulid: device }),
+            capability: "system.echo".into(),
+            input_json: br#"{"via":"gw-a"}"#.to_vec(),
+            max_payload_bytes: 0,
+        };
+        let bytes = client
+            .unary(
+                "/palyra.node.v1.NodeService/ExecuteCapability",
+                &request.encode_to_vec(),
+            )
+            .expect("ExecuteCapability");
+        palyra_proto::pb::palyra::node::v1::ExecuteCapabilityResponse::decode(bytes)
+            .expect("response")
+    })
+    .await
+    .expect("call");
+    assert!(answer.success, "{answer:?}");
+    assert_eq!(answer.output_json, br#"{"via":"gw-a"}"#.to_vec());
 }

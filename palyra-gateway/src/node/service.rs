@@ -108,6 +108,7 @@ impl Service for NodeService {
                 peer,
                 request: None,
                 request_id: None,
+                remote: None,
                 timeout_at: call.started + CAPABILITY_TIMEOUT,
             })),
             "StreamNodeEvents" => Some(Box::new(EventStream::new(hub, clock, peer))),
@@ -273,17 +274,41 @@ fn register_node(
     }))
 }
 
-/// ExecuteCapability: queue the work for the caller's own node, wait for its result.
+/// A call carried to the gateway holding the node, and the largest output it accepts.
+type RemoteAnswer = (Pending<Result<CapabilityResult, StoreError>>, u64);
+
+/// ExecuteCapability: queue the work for the caller's own node (through the gateway of the
+/// cluster that holds its connection, when that is another one), wait for its result.
 struct ExecuteCapability {
     hub: Arc<NodeHub>,
     peer: Arc<PeerIdentity>,
     request: Option<Bytes>,
     request_id: Option<(String, u64)>,
+    remote: Option<RemoteAnswer>,
     timeout_at: Instant,
 }
 
+/// The answer to a capability result, refused when its output is larger than `max_payload`.
+fn capability_response(result: CapabilityResult, max_payload: u64) -> ExecuteCapabilityResponse {
+    if result.output_json.len() as u64 > max_payload {
+        return ExecuteCapabilityResponse {
+            v: VERSION,
+            success: false,
+            output_json: Vec::new(),
+            error: format!("capability output exceeds max_payload_bytes={max_payload}"),
+        };
+    }
+    ExecuteCapabilityResponse {
+        v: VERSION,
+        success: result.success,
+        output_json: result.output_json,
+        error: result.error,
+    }
+}
+
 impl ExecuteCapability {
-    fn begin(&mut self, bytes: &[u8]) -> Result<(String, u64), Status> {
+    /// Starts the work: queued here (its request ID), or carried to another gateway (`None`).
+    fn begin(&mut self, bytes: &[u8], now: Instant) -> Result<Option<(String, u64)>, Status> {
         let device = authenticate(&self.hub, &self.peer)?;
         let request: ExecuteCapabilityRequest = decode(bytes)?;
         check_version(request.v)?;
@@ -312,6 +337,19 @@ impl ExecuteCapability {
             0 => DEFAULT_MAX_PAYLOAD,
             n => n.min(MAX_PAYLOAD),
         };
+        if let Some((peers, gateway)) = self.hub.remote(&device) {
+            let (answer, done) = pending(Some(self.hub.notifier()));
+            let call = crate::node::peers::RemoteCall {
+                device_id: device.to_string(),
+                capability: request.capability,
+                input_json: request.input_json,
+                max_payload_bytes: max_payload,
+                timeout: self.timeout_at.saturating_duration_since(now),
+            };
+            peers.call(&gateway, call, Box::new(move |r| done.complete(r)));
+            self.remote = Some((answer, max_payload));
+            return Ok(None);
+        }
         let id = self
             .hub
             .enqueue(
@@ -321,13 +359,18 @@ impl ExecuteCapability {
                 max_payload,
             )
             .map_err(hub_status)?;
-        Ok((id, max_payload))
+        Ok(Some((id, max_payload)))
+    }
+
+    /// Whether the work was started.
+    fn started(&self) -> bool {
+        self.request_id.is_some() || self.remote.is_some()
     }
 }
 
 impl CallHandler for ExecuteCapability {
     fn on_message(&mut self, message: Bytes, reply: &mut Reply) {
-        if self.request.is_some() || self.request_id.is_some() {
+        if self.request.is_some() || self.started() {
             reply.finish(Status::new(
                 Code::InvalidArgument,
                 "ExecuteCapability takes exactly one request message",
@@ -339,7 +382,7 @@ impl CallHandler for ExecuteCapability {
 
     fn on_half_close(&mut self, reply: &mut Reply) {
         let Some(bytes) = self.request.take() else {
-            if self.request_id.is_none() {
+            if !self.started() {
                 reply.finish(Status::new(
                     Code::InvalidArgument,
                     "ExecuteCapability takes exactly one request message",
@@ -347,33 +390,39 @@ impl CallHandler for ExecuteCapability {
             }
             return;
         };
-        match self.begin(&bytes) {
-            Ok(started) => self.request_id = Some(started),
+        match self.begin(&bytes, Instant::now()) {
+            Ok(started) => self.request_id = started,
             Err(status) => reply.finish(status),
         }
     }
 
     fn poll(&mut self, cx: &PollContext, reply: &mut Reply) {
+        if let Some((answer, max_payload)) = &self.remote {
+            let Some(outcome) = answer.take() else {
+                if cx.now >= self.timeout_at {
+                    reply.finish(Status::new(
+                        Code::DeadlineExceeded,
+                        "timed out waiting for node capability result",
+                    ));
+                }
+                return;
+            };
+            let max_payload = *max_payload;
+            self.remote = None;
+            match outcome {
+                Ok(result) => {
+                    reply.message(capability_response(result, max_payload).encode_to_vec());
+                    reply.finish(Status::ok());
+                }
+                Err(e) => reply.finish(Status::new(Code::Unavailable, e.to_string())),
+            }
+            return;
+        }
         let Some((id, max_payload)) = &self.request_id else {
             return;
         };
         if let Some(result) = self.hub.take_result(id) {
-            let too_big = result.output_json.len() as u64 > *max_payload;
-            let response = if too_big {
-                ExecuteCapabilityResponse {
-                    v: VERSION,
-                    success: false,
-                    output_json: Vec::new(),
-                    error: format!("capability output exceeds max_payload_bytes={max_payload}"),
-                }
-            } else {
-                ExecuteCapabilityResponse {
-                    v: VERSION,
-                    success: result.success,
-                    output_json: result.output_json,
-                    error: result.error,
-                }
-            };
+            let response = capability_response(result, *max_payload);
             self.request_id = None;
             reply.message(response.encode_to_vec());
             reply.finish(Status::ok());
@@ -386,7 +435,7 @@ impl CallHandler for ExecuteCapability {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.request_id.as_ref().map(|_| self.timeout_at)
+        self.started().then_some(self.timeout_at)
     }
 }
 
