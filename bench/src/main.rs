@@ -81,6 +81,7 @@ fn prepare_state(palyrad: &Path, dir: &Path, count: u64, payload: usize) -> anyh
             .map(|_| NewEvent {
                 to: None,
                 body: body.clone().into(),
+                id: None,
             })
             .collect();
         log.append(&batch)?;

@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         .append(&[NewEvent {
             to: None,
             body: b"{}".to_vec().into(),
-        }])
+         id: None, }])
         .expect("append");
     assert_eq!(next, bounds.last_seq + 1);
 });

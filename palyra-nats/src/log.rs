@@ -289,10 +289,13 @@ impl Inner {
             .into_iter()
             .enumerate()
             .map(|(i, event)| {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let mut message = PublishMessage::build()
-                    .payload(event.body)
-                    .message_id(format!("{}-{id}", self.id_prefix));
+                // The publisher's own ID makes its retry through any gateway one event; ours
+                // makes our own retries one.
+                let id = event.id.unwrap_or_else(|| {
+                    let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    format!("{}-{n}", self.id_prefix)
+                });
+                let mut message = PublishMessage::build().payload(event.body).message_id(id);
                 if let Some(to) = event.to {
                     message = message.header(TO_HEADER, to.as_str());
                 }

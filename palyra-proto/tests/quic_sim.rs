@@ -346,6 +346,7 @@ fn publish(name: &str, n: u64, to: Option<&str>) -> NodeRequest {
         name: name.into(),
         payload: serde_json::json!({ "n": n }),
         to: to.map(str::to_owned),
+        id: None,
     })
 }
 

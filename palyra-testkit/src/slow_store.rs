@@ -299,6 +299,7 @@ pub fn slow_store_delays_nobody_else<D: Driver>() {
                         name: "sensor.temp".into(),
                         payload: serde_json::json!({"c": 21}),
                         to: None,
+                        id: None,
                     }),
                 );
                 ack.first().map(|f| f.kind) == Some(ResponseKind::Ack)

@@ -340,18 +340,28 @@ async fn connect(identity: &Path, gateway: SocketAddr) -> NodeConnection {
     .expect("connect")
 }
 
-fn publish(name: &str, payload: serde_json::Value) -> NodeRequest {
+fn publish(name: &str, payload: serde_json::Value, id: Option<String>) -> NodeRequest {
     NodeRequest::PublishEvent(PublishEvent {
         name: name.into(),
         payload,
         to: None,
+        id,
     })
 }
 
 /// Publishes and returns the acknowledged seq.
 async fn publish_acked(conn: &NodeConnection, payload: serde_json::Value) -> Result<u64, String> {
+    publish_with_id(conn, payload, None).await
+}
+
+/// Publishes with the event ID `id` and returns the acknowledged seq.
+async fn publish_with_id(
+    conn: &NodeConnection,
+    payload: serde_json::Value,
+    id: Option<String>,
+) -> Result<u64, String> {
     let frames = conn
-        .request(&publish("cluster.test", payload))
+        .request(&publish("cluster.test", payload, id))
         .await
         .map_err(|e| e.to_string())?
         .collect()
@@ -513,13 +523,19 @@ async fn two_gateways_approving_one_request_issue_one_certificate() {
 
 type Acked = Arc<Mutex<BTreeMap<u64, serde_json::Value>>>;
 
-/// Publishes until told to stop or the connection dies, recording every acknowledged event.
+/// The ID a test node gives its `k`th event.
+fn event_id(node: u32, k: u64) -> String {
+    format!("n{node}-k{k}")
+}
+
+/// Publishes until told to stop or the connection dies, recording every acknowledged event;
+/// returns the `k` of the event that got no answer.
 async fn keep_publishing(conn: NodeConnection, node: u32, acked: Acked, from: u64) -> u64 {
     let mut k = from;
     loop {
         k += 1;
         let payload = serde_json::json!({ "node": node, "k": k });
-        match publish_acked(&conn, payload.clone()).await {
+        match publish_with_id(&conn, payload.clone(), Some(event_id(node, k))).await {
             Ok(seq) => {
                 let previous = acked.lock().unwrap().insert(seq, payload);
                 assert!(previous.is_none(), "seq {seq} acknowledged twice");
@@ -570,11 +586,12 @@ async fn a_gateway_killed_mid_publish_loses_nothing_acknowledged() {
         acked.lock().unwrap().len() > 5,
         "too few events acknowledged before the kill to mean anything"
     );
-    // It reconnects to C and carries on.
+    // It reconnects to C and carries on, first publishing again the event A never answered
+    // (which A may have stored): with its ID, it is stored once either way.
     let again = connect(&node, gws[2].node).await;
-    for k in 0..10 {
-        let payload = serde_json::json!({ "node": 1, "k": last_k + 1 + k });
-        let seq = publish_acked(&again, payload.clone())
+    for k in last_k..last_k + 10 {
+        let payload = serde_json::json!({ "node": 1, "k": k });
+        let seq = publish_with_id(&again, payload.clone(), Some(event_id(1, k)))
             .await
             .expect("published through C");
         acked.lock().unwrap().insert(seq, payload);
@@ -599,6 +616,18 @@ async fn a_gateway_killed_mid_publish_loses_nothing_acknowledged() {
         "resumed once each, in order, from the cursor"
     );
     assert_nothing_lost(&total, &acked);
+    let mut ks: Vec<u64> = total
+        .values()
+        .map(|p| p["k"].as_u64().expect("k"))
+        .collect();
+    let stored = ks.len();
+    ks.sort_unstable();
+    ks.dedup();
+    assert_eq!(
+        ks.len(),
+        stored,
+        "each event stored once, the retried one too"
+    );
     again.close().await;
     subscriber.close().await;
 }

@@ -42,6 +42,7 @@ async fn publisher(conn: NodeConnection, round: u32, node: u32, acked: Acked) {
                 name: "crash.test".into(),
                 payload: payload.clone(),
                 to: None,
+                id: None,
             });
             match conn.request(&request).await {
                 Ok(responses) => inflight.push((payload, responses)),

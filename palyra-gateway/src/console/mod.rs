@@ -396,6 +396,7 @@ impl ConsoleHub {
         NewEvent {
             to: entry.tag(),
             body: Bytes::from(value.to_string()),
+            id: None,
         }
     }
 

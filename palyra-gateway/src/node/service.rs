@@ -570,6 +570,7 @@ impl EventStream {
                     name: name.to_owned(),
                     payload,
                     to: None,
+                    id: None,
                 };
                 let event = engine::publish(Some(device), publish, now_ms, DEFAULT_MAX_FRAME_BYTES)
                     .map_err(|refusal| Status::new(Code::InvalidArgument, refusal.message))?;

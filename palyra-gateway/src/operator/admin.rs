@@ -559,6 +559,7 @@ impl OperatorConnection {
             vec![NewEvent {
                 to,
                 body: encoded.into(),
+                id: None,
             }],
             None,
             Box::new(move |result| done.complete(crate::store::only_seq(result))),

@@ -746,6 +746,7 @@ impl RunEngine {
         let record = NewEvent {
             to: None,
             body: tape::record(run_id, kind, body),
+            id: None,
         };
         self.tape.append(vec![record], None, Box::new(|_| {}));
     }
@@ -788,6 +789,7 @@ impl RunEngine {
             .map(|bytes| NewEvent {
                 to: None,
                 body: tape::record(run_id, EVENT, bytes.clone()),
+                id: None,
             })
             .collect();
         let this = Arc::clone(self);
@@ -1223,7 +1225,11 @@ fn apply(machine: &mut RunMachine, turn: u32, input: RunInput, now: Instant, now
 fn append_blocking(log: &dyn LogStore, body: Bytes) -> Result<(), StoreError> {
     let (answer, done) = pending(None);
     log.append(
-        vec![NewEvent { to: None, body }],
+        vec![NewEvent {
+            to: None,
+            body,
+            id: None,
+        }],
         None,
         Box::new(move |r| done.complete(r)),
     );

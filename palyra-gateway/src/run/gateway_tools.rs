@@ -129,6 +129,7 @@ async fn publish(hub: &NodeHub, clock: &WallClock, input: &Value) -> CapabilityR
         vec![NewEvent {
             to,
             body: encoded.into(),
+            id: None,
         }],
         None,
         Box::new(move |result| done.complete(crate::store::only_seq(result))),

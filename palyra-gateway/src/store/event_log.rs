@@ -878,6 +878,7 @@ mod tests {
                 .is_multiple_of(3)
                 .then(|| "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned()),
             body: Bytes::from(format!("{{\"n\":{n}}}")),
+            id: None,
         }
     }
 
@@ -1089,6 +1090,7 @@ mod tests {
         let big = NewEvent {
             to: None,
             body: Bytes::from(vec![b'x'; 2000]),
+            id: None,
         };
         assert!(matches!(
             log.append(&[big]),

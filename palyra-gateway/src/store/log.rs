@@ -521,6 +521,7 @@ mod tests {
         NewEvent {
             to: None,
             body: bytes::Bytes::from(format!("{{\"n\":{n}}}")),
+            id: None,
         }
     }
 
@@ -586,6 +587,7 @@ mod tests {
         let big = NewEvent {
             to: None,
             body: bytes::Bytes::from(vec![b'x'; 100]),
+            id: None,
         };
         let tx2 = tx.clone();
         log.append(
@@ -681,6 +683,7 @@ mod tests {
             .map(|n| NewEvent {
                 to: None,
                 body: bytes::Bytes::from(format!("{{\"n\":{n},\"b\":\"{body}\"}}")),
+                id: None,
             })
             .collect();
         engine.append(&events).unwrap();

@@ -45,7 +45,12 @@ pub fn publish(
             "publishing requires a device certificate",
         ));
     };
-    let PublishEvent { name, payload, to } = event;
+    let PublishEvent {
+        name,
+        payload,
+        to,
+        id,
+    } = event;
     let body = EventBody {
         name,
         device_id: device.to_owned(),
@@ -63,6 +68,7 @@ pub fn publish(
     Ok(NewEvent {
         to,
         body: body.into(),
+        id: id.map(|id| format!("{device}/{id}")),
     })
 }
 
@@ -118,6 +124,7 @@ mod tests {
             name: name.into(),
             payload,
             to: to.map(Into::into),
+            id: None,
         }
     }
 

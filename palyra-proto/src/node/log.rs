@@ -12,6 +12,9 @@ pub struct NewEvent {
     pub to: Option<String>,
     /// The event body as JSON (`{"name":..,"device_id":..,"occurred_at_unix_ms":..,"payload":..}`).
     pub body: Bytes,
+    /// The publisher's ID for it (`device/id`), the same on a retry: a shared log stores the
+    /// event once. `None`: the gateway's own events, and publishes without an ID.
+    pub id: Option<String>,
 }
 
 /// An event read back from the log.

@@ -104,6 +104,21 @@ pub struct PublishEvent {
     /// Optional device the event is addressed to (a ULID); without it every node sees the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// Optional ID the node gives this event, the same when it publishes it again after a lost
+    /// answer: a log shared by several gateways stores it once and answers the first seq.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// The longest event ID.
+pub const MAX_EVENT_ID: usize = 64;
+
+/// Whether `id` is a usable event ID: 1 to [`MAX_EVENT_ID`] letters, digits, `.`, `_`, `:` or `-`.
+pub fn valid_event_id(id: &str) -> bool {
+    (1..=MAX_EVENT_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// A parsed, validated node-plane request.
@@ -263,7 +278,21 @@ fn parse_publish(fields: &mut Map<String, Value>) -> Result<PublishEvent, Reques
         }
         Some(_) => return Err(RequestError::invalid("event.to must be a string")),
     };
-    Ok(PublishEvent { name, payload, to })
+    let id = match event.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if valid_event_id(&id) => Some(id),
+        Some(_) => {
+            return Err(RequestError::invalid(format!(
+                "event.id must be 1 to {MAX_EVENT_ID} letters, digits, '.', '_', ':' or '-'"
+            )))
+        }
+    };
+    Ok(PublishEvent {
+        name,
+        payload,
+        to,
+        id,
+    })
 }
 
 /// Why an event (or capability) name was refused.
@@ -509,6 +538,26 @@ mod tests {
     }
 
     #[test]
+    fn event_ids_are_short_plain_tokens() {
+        let parse = |id: &str| {
+            let frame = format!(
+                r#"{{"protocol_version":1,"method":"node.publish_event","event":{{"name":"x","id":{id}}}}}"#
+            );
+            parse_request(frame.as_bytes())
+        };
+        match parse(r#""n1-k7""#) {
+            Ok(NodeRequest::PublishEvent(e)) => assert_eq!(e.id.as_deref(), Some("n1-k7")),
+            other => panic!("{other:?}"),
+        }
+        let long = format!("\"{}\"", "x".repeat(65));
+        for bad in [r#""""#, r#""a b""#, r#""a/b""#, "7", long.as_str()] {
+            let refused = parse(bad).expect_err(bad);
+            assert_eq!(refused.code, ErrorCode::InvalidRequest, "{bad}");
+            assert!(refused.message.contains("event.id"), "{}", refused.message);
+        }
+    }
+
+    #[test]
     fn publish_and_stream_parse() {
         let req = br#"{"protocol_version":1,"method":"node.publish_event","event":{"name":"sensor.temp","payload":{"c":21.5}}}"#;
         match parse_request(req).unwrap() {
@@ -561,6 +610,7 @@ mod tests {
                     name,
                     payload: serde_json::json!({ "n": n }),
                     to,
+                    id: None,
                 })),
         ]
     }

@@ -342,6 +342,10 @@ enum NodeCommand {
         /// Address the event to one device (ULID) instead of every node.
         #[arg(long)]
         to: Option<String>,
+        /// An ID for the event (1 to 64 letters, digits, '.', '_', ':' or '-'): publishing it
+        /// again with the same ID, through any gateway of a cluster, stores it once.
+        #[arg(long)]
+        id: Option<String>,
     },
     /// Registers the node and its capabilities (gRPC RegisterNode; needs --transport grpc).
     Register {
@@ -532,9 +536,12 @@ async fn run(rt: Rt, cli: Cli) -> anyhow::Result<()> {
             name,
             payload,
             to,
+            id,
         } if target.transport == Transport::Grpc => {
-            if to.is_some() {
-                anyhow::bail!("--to needs --transport quic (NodeService events have no addressee)");
+            if to.is_some() || id.is_some() {
+                anyhow::bail!(
+                    "--to and --id need --transport quic (NodeService events have neither)"
+                );
             }
             let payload: serde_json::Value =
                 serde_json::from_str(&payload).context("--payload is not valid JSON")?;
@@ -595,13 +602,25 @@ async fn run(rt: Rt, cli: Cli) -> anyhow::Result<()> {
             name,
             payload,
             to,
+            id,
         } => {
             let payload: serde_json::Value =
                 serde_json::from_str(&payload).context("--payload is not valid JSON")?;
             palyra_proto::node::validate_event_name(&name)
                 .map_err(|e| anyhow::anyhow!("--name: {e}"))?;
             let conn = node::connect(&rt, &target.node()).await?;
-            let request = NodeRequest::PublishEvent(PublishEvent { name, payload, to });
+            if let Some(id) = id
+                .as_deref()
+                .filter(|id| !palyra_proto::node::valid_event_id(id))
+            {
+                anyhow::bail!("--id {id:?} must be 1 to 64 letters, digits, '.', '_', ':' or '-'");
+            }
+            let request = NodeRequest::PublishEvent(PublishEvent {
+                name,
+                payload,
+                to,
+                id,
+            });
             let frames = conn.request(&request).await?.collect().await?;
             let frame = frames.first().context("gateway sent no acknowledgement")?;
             node::check(frame)?;
