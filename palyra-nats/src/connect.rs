@@ -129,3 +129,33 @@ pub async fn connect(config: &NatsConfig) -> Result<Cluster, NatsError> {
 pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {e}"))
 }
+
+/// The messages of an ordered consumer.
+pub(crate) type Ordered = async_nats::jetstream::consumer::push::Ordered;
+
+/// Starts an ordered push consumer on `stream` delivering what `filter` and `deliver` select
+/// (its consumer mends gaps and reconnects by itself); why not, as text.
+pub(crate) async fn ordered(
+    cluster: &Cluster,
+    stream: &str,
+    filter: String,
+    deliver: async_nats::jetstream::consumer::DeliverPolicy,
+) -> Result<Ordered, String> {
+    let config = async_nats::jetstream::consumer::push::OrderedConfig {
+        deliver_subject: cluster.client.new_inbox(),
+        filter_subject: filter,
+        deliver_policy: deliver,
+        ..Default::default()
+    };
+    cluster
+        .js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| e.to_string())?
+        .create_consumer(config)
+        .await
+        .map_err(|e| e.to_string())?
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -7,7 +7,7 @@
 //! ordered consumer per document, so reads never wait.
 
 use crate::connect::{unavailable, Cluster, NatsError};
-use async_nats::jetstream::consumer::{push, DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
@@ -300,28 +300,13 @@ async fn follow(inner: std::sync::Weak<Inner>, key: String, mut after: u64) {
         else {
             return;
         };
-        let config = push::OrderedConfig {
-            deliver_subject: strong.cluster.client.new_inbox(),
-            filter_subject: subject,
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            },
-            ..Default::default()
-        };
-        let js = strong.cluster.js.clone();
+        let cluster = strong.cluster.clone();
         drop(strong);
-        let messages = async {
-            js.get_stream_no_info(&stream)
-                .await
-                .map_err(|e| e.to_string())?
-                .create_consumer(config)
-                .await
-                .map_err(|e| e.to_string())?
-                .messages()
-                .await
-                .map_err(|e| e.to_string())
+        let deliver = DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
         };
-        let mut messages = match messages.await {
+        let mut messages = match crate::connect::ordered(&cluster, &stream, subject, deliver).await
+        {
             Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(%key, error = %e, "following a document failed; again shortly");

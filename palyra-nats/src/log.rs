@@ -4,7 +4,7 @@
 //! reads older records with a short-lived consumer from the seq they ask for.
 
 use crate::connect::{unavailable, Cluster, NatsError};
-use async_nats::jetstream::consumer::{push, DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
@@ -152,15 +152,12 @@ impl Inner {
         self.recent.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn ordered(&self, start: u64) -> push::OrderedConfig {
-        push::OrderedConfig {
-            deliver_subject: self.cluster.client.new_inbox(),
-            filter_subject: self.subject.clone(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: start.max(1),
-            },
-            ..Default::default()
-        }
+    /// The stream's records after `after`, by an ordered consumer of their own.
+    async fn messages_after(&self, after: u64) -> Result<crate::connect::Ordered, String> {
+        let deliver = DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
+        };
+        crate::connect::ordered(&self.cluster, &self.stream, self.subject.clone(), deliver).await
     }
 
     /// The records after `after` up to `until`, at most `max_events` and about `max_bytes`,
@@ -177,18 +174,8 @@ impl Inner {
             return Ok(out);
         }
         let what = || format!("reading stream {}", self.stream);
-        let stream = self
-            .cluster
-            .js
-            .get_stream_no_info(&self.stream)
-            .await
-            .map_err(|e| unavailable(&what(), e))?;
-        let consumer = stream
-            .create_consumer(self.ordered(after + 1))
-            .await
-            .map_err(|e| unavailable(&what(), e))?;
-        let mut messages = consumer
-            .messages()
+        let mut messages = self
+            .messages_after(after)
             .await
             .map_err(|e| unavailable(&what(), e))?;
         let mut bytes = 0;
@@ -232,18 +219,8 @@ impl Inner {
 
     async fn follow_once(&self, after: u64) -> Result<(), StoreError> {
         let what = || format!("following stream {}", self.stream);
-        let stream = self
-            .cluster
-            .js
-            .get_stream_no_info(&self.stream)
-            .await
-            .map_err(|e| unavailable(&what(), e))?;
-        let consumer = stream
-            .create_consumer(self.ordered(after + 1))
-            .await
-            .map_err(|e| unavailable(&what(), e))?;
-        let mut messages = consumer
-            .messages()
+        let mut messages = self
+            .messages_after(after)
             .await
             .map_err(|e| unavailable(&what(), e))?;
         while let Some(message) = messages.next().await {

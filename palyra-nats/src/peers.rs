@@ -8,7 +8,7 @@
 //!   the node connected to it and replying with the node's answer.
 
 use crate::connect::{unavailable, Cluster, NatsError};
-use async_nats::jetstream::consumer::{push, DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use futures_util::StreamExt;
 use palyra_gateway::node::hub::{CapabilityResult, NodeHub, NodeRecord, PRESENCE_WINDOW};
@@ -90,26 +90,10 @@ async fn follow(inner: std::sync::Weak<Inner>, stream: String) {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let config = push::OrderedConfig {
-            deliver_subject: strong.cluster.client.new_inbox(),
-            filter_subject: format!("{}.*", strong.subject),
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        };
-        let js = strong.cluster.js.clone();
+        let (cluster, filter) = (strong.cluster.clone(), format!("{}.*", strong.subject));
         drop(strong);
-        let messages = async {
-            js.get_stream_no_info(&stream)
-                .await
-                .map_err(|e| e.to_string())?
-                .create_consumer(config)
-                .await
-                .map_err(|e| e.to_string())?
-                .messages()
-                .await
-                .map_err(|e| e.to_string())
-        };
-        let mut messages = match messages.await {
+        let deliver = DeliverPolicy::LastPerSubject;
+        let mut messages = match crate::connect::ordered(&cluster, &stream, filter, deliver).await {
             Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(error = %e, "following presence failed; again shortly");
