@@ -19,15 +19,19 @@ mod connect;
 mod docs;
 mod log;
 mod peers;
+mod split;
 
 pub use connect::{connect, Cluster, NatsError};
 pub use docs::JsDocs;
 pub use log::JsLog;
 pub use peers::NatsPeers;
+pub use split::SplitDocs;
 
 use palyra_gateway::config::NatsConfig;
 use palyra_gateway::daemon::Stores;
+use palyra_gateway::store::DocStore;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Opens the shared stores for `config` (creating the streams and buckets a new deployment
 /// lacks): the node-plane event log and the documents with the trust records on JetStream; the
@@ -41,16 +45,22 @@ pub async fn open_stores(
     tracing::info!(servers = ?config.servers, prefix = %config.prefix, replicas = config.replicas, gateway = %config.gateway_name, "state on NATS JetStream");
     let events =
         ready(|| JsLog::open(cluster, "EVENTS", config.max_event_bytes, cache_bytes)).await?;
-    let docs = std::sync::Arc::new(ready(|| JsDocs::open(cluster)).await?);
+    let shared: Arc<dyn DocStore> = Arc::new(ready(|| JsDocs::open(cluster)).await?);
     let peers = ready(|| NatsPeers::open(cluster)).await?;
     let files = |e: palyra_gateway::store::StoreError| NatsError::Local(e.to_string());
+    let local: Arc<dyn DocStore> =
+        Arc::new(palyra_gateway::store::FileDocStore::open(state_dir).map_err(files)?);
     Ok(Stores {
-        trust: Some(std::sync::Arc::new(palyra_gateway::store::DocTrust::new(
-            docs.clone(),
-        ))),
-        docs,
-        events: std::sync::Arc::new(events),
-        peers: Some(std::sync::Arc::new(peers)),
+        trust: Some(Arc::new(palyra_gateway::store::DocTrust::new(Arc::clone(
+            &shared,
+        )))),
+        docs: Arc::new(SplitDocs::new(
+            local,
+            shared,
+            palyra_gateway::console::LOCAL_DOCS,
+        )),
+        events: Arc::new(events),
+        peers: Some(Arc::new(peers)),
         console: palyra_gateway::console::open_file_log(state_dir).map_err(files)?,
         runs: palyra_gateway::run::tape::open_file_log(state_dir).map_err(files)?,
     })

@@ -86,6 +86,10 @@ impl std::fmt::Debug for ConsoleHub {
 const STATE_KEY: &str = "console/state.json";
 const BOOTS_KEY: &str = "console/boots.json";
 
+/// The documents that describe this gateway's own console log (its snapshot and its boots): a
+/// store shared with other gateways keeps them beside the log, not with the shared documents.
+pub const LOCAL_DOCS: [&str; 2] = [STATE_KEY, BOOTS_KEY];
+
 fn log_config() -> FileEventLogConfig {
     FileEventLogConfig {
         segment_bytes: 4 * 1024 * 1024,
