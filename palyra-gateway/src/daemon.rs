@@ -467,6 +467,9 @@ impl Daemon {
             .admin
             .as_ref()
             .map(|admin| Arc::clone(&admin.console));
+        if let Some(follow) = console.as_ref().and_then(|hub| hub.follow(Arc::clone(rt))) {
+            rt.spawn(follow);
+        }
         let console_runs = Stop::new();
         if let (Some(hub), true) = (&console, self.runs.has_provider()) {
             crate::console::runs::serve(

@@ -9,6 +9,9 @@
 //!   compare-and-set on its revision, kept current on each gateway by a consumer (trust records
 //!   included: [`palyra_gateway::store::DocTrust`]).
 //!
+//! - the console log as a stream (`PREFIX_CONSOLE`) every gateway follows, so a console on one
+//!   gateway sees what was posted through another and resumes by cursor on any of them;
+//!
 //! - [`NatsPeers`]: which gateway holds which node (a presence stream whose entries expire), and
 //!   capability calls carried over NATS request/reply to the gateway holding the node.
 //!
@@ -45,6 +48,8 @@ pub async fn open_stores(
     tracing::info!(servers = ?config.servers, prefix = %config.prefix, replicas = config.replicas, gateway = %config.gateway_name, "state on NATS JetStream");
     let events =
         ready(|| JsLog::open(cluster, "EVENTS", config.max_event_bytes, cache_bytes)).await?;
+    let console =
+        ready(|| JsLog::open(cluster, "CONSOLE", CONSOLE_BYTES, CONSOLE_CACHE_BYTES)).await?;
     let shared: Arc<dyn DocStore> = Arc::new(ready(|| JsDocs::open(cluster)).await?);
     let peers = ready(|| NatsPeers::open(cluster)).await?;
     let files = |e: palyra_gateway::store::StoreError| NatsError::Local(e.to_string());
@@ -61,10 +66,16 @@ pub async fn open_stores(
         )),
         events: Arc::new(events),
         peers: Some(Arc::new(peers)),
-        console: palyra_gateway::console::open_file_log(state_dir).map_err(files)?,
+        console: Arc::new(console),
         runs: palyra_gateway::run::tape::open_file_log(state_dir).map_err(files)?,
     })
 }
+
+/// The console log's retention (records beyond it are dropped oldest first; the state saved
+/// every 1,024 records keeps what they added up to).
+const CONSOLE_BYTES: u64 = 256 * 1024 * 1024;
+/// The console log's recent records kept in memory.
+const CONSOLE_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// How long a starting gateway waits for JetStream (a cluster starting with it elects its
 /// leaders meanwhile).

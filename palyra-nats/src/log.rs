@@ -34,6 +34,8 @@ pub struct JsLog {
 struct Inner {
     cluster: Cluster,
     stream: String,
+    /// This incarnation of the stream: its name and when it was created.
+    name: String,
     subject: String,
     recent: RwLock<Recent>,
     notifier: Arc<Notifier>,
@@ -87,6 +89,7 @@ impl JsLog {
                 .map_or(0, |d| d.as_nanos() as u64);
         let inner = Arc::new(Inner {
             cluster: cluster.clone(),
+            name: format!("{name}@{:x}", info.created.unix_timestamp_nanos()),
             stream: name,
             subject,
             recent: RwLock::new(Recent::new(cache_bytes, bounds)),
@@ -432,6 +435,10 @@ impl LogStore for JsLog {
 
     fn notifier(&self) -> Arc<Notifier> {
         Arc::clone(&self.inner.notifier)
+    }
+
+    fn shared_name(&self) -> Option<String> {
+        Some(self.inner.name.clone())
     }
 
     fn close(&self) {

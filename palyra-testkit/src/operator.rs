@@ -350,11 +350,11 @@ fn suite_admin(
 }
 
 /// A blocking console-stream client (tungstenite) with a read timeout.
-pub(crate) struct StreamClient<S: Read + Write = TcpStream>(tungstenite::WebSocket<S>);
+pub struct StreamClient<S: Read + Write = TcpStream>(tungstenite::WebSocket<S>);
 
 impl StreamClient {
     /// Connects to the console stream at `addr` with `headers`.
-    pub(crate) fn connect(addr: SocketAddr, headers: &[(&'static str, String)]) -> Self {
+    pub fn connect(addr: SocketAddr, headers: &[(&'static str, String)]) -> Self {
         let stream = TcpStream::connect(addr).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -395,7 +395,7 @@ impl<S: Read + Write> StreamClient<S> {
     }
 
     /// Sends one message.
-    pub(crate) fn send(&mut self, msg: serde_json::Value) {
+    pub fn send(&mut self, msg: serde_json::Value) {
         self.0
             .send(tungstenite::Message::text(msg.to_string()))
             .expect("send");
@@ -413,7 +413,7 @@ impl<S: Read + Write> StreamClient<S> {
     }
 
     /// Messages until one of type `kind` (included).
-    pub(crate) fn until(&mut self, kind: &str) -> Vec<serde_json::Value> {
+    pub fn until(&mut self, kind: &str) -> Vec<serde_json::Value> {
         let mut got = Vec::new();
         loop {
             match self.0.read().expect("read") {
@@ -434,7 +434,7 @@ impl<S: Read + Write> StreamClient<S> {
 
 /// Logs in to the console at `addr` with the admin token: the headers of a console stream
 /// (session cookie, the console's Origin).
-pub(crate) fn console_login(addr: SocketAddr, token: &str) -> [(&'static str, String); 2] {
+pub fn console_login(addr: SocketAddr, token: &str) -> [(&'static str, String); 2] {
     let body = format!("{{\"admin_token\":\"{token}\"}}");
     let out = exchange(
         addr,

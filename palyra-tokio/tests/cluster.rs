@@ -62,7 +62,7 @@ impl Nats {
             .join(", ");
         for i in 0..3 {
             let config = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\n\
                  jetstream {{ store_dir: \"{}\" }}\n\
                  cluster {{ name: palyra-suite, listen: 127.0.0.1:{}, routes: [{route_urls}] }}\n",
                 client[i],
@@ -139,14 +139,14 @@ impl Drop for Nats {
     }
 }
 
-/// A plain HTTP/1.1 GET on loopback; the body, or `None` if nothing answered.
+/// A plain HTTP/1.1 GET on loopback (with the admin token); the body, or `None` if nothing answered.
 fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut text = String::new();
@@ -870,4 +870,141 @@ async fn a_run_on_one_gateway_calls_a_node_connected_to_another() {
     .expect("call");
     assert!(answer.success, "{answer:?}");
     assert_eq!(answer.output_json, br#"{"via":"gw-a"}"#.to_vec());
+}
+
+impl Gateway {
+    /// The operator listener's address.
+    fn http_addr(&self) -> SocketAddr {
+        self.http
+            .trim_start_matches("http://")
+            .parse()
+            .expect("HTTP address")
+    }
+
+    /// A console stream on this gateway as an agent (the admin token), past its snapshot.
+    fn agent(&self) -> StreamClient {
+        let bearer = [("authorization", format!("Bearer {ADMIN_TOKEN}"))];
+        let mut agent = StreamClient::connect(self.http_addr(), &bearer);
+        agent.send(serde_json::json!({"type": "hello", "resume": null, "agent": "cluster"}));
+        agent.until("snapshot.done");
+        agent
+    }
+
+    /// A person's console stream on this gateway (logged in), saying hello with `resume`.
+    fn console(&self, resume: serde_json::Value) -> StreamClient {
+        let headers = console_login(self.http_addr(), ADMIN_TOKEN);
+        let mut person = StreamClient::connect(self.http_addr(), &headers);
+        person.send(serde_json::json!({"type": "hello", "resume": resume}));
+        person
+    }
+}
+
+use palyra_testkit::operator::{console_login, StreamClient};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_on_one_gateway_sees_what_was_posted_through_another_and_resumes_on_a_third() {
+    use serde_json::json;
+    let _one = one_at_a_time().await;
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut gws = fleet(&nats, dir.path());
+    tokio::task::block_in_place(|| {
+        let mut person = gws[1].console(serde_json::Value::Null);
+        person.until("snapshot.done");
+        // An agent on A streams a reply and puts up a form; the person on B sees it live.
+        let mut agent = gws[0].agent();
+        agent.send(json!({"type":"chat.message","session_id":"main","message_id":"r1","text":"Hel","streaming":true}));
+        agent.send(json!({"type":"chat.delta","message_id":"r1","text":"lo"}));
+        agent.send(json!({"type":"chat.done","message_id":"r1"}));
+        let form = json!({"v":1,"surface":"ask","components":[{"id":"f","type":"form",
+            "props":{"title":"Go?","fields":[{"id":"n","label":"N","type":"number"}]}}]});
+        agent.send(json!({"type":"a2ui.snapshot","document":form}));
+        agent.send(json!({"type":"a2ui.patch","surface":"ask","base_version":1,
+            "ops":[{"op":"replace","path":"/components/0/props/title","value":"Ready?"}]}));
+        let got = person.until("a2ui.patch");
+        let kinds: Vec<&str> = got.iter().filter_map(|m| m["type"].as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "chat.message",
+                "chat.delta",
+                "chat.done",
+                "a2ui.snapshot",
+                "a2ui.patch"
+            ]
+        );
+        assert_eq!(got[4]["version"], 2);
+        // The person's action on B reaches the agent on A.
+        person.send(json!({"type":"a2ui.action","surface":"ask","component":"f","action":"submit","value":{"n":3}}));
+        let action = agent.until("a2ui.action").pop().expect("action");
+        assert_eq!(action["value"], json!({"n": 3}));
+        // B dies; what the agent posts meanwhile reaches the person reconnecting to C with
+        // the cursor B gave: exactly the missed records.
+        let cursor = got.last().expect("records")["cursor"].clone();
+        drop(person);
+        gws[1].sigkill();
+        for i in 0..3 {
+            agent.send(json!({"type":"chat.message","session_id":"main","message_id":format!("m{i}"),"text":format!("missed {i}")}));
+        }
+        agent.send(json!({"type":"ping"}));
+        agent.until("pong");
+        let mut again = gws[2].console(cursor);
+        again.send(json!({"type":"ping"}));
+        let got = again.until("pong");
+        assert_eq!(got[0]["resumed"], true, "{got:?}");
+        let texts: Vec<&str> = got
+            .iter()
+            .filter(|m| m["type"] == "chat.message")
+            .map(|m| m["text"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(texts, ["missed 0", "missed 1", "missed 2"], "{got:?}");
+        // The person's action was logged after the cursor too; nothing else is replayed.
+        assert_eq!(got[1]["type"], "a2ui.action", "{got:?}");
+        assert_eq!(got.len(), 1 + 1 + 3 + 1, "{got:?}");
+    });
+    // Agents on A and C patch one surface at once, each against the version it knows: every
+    // patch lands once, in one order all gateways agree on.
+    let (a, c) = (gws[0].http_addr(), gws[2].http_addr());
+    let patcher = move |addr: SocketAddr, who: &'static str| {
+        std::thread::spawn(move || {
+            let bearer = [("authorization", format!("Bearer {ADMIN_TOKEN}"))];
+            let mut agent = StreamClient::connect(addr, &bearer);
+            agent.send(json!({"type": "hello", "resume": null, "agent": who}));
+            agent.until("snapshot.done");
+            for i in 0..20 {
+                agent.send(json!({"type":"a2ui.patch","surface":"ask","ref":i,
+                    "ops":[{"op":"replace","path":"/components/0/props/title","value":format!("{who} {i}")}]}));
+            }
+            agent.send(json!({"type": "ping"}));
+            let acks = agent.until("pong");
+            acks.iter()
+                .filter(|m| m["type"] == "ack")
+                .filter_map(|m| m["version"].as_u64())
+                .collect::<Vec<u64>>()
+        })
+    };
+    let (from_a, from_c) = (patcher(a, "a"), patcher(c, "c"));
+    let mut versions: Vec<u64> = from_a.join().expect("agent on A");
+    versions.extend(from_c.join().expect("agent on C"));
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (3..43).collect::<Vec<u64>>(),
+        "each patch got its own version"
+    );
+    for gw in [&gws[0], &gws[2]] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let port = gw.http_addr().port();
+            let out = http_get(port, "/admin/v1/surfaces/ask").unwrap_or_default();
+            let version = serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default()
+                ["version"]
+                .clone();
+            if version == 42 || Instant::now() > deadline {
+                assert_eq!(version, 42, "{} agrees: {out}", gw.name);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

@@ -13,6 +13,7 @@
 
 pub mod runs;
 pub mod sessions;
+mod shared;
 pub mod stream;
 pub mod web;
 
@@ -60,6 +61,8 @@ struct Inner {
     epoch: u64,
     unsaved: u64,
     unsaved_bytes: usize,
+    /// The writer of a log other gateways write too (`None`: this gateway's own log).
+    shared: Option<shared::Writer>,
 }
 
 /// The console hub shared by every console connection and the admin API.
@@ -72,6 +75,8 @@ pub struct ConsoleHub {
     docs: Arc<dyn DocStore>,
     notifier: Arc<Notifier>,
     clock: WallClock,
+    /// The document the state is saved in.
+    state_key: &'static str,
 }
 
 impl std::fmt::Debug for ConsoleHub {
@@ -89,6 +94,9 @@ const BOOTS_KEY: &str = "console/boots.json";
 /// The documents that describe this gateway's own console log (its snapshot and its boots): a
 /// store shared with other gateways keeps them beside the log, not with the shared documents.
 pub const LOCAL_DOCS: [&str; 2] = [STATE_KEY, BOOTS_KEY];
+
+/// The state of a log several gateways share, saved by any of them (a shared document).
+const SHARED_STATE_KEY: &str = "console/shared-state.json";
 
 fn log_config() -> FileEventLogConfig {
     FileEventLogConfig {
@@ -113,10 +121,14 @@ fn put_now(docs: &dyn DocStore, key: &str, value: Vec<u8>) -> Result<(), StoreEr
         .map(drop)
 }
 
-/// The state saved in `state.json` brought up to date with the records of `log` after it;
+/// The state saved in document `key` brought up to date with the records of `log` after it;
 /// returns it and how many records were replayed (read at open, before anything is served).
-fn load_state(docs: &dyn DocStore, log: &dyn LogStore) -> Result<(State, u64), StoreError> {
-    let saved: SavedState = match docs.get(STATE_KEY)? {
+fn load_state(
+    docs: &dyn DocStore,
+    key: &str,
+    log: &dyn LogStore,
+) -> Result<(State, u64), StoreError> {
+    let saved: SavedState = match docs.get(key)? {
         Some(doc) => serde_json::from_slice(&doc.value).map_err(|e| corrupt("state.json", e))?,
         None => SavedState::default(),
     };
@@ -190,7 +202,10 @@ impl ConsoleHub {
         notifier: Arc<Notifier>,
         clock: WallClock,
     ) -> Result<Arc<Self>, StoreError> {
-        let (state, replayed) = load_state(docs.as_ref(), log.as_ref())?;
+        if let Some(name) = log.shared_name() {
+            return Self::open_shared(log, docs, name, notifier, clock);
+        }
+        let (state, replayed) = load_state(docs.as_ref(), STATE_KEY, log.as_ref())?;
         let bounds = log.bounds();
         let mut boots: Vec<(u64, String)> = match docs.get(BOOTS_KEY)? {
             Some(doc) => {
@@ -215,6 +230,7 @@ impl ConsoleHub {
             epoch: 0,
             unsaved: replayed,
             unsaved_bytes: 0,
+            shared: None,
         };
         Ok(Arc::new(Self {
             boot,
@@ -224,6 +240,41 @@ impl ConsoleHub {
             docs,
             notifier,
             clock,
+            state_key: STATE_KEY,
+        }))
+    }
+
+    /// Opens the console over a log other gateways write too, named `name`: the name is every
+    /// cursor's boot (a cursor from any gateway resumes on any other), the state is a shared
+    /// document, and the hub follows the log (see [`ConsoleHub::follow`]).
+    fn open_shared(
+        log: Arc<dyn LogStore>,
+        docs: Arc<dyn DocStore>,
+        name: String,
+        notifier: Arc<Notifier>,
+        clock: WallClock,
+    ) -> Result<Arc<Self>, StoreError> {
+        let (state, replayed) = load_state(docs.as_ref(), SHARED_STATE_KEY, log.as_ref())?;
+        let bounds = log.bounds();
+        let inner = Inner {
+            durable: state.clone(),
+            state,
+            next_seq: bounds.last_seq + 1,
+            durable_seq: bounds.last_seq,
+            epoch: 0,
+            unsaved: replayed,
+            unsaved_bytes: 0,
+            shared: Some(shared::Writer::default()),
+        };
+        Ok(Arc::new(Self {
+            boots: Boots::new(vec![(1, name.clone())]),
+            boot: name,
+            inner: Mutex::new(inner),
+            log,
+            docs,
+            notifier,
+            clock,
+            state_key: SHARED_STATE_KEY,
         }))
     }
 
@@ -238,6 +289,7 @@ impl ConsoleHub {
             epoch: 0,
             unsaved: 0,
             unsaved_bytes: 0,
+            shared: None,
         };
         Arc::new(Self {
             boots: Boots::new(vec![(1, boot.clone())]),
@@ -247,6 +299,7 @@ impl ConsoleHub {
             docs: Arc::new(crate::store::MemoryDocs::default()),
             notifier,
             clock,
+            state_key: STATE_KEY,
         })
     }
 
@@ -277,7 +330,8 @@ impl ConsoleHub {
     /// Records published and not durable yet (0: every publisher has its answer).
     pub fn in_flight(&self) -> u64 {
         let inner = self.lock();
-        inner.next_seq - 1 - inner.durable_seq
+        let waiting = inner.shared.as_ref().map_or(0, shared::Writer::waiting);
+        inner.next_seq - 1 - inner.durable_seq + waiting
     }
 
     /// Publishes `commands` in one write; the results (one per command, in order) arrive once
@@ -285,6 +339,10 @@ impl ConsoleHub {
     /// publishes still in flight; a failed write rolls that state back to the durable one.
     pub fn publish(self: &Arc<Self>, commands: Vec<Command>) -> Publishing {
         let (answer, done) = crate::store::pending(Some(Arc::clone(&self.notifier)));
+        if self.lock().shared.is_some() {
+            self.publish_shared(commands, done);
+            return answer;
+        }
         let now_ms = (self.clock)();
         let mut inner = self.lock();
         let first = inner.next_seq;
@@ -350,9 +408,7 @@ impl ConsoleHub {
                 inner.durable_seq = first + entries.len() as u64 - 1;
                 inner.unsaved += entries.len() as u64;
                 inner.unsaved_bytes += bytes;
-                if inner.unsaved >= SAVE_EVERY || inner.unsaved_bytes >= SAVE_EVERY_BYTES {
-                    self.save_locked(&mut inner);
-                }
+                self.save_if_due(&mut inner);
             }
             Err(e) => {
                 if inner.epoch == epoch {
@@ -370,6 +426,13 @@ impl ConsoleHub {
         done.complete(results);
     }
 
+    /// Saves the durable state when enough records were added up since it was last saved.
+    fn save_if_due(&self, inner: &mut Inner) {
+        if inner.unsaved >= SAVE_EVERY || inner.unsaved_bytes >= SAVE_EVERY_BYTES {
+            self.save_locked(inner);
+        }
+    }
+
     /// Hands the durable state to the document store (retention may then drop old segments).
     fn save_locked(&self, inner: &mut Inner) {
         let saved = inner.durable.save(inner.durable_seq);
@@ -378,7 +441,7 @@ impl ConsoleHub {
                 inner.unsaved = 0;
                 inner.unsaved_bytes = 0;
                 self.docs.put(
-                    STATE_KEY,
+                    self.state_key,
                     bytes.into(),
                     None,
                     Box::new(|result| {

@@ -297,3 +297,139 @@ fn limits_on_sessions_surfaces_and_streams() {
     assert!(results[..4].iter().all(Result::is_ok));
     assert_eq!(results[4].as_ref().unwrap_err().code, "too_large");
 }
+
+/// An append held back: its events, expected first seq and completion.
+type HeldAppend = (Vec<NewEvent>, Option<u64>, crate::store::Done<Vec<u64>>);
+
+/// A log several hubs share (as gateways share a stream); appends of a hub may be held back
+/// to let another hub write first.
+struct SharedLog {
+    log: Arc<crate::store::MemoryLog>,
+    held: Mutex<Option<HeldAppend>>,
+    hold: std::sync::atomic::AtomicBool,
+}
+
+impl SharedLog {
+    fn over(log: &Arc<crate::store::MemoryLog>) -> Arc<Self> {
+        Arc::new(Self {
+            log: Arc::clone(log),
+            held: Mutex::new(None),
+            hold: Default::default(),
+        })
+    }
+
+    /// Writes the held append now.
+    fn release(&self) {
+        self.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        let held = self.held.lock().unwrap().take();
+        if let Some((events, expect, done)) = held {
+            self.log.append(events, expect, done);
+        }
+    }
+}
+
+impl LogStore for SharedLog {
+    fn bounds(&self) -> crate::store::LogBounds {
+        self.log.bounds()
+    }
+    fn append(
+        &self,
+        events: Vec<NewEvent>,
+        expect: Option<u64>,
+        done: crate::store::Done<Vec<u64>>,
+    ) {
+        if self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            *self.held.lock().unwrap() = Some((events, expect, done));
+        } else {
+            self.log.append(events, expect, done);
+        }
+    }
+    fn read_cached(
+        &self,
+        after: u64,
+        max: usize,
+        bytes: usize,
+    ) -> Option<crate::store::EventBatch> {
+        self.log.read_cached(after, max, bytes)
+    }
+    fn read(
+        &self,
+        after: u64,
+        max: usize,
+        bytes: usize,
+        done: crate::store::Done<crate::store::EventBatch>,
+    ) {
+        self.log.read(after, max, bytes, done)
+    }
+    fn notifier(&self) -> Arc<Notifier> {
+        self.log.notifier()
+    }
+    fn close(&self) {}
+    fn shared_name(&self) -> Option<String> {
+        Some("shared-log".into())
+    }
+}
+
+fn shared_hub(log: &Arc<SharedLog>) -> Arc<ConsoleHub> {
+    ConsoleHub::open(
+        Arc::clone(log) as Arc<dyn LogStore>,
+        Arc::new(crate::store::MemoryDocs::default()),
+        "ignored".into(),
+        Arc::new(Notifier::new()),
+        clock(),
+    )
+    .unwrap()
+}
+
+fn patch(surface: &str, title: &str) -> Command {
+    Command::Patch {
+        surface: surface.into(),
+        base_version: None,
+        ops: json!([{"op":"replace","path":"/components/0/props/value","value":title}]),
+    }
+}
+
+#[test]
+fn hubs_sharing_a_log_add_up_each_others_records_and_retry_a_write_that_lost_its_seq() {
+    let log = Arc::new(crate::store::MemoryLog::new(1 << 20));
+    let (log_a, log_b) = (SharedLog::over(&log), SharedLog::over(&log));
+    let (a, b) = (shared_hub(&log_a), shared_hub(&log_b));
+    ok(publish_now(
+        &a,
+        vec![Command::PutSurface {
+            document: form("s"),
+            owner: "agent".into(),
+        }],
+    ));
+    // B adds up A's record before it writes: its patch is made against version 1.
+    let first = ok(publish_now(&b, vec![patch("s", "from b")]));
+    assert_eq!((first[0].seq, first[0].version), (2, 2));
+    // B's next write is held; A takes the seq B prepared it for.
+    log_b.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let held = b.publish(vec![patch("s", "b again")]);
+    let from_a = ok(publish_now(&a, vec![patch("s", "from a")]));
+    assert_eq!((from_a[0].seq, from_a[0].version), (3, 3));
+    // Released, B's write is refused; B adds up A's patch and writes its own after it.
+    log_b.release();
+    let retried = ok(held
+        .wait_blocking(std::time::Duration::from_secs(5))
+        .expect("answered"));
+    assert_eq!((retried[0].seq, retried[0].version), (4, 4));
+    // Both hubs hold the same state, and a cursor of either resumes on the other.
+    ok(publish_now(&a, Vec::new()));
+    for hub in [&a, &b] {
+        let surface = hub.surface("s").expect("surface");
+        assert_eq!(surface.version, 4);
+        assert_eq!(
+            surface.document["components"][0]["props"]["value"],
+            "b again"
+        );
+        assert_eq!(hub.head(), 4);
+        assert_eq!(hub.cursor(4), json!({"boot": "shared-log", "seq": 4}));
+        assert!(matches!(
+            hub.resume(Some(("shared-log", 2))),
+            Resume::From(2)
+        ));
+    }
+    assert_eq!(a.in_flight() + b.in_flight(), 0);
+}

@@ -65,6 +65,11 @@ pub trait LogStore: Send + Sync {
     fn notifier(&self) -> Arc<Notifier>;
     /// Stops taking work and waits until everything handed over is durable.
     fn close(&self);
+    /// The log's own name when other gateways write it too (a shared stream); `None` for a
+    /// log only this gateway writes.
+    fn shared_name(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Reads the records of `log` after `after`, waiting for the disk if needed: for opening a
