@@ -21,7 +21,9 @@ use crate::runtime::Rt;
 use crate::serve::node_plane::NodePlaneHandle;
 use crate::serve::tcp::{ListenerLimits, TcpHandle};
 use crate::store::unix_ms;
-use crate::store::{DocStore, FileDocStore, LogStore, TrustRecords};
+use crate::store::{
+    DocStore, FileDocStore, LogStore, MeasuredDocs, MeasuredLog, StoreMetrics, TrustRecords,
+};
 use crate::trust::TrustService;
 use crate::util::stop::Stop;
 use palyra_proto::enroll::gateway::GatewayConfig;
@@ -128,6 +130,17 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// The same stores, their writes and slow reads measured into `metrics`.
+    pub fn measured(self, metrics: &StoreMetrics) -> Self {
+        Self {
+            docs: MeasuredDocs::wrap(self.docs, metrics),
+            events: MeasuredLog::wrap("events", self.events, metrics),
+            console: MeasuredLog::wrap("console", self.console, metrics),
+            runs: MeasuredLog::wrap("runs", self.runs, metrics),
+            ..self
+        }
+    }
+
     /// The file-backed stores under `state_dir` (each on its own thread).
     pub fn files(state_dir: &Path, options: &NodePlaneOptions) -> Result<Self, DaemonError> {
         let plane = |source: crate::store::StoreError| DaemonError::Plane {
@@ -179,6 +192,7 @@ pub struct Daemon {
     http_tls: Option<Arc<rustls::ServerConfig>>,
     hub: Arc<crate::node::hub::NodeHub>,
     stores: Stores,
+    store_metrics: StoreMetrics,
     trust: Arc<TrustService>,
     clock: WallClock,
     random: RandomFill,
@@ -205,6 +219,8 @@ impl Daemon {
         rng: &mut impl rand_core::CryptoRngCore,
     ) -> Result<Self, DaemonError> {
         let started = Instant::now();
+        let store_metrics = StoreMetrics::default();
+        let stores = stores.measured(&store_metrics);
         let dir = settings.state_dir.clone();
         let first_start = !dir.join("identity/ca.crt.pem").exists();
         let docs = Arc::clone(&stores.docs);
@@ -337,6 +353,7 @@ impl Daemon {
             http_tls,
             hub,
             stores,
+            store_metrics,
             trust,
             clock,
             random,
@@ -371,6 +388,7 @@ impl Daemon {
             node_tcp,
         ));
         admin.tokens = Some(Arc::clone(&self.tokens));
+        admin.store_metrics = Some(self.store_metrics.clone());
         admin.runs = Some(Arc::clone(&self.runs));
         admin.openai = Some(crate::operator::openai::OpenAi::new(
             self.settings.openai.clone(),

@@ -962,6 +962,13 @@ async fn a_console_on_one_gateway_sees_what_was_posted_through_another_and_resum
         assert_eq!(got[1]["type"], "a2ui.action", "{got:?}");
         assert_eq!(got.len(), 1 + 1 + 3 + 1, "{got:?}");
     });
+    // A's /metrics times its console writes (on JetStream) like any store's.
+    let metrics = http_get(gws[0].http_addr().port(), "/metrics").unwrap_or_default();
+    let appends = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"palyra_store_seconds_count{store="console",op="append"} "#))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(appends.is_some_and(|n| n >= 8), "console appends measured: {metrics}");
     // Agents on A and C patch one surface at once, each against the version it knows: every
     // patch lands once, in one order all gateways agree on.
     let (a, c) = (gws[0].http_addr(), gws[2].http_addr());

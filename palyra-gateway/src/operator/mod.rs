@@ -186,6 +186,8 @@ pub struct Admin {
     pub runs: Option<Arc<crate::run::engine::RunEngine>>,
     /// The OpenAI-compatible API (`/v1/...`), when the daemon serves it.
     pub openai: Option<Arc<openai::OpenAi>>,
+    /// The stores' latency and error counters, exported by `/metrics`.
+    pub store_metrics: Option<crate::store::StoreMetrics>,
 }
 
 impl Admin {
@@ -228,6 +230,7 @@ impl Admin {
             tokens: None,
             runs: None,
             openai: None,
+            store_metrics: None,
         })
     }
 }
@@ -247,10 +250,14 @@ impl Operator {
         admin: Admin,
         tls: bool,
     ) -> Arc<Self> {
+        let mut plain = Self::plain(version.into(), started);
+        if let Some(store) = &admin.store_metrics {
+            store.register(&mut plain.metrics.registry);
+        }
         Arc::new(Self {
             admin: Some(admin),
             tls,
-            ..Self::plain(version.into(), started)
+            ..plain
         })
     }
 

@@ -17,6 +17,7 @@ pub mod document;
 mod event_log;
 mod identity_dir;
 pub mod log;
+pub mod measured;
 mod node_identity;
 pub mod pending;
 mod shared_trust;
@@ -33,6 +34,7 @@ pub use identity_dir::{
 pub use log::{
     read_blocking, EventStore, LogService, LogStore, MemoryEventLog, MemoryLog, QuickReader, Recent,
 };
+pub use measured::{MeasuredDocs, MeasuredLog, StoreMetrics};
 pub use node_identity::{GatewayRecord, NodeIdentityDir, PendingPairing};
 pub use palyra_proto::node::log::{EventBatch, LogBounds, NewEvent, StoredEvent};
 pub use pending::{pending, Completer, Pending};

@@ -522,6 +522,7 @@ fn operator_for(hub: Arc<ConsoleHub>, origins: Vec<String>) -> Arc<Operator> {
             tokens: None,
             runs: None,
             openai: None,
+            store_metrics: None,
         },
         false,
     )
