@@ -23,6 +23,7 @@ mod docs;
 mod log;
 mod peers;
 mod split;
+mod status;
 
 pub use connect::{connect, Cluster, NatsError};
 pub use docs::JsDocs;

@@ -38,7 +38,23 @@ struct Inner {
     subject: String,
     /// Device -> its presence entry.
     holders: RwLock<HashMap<String, Holder>>,
+    /// Gateway -> its last heartbeat.
+    gateways: RwLock<HashMap<String, Heartbeat>>,
+    /// When this gateway started (Unix ms).
+    started_at_unix_ms: u64,
+    /// This gateway's version.
+    version: String,
 }
+
+/// A gateway's heartbeat in the presence stream.
+struct Heartbeat {
+    seen: Instant,
+    started_at_unix_ms: u64,
+    version: String,
+}
+
+/// The presence subject token of a gateway's heartbeat (device IDs never start with `_`).
+const GATEWAY_TOKEN: &str = "_gw_";
 
 /// Who holds a node, since when, and the node as it registered there.
 struct Holder {
@@ -71,6 +87,9 @@ impl NatsPeers {
             cluster: cluster.clone(),
             subject,
             holders: RwLock::default(),
+            gateways: RwLock::default(),
+            started_at_unix_ms: unix_ms(SystemTime::now()),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         });
         tokio::spawn(follow(Arc::downgrade(&inner), name));
         Ok(Self { inner })
@@ -78,6 +97,35 @@ impl NatsPeers {
 }
 
 impl Inner {
+    /// The gateways whose heartbeat has not expired, with the nodes each holds.
+    fn gateways_seen(&self) -> Vec<crate::status::GatewaySeen> {
+        let holders = self.holders.read().unwrap_or_else(|p| p.into_inner());
+        let gateways = self.gateways.read().unwrap_or_else(|p| p.into_inner());
+        let mut seen: Vec<crate::status::GatewaySeen> = gateways
+            .iter()
+            .filter(|(_, h)| h.seen.elapsed() < PRESENCE_TTL)
+            .map(|(name, h)| {
+                let mut nodes: Vec<String> = holders
+                    .iter()
+                    .filter(|(_, holder)| {
+                        &holder.gateway == name && holder.seen.elapsed() < PRESENCE_TTL
+                    })
+                    .map(|(device, _)| device.clone())
+                    .collect();
+                nodes.sort();
+                crate::status::GatewaySeen {
+                    name: name.clone(),
+                    age_ms: h.seen.elapsed().as_millis() as u64,
+                    started_at_unix_ms: h.started_at_unix_ms,
+                    version: h.version.clone(),
+                    nodes,
+                }
+            })
+            .collect();
+        seen.sort_by(|a, b| a.name.cmp(&b.name));
+        seen
+    }
+
     /// Whether `holder` is another gateway and its entry has not expired.
     fn current(&self, holder: &Holder) -> bool {
         holder.gateway != self.cluster.gateway && holder.seen.elapsed() < PRESENCE_TTL
@@ -116,16 +164,29 @@ async fn follow(inner: std::sync::Weak<Inner>, stream: String) {
             else {
                 continue;
             };
+            let age = unix_ms(SystemTime::now()).saturating_sub(at);
+            let Some(seen) = Instant::now().checked_sub(Duration::from_millis(age)) else {
+                continue;
+            };
+            if device.strip_prefix(GATEWAY_TOKEN) == Some(gateway) {
+                let heartbeat = Heartbeat {
+                    seen,
+                    started_at_unix_ms: entry["started_at_unix_ms"].as_u64().unwrap_or(0),
+                    version: entry["version"].as_str().unwrap_or_default().to_owned(),
+                };
+                strong
+                    .gateways
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(gateway.to_owned(), heartbeat);
+                continue;
+            }
             let Ok(node) = serde_json::from_value::<NodeRecord>(entry["node"].clone()) else {
                 continue;
             };
             if node.device_id != device {
                 continue;
             }
-            let age = unix_ms(SystemTime::now()).saturating_sub(at);
-            let Some(seen) = Instant::now().checked_sub(Duration::from_millis(age)) else {
-                continue;
-            };
             strong
                 .holders
                 .write()
@@ -145,8 +206,25 @@ async fn follow(inner: std::sync::Weak<Inner>, stream: String) {
 /// Publishes this gateway's presence for the nodes `hub` served within the presence window.
 async fn refresh_presence(inner: Arc<Inner>, hub: Arc<NodeHub>) {
     let mut published: HashMap<String, Instant> = HashMap::new();
+    let mut heartbeat: Option<Instant> = None;
     loop {
         let now_ms = unix_ms(SystemTime::now());
+        if heartbeat.is_none_or(|at| at.elapsed() >= PRESENCE_TTL / 4) {
+            let entry = json!({ "gateway": inner.cluster.gateway, "at_unix_ms": now_ms,
+                                "started_at_unix_ms": inner.started_at_unix_ms, "version": inner.version });
+            let subject = format!("{}.{GATEWAY_TOKEN}{}", inner.subject, inner.cluster.gateway);
+            match inner
+                .cluster
+                .js
+                .publish(subject, entry.to_string().into())
+                .await
+            {
+                Ok(_) => heartbeat = Some(Instant::now()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot publish this gateway's heartbeat; will retry")
+                }
+            }
+        }
         for node in hub.nodes() {
             let recent = now_ms.saturating_sub(node.last_seen_at_unix_ms)
                 < PRESENCE_WINDOW.as_millis() as u64;
@@ -329,6 +407,14 @@ impl Peers for NatsPeers {
             .filter(|h| self.inner.current(h))
             .map(|h| h.node.clone())
             .collect()
+    }
+
+    fn status(&self, done: Done<Value>) {
+        let inner = Arc::clone(&self.inner);
+        self.inner.cluster.rt.spawn(async move {
+            let gateways = inner.gateways_seen();
+            done(Ok(crate::status::report(&inner.cluster, gateways).await));
+        });
     }
 
     fn call(&self, gateway: &str, call: RemoteCall, done: Done<CapabilityResult>) {

@@ -445,6 +445,37 @@ async fn a_fleet_of_three_gateways_acts_as_one() {
     assert_eq!(all_events(&reader).await.len(), 40);
     reader.close().await;
 
+    // `palyra cluster status` on C: the three gateways and healthy streams.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let report = json(&palyra(&[
+            "cluster", "status", "--json", "--daemon", &c.http,
+        ]));
+        let names: Vec<&str> = report["gateways"]
+            .as_array()
+            .map(|g| g.iter().filter_map(|g| g["name"].as_str()).collect())
+            .unwrap_or_default();
+        if names == ["gw-a", "gw-b", "gw-c"] || Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(report["gateway"], "gw-c", "{report}");
+    assert_eq!(report["gateways"][2]["this"], true, "{report}");
+    let events = report["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "palyra_EVENTS"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(events["ok"], true, "{report}");
+    assert_eq!(events["replicas"], 3, "{report}");
+    assert!(events["last_seq"].as_u64() >= Some(40), "{report}");
+    let text = palyra(&["cluster", "status", "--daemon", &a.http]);
+    assert!(
+        text.contains("gateways (3)") && text.contains("palyra_EVENTS"),
+        "{text}"
+    );
+
     // Revocation on C closes Alice's connection on A within a second.
     let revoked_at = Instant::now();
     palyra(&["devices", "revoke", &alice_id, "--daemon", &c.http]);
@@ -839,6 +870,21 @@ async fn a_run_on_one_gateway_calls_a_node_connected_to_another() {
     // The node's own ExecuteCapability through A reaches its host on B too.
     let files = palyra_gateway::store::DeviceIdentityFiles::load(&identity).expect("identity");
     let device = files.device_id.clone().expect("device id");
+    // `palyra cluster status` on A names B as the node's gateway.
+    let report = json(&palyra(&[
+        "cluster", "status", "--json", "--daemon", &a.http,
+    ]));
+    let holder = report["gateways"]
+        .as_array()
+        .and_then(|g| {
+            g.iter().find(|g| {
+                g["nodes"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().any(|d| d == device.as_str()))
+            })
+        })
+        .map(|g| g["name"].clone());
+    assert_eq!(holder, Some(serde_json::json!("gw-b")), "{report}");
     let tls = palyra_proto::quic::tls::client_config(
         &files.ca_der,
         Some((vec![files.cert_der.clone()], files.key_der.clone())),
@@ -968,7 +1014,10 @@ async fn a_console_on_one_gateway_sees_what_was_posted_through_another_and_resum
         .lines()
         .find_map(|l| l.strip_prefix(r#"palyra_store_seconds_count{store="console",op="append"} "#))
         .and_then(|n| n.trim().parse::<u64>().ok());
-    assert!(appends.is_some_and(|n| n >= 8), "console appends measured: {metrics}");
+    assert!(
+        appends.is_some_and(|n| n >= 8),
+        "console appends measured: {metrics}"
+    );
     // Agents on A and C patch one surface at once, each against the version it knows: every
     // patch lands once, in one order all gateways agree on.
     let (a, c) = (gws[0].http_addr(), gws[2].http_addr());

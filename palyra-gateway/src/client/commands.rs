@@ -788,3 +788,164 @@ mod tests {
         );
     }
 }
+
+/// `palyra cluster status`: the gateway's report of the cluster, as text (or its JSON).
+pub fn cluster_status_command(daemon: &Daemon, json: bool) -> anyhow::Result<()> {
+    let report = daemon.call(http::Method::GET, "/admin/v1/cluster", None)?;
+    if json {
+        println!("{report}");
+    } else {
+        print!("{}", cluster_status_text(&report));
+    }
+    Ok(())
+}
+
+/// The cluster report for a person: gateways and their nodes, NATS, then one line per stream
+/// (documents summed up unless one is unhealthy).
+pub fn cluster_status_text(report: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let mut out = String::new();
+    if report["backend"] == "file" {
+        let _ = writeln!(out, "backend: file (this gateway alone; no cluster)");
+    } else {
+        let _ = writeln!(
+            out,
+            "backend: nats · prefix {} · {} replicas · this gateway: {}",
+            text(&report["prefix"]),
+            report["replicas"],
+            text(&report["gateway"])
+        );
+    }
+    let gateways = report["gateways"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "\ngateways ({}):", gateways.len());
+    for g in &gateways {
+        let nodes: Vec<String> = g["nodes"]
+            .as_array()
+            .map(|n| n.iter().map(text).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<6} heard {:>5.1} s ago  version {:<8} nodes {}{}",
+            text(&g["name"]),
+            if g["this"] == true { "(this)" } else { "" },
+            g["age_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            text(&g["version"]),
+            nodes.len(),
+            if nodes.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", nodes.join(", "))
+            },
+        );
+    }
+    let nats = &report["nats"];
+    if nats.is_object() {
+        let known: Vec<String> = nats["known_servers"]
+            .as_array()
+            .map(|n| n.iter().map(text).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\nNATS: {} to {} (nats-server {}) at {}; max payload {} bytes\n  servers it announces: {}",
+            text(&nats["state"]),
+            text(&nats["server_name"]),
+            text(&nats["server_version"]),
+            text(&nats["server"]),
+            nats["max_payload"],
+            if known.is_empty() { "-".into() } else { known.join(", ") },
+        );
+    }
+    let streams = &report["streams"];
+    if let Some(error) = streams["error"].as_str() {
+        let _ = writeln!(out, "\nstreams: cannot list them: {error}");
+    } else if let Some(streams) = streams.as_array() {
+        let _ = writeln!(out, "\nstreams:");
+        let (docs, others): (Vec<_>, Vec<_>) = streams
+            .iter()
+            .partition(|s| text(&s["name"]).contains("_DOC_"));
+        let line = |s: &serde_json::Value| {
+            let followers: Vec<String> = s["followers"]
+                .as_array()
+                .map(|f| {
+                    f.iter()
+                        .map(|p| {
+                            let state = if p["offline"] == true {
+                                "offline".to_owned()
+                            } else if p["current"] == true {
+                                "current".to_owned()
+                            } else {
+                                format!("behind {}", p["lag"])
+                            };
+                            format!("{} {state}", text(&p["name"]))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!(
+                "  {:<4} {:<32} R{} leader {:<8} {:<28} {} msgs, seq {}..{}\n",
+                if s["ok"] == true { "ok" } else { "BAD" },
+                text(&s["name"]),
+                s["replicas"],
+                text(&s["leader"]),
+                followers.join(", "),
+                s["messages"],
+                s["first_seq"],
+                s["last_seq"],
+            )
+        };
+        for s in &others {
+            out.push_str(&line(s));
+        }
+        let bad: Vec<&&serde_json::Value> = docs.iter().filter(|s| s["ok"] != true).collect();
+        let _ = writeln!(
+            out,
+            "  {:<4} {} document streams, {} healthy",
+            if bad.is_empty() { "ok" } else { "BAD" },
+            docs.len(),
+            docs.len() - bad.len()
+        );
+        for s in bad {
+            out.push_str(&line(s));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod cluster_status_tests {
+    use super::cluster_status_text;
+    use serde_json::json;
+
+    #[test]
+    fn a_report_reads_as_gateways_nats_and_stream_health() {
+        let report = json!({"backend":"nats","gateway":"gw-a","prefix":"palyra","replicas":3,
+            "gateways":[{"name":"gw-a","this":true,"age_ms":1200,"version":"0.1.0","nodes":["N1"]},
+                        {"name":"gw-b","this":false,"age_ms":300,"version":"0.1.0","nodes":[]}],
+            "nats":{"state":"connected","server_name":"n1","server_version":"2.9.11","server":"127.0.0.1:4222",
+                    "known_servers":["127.0.0.1:4223"],"max_payload":8388608},
+            "streams":[
+                {"name":"palyra_EVENTS","ok":true,"replicas":3,"leader":"n2","messages":40,"first_seq":1,"last_seq":40,
+                 "followers":[{"name":"n1","current":true,"offline":false,"lag":0},{"name":"n3","current":false,"offline":false,"lag":4}]},
+                {"name":"palyra_DOC_a","ok":true,"replicas":3,"leader":"n1","followers":[]},
+                {"name":"palyra_DOC_b","ok":false,"replicas":3,"leader":null,"followers":[]}]});
+        let text = cluster_status_text(&report);
+        assert!(text.contains("this gateway: gw-a"), "{text}");
+        assert!(
+            text.contains("gw-a") && text.contains("(this)") && text.contains("nodes 1: N1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("connected to n1 (nats-server 2.9.11)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("palyra_EVENTS") && text.contains("n3 behind 4"),
+            "{text}"
+        );
+        assert!(text.contains("2 document streams, 1 healthy"), "{text}");
+        assert!(text.contains("BAD  palyra_DOC_b"), "{text}");
+        let file = cluster_status_text(&json!({"backend":"file","gateways":[]}));
+        assert!(file.starts_with("backend: file"), "{file}");
+    }
+}

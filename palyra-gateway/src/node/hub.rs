@@ -372,6 +372,11 @@ impl NodeHub {
         }
     }
 
+    /// The other gateways of the cluster this hub joined, if any.
+    pub fn peers(&self) -> Option<Arc<dyn super::peers::Peers>> {
+        self.peers.get().cloned()
+    }
+
     /// The other gateway holding `device_id` when this one does not: its name and the way to
     /// reach it.
     pub fn remote(&self, device_id: &str) -> Option<(Arc<dyn super::peers::Peers>, String)> {

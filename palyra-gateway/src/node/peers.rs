@@ -34,4 +34,7 @@ pub trait Peers: Send + Sync {
     fn nodes(&self) -> Vec<NodeRecord>;
     /// Carries `call` to `gateway`; `done` gets the node's answer, or why there is none.
     fn call(&self, gateway: &str, call: RemoteCall, done: Done<CapabilityResult>);
+    /// A report of the cluster for operators (`palyra cluster status`): the gateways and their
+    /// nodes, the servers of the shared store and the health of its streams, as JSON.
+    fn status(&self, done: Done<serde_json::Value>);
 }

@@ -3,6 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /admin/v1/status` | daemon version, uptime, node counts by presence |
+//! | `GET /admin/v1/cluster` | gateways with their nodes, the NATS servers and stream health (`palyra cluster status`) |
 //! | `GET /admin/v1/nodes` | node inventory: registration, capabilities, `online` / `stale` / `offline` |
 //! | `POST /admin/v1/events` | `{"name","payload","to"?}` into the node-plane event log; 201 `{"seq"}` once durable |
 //! | `GET/POST /admin/v1/integrations`, `DELETE /admin/v1/integrations/{name}` | webhook integrations |
@@ -176,6 +177,7 @@ impl OperatorConnection {
                 });
                 self.json(now, StatusCode::OK, body);
             }
+            ("/admin/v1/cluster", &Method::GET) => self.cluster_status(now, &hub, now_ms),
             ("/admin/v1/nodes", &Method::GET) => {
                 let nodes: Vec<Value> = hub
                     .nodes()
@@ -280,7 +282,8 @@ impl OperatorConnection {
                 "/admin/v1/status"
                 | "/admin/v1/nodes"
                 | "/admin/v1/chat/sessions"
-                | "/admin/v1/surfaces",
+                | "/admin/v1/surfaces"
+                | "/admin/v1/cluster",
                 _,
             ) => self.not_allowed(now, "GET"),
             ("/admin/v1/events", _) => self.not_allowed(now, "POST"),
@@ -447,6 +450,38 @@ impl OperatorConnection {
                     ),
                     Ok(Err(e)) => Reply::Error(StatusCode::BAD_REQUEST, "bad_request", e),
                     Err(e) => store_failed(&e),
+                })
+            }),
+        );
+    }
+
+    /// `GET /admin/v1/cluster`: the shared store's report (gateways and their nodes, NATS,
+    /// streams), or, on the file backend, this gateway alone.
+    fn cluster_status(&mut self, now: Instant, hub: &crate::node::hub::NodeHub, now_ms: u64) {
+        let Some(peers) = hub.peers() else {
+            let mut nodes: Vec<String> = hub
+                .nodes()
+                .into_iter()
+                .filter(|n| presence(n.last_seen_at_unix_ms, now_ms) == "online")
+                .map(|n| n.device_id)
+                .collect();
+            nodes.sort();
+            let body = json!({"backend": "file", "gateways": [
+                {"name": "(this gateway)", "this": true, "age_ms": 0, "version": self.operator.version, "nodes": nodes}]});
+            return self.json(now, StatusCode::OK, body);
+        };
+        let (report, done) = pending(Some(hub.notifier()));
+        peers.status(Box::new(move |r| done.complete(r)));
+        self.answer_later(
+            now,
+            Box::new(move || {
+                Some(match report.take()? {
+                    Ok(body) => Reply::Json(StatusCode::OK, body),
+                    Err(e) => Reply::Error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        format!("no cluster report: {e}"),
+                    ),
                 })
             }),
         );

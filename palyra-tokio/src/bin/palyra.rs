@@ -74,6 +74,10 @@ enum Command {
         /// The run ID (`palyra runs list`).
         run_id: String,
     },
+    /// The gateways of a cluster and their nodes, the NATS servers and the health of the
+    /// shared streams (operator; through palyrad's admin API).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Checks the gateway over gRPC (GatewayService/GetHealth) and prints the answer as JSON.
     Health {
         /// Gateway gRPC address, HOST:PORT (e.g. 127.0.0.1:7443).
@@ -82,6 +86,17 @@ enum Command {
         /// Deadline of the call in milliseconds.
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Gateways (heard within 20 s) with the nodes each holds, the NATS server this gateway
+    /// uses, and each stream's leader and replicas (`BAD`: no leader, or a replica offline or
+    /// behind).
+    Status {
+        #[command(flatten)]
+        op: OperatorArgs,
     },
 }
 
@@ -447,6 +462,12 @@ async fn run(rt: Rt, cli: Cli) -> anyhow::Result<()> {
         }
         Command::Pairing(command) => {
             return runtime::unblock(rt.as_ref(), move || pairing(command)).await
+        }
+        Command::Cluster(ClusterCommand::Status { op }) => {
+            return runtime::unblock(rt.as_ref(), move || {
+                commands::cluster_status_command(&op.daemon.daemon()?, op.json)
+            })
+            .await
         }
         Command::Approve { op, run_id } => {
             return runtime::unblock(rt.as_ref(), move || {
