@@ -103,6 +103,50 @@ pub enum DaemonError {
     },
 }
 
+/// The shared document naming the CA every gateway of a cluster signs with.
+pub const CLUSTER_CA_KEY: &str = "identity/cluster-ca.json";
+
+/// Refuses to serve a cluster with another CA than its other gateways' (their nodes would not
+/// be trusted here, nor this gateway's there): the first gateway records its CA's fingerprint,
+/// every later one must have the same.
+fn check_cluster_ca(docs: &dyn DocStore, fingerprint: &str) -> Result<(), DaemonError> {
+    let mismatch = |theirs: &str| DaemonError::Part {
+        what: "cluster CA",
+        reason: format!(
+            "this gateway's CA (sha256:{fingerprint}) is not the one the cluster's gateways use \
+             (sha256:{theirs}); copy identity/ca.crt.pem and identity/ca.key.pem of the first \
+             gateway into this state directory before its first start (docs/cluster.md)"
+        ),
+    };
+    for _ in 0..3 {
+        let current = docs.get(CLUSTER_CA_KEY).map_err(part("cluster CA"))?;
+        if let Some(doc) = &current {
+            let value: serde_json::Value = serde_json::from_slice(&doc.value).unwrap_or_default();
+            return match value["ca_spki_sha256"].as_str() {
+                Some(theirs) if theirs == fingerprint => Ok(()),
+                Some(theirs) => Err(mismatch(theirs)),
+                None => Err(mismatch("unreadable")),
+            };
+        }
+        let body = serde_json::json!({ "ca_spki_sha256": fingerprint }).to_string();
+        let (answer, done) = crate::store::pending(None);
+        docs.put(
+            CLUSTER_CA_KEY,
+            body.into(),
+            Some(0),
+            Box::new(move |r| done.complete(r)),
+        );
+        match answer.wait_blocking(std::time::Duration::from_secs(30)) {
+            Some(Ok(_)) => return Ok(()),
+            // Another gateway recorded its CA first: compare with it.
+            Some(Err(crate::store::StoreError::Conflict { .. })) => continue,
+            Some(Err(e)) => return Err(part("cluster CA")(e)),
+            None => return Err(part("cluster CA")("no answer from the store in 30 s")),
+        }
+    }
+    Err(part("cluster CA")("the record kept changing"))
+}
+
 fn part<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> DaemonError {
     move |e| DaemonError::Part {
         what,
@@ -242,6 +286,7 @@ impl Daemon {
         );
         let hub = Arc::clone(&plane.hub);
         if let Some(peers) = &stores.peers {
+            check_cluster_ca(stores.docs.as_ref(), &ca_fingerprint)?;
             hub.join(Arc::clone(peers));
         }
         let tcp_config = |alpn: &[u8]| {

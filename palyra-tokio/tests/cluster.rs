@@ -496,6 +496,24 @@ async fn a_fleet_of_three_gateways_acts_as_one() {
         "closed after {closed:?} (more than a second)"
     );
     follower.close().await;
+
+    // A fourth gateway started with a CA of its own (the copy forgotten) refuses to serve.
+    let urls = nats.urls();
+    let out = Command::new(env!("CARGO_BIN_EXE_palyrad"))
+        .arg("--state-dir")
+        .arg(dir.path().join("d"))
+        .args(["--node-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0", "--store-backend", "nats"])
+        .args(["--nats-server", &urls, "--gateway-name", "gw-d"])
+        .env("PALYRA_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("palyrad");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with another CA: {stderr}");
+    assert!(
+        stderr.contains("is not the one the cluster's gateways use"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
