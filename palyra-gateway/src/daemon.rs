@@ -506,6 +506,9 @@ impl Daemon {
             reason: "already served".into(),
         })?;
         self.runs.set_runtime(Arc::clone(rt));
+        if let Some(follow) = self.runs.follow(Arc::clone(rt)) {
+            rt.spawn(follow);
+        }
         #[cfg(unix)]
         if let Some(browser) = self.settings.browser.clone() {
             self.runs

@@ -295,6 +295,10 @@ pub async fn serve_with(rt: Rt, config: Config, stores: Option<Stores>) -> anyho
                 .unwrap_or_default(),
             policy: config.tools.clone(),
             detach_grace: config.detach_grace,
+            gateway: match &config.store {
+                StoreConfig::Nats(nats) => Some(nats.gateway_name.clone()),
+                StoreConfig::File => None,
+            },
         },
         openai: config.openai.clone(),
         browser: config.browser.clone(),

@@ -11,6 +11,8 @@
 //!
 //! - the console log as a stream (`PREFIX_CONSOLE`) every gateway follows, so a console on one
 //!   gateway sees what was posted through another and resumes by cursor on any of them;
+//! - the run tape as a stream (`PREFIX_RUNS`): each gateway drives its own runs and follows the
+//!   others', so every gateway lists, streams and replays every run;
 //!
 //! - [`NatsPeers`]: which gateway holds which node (a presence stream whose entries expire), and
 //!   capability calls carried over NATS request/reply to the gateway holding the node.
@@ -38,8 +40,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Opens the shared stores for `config` (creating the streams and buckets a new deployment
-/// lacks): the node-plane event log and the documents with the trust records on JetStream; the
-/// console log and the run tape stay in files under `state_dir` (this gateway's own).
+/// lacks): the node-plane event log, the console log, the run tape and the documents (trust
+/// records included) on JetStream; the few documents a gateway keeps for itself
+/// ([`palyra_gateway::console::LOCAL_DOCS`]) stay in files under `state_dir`.
 pub async fn open_stores(
     cluster: &Cluster,
     config: &NatsConfig,
@@ -51,6 +54,7 @@ pub async fn open_stores(
         ready(|| JsLog::open(cluster, "EVENTS", config.max_event_bytes, cache_bytes)).await?;
     let console =
         ready(|| JsLog::open(cluster, "CONSOLE", CONSOLE_BYTES, CONSOLE_CACHE_BYTES)).await?;
+    let runs = ready(|| JsLog::open(cluster, "RUNS", RUNS_BYTES, RUNS_CACHE_BYTES)).await?;
     let shared: Arc<dyn DocStore> = Arc::new(ready(|| JsDocs::open(cluster)).await?);
     let peers = ready(|| NatsPeers::open(cluster)).await?;
     let files = |e: palyra_gateway::store::StoreError| NatsError::Local(e.to_string());
@@ -68,7 +72,7 @@ pub async fn open_stores(
         events: Arc::new(events),
         peers: Some(Arc::new(peers)),
         console: Arc::new(console),
-        runs: palyra_gateway::run::tape::open_file_log(state_dir).map_err(files)?,
+        runs: Arc::new(runs),
     })
 }
 
@@ -77,6 +81,11 @@ pub async fn open_stores(
 const CONSOLE_BYTES: u64 = 256 * 1024 * 1024;
 /// The console log's recent records kept in memory.
 const CONSOLE_CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The run tape's retention (the oldest runs' records are dropped first).
+const RUNS_BYTES: u64 = 512 * 1024 * 1024;
+/// The run tape's recent records kept in memory.
+const RUNS_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// How long a starting gateway waits for JetStream (a cluster starting with it elects its
 /// leaders meanwhile).

@@ -88,6 +88,7 @@ fn gateway_in<D: Driver>(
                 ..ToolPolicy::default()
             },
             detach_grace: Duration::from_millis(500),
+            gateway: None,
         },
         openai: Default::default(),
         browser: None,

@@ -885,6 +885,35 @@ async fn a_run_on_one_gateway_calls_a_node_connected_to_another() {
         "stdout: {out}\nstderr: {err}"
     );
     assert!(err.contains("[tool] result"), "{err}");
+    // The run's tape is shared: B and C list it as A ran it and replay its events.
+    let on_a = palyra(&["runs", "list", "--json", "--grpc", &a.grpc]);
+    let run = json(on_a.lines().next().expect("a run on A"));
+    let run_id = run["run_id"].as_str().expect("run id").to_owned();
+    assert_eq!(run["state"], "done", "{run}");
+    for gw in [&gws[1], &gws[2]] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listed = loop {
+            let listed = palyra(&["runs", "list", "--json", "--grpc", &gw.grpc]);
+            if listed.contains(&run_id) && listed.contains("\"done\"") || Instant::now() > deadline
+            {
+                break listed;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let seen = json(listed.lines().find(|l| l.contains(&run_id)).unwrap_or("{}"));
+        assert_eq!(
+            (&seen["state"], &seen["events"]),
+            (&run["state"], &run["events"]),
+            "{} lists {listed}",
+            gw.name
+        );
+        let tape = palyra(&["runs", "show", &run_id, "--grpc", &gw.grpc]);
+        assert!(
+            tape.contains("hi"),
+            "{} replays the tool result: {tape}",
+            gw.name
+        );
+    }
     // The node's own ExecuteCapability through A reaches its host on B too.
     let files = palyra_gateway::store::DeviceIdentityFiles::load(&identity).expect("identity");
     let device = files.device_id.clone().expect("device id");

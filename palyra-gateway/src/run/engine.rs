@@ -35,6 +35,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+mod follow;
+
 /// Runs in progress at once.
 pub const MAX_ACTIVE_RUNS: usize = 4096;
 /// Longest input text.
@@ -147,6 +149,9 @@ pub struct RunsConfig {
     pub policy: ToolPolicy,
     /// A run whose client disconnected is cancelled unless a stream attaches within this long.
     pub detach_grace: Duration,
+    /// This gateway's name when the tape is shared by several (each drives its own runs and
+    /// follows the others'); `None`: every run on the tape is this gateway's.
+    pub gateway: Option<String>,
 }
 
 /// What a caller asks to start.
@@ -242,6 +247,8 @@ struct Entry {
     attached: u32,
     /// Its paced readers.
     pace: Arc<RunPace>,
+    /// Another gateway drives it; this one follows its tape.
+    foreign: bool,
 }
 
 #[derive(Default)]
@@ -249,6 +256,10 @@ struct Runs {
     map: HashMap<String, Entry>,
     order: Vec<String>,
     active: usize,
+    /// The last tape seq taken in from a shared tape (other gateways' runs).
+    followed: u64,
+    /// A read of the shared tape is in flight.
+    following: bool,
 }
 
 /// A run as listed.
@@ -372,7 +383,11 @@ impl RunEngine {
             transcript,
         } in loaded
         {
-            if !state.is_terminal() {
+            let foreign = config
+                .gateway
+                .as_ref()
+                .is_some_and(|own| !meta.gateway.is_empty() && meta.gateway != *own);
+            if !state.is_terminal() && !foreign {
                 let mut event = status_event(
                     &meta.run_id,
                     events.len() as u64 + 1,
@@ -404,13 +419,15 @@ impl RunEngine {
                     emitted_state: state,
                     transcript,
                     inbox: None,
-                    closed: true,
+                    closed: !foreign || state.is_terminal(),
                     failure: None,
                     attached: 0,
                     pace: Arc::default(),
+                    foreign,
                 },
             );
         }
+        runs.followed = tape.bounds().last_seq;
         Ok(Arc::new(Self {
             tape,
             sessions,
@@ -657,6 +674,7 @@ impl RunEngine {
             },
             started_at_unix_ms: now_ms,
             prompt: request.input.chars().take(200).collect(),
+            gateway: self.config.gateway.clone().unwrap_or_default(),
         };
         let history = {
             let mut runs = self.lock();
@@ -689,6 +707,7 @@ impl RunEngine {
                     failure: None,
                     attached: 1,
                     pace: Arc::clone(&pace),
+                    foreign: false,
                 },
             );
             history
@@ -1015,6 +1034,13 @@ impl RunEngine {
                 let _ = inbox.try_send(input);
                 Ok(())
             }
+            None if entry.foreign && !entry.closed => Err(Status::new(
+                Code::FailedPrecondition,
+                format!(
+                    "run {run_id} runs on gateway {}; send its input there",
+                    entry.meta.gateway
+                ),
+            )),
             None => Err(Status::new(
                 Code::FailedPrecondition,
                 format!("run {run_id} has ended ({})", entry.state.as_str()),

@@ -53,6 +53,9 @@ pub struct RunMeta {
     pub started_at_unix_ms: u64,
     /// The first input, shortened.
     pub prompt: String,
+    /// The gateway that drives it, on a tape several gateways share (empty: this one's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gateway: String,
 }
 
 /// Where a run is.
