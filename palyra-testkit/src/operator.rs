@@ -402,7 +402,7 @@ impl<S: Read + Write> StreamClient<S> {
     }
 
     /// The next text message.
-    pub(crate) fn next(&mut self) -> serde_json::Value {
+    pub fn next_message(&mut self) -> serde_json::Value {
         loop {
             match self.0.read().expect("read") {
                 tungstenite::Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),

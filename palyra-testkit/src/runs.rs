@@ -964,7 +964,7 @@ fn console_until(
     let mut got = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::time::Instant::now() < deadline {
-        let msg = person.next();
+        let msg = person.next_message();
         let done = stop(&msg);
         got.push(msg);
         if done {

@@ -963,6 +963,52 @@ async fn a_run_on_one_gateway_calls_a_node_connected_to_another() {
     .expect("call");
     assert!(answer.success, "{answer:?}");
     assert_eq!(answer.output_json, br#"{"via":"gw-a"}"#.to_vec());
+
+    // A chat message on B's console is one run (B's), not one per gateway; its approval card
+    // is decided from a console on C.
+    tokio::task::block_in_place(|| {
+        use serde_json::json;
+        let mut person = gws[1].console(serde_json::Value::Null);
+        person.until("snapshot.done");
+        let mut other = gws[2].console(serde_json::Value::Null);
+        other.until("snapshot.done");
+        person.send(
+            json!({"type":"chat.send","session_id":"cl","client_msg_id":"c1",
+            "text": r#"check [[tool:system_echo {"text":"from the console"}]]"#}),
+        );
+        let card = loop {
+            let m = other.next_message();
+            if m["type"] == "a2ui.snapshot" && m["owner"] == "palyrad.runs" {
+                break m;
+            }
+        };
+        let surface = card["surface"].as_str().expect("surface").to_owned();
+        other.send(
+            json!({"type":"a2ui.action","surface":surface,"component":"decide",
+            "action":"allow_once","value":{}}),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut replies = String::new();
+        while !replies.contains("from the console") {
+            assert!(
+                Instant::now() < deadline,
+                "no tool result in the chat: {replies}"
+            );
+            let m = person.next_message();
+            if m["session_id"] == "cl" && m["type"] != "chat.message" || m["role"] == "agent" {
+                replies.push_str(m["text"].as_str().unwrap_or_default());
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    for gw in &gws {
+        let listed = palyra(&["runs", "list", "--json", "--grpc", &gw.grpc]);
+        let console_runs = listed
+            .lines()
+            .filter(|l| l.contains("\"origin\":\"console\""))
+            .count();
+        assert_eq!(console_runs, 1, "{} lists {listed}", gw.name);
+    }
 }
 
 impl Gateway {

@@ -327,6 +327,21 @@ impl ConsoleHub {
         self.lock().durable_seq
     }
 
+    /// Whether other gateways write the console log too.
+    pub fn is_shared(&self) -> bool {
+        self.lock().shared.is_some()
+    }
+
+    /// Whether this gateway wrote record `seq` (always, on a log only it writes; on a shared
+    /// log, one of its recent records): a chat message starts a run only on the gateway that
+    /// took it from the operator.
+    pub fn wrote_here(&self, seq: u64) -> bool {
+        self.lock()
+            .shared
+            .as_ref()
+            .is_none_or(|writer| writer.wrote(seq))
+    }
+
     /// Records published and not durable yet (0: every publisher has its answer).
     pub fn in_flight(&self) -> u64 {
         let inner = self.lock();

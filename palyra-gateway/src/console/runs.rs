@@ -113,6 +113,8 @@ pub struct Mirror {
     out: Vec<Command>,
     /// Engine calls to make.
     steps: Vec<Step>,
+    /// Other gateways share the console log (and mirror their own runs' cards).
+    shared: bool,
 }
 
 fn ulid_of(id: &Option<CanonicalId>) -> String {
@@ -147,6 +149,15 @@ impl Mirror {
     /// A mirror with nothing to follow.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A mirror beside other gateways' on one console log: an action on a card it does not
+    /// hold is another gateway's to answer.
+    pub fn shared() -> Self {
+        Self {
+            shared: true,
+            ..Self::default()
+        }
     }
 
     /// Console commands to publish, in order.
@@ -254,6 +265,9 @@ impl Mirror {
 
     fn decide(&mut self, surface: &str, action: &str) {
         let Some(card) = self.cards.get(surface).cloned() else {
+            if self.shared {
+                return;
+            }
             let doc = card(
                 surface,
                 "No longer waiting",
@@ -546,13 +560,18 @@ struct Bridge {
 
 impl Bridge {
     fn new(hub: Arc<ConsoleHub>, engine: Arc<RunEngine>) -> Self {
+        let mirror = if hub.is_shared() {
+            Mirror::shared()
+        } else {
+            Mirror::new()
+        };
         Self {
             after: hub.head(),
             notifier: hub.notifier(),
             hub,
             engine,
             caller: Caller::admin(),
-            mirror: Mirror::new(),
+            mirror,
             starting: Vec::new(),
             publishing: Vec::new(),
         }
@@ -595,10 +614,17 @@ impl Bridge {
                     };
                     self.after = last.seq;
                     for record in &batch.records {
-                        if let Ok(entry) = decode_record(&record.body) {
-                            self.mirror
-                                .console_record(&entry, || ulid::Ulid::new().to_string());
+                        let Ok(entry) = decode_record(&record.body) else {
+                            continue;
+                        };
+                        // On a console log several gateways share, the gateway that took an
+                        // operator's message runs it; an action goes to every gateway, and
+                        // the one whose card it answers acts on it.
+                        if matches!(entry, Entry::Message(_)) && !self.hub.wrote_here(record.seq) {
+                            continue;
                         }
+                        self.mirror
+                            .console_record(&entry, || ulid::Ulid::new().to_string());
                     }
                 }
                 // Behind the memory window (a burst larger than it holds): skip to the newest

@@ -24,6 +24,9 @@ const BEHIND_PATIENCE_MS: u64 = 2_000;
 /// How long the writer waits before reading the log again after a read that brought nothing.
 const READ_RETRY_MS: u64 = 500;
 
+/// The seqs of this gateway's own records remembered (for [`ConsoleHub::wrote_here`]).
+const OWN_SEQS: usize = 65_536;
+
 /// How often the follower looks at the log even when nothing woke it.
 const FOLLOW_TICK: Duration = Duration::from_secs(1);
 
@@ -38,9 +41,16 @@ pub(super) struct Writer {
     behind: Option<(u64, u64)>,
     /// No read of the log before this time (ms): the last one brought nothing.
     read_after_ms: u64,
+    /// The seqs of the latest records this gateway wrote (at most [`OWN_SEQS`]).
+    own: VecDeque<u64>,
 }
 
 impl Writer {
+    /// Whether this gateway wrote record `seq` (one of its latest [`OWN_SEQS`]).
+    pub(super) fn wrote(&self, seq: u64) -> bool {
+        self.own.binary_search(&seq).is_ok()
+    }
+
     /// Commands waiting or being written.
     pub(super) fn waiting(&self) -> u64 {
         self.queue.iter().map(|job| job.commands.len() as u64).sum()
@@ -210,6 +220,10 @@ impl ConsoleHub {
             Ok(_) => {
                 job.commands.pop_front();
                 job.attempts = 0;
+                writer.own.push_back(seq);
+                if writer.own.len() > OWN_SEQS {
+                    writer.own.pop_front();
+                }
                 let _ = inner.durable.apply(entry);
                 inner.durable_seq = seq;
                 inner.next_seq = seq + 1;

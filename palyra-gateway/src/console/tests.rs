@@ -432,4 +432,7 @@ fn hubs_sharing_a_log_add_up_each_others_records_and_retry_a_write_that_lost_its
         ));
     }
     assert_eq!(a.in_flight() + b.in_flight(), 0);
+    // Each hub knows which records it wrote (only that gateway starts a run for a message).
+    assert!(a.wrote_here(1) && !b.wrote_here(1));
+    assert!(b.wrote_here(4) && !a.wrote_here(4));
 }
