@@ -999,6 +999,8 @@ async fn a_run_on_one_gateway_calls_a_node_connected_to_another() {
                 replies.push_str(m["text"].as_str().unwrap_or_default());
             }
         }
+        // The other gateways did not try to run the message too.
+        assert!(!replies.contains("could not start"), "{replies}");
     });
     std::thread::sleep(Duration::from_secs(1));
     for gw in &gws {
