@@ -446,7 +446,11 @@ async fn main() -> anyhow::Result<()> {
     let cluster_id = root.join("node-cluster");
     pair(&bin, &cluster[0], &cluster_id)?;
     let cluster_tls = node_tls(&cluster_id)?;
-    let raw = async_nats::connect(urls.as_str()).await?;
+    let servers = urls
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
+    let raw = async_nats::connect(servers.as_slice()).await?;
     let js = async_nats::jetstream::new(raw);
     js.get_or_create_stream(async_nats::jetstream::stream::Config {
         name: "BENCH_RAW".into(),
