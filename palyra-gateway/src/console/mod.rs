@@ -222,16 +222,7 @@ impl ConsoleHub {
             BOOTS_KEY,
             serde_json::to_vec(&boots).unwrap_or_default(),
         )?;
-        let inner = Inner {
-            durable: state.clone(),
-            state,
-            next_seq: bounds.last_seq + 1,
-            durable_seq: bounds.last_seq,
-            epoch: 0,
-            unsaved: replayed,
-            unsaved_bytes: 0,
-            shared: None,
-        };
+        let inner = Inner::opened(state, replayed, bounds.last_seq, None);
         Ok(Arc::new(Self {
             boot,
             boots: Boots::new(boots),
@@ -256,16 +247,12 @@ impl ConsoleHub {
     ) -> Result<Arc<Self>, StoreError> {
         let (state, replayed) = load_state(docs.as_ref(), SHARED_STATE_KEY, log.as_ref())?;
         let bounds = log.bounds();
-        let inner = Inner {
-            durable: state.clone(),
+        let inner = Inner::opened(
             state,
-            next_seq: bounds.last_seq + 1,
-            durable_seq: bounds.last_seq,
-            epoch: 0,
-            unsaved: replayed,
-            unsaved_bytes: 0,
-            shared: Some(shared::Writer::default()),
-        };
+            replayed,
+            bounds.last_seq,
+            Some(shared::Writer::default()),
+        );
         Ok(Arc::new(Self {
             boots: Boots::new(vec![(1, name.clone())]),
             boot: name,
@@ -652,6 +639,21 @@ enum Prepared {
 }
 
 impl Inner {
+    /// The hub's state at open: `state` adds up the log up to `last_seq`, `replayed` records of
+    /// it since the state was last saved.
+    fn opened(state: State, replayed: u64, last_seq: u64, shared: Option<shared::Writer>) -> Self {
+        Self {
+            durable: state.clone(),
+            state,
+            next_seq: last_seq + 1,
+            durable_seq: last_seq,
+            epoch: 0,
+            unsaved: replayed,
+            unsaved_bytes: 0,
+            shared,
+        }
+    }
+
     fn prepare(&self, command: Command, seq: u64, now_ms: u64) -> Result<Prepared, ConsoleError> {
         let chat = |id: &str, version: u64| Published {
             seq,

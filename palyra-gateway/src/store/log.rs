@@ -456,6 +456,7 @@ impl LogStore for LogService {
 pub struct MemoryLog {
     log: std::sync::Mutex<MemoryEventLog>,
     notifier: Arc<Notifier>,
+    shared_name: Option<String>,
 }
 
 impl MemoryLog {
@@ -464,6 +465,16 @@ impl MemoryLog {
         Self {
             log: std::sync::Mutex::new(MemoryEventLog::new(max_bytes)),
             notifier: Arc::new(Notifier::new()),
+            shared_name: None,
+        }
+    }
+
+    /// A log that, like a stream several gateways share, is named `name` (simulations of a
+    /// cluster: each hub or engine on it behaves as on a shared log).
+    pub fn shared(max_bytes: usize, name: &str) -> Self {
+        Self {
+            shared_name: Some(name.to_owned()),
+            ..Self::new(max_bytes)
         }
     }
 
@@ -514,6 +525,10 @@ impl LogStore for MemoryLog {
     }
 
     fn close(&self) {}
+
+    fn shared_name(&self) -> Option<String> {
+        self.shared_name.clone()
+    }
 }
 
 #[cfg(test)]

@@ -163,48 +163,7 @@ mod tests {
     use crate::store::{LogStore, MemoryLog, NewEvent};
     use palyra_proto::pb::palyra::common::v1::stream_status::StatusKind;
 
-    /// A tape other gateways write too.
-    struct Shared(MemoryLog);
-
-    impl LogStore for Shared {
-        fn bounds(&self) -> crate::store::LogBounds {
-            self.0.bounds()
-        }
-        fn append(
-            &self,
-            events: Vec<NewEvent>,
-            expect: Option<u64>,
-            done: crate::store::Done<Vec<u64>>,
-        ) {
-            self.0.append(events, expect, done)
-        }
-        fn read_cached(
-            &self,
-            after: u64,
-            max: usize,
-            bytes: usize,
-        ) -> Option<crate::store::EventBatch> {
-            self.0.read_cached(after, max, bytes)
-        }
-        fn read(
-            &self,
-            after: u64,
-            max: usize,
-            bytes: usize,
-            done: crate::store::Done<crate::store::EventBatch>,
-        ) {
-            self.0.read(after, max, bytes, done)
-        }
-        fn notifier(&self) -> Arc<crate::notify::Notifier> {
-            self.0.notifier()
-        }
-        fn close(&self) {}
-        fn shared_name(&self) -> Option<String> {
-            Some("runs".into())
-        }
-    }
-
-    fn write(tape: &Shared, run_id: &str, kind: u32, body: Vec<u8>) {
+    fn write(tape: &MemoryLog, run_id: &str, kind: u32, body: Vec<u8>) {
         let record = NewEvent {
             to: None,
             body: tape::record(run_id, kind, body),
@@ -230,7 +189,7 @@ mod tests {
         super::super::status_event(run_id, seq, kind, String::new()).encode_to_vec()
     }
 
-    fn engine(tape: &Arc<Shared>) -> Arc<RunEngine> {
+    fn engine(tape: &Arc<MemoryLog>) -> Arc<RunEngine> {
         let docs: Arc<dyn crate::store::DocStore> = Arc::new(crate::store::MemoryDocs::default());
         let trust = Arc::new(palyra_proto::identity::trust::TrustIndex::default());
         let hub = Arc::new(crate::node::hub::NodeHub::in_memory(trust));
@@ -252,7 +211,7 @@ mod tests {
 
     #[test]
     fn other_gateways_runs_are_followed_and_never_marked_interrupted_here() {
-        let tape = Arc::new(Shared(MemoryLog::new(1 << 20)));
+        let tape = Arc::new(MemoryLog::shared(1 << 20, "runs"));
         // gw-a's run is in progress; gw-b's own unfinished run was cut by its crash.
         write(&tape, "A1", OPEN, meta("A1", "gw-a"));
         write(&tape, "A1", EVENT, status("A1", 1, StatusKind::InProgress));
