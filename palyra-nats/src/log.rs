@@ -29,6 +29,15 @@ const BOUNDS_REFRESH: Duration = Duration::from_secs(2);
 /// A [`LogStore`] on a JetStream stream.
 pub struct JsLog {
     inner: Arc<Inner>,
+    /// Appends, to the writer task that sends them in the order they were handed over.
+    appends: tokio::sync::mpsc::UnboundedSender<Append>,
+}
+
+/// One append: its events, the seq the first must get, and who waits for the seqs.
+struct Append {
+    events: Vec<NewEvent>,
+    expect_first: Option<u64>,
+    done: Done<Vec<u64>>,
 }
 
 struct Inner {
@@ -117,7 +126,9 @@ impl JsLog {
         }
         tokio::spawn(Arc::clone(&inner).follow());
         tokio::spawn(refresh_bounds(Arc::downgrade(&inner)));
-        Ok(Self { inner })
+        let (appends, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(Arc::clone(&inner).write(queue));
+        Ok(Self { inner, appends })
     }
 }
 
@@ -256,16 +267,42 @@ impl Inner {
         Err(unavailable(&what(), "the subscription ended"))
     }
 
-    /// Publishes `events` (pipelined, each with its own message ID) and waits for every
-    /// acknowledgement, publishing again with the same ID (JetStream drops the duplicate)
-    /// while a leader is being elected.
-    async fn publish(
-        &self,
-        events: Vec<NewEvent>,
-        expect_first: Option<u64>,
-    ) -> Result<Vec<u64>, StoreError> {
-        let deadline = Instant::now() + self.cluster.timeout * 2;
-        let messages: Vec<PublishMessage> = events
+    /// Sends the appends in the order they were handed over (so the stream keeps a writer's
+    /// order across appends, as a file log does), each one's acknowledgements awaited apart.
+    async fn write(self: Arc<Self>, mut queue: tokio::sync::mpsc::UnboundedReceiver<Append>) {
+        while let Some(append) = queue.recv().await {
+            let deadline = Instant::now() + self.cluster.timeout * 2;
+            let messages = self.messages(append.events, append.expect_first);
+            let mut acks = Vec::with_capacity(messages.len());
+            let mut failed = None;
+            for message in &messages {
+                match self.send(message.clone(), deadline).await {
+                    Ok(ack) => acks.push(ack),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                (append.done)(Err(e));
+                self.finish();
+                continue;
+            }
+            let inner = Arc::clone(&self);
+            tokio::spawn(async move {
+                let result = inner
+                    .confirm(acks, &messages, append.expect_first, deadline)
+                    .await;
+                (append.done)(result);
+                inner.finish();
+            });
+        }
+    }
+
+    /// The stream messages of `events`, each with its message ID (and the expected last seq).
+    fn messages(&self, events: Vec<NewEvent>, expect_first: Option<u64>) -> Vec<PublishMessage> {
+        events
             .into_iter()
             .enumerate()
             .map(|(i, event)| {
@@ -284,13 +321,20 @@ impl Inner {
                 }
                 message
             })
-            .collect();
-        let mut acks = Vec::with_capacity(messages.len());
-        for message in &messages {
-            acks.push(self.send(message.clone(), deadline).await?);
-        }
+            .collect()
+    }
+
+    /// Waits for the acknowledgement of every message sent, publishing again with the same ID
+    /// (JetStream drops the duplicate) while a leader is being elected.
+    async fn confirm(
+        &self,
+        acks: Vec<async_nats::jetstream::context::PublishAckFuture>,
+        messages: &[PublishMessage],
+        expect_first: Option<u64>,
+        deadline: Instant,
+    ) -> Result<Vec<u64>, StoreError> {
         let mut seqs = Vec::with_capacity(messages.len());
-        for (ack, message) in acks.into_iter().zip(&messages) {
+        for (ack, message) in acks.into_iter().zip(messages) {
             let mut ack = ack;
             loop {
                 match ack.await {
@@ -405,12 +449,15 @@ impl LogStore for JsLog {
         if !self.inner.start() {
             return done(Err(StoreError::Closed));
         }
-        let inner = Arc::clone(&self.inner);
-        self.inner.cluster.rt.spawn(async move {
-            let result = inner.publish(events, expect_first).await;
-            done(result);
-            inner.finish();
-        });
+        let append = Append {
+            events,
+            expect_first,
+            done,
+        };
+        if let Err(refused) = self.appends.send(append) {
+            self.inner.finish();
+            (refused.0.done)(Err(StoreError::Closed));
+        }
     }
 
     fn read_cached(&self, after: u64, max_events: usize, max_bytes: usize) -> Option<EventBatch> {

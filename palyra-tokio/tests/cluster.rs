@@ -892,15 +892,15 @@ async fn a_run_on_one_gateway_calls_a_node_connected_to_another() {
     assert_eq!(run["state"], "done", "{run}");
     for gw in [&gws[1], &gws[2]] {
         let deadline = Instant::now() + Duration::from_secs(5);
-        let listed = loop {
+        // The follower brings the run's records shortly after A wrote them.
+        let (listed, seen) = loop {
             let listed = palyra(&["runs", "list", "--json", "--grpc", &gw.grpc]);
-            if listed.contains(&run_id) && listed.contains("\"done\"") || Instant::now() > deadline
-            {
-                break listed;
+            let seen = json(listed.lines().find(|l| l.contains(&run_id)).unwrap_or("{}"));
+            if seen["events"] == run["events"] || Instant::now() > deadline {
+                break (listed, seen);
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let seen = json(listed.lines().find(|l| l.contains(&run_id)).unwrap_or("{}"));
         assert_eq!(
             (&seen["state"], &seen["events"]),
             (&run["state"], &run["events"]),
@@ -913,6 +913,17 @@ async fn a_run_on_one_gateway_calls_a_node_connected_to_another() {
             "{} replays the tool result: {tape}",
             gw.name
         );
+        // In A's order: seqs 1, 2, ... and the terminal status last.
+        let seqs: Vec<u64> = tape
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<u64>>(),
+            "{tape}"
+        );
+        assert!(tape.trim_end().ends_with("status DONE completed"), "{tape}");
     }
     // The node's own ExecuteCapability through A reaches its host on B too.
     let files = palyra_gateway::store::DeviceIdentityFiles::load(&identity).expect("identity");
