@@ -886,8 +886,16 @@ async fn a_run_on_one_gateway_calls_a_node_connected_to_another() {
     );
     assert!(err.contains("[tool] result"), "{err}");
     // The run's tape is shared: B and C list it as A ran it and replay its events.
-    let on_a = palyra(&["runs", "list", "--json", "--grpc", &a.grpc]);
-    let run = json(on_a.lines().next().expect("a run on A"));
+    // The CLI may see the run's last event before A's listing has it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let run = loop {
+        let on_a = palyra(&["runs", "list", "--json", "--grpc", &a.grpc]);
+        let run = json(on_a.lines().next().expect("a run on A"));
+        if run["state"] == "done" || Instant::now() > deadline {
+            break run;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let run_id = run["run_id"].as_str().expect("run id").to_owned();
     assert_eq!(run["state"], "done", "{run}");
     for gw in [&gws[1], &gws[2]] {
