@@ -412,6 +412,23 @@ impl<S: Read + Write> StreamClient<S> {
         }
     }
 
+    /// The next text message before `deadline` (reads time out after 5 s each; a quiet
+    /// stream is read again until then).
+    pub fn next_before(&mut self, deadline: std::time::Instant) -> Option<serde_json::Value> {
+        use std::io::ErrorKind;
+        while std::time::Instant::now() < deadline {
+            match self.0.read() {
+                Ok(tungstenite::Message::Text(t)) => return serde_json::from_str(&t).ok(),
+                Ok(tungstenite::Message::Close(f)) => panic!("closed: {f:?}"),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        None
+    }
+
     /// Messages until one of type `kind` (included).
     pub fn until(&mut self, kind: &str) -> Vec<serde_json::Value> {
         let mut got = Vec::new();
