@@ -284,25 +284,36 @@ async fn publish_node(conn: &NodeConnection, args: &Args) -> anyhow::Result<Publ
         to: None,
         id: None,
     }));
+    windowed(args, |_| {
+        let request = Arc::clone(&request);
+        async move {
+            let at = Instant::now();
+            let frames = conn.request(&request).await?.collect().await?;
+            match frames.first().map(|f| f.kind) {
+                Some(ResponseKind::Ack) => Ok(at.elapsed()),
+                other => Err(anyhow!("publish answered {other:?}: {frames:?}")),
+            }
+        }
+    })
+    .await
+}
+
+/// Runs `publish(i)` for `args.events` events, `args.window` in flight at once; the rate and
+/// acknowledgement latencies of the run.
+async fn windowed<F>(args: &Args, mut publish: impl FnMut(usize) -> F) -> anyhow::Result<Published>
+where
+    F: std::future::Future<Output = anyhow::Result<Duration>>,
+{
     let started = Instant::now();
     let mut in_flight = futures_util::stream::FuturesUnordered::new();
     let mut latencies = Vec::with_capacity(args.events);
     let mut sent = 0;
     while latencies.len() < args.events {
         while sent < args.events && in_flight.len() < args.window {
-            let request = Arc::clone(&request);
-            in_flight.push(async move {
-                let at = Instant::now();
-                let frames = conn.request(&request).await?.collect().await?;
-                match frames.first().map(|f| f.kind) {
-                    Some(ResponseKind::Ack) => Ok(at.elapsed()),
-                    other => Err(anyhow!("publish answered {other:?}: {frames:?}")),
-                }
-            });
+            in_flight.push(publish(sent));
             sent += 1;
         }
-        let next: Option<anyhow::Result<Duration>> =
-            futures_util::StreamExt::next(&mut in_flight).await;
+        let next = futures_util::StreamExt::next(&mut in_flight).await;
         latencies.push(next.ok_or_else(|| anyhow!("nothing in flight"))??);
     }
     Ok(summarize(latencies, started.elapsed()))
@@ -319,24 +330,18 @@ async fn publish_raw(
         serde_json::json!({"name": "bench.event", "payload": {"x": "a".repeat(args.payload)}})
             .to_string(),
     );
-    let started = Instant::now();
-    let mut in_flight = futures_util::stream::FuturesUnordered::new();
-    let mut latencies = Vec::with_capacity(args.events);
-    let mut sent = 0;
-    while latencies.len() < args.events {
-        while sent < args.events && in_flight.len() < args.window {
-            let message = PublishMessage::build()
-                .payload(body.clone())
-                .message_id(format!("bench-{run}-{sent}"));
+    windowed(args, |sent| {
+        let message = PublishMessage::build()
+            .payload(body.clone())
+            .message_id(format!("bench-{run}-{sent}"));
+        async move {
             let at = Instant::now();
             let ack = js.send_publish("bench.raw", message).await?;
-            in_flight.push(async move { ack.await.map(|_| at.elapsed()) });
-            sent += 1;
+            ack.await?;
+            Ok(at.elapsed())
         }
-        let next = futures_util::StreamExt::next(&mut in_flight).await;
-        latencies.push(next.ok_or_else(|| anyhow!("nothing in flight"))??);
-    }
-    Ok(summarize(latencies, started.elapsed()))
+    })
+    .await
 }
 
 /// `count` readers, the i-th on `gateways[i % len]`, each reading the log from seq 1; events/s
