@@ -609,11 +609,18 @@ impl Bridge {
         loop {
             match self.hub.read(self.after, 256, 1 << 20) {
                 Ok(Some(batch)) => {
-                    let Some(last) = batch.records.last() else {
+                    if batch.records.is_empty() {
                         return;
-                    };
-                    self.after = last.seq;
+                    }
+                    // On a shared log, whether this gateway wrote a record is known once the
+                    // hub added it up (the log's follower may hand it over before the write's
+                    // acknowledgement): records past the hub's head wait for the next look.
+                    let added_up = self.hub.is_shared().then(|| self.hub.head());
                     for record in &batch.records {
+                        if added_up.is_some_and(|head| record.seq > head) {
+                            return;
+                        }
+                        self.after = record.seq;
                         let Ok(entry) = decode_record(&record.body) else {
                             continue;
                         };

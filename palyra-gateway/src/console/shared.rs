@@ -282,10 +282,12 @@ impl ConsoleHub {
                 let listener = log_notifier.listen();
                 {
                     let Some(hub) = weak.upgrade() else { return };
-                    if log_notifier.changed_since(&mut seen) {
+                    let changed = log_notifier.changed_since(&mut seen);
+                    // Added up first, so whoever is woken finds the new records in the hub.
+                    hub.pump();
+                    if changed {
                         hub.notifier.notify();
                     }
-                    hub.pump();
                 }
                 let tick = crate::runtime::sleep_until(rt.as_ref(), rt.now() + FOLLOW_TICK);
                 futures_lite::future::or(listener, tick).await;
