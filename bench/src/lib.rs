@@ -219,6 +219,15 @@ pub fn builds(bin: &Path, before: Option<&Path>) -> anyhow::Result<Vec<(&'static
     Ok(builds)
 }
 
+/// A row's label and its values, each written with `digits` decimals and `unit`.
+fn figures(label: &str, values: &[f64], digits: usize, unit: &str) -> String {
+    let mut line = format!("{label:<40}");
+    for v in values {
+        line += &format!(" {:>14}", format!("{v:.digits$}{unit}"));
+    }
+    line
+}
+
 /// A results table: one column per subject (the peer last), then each subject's ratio to it.
 pub struct Table {
     names: Vec<String>,
@@ -243,15 +252,21 @@ impl Table {
     /// Adds a row: one value per subject, written with `digits` decimals and `unit`.
     pub fn row(&mut self, label: &str, values: &[f64], digits: usize, unit: &str) {
         let peer = values.last().copied().unwrap_or(0.0);
-        let mut line = format!("{label:<40}");
-        for v in values {
-            line += &format!(" {:>14}", format!("{v:.digits$}{unit}"));
-        }
+        let mut line = figures(label, values, digits, unit);
         for v in &values[..values.len().saturating_sub(1)] {
             match peer > 0.0 {
                 true => line += &format!(" {:>13.2}", v / peer),
                 false => line += &format!(" {:>13}", "-"),
             }
+        }
+        self.lines.push(line);
+    }
+
+    /// Adds a row of figures that have no ratio to the peer (its ratio columns show "-").
+    pub fn row_without_ratios(&mut self, label: &str, values: &[f64], digits: usize, unit: &str) {
+        let mut line = figures(label, values, digits, unit);
+        for _ in 1..values.len() {
+            line += &format!(" {:>13}", "-");
         }
         self.lines.push(line);
     }

@@ -8,12 +8,13 @@
 //!    on a three-server JetStream cluster (R3 streams), "raw JetStream" the async-nats client
 //!    publishing the same payloads with a `Nats-Msg-Id` to an R3 stream of the same cluster,
 //!    the same number in flight. Events/s and the median and 99th-percentile acknowledgement
-//!    latency; ratios to raw JetStream.
+//!    latency, ratios to raw JetStream; and the CPU every nats-server, every `palyrad` and this
+//!    client used per 1,000 events during the turn (where a two-core machine's time goes).
 //! 2. Resuming readers: `--subscribers` nodes connect at once and each reads the whole log from
 //!    seq 1 (`node.stream_events`, `resume_from: 0`); on the cluster they are spread over the
 //!    three gateways. Events/s delivered in all; ratio cluster / file.
 //!
-//! Subjects take turns run by run; medians of `--runs`. Build first: `cargo build --release -p
+//! Subjects take turns run by run, each after the servers went idle; medians of `--runs`. Build first: `cargo build --release -p
 //! palyra-tokio -p palyra-bench`, then `target/release/cluster-bench`. Needs `nats-server`
 //! (Debian's package) on `PATH`.
 
@@ -152,7 +153,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 
 /// One `palyrad` under test: its node-plane and operator addresses.
 struct Gateway {
-    _server: Server,
+    server: Server,
     node: SocketAddr,
     http: String,
 }
@@ -168,7 +169,7 @@ fn start_gateway(palyrad: &Path, state: &Path, extra: &[&str]) -> anyhow::Result
     Ok(Gateway {
         node: server.addr,
         http: format!("http://{http}"),
-        _server: server,
+        server,
     })
 }
 
@@ -253,6 +254,62 @@ async fn connect(
     )
     .await
     .map_err(|e| anyhow!("connect {addr}: {e}"))
+}
+
+/// CPU clock ticks used so far by the NATS servers, by every `palyrad` and by this process.
+#[derive(Clone, Copy)]
+struct Cpu {
+    nats: u64,
+    gateways: u64,
+    client: u64,
+}
+
+impl Cpu {
+    fn now(nats: &Nats, gateways: &[&Gateway]) -> anyhow::Result<Self> {
+        let mut cpu = Self {
+            nats: 0,
+            gateways: 0,
+            client: palyra_bench::cpu_ticks_of("self")?,
+        };
+        for server in &nats.servers {
+            cpu.nats += palyra_bench::cpu_ticks_of(&server.id().to_string())?;
+        }
+        for gateway in gateways {
+            cpu.gateways += gateway.server.cpu_ticks()?;
+        }
+        Ok(cpu)
+    }
+
+    /// Waits (up to 10 s) until the servers are idle: the turn before may leave work behind
+    /// (JetStream replicating and every gateway following the stream), which would otherwise
+    /// be charged to whichever subject comes next.
+    async fn settle(nats: &Nats, gateways: &[&Gateway]) -> anyhow::Result<()> {
+        // Dirty pages of the turn before are written back first, not during the next one's
+        // fsyncs.
+        Command::new("sync").status().context("sync")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = Self::now(nats, gateways)?;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = Self::now(nats, gateways)?;
+            // At most 20 ms of CPU in 200 ms over all servers (heartbeats, timers).
+            if now.nats + now.gateways - last.nats - last.gateways <= 2 {
+                return Ok(());
+            }
+            last = now;
+        }
+        Ok(())
+    }
+
+    /// Milliseconds of CPU per 1,000 events since `before`: NATS, gateways, client.
+    fn per_thousand(&self, before: &Self, events: usize) -> [f64; 3] {
+        let ms = |ticks: u64| ticks as f64 * 10.0 * 1000.0 / events as f64;
+        [
+            ms(self.nats - before.nats),
+            ms(self.gateways - before.gateways),
+            ms(self.client - before.client),
+        ]
+    }
 }
 
 /// Events/s, median and p99 acknowledgement latency (ms) of a publish run.
@@ -497,20 +554,29 @@ async fn main() -> anyhow::Result<()> {
 
     let n = publishers.len();
     let (mut rates, mut p50, mut p99) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+    let mut cpu = vec![[vec![], vec![], vec![]]; n];
+    let every: Vec<&Gateway> = gateways.iter().chain(&cluster).collect();
     let mut delivered = vec![vec![]; readers.len()];
     for run in 0..args.runs {
         for turn in 0..n {
             let subject = (run + turn) % n;
+            Cpu::settle(&nats, &every).await?;
+            let before = Cpu::now(&nats, &every)?;
             let result = match &publishers[subject] {
                 Publisher::Node(conn) => publish_node(conn, &args).await?,
                 Publisher::Raw(js) => publish_raw(js, &args, run).await?,
             };
+            let used = Cpu::now(&nats, &every)?.per_thousand(&before, args.events);
+            for (column, ms) in cpu[subject].iter_mut().zip(used) {
+                column.push(ms);
+            }
             rates[subject].push(result.rate);
             p50[subject].push(result.p50_ms);
             p99[subject].push(result.p99_ms);
         }
         for turn in 0..readers.len() {
             let subject = (run + turn) % readers.len();
+            Cpu::settle(&nats, &every).await?;
             let read = &readers[subject];
             delivered[subject]
                 .push(self::readers(&read.tls, &read.gateways, args.subscribers).await?);
@@ -526,6 +592,14 @@ async fn main() -> anyhow::Result<()> {
     table.row("events/s acknowledged", &med(&rates), 0, "");
     table.row("ack latency p50", &med(&p50), 2, " ms");
     table.row("ack latency p99", &med(&p99), 2, " ms");
+    let cpu_row = |part: usize| {
+        cpu.iter()
+            .map(|parts| median(parts[part].clone()))
+            .collect::<Vec<f64>>()
+    };
+    table.row_without_ratios("CPU per 1,000 events: nats-server", &cpu_row(0), 0, " ms");
+    table.row_without_ratios("CPU per 1,000 events: palyrad", &cpu_row(1), 0, " ms");
+    table.row_without_ratios("CPU per 1,000 events: client", &cpu_row(2), 0, " ms");
     table.print();
     println!(
         "\nresuming readers: {} nodes at once, each reading the whole log from seq 1 ({} events at the last run); \
@@ -553,6 +627,7 @@ async fn main() -> anyhow::Result<()> {
             conn.close().await;
         }
     }
+    drop(every);
     drop(gateways);
     drop(cluster);
     drop(nats);

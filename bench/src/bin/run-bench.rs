@@ -9,6 +9,8 @@
 //! 3. Memory per open run: 1,000 runs held open at once (each waiting on a slow upstream answer,
 //!    20 connections of 50 streams), palyrad's resident memory before and with them, per run.
 //!
+//! With `--before PATH` another build's `palyrad` is measured in the same turns, as "before".
+//!
 //! Build first: `cargo build --release -p palyra-tokio -p palyra-bench`, then
 //! `target/release/run-bench`. Needs `python3`.
 
@@ -25,7 +27,7 @@ use palyra_proto::pb::palyra::common::v1::{
     run_stream_event::Body, MessageContent, MessageEnvelope, RunStreamEvent, RunStreamRequest,
 };
 use prost::Message;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Agent-run benchmark.
@@ -43,9 +45,12 @@ struct Args {
     /// Runs held open at once for the memory figure.
     #[arg(long, default_value_t = 1000)]
     open_runs: usize,
+    /// Another build's `palyrad` executable, measured alongside as "before".
+    #[arg(long)]
+    before: Option<PathBuf>,
 }
 
-fn palyrad(bin: &Path, state: &Path, upstream: &Upstream) -> anyhow::Result<Server> {
+fn palyrad(exe: &Path, state: &Path, upstream: &Upstream) -> anyhow::Result<Server> {
     std::fs::create_dir_all(state)?;
     let config = state.join("palyrad.toml");
     std::fs::write(
@@ -56,7 +61,7 @@ fn palyrad(bin: &Path, state: &Path, upstream: &Upstream) -> anyhow::Result<Serv
         ),
     )?;
     let extra = [std::ffi::OsStr::new("--config"), config.as_os_str()];
-    start_palyrad_args(&bin.join("palyrad"), state, "grpc", &extra)
+    start_palyrad_args(exe, state, "grpc", &extra)
 }
 
 /// One answer read directly: (tokens, seconds to the first token, seconds in all).
@@ -151,7 +156,12 @@ fn main() -> anyhow::Result<()> {
         upstream: up,
     } = ModelBench::start()?;
     let dir = tempfile::tempdir()?;
-    let daemon = palyrad(&bin, &dir.path().join("state"), &up)?;
+    let builds = palyra_bench::builds(&bin, args.before.as_deref())?;
+    let daemons = builds
+        .iter()
+        .map(|(name, dir_of)| palyrad(&dir_of.join("palyrad"), &dir.path().join(name), &up))
+        .collect::<anyhow::Result<Vec<Server>>>()?;
+    let daemon = &daemons[0];
     let settings = ProviderSettings {
         endpoint: Endpoint::parse(&format!("http://{}/v1", up.addr)).map_err(anyhow::Error::msg)?,
         api_key: None,
@@ -162,20 +172,34 @@ fn main() -> anyhow::Result<()> {
         limits: ChatLimits::default(),
     };
     let prompt = format!("[[tokens:{}]]", args.tokens);
-    let (mut rate, mut ttft) = (vec![Vec::new(), Vec::new()], vec![Vec::new(), Vec::new()]);
+    // Subjects: each build's palyrad, then the upstream read directly (the peer, last).
+    let mut names: Vec<String> = builds
+        .iter()
+        .map(|(name, _)| match *name {
+            "ours" => "palyrad".to_owned(),
+            other => format!("palyrad {other}"),
+        })
+        .collect();
+    names.push("direct".into());
+    let (mut rate, mut ttft) = (vec![Vec::new(); names.len()], vec![Vec::new(); names.len()]);
     runtime.block_on(async {
-        let client = RunsClient::connect(&rt, &daemon.addr.to_string(), ADMIN_TOKEN, None).await?;
-        // Warm both paths once.
-        through(&client, &prompt).await?;
+        let mut clients = Vec::new();
+        for daemon in &daemons {
+            let client =
+                RunsClient::connect(&rt, &daemon.addr.to_string(), ADMIN_TOKEN, None).await?;
+            // Warm each path once.
+            through(&client, &prompt).await?;
+            clients.push(client);
+        }
         direct(&rt, &settings, &prompt).await?;
         for _ in 0..args.runs {
-            // In turns, so both see the same machine state.
-            for (i, subject) in ["palyrad", "direct"].iter().enumerate() {
+            // In turns, so all see the same machine state.
+            for (i, subject) in names.iter().enumerate() {
                 let (mut tokens, mut secs, mut firsts) = (0usize, 0.0, Vec::new());
                 for _ in 0..args.answers {
-                    let (n, first, all) = match *subject {
-                        "palyrad" => through(&client, &prompt).await?,
-                        _ => direct(&rt, &settings, &prompt).await?,
+                    let (n, first, all) = match clients.get(i) {
+                        Some(client) => through(client, &prompt).await?,
+                        None => direct(&rt, &settings, &prompt).await?,
                     };
                     anyhow::ensure!(
                         n == args.tokens,
@@ -251,13 +275,13 @@ fn main() -> anyhow::Result<()> {
         "run-bench: {} tokens per answer, {} answers per run, median of {} runs; upstream: conformance/openai_upstream.py",
         args.tokens, args.answers, args.runs
     );
-    let mut table = Table::new(&["palyrad", "direct"]);
+    let mut table = Table::new(&names);
     table.row("tokens/s received", &rates, 0, "");
     table.row("time to first token", &firsts, 2, " ms");
     table.print();
     println!(
         "time to first token added by palyrad: {:.2} ms",
-        firsts[0] - firsts[1]
+        firsts[0] - firsts[names.len() - 1]
     );
     println!(
         "memory with {} runs open: {} KiB before, {} KiB with them: {:.1} KiB per run",
