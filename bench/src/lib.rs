@@ -32,10 +32,41 @@ impl Server {
             .ok_or_else(|| anyhow!("no VmRSS"))
     }
 
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// CPU time the process has used (user + system), in clock ticks (1/100 s on Linux).
     pub fn cpu_ticks(&self) -> anyhow::Result<u64> {
         cpu_ticks_of(&self.child.id().to_string())
     }
+}
+
+/// Waits until the processes `pids` are idle (at most 20 ms of CPU in 200 ms; 10 s at most),
+/// after a `sync`: what one subject's turn left behind (dirty pages, connections closing,
+/// replication) is then not charged to the subject after it.
+pub fn settle(pids: &[u32]) -> anyhow::Result<()> {
+    Command::new("sync").status().context("sync")?;
+    let ticks =
+        || -> anyhow::Result<u64> { pids.iter().map(|pid| cpu_ticks_of(&pid.to_string())).sum() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = ticks()?;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = ticks()?;
+        if now - last <= 2 {
+            break;
+        }
+        last = now;
+    }
+    Ok(())
+}
+
+/// [`settle`] from async code (on a blocking thread, so the runtime's tasks go on meanwhile).
+pub async fn settle_async(pids: &[u32]) -> anyhow::Result<()> {
+    let pids = pids.to_vec();
+    tokio::task::spawn_blocking(move || settle(&pids)).await?
 }
 
 /// CPU time (user + system) of process `pid` (or `self`), in clock ticks (1/100 s on Linux).

@@ -199,15 +199,18 @@ impl Subject {
     }
 }
 
-/// Streams the log `runs` times from every subject, taking turns.
+/// Streams the log `runs` times from every subject, taking turns (the order rotating run by
+/// run).
 async fn measure(
     subjects: Vec<Subject>,
     expect: u64,
     runs: usize,
 ) -> anyhow::Result<Vec<Measured>> {
     let mut subjects = subjects;
-    for _ in 0..runs {
-        for subject in &mut subjects {
+    let n = subjects.len();
+    for run in 0..runs {
+        for turn in 0..n {
+            let subject = &mut subjects[(run + turn) % n];
             let (server0, client0) = (subject.server.cpu_ticks()?, cpu_ticks_of("self")?);
             let drops0 = udp_receive_drops()?;
             let (events, bytes, secs) = stream_once(&subject.conn, expect).await?;

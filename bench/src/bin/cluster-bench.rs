@@ -280,25 +280,16 @@ impl Cpu {
         Ok(cpu)
     }
 
-    /// Waits (up to 10 s) until the servers are idle: the turn before may leave work behind
-    /// (JetStream replicating and every gateway following the stream), which would otherwise
-    /// be charged to whichever subject comes next.
+    /// Waits until every server is idle ([`palyra_bench::settle`]): the turn before may leave
+    /// work behind (JetStream replicating, every gateway following the stream, writeback).
     async fn settle(nats: &Nats, gateways: &[&Gateway]) -> anyhow::Result<()> {
-        // Dirty pages of the turn before are written back first, not during the next one's
-        // fsyncs.
-        Command::new("sync").status().context("sync")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut last = Self::now(nats, gateways)?;
-        while Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let now = Self::now(nats, gateways)?;
-            // At most 20 ms of CPU in 200 ms over all servers (heartbeats, timers).
-            if now.nats + now.gateways - last.nats - last.gateways <= 2 {
-                return Ok(());
-            }
-            last = now;
-        }
-        Ok(())
+        let pids: Vec<u32> = nats
+            .servers
+            .iter()
+            .map(Child::id)
+            .chain(gateways.iter().map(|g| g.server.pid()))
+            .collect();
+        palyra_bench::settle_async(&pids).await
     }
 
     /// Milliseconds of CPU per 1,000 events since `before`: NATS, gateways, client.

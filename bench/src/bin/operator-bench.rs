@@ -222,9 +222,11 @@ fn main() -> anyhow::Result<()> {
     for server in &http {
         wrk(&args, server.addr)?;
     }
-    for _ in 0..args.runs {
-        for (server, rates) in http.iter().zip(&mut rps) {
-            rates.push(wrk(&args, server.addr)?);
+    // Turns rotate run by run.
+    for run in 0..args.runs {
+        for turn in 0..http.len() {
+            let i = (run + turn) % http.len();
+            rps[i].push(wrk(&args, http[i].addr)?);
         }
     }
 
@@ -241,9 +243,11 @@ fn main() -> anyhow::Result<()> {
     let mut memory = vec![Vec::new(); fan.len()];
     runtime.block_on(async {
         for round in 0..args.runs {
-            for (i, (server, ours)) in fan.iter().enumerate() {
+            for turn in 0..fan.len() {
+                let i = (round + turn) % fan.len();
+                let (server, ours) = fan[i];
                 let (rate, mem) =
-                    fanout(server, *ours, args.subscribers, args.patches, round).await?;
+                    fanout(server, ours, args.subscribers, args.patches, round).await?;
                 rates[i].push(rate);
                 memory[i].push(mem);
             }

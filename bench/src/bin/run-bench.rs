@@ -192,9 +192,11 @@ fn main() -> anyhow::Result<()> {
             clients.push(client);
         }
         direct(&rt, &settings, &prompt).await?;
-        for _ in 0..args.runs {
-            // In turns, so all see the same machine state.
-            for (i, subject) in names.iter().enumerate() {
+        for run in 0..args.runs {
+            // In turns (the order rotating run by run), so all see the same machine state.
+            for turn in 0..names.len() {
+                let i = (run + turn) % names.len();
+                let subject = &names[i];
                 let (mut tokens, mut secs, mut firsts) = (0usize, 0.0, Vec::new());
                 for _ in 0..args.answers {
                     let (n, first, all) = match clients.get(i) {

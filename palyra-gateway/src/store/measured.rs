@@ -84,25 +84,13 @@ impl StoreMetrics {
         );
     }
 
-    /// Records one operation that started at `started`.
-    fn observe<T>(
-        &self,
-        store: &'static str,
-        op: &'static str,
-        started: Instant,
-        result: &Result<T, StoreError>,
-    ) {
-        self.latency
-            .get_or_create(&Op { store, op })
-            .observe(started.elapsed().as_secs_f64());
-        if let Err(e) = result {
-            self.errors
-                .get_or_create(&Failure {
-                    store,
-                    op,
-                    kind: kind(e),
-                })
-                .inc();
+    /// The timer of `store`/`op` (its histogram looked up once, not at every operation).
+    fn timer(&self, store: &'static str, op: &'static str) -> Timer {
+        Timer {
+            store,
+            op,
+            latency: self.latency.get_or_create(&Op { store, op }).clone(),
+            errors: self.errors.clone(),
         }
     }
 
@@ -118,13 +106,34 @@ impl StoreMetrics {
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0)
     }
+}
 
+/// One operation of one store: its latency histogram and the error counters.
+#[derive(Clone)]
+struct Timer {
+    store: &'static str,
+    op: &'static str,
+    latency: Histogram,
+    errors: Family<Failure, Counter>,
+}
+
+impl Timer {
     /// Wraps `done` so the operation is recorded when it completes.
-    fn timed<T: 'static>(&self, store: &'static str, op: &'static str, done: Done<T>) -> Done<T> {
-        let metrics = self.clone();
+    fn timed<T: 'static>(&self, done: Done<T>) -> Done<T> {
+        let timer = self.clone();
         let started = Instant::now();
         Box::new(move |result| {
-            metrics.observe(store, op, started, &result);
+            timer.latency.observe(started.elapsed().as_secs_f64());
+            if let Err(e) = &result {
+                timer
+                    .errors
+                    .get_or_create(&Failure {
+                        store: timer.store,
+                        op: timer.op,
+                        kind: kind(e),
+                    })
+                    .inc();
+            }
             done(result)
         })
     }
@@ -132,9 +141,9 @@ impl StoreMetrics {
 
 /// A [`LogStore`] whose appends and reads are measured as `store`.
 pub struct MeasuredLog {
-    store: &'static str,
     inner: Arc<dyn LogStore>,
-    metrics: StoreMetrics,
+    append: Timer,
+    read: Timer,
 }
 
 impl MeasuredLog {
@@ -145,9 +154,9 @@ impl MeasuredLog {
         metrics: &StoreMetrics,
     ) -> Arc<dyn LogStore> {
         Arc::new(Self {
-            store,
             inner,
-            metrics: metrics.clone(),
+            append: metrics.timer(store, "append"),
+            read: metrics.timer(store, "read"),
         })
     }
 }
@@ -158,7 +167,7 @@ impl LogStore for MeasuredLog {
     }
 
     fn append(&self, events: Vec<NewEvent>, expect_first: Option<u64>, done: Done<Vec<u64>>) {
-        let done = self.metrics.timed(self.store, "append", done);
+        let done = self.append.timed(done);
         self.inner.append(events, expect_first, done);
     }
 
@@ -167,7 +176,7 @@ impl LogStore for MeasuredLog {
     }
 
     fn read(&self, after: u64, max_events: usize, max_bytes: usize, done: Done<EventBatch>) {
-        let done = self.metrics.timed(self.store, "read", done);
+        let done = self.read.timed(done);
         self.inner.read(after, max_events, max_bytes, done);
     }
 
@@ -187,7 +196,7 @@ impl LogStore for MeasuredLog {
 /// A [`DocStore`] whose writes are measured as `docs`.
 pub struct MeasuredDocs {
     inner: Arc<dyn DocStore>,
-    metrics: StoreMetrics,
+    put: Timer,
 }
 
 impl MeasuredDocs {
@@ -195,7 +204,7 @@ impl MeasuredDocs {
     pub fn wrap(inner: Arc<dyn DocStore>, metrics: &StoreMetrics) -> Arc<dyn DocStore> {
         Arc::new(Self {
             inner,
-            metrics: metrics.clone(),
+            put: metrics.timer("docs", "put"),
         })
     }
 }
@@ -206,7 +215,7 @@ impl DocStore for MeasuredDocs {
     }
 
     fn put(&self, key: &str, value: Bytes, expect: Option<u64>, done: Done<u64>) {
-        let done = self.metrics.timed("docs", "put", done);
+        let done = self.put.timed(done);
         self.inner.put(key, value, expect, done);
     }
 
