@@ -45,8 +45,14 @@ impl Server {
 
 /// Waits until the processes `pids` are idle (at most 20 ms of CPU in 200 ms; 10 s at most),
 /// after a `sync`: what one subject's turn left behind (dirty pages, connections closing,
-/// replication) is then not charged to the subject after it.
-pub fn settle(pids: &[u32]) -> anyhow::Result<()> {
+/// replication) is then not charged to the subject after it. Runs on a blocking thread, so
+/// the runtime's tasks go on meanwhile.
+pub async fn settle(pids: &[u32]) -> anyhow::Result<()> {
+    let pids = pids.to_vec();
+    tokio::task::spawn_blocking(move || settle_blocking(&pids)).await?
+}
+
+fn settle_blocking(pids: &[u32]) -> anyhow::Result<()> {
     Command::new("sync").status().context("sync")?;
     let ticks =
         || -> anyhow::Result<u64> { pids.iter().map(|pid| cpu_ticks_of(&pid.to_string())).sum() };
@@ -61,12 +67,6 @@ pub fn settle(pids: &[u32]) -> anyhow::Result<()> {
         last = now;
     }
     Ok(())
-}
-
-/// [`settle`] from async code (on a blocking thread, so the runtime's tasks go on meanwhile).
-pub async fn settle_async(pids: &[u32]) -> anyhow::Result<()> {
-    let pids = pids.to_vec();
-    tokio::task::spawn_blocking(move || settle(&pids)).await?
 }
 
 /// CPU time (user + system) of process `pid` (or `self`), in clock ticks (1/100 s on Linux).

@@ -14,9 +14,9 @@
 //!    seq 1 (`node.stream_events`, `resume_from: 0`); on the cluster they are spread over the
 //!    three gateways. Events/s delivered in all; ratio cluster / file.
 //!
-//! Subjects take turns run by run, each after the servers went idle; medians of `--runs`. Build first: `cargo build --release -p
-//! palyra-tokio -p palyra-bench`, then `target/release/cluster-bench`. Needs `nats-server`
-//! (Debian's package) on `PATH`.
+//! Subjects take turns run by run, each after the servers went idle; medians of `--runs`.
+//! Build first: `cargo build --release -p palyra-tokio -p palyra-bench`, then
+//! `target/release/cluster-bench`. Needs `nats-server` (Debian's package) on `PATH`.
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
@@ -257,7 +257,6 @@ async fn connect(
 }
 
 /// CPU clock ticks used so far by the NATS servers, by every `palyrad` and by this process.
-#[derive(Clone, Copy)]
 struct Cpu {
     nats: u64,
     gateways: u64,
@@ -289,7 +288,7 @@ impl Cpu {
             .map(Child::id)
             .chain(gateways.iter().map(|g| g.server.pid()))
             .collect();
-        palyra_bench::settle_async(&pids).await
+        palyra_bench::settle(&pids).await
     }
 
     /// Milliseconds of CPU per 1,000 events since `before`: NATS, gateways, client.
@@ -618,7 +617,6 @@ async fn main() -> anyhow::Result<()> {
             conn.close().await;
         }
     }
-    drop(every);
     drop(gateways);
     drop(cluster);
     drop(nats);
